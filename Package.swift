@@ -1,0 +1,69 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Architecture, from the inside out:
+//   ReferralCore    pure decisions: events and a clock in, decisions out (no IO, no Date())
+//   CRabbitMQ/AMQP  librabbitmq behind a thread-confined Swift actor
+//   CLibPQ/Postgres libpq behind a thread-confined Swift actor
+//   ReferralStore   every SQL statement and the migrations
+//   ReferralWorker  wires broker, store and core into the pipeline
+//   referrald       the command line
+let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "referrald",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "referrald", targets: ["referrald"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CRabbitMQ", path: "Sources/CRabbitMQ", pkgConfig: "librabbitmq",
+            providers: [.apt(["librabbitmq-dev"])]),
+        .systemLibrary(
+            name: "CLibPQ", path: "Sources/CLibPQ", pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]),
+        .target(name: "ReferralCore", swiftSettings: strict),
+        .target(
+            name: "AMQP",
+            dependencies: ["CRabbitMQ", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        .target(
+            name: "Postgres",
+            dependencies: ["CLibPQ", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        .target(
+            name: "ReferralStore",
+            dependencies: ["Postgres", "ReferralCore", .product(name: "Logging", package: "swift-log")],
+            resources: [.copy("Migrations")],
+            swiftSettings: strict),
+        .target(
+            name: "ReferralWorker",
+            dependencies: [
+                "ReferralCore", "ReferralStore", "AMQP", "Postgres",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "referrald",
+            dependencies: [
+                "ReferralWorker",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "ReferralCoreTests", dependencies: ["ReferralCore"],
+            resources: [.copy("Fixtures")], swiftSettings: strict),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore"],
+            swiftSettings: strict),
+    ]
+)
