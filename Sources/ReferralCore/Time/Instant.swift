@@ -1,0 +1,166 @@
+/// A point in time, in whole microseconds since 1970-01-01T00:00:00Z.
+///
+/// The core keeps its own time type instead of `Foundation.Date` so that it stays free of
+/// ambient clocks, compares exactly (a Double-based date would round microseconds that
+/// PostgreSQL's `timestamptz` keeps) and orders facts deterministically.
+public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var microseconds: Int64
+
+    public init(microseconds: Int64) { self.microseconds = microseconds }
+    public init(seconds: Int64) { self.microseconds = seconds * 1_000_000 }
+
+    public static func < (a: Instant, b: Instant) -> Bool { a.microseconds < b.microseconds }
+
+    public static func + (a: Instant, d: Span) -> Instant { Instant(microseconds: a.microseconds + d.microseconds) }
+    public static func - (a: Instant, d: Span) -> Instant { Instant(microseconds: a.microseconds - d.microseconds) }
+    public static func - (a: Instant, b: Instant) -> Span { Span(microseconds: a.microseconds - b.microseconds) }
+
+    public var description: String { rfc3339 }
+
+    /// RFC 3339 in UTC: `2026-11-23T10:31:07Z`, with `.ffffff` only when there are microseconds.
+    public var rfc3339: String {
+        let (days, micros) = microseconds.floorDivided(by: 86_400_000_000)
+        let (y, m, d) = civil(fromDays: days)
+        let secs = micros / 1_000_000
+        let frac = micros % 1_000_000
+        var s = "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(secs / 3600, 2)):\(pad(secs / 60 % 60, 2)):\(pad(secs % 60, 2))"
+        if frac != 0 { s += "." + pad(frac, 6) }
+        return s + "Z"
+    }
+
+    /// Parses the contract's timestamp shape: `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, `T` and
+    /// `Z` in either case. Fractions beyond microseconds are truncated. Returns nil for anything
+    /// else, including impossible dates such as February 30th or an hour of 24.
+    public init?(rfc3339 text: String) {
+        let b = Array(text.utf8)
+        func digits(_ at: Int, _ n: Int) -> Int64? {
+            guard at + n <= b.count else { return nil }
+            var v: Int64 = 0
+            for i in at..<(at + n) {
+                guard b[i] >= 48, b[i] <= 57 else { return nil }
+                v = v * 10 + Int64(b[i] - 48)
+            }
+            return v
+        }
+        guard b.count >= 20,
+              let y = digits(0, 4), b[4] == UInt8(ascii: "-"), let mo = digits(5, 2), b[7] == UInt8(ascii: "-"),
+              let d = digits(8, 2), b[10] == UInt8(ascii: "T") || b[10] == UInt8(ascii: "t"),
+              let h = digits(11, 2), b[13] == UInt8(ascii: ":"), let mi = digits(14, 2),
+              b[16] == UInt8(ascii: ":"), let s = digits(17, 2)
+        else { return nil }
+        var i = 19
+        var frac: Int64 = 0
+        if i < b.count, b[i] == UInt8(ascii: ".") {
+            i += 1
+            var n = 0
+            while i < b.count, b[i] >= 48, b[i] <= 57 {
+                if n < 6 { frac = frac * 10 + Int64(b[i] - 48) }
+                n += 1; i += 1
+            }
+            guard n > 0 else { return nil }
+            for _ in n..<max(n, 6) { frac *= 10 }
+        }
+        guard i < b.count else { return nil }
+        var offset: Int64 = 0
+        if b[i] == UInt8(ascii: "Z") || b[i] == UInt8(ascii: "z") {
+            i += 1
+        } else if b[i] == UInt8(ascii: "+") || b[i] == UInt8(ascii: "-") {
+            guard let oh = digits(i + 1, 2), i + 3 < b.count, b[i + 3] == UInt8(ascii: ":"),
+                  let om = digits(i + 4, 2), oh < 24, om < 60 else { return nil }
+            offset = (oh * 60 + om) * 60 * (b[i] == UInt8(ascii: "-") ? -1 : 1)
+            i += 6
+        } else { return nil }
+        guard i == b.count, (1...12).contains(mo), d >= 1, d <= daysIn(month: mo, year: y),
+              h < 24, mi < 60, s < 61 else { return nil }
+        // A leap second (:60) is read as the next second's start, as PostgreSQL does.
+        let secondsOfDay = h * 3600 + mi * 60 + s - offset
+        microseconds = (days(fromCivil: y, mo, d) * 86_400 + secondsOfDay) * 1_000_000 + frac
+    }
+}
+
+/// A length of time in microseconds (a hold, a window, a gap).
+public struct Span: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var microseconds: Int64
+    public init(microseconds: Int64) { self.microseconds = microseconds }
+    public static func seconds(_ s: Int64) -> Span { Span(microseconds: s * 1_000_000) }
+    public static func minutes(_ m: Int64) -> Span { .seconds(m * 60) }
+    public static func hours(_ h: Int64) -> Span { .seconds(h * 3600) }
+    public static func days(_ d: Int64) -> Span { .seconds(d * 86_400) }
+    public static func < (a: Span, b: Span) -> Bool { a.microseconds < b.microseconds }
+    public static func + (a: Span, b: Span) -> Span { Span(microseconds: a.microseconds + b.microseconds) }
+    public static func * (a: Span, n: Int64) -> Span { Span(microseconds: a.microseconds * n) }
+
+    /// The shortest exact form with the contract's units: `30d`, `36h`, `10m`, `45s`.
+    public var description: String {
+        let s = microseconds / 1_000_000
+        if microseconds % 1_000_000 != 0 { return "\(microseconds)us" }
+        if s != 0, s % 86_400 == 0 { return "\(s / 86_400)d" }
+        if s != 0, s % 3600 == 0 { return "\(s / 3600)h" }
+        if s != 0, s % 60 == 0 { return "\(s / 60)m" }
+        return "\(s)s"
+    }
+
+    /// Parses a duration written with a unit, as programs files do: `45s`, `10m`, `36h`, `30d`.
+    /// A bare number is refused: "30" could mean seconds or days, and a wrong guess silently
+    /// turns a 30-day hold into a 30-second one.
+    public init?(_ text: String) {
+        guard let unit = text.last, let n = Int64(text.dropLast()), n >= 0 else { return nil }
+        switch unit {
+        case "s": microseconds = n * 1_000_000
+        case "m": microseconds = n * 60_000_000
+        case "h": microseconds = n * 3_600_000_000
+        case "d": microseconds = n * 86_400_000_000
+        default: return nil
+        }
+    }
+}
+
+/// The clock is passed in: the core never reads the time itself, so tests and replays decide it.
+public protocol Clock: Sendable {
+    func now() -> Instant
+}
+
+private func pad(_ v: Int64, _ width: Int) -> String {
+    let s = String(v)
+    return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+}
+
+private func isLeap(_ y: Int64) -> Bool { (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 }
+
+private func daysIn(month m: Int64, year y: Int64) -> Int64 {
+    switch m {
+    case 2: return isLeap(y) ? 29 : 28
+    case 4, 6, 9, 11: return 30
+    default: return 31
+    }
+}
+
+// Howard Hinnant's days_from_civil / civil_from_days: exact proleptic Gregorian arithmetic.
+private func days(fromCivil y0: Int64, _ m: Int64, _ d: Int64) -> Int64 {
+    let y = m <= 2 ? y0 - 1 : y0
+    let era = (y >= 0 ? y : y - 399) / 400
+    let yoe = y - era * 400
+    let doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+    return era * 146_097 + doe - 719_468
+}
+
+private func civil(fromDays z0: Int64) -> (Int64, Int64, Int64) {
+    let z = z0 + 719_468
+    let era = (z >= 0 ? z : z - 146_096) / 146_097
+    let doe = z - era * 146_097
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+    let mp = (5 * doy + 2) / 153
+    let d = doy - (153 * mp + 2) / 5 + 1
+    let m = mp < 10 ? mp + 3 : mp - 9
+    return (m <= 2 ? yoe + era * 400 + 1 : yoe + era * 400, m, d)
+}
+
+extension Int64 {
+    /// Division rounding towards negative infinity, so instants before 1970 format correctly.
+    func floorDivided(by d: Int64) -> (quotient: Int64, remainder: Int64) {
+        let q = self / d, r = self % d
+        return r < 0 ? (q - 1, r + d) : (q, r)
+    }
+}

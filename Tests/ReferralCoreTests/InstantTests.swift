@@ -1,0 +1,39 @@
+import Testing
+@testable import ReferralCore
+
+@Suite struct InstantTests {
+    @Test func parsesAndFormatsUTC() throws {
+        let t = try #require(Instant(rfc3339: "2026-11-23T10:31:07Z"))
+        #expect(t.microseconds == 1_795_429_867_000_000)
+        #expect(t.rfc3339 == "2026-11-23T10:31:07Z")
+    }
+
+    @Test func offsetsAreNormalisedToUTC() throws {
+        let local = try #require(Instant(rfc3339: "2026-12-03T11:20:00-05:00"))
+        #expect(local.rfc3339 == "2026-12-03T16:20:00Z")
+    }
+
+    @Test func fractionsKeepMicroseconds() throws {
+        let t = try #require(Instant(rfc3339: "2026-11-23T10:31:07.1234567z"))
+        #expect(t.microseconds % 1_000_000 == 123_456)
+        #expect(t.rfc3339 == "2026-11-23T10:31:07.123456Z")
+    }
+
+    @Test(arguments: ["2026-11-23 10:31:07", "2026-02-30T00:00:00Z", "2026-11-23T24:00:00Z",
+                      "2026-11-23T10:31:07", "2026-11-23T10:31:07.Z", "2026-11-23T10:31:07Z ", ""])
+    func rejectsMalformed(_ text: String) {
+        #expect(Instant(rfc3339: text) == nil)
+    }
+
+    @Test func spansNeedAUnit() {
+        #expect(Span("45s") == .seconds(45))
+        #expect(Span("10m") == .minutes(10))
+        #expect(Span("36h") == .hours(36))
+        #expect(Span("30d") == .days(30))
+        #expect(Span("30") == nil)
+        #expect(Span("-1d") == nil)
+        #expect(Span("3w") == nil)
+        #expect(Span.days(30).description == "30d")
+        #expect(Span.seconds(90).description == "90s")
+    }
+}
