@@ -20,6 +20,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         .systemLibrary(
@@ -40,7 +42,6 @@ let package = Package(
         .target(
             name: "ReferralStore",
             dependencies: ["Postgres", "ReferralCore", .product(name: "Logging", package: "swift-log")],
-            resources: [.copy("Migrations")],
             swiftSettings: strict),
         .target(
             name: "ReferralWorker",
@@ -48,6 +49,8 @@ let package = Package(
                 "ReferralCore", "ReferralStore", "AMQP", "Postgres",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
         .executableTarget(

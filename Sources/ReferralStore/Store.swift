@@ -1,0 +1,160 @@
+import Postgres
+import ReferralCore
+
+/// Every SQL statement of the daemon's hot path. Functions take an isolated connection so that a
+/// whole batch runs as synchronous calls on the connection's own thread, inside one transaction
+/// the caller opened.
+public enum Store {}
+
+/// An event that the inbox accepted, with the keys the fact queries look it up by.
+public struct InboxEntry: Sendable {
+    public var source: String
+    public var eventId: String
+    public var type: String
+    public var accountId: String?
+    public var leadId: String?
+    public var factTime: Instant
+    public var body: [UInt8]
+
+    public init(source: String, eventId: String, type: String, accountId: String?, leadId: String?,
+                factTime: Instant, body: [UInt8]) {
+        self.source = source; self.eventId = eventId; self.type = type
+        self.accountId = accountId; self.leadId = leadId; self.factTime = factTime; self.body = body
+    }
+}
+
+/// A row of the outbox, ready to publish.
+public struct OutboxRow: Sendable, Equatable {
+    public var seq: Int64
+    public var eventId: String
+    public var type: String
+    public var body: [UInt8]
+}
+
+extension Store {
+    /// Records the batch's events in the inbox and returns the indexes of those seen for the
+    /// first time. Duplicates, within the batch or from earlier deliveries, are dropped here:
+    /// `(source, id)` is the primary key, so a redelivery after a crash between commit and ack
+    /// finds its row and has no second effect.
+    public static func recordInbox(_ c: isolated PostgresConnection, _ entries: [InboxEntry]) throws -> [Int] {
+        if entries.isEmpty { return [] }
+        let rows = try c.query("""
+            INSERT INTO inbox (source, event_id, type, account_id, lead_id, fact_time, body)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::timestamptz[], $7::bytea[])
+            ON CONFLICT (source, event_id) DO NOTHING
+            RETURNING source, event_id
+            """, [
+                .textArray(entries.map(\.source)), .textArray(entries.map(\.eventId)),
+                .textArray(entries.map(\.type)), .textArray(entries.map(\.accountId)),
+                .textArray(entries.map(\.leadId)),
+                .textArray(entries.map { $0.factTime.rfc3339 }),
+                .textArray(entries.map { "\\x" + hex($0.body) }),
+            ])
+        var fresh = Set<[String]>()
+        for row in rows { fresh.insert([try row.decode("source", as: String.self), try row.decode("event_id", as: String.self)]) }
+        // RETURNING gives one row per inserted event; map back to the first index of each key
+        // so that a duplicate inside the same batch is applied once.
+        var result: [Int] = []
+        for (i, e) in entries.enumerated() where fresh.remove([e.source, e.eventId]) != nil { result.append(i) }
+        return result
+    }
+
+    /// Adds events to the outbox in the caller's transaction.
+    public static func enqueue(_ c: isolated PostgresConnection, _ events: [OutgoingEvent]) throws {
+        if events.isEmpty { return }
+        try c.execute("""
+            INSERT INTO outbox (event_id, type, subject, body)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
+            """, [
+                .textArray(events.map(\.id)), .textArray(events.map(\.type.rawValue)),
+                .textArray(events.map(\.subject)), .textArray(events.map { "\\x" + hex($0.encoded()) }),
+            ])
+    }
+
+    /// Leases up to `limit` unpublished rows, oldest first. SKIP LOCKED lets several instances
+    /// claim disjoint rows without waiting on each other; the lease (rather than a lock held
+    /// across the publish) means no transaction stays open while the broker is slow, and a
+    /// publisher that dies mid-way only delays its rows until the lease expires.
+    public static func leaseOutbox(_ c: isolated PostgresConnection, limit: Int, leaseSeconds: Int) throws -> [OutboxRow] {
+        let rows = try c.query("""
+            UPDATE outbox o SET leased_until = now() + make_interval(secs => $2)
+            FROM (SELECT seq FROM outbox
+                  WHERE published_at IS NULL AND (leased_until IS NULL OR leased_until < now())
+                  ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) claimed
+            WHERE o.seq = claimed.seq
+            RETURNING o.seq, o.event_id, o.type, o.body
+            """, [.int(Int64(limit)), .int(Int64(leaseSeconds))])
+        return try rows.map {
+            OutboxRow(seq: try $0.decode("seq", as: Int64.self), eventId: try $0.decode("event_id", as: String.self),
+                      type: try $0.decode("type", as: String.self), body: try $0.decode("body", as: [UInt8].self))
+        }.sorted { $0.seq < $1.seq }
+    }
+
+    /// Marks rows as published once the broker confirmed them. `published_at IS NULL` keeps the
+    /// first publication time when a lease expired and another instance published it again.
+    public static func markPublished(_ c: isolated PostgresConnection, seqs: [Int64]) throws {
+        if seqs.isEmpty { return }
+        try c.execute("UPDATE outbox SET published_at = now(), leased_until = NULL WHERE seq = ANY($1::int8[]) AND published_at IS NULL",
+                      [.int8Array(seqs.map { Optional($0) })])
+    }
+
+    /// Gives a lease back so that the rows are retried at once rather than after the lease.
+    public static func releaseLease(_ c: isolated PostgresConnection, seqs: [Int64]) throws {
+        if seqs.isEmpty { return }
+        try c.execute("UPDATE outbox SET leased_until = NULL WHERE seq = ANY($1::int8[]) AND published_at IS NULL",
+                      [.int8Array(seqs.map { Optional($0) })])
+    }
+
+    /// Rows waiting to be published and the age of the oldest, for metrics and `/readyz`.
+    public static func outboxBacklog(_ c: isolated PostgresConnection) throws -> (count: Int64, oldestAgeSeconds: Double) {
+        let row = try c.query("""
+            SELECT count(*)::int8 AS n,
+                   coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age
+            FROM outbox WHERE published_at IS NULL
+            """).first
+        return (try row?.decode("n", as: Int64.self) ?? 0, try row?.decode("age", as: Double.self) ?? 0)
+    }
+}
+
+extension Store {
+    /// The codes already issued to these accounts.
+    public static func codes(_ c: isolated PostgresConnection, accounts: [String]) throws -> [String: String] {
+        if accounts.isEmpty { return [:] }
+        var result: [String: String] = [:]
+        for row in try c.query("SELECT account_id, code FROM referral_codes WHERE account_id = ANY($1::text[])",
+                               [.textArray(accounts)]) {
+            result[try row.decode("account_id", as: String.self)] = try row.decode("code", as: String.self)
+        }
+        return result
+    }
+
+    /// Inserts codes; returns the accounts whose insert did not happen because the drawn code
+    /// was taken by another account (the caller redraws). An account that already has a code
+    /// keeps it: the first activation's code is the account's code for life.
+    public static func insertCodes(_ c: isolated PostgresConnection, _ codes: [(account: String, code: String, program: String, issuedAt: Instant)]) throws -> Set<String> {
+        if codes.isEmpty { return [] }
+        let rows = try c.query("""
+            INSERT INTO referral_codes (account_id, code, program_id, issued_at)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+            ON CONFLICT DO NOTHING
+            RETURNING account_id
+            """, [.textArray(codes.map(\.account)), .textArray(codes.map(\.code)),
+                  .textArray(codes.map(\.program)), .textArray(codes.map { $0.issuedAt.rfc3339 })])
+        var inserted = Set<String>()
+        for row in rows { inserted.insert(try row.decode("account_id", as: String.self)) }
+        let notInserted = Set(codes.map(\.account)).subtracting(inserted)
+        let existing = try Self.codes(c, accounts: Array(notInserted))
+        return notInserted.subtracting(existing.keys)
+    }
+}
+
+private let hexDigits = Array("0123456789abcdef".utf8)
+
+/// bytea's hex input format; used to pass byte arrays inside a text[] parameter.
+func hex(_ bytes: [UInt8]) -> String {
+    var out = [UInt8]()
+    out.reserveCapacity(bytes.count * 2)
+    for b in bytes { out.append(hexDigits[Int(b >> 4)]); out.append(hexDigits[Int(b & 15)]) }
+    return String(decoding: out, as: UTF8.self)
+}

@@ -1,0 +1,158 @@
+import Configuration
+import Foundation
+import SystemPackage
+
+/// Everything an operator can set, with its default and why that default.
+///
+/// Sources, highest priority first: the process environment, then the file given with
+/// `--config` (the same `KEY=VALUE` lines as a systemd `EnvironmentFile=`). Keys are the
+/// environment names (`REFERRALD_AMQP_URL`); the README's configuration reference is this table.
+public struct Settings: Sendable {
+    public var amqpURL: String
+    public var databaseURL: String
+    public var programsFile: String
+    public var httpPort: Int
+    public var inboxQueue: String
+    public var deadLetterExchange: String
+    public var deadLetterQueue: String
+    public var eventsExchange: String
+    public var upstreamExchanges: [String]
+    public var batchSize: Int
+    public var batchWaitMilliseconds: Int
+    public var prefetch: Int
+    public var maxBodyBytes: Int
+    public var heartbeatSeconds: Int
+    public var deliveryLimit: Int
+    public var logLevel: String
+    public var logFormat: String
+
+    /// One documented key. `defaultValue` nil means the key is required.
+    public struct Key: Sendable {
+        public let name: String
+        public let defaultValue: String?
+        public let help: String
+        public let secret: Bool
+    }
+
+    public static let keys: [Key] = [
+        Key(name: "REFERRALD_AMQP_URL", defaultValue: nil,
+            help: "amqp:// or amqps:// URL of the broker: user, password, host, port, vhost.", secret: true),
+        Key(name: "REFERRALD_DATABASE_URL", defaultValue: nil,
+            help: "postgres:// URL of the database (sslmode etc. as query parameters).", secret: true),
+        Key(name: "REFERRALD_PROGRAMS_FILE", defaultValue: nil,
+            help: "YAML file of referral programs (see deploy/programs.example.yaml).", secret: false),
+        Key(name: "REFERRALD_HTTP_PORT", defaultValue: "9464",
+            help: "Port of /healthz, /readyz and /metrics on 127.0.0.1; 0 turns the endpoint off.", secret: false),
+        Key(name: "REFERRALD_INBOX_QUEUE", defaultValue: "referrald.inbox",
+            help: "Quorum queue the worker consumes.", secret: false),
+        Key(name: "REFERRALD_DLX", defaultValue: "referrald.dlx",
+            help: "Fanout exchange for messages the worker cannot process.", secret: false),
+        Key(name: "REFERRALD_DLQ", defaultValue: "referrald.dlq",
+            help: "Quorum queue bound to the dead-letter exchange.", secret: false),
+        Key(name: "REFERRALD_EVENTS_EXCHANGE", defaultValue: "referral.events",
+            help: "Topic exchange the worker publishes on.", secret: false),
+        Key(name: "REFERRALD_UPSTREAM_EXCHANGES", defaultValue: "provisioning.events,billing.events,crm.events",
+            help: "Upstream topic exchanges, in the order provisioning, billing, crm.", secret: false),
+        Key(name: "REFERRALD_BATCH_SIZE", defaultValue: "128",
+            help: "Deliveries per database transaction; larger batches trade latency for throughput.", secret: false),
+        Key(name: "REFERRALD_BATCH_WAIT_MS", defaultValue: "20",
+            help: "How long a partial batch waits for more deliveries before it is processed.", secret: false),
+        Key(name: "REFERRALD_PREFETCH", defaultValue: "256",
+            help: "Unacknowledged deliveries the broker may push; at least the batch size.", secret: false),
+        Key(name: "REFERRALD_MAX_BODY_BYTES", defaultValue: "262144",
+            help: "Bodies longer than this are dead-lettered as too_large before parsing.", secret: false),
+        Key(name: "REFERRALD_HEARTBEAT_SECONDS", defaultValue: "30",
+            help: "AMQP heartbeat; a silent broker is detected after about twice this.", secret: false),
+        Key(name: "REFERRALD_DELIVERY_LIMIT", defaultValue: "5",
+            help: "Deliveries of a message whose processing fails before it is dead-lettered as processing_failed.", secret: false),
+        Key(name: "REFERRALD_LOG_LEVEL", defaultValue: "info",
+            help: "trace, debug, info, notice, warning, error or critical.", secret: false),
+        Key(name: "REFERRALD_LOG_FORMAT", defaultValue: "logfmt",
+            help: "logfmt (one key=value line per event) or json.", secret: false),
+    ]
+
+    /// Reads the settings from the environment and an optional `KEY=VALUE` file.
+    /// Errors name the key and where its value came from; values of secret keys are never shown.
+    public static func load(
+        configFile: String?, environment: [String: String], requireAll: Bool = true
+    ) async throws -> Settings {
+        var providers: [any ConfigProvider] = [EnvironmentVariablesProvider(environmentVariables: environment)]
+        if let configFile {
+            do {
+                providers.append(try await EnvironmentVariablesProvider(environmentFilePath: FilePath(configFile)))
+            } catch {
+                throw SettingsError(key: nil, source: configFile, message: "cannot read the configuration file (\(error))")
+            }
+        }
+        let reader = ConfigReader(providers: providers)
+        let source = configFile.map { "environment or \($0)" } ?? "environment"
+        func value(_ name: String) throws -> String {
+            let key = keys.first { $0.name == name }!
+            let configKey = ConfigKey(name.lowercased().split(separator: "_").map(String.init))
+            if let v = reader.string(forKey: configKey, isSecret: key.secret), !v.isEmpty { return v }
+            if let d = key.defaultValue { return d }
+            if !requireAll { return "" }
+            throw SettingsError(key: name, source: source, message: "is required: \(key.help)")
+        }
+        func int(_ name: String, _ range: ClosedRange<Int>) throws -> Int {
+            let text = try value(name)
+            guard let n = Int(text), range.contains(n) else {
+                throw SettingsError(key: name, source: source, message: "\"\(text)\" is not a whole number in \(range.lowerBound)...\(range.upperBound)")
+            }
+            return n
+        }
+        let upstream = try value("REFERRALD_UPSTREAM_EXCHANGES").split(separator: ",").map {
+            $0.trimmingCharacters(in: .whitespaces)
+        }
+        guard upstream.count == 3, upstream.allSatisfy({ !$0.isEmpty }) else {
+            throw SettingsError(key: "REFERRALD_UPSTREAM_EXCHANGES", source: source,
+                                message: "needs three comma-separated names: provisioning, billing, crm")
+        }
+        let settings = Settings(
+            amqpURL: try value("REFERRALD_AMQP_URL"),
+            databaseURL: try value("REFERRALD_DATABASE_URL"),
+            programsFile: try value("REFERRALD_PROGRAMS_FILE"),
+            httpPort: try int("REFERRALD_HTTP_PORT", 0...65535),
+            inboxQueue: try value("REFERRALD_INBOX_QUEUE"),
+            deadLetterExchange: try value("REFERRALD_DLX"),
+            deadLetterQueue: try value("REFERRALD_DLQ"),
+            eventsExchange: try value("REFERRALD_EVENTS_EXCHANGE"),
+            upstreamExchanges: upstream,
+            batchSize: try int("REFERRALD_BATCH_SIZE", 1...4096),
+            batchWaitMilliseconds: try int("REFERRALD_BATCH_WAIT_MS", 0...60_000),
+            prefetch: try int("REFERRALD_PREFETCH", 1...65535),
+            maxBodyBytes: try int("REFERRALD_MAX_BODY_BYTES", 1024...16_777_216),
+            heartbeatSeconds: try int("REFERRALD_HEARTBEAT_SECONDS", 0...600),
+            deliveryLimit: try int("REFERRALD_DELIVERY_LIMIT", 1...1000),
+            logLevel: try value("REFERRALD_LOG_LEVEL"),
+            logFormat: try value("REFERRALD_LOG_FORMAT"))
+        try settings.validate(source: source)
+        return settings
+    }
+
+    /// Checks fields against each other: each is plausible alone, some pairs are not.
+    func validate(source: String) throws {
+        // A prefetch below the batch size would make every batch wait out its deadline
+        // half-empty: the broker never sends more than `prefetch` unacknowledged deliveries.
+        if prefetch < batchSize {
+            throw SettingsError(key: "REFERRALD_PREFETCH", source: source,
+                                message: "\(prefetch) is below REFERRALD_BATCH_SIZE (\(batchSize))")
+        }
+        if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) {
+            throw SettingsError(key: "REFERRALD_LOG_LEVEL", source: source, message: "unknown level \"\(logLevel)\"")
+        }
+        if !["logfmt", "json"].contains(logFormat) {
+            throw SettingsError(key: "REFERRALD_LOG_FORMAT", source: source, message: "must be logfmt or json")
+        }
+    }
+}
+
+public struct SettingsError: Error, CustomStringConvertible {
+    public let key: String?
+    public let source: String
+    public let message: String
+    public var description: String {
+        if let key { return "configuration (\(source)): \(key) \(message)" }
+        return "configuration (\(source)): \(message)"
+    }
+}

@@ -1,0 +1,81 @@
+import Foundation
+import Logging
+import ReferralCore
+
+/// One line per log event on stderr, as logfmt (`ts=… level=info msg="…" event.type=…`) or JSON.
+///
+/// Lines are written with one `write(2)` each, so lines from different threads never interleave
+/// (a buffered `print` could split a line under load and break the journal's parsing).
+public struct LineLogHandler: LogHandler {
+    public enum Format: String, Sendable { case logfmt, json }
+
+    public var metadata: Logger.Metadata = [:]
+    public var metadataProvider: Logger.MetadataProvider?
+    public var logLevel: Logger.Level
+    private let label: String
+    private let format: Format
+    private let write: @Sendable (String) -> Void
+
+    public init(label: String, level: Logger.Level, format: Format,
+                write: @escaping @Sendable (String) -> Void = LineLogHandler.standardError) {
+        self.label = label
+        self.logLevel = level
+        self.format = format
+        self.write = write
+    }
+
+    public static let standardError: @Sendable (String) -> Void = { line in
+        let bytes = Array(line.utf8)
+        bytes.withUnsafeBytes { _ = Foundation.write(2, $0.baseAddress, $0.count) }
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var all = metadata
+        if let provided = metadataProvider?.get() { all.merge(provided) { _, new in new } }
+        if let extra = event.metadata { all.merge(extra) { _, new in new } }
+        if let error = event.error { all["error"] = "\(error)" }
+        let fields: [(String, String)] = [
+            ("ts", SystemClock().now().rfc3339),
+            ("level", event.level.rawValue),
+            ("logger", label),
+            ("msg", event.message.description),
+        ] + all.sorted { $0.key < $1.key }.map { ($0.key, "\($0.value)") }
+        write(format == .json ? Self.json(fields) : Self.logfmt(fields))
+    }
+
+    static func logfmt(_ fields: [(String, String)]) -> String {
+        fields.map { key, value in
+            let plain = !value.isEmpty && value.unicodeScalars.allSatisfy {
+                $0.value > 0x20 && $0.value < 0x7F && $0 != "\"" && $0 != "=" && $0 != "\\"
+            }
+            return plain ? "\(key)=\(value)" : "\(key)=\"\(escape(value))\""
+        }.joined(separator: " ") + "\n"
+    }
+
+    static func json(_ fields: [(String, String)]) -> String {
+        "{" + fields.map { "\"\(escape($0.0))\":\"\(escape($0.1))\"" }.joined(separator: ",") + "}\n"
+    }
+
+    /// JSON string escaping, also valid inside logfmt quotes. Newlines are escaped so that a
+    /// message carrying one (a server error text) cannot forge a second log line.
+    static func escape(_ s: String) -> String {
+        var out = ""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,58 @@
+import AMQP
+import Logging
+import ReferralCore
+
+/// The contract's broker objects: upstream exchanges, the inbox quorum queue and its bindings,
+/// the dead-letter exchange and queue, and the exchange the worker publishes on.
+public struct Topology: Sendable {
+    public var settings: Settings
+
+    public init(settings: Settings) { self.settings = settings }
+
+    /// Arguments of the inbox. Changing them later makes the broker refuse the declaration
+    /// (406 PRECONDITION_FAILED), so they are part of the deployment contract (deploy/rabbitmq).
+    /// The broker's own `x-delivery-limit` is a backstop far above the worker's
+    /// REFERRALD_DELIVERY_LIMIT: the worker dead-letters a poison message itself, with the
+    /// `x-referrald-error` headers, long before the broker would drop it into the DLX bare.
+    public var inboxArguments: [String: AMQPFieldValue] {
+        [
+            "x-queue-type": .string("quorum"),
+            "x-delivery-limit": .int(Int64(max(settings.deliveryLimit * 4, 20))),
+            "x-dead-letter-exchange": .string(settings.deadLetterExchange),
+        ]
+    }
+
+    /// Which upstream exchange each consumed type arrives on, by its `type` prefix.
+    public func bindings() -> [(exchange: String, routingKey: String)] {
+        ConsumedType.allCases.map { type in
+            let exchange: String
+            switch type.rawValue.split(separator: ".").first {
+            case "provisioning": exchange = settings.upstreamExchanges[0]
+            case "billing": exchange = settings.upstreamExchanges[1]
+            default: exchange = settings.upstreamExchanges[2]
+            }
+            return (exchange, type.rawValue)
+        }
+    }
+
+    /// Declares everything idempotently. With `passiveUpstream`, the upstream exchanges are only
+    /// checked, for brokers where referrald has no configure permission on them.
+    public func declare(on amqp: AMQPConnection, passiveUpstream: Bool, logger: Logger) async throws {
+        for exchange in settings.upstreamExchanges {
+            try await amqp.declareExchange(exchange, type: "topic", durable: true, passive: passiveUpstream)
+        }
+        try await amqp.declareExchange(settings.eventsExchange, type: "topic", durable: true)
+        try await amqp.declareExchange(settings.deadLetterExchange, type: "fanout", durable: true)
+        _ = try await amqp.declareQueue(settings.deadLetterQueue, durable: true,
+                                        arguments: ["x-queue-type": .string("quorum")])
+        try await amqp.bindQueue(settings.deadLetterQueue, exchange: settings.deadLetterExchange, routingKey: "")
+        _ = try await amqp.declareQueue(settings.inboxQueue, durable: true, arguments: inboxArguments)
+        for b in bindings() {
+            try await amqp.bindQueue(settings.inboxQueue, exchange: b.exchange, routingKey: b.routingKey)
+        }
+        logger.info("topology declared", metadata: [
+            "amqp.queue": "\(settings.inboxQueue)", "amqp.bindings": "\(bindings().count)",
+            "amqp.dlq": "\(settings.deadLetterQueue)",
+        ])
+    }
+}

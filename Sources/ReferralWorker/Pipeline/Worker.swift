@@ -1,0 +1,265 @@
+import AMQP
+import Logging
+import Postgres
+import ReferralCore
+import ReferralStore
+import ServiceLifecycle
+
+/// The consume loop: inbox → classify → dead-letter bad input → deduplicate and apply in one
+/// transaction that also writes the outbox → publish the outbox with confirms → ack.
+///
+/// A crash at any point is safe: before the commit nothing happened and the broker redelivers;
+/// after it, the inbox row makes the redelivery a no-op and the outbox row is published by the
+/// next relay pass (same CloudEvents id). Dead letters are confirmed before their originals are
+/// acked, so a message is never in neither queue.
+public actor Worker {
+    let settings: Settings
+    let programs: ProgramBook
+    let logger: Logger
+    let clock: any ReferralCore.Clock
+    let instanceName: String
+
+    private var consumer: AMQPConnection?
+    private var publisher: AMQPConnection?
+    private var db: PostgresConnection?
+    private var rng = SystemRandomNumberGenerator()
+    private var lastRelay = Instant(microseconds: 0)
+
+    public init(settings: Settings, programs: ProgramBook, logger: Logger,
+                clock: any ReferralCore.Clock = SystemClock(), instanceName: String = "referrald") {
+        self.settings = settings
+        self.programs = programs
+        self.logger = logger
+        self.clock = clock
+        self.instanceName = instanceName
+    }
+
+    /// Runs until the task is cancelled. Connection failures are retried with back-off; the
+    /// loop only ends by cancellation or by a configuration problem no retry can fix.
+    public func run() async throws {
+        var backoff = Backoff()
+        while !Task.isCancelled, !Task.isShuttingDownGracefully {
+            do {
+                try await connect()
+                backoff.reset()
+                try await consumeLoop()
+            } catch is CancellationError {
+                break
+            } catch let error as SchemaError {
+                throw error
+            } catch {
+                logger.warning("worker loop failed; reconnecting", metadata: ["error": "\(error)"])
+                await disconnect()
+                try? await Task.sleep(for: backoff.next(using: &rng))
+            }
+        }
+        await disconnect()
+    }
+
+    private func connect() async throws {
+        if db == nil {
+            let connection = try await PostgresConnection.connect(
+                try PostgresURL(settings.databaseURL), applicationName: instanceName, logger: logger)
+            let version = try await Schema.currentVersion(connection)
+            guard version >= Schema.latestVersion else {
+                await connection.close()
+                throw SchemaError(found: version, needed: Schema.latestVersion)
+            }
+            db = connection
+        }
+        if publisher == nil {
+            let p = try await AMQPConnection.connect(
+                try AMQPURL(settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
+                connectionName: "\(instanceName) publisher", logger: logger)
+            try await p.enableConfirms()
+            publisher = p
+        }
+        if consumer == nil {
+            let c = try await AMQPConnection.connect(
+                try AMQPURL(settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
+                connectionName: "\(instanceName) consumer", logger: logger)
+            try await c.consume(queue: settings.inboxQueue, prefetch: UInt16(settings.prefetch))
+            consumer = c
+            logger.info("consuming", metadata: ["amqp.queue": "\(settings.inboxQueue)"])
+        }
+    }
+
+    private func disconnect() async {
+        await consumer?.close()
+        await publisher?.close()
+        await db?.close()
+        consumer = nil
+        publisher = nil
+        db = nil
+    }
+
+    private func consumeLoop() async throws {
+        guard let consumer else { return }
+        // A graceful shutdown (SIGTERM) ends the loop between batches: the batch in hand is
+        // finished, committed, published and acked first.
+        while !Task.isCancelled, !Task.isShuttingDownGracefully {
+            let batch = try await consumer.nextDeliveries(
+                max: settings.batchSize, wait: .milliseconds(settings.batchWaitMilliseconds))
+            if !batch.isEmpty { try await handle(batch) }
+            // The relay also runs when idle, so rows left by a crashed instance or by a broker
+            // outage are published without waiting for new input.
+            if batch.isEmpty, clock.now() - lastRelay > .seconds(1) { try await relayOutbox() }
+        }
+    }
+
+    // MARK: batch
+
+    private func handle(_ deliveries: [Delivery]) async throws {
+        guard let consumer else { return }
+        var good: [(Delivery, InboundEvent)] = []
+        var bad: [(Delivery, BadInput)] = []
+        let limits = InputLimits(maxBodyBytes: settings.maxBodyBytes)
+        for d in deliveries {
+            switch classify(body: d.body, limits: limits) {
+            case .success(let event): good.append((d, event))
+            case .failure(let reason): bad.append((d, reason))
+            }
+        }
+        if !bad.isEmpty { try await deadLetter(bad) }
+        if !good.isEmpty { try await applyWithRetry(good) }
+        try await relayOutbox()
+        if let last = deliveries.last { try await consumer.ack(last.deliveryTag, multiple: true) }
+    }
+
+    /// Transient database errors (server restart, lost connection, serialisation failure)
+    /// retry the same deliveries on a fresh connection while the consumer keeps them unacked:
+    /// they are neither acked nor dead-lettered while the database is away.
+    private func applyWithRetry(_ events: [(Delivery, InboundEvent)]) async throws {
+        var backoff = Backoff()
+        while true {
+            do {
+                try await apply(events.map(\.1))
+                return
+            } catch let error as PostgresError where error.isTransient {
+                logger.warning("database unavailable; batch held for retry",
+                               metadata: ["db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)"])
+                await db?.close()
+                db = nil
+                try await Task.sleep(for: backoff.next(using: &rng))
+                try await connect()
+            } catch {
+                try await isolate(events, firstError: error)
+                return
+            }
+        }
+    }
+
+    /// A batch failed for a reason that is not transient. Apply its events one by one so that a
+    /// single bad event cannot hold back the others; the one that fails again is dead-lettered
+    /// once it has failed on REFERRALD_DELIVERY_LIMIT deliveries, and requeued before that.
+    private func isolate(_ events: [(Delivery, InboundEvent)], firstError: any Error) async throws {
+        guard let consumer else { return }
+        logger.warning("batch failed; isolating its events", metadata: ["error": "\(firstError)"])
+        for (delivery, event) in events {
+            do {
+                try await apply([event])
+            } catch let error as PostgresError where error.isTransient {
+                throw error
+            } catch {
+                let deliveries = (delivery.deliveryCount ?? 0) + 1
+                if deliveries >= settings.deliveryLimit {
+                    try await deadLetter([(delivery, BadInput(code: .processingFailed,
+                        detail: "\(event.type.rawValue): failed on \(deliveries) deliveries: \(error)"))])
+                } else {
+                    logger.warning("event failed; requeued", metadata: [
+                        "event.id": "\(event.id)", "event.type": "\(event.type.rawValue)", "error": "\(error)",
+                        "amqp.delivery_count": "\(deliveries)"])
+                    try await consumer.nack(delivery.deliveryTag, requeue: true)
+                }
+            }
+        }
+    }
+
+    private func apply(_ events: [InboundEvent]) async throws {
+        guard let db else { throw SchemaError(found: 0, needed: Schema.latestVersion) }
+        let now = clock.now()
+        let programs = self.programs
+        var draws: [UInt64] = (0..<(events.count * 2 + 8)).map { _ in rng.next() }
+        try await db.transaction { c in
+            try Apply.batch(c, events: events, programs: programs, now: now, draws: &draws)
+        }
+    }
+
+    // MARK: broker
+
+    /// Publishes bad input to the dead-letter exchange, body unchanged, and acks each original
+    /// only after the broker confirmed its copy.
+    private func deadLetter(_ items: [(Delivery, BadInput)]) async throws {
+        guard let publisher, let consumer else { return }
+        let messages = items.map { delivery, reason in
+            OutgoingMessage(
+                exchange: settings.deadLetterExchange, routingKey: delivery.routingKey, body: delivery.body,
+                headers: [
+                    "x-referrald-error": .string(reason.code.rawValue),
+                    "x-referrald-detail": .string(reason.detail),
+                    "x-referrald-original-exchange": .string(delivery.exchange),
+                    "x-referrald-original-routing-key": .string(delivery.routingKey),
+                ],
+                messageId: delivery.messageId, contentType: delivery.contentType,
+                persistent: true, mandatory: true)
+        }
+        let outcomes = try await publisher.publish(messages)
+        for ((delivery, reason), outcome) in zip(items, outcomes) {
+            guard outcome == .confirmed else {
+                // Not in the DLQ (no queue bound, or the broker refused it): keep the original.
+                throw DeadLetterError(outcome: outcome, code: reason.code.rawValue)
+            }
+            logger.notice("dead-lettered", metadata: [
+                "dlq.error": "\(reason.code.rawValue)", "dlq.detail": "\(reason.detail)",
+                "amqp.routing_key": "\(delivery.routingKey)", "amqp.message_id": "\(delivery.messageId ?? "-")"])
+            try await consumer.ack(delivery.deliveryTag, multiple: false)
+        }
+    }
+
+    /// Publishes leased outbox rows with confirms, then marks them published. A row that the
+    /// broker did not confirm keeps its lease only until it expires, then goes out again with
+    /// the same CloudEvents id: downstream deduplicates by id, so a repeat is harmless and a
+    /// loss is not.
+    private func relayOutbox() async throws {
+        guard let db, let publisher else { return }
+        lastRelay = clock.now()
+        while true {
+            let rows = try await db.run { c in try Store.leaseOutbox(c, limit: 512, leaseSeconds: 60) }
+            if rows.isEmpty { return }
+            let messages = rows.map {
+                OutgoingMessage(exchange: settings.eventsExchange, routingKey: $0.type, body: $0.body, headers: [:],
+                                messageId: $0.eventId, contentType: "application/cloudevents+json",
+                                persistent: true, mandatory: false)
+            }
+            let outcomes: [PublishOutcome]
+            do {
+                outcomes = try await publisher.publish(messages)
+            } catch {
+                _ = try? await db.run { c in try Store.releaseLease(c, seqs: rows.map(\.seq)) }
+                throw error
+            }
+            let confirmed = zip(rows, outcomes).filter { $0.1 != .nacked }.map(\.0.seq)
+            try await db.run { c in try Store.markPublished(c, seqs: confirmed) }
+            if confirmed.count < rows.count {
+                logger.warning("broker nacked outbox rows; retried after the lease",
+                               metadata: ["outbox.nacked": "\(rows.count - confirmed.count)"])
+                return
+            }
+            if rows.count < 512 { return }
+        }
+    }
+}
+
+public struct SchemaError: Error, CustomStringConvertible {
+    public let found: Int
+    public let needed: Int
+    public var description: String {
+        "database schema is at version \(found) but this referrald needs \(needed): run `referrald migrate` first"
+    }
+}
+
+struct DeadLetterError: Error, CustomStringConvertible {
+    let outcome: PublishOutcome
+    let code: String
+    var description: String { "dead letter (\(code)) not accepted by the broker: \(outcome); original kept unacked" }
+}

@@ -1,0 +1,84 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ReferralWorker
+
+@main
+struct Referrald: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "referrald",
+        abstract: "The referral program worker: consumes provisioning, billing and CRM events, publishes rewards.",
+        discussion: """
+            Configuration comes from environment variables and from the file given with --config
+            (the same KEY=VALUE lines; the environment wins). Keys:
+
+            \(Settings.keys.map { "  \($0.name)\($0.defaultValue.map { " (default \($0))" } ?? " (required)")\n      \($0.help)" }.joined(separator: "\n"))
+            """,
+        subcommands: [Run.self, Migrate.self, TopologyCommand.self],
+        defaultSubcommand: nil)
+}
+
+/// Options every subcommand shares.
+struct CommonOptions: ParsableArguments {
+    @Option(name: .long, help: "A KEY=VALUE file with the same keys as the environment; the environment wins.")
+    var config: String?
+
+    func settings(requireAll: Bool = true) async throws -> Settings {
+        try await Settings.load(configFile: config, environment: ProcessInfo.processInfo.environment,
+                                requireAll: requireAll)
+    }
+
+    func logger(_ settings: Settings, label: String = "referrald") -> Logger {
+        let level = Logger.Level(rawValue: settings.logLevel) ?? .info
+        let format = LineLogHandler.Format(rawValue: settings.logFormat) ?? .logfmt
+        return Logger(label: label) { label in LineLogHandler(label: label, level: level, format: format) }
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Consume the inbox and publish referral events until SIGTERM or SIGINT.",
+        discussion: "Refuses to start while the database schema is older than this binary: run `referrald migrate` first.")
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        let settings = try await options.settings()
+        let logger = options.logger(settings)
+        let programs = try ProgramBook.load(path: settings.programsFile)
+        logger.info("starting", metadata: ["programs": "\(programs.summary)"])
+        try await Daemon(settings: settings, programs: programs, logger: logger).run()
+    }
+}
+
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Apply the database migrations this binary carries (idempotent; safe from several instances at once).")
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        let settings = try await options.settings(requireAll: false)
+        let logger = options.logger(settings)
+        let applied = try await Operations.migrate(settings: settings, logger: logger)
+        print(applied.isEmpty ? "schema already current" : "applied migrations \(applied.map(String.init).joined(separator: ", "))")
+    }
+}
+
+struct TopologyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "topology",
+        abstract: "Declare the exchanges, queues, bindings and dead-letter queue of the contract (idempotent).")
+
+    @OptionGroup var options: CommonOptions
+
+    @Flag(help: "Only check that the upstream exchanges exist, for brokers where referrald may not configure them.")
+    var passiveUpstream = false
+
+    func run() async throws {
+        let settings = try await options.settings(requireAll: false)
+        let logger = options.logger(settings)
+        try await Operations.declareTopology(settings: settings, passiveUpstream: passiveUpstream, logger: logger)
+        print("topology declared")
+    }
+}
