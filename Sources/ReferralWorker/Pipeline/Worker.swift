@@ -24,6 +24,7 @@ public actor Worker {
     private var db: PostgresConnection?
     private var rng = SystemRandomNumberGenerator()
     private var lastRelay = Instant(microseconds: 0)
+    private let failpoint = Failpoint.fromEnvironment()
 
     public init(settings: Settings, programs: ProgramBook, logger: Logger,
                 clock: any ReferralCore.Clock = SystemClock(), instanceName: String = "referrald") {
@@ -133,7 +134,7 @@ public actor Worker {
         var backoff = Backoff()
         while true {
             do {
-                try await apply(events.map(\.1))
+                try await apply(events.map { .init(event: $0.1, body: $0.0.body) })
                 return
             } catch let error as PostgresError where error.isTransient {
                 logger.warning("database unavailable; batch held for retry",
@@ -157,7 +158,7 @@ public actor Worker {
         logger.warning("batch failed; isolating its events", metadata: ["error": "\(firstError)"])
         for (delivery, event) in events {
             do {
-                try await apply([event])
+                try await apply([.init(event: event, body: delivery.body)])
             } catch let error as PostgresError where error.isTransient {
                 throw error
             } catch {
@@ -175,14 +176,14 @@ public actor Worker {
         }
     }
 
-    private func apply(_ events: [InboundEvent]) async throws {
+    private func apply(_ events: [Apply.Received]) async throws {
         guard let db else { throw SchemaError(found: 0, needed: Schema.latestVersion) }
         let now = clock.now()
         let programs = self.programs
-        var draws: [UInt64] = (0..<(events.count * 2 + 8)).map { _ in rng.next() }
         try await db.transaction { c in
-            try Apply.batch(c, events: events, programs: programs, now: now, draws: &draws)
+            try Apply.batch(c, events: events, programs: programs, now: now)
         }
+        failpoint.hit(.afterCommit)
     }
 
     // MARK: broker
@@ -238,6 +239,7 @@ public actor Worker {
                 _ = try? await db.run { c in try Store.releaseLease(c, seqs: rows.map(\.seq)) }
                 throw error
             }
+            failpoint.hit(.afterPublish)
             let confirmed = zip(rows, outcomes).filter { $0.1 != .nacked }.map(\.0.seq)
             try await db.run { c in try Store.markPublished(c, seqs: confirmed) }
             if confirmed.count < rows.count {

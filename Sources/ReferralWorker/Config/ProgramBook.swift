@@ -1,0 +1,59 @@
+import Foundation
+import ReferralCore
+import Yams
+
+/// The programs file, parsed and validated, with the lookups the pipeline needs.
+public struct ProgramBook: Sendable {
+    public let file: String
+    public let programs: [Program]
+
+    public init(file: String, programs: [Program]) {
+        self.file = file
+        self.programs = programs
+    }
+
+    /// Reads and validates the YAML programs file. Errors name the file, the program and the
+    /// field; a YAML syntax error names the line.
+    public static func load(path: String) throws -> ProgramBook {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ProgramError(file: path, program: nil, field: "", message: "cannot read the file (\(error.localizedDescription))")
+        }
+        return try parse(yaml: text, file: path)
+    }
+
+    public static func parse(yaml text: String, file: String) throws -> ProgramBook {
+        let node: Node?
+        do {
+            node = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw ProgramError(file: file, program: nil, field: "", message: "not valid YAML: \(error)")
+        }
+        guard let node else {
+            throw ProgramError(file: file, program: nil, field: "", message: "the file is empty")
+        }
+        return ProgramBook(file: file, programs: try loadPrograms(configNode(node), file: file))
+    }
+
+    public var summary: String { programs.map(\.id).joined(separator: ",") }
+
+    /// The program for a customer of this segment; accounts without a segment fall under the
+    /// first program of the file, as the operator listed it first.
+    public func program(forSegment segment: String?) -> Program? {
+        if let segment, let p = programs.first(where: { $0.segment.rawValue == segment }) { return p }
+        return programs.first
+    }
+}
+
+/// Yams' node tree to the core's neutral tree: the core validates programs without a YAML
+/// dependency, and tests can build trees directly.
+func configNode(_ node: Node) -> ConfigNode {
+    switch node {
+    case .scalar(let s): return .scalar(s.string)
+    case .sequence(let seq): return .sequence(seq.map(configNode))
+    case .mapping(let map): return .mapping(map.map { (key: $0.key.string ?? "\($0.key)", value: configNode($0.value)) })
+    case .alias(let alias): return .scalar("*\(alias.anchor)")
+    }
+}

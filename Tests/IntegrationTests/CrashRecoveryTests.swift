@@ -1,0 +1,58 @@
+import AMQP
+import Foundation
+import ReferralCore
+import Testing
+
+/// The real binary, stopped abruptly at the two dangerous moments, then restarted.
+@Suite(.serialized) struct CrashRecoveryTests {
+    func waitForExit(_ p: Process, timeout: Duration = .seconds(30)) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while p.isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
+        return !p.isRunning
+    }
+
+    @Test func crashBetweenCommitAndAckYieldsNoSecondCode() async throws {
+        let bed = try await TestBed.make()
+        let crashing = try bed.spawnDaemon(extraEnvironment: ["REFERRALD_FAILPOINT": "after-commit"])
+        try await bed.publish(PipelineTests.activation(id: "crash-1", account: "acct-8001"),
+                              type: "provisioning.service.activated")
+        #expect(await waitForExit(crashing))
+        #expect(crashing.terminationStatus == 86)
+        // Committed but neither published nor acked.
+        #expect(try await bed.count("SELECT count(*) FROM referral_codes") == 1)
+        #expect(try await bed.count("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 1)
+
+        let restarted = try bed.spawnDaemon()
+        let observed = try await bed.take(from: bed.observerQueue, count: 2, timeout: .seconds(8))
+        #expect(observed.count == 1)
+        #expect(try await bed.eventually { try await bed.queueDepth(bed.settings.inboxQueue) == 0 })
+        #expect(try await bed.count("SELECT count(*) FROM referral_codes") == 1)
+        #expect(try await bed.count("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0)
+        restarted.terminate()  // SIGTERM: a graceful stop exits 0
+        #expect(await waitForExit(restarted))
+        #expect(restarted.terminationStatus == 0)
+        await bed.tearDown()
+    }
+
+    @Test func crashBetweenPublishAndMarkRepublishesWithTheSameId() async throws {
+        let bed = try await TestBed.make()
+        let crashing = try bed.spawnDaemon(extraEnvironment: ["REFERRALD_FAILPOINT": "after-publish"])
+        try await bed.publish(PipelineTests.activation(id: "crash-2", account: "acct-8002"),
+                              type: "provisioning.service.activated")
+        #expect(await waitForExit(crashing))
+        #expect(crashing.terminationStatus == 86)
+        // The outbox lease (60 s) would delay the retry: end it as an expired lease would.
+        _ = try await bed.count("WITH x AS (UPDATE outbox SET leased_until = now() - interval '1 s' RETURNING 1) SELECT count(*) FROM x")
+        let restarted = try bed.spawnDaemon()
+        let observed = try await bed.take(from: bed.observerQueue, count: 3, timeout: .seconds(8))
+        // Published once before the crash and once after: the same event, the same id.
+        #expect(observed.count == 2)
+        #expect(Set(observed.compactMap(\.messageId)).count == 1)
+        #expect(Set(observed.map(\.body)).count == 1)
+        #expect(try await bed.count("SELECT count(*) FROM referral_codes") == 1)
+        restarted.terminate()
+        #expect(await waitForExit(restarted))
+        #expect(restarted.terminationStatus == 0)
+        await bed.tearDown()
+    }
+}
