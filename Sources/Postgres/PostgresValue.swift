@@ -1,0 +1,120 @@
+/// A statement parameter. Sent in PostgreSQL's text format as a separate protocol field, never
+/// spliced into the SQL, so no value can change what a statement does.
+public enum PostgresValue: Sendable, Hashable {
+    case null
+    /// Sent with no declared type: the server infers it from context, so a string can fill a
+    /// `text`, `uuid`, `jsonb` or enum column alike (a declared `text` would need a cast there).
+    case text(String)
+    /// Declared as `int8`, so a value never gets inferred as `int4` and overflows. Functions
+    /// that take an `int4` need a cast: `pg_terminate_backend($1::int4)`.
+    case int(Int64)
+    case bool(Bool)
+    case double(Double)
+    case bytes([UInt8])
+    case timestamp(microsecondsSinceEpoch: Int64)
+    /// A `text[]`, for set-based writes such as `unnest($1::text[], $2::int8[])`.
+    case textArray([String?])
+    case int8Array([Int64?])
+    case boolArray([Bool?])
+
+    public init(_ value: String?) { self = value.map(Self.text) ?? .null }
+    public init(_ value: Int64?) { self = value.map(Self.int) ?? .null }
+    public init(_ value: Bool?) { self = value.map(Self.bool) ?? .null }
+    public init(_ value: PostgresTimestamp?) {
+        self = value.map { .timestamp(microsecondsSinceEpoch: $0.microsecondsSinceEpoch) } ?? .null
+    }
+
+    /// The type OID announced to the server; 0 lets it infer one. Non-text values declare
+    /// theirs so that `$1 = ANY($2)` or `$1 + 1` resolve without casts in the SQL.
+    var typeOID: UInt32 {
+        switch self {
+        case .null, .text: 0
+        case .int: 20          // int8
+        case .bool: 16         // bool
+        case .double: 701      // float8
+        case .bytes: 17        // bytea
+        case .timestamp: 1184  // timestamptz
+        case .textArray: 1009  // text[]
+        case .int8Array: 1016  // int8[]
+        case .boolArray: 1000  // bool[]
+        }
+    }
+
+    /// The value in PostgreSQL's text input format, or nil for SQL NULL.
+    ///
+    /// Throws for strings with a NUL character: PostgreSQL text cannot hold one, and a C string
+    /// would end there, silently storing a truncated value.
+    func encoded(index: Int) throws(PostgresError) -> String? {
+        func checked(_ s: String) throws(PostgresError) -> String {
+            guard !s.utf8.contains(0) else {
+                throw PostgresError(
+                    code: .invalidParameter, context: "parameter $\(index + 1)",
+                    message: "text contains a NUL character, which PostgreSQL cannot store")
+            }
+            return s
+        }
+        switch self {
+        case .null: return nil
+        case .text(let s): return try checked(s)
+        case .int(let n): return String(n)
+        case .bool(let b): return b ? "t" : "f"
+        case .double(let d):
+            // Swift prints "inf" and "nan"; these are the spellings every PostgreSQL accepts.
+            if d.isNaN { return "NaN" }
+            if d.isInfinite { return d < 0 ? "-Infinity" : "Infinity" }
+            return String(d)  // shortest text that reads back as the same Double
+        case .bytes(let bytes):
+            return Self.hexBytea(bytes)
+        case .timestamp(let micros):
+            return PostgresTimestamp(microsecondsSinceEpoch: micros).iso8601
+        case .textArray(let elements):
+            var parts: [String] = []
+            parts.reserveCapacity(elements.count)
+            for element in elements {
+                parts.append(try element.map { s throws(PostgresError) in Self.quotedArrayElement(try checked(s)) } ?? "NULL")
+            }
+            return "{" + parts.joined(separator: ",") + "}"
+        case .int8Array(let elements):
+            return "{" + elements.map { $0.map { String($0) } ?? "NULL" }.joined(separator: ",") + "}"
+        case .boolArray(let elements):
+            return "{" + elements.map { $0.map { $0 ? "t" : "f" } ?? "NULL" }.joined(separator: ",") + "}"
+        }
+    }
+
+    /// Every element is double-quoted, with `\` and `"` backslash-escaped. Quoting always,
+    /// rather than only when needed, is what keeps the string `NULL` from becoming SQL NULL, an
+    /// empty string from vanishing, leading or trailing spaces from being trimmed, and commas
+    /// or braces from splitting or nesting the array.
+    static func quotedArrayElement(_ s: String) -> String {
+        var out = "\""
+        out.unicodeScalars.reserveCapacity(s.unicodeScalars.count + 2)
+        for scalar in s.unicodeScalars {
+            if scalar == "\\" || scalar == "\"" { out.unicodeScalars.append("\\") }
+            out.unicodeScalars.append(scalar)
+        }
+        out += "\""
+        return out
+    }
+
+    /// bytea's hex input form, `\x0aff`, which needs no escaping of any byte.
+    static func hexBytea(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = [UInt8(ascii: "\\"), UInt8(ascii: "x")]
+        out.reserveCapacity(2 + bytes.count * 2)
+        for byte in bytes {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 0x0f)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+extension PostgresValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral,
+    ExpressibleByBooleanLiteral, ExpressibleByFloatLiteral, ExpressibleByNilLiteral
+{
+    public init(stringLiteral value: String) { self = .text(value) }
+    public init(integerLiteral value: Int64) { self = .int(value) }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+    public init(floatLiteral value: Double) { self = .double(value) }
+    public init(nilLiteral: ()) { self = .null }
+}
