@@ -11,7 +11,7 @@ public enum Operations {
             throw SettingsError(key: "REFERRALD_DATABASE_URL", source: "environment", message: "is required for migrate")
         }
         let db = try await PostgresConnection.connect(
-            try PostgresURL(settings.databaseURL), applicationName: "referrald migrate", logger: logger)
+            try PostgresURL(parsing: settings.databaseURL), applicationName: "referrald migrate", logger: logger)
         defer { Task { await db.close() } }
         return try await Schema.migrate(db, logger: logger)
     }

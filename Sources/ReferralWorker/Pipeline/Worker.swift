@@ -60,7 +60,7 @@ public actor Worker {
     private func connect() async throws {
         if db == nil {
             let connection = try await PostgresConnection.connect(
-                try PostgresURL(settings.databaseURL), applicationName: instanceName, logger: logger)
+                try PostgresURL(parsing: settings.databaseURL), applicationName: instanceName, logger: logger)
             let version = try await Schema.currentVersion(connection)
             guard version >= Schema.latestVersion else {
                 await connection.close()

@@ -54,7 +54,7 @@ final class TestBed: Sendable {
 
     static func make(_ overrides: [String: String] = [:]) async throws -> TestBed {
         let name = "t\(UInt32.random(in: 0...UInt32.max))"
-        let adminURL = try PostgresURL(TestServices.databaseURL)
+        let adminURL = try PostgresURL(parsing: TestServices.databaseURL)
         let admin = try await PostgresConnection.connect(adminURL, applicationName: "referrald-test-admin", logger: TestServices.logger)
         try await admin.run { c in try c.executeScript("CREATE DATABASE \(name)") }
         let dbURL = TestServices.databaseURL(database: name)
@@ -72,7 +72,7 @@ final class TestBed: Sendable {
         ]
         environment.merge(overrides) { _, new in new }
         let settings = try await Settings.load(configFile: nil, environment: environment)
-        let db = try await PostgresConnection.connect(try PostgresURL(dbURL), applicationName: "referrald-test", logger: TestServices.logger)
+        let db = try await PostgresConnection.connect(try PostgresURL(parsing: dbURL), applicationName: "referrald-test", logger: TestServices.logger)
         _ = try await Schema.migrate(db, logger: TestServices.logger)
         let amqp = try await AMQPConnection.connect(try AMQPURL(TestServices.amqpURL), heartbeatSeconds: 30,
                                                     connectionName: "\(name) test", logger: TestServices.logger)
