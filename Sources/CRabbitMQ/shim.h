@@ -13,4 +13,14 @@
 #include <amqp_tcp_socket.h>
 #include <amqp_ssl_socket.h>
 #endif
+
+// amqp_login_with_properties is variadic (the SASL method decides the trailing arguments), and
+// Swift cannot call C variadic functions. PLAIN is the only method referrald uses.
+static inline amqp_rpc_reply_t referrald_amqp_login_plain(
+    amqp_connection_state_t state, const char *vhost, int channel_max, int frame_max,
+    int heartbeat, const amqp_table_t *client_properties, const char *user,
+    const char *password) {
+  return amqp_login_with_properties(state, vhost, channel_max, frame_max, heartbeat,
+                                    client_properties, AMQP_SASL_METHOD_PLAIN, user, password);
+}
 #endif
