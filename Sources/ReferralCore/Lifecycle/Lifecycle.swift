@@ -1,0 +1,698 @@
+/// Retry rules for rewards billing rejected.
+public struct LifecyclePolicy: Hashable, Sendable {
+    /// Re-issues after billing rejects a credit; the rejection after the last one leaves the
+    /// reward `failed` (reported). Default 3.
+    public var maxRetries: Int
+    /// Wait after the first rejection; doubled after each further one. Default 1h.
+    public var retryBackoff: Span
+    /// Ceiling of the doubling, so a long-failing reward is still retried within a day. Default 1d.
+    public var maxRetryBackoff: Span
+
+    public init(maxRetries: Int = 3, retryBackoff: Span = .hours(1), maxRetryBackoff: Span = .days(1)) {
+        self.maxRetries = maxRetries; self.retryBackoff = retryBackoff; self.maxRetryBackoff = maxRetryBackoff
+    }
+
+    /// Wait before the retry that follows billing's `failure`-th rejection (1-based).
+    public func backoff(afterFailure failure: Int) -> Span {
+        var wait = retryBackoff
+        for _ in 1..<max(failure, 1) where wait < maxRetryBackoff { wait = wait * 2 }
+        return min(wait, maxRetryBackoff)
+    }
+}
+
+/// Everything a decision needs about one neighbourhood: the referrals a batch touches and every
+/// referral they compete with. For correct competition rules the worker must include, for each
+/// referral it loads, the other referrals sharing its code (same UTC day), its friend (account or
+/// household) and its referrer (same year), and all facts about the leads and accounts involved.
+public struct LifecycleInput: Sendable {
+    /// Every stored fact of the neighbourhood, in any order, duplicates allowed.
+    public var facts: [Fact]
+    public var referrals: [ReferralBinding]
+    /// Every effect already recorded for the neighbourhood, in the order recorded.
+    public var recorded: [Effect]
+    public var now: Instant
+    public var policy: LifecyclePolicy
+
+    public init(facts: [Fact], referrals: [ReferralBinding], recorded: [Effect], now: Instant, policy: LifecyclePolicy = .init()) {
+        self.facts = facts; self.referrals = referrals; self.recorded = recorded; self.now = now; self.policy = policy
+    }
+}
+
+/// An activated account without a code: the worker draws a code, publishes
+/// `referral.code.issued` with the program of `segment`, and records `Effect.codeIssued`.
+public struct CodeRequest: Hashable, Sendable {
+    public var accountId: String
+    /// The activation's segment; `consumer` when provisioning sent none.
+    public var segment: Segment
+    public var activatedAt: Instant
+}
+
+public enum RewardStatus: String, Hashable, Sendable, Codable {
+    case pending, issued, applied, failed, reversed
+}
+
+public struct RewardView: Hashable, Sendable {
+    public var rewardId: String
+    public var beneficiary: Beneficiary
+    public var accountId: String
+    public var amountMinor: Int64
+    public var currency: String
+    public var status: RewardStatus
+    /// Why it is not (or no longer) paid, when that is the case.
+    public var note: String?
+}
+
+/// A referral's derived state with the rule that decided it: the answer to "why didn't I get my
+/// reward?". `inputs` are the facts and limits the rule looked at; personal data (household,
+/// contact) is never included, so the view can be shown to support after an erasure.
+public struct ReferralView: Hashable, Sendable {
+    public var referralId: String
+    public var leadId: String
+    public var referrerAccountId: String
+    public var friendAccountId: String?
+    public var programId: String
+    public var programVersion: Int
+    public var stage: Stage
+    public var reason: String?
+    /// The program field or contract rule that decided the stage (`qualify.hold`, `fraud.reject_same_household`...).
+    public var rule: String
+    public var explanation: String
+    public var inputs: [Input]
+    public var qualifiedAt: Instant?
+    public var rewards: [RewardView]
+
+    public struct Input: Hashable, Sendable {
+        public var name: String
+        public var value: String
+    }
+}
+
+public struct Decision: Sendable {
+    /// New effects, in a deterministic order (by referral id, then offer, status, rewards).
+    public var effects: [Effect]
+    public var codeRequests: [CodeRequest]
+    /// Every referral of the input, by referral id.
+    public var referrals: [ReferralView]
+    /// The next instant at which time passing alone can change the outcome (hold end, window end,
+    /// arrears deadline, retry); strictly after `now`. The worker keeps it as a durable timer.
+    public var nextWakeup: Instant?
+}
+
+/// The lifecycle rules as one pure function. See `Lifecycle/README.md` for the rules and the
+/// decisions taken on the traps; the short version:
+///
+/// * The outcome (stage, qualification time, which rewards should stand) is derived from the
+///   facts and their own times only — never from arrival order or from what was decided before.
+/// * Recorded effects are then reconciled against it: a reward that should stand and was not
+///   issued is issued; an issued reward that must not stand is reversed (once), whatever made it
+///   so (clawback, or a late fact showing the referral never qualified). Reversals are final.
+public enum Lifecycle {
+    public static func decide(_ input: LifecycleInput) -> Decision {
+        var d = Decider(input)
+        return d.run()
+    }
+
+    /// Codes known from recorded `codeIssued` effects: canonical code → (account, program id).
+    public static func codes(in recorded: [Effect]) -> [String: (accountId: String, programId: String)] {
+        var codes: [String: (accountId: String, programId: String)] = [:]
+        for case .codeIssued(let account, let code, let program) in recorded { codes[code] = (account, program) }
+        return codes
+    }
+
+    /// Leads whose code belongs to a known account and which have no referral yet: the store
+    /// gives each an id and binds it to the current version of `programId`. A lead is bound even
+    /// when its referrer had cancelled before it: the rules then reject it (`referrer_cancelled`),
+    /// so that whether the cancellation arrived before or after the lead makes no difference.
+    public static func leadsToBind(facts: [Fact], codes: [String: (accountId: String, programId: String)],
+                                   bound: Set<String>) -> [(leadId: String, code: String, referrerAccountId: String, programId: String)] {
+        var seen: Set<String> = []
+        var out: [(leadId: String, code: String, referrerAccountId: String, programId: String)] = []
+        for case .leadCreated(let lead, _, let code?, _, _, _) in facts where !bound.contains(lead) {
+            guard let owner = codes[code], seen.insert(lead).inserted else { continue }
+            out.append((lead, code, owner.accountId, owner.programId))
+        }
+        return out.sorted { $0.leadId < $1.leadId }
+    }
+}
+
+// MARK: - Facts, indexed
+
+/// A lead's facts. When provisioning sent conflicting versions of one lead, the earliest (then
+/// smallest) wins, so the choice does not depend on which arrived first.
+struct LeadInfo {
+    var at: Instant
+    var code: String?
+    var household: String?
+    var contact: String?
+
+    func precedes(_ o: LeadInfo) -> Bool {
+        (at, code ?? "", household ?? "", contact ?? "") < (o.at, o.code ?? "", o.household ?? "", o.contact ?? "")
+    }
+}
+
+/// One account's facts, reduced to what the rules use. Firsts are minima by fact time, so a
+/// duplicate or a late copy never moves them.
+struct AccountInfo {
+    var activatedAt: Instant?
+    var segment: Segment?
+    var households: Set<String> = []
+    var contacts: Set<String> = []
+    var installedAt: Instant?
+    var cancelledAt: Instant?
+    var firstPaidAt: Instant?
+    var overdue: [String: Instant] = [:]
+    var paid: [String: Instant] = [:]
+    var erased = false
+}
+
+struct Index {
+    var leads: [String: LeadInfo] = [:]
+    var orders: [String: (accountId: String, at: Instant)] = [:]
+    var accounts: [String: AccountInfo] = [:]
+    var applied: [String: Set<Application>] = [:]
+    var rejections: [String: Set<Rejection>] = [:]
+
+    struct Application: Hashable { var accountId: String; var amountMinor: Int64; var currency: String }
+    struct Rejection: Hashable { var at: Instant; var reason: String }
+
+    init(_ facts: [Fact]) {
+        for fact in facts {
+            switch fact {
+            case .leadCreated(let id, let at, let code, let hh, let contact, _):
+                let info = LeadInfo(at: at, code: code, household: hh, contact: contact)
+                if let old = leads[id], !info.precedes(old) { break }
+                leads[id] = info
+            case .orderPlaced(let lead, let account, let at):
+                if let old = orders[lead], (old.at, old.accountId) <= (at, account) { break }
+                orders[lead] = (account, at)
+            case .installCompleted(let a, let at):
+                accounts[a, default: .init()].installedAt = min(at, accounts[a]?.installedAt ?? at)
+            case .serviceActivated(let a, let at, let hh, let contact, let segment):
+                var info = accounts[a, default: .init()]
+                if let first = info.activatedAt, first <= at {
+                    if first == at, let s = segment, info.segment.map({ s.rawValue < $0.rawValue }) ?? true { info.segment = s }
+                } else {
+                    info.activatedAt = at
+                    info.segment = segment
+                }
+                if let hh { info.households.insert(hh) }
+                if let contact { info.contacts.insert(contact) }
+                accounts[a] = info
+            case .serviceCancelled(let a, let at):
+                accounts[a, default: .init()].cancelledAt = min(at, accounts[a]?.cancelledAt ?? at)
+            case .invoiceOverdue(let a, let invoice, let at):
+                accounts[a, default: .init()].overdue[invoice] = min(at, accounts[a]?.overdue[invoice] ?? at)
+            case .invoicePaid(let a, let invoice, let sequence, let at):
+                accounts[a, default: .init()].paid[invoice] = min(at, accounts[a]?.paid[invoice] ?? at)
+                if sequence == 1 { accounts[a, default: .init()].firstPaidAt = min(at, accounts[a]?.firstPaidAt ?? at) }
+            case .creditApplied(let reward, let a, let amount, let currency, _):
+                applied[reward, default: []].insert(.init(accountId: a, amountMinor: amount, currency: currency))
+            case .creditRejected(let reward, let reason, let at):
+                rejections[reward, default: []].insert(.init(at: at, reason: reason))
+            case .customerErased(let a, _):
+                accounts[a, default: .init()].erased = true
+            }
+        }
+    }
+
+    /// Personal data the rules may use. An erased account's household and contact are no longer
+    /// used, even before the store has finished erasing them from its rows.
+    func households(of account: String) -> Set<String> {
+        guard let a = accounts[account], !a.erased else { return [] }
+        return a.households
+    }
+
+    func contacts(of account: String) -> Set<String> {
+        guard let a = accounts[account], !a.erased else { return [] }
+        return a.contacts
+    }
+
+    func friendAccount(of lead: String) -> String? { orders[lead]?.accountId }
+
+    /// The lead's own household/contact, unless the friend it turned into was erased.
+    func leadPersonal(_ leadId: String) -> (household: String?, contact: String?) {
+        guard let lead = leads[leadId] else { return (nil, nil) }
+        if let a = friendAccount(of: leadId), accounts[a]?.erased == true { return (nil, nil) }
+        return (lead.household, lead.contact)
+    }
+
+    func milestone(_ m: Milestone, of account: String?) -> Instant? {
+        guard let account, let a = accounts[account] else { return nil }
+        switch m {
+        case .serviceActivated: return a.activatedAt
+        case .firstInvoicePaid: return a.firstPaidAt
+        }
+    }
+}
+
+private func utcDay(_ t: Instant) -> Int64 { t.microseconds.floorDivided(by: 86_400_000_000).quotient }
+private func utcYear(_ t: Instant) -> Int { Int(t.rfc3339.prefix(4)) ?? 0 }
+
+// MARK: - The decision
+
+/// What the facts say about one referral, before looking at what was already published.
+private enum Verdict {
+    /// Still live; `wake` is when time alone would change it.
+    case pending(stage: Stage, wake: Instant?)
+    case rejected(reason: String)
+    case lost(reason: String)
+    case expired(reason: String)
+    /// Qualified at `at`; the rewards that should stand and those that must not.
+    case qualified(at: Instant, referrerCapped: Bool, clawedBack: Bool)
+}
+
+private struct Why {
+    var rule: String
+    var text: String
+    var inputs: [ReferralView.Input] = []
+    mutating func add(_ name: String, _ value: CustomStringConvertible?) {
+        if let value { inputs.append(.init(name: name, value: value.description)) }
+    }
+}
+
+private struct Decider {
+    let input: LifecycleInput
+    let idx: Index
+    let now: Instant
+    /// Per friend key ("a:<account>" / "h:<household>"): the winning lead (earliest time, then id).
+    var claims: [String: (at: Instant, leadId: String)] = [:]
+    /// Per (code, UTC day): the leads carrying it, in (time, id) order.
+    var leadsPerCodeDay: [String: [(at: Instant, leadId: String)]] = [:]
+    /// Per (referrer, year): the referrals that reached their milestone in the window, in order.
+    var capSlots: [String: [(at: Instant, leadId: String)]] = [:]
+
+    var effects: [Effect] = []
+    var wake: Instant?
+
+    // What was recorded, by referral and by reward.
+    var lastStatus: [String: (stage: Stage, reason: String?, count: Int)] = [:]
+    var offered: Set<String> = []
+    var issued: [String: RewardGrant] = [:]
+    var retries: [String: Int] = [:]
+    var reversed: Set<String> = []
+    var recordedIds: Set<String> = []
+    var codedAccounts: Set<String> = []
+
+    init(_ input: LifecycleInput) {
+        self.input = input
+        self.idx = Index(input.facts)
+        self.now = input.now
+        for e in input.recorded {
+            recordedIds.insert(e.identity)
+            switch e {
+            case .statusChanged(let s):
+                lastStatus[s.referralId] = (s.to, s.reason, (lastStatus[s.referralId]?.count ?? 0) + 1)
+            case .friendOfferGranted(let r, _, _, _, _, _, _): offered.insert(r)
+            case .rewardIssued(let g): issued[g.rewardId] = g
+            case .rewardRetried(let g, let n): retries[g.rewardId] = max(retries[g.rewardId] ?? 0, n)
+            case .rewardReversed(let r): reversed.insert(r.rewardId)
+            case .codeIssued(let a, _, _): codedAccounts.insert(a)
+            case .rewardApplied, .rewardMismatch, .rewardFailed: break
+            }
+        }
+        for (id, lead) in idx.leads {
+            guard let code = lead.code else { continue }
+            leadsPerCodeDay["\(code)/\(utcDay(lead.at))", default: []].append((lead.at, id))
+        }
+        for key in leadsPerCodeDay.keys { leadsPerCodeDay[key]!.sort { ($0.at, $0.leadId) < ($1.at, $1.leadId) } }
+        for b in input.referrals {
+            guard let lead = idx.leads[b.leadId] else { continue }
+            for key in friendKeys(b.leadId) {
+                if let c = claims[key], (c.at, c.leadId) <= (lead.at, b.leadId) { continue }
+                claims[key] = (lead.at, b.leadId)
+            }
+            let p = b.program
+            if let m = idx.milestone(p.qualify.milestone, of: idx.friendAccount(of: b.leadId)), m <= lead.at + p.attributionWindow {
+                capSlots["\(b.referrerAccountId)/\(utcYear(m))", default: []].append((m, b.leadId))
+            }
+        }
+        for key in capSlots.keys { capSlots[key]!.sort { ($0.at, $0.leadId) < ($1.at, $1.leadId) } }
+    }
+
+    /// Who the friend is: their account once an order links it, and every household seen for them.
+    func friendKeys(_ leadId: String) -> [String] {
+        var keys: [String] = []
+        if let a = idx.friendAccount(of: leadId) {
+            keys.append("a:\(a)")
+            keys += idx.households(of: a).sorted().map { "h:\($0)" }
+        }
+        if let hh = idx.leadPersonal(leadId).household { keys.append("h:\(hh)") }
+        return keys
+    }
+
+    mutating func noteWake(_ t: Instant?) {
+        guard let t, t > now else { return }
+        wake = min(wake ?? t, t)
+    }
+
+    mutating func emit(_ e: Effect) {
+        guard recordedIds.insert(e.identity).inserted else { return }
+        effects.append(e)
+    }
+
+    mutating func run() -> Decision {
+        var views: [ReferralView] = []
+        for b in input.referrals.sorted(by: { $0.referralId < $1.referralId }) {
+            if let view = referral(b) { views.append(view) }
+        }
+        var requests: [CodeRequest] = []
+        for (account, info) in idx.accounts.sorted(by: { $0.key < $1.key }) where !codedAccounts.contains(account) {
+            guard let at = info.activatedAt else { continue }
+            requests.append(CodeRequest(accountId: account, segment: info.segment ?? .consumer, activatedAt: at))
+        }
+        return Decision(effects: effects, codeRequests: requests, referrals: views, nextWakeup: wake)
+    }
+
+    // MARK: One referral
+
+    mutating func referral(_ b: ReferralBinding) -> ReferralView? {
+        guard let lead = idx.leads[b.leadId] else { return nil }
+        let p = b.program
+        let friend = idx.friendAccount(of: b.leadId)
+        var why = Why(rule: "", text: "")
+        why.add("lead_at", lead.at)
+        why.add("program", "\(p.id) v\(b.programVersion)")
+        let verdict = judge(b, lead: lead, friend: friend, why: &why)
+
+        // Rewards the verdict wants to stand, and those it wants gone (with the reason).
+        let grants = Beneficiary.allCases.map { grant(b, $0, friend: friend) }
+        var stand: [String: Bool] = [:]
+        var notes: [String: String] = [:]
+        var qualifiedAt: Instant?
+        var finalNegative: String?
+        switch verdict {
+        case .qualified(let q, let capped, let clawed):
+            qualifiedAt = q
+            for g in grants {
+                let clawedThis = clawed && (p.clawback == .both || (p.clawback == .referrer && g.beneficiary == .referrer))
+                let cappedThis = capped && g.beneficiary == .referrer
+                stand[g.rewardId] = !(clawedThis || cappedThis)
+                if cappedThis { notes[g.rewardId] = "yearly_cap" } else if clawedThis { notes[g.rewardId] = "clawback" }
+            }
+        case .rejected(let r): finalNegative = r
+        case .lost(let r): finalNegative = r
+        case .expired(let r): finalNegative = r
+        case .pending: break
+        }
+
+        // Reconcile with what was published: issue what should stand, reverse what must not.
+        var newlyIssued: [RewardGrant] = []
+        var reversals: [Reversal] = []
+        for g in grants {
+            let wasIssued = issued[g.rewardId]
+            if stand[g.rewardId] == true {
+                if wasIssued == nil, !reversed.contains(g.rewardId), friend != nil { newlyIssued.append(g) }
+            } else if let issuedGrant = wasIssued, !reversed.contains(g.rewardId),
+                      let reason = notes[g.rewardId] ?? finalNegative {
+                reversals.append(Reversal(rewardId: g.rewardId, referralId: b.referralId, accountId: issuedGrant.accountId,
+                                          amountMinor: issuedGrant.amountMinor, currency: issuedGrant.currency, reason: reason))
+            }
+        }
+        let outstanding = grants.contains { g in
+            (issued[g.rewardId] != nil || newlyIssued.contains(g)) && !reversed.contains(g.rewardId)
+                && !reversals.contains { $0.rewardId == g.rewardId }
+        }
+
+        // The stage: the verdict's, adjusted only where published effects cannot be undone.
+        var stage: Stage
+        var reason: String?
+        switch verdict {
+        case .pending(let s, let w):
+            noteWake(w)
+            stage = s
+            if outstanding {
+                // A late fact (arrears) put a rewarded referral back to waiting; the reward stands
+                // until the facts settle it (paid in time → stays; deadline/cancel → reversed).
+                stage = .rewarded
+                why.text += " The rewards were issued before this fact arrived; they stand unless the referral is lost or expires."
+            }
+        case .rejected(let r): stage = .rejected; reason = r
+        case .lost(let r): stage = .lost; reason = r
+        case .expired(let r): stage = .expired; reason = r
+        case .qualified(_, let capped, let clawed):
+            let clawedAny = clawed && (p.clawback == .both || (p.clawback == .referrer && !capped))
+            let blocked = grants.contains { stand[$0.rewardId] == true && reversed.contains($0.rewardId) }
+            if clawedAny {
+                stage = .reversed; reason = "clawback"
+            } else if blocked {
+                // The documented exception: a reward reversed on the facts known then cannot be
+                // re-issued under its id, so the referral ends reversed.
+                stage = .reversed; reason = "reversed_before_late_fact"
+                why.text += " A reward was reversed before a later fact showed it was due; reward ids are issued once, so it stays reversed."
+            } else {
+                stage = .rewarded
+            }
+        }
+        // A published rejection is never revived: only erasure can remove the data behind it, and
+        // the right to erasure must not turn a fraud rejection into a reward.
+        if let last = lastStatus[b.referralId], last.stage == .rejected, stage != .rejected {
+            stage = .rejected; reason = last.reason
+            why = Why(rule: "published_rejection", text: "The referral was rejected (\(last.reason ?? "")) and a published rejection stands.")
+        }
+
+        // Effects, in the order consumers expect: offer, status, rewards.
+        if !offered.contains(b.referralId), stage != .rejected {
+            let fr = p.friendReward
+            emit(.friendOfferGranted(referralId: b.referralId, leadId: b.leadId, code: b.code, priorityInstall: fr.priorityInstall,
+                                     kind: fr.kind, amountMinor: fr.amountMinor, currency: p.currency))
+        }
+        let last = lastStatus[b.referralId]
+        if last?.stage != stage {
+            var from = last?.stage
+            var seq = (last?.count ?? 0) + 1
+            if stage == .rewarded, from != .qualified, !newlyIssued.isEmpty {
+                emitStatus(b, friend, from: from, to: .qualified, reason: nil, seq: seq)
+                from = .qualified; seq += 1
+            }
+            emitStatus(b, friend, from: from, to: stage, reason: stage.isEnd ? (reason ?? "unspecified") : nil, seq: seq)
+        }
+        for g in newlyIssued { emit(.rewardIssued(g)); issued[g.rewardId] = g }
+        for r in reversals { emit(.rewardReversed(r)); reversed.insert(r.rewardId) }
+
+        var rewardViews: [RewardView] = []
+        for g in grants {
+            let status = fulfil(g)
+            rewardViews.append(RewardView(rewardId: g.rewardId, beneficiary: g.beneficiary, accountId: issued[g.rewardId]?.accountId ?? g.accountId,
+                                          amountMinor: issued[g.rewardId]?.amountMinor ?? g.amountMinor, currency: g.currency,
+                                          status: status, note: notes[g.rewardId] ?? (status == .reversed ? finalNegative : nil)))
+        }
+        return ReferralView(referralId: b.referralId, leadId: b.leadId, referrerAccountId: b.referrerAccountId, friendAccountId: friend,
+                            programId: p.id, programVersion: b.programVersion, stage: stage, reason: reason, rule: why.rule,
+                            explanation: why.text, inputs: why.inputs, qualifiedAt: qualifiedAt, rewards: rewardViews)
+    }
+
+    mutating func emitStatus(_ b: ReferralBinding, _ friend: String?, from: Stage?, to: Stage, reason: String?, seq: Int) {
+        emit(.statusChanged(StatusChange(referralId: b.referralId, referrerAccountId: b.referrerAccountId, leadId: b.leadId,
+                                         friendAccountId: friend, from: from, to: to, reason: reason, sequence: seq)))
+        lastStatus[b.referralId] = (to, reason, seq)
+    }
+
+    func grant(_ b: ReferralBinding, _ who: Beneficiary, friend: String?) -> RewardGrant {
+        let p = b.program
+        let (kind, amount) = who == .referrer ? (p.referrerReward.kind, p.referrerReward.amountMinor)
+                                              : (p.friendReward.kind, p.friendReward.amountMinor)
+        return RewardGrant(rewardId: rewardId(referralId: b.referralId, beneficiary: who), referralId: b.referralId,
+                           accountId: who == .referrer ? b.referrerAccountId : (friend ?? ""), beneficiary: who,
+                           kind: kind, amountMinor: amount, currency: p.currency, programId: p.id)
+    }
+
+    // MARK: The rules, on fact times
+
+    func judge(_ b: ReferralBinding, lead: LeadInfo, friend: String?, why: inout Why) -> Verdict {
+        let p = b.program
+        let referrer = b.referrerAccountId
+        let friendInfo = friend.flatMap { idx.accounts[$0] }
+
+        // Rejections. Every one of them only becomes true as facts are added, never false again
+        // (more facts = more households, earlier competitors, more leads that day), so a
+        // rejection never has to be revived; precedence makes the reason order-independent too.
+        if let cancelled = idx.accounts[referrer]?.cancelledAt, cancelled <= lead.at {
+            why.rule = "codes.cancelled_referrer"
+            why.text = "The referrer's account was cancelled before the lead; its code no longer attributes leads."
+            why.add("referrer_cancelled_at", cancelled)
+            return .rejected(reason: "referrer_cancelled")
+        }
+        if friend == referrer {
+            why.rule = "fraud.self_referral"
+            why.text = "The lead became the referrer's own account."
+            return .rejected(reason: "self_referral")
+        }
+        let personal = idx.leadPersonal(b.leadId)
+        if p.fraud.rejectSameHousehold {
+            var friendHouseholds = friend.map { idx.households(of: $0) } ?? []
+            if let hh = personal.household { friendHouseholds.insert(hh) }
+            if !friendHouseholds.isDisjoint(with: idx.households(of: referrer)) {
+                why.rule = "fraud.reject_same_household"
+                why.text = "The friend's household is the referrer's household."
+                return .rejected(reason: "same_household")
+            }
+        }
+        if p.fraud.rejectSameContact {
+            var friendContacts = friend.map { idx.contacts(of: $0) } ?? []
+            if let c = personal.contact { friendContacts.insert(c) }
+            if !friendContacts.isDisjoint(with: idx.contacts(of: referrer)) {
+                why.rule = "fraud.reject_same_contact"
+                why.text = "The friend's contact is the referrer's contact."
+                return .rejected(reason: "same_contact")
+            }
+        }
+        if let sameDay = leadsPerCodeDay["\(b.code)/\(utcDay(lead.at))"],
+           let rank = sameDay.firstIndex(where: { $0.leadId == b.leadId }), rank >= p.limits.maxLeadsPerCodePerDay {
+            why.rule = "limits.max_leads_per_code_per_day"
+            why.text = "This was lead \(rank + 1) with this code on its UTC day (by lead time); the limit is \(p.limits.maxLeadsPerCodePerDay)."
+            return .rejected(reason: "too_many_leads")
+        }
+        for key in friendKeys(b.leadId) {
+            if let winner = claims[key], winner.leadId != b.leadId {
+                why.rule = "one_referrer_per_friend"
+                why.text = "An earlier lead (\(winner.leadId)) reached the same friend (\(key.hasPrefix("a:") ? "account" : "household")); the earliest lead by time claims the friend, whatever becomes of it."
+                why.add("winning_lead", winner.leadId)
+                why.add("winning_lead_at", winner.at)
+                return .rejected(reason: "already_referred")
+            }
+        }
+
+        // Progress before the milestone.
+        var stage: Stage = .lead
+        if friend != nil { stage = .ordered }
+        if friendInfo?.installedAt != nil { stage = .installed }
+        if friendInfo?.activatedAt != nil { stage = .activated }
+        let windowEnd = lead.at + p.attributionWindow
+        let cancelled = friendInfo?.cancelledAt
+        why.add("window_end", windowEnd)
+        why.add("friend_cancelled_at", cancelled)
+
+        let milestone = idx.milestone(p.qualify.milestone, of: friend)
+        why.add("milestone", p.qualify.milestone.rawValue)
+        why.add("milestone_at", milestone)
+        guard let m = milestone, m <= windowEnd else {
+            // No milestone inside the window (yet). Whichever came first by fact time decides:
+            // the friend's cancellation (lost) or the end of the window (expired).
+            if let c = cancelled, c <= windowEnd {
+                why.rule = "lost"
+                why.text = "The friend cancelled before reaching \(p.qualify.milestone.rawValue)."
+                return .lost(reason: "cancelled_before_qualifying")
+            }
+            if now >= windowEnd || milestone != nil {
+                why.rule = "attribution_window"
+                why.text = milestone == nil
+                    ? "No \(p.qualify.milestone.rawValue) within \(p.attributionWindow) of the lead. A late fact dated inside the window would still revive it."
+                    : "\(p.qualify.milestone.rawValue) came after the \(p.attributionWindow) attribution window."
+                return .expired(reason: milestone == nil ? "no_milestone_in_window" : "milestone_after_window")
+            }
+            why.rule = "attribution_window"
+            why.text = "Waiting for \(p.qualify.milestone.rawValue) until the window ends."
+            return .pending(stage: stage, wake: windowEnd)
+        }
+
+        let holdEnd = m + p.qualify.hold
+        why.add("hold_end", holdEnd)
+        if let c = cancelled, c <= holdEnd {
+            why.rule = "qualify.hold"
+            why.text = "The friend cancelled before the \(p.qualify.hold) hold after \(p.qualify.milestone.rawValue) ended."
+            return .lost(reason: "cancelled_before_qualifying")
+        }
+
+        // Arrears: not while an overdue invoice is unpaid; resumes at payment, until the deadline.
+        let deadline = max(holdEnd, windowEnd)
+        var q: Instant? = holdEnd
+        var arrears: [(start: Instant, end: Instant?)] = []
+        for (invoice, start) in friendInfo?.overdue ?? [:] {
+            let end = friendInfo?.paid[invoice]
+            if let end, end <= start { continue }
+            arrears.append((start, end))
+        }
+        var guardCount = 0
+        while let t = q, let hit = arrears.first(where: { $0.start <= t && ($0.end.map { t < $0 } ?? true) }), guardCount <= arrears.count {
+            q = hit.end
+            guardCount += 1
+        }
+        if q == nil || q! > deadline {
+            why.add("arrears_deadline", deadline)
+            if let c = cancelled, c <= deadline {
+                why.rule = "arrears"
+                why.text = "The friend was in arrears from the end of the hold and cancelled before paying."
+                return .lost(reason: "cancelled_in_arrears")
+            }
+            if now >= deadline || q != nil {
+                why.rule = "arrears"
+                why.text = "The friend was still in arrears when the window closed."
+                return .expired(reason: "in_arrears_past_window")
+            }
+            why.rule = "arrears"
+            why.text = "The hold is over but the friend is in arrears; qualification resumes once paid, until \(deadline)."
+            return .pending(stage: stage, wake: deadline)
+        }
+        let qualifiesAt = q!
+        why.add("qualifies_at", qualifiesAt)
+        if let c = cancelled, c <= qualifiesAt {
+            why.rule = "arrears"
+            why.text = "The friend cancelled while in arrears, before qualifying."
+            return .lost(reason: "cancelled_in_arrears")
+        }
+        if qualifiesAt > now {
+            why.rule = qualifiesAt == holdEnd ? "qualify.hold" : "arrears"
+            why.text = "Qualifies at \(qualifiesAt) if the friend is still a customer and not in arrears."
+            return .pending(stage: stage, wake: qualifiesAt)
+        }
+
+        // Qualified. The yearly cap counts, per referrer and UTC year of the milestone, the
+        // referrals that reached their milestone inside their window (by milestone time, then
+        // lead id) — whatever became of them afterwards. That set only grows as facts arrive, so
+        // a late fact can take a slot away (compensated by a reversal) but never hand it back,
+        // which would need a second reward id for the same (referral, beneficiary).
+        let slots = capSlots["\(referrer)/\(utcYear(m))"] ?? []
+        let slot = (slots.firstIndex { $0.leadId == b.leadId } ?? 0) + 1
+        let capped = slot > p.limits.maxRewardsPerReferrerPerYear
+        why.add("referrer_slot_in_year", "\(slot) of \(p.limits.maxRewardsPerReferrerPerYear)")
+        let clawed = cancelled.map { $0 > qualifiesAt && $0 <= qualifiesAt + p.clawbackWindow } ?? false
+        if clawed {
+            why.rule = "clawback"
+            why.text = "The friend cancelled within the \(p.clawbackWindow) clawback window after qualifying; clawback mode \(p.clawback.rawValue)."
+        } else if capped {
+            why.rule = "limits.max_rewards_per_referrer_per_year"
+            why.text = "Qualified; the referrer already had \(p.limits.maxRewardsPerReferrerPerYear) referrals reach their milestone this year, so only the friend is rewarded."
+        } else {
+            why.rule = "qualify"
+            why.text = "Qualified at \(qualifiesAt): \(p.qualify.milestone.rawValue) inside the window, \(p.qualify.hold) hold served, not in arrears."
+        }
+        return .qualified(at: qualifiesAt, referrerCapped: capped, clawedBack: clawed)
+    }
+
+    // MARK: Fulfilment
+
+    /// Billing's answers for an issued reward: applied, mismatched, or rejected and retried with
+    /// back-off measured from the rejection's own time.
+    mutating func fulfil(_ g: RewardGrant) -> RewardStatus {
+        guard let sent = issued[g.rewardId] else { return .pending }
+        if reversed.contains(g.rewardId) { return .reversed }
+        var status = RewardStatus.issued
+        let applications = idx.applied[g.rewardId] ?? []
+        for a in applications.sorted(by: { ($0.accountId, $0.amountMinor, $0.currency) < ($1.accountId, $1.amountMinor, $1.currency) }) {
+            if a.accountId == sent.accountId && a.amountMinor == sent.amountMinor && a.currency == sent.currency {
+                status = .applied
+            } else {
+                emit(.rewardMismatch(rewardId: g.rewardId, accountId: a.accountId, amountMinor: a.amountMinor, currency: a.currency))
+            }
+        }
+        if status == .applied {
+            emit(.rewardApplied(rewardId: g.rewardId))
+            return .applied
+        }
+        let rejections = (idx.rejections[g.rewardId] ?? []).sorted { ($0.at, $0.reason) < ($1.at, $1.reason) }
+        guard !rejections.isEmpty else { return .issued }
+        let maxRetries = input.policy.maxRetries
+        for (i, r) in rejections.enumerated() {
+            emit(.rewardFailed(rewardId: g.rewardId, failure: i + 1, reason: r.reason, final: i + 1 > maxRetries))
+        }
+        var done = retries[g.rewardId] ?? 0
+        while done < min(rejections.count, maxRetries) {
+            let due = rejections[done].at + input.policy.backoff(afterFailure: done + 1)
+            guard due <= now else { noteWake(due); break }
+            done += 1
+            emit(.rewardRetried(sent, attempt: done))
+            retries[g.rewardId] = done
+        }
+        return rejections.count > done ? .failed : .issued
+    }
+}

@@ -1,0 +1,285 @@
+/// A program: the reward rule set for one customer segment, as written in the programs YAML
+/// file (contract README, "Programs"). A referral keeps the version it was bound to when its lead
+/// was first seen, so a `Program` value is immutable data: the store versions it by
+/// `canonicalForm`.
+public struct Program: Hashable, Sendable, Codable {
+    public var id: String
+    public var segment: Segment
+    /// ISO 4217, upper case (`USD`).
+    public var currency: String
+    /// URL template; `{code}` is replaced by the referrer's canonical code.
+    public var shareURL: String
+    public var friendOfferText: String
+    public var referrerReward: Reward
+    public var friendReward: FriendReward
+    public var qualify: Qualify
+    /// Lead time to milestone time: a milestone later than this does not count.
+    public var attributionWindow: Span
+    /// Qualification time to cancellation time: a cancellation within it claws the reward back.
+    public var clawbackWindow: Span
+    public var clawback: ClawbackMode
+    public var limits: Limits
+    public var fraud: Fraud
+    public var asks: Asks
+    public var followup: Followup
+
+    public init(id: String, segment: Segment, currency: String, shareURL: String, friendOfferText: String,
+                referrerReward: Reward, friendReward: FriendReward, qualify: Qualify,
+                attributionWindow: Span, clawbackWindow: Span, clawback: ClawbackMode,
+                limits: Limits, fraud: Fraud, asks: Asks, followup: Followup) {
+        self.id = id; self.segment = segment; self.currency = currency; self.shareURL = shareURL
+        self.friendOfferText = friendOfferText; self.referrerReward = referrerReward
+        self.friendReward = friendReward; self.qualify = qualify
+        self.attributionWindow = attributionWindow; self.clawbackWindow = clawbackWindow
+        self.clawback = clawback; self.limits = limits; self.fraud = fraud; self.asks = asks
+        self.followup = followup
+    }
+
+    public struct Reward: Hashable, Sendable, Codable {
+        public var kind: RewardKind
+        public var amountMinor: Int64
+        public init(kind: RewardKind, amountMinor: Int64) { self.kind = kind; self.amountMinor = amountMinor }
+        enum CodingKeys: String, CodingKey { case kind, amountMinor = "amount_minor" }
+    }
+
+    public struct FriendReward: Hashable, Sendable, Codable {
+        public var kind: RewardKind
+        public var amountMinor: Int64
+        public var priorityInstall: Bool
+        public init(kind: RewardKind, amountMinor: Int64, priorityInstall: Bool) {
+            self.kind = kind; self.amountMinor = amountMinor; self.priorityInstall = priorityInstall
+        }
+        enum CodingKeys: String, CodingKey {
+            case kind, amountMinor = "amount_minor", priorityInstall = "priority_install"
+        }
+    }
+
+    public struct Qualify: Hashable, Sendable, Codable {
+        public var milestone: Milestone
+        /// The friend must still be a customer this long after the milestone.
+        public var hold: Span
+        public init(milestone: Milestone, hold: Span) { self.milestone = milestone; self.hold = hold }
+        enum CodingKeys: String, CodingKey { case milestone, hold }
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            milestone = try c.decode(Milestone.self, forKey: .milestone)
+            hold = try c.decodeSpanText(forKey: .hold)
+        }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(milestone, forKey: .milestone)
+            try c.encode(hold.description, forKey: .hold)
+        }
+    }
+
+    public struct Limits: Hashable, Sendable, Codable {
+        public var maxRewardsPerReferrerPerYear: Int
+        public var maxLeadsPerCodePerDay: Int
+        public init(maxRewardsPerReferrerPerYear: Int, maxLeadsPerCodePerDay: Int) {
+            self.maxRewardsPerReferrerPerYear = maxRewardsPerReferrerPerYear
+            self.maxLeadsPerCodePerDay = maxLeadsPerCodePerDay
+        }
+        enum CodingKeys: String, CodingKey {
+            case maxRewardsPerReferrerPerYear = "max_rewards_per_referrer_per_year"
+            case maxLeadsPerCodePerDay = "max_leads_per_code_per_day"
+        }
+    }
+
+    public struct Fraud: Hashable, Sendable, Codable {
+        public var rejectSameHousehold: Bool
+        public var rejectSameContact: Bool
+        public init(rejectSameHousehold: Bool, rejectSameContact: Bool) {
+            self.rejectSameHousehold = rejectSameHousehold; self.rejectSameContact = rejectSameContact
+        }
+        enum CodingKeys: String, CodingKey {
+            case rejectSameHousehold = "reject_same_household", rejectSameContact = "reject_same_contact"
+        }
+    }
+
+    public struct Asks: Hashable, Sendable, Codable {
+        public var moments: [AskMoment]
+        public var delayAfterInstall: Span
+        public var minGap: Span
+        public var maxPerYear: Int
+        public var periodicEvery: Span
+        public init(moments: [AskMoment], delayAfterInstall: Span, minGap: Span, maxPerYear: Int, periodicEvery: Span) {
+            self.moments = moments; self.delayAfterInstall = delayAfterInstall; self.minGap = minGap
+            self.maxPerYear = maxPerYear; self.periodicEvery = periodicEvery
+        }
+        enum CodingKeys: String, CodingKey {
+            case moments, delayAfterInstall = "delay_after_install", minGap = "min_gap"
+            case maxPerYear = "max_per_year", periodicEvery = "periodic_every"
+        }
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            moments = try c.decode([AskMoment].self, forKey: .moments)
+            delayAfterInstall = try c.decodeSpanText(forKey: .delayAfterInstall)
+            minGap = try c.decodeSpanText(forKey: .minGap)
+            maxPerYear = try c.decode(Int.self, forKey: .maxPerYear)
+            periodicEvery = try c.decodeSpanText(forKey: .periodicEvery)
+        }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(moments, forKey: .moments)
+            try c.encode(delayAfterInstall.description, forKey: .delayAfterInstall)
+            try c.encode(minGap.description, forKey: .minGap)
+            try c.encode(maxPerYear, forKey: .maxPerYear)
+            try c.encode(periodicEvery.description, forKey: .periodicEvery)
+        }
+    }
+
+    public struct Followup: Hashable, Sendable, Codable {
+        public var stalledAfter: Span
+        public init(stalledAfter: Span) { self.stalledAfter = stalledAfter }
+        enum CodingKeys: String, CodingKey { case stalledAfter = "stalled_after" }
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            stalledAfter = try c.decodeSpanText(forKey: .stalledAfter)
+        }
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(stalledAfter.description, forKey: .stalledAfter)
+        }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, segment, currency, shareURL = "share_url", friendOfferText = "friend_offer_text"
+        case referrerReward = "referrer_reward", friendReward = "friend_reward", qualify
+        case attributionWindow = "attribution_window", clawbackWindow = "clawback_window", clawback
+        case limits, fraud, asks, followup
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(String.self, forKey: .id)
+        segment = try c.decode(Segment.self, forKey: .segment)
+        currency = try c.decode(String.self, forKey: .currency)
+        shareURL = try c.decode(String.self, forKey: .shareURL)
+        friendOfferText = try c.decode(String.self, forKey: .friendOfferText)
+        referrerReward = try c.decode(Reward.self, forKey: .referrerReward)
+        friendReward = try c.decode(FriendReward.self, forKey: .friendReward)
+        qualify = try c.decode(Qualify.self, forKey: .qualify)
+        attributionWindow = try c.decodeSpanText(forKey: .attributionWindow)
+        clawbackWindow = try c.decodeSpanText(forKey: .clawbackWindow)
+        clawback = try c.decode(ClawbackMode.self, forKey: .clawback)
+        limits = try c.decode(Limits.self, forKey: .limits)
+        fraud = try c.decode(Fraud.self, forKey: .fraud)
+        asks = try c.decode(Asks.self, forKey: .asks)
+        followup = try c.decode(Followup.self, forKey: .followup)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(segment, forKey: .segment)
+        try c.encode(currency, forKey: .currency)
+        try c.encode(shareURL, forKey: .shareURL)
+        try c.encode(friendOfferText, forKey: .friendOfferText)
+        try c.encode(referrerReward, forKey: .referrerReward)
+        try c.encode(friendReward, forKey: .friendReward)
+        try c.encode(qualify, forKey: .qualify)
+        try c.encode(attributionWindow.description, forKey: .attributionWindow)
+        try c.encode(clawbackWindow.description, forKey: .clawbackWindow)
+        try c.encode(clawback, forKey: .clawback)
+        try c.encode(limits, forKey: .limits)
+        try c.encode(fraud, forKey: .fraud)
+        try c.encode(asks, forKey: .asks)
+        try c.encode(followup, forKey: .followup)
+    }
+
+    /// The share URL for a referrer's canonical code.
+    public func shareURL(code: String) -> String {
+        shareURL.replacing("{code}", with: code)
+    }
+
+    /// One line per field in a fixed order, every value written in one canonical way (durations in
+    /// their shortest unit, strings quoted and escaped). Two files that differ only in key order,
+    /// quoting, comments or `30d` vs `720h` give the same text, so the store can tell "file changed
+    /// → new program version" from "file re-read → same version" by comparing (or hashing) it.
+    /// Hashing `Codable` output instead would tie versions to an encoder's key order.
+    public var canonicalForm: String {
+        func q(_ s: String) -> String {
+            var out = "\""
+            for u in s.unicodeScalars {
+                switch u {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                default:
+                    if u.value < 0x20 { out += "\\u{\(String(u.value, radix: 16))}" } else { out.unicodeScalars.append(u) }
+                }
+            }
+            return out + "\""
+        }
+        let lines = [
+            "id=\(q(id))",
+            "segment=\(segment.rawValue)",
+            "currency=\(q(currency))",
+            "share_url=\(q(shareURL))",
+            "friend_offer_text=\(q(friendOfferText))",
+            "referrer_reward.kind=\(referrerReward.kind.rawValue)",
+            "referrer_reward.amount_minor=\(referrerReward.amountMinor)",
+            "friend_reward.kind=\(friendReward.kind.rawValue)",
+            "friend_reward.amount_minor=\(friendReward.amountMinor)",
+            "friend_reward.priority_install=\(friendReward.priorityInstall)",
+            "qualify.milestone=\(qualify.milestone.rawValue)",
+            "qualify.hold=\(qualify.hold)",
+            "attribution_window=\(attributionWindow)",
+            "clawback_window=\(clawbackWindow)",
+            "clawback=\(clawback.rawValue)",
+            "limits.max_rewards_per_referrer_per_year=\(limits.maxRewardsPerReferrerPerYear)",
+            "limits.max_leads_per_code_per_day=\(limits.maxLeadsPerCodePerDay)",
+            "fraud.reject_same_household=\(fraud.rejectSameHousehold)",
+            "fraud.reject_same_contact=\(fraud.rejectSameContact)",
+            "asks.moments=[\(asks.moments.map(\.rawValue).joined(separator: ","))]",
+            "asks.delay_after_install=\(asks.delayAfterInstall)",
+            "asks.min_gap=\(asks.minGap)",
+            "asks.max_per_year=\(asks.maxPerYear)",
+            "asks.periodic_every=\(asks.periodicEvery)",
+            "followup.stalled_after=\(followup.stalledAfter)",
+        ]
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
+
+public enum Segment: String, Hashable, Sendable, Codable, CaseIterable {
+    case consumer, business
+}
+
+public enum RewardKind: String, Hashable, Sendable, Codable, CaseIterable {
+    case billCredit = "bill_credit"
+    case cash
+}
+
+public enum Milestone: String, Hashable, Sendable, Codable, CaseIterable {
+    /// The friend's service activation (`activated_at`).
+    case serviceActivated = "service_activated"
+    /// The friend's first invoice paid (`billing.invoice.paid` with `sequence` 1).
+    case firstInvoicePaid = "first_invoice_paid"
+}
+
+/// Who loses their reward when the friend cancels within the clawback window.
+public enum ClawbackMode: String, Hashable, Sendable, Codable, CaseIterable {
+    case referrer, both, none
+}
+
+public enum AskMoment: String, Hashable, Sendable, Codable, CaseIterable {
+    case postInstall = "post_install"
+    case postActivation = "post_activation"
+    case speedTest = "speed_test"
+    case supportWin = "support_win"
+    case billSavings = "bill_savings"
+    case periodic
+}
+
+extension KeyedDecodingContainer {
+    /// Durations travel as the programs file writes them (`30d`): a bare number in stored JSON
+    /// would reopen the seconds-or-days ambiguity that `Span("30")` refuses.
+    fileprivate func decodeSpanText(forKey key: Key) throws -> Span {
+        let text = try decode(String.self, forKey: key)
+        guard let span = Span(text) else {
+            throw DecodingError.dataCorruptedError(forKey: key, in: self, debugDescription: "\"\(text)\" is not a duration with a unit")
+        }
+        return span
+    }
+}
