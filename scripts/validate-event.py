@@ -13,8 +13,11 @@ event = json.loads(sys.stdin.buffer.read())
 
 
 def ecma_pattern(validator, pattern, instance, schema):
-    # Python's `$` also matches before a final newline; ECMA-262's does not.
-    if isinstance(instance, str) and not re.search(pattern.replace("$", r"\Z"), instance):
+    # Python's `$` also matches before a final newline; ECMA-262's does not. Only the final
+    # anchor is rewritten: a `$` inside a character class is a literal dollar.
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    if isinstance(instance, str) and not re.search(pattern, instance):
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 

@@ -39,3 +39,10 @@ public enum CodeIssuance {
         }
     }
 }
+
+extension Program {
+    /// The program's share URL with the code in place of `{code}` (the loader guarantees it is there).
+    public func shareURL(for code: ReferralCode) -> String {
+        shareURL.split(separator: "{code}", omittingEmptySubsequences: false).joined(separator: code.canonical)
+    }
+}

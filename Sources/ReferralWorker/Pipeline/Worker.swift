@@ -70,14 +70,14 @@ public actor Worker {
         }
         if publisher == nil {
             let p = try await AMQPConnection.connect(
-                try AMQPURL(settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
+                try AMQPURL(parsing: settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
                 connectionName: "\(instanceName) publisher", logger: logger)
             try await p.enableConfirms()
             publisher = p
         }
         if consumer == nil {
             let c = try await AMQPConnection.connect(
-                try AMQPURL(settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
+                try AMQPURL(parsing: settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
                 connectionName: "\(instanceName) consumer", logger: logger)
             try await c.consume(queue: settings.inboxQueue, prefetch: UInt16(settings.prefetch))
             consumer = c
@@ -121,21 +121,27 @@ public actor Worker {
             case .failure(let reason): bad.append((d, reason))
             }
         }
-        if !bad.isEmpty { try await deadLetter(bad) }
-        if !good.isEmpty { try await applyWithRetry(good) }
+        var settled = Set<UInt64>()
+        if !bad.isEmpty { settled.formUnion(try await deadLetter(bad)) }
+        if !good.isEmpty { settled.formUnion(try await applyWithRetry(good)) }
         try await relayOutbox()
-        if let last = deliveries.last { try await consumer.ack(last.deliveryTag, multiple: true) }
+        // One ack with `multiple` for the rest. Its tag must be one not yet settled: acking a
+        // tag twice makes the broker close the channel (406 unknown delivery tag).
+        if let last = deliveries.last(where: { !settled.contains($0.deliveryTag) }) {
+            try await consumer.ack(last.deliveryTag, multiple: true)
+        }
     }
 
     /// Transient database errors (server restart, lost connection, serialisation failure)
     /// retry the same deliveries on a fresh connection while the consumer keeps them unacked:
     /// they are neither acked nor dead-lettered while the database is away.
-    private func applyWithRetry(_ events: [(Delivery, InboundEvent)]) async throws {
+    /// Returns the deliveries it settled itself (dead-lettered or requeued one by one).
+    private func applyWithRetry(_ events: [(Delivery, InboundEvent)]) async throws -> Set<UInt64> {
         var backoff = Backoff()
         while true {
             do {
                 try await apply(events.map { .init(event: $0.1, body: $0.0.body) })
-                return
+                return []
             } catch let error as PostgresError where error.isTransient {
                 logger.warning("database unavailable; batch held for retry",
                                metadata: ["db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)"])
@@ -144,8 +150,7 @@ public actor Worker {
                 try await Task.sleep(for: backoff.next(using: &rng))
                 try await connect()
             } catch {
-                try await isolate(events, firstError: error)
-                return
+                return try await isolate(events, firstError: error)
             }
         }
     }
@@ -153,8 +158,9 @@ public actor Worker {
     /// A batch failed for a reason that is not transient. Apply its events one by one so that a
     /// single bad event cannot hold back the others; the one that fails again is dead-lettered
     /// once it has failed on REFERRALD_DELIVERY_LIMIT deliveries, and requeued before that.
-    private func isolate(_ events: [(Delivery, InboundEvent)], firstError: any Error) async throws {
-        guard let consumer else { return }
+    private func isolate(_ events: [(Delivery, InboundEvent)], firstError: any Error) async throws -> Set<UInt64> {
+        guard let consumer else { return [] }
+        var settled = Set<UInt64>()
         logger.warning("batch failed; isolating its events", metadata: ["error": "\(firstError)"])
         for (delivery, event) in events {
             do {
@@ -164,16 +170,18 @@ public actor Worker {
             } catch {
                 let deliveries = (delivery.deliveryCount ?? 0) + 1
                 if deliveries >= settings.deliveryLimit {
-                    try await deadLetter([(delivery, BadInput(code: .processingFailed,
-                        detail: "\(event.type.rawValue): failed on \(deliveries) deliveries: \(error)"))])
+                    settled.formUnion(try await deadLetter([(delivery, BadInput(code: .processingFailed,
+                        detail: "\(event.type.rawValue): failed on \(deliveries) deliveries: \(error)"))]))
                 } else {
                     logger.warning("event failed; requeued", metadata: [
                         "event.id": "\(event.id)", "event.type": "\(event.type.rawValue)", "error": "\(error)",
                         "amqp.delivery_count": "\(deliveries)"])
                     try await consumer.nack(delivery.deliveryTag, requeue: true)
+                    settled.insert(delivery.deliveryTag)
                 }
             }
         }
+        return settled
     }
 
     private func apply(_ events: [Apply.Received]) async throws {
@@ -190,8 +198,9 @@ public actor Worker {
 
     /// Publishes bad input to the dead-letter exchange, body unchanged, and acks each original
     /// only after the broker confirmed its copy.
-    private func deadLetter(_ items: [(Delivery, BadInput)]) async throws {
-        guard let publisher, let consumer else { return }
+    @discardableResult
+    private func deadLetter(_ items: [(Delivery, BadInput)]) async throws -> Set<UInt64> {
+        guard let publisher, let consumer else { return [] }
         let messages = items.map { delivery, reason in
             OutgoingMessage(
                 exchange: settings.deadLetterExchange, routingKey: delivery.routingKey, body: delivery.body,
@@ -215,6 +224,7 @@ public actor Worker {
                 "amqp.routing_key": "\(delivery.routingKey)", "amqp.message_id": "\(delivery.messageId ?? "-")"])
             try await consumer.ack(delivery.deliveryTag, multiple: false)
         }
+        return Set(items.map(\.0.deliveryTag))
     }
 
     /// Publishes leased outbox rows with confirms, then marks them published. A row that the

@@ -74,7 +74,7 @@ final class TestBed: Sendable {
         let settings = try await Settings.load(configFile: nil, environment: environment)
         let db = try await PostgresConnection.connect(try PostgresURL(parsing: dbURL), applicationName: "referrald-test", logger: TestServices.logger)
         _ = try await Schema.migrate(db, logger: TestServices.logger)
-        let amqp = try await AMQPConnection.connect(try AMQPURL(TestServices.amqpURL), heartbeatSeconds: 30,
+        let amqp = try await AMQPConnection.connect(try AMQPURL(parsing: TestServices.amqpURL), heartbeatSeconds: 30,
                                                     connectionName: "\(name) test", logger: TestServices.logger)
         try await amqp.enableConfirms()
         try await Topology(settings: settings).declare(on: amqp, passiveUpstream: false, logger: TestServices.logger)
@@ -135,7 +135,7 @@ final class TestBed: Sendable {
 
     /// Reads messages from a queue until `count` arrived or `timeout` passed, acking them.
     func take(from queue: String, count: Int, timeout: Duration = .seconds(15)) async throws -> [Delivery] {
-        let consumer = try await AMQPConnection.connect(try AMQPURL(TestServices.amqpURL), heartbeatSeconds: 30,
+        let consumer = try await AMQPConnection.connect(try AMQPURL(parsing: TestServices.amqpURL), heartbeatSeconds: 30,
                                                         connectionName: "\(name) reader", logger: TestServices.logger)
         try await consumer.consume(queue: queue, prefetch: 500)
         var got: [Delivery] = []
