@@ -59,6 +59,10 @@ CONF
   fi
   if as_pg "$PG_BIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
     log "PostgreSQL already running on 127.0.0.1:$PG_PORT"
+  elif "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
+    # Another checkout's cluster already serves this port (a second clone on the same machine):
+    # use it rather than fail to bind.
+    log "PostgreSQL of another folder already serves 127.0.0.1:$PG_PORT; using it"
   else
     as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null
     log "PostgreSQL started on 127.0.0.1:$PG_PORT"
