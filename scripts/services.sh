@@ -83,7 +83,9 @@ pg_stop() {
 }
 
 rmq_env() {
-  export HOME="$STATE/rabbitmq"   # the Erlang cookie lives here, shared by server and rabbitmqctl
+  # The Erlang cookie stays in $HOME (root's, on these machines): every checkout on the machine
+  # then reaches the same node, so a second clone reuses a running broker instead of failing
+  # to start a second one on the same ports.
   export RABBITMQ_NODENAME="$NODE"
   export RABBITMQ_DIST_PORT=$((AMQP_PORT + 20000))  # CLI tools take dist + 10000 onwards: keep clear of it
   export ERL_EPMD_ADDRESS=127.0.0.1
@@ -146,7 +148,7 @@ export REFERRALD_AMQP_URL=amqp://referrald:referrald@127.0.0.1:$AMQP_PORT/referr
 export REFERRALD_DATABASE_URL=postgres://referrald:referrald@127.0.0.1:$PG_PORT/referrald
 export REFERRALD_TEST_AMQP_URL=amqp://referrald:referrald@127.0.0.1:$AMQP_PORT/referrald_test
 export REFERRALD_TEST_DATABASE_URL=postgres://referrald:referrald@127.0.0.1:$PG_PORT/referrald
-export REFERRALD_RABBITMQCTL="$RMQ_BIN/rabbitmqctl -n $NODE"
+export REFERRALD_RABBITMQ_NODE=$NODE
 export REFERRALD_PG_CTL="$PG_BIN/pg_ctl -D $STATE/postgres"
 ENV
 }

@@ -73,10 +73,9 @@ enum AMQPTestBroker {
     static func rabbitmqctl(_ arguments: [String]) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/lib/rabbitmq/bin/rabbitmqctl")
-        process.arguments = ["-n", "referrald-5672@localhost"] + arguments
-        var environment = ProcessInfo.processInfo.environment
-        environment["HOME"] = "/work/main/.services/rabbitmq"
-        process.environment = environment
+        // The node scripts/services.sh started; rabbitmqctl finds its cookie in $HOME.
+        let node = ProcessInfo.processInfo.environment["REFERRALD_RABBITMQ_NODE"] ?? "referrald-5672@localhost"
+        process.arguments = ["-n", node] + arguments
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output
