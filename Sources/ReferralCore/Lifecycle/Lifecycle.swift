@@ -432,13 +432,13 @@ private struct Decider {
         case .qualified(_, let capped, let clawed):
             let clawedAny = clawed && (p.clawback == .both || (p.clawback == .referrer && !capped))
             let blocked = grants.contains { stand[$0.rewardId] == true && reversed.contains($0.rewardId) }
-            if clawedAny {
-                stage = .reversed; reason = "clawback"
-            } else if blocked {
+            if blocked {
                 // The documented exception: a reward reversed on the facts known then cannot be
                 // re-issued under its id, so the referral ends reversed.
                 stage = .reversed; reason = "reversed_before_late_fact"
                 why.text += " A reward was reversed before a later fact showed it was due; reward ids are issued once, so it stays reversed."
+            } else if clawedAny {
+                stage = .reversed; reason = "clawback"
             } else {
                 stage = .rewarded
             }
