@@ -152,7 +152,7 @@ func checkLedger(_ e: ReferralEngine, seed: UInt64) {
     /// The central property: after all events arrived and every timer fired, net rewards per
     /// (lead, beneficiary) and end stages are the same for every arrival order and duplication.
     ///
-    /// The one documented exception (Lifecycle/README.md, "arrears"): an overdue invoice and its
+    /// The one documented exception (Lifecycle/Lifecycle.docc/LifecycleRules.md, "residual order-dependence"): an overdue invoice and its
     /// payment both arriving after the reward was issued, with the referral's cancellation or the
     /// arrears deadline processed in between, ends `reversed_before_late_fact` — the reward was
     /// reversed on the facts known then and its id cannot be issued again. Such leads are

@@ -103,7 +103,7 @@ public struct Decision: Sendable {
     public var nextWakeup: Instant?
 }
 
-/// The lifecycle rules as one pure function. See `Lifecycle/README.md` for the rules and the
+/// The lifecycle rules as one pure function. See `Lifecycle/Lifecycle.docc/LifecycleRules.md` for the rules and the
 /// decisions taken on the traps; the short version:
 ///
 /// * The outcome (stage, qualification time, which rewards should stand) is derived from the
