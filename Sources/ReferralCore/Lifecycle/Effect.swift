@@ -97,8 +97,7 @@ public struct Reversal: Hashable, Sendable, Codable {
 /// An effect that has left (or is about to leave) the building. Decisions return new effects;
 /// the worker publishes/records them in the batch's transaction and hands every recorded effect
 /// back to the next decision. Recorded effects are never taken back: a later fact can only add a
-/// compensating effect (a reversal). Each case is emitted at most once per identity (see
-/// `identity`), which is what the store's unique key should be.
+/// compensating effect (a reversal). Each effect is emitted at most once per `key`.
 public enum Effect: Hashable, Sendable, Codable {
     /// `referral.code.issued`; the worker draws the code for a `CodeRequest` and records this.
     case codeIssued(accountId: String, code: String, programId: String)
@@ -122,18 +121,29 @@ public enum Effect: Hashable, Sendable, Codable {
     case rewardFailed(rewardId: String, failure: Int, reason: String, final: Bool)
 
     /// The key under which an effect is unique: re-deciding never emits a second effect with the
-    /// same identity.
-    public var identity: String {
+    /// same key, and it is what the store's unique constraint on recorded effects should cover.
+    public var key: Key {
         switch self {
-        case .codeIssued(let a, _, _): return "code/\(a)"
-        case .friendOfferGranted(let r, _, _, _, _, _, _): return "offer/\(r)"
-        case .statusChanged(let s): return "status/\(s.referralId)/\(s.sequence)"
-        case .rewardIssued(let g): return "issue/\(g.rewardId)/0"
-        case .rewardRetried(let g, let n): return "issue/\(g.rewardId)/\(n)"
-        case .rewardReversed(let r): return "reverse/\(r.rewardId)"
-        case .rewardApplied(let r): return "applied/\(r)"
-        case .rewardMismatch(let r, let a, let m, let c): return "mismatch/\(r)/\(a)/\(m)/\(c)"
-        case .rewardFailed(let r, let n, _, _): return "failed/\(r)/\(n)"
+        case .codeIssued(let a, _, _): return .code(accountId: a)
+        case .friendOfferGranted(let r, _, _, _, _, _, _): return .offer(referralId: r)
+        case .statusChanged(let s): return .status(referralId: s.referralId, sequence: s.sequence)
+        case .rewardIssued(let g): return .issue(rewardId: g.rewardId, attempt: 0)
+        case .rewardRetried(let g, let n): return .issue(rewardId: g.rewardId, attempt: n)
+        case .rewardReversed(let r): return .reverse(rewardId: r.rewardId)
+        case .rewardApplied(let r): return .applied(rewardId: r)
+        case .rewardMismatch(let r, let a, let m, let c): return .mismatch(rewardId: r, accountId: a, amountMinor: m, currency: c)
+        case .rewardFailed(let r, let n, _, _): return .failed(rewardId: r, failure: n)
         }
+    }
+
+    public enum Key: Hashable, Sendable {
+        case code(accountId: String)
+        case offer(referralId: String)
+        case status(referralId: String, sequence: Int)
+        case issue(rewardId: String, attempt: Int)
+        case reverse(rewardId: String)
+        case applied(rewardId: String)
+        case mismatch(rewardId: String, accountId: String, amountMinor: Int64, currency: String)
+        case failed(rewardId: String, failure: Int)
     }
 }

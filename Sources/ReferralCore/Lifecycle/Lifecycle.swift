@@ -32,9 +32,14 @@ public struct LifecycleInput: Sendable {
     public var recorded: [Effect]
     public var now: Instant
     public var policy: LifecyclePolicy
+    /// Build explanation texts and inputs (`ReferralView.explanation`, `.inputs`). Off on the hot
+    /// path; the stage, reason and rule are always set.
+    public var explain: Bool
 
-    public init(facts: [Fact], referrals: [ReferralBinding], recorded: [Effect], now: Instant, policy: LifecyclePolicy = .init()) {
-        self.facts = facts; self.referrals = referrals; self.recorded = recorded; self.now = now; self.policy = policy
+    public init(facts: [Fact], referrals: [ReferralBinding], recorded: [Effect], now: Instant,
+                policy: LifecyclePolicy = .init(), explain: Bool = true) {
+        self.facts = facts; self.referrals = referrals; self.recorded = recorded; self.now = now
+        self.policy = policy; self.explain = explain
     }
 }
 
@@ -98,7 +103,7 @@ public struct Decision: Sendable {
     public var nextWakeup: Instant?
 }
 
-/// The lifecycle rules as one pure function. See `Lifecycle/README.md` for the rules and the
+/// The lifecycle rules as one pure function. See `Lifecycle/Lifecycle.docc/LifecycleRules.md` for the rules and the
 /// decisions taken on the traps; the short version:
 ///
 /// * The outcome (stage, qualification time, which rewards should stand) is derived from the
@@ -246,7 +251,16 @@ struct Index {
 }
 
 private func utcDay(_ t: Instant) -> Int64 { t.microseconds.floorDivided(by: 86_400_000_000).quotient }
-private func utcYear(_ t: Instant) -> Int { Int(t.rfc3339.prefix(4)) ?? 0 }
+/// The proleptic Gregorian year of a UTC instant (Hinnant's civil_from_days, year part only).
+private func utcYear(_ t: Instant) -> Int64 {
+    let z = utcDay(t) + 719_468
+    let era = (z >= 0 ? z : z - 146_096) / 146_097
+    let doe = z - era * 146_097
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+    let mp = (5 * doy + 2) / 153
+    return yoe + era * 400 + (mp >= 10 ? 1 : 0)
+}
 
 // MARK: - The decision
 
@@ -261,12 +275,23 @@ private enum Verdict {
     case qualified(at: Instant, referrerCapped: Bool, clawedBack: Bool)
 }
 
+/// The explanation under construction. Text is only built when asked for: the worker's hot path
+/// decides thousands of referrals a second and formats no sentences nobody reads.
 private struct Why {
-    var rule: String
-    var text: String
+    let enabled: Bool
+    var rule = ""
+    var text = ""
     var inputs: [ReferralView.Input] = []
-    mutating func add(_ name: String, _ value: CustomStringConvertible?) {
-        if let value { inputs.append(.init(name: name, value: value.description)) }
+
+    mutating func add(_ name: String, _ value: @autoclosure () -> CustomStringConvertible?) {
+        if enabled, let value = value() { inputs.append(.init(name: name, value: value.description)) }
+    }
+    mutating func say(_ rule: String, _ text: @autoclosure () -> String) {
+        self.rule = rule
+        if enabled { self.text = text() }
+    }
+    mutating func append(_ more: @autoclosure () -> String) {
+        if enabled { text += more() }
     }
 }
 
@@ -290,7 +315,7 @@ private struct Decider {
     var issued: [String: RewardGrant] = [:]
     var retries: [String: Int] = [:]
     var reversed: Set<String> = []
-    var recordedIds: Set<String> = []
+    var recordedKeys: Set<Effect.Key> = []
     var codedAccounts: Set<String> = []
 
     init(_ input: LifecycleInput) {
@@ -298,7 +323,7 @@ private struct Decider {
         self.idx = Index(input.facts)
         self.now = input.now
         for e in input.recorded {
-            recordedIds.insert(e.identity)
+            recordedKeys.insert(e.key)
             switch e {
             case .statusChanged(let s):
                 lastStatus[s.referralId] = (s.to, s.reason, (lastStatus[s.referralId]?.count ?? 0) + 1)
@@ -346,7 +371,7 @@ private struct Decider {
     }
 
     mutating func emit(_ e: Effect) {
-        guard recordedIds.insert(e.identity).inserted else { return }
+        guard recordedKeys.insert(e.key).inserted else { return }
         effects.append(e)
     }
 
@@ -369,10 +394,19 @@ private struct Decider {
         guard let lead = idx.leads[b.leadId] else { return nil }
         let p = b.program
         let friend = idx.friendAccount(of: b.leadId)
-        var why = Why(rule: "", text: "")
+        var why = Why(enabled: input.explain)
         why.add("lead_at", lead.at)
         why.add("program", "\(p.id) v\(b.programVersion)")
-        let verdict = judge(b, lead: lead, friend: friend, why: &why)
+        var verdict = judge(b, lead: lead, friend: friend, why: &why)
+        // A published rejection is never revived: only erasure can remove the data behind it, and
+        // the right to erasure must not turn a fraud rejection into a reward.
+        if let last = lastStatus[b.referralId], last.stage == .rejected {
+            if case .rejected = verdict {} else {
+                verdict = .rejected(reason: last.reason ?? "unspecified")
+                why.inputs = []
+                why.say("published_rejection", "The referral was rejected (\(last.reason ?? "")) and a published rejection stands.")
+            }
+        }
 
         // Rewards the verdict wants to stand, and those it wants gone (with the reason).
         let grants = Beneficiary.allCases.map { grant(b, $0, friend: friend) }
@@ -424,7 +458,7 @@ private struct Decider {
                 // A late fact (arrears) put a rewarded referral back to waiting; the reward stands
                 // until the facts settle it (paid in time → stays; deadline/cancel → reversed).
                 stage = .rewarded
-                why.text += " The rewards were issued before this fact arrived; they stand unless the referral is lost or expires."
+                why.append(" The rewards were issued before this fact arrived; they stand unless the referral is lost or expires.")
             }
         case .rejected(let r): stage = .rejected; reason = r
         case .lost(let r): stage = .lost; reason = r
@@ -432,24 +466,17 @@ private struct Decider {
         case .qualified(_, let capped, let clawed):
             let clawedAny = clawed && (p.clawback == .both || (p.clawback == .referrer && !capped))
             let blocked = grants.contains { stand[$0.rewardId] == true && reversed.contains($0.rewardId) }
-            if clawedAny {
-                stage = .reversed; reason = "clawback"
-            } else if blocked {
+            if blocked {
                 // The documented exception: a reward reversed on the facts known then cannot be
                 // re-issued under its id, so the referral ends reversed.
                 stage = .reversed; reason = "reversed_before_late_fact"
-                why.text += " A reward was reversed before a later fact showed it was due; reward ids are issued once, so it stays reversed."
+                why.append(" A reward was reversed before a later fact showed it was due; reward ids are issued once, so it stays reversed.")
+            } else if clawedAny {
+                stage = .reversed; reason = "clawback"
             } else {
                 stage = .rewarded
             }
         }
-        // A published rejection is never revived: only erasure can remove the data behind it, and
-        // the right to erasure must not turn a fraud rejection into a reward.
-        if let last = lastStatus[b.referralId], last.stage == .rejected, stage != .rejected {
-            stage = .rejected; reason = last.reason
-            why = Why(rule: "published_rejection", text: "The referral was rejected (\(last.reason ?? "")) and a published rejection stands.")
-        }
-
         // Effects, in the order consumers expect: offer, status, rewards.
         if !offered.contains(b.referralId), stage != .rejected {
             let fr = p.friendReward
@@ -507,14 +534,12 @@ private struct Decider {
         // (more facts = more households, earlier competitors, more leads that day), so a
         // rejection never has to be revived; precedence makes the reason order-independent too.
         if let cancelled = idx.accounts[referrer]?.cancelledAt, cancelled <= lead.at {
-            why.rule = "codes.cancelled_referrer"
-            why.text = "The referrer's account was cancelled before the lead; its code no longer attributes leads."
+            why.say("codes.cancelled_referrer", "The referrer's account was cancelled before the lead; its code no longer attributes leads.")
             why.add("referrer_cancelled_at", cancelled)
             return .rejected(reason: "referrer_cancelled")
         }
         if friend == referrer {
-            why.rule = "fraud.self_referral"
-            why.text = "The lead became the referrer's own account."
+            why.say("fraud.self_referral", "The lead became the referrer's own account.")
             return .rejected(reason: "self_referral")
         }
         let personal = idx.leadPersonal(b.leadId)
@@ -522,8 +547,7 @@ private struct Decider {
             var friendHouseholds = friend.map { idx.households(of: $0) } ?? []
             if let hh = personal.household { friendHouseholds.insert(hh) }
             if !friendHouseholds.isDisjoint(with: idx.households(of: referrer)) {
-                why.rule = "fraud.reject_same_household"
-                why.text = "The friend's household is the referrer's household."
+                why.say("fraud.reject_same_household", "The friend's household is the referrer's household.")
                 return .rejected(reason: "same_household")
             }
         }
@@ -531,21 +555,18 @@ private struct Decider {
             var friendContacts = friend.map { idx.contacts(of: $0) } ?? []
             if let c = personal.contact { friendContacts.insert(c) }
             if !friendContacts.isDisjoint(with: idx.contacts(of: referrer)) {
-                why.rule = "fraud.reject_same_contact"
-                why.text = "The friend's contact is the referrer's contact."
+                why.say("fraud.reject_same_contact", "The friend's contact is the referrer's contact.")
                 return .rejected(reason: "same_contact")
             }
         }
         if let sameDay = leadsPerCodeDay["\(b.code)/\(utcDay(lead.at))"],
            let rank = sameDay.firstIndex(where: { $0.leadId == b.leadId }), rank >= p.limits.maxLeadsPerCodePerDay {
-            why.rule = "limits.max_leads_per_code_per_day"
-            why.text = "This was lead \(rank + 1) with this code on its UTC day (by lead time); the limit is \(p.limits.maxLeadsPerCodePerDay)."
+            why.say("limits.max_leads_per_code_per_day", "This was lead \(rank + 1) with this code on its UTC day (by lead time); the limit is \(p.limits.maxLeadsPerCodePerDay).")
             return .rejected(reason: "too_many_leads")
         }
         for key in friendKeys(b.leadId) {
             if let winner = claims[key], winner.leadId != b.leadId {
-                why.rule = "one_referrer_per_friend"
-                why.text = "An earlier lead (\(winner.leadId)) reached the same friend (\(key.hasPrefix("a:") ? "account" : "household")); the earliest lead by time claims the friend, whatever becomes of it."
+                why.say("one_referrer_per_friend", "An earlier lead (\(winner.leadId)) reached the same friend (\(key.hasPrefix("a:") ? "account" : "household")); the earliest lead by time claims the friend, whatever becomes of it.")
                 why.add("winning_lead", winner.leadId)
                 why.add("winning_lead_at", winner.at)
                 return .rejected(reason: "already_referred")
@@ -569,27 +590,23 @@ private struct Decider {
             // No milestone inside the window (yet). Whichever came first by fact time decides:
             // the friend's cancellation (lost) or the end of the window (expired).
             if let c = cancelled, c <= windowEnd {
-                why.rule = "lost"
-                why.text = "The friend cancelled before reaching \(p.qualify.milestone.rawValue)."
+                why.say("lost", "The friend cancelled before reaching \(p.qualify.milestone.rawValue).")
                 return .lost(reason: "cancelled_before_qualifying")
             }
             if now >= windowEnd || milestone != nil {
-                why.rule = "attribution_window"
-                why.text = milestone == nil
+                why.say("attribution_window", milestone == nil
                     ? "No \(p.qualify.milestone.rawValue) within \(p.attributionWindow) of the lead. A late fact dated inside the window would still revive it."
-                    : "\(p.qualify.milestone.rawValue) came after the \(p.attributionWindow) attribution window."
+                    : "\(p.qualify.milestone.rawValue) came after the \(p.attributionWindow) attribution window.")
                 return .expired(reason: milestone == nil ? "no_milestone_in_window" : "milestone_after_window")
             }
-            why.rule = "attribution_window"
-            why.text = "Waiting for \(p.qualify.milestone.rawValue) until the window ends."
+            why.say("attribution_window", "Waiting for \(p.qualify.milestone.rawValue) until the window ends.")
             return .pending(stage: stage, wake: windowEnd)
         }
 
         let holdEnd = m + p.qualify.hold
         why.add("hold_end", holdEnd)
         if let c = cancelled, c <= holdEnd {
-            why.rule = "qualify.hold"
-            why.text = "The friend cancelled before the \(p.qualify.hold) hold after \(p.qualify.milestone.rawValue) ended."
+            why.say("qualify.hold", "The friend cancelled before the \(p.qualify.hold) hold after \(p.qualify.milestone.rawValue) ended.")
             return .lost(reason: "cancelled_before_qualifying")
         }
 
@@ -610,29 +627,24 @@ private struct Decider {
         if q == nil || q! > deadline {
             why.add("arrears_deadline", deadline)
             if let c = cancelled, c <= deadline {
-                why.rule = "arrears"
-                why.text = "The friend was in arrears from the end of the hold and cancelled before paying."
+                why.say("arrears", "The friend was in arrears from the end of the hold and cancelled before paying.")
                 return .lost(reason: "cancelled_in_arrears")
             }
             if now >= deadline || q != nil {
-                why.rule = "arrears"
-                why.text = "The friend was still in arrears when the window closed."
+                why.say("arrears", "The friend was still in arrears when the window closed.")
                 return .expired(reason: "in_arrears_past_window")
             }
-            why.rule = "arrears"
-            why.text = "The hold is over but the friend is in arrears; qualification resumes once paid, until \(deadline)."
+            why.say("arrears", "The hold is over but the friend is in arrears; qualification resumes once paid, until \(deadline).")
             return .pending(stage: stage, wake: deadline)
         }
         let qualifiesAt = q!
         why.add("qualifies_at", qualifiesAt)
         if let c = cancelled, c <= qualifiesAt {
-            why.rule = "arrears"
-            why.text = "The friend cancelled while in arrears, before qualifying."
+            why.say("arrears", "The friend cancelled while in arrears, before qualifying.")
             return .lost(reason: "cancelled_in_arrears")
         }
         if qualifiesAt > now {
-            why.rule = qualifiesAt == holdEnd ? "qualify.hold" : "arrears"
-            why.text = "Qualifies at \(qualifiesAt) if the friend is still a customer and not in arrears."
+            why.say(qualifiesAt == holdEnd ? "qualify.hold" : "arrears", "Qualifies at \(qualifiesAt) if the friend is still a customer and not in arrears.")
             return .pending(stage: stage, wake: qualifiesAt)
         }
 
@@ -647,14 +659,11 @@ private struct Decider {
         why.add("referrer_slot_in_year", "\(slot) of \(p.limits.maxRewardsPerReferrerPerYear)")
         let clawed = cancelled.map { $0 > qualifiesAt && $0 <= qualifiesAt + p.clawbackWindow } ?? false
         if clawed {
-            why.rule = "clawback"
-            why.text = "The friend cancelled within the \(p.clawbackWindow) clawback window after qualifying; clawback mode \(p.clawback.rawValue)."
+            why.say("clawback", "The friend cancelled within the \(p.clawbackWindow) clawback window after qualifying; clawback mode \(p.clawback.rawValue).")
         } else if capped {
-            why.rule = "limits.max_rewards_per_referrer_per_year"
-            why.text = "Qualified; the referrer already had \(p.limits.maxRewardsPerReferrerPerYear) referrals reach their milestone this year, so only the friend is rewarded."
+            why.say("limits.max_rewards_per_referrer_per_year", "Qualified; the referrer already had \(p.limits.maxRewardsPerReferrerPerYear) referrals reach their milestone this year, so only the friend is rewarded.")
         } else {
-            why.rule = "qualify"
-            why.text = "Qualified at \(qualifiesAt): \(p.qualify.milestone.rawValue) inside the window, \(p.qualify.hold) hold served, not in arrears."
+            why.say("qualify", "Qualified at \(qualifiesAt): \(p.qualify.milestone.rawValue) inside the window, \(p.qualify.hold) hold served, not in arrears.")
         }
         return .qualified(at: qualifiesAt, referrerCapped: capped, clawedBack: clawed)
     }

@@ -106,7 +106,8 @@ public struct ReferralEngine: Sendable {
         var out: [Effect] = []
         for _ in 0..<8 {
             bindNewReferrals()
-            let d = Lifecycle.decide(LifecycleInput(facts: facts, referrals: referrals, recorded: recorded, now: now, policy: policy))
+            let d = Lifecycle.decide(LifecycleInput(facts: facts, referrals: referrals, recorded: recorded, now: now,
+                                                    policy: policy, explain: false))
             record(d.effects, into: &out)
             nextWakeup = d.nextWakeup
             var issuedCode = false
