@@ -4,7 +4,8 @@ import ReferralCore
 import ReferralStore
 
 /// Applies one batch of valid events inside the caller's transaction: record them in the inbox
-/// (deduplication), decide with the core, write state and outbox rows.
+/// (deduplication), store their facts, decide every referral cluster they touch with the core,
+/// and write the effects, the ledger, the timers and the outbox.
 enum Apply {
     /// A valid event with the exact bytes it arrived as, which the inbox keeps.
     struct Received: Sendable {
@@ -12,71 +13,195 @@ enum Apply {
         var body: [UInt8]
     }
 
-    static func batch(_ c: isolated PostgresConnection, events: [Received], programs: ProgramBook,
-                      now: Instant) throws {
-        let fresh = try Store.recordInbox(c, events.map(inboxEntry)).map { events[$0].event }
-        try issueCodes(c, fresh: fresh, programs: programs, now: now)
+    /// What a batch changed, for logs and metrics.
+    struct Outcome: Sendable {
+        var fresh = 0
+        var duplicates = 0
+        var published: [OutgoingEvent] = []
+        var mismatches: [Effect] = []
     }
 
-    /// `provisioning.service.activated` makes the account a customer with a code, once.
-    static func issueCodes(_ c: isolated PostgresConnection, fresh: [InboundEvent], programs: ProgramBook,
-                           now: Instant) throws {
-        let activations: [CodeIssuance.Activation] = fresh.compactMap {
-            guard case .serviceActivated(let a) = $0.payload else { return nil }
-            return .init(accountId: a.accountId, activatedAt: a.activatedAt, segment: a.segment?.rawValue)
+    static func batch(_ c: isolated PostgresConnection, events: [Received], context: Context) throws -> Outcome {
+        let freshIndexes = try Store.recordInbox(c, events.map(inboxEntry))
+        var outcome = Outcome(fresh: freshIndexes.count, duplicates: events.count - freshIndexes.count)
+        let facts = freshIndexes.compactMap { fact(events[$0].event) }
+        if facts.isEmpty { return outcome }
+        try Store.insertFacts(c, facts)
+
+        let leads = Array(Set(facts.compactMap(\.leadId)))
+        let accounts = Array(Set(facts.compactMap(\.accountId)))
+        let rewards = Array(Set(facts.compactMap(\.rewardId)))
+        try Store.scrubErased(c, accounts: accounts)
+
+        // Leads carrying a known code become referrals, bound to the program version in force now.
+        let codes = Array(Set(facts.compactMap { if case .leadCreated(_, _, let code?, _, _, _) = $0 { code } else { nil } }))
+        if !codes.isEmpty {
+            let owners = try Store.codeOwners(c, codes: codes)
+            let bound = try Store.boundLeads(c, leads)
+            try Store.bindLeads(c, Lifecycle.leadsToBind(facts: facts, codes: owners, bound: bound), versions: context.versions)
         }
-        if activations.isEmpty { return }
-        let existing = try Store.codes(c, accounts: activations.map(\.accountId))
-        var pending = CodeIssuance.firstActivations(activations, accountsWithCodes: Set(existing.keys))
+        try Store.refreshLinks(c, leads: leads, accounts: accounts)
+        let seeds = try Store.referralsTouched(c, leads: leads, accounts: accounts, rewards: rewards)
+        // Activated accounts are decided even without referrals: their first activation issues a code.
+        let activated = facts.compactMap { if case .serviceActivated(let a, _, _, _, _) = $0 { a } else { nil } }
+        outcome.published = try decide(c, seeds: seeds, extraAccounts: activated, context: context, mismatches: &outcome.mismatches)
+        return outcome
+    }
+
+    /// Due timers: re-decide their clusters at `now`.
+    static func timers(_ c: isolated PostgresConnection, context: Context, limit: Int) throws -> (fired: Int, published: [OutgoingEvent]) {
+        let due = try Store.claimDueTimers(c, now: context.now, limit: limit)
+        if due.isEmpty { return (0, []) }
+        var mismatches: [Effect] = []
+        let published = try decide(c, seeds: due.map(\.0), extraAccounts: [], context: context, mismatches: &mismatches)
+        return (due.count, published)
+    }
+
+    /// Loads the clusters of `seeds` (locked), decides them, records the new effects and
+    /// returns the events to publish (already in the outbox).
+    static func decide(_ c: isolated PostgresConnection, seeds: [String], extraAccounts: [String], context: Context,
+                       mismatches: inout [Effect]) throws -> [OutgoingEvent] {
+        let cluster = try Store.lockCluster(c, seeds: seeds)
+        let bound = try Store.loadBindings(c, cluster)
+        let accounts = Array(Set(bound.flatMap { [$0.binding.referrerAccountId] + ($0.friendAccountId.map { [$0] } ?? []) } + extraAccounts))
+        let rewardIds = bound.flatMap { b in Beneficiary.allCases.map { rewardId(referralId: b.binding.referralId, beneficiary: $0) } }
+        let facts = try Store.loadFacts(c, leads: bound.map(\.binding.leadId), accounts: accounts, rewards: rewardIds)
+        let recorded = try Store.loadEffects(c, referrals: cluster, accounts: accounts)
+        let decision = Lifecycle.decide(LifecycleInput(
+            facts: facts, referrals: bound.map(\.binding), recorded: recorded, now: context.now,
+            policy: context.policy, explain: false))
+
+        var effects = decision.effects
+        var events: [OutgoingEvent] = []
+        events += try issueCodes(c, decision.codeRequests, context: context)
+        effects = try Store.recordEffects(c, effects, at: context.now)
+        for effect in effects {
+            if let event = outgoing(effect, context: context) { events.append(event) }
+            if case .rewardMismatch = effect { mismatches.append(effect) }
+        }
+        try Store.saveViews(c, decision.referrals)
+        try Store.setTimers(c, referrals: cluster, due: decision.nextWakeup)
+        try Store.enqueue(c, events)
+        return events
+    }
+
+    /// Draws a code for each newly activated account. A drawn code can collide with another
+    /// account's (about 1 in 10^12 per draw while the table is small): the unique constraint
+    /// catches it and only those accounts draw again.
+    static func issueCodes(_ c: isolated PostgresConnection, _ requests: [CodeRequest], context: Context) throws -> [OutgoingEvent] {
+        var pending = requests
         var rng = SystemRandomNumberGenerator()
         var events: [OutgoingEvent] = []
-        // A drawn code can collide with another account's (1 in 10^12 per draw while the table
-        // is small); the unique constraint catches it and only those accounts draw again.
         for _ in 0..<8 where !pending.isEmpty {
             var rows: [(account: String, code: String, program: String, issuedAt: Instant)] = []
             var drawn: [String: (ReferralCode, Program)] = [:]
-            for a in pending {
-                guard let program = programs.program(forSegment: a.segment) else { continue }
+            for r in pending {
+                guard let program = context.programs.program(forSegment: r.segment.rawValue) else { continue }
                 let code = CodeIssuance.draw(using: &rng)
-                drawn[a.accountId] = (code, program)
-                rows.append((a.accountId, code.canonical, program.id, a.activatedAt))
+                drawn[r.accountId] = (code, program)
+                rows.append((r.accountId, code.canonical, program.id, r.activatedAt))
             }
             let collided = try Store.insertCodes(c, rows)
-            for a in pending where !collided.contains(a.accountId) {
-                guard let (code, program) = drawn[a.accountId] else { continue }
-                events.append(.codeIssued(
-                    id: UUID().uuidString.lowercased(), time: now, accountId: a.accountId, code: code,
-                    shareURL: program.shareURL(for: code), programId: program.id))
+            for r in pending where !collided.contains(r.accountId) {
+                guard let (code, program) = drawn[r.accountId] else { continue }
+                events.append(.codeIssued(id: newEventId(), time: context.now, accountId: r.accountId, code: code,
+                                          shareURL: program.shareURL(code: code.canonical), programId: program.id))
             }
             pending = pending.filter { collided.contains($0.accountId) }
         }
-        try Store.enqueue(c, events)
+        return events
+    }
+
+    /// The published event of an effect; nil for effects that only change the ledger.
+    static func outgoing(_ effect: Effect, context: Context) -> OutgoingEvent? {
+        switch effect {
+        case .friendOfferGranted(let referral, let lead, let code, let priority, let kind, let amount, let currency):
+            guard let parsed = ReferralCode.parse(code) else { return nil }
+            return .friendOfferGranted(id: newEventId(), time: context.now, referralId: referral, leadId: lead,
+                                       referralCode: parsed, priorityInstall: priority, friendRewardKind: kind,
+                                       friendRewardAmountMinor: amount, currency: currency)
+        case .statusChanged(let s):
+            return .statusChanged(id: newEventId(), time: context.now, referralId: s.referralId,
+                                  referrerAccountId: s.referrerAccountId, leadId: s.leadId,
+                                  friendAccountId: s.friendAccountId, from: s.from, to: s.to, reason: s.reason)
+        case .rewardIssued(let g), .rewardRetried(let g, _):
+            // A retry re-issues the same reward_id: billing's idempotency key makes it safe.
+            return .rewardIssued(id: newEventId(), time: context.now, rewardId: g.rewardId, referralId: g.referralId,
+                                 accountId: g.accountId, beneficiary: g.beneficiary, kind: g.kind,
+                                 amountMinor: g.amountMinor, currency: g.currency, programId: g.programId)
+        case .rewardReversed(let r):
+            return .rewardReversed(id: newEventId(), time: context.now, rewardId: r.rewardId, referralId: r.referralId,
+                                   accountId: r.accountId, amountMinor: r.amountMinor, currency: r.currency, reason: r.reason)
+        case .codeIssued, .rewardApplied, .rewardMismatch, .rewardFailed:
+            return nil
+        }
+    }
+
+    static func newEventId() -> String { UUID().uuidString.lowercased() }
+
+    /// The lifecycle fact an event carries; nil for types the lifecycle does not use.
+    static func fact(_ e: InboundEvent) -> Fact? {
+        switch e.payload {
+        case .leadCreated(let p):
+            return .leadCreated(leadId: p.leadId, at: e.time, code: p.code?.canonical, householdId: p.householdId,
+                                contactHash: p.contactHash, segment: p.segment)
+        case .orderPlaced(let p): return .orderPlaced(leadId: p.leadId, accountId: p.accountId, at: e.time)
+        case .installCompleted(let p): return .installCompleted(accountId: p.accountId, at: p.completedAt)
+        case .serviceActivated(let p):
+            return .serviceActivated(accountId: p.accountId, at: p.activatedAt, householdId: p.householdId,
+                                     contactHash: p.contactHash, segment: p.segment)
+        case .serviceCancelled(let p): return .serviceCancelled(accountId: p.accountId, at: p.cancelledAt)
+        case .invoiceOverdue(let p): return .invoiceOverdue(accountId: p.accountId, invoiceId: p.invoiceId, at: e.time)
+        case .invoicePaid(let p):
+            return .invoicePaid(accountId: p.accountId, invoiceId: p.invoiceId, sequence: p.sequence, at: e.time)
+        case .creditApplied(let p):
+            return .creditApplied(rewardId: p.rewardId, accountId: p.accountId, amountMinor: p.amountMinor,
+                                  currency: p.currency, at: e.time)
+        case .creditRejected(let p): return .creditRejected(rewardId: p.rewardId, reason: p.reason, at: e.time)
+        case .customerErased(let p): return .customerErased(accountId: p.accountId, at: e.time)
+        case .installScheduled, .speedtestCompleted, .ticketResolved, .preferencesChanged, .ticketOpened:
+            return nil
+        }
     }
 
     /// The keys the fact queries look an event up by, and the time the fact happened.
     static func inboxEntry(_ received: Received) -> InboxEntry {
         let e = received.event
-        var account: String?
-        var lead: String?
-        var factTime = e.time
+        let f = fact(e)
+        var account = f?.accountId
         switch e.payload {
-        case .leadCreated(let p): lead = p.leadId
-        case .orderPlaced(let p): lead = p.leadId; account = p.accountId
         case .installScheduled(let p): account = p.accountId
-        case .installCompleted(let p): account = p.accountId; factTime = p.completedAt
-        case .serviceActivated(let p): account = p.accountId; factTime = p.activatedAt
-        case .serviceCancelled(let p): account = p.accountId; factTime = p.cancelledAt
         case .speedtestCompleted(let p): account = p.accountId
         case .ticketResolved(let p): account = p.accountId
         case .preferencesChanged(let p): account = p.accountId
         case .ticketOpened(let p): account = p.accountId
-        case .customerErased(let p): account = p.accountId
-        case .invoiceOverdue(let p): account = p.accountId
-        case .invoicePaid(let p): account = p.accountId
-        case .creditApplied(let p): account = p.accountId
-        case .creditRejected: break
+        default: break
         }
         return InboxEntry(source: e.source, eventId: e.id, type: e.type.rawValue, accountId: account,
-                          leadId: lead, factTime: factTime, body: received.body)
+                          leadId: f?.leadId, factTime: f?.at ?? e.time, body: received.body)
+    }
+
+    /// What every decision of one transaction shares.
+    struct Context: Sendable {
+        var programs: ProgramBook
+        var versions: [String: Int]
+        var policy: LifecyclePolicy
+        var now: Instant
+    }
+}
+
+extension Fact {
+    var leadId: String? {
+        switch self {
+        case .leadCreated(let l, _, _, _, _, _), .orderPlaced(let l, _, _): return l
+        default: return nil
+        }
+    }
+
+    var rewardId: String? {
+        switch self {
+        case .creditApplied(let r, _, _, _, _), .creditRejected(let r, _, _): return r
+        default: return nil
+        }
     }
 }

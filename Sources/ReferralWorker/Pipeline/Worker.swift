@@ -25,6 +25,9 @@ public actor Worker {
     private var rng = SystemRandomNumberGenerator()
     private var lastRelay = Instant(microseconds: 0)
     private let failpoint = Failpoint.fromEnvironment()
+    /// Current version of each program, registered at connect (a changed file makes a new one).
+    private var versions: [String: Int] = [:]
+    private var lastTimerScan = Instant(microseconds: 0)
 
     public init(settings: Settings, programs: ProgramBook, logger: Logger,
                 clock: any ReferralCore.Clock = SystemClock(), instanceName: String = "referrald") {
@@ -66,6 +69,8 @@ public actor Worker {
                 await connection.close()
                 throw SchemaError(found: version, needed: Schema.latestVersion)
             }
+            let programs = self.programs.programs
+            versions = try await connection.transaction { c in try Store.registerPrograms(c, programs) }
             db = connection
         }
         if publisher == nil {
@@ -102,8 +107,9 @@ public actor Worker {
             let batch = try await consumer.nextDeliveries(
                 max: settings.batchSize, wait: .milliseconds(settings.batchWaitMilliseconds))
             if !batch.isEmpty { try await handle(batch) }
-            // The relay also runs when idle, so rows left by a crashed instance or by a broker
-            // outage are published without waiting for new input.
+            // Timers and the relay also run when idle: holds end and rows left by a crashed
+            // instance or a broker outage go out without waiting for new input.
+            if clock.now() - lastTimerScan > .seconds(1) { try await fireTimers() }
             if batch.isEmpty, clock.now() - lastRelay > .seconds(1) { try await relayOutbox() }
         }
     }
@@ -184,14 +190,37 @@ public actor Worker {
         return settled
     }
 
+    private func context() -> Apply.Context {
+        Apply.Context(programs: programs, versions: versions, policy: LifecyclePolicy(), now: clock.now())
+    }
+
     private func apply(_ events: [Apply.Received]) async throws {
-        guard let db else { throw SchemaError(found: 0, needed: Schema.latestVersion) }
-        let now = clock.now()
-        let programs = self.programs
-        try await db.transaction { c in
-            try Apply.batch(c, events: events, programs: programs, now: now)
-        }
+        guard let db else { throw NotConnected() }
+        let context = self.context()
+        let outcome = try await db.transaction { c in try Apply.batch(c, events: events, context: context) }
         failpoint.hit(.afterCommit)
+        for e in outcome.published {
+            logger.info("decided", metadata: ["event.type": "\(e.type.rawValue)", "event.id": "\(e.id)",
+                                              "referral.id": "\(e.subject ?? "-")"])
+        }
+        for m in outcome.mismatches {
+            logger.warning("billing applied a credit that differs from the reward; not marked applied",
+                           metadata: ["effect": "\(m)"])
+        }
+    }
+
+    /// Fires due timers (hold ends, windows, retries) in batches until none is due.
+    private func fireTimers() async throws {
+        guard let db else { return }
+        lastTimerScan = clock.now()
+        while true {
+            let context = self.context()
+            let fired = try await db.transaction { c in try Apply.timers(c, context: context, limit: 100) }
+            if fired.fired == 0 { return }
+            logger.debug("timers fired", metadata: ["timers.fired": "\(fired.fired)", "events": "\(fired.published.count)"])
+            try await relayOutbox()
+            if fired.fired < 100 { return }
+        }
     }
 
     // MARK: broker
@@ -260,6 +289,10 @@ public actor Worker {
             if rows.count < 512 { return }
         }
     }
+}
+
+struct NotConnected: Error, CustomStringConvertible {
+    var description: String { "not connected to the database" }
 }
 
 public struct SchemaError: Error, CustomStringConvertible {

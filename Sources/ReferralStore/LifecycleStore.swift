@@ -1,0 +1,486 @@
+import Foundation
+import Postgres
+import ReferralCore
+
+/// The lifecycle's persistence: facts, referral bindings, the clusters decisions run over,
+/// recorded effects, the reward ledger and durable timers.
+extension Store {
+    // MARK: programs
+
+    /// Registers the loaded programs: a program whose canonical form is new gets the next
+    /// version; an unchanged one keeps its version. Returns the current version of each id.
+    public static func registerPrograms(_ c: isolated PostgresConnection, _ programs: [Program]) throws -> [String: Int] {
+        var current: [String: Int] = [:]
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        for p in programs {
+            let json = String(decoding: try encoder.encode(p), as: UTF8.self)
+            // Two instances starting together may register the same version: the unique
+            // constraints make the loser's insert a no-op, and the SELECT reads the winner's.
+            try c.execute("""
+                INSERT INTO program_versions (program_id, version, canonical, program)
+                SELECT $1, coalesce((SELECT max(version) FROM program_versions WHERE program_id = $1), 0) + 1, $2, $3::jsonb
+                WHERE NOT EXISTS (SELECT 1 FROM program_versions WHERE program_id = $1 AND canonical = $2)
+                ON CONFLICT DO NOTHING
+                """, [.text(p.id), .text(p.canonicalForm), .text(json)])
+            let row = try c.query("SELECT version FROM program_versions WHERE program_id = $1 AND canonical = $2",
+                                  [.text(p.id), .text(p.canonicalForm)])
+            current[p.id] = Int(try row.first?.decode("version", as: Int64.self) ?? 0)
+        }
+        return current
+    }
+
+    // MARK: facts
+
+    public static func insertFacts(_ c: isolated PostgresConnection, _ facts: [Fact]) throws {
+        if facts.isEmpty { return }
+        let rows = facts.map(FactRow.init)
+        try c.execute("""
+            INSERT INTO facts (kind, at, lead_id, account_id, invoice_id, reward_id, code, household_id,
+                               contact_hash, segment, sequence, amount_minor, currency, reason)
+            SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                 $7::text[], $8::text[], $9::text[], $10::text[], $11::int4[], $12::int8[],
+                                 $13::text[], $14::text[])
+            """, [
+                .textArray(rows.map(\.kind)), .textArray(rows.map { $0.at.rfc3339 }), .textArray(rows.map(\.lead)),
+                .textArray(rows.map(\.account)), .textArray(rows.map(\.invoice)), .textArray(rows.map(\.reward)),
+                .textArray(rows.map(\.code)), .textArray(rows.map(\.household)), .textArray(rows.map(\.contact)),
+                .textArray(rows.map(\.segment)), .textArray(rows.map { $0.sequence.map(String.init) }),
+                .int8Array(rows.map(\.amount)), .textArray(rows.map(\.currency)), .textArray(rows.map(\.reason)),
+            ])
+    }
+
+    /// Right to erasure: household and contact of every fact of these (erased) accounts and of
+    /// the leads their orders link to are set to NULL, the household links go, and the raw inbox
+    /// bodies lose the same fields. Ids, times and amounts stay: they are the reward ledger.
+    /// Runs for every batch that touches an erased account, so late facts are scrubbed too.
+    public static func scrubErased(_ c: isolated PostgresConnection, accounts: [String]) throws {
+        if accounts.isEmpty { return }
+        let erased = try c.query("""
+            SELECT DISTINCT account_id FROM facts WHERE kind = 'erased' AND account_id = ANY($1::text[])
+            """, [.textArray(accounts)]).map { try $0.decode("account_id", as: String.self) }
+        if erased.isEmpty { return }
+        let leads = try c.query("""
+            SELECT DISTINCT lead_id FROM facts WHERE kind = 'order' AND account_id = ANY($1::text[])
+            """, [.textArray(erased)]).map { try $0.decode("lead_id", as: String.self) }
+        try c.execute("""
+            UPDATE facts SET household_id = NULL, contact_hash = NULL
+            WHERE (account_id = ANY($1::text[]) OR lead_id = ANY($2::text[]))
+              AND (household_id IS NOT NULL OR contact_hash IS NOT NULL)
+            """, [.textArray(erased), .textArray(leads)])
+        try c.execute("""
+            DELETE FROM referral_links l USING referrals r
+            WHERE l.referral_id = r.referral_id AND l.link LIKE 'h:%'
+              AND (r.friend_account_id = ANY($1::text[]) OR r.lead_id = ANY($2::text[]))
+            """, [.textArray(erased), .textArray(leads)])
+        // The raw bodies are kept for replays (export-events): they lose the same fields. A body
+        // jsonb cannot parse (a \\u0000 in free text) is left as is rather than fail the batch.
+        try c.execute("""
+            UPDATE inbox SET body = convert_to(
+                (convert_from(body, 'UTF8')::jsonb #- '{data,household_id}' #- '{data,contact_hash}')::text, 'UTF8')
+            WHERE (account_id = ANY($1::text[]) OR lead_id = ANY($2::text[]))
+              AND type IN ('provisioning.lead.created', 'provisioning.service.activated')
+              AND position('\\u0000' in convert_from(body, 'UTF8')) = 0
+            """, [.textArray(erased), .textArray(leads)])
+    }
+
+    /// Every stored fact about these leads, accounts or rewards.
+    public static func loadFacts(_ c: isolated PostgresConnection, leads: [String], accounts: [String],
+                                 rewards: [String]) throws -> [Fact] {
+        try c.query("""
+            SELECT kind, at, lead_id, account_id, invoice_id, reward_id, code, household_id, contact_hash,
+                   segment, sequence::int8 AS sequence, amount_minor, currency, reason
+            FROM facts
+            WHERE lead_id = ANY($1::text[]) OR account_id = ANY($2::text[]) OR reward_id = ANY($3::text[])
+            ORDER BY seq
+            """, [.textArray(leads), .textArray(accounts), .textArray(rewards)]).compactMap(FactRow.fact)
+    }
+
+    // MARK: referrals and clusters
+
+    /// Creates referrals for leads with a known code that have none yet; the program version is
+    /// the one in force now. Returns the new referral ids.
+    @discardableResult
+    public static func bindLeads(_ c: isolated PostgresConnection,
+                                 _ leads: [(leadId: String, code: String, referrerAccountId: String, programId: String)],
+                                 versions: [String: Int]) throws -> [String] {
+        let bindable = leads.filter { versions[$0.programId] != nil }
+        if bindable.isEmpty { return [] }
+        return try c.query("""
+            INSERT INTO referrals (referral_id, lead_id, code, referrer_account_id, program_id, program_version)
+            SELECT 'ref-' || nextval('referral_numbers'), l, cd, ra, p, v
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[]) AS t(l, cd, ra, p, v)
+            ORDER BY l
+            ON CONFLICT (lead_id) DO NOTHING
+            RETURNING referral_id
+            """, [
+                .textArray(bindable.map(\.leadId)), .textArray(bindable.map(\.code)),
+                .textArray(bindable.map(\.referrerAccountId)), .textArray(bindable.map(\.programId)),
+                .textArray(bindable.map { String(versions[$0.programId]!) }),
+            ]).map { try $0.decode("referral_id", as: String.self) }
+    }
+
+    /// Lead ids that already have a referral.
+    public static func boundLeads(_ c: isolated PostgresConnection, _ leads: [String]) throws -> Set<String> {
+        Set(try c.query("SELECT lead_id FROM referrals WHERE lead_id = ANY($1::text[])", [.textArray(leads)])
+            .map { try $0.decode("lead_id", as: String.self) })
+    }
+
+    /// Refreshes, for referrals of these leads or friend accounts, the friend account (the
+    /// earliest order of the lead) and the links that tie competing referrals together.
+    public static func refreshLinks(_ c: isolated PostgresConnection, leads: [String], accounts: [String]) throws {
+        try c.execute("""
+            UPDATE referrals r SET friend_account_id = o.account_id
+            FROM (SELECT DISTINCT ON (lead_id) lead_id, account_id FROM facts
+                  WHERE kind = 'order' AND (lead_id = ANY($1::text[]) OR account_id = ANY($2::text[]))
+                  ORDER BY lead_id, at, account_id) o
+            WHERE r.lead_id = o.lead_id AND r.friend_account_id IS DISTINCT FROM o.account_id
+            """, [.textArray(leads), .textArray(accounts)])
+        // Links: r:<referrer>, a:<friend account>, h:<household of the lead or of the friend's
+        // activation>. Links only accumulate (erasure aside), so a cluster never shrinks under a
+        // decision that once saw a competitor.
+        try c.execute("""
+            INSERT INTO referral_links (referral_id, link)
+            SELECT DISTINCT r.referral_id, x.link
+            FROM referrals r
+            CROSS JOIN LATERAL (
+                SELECT 'r:' || r.referrer_account_id
+                UNION ALL SELECT 'a:' || r.friend_account_id WHERE r.friend_account_id IS NOT NULL
+                UNION ALL SELECT 'h:' || f.household_id FROM facts f
+                    WHERE f.household_id IS NOT NULL
+                      AND ((f.kind = 'lead' AND f.lead_id = r.lead_id)
+                        OR (f.kind = 'activated' AND f.account_id = r.friend_account_id))
+            ) AS x(link)
+            WHERE r.lead_id = ANY($1::text[]) OR r.friend_account_id = ANY($2::text[])
+            ON CONFLICT DO NOTHING
+            """, [.textArray(leads), .textArray(accounts)])
+    }
+
+    /// The referrals a batch's facts touch directly: by lead, by friend or referrer account, by
+    /// reward.
+    public static func referralsTouched(_ c: isolated PostgresConnection, leads: [String], accounts: [String],
+                                        rewards: [String]) throws -> [String] {
+        try c.query("""
+            SELECT referral_id FROM referrals
+            WHERE lead_id = ANY($1::text[]) OR friend_account_id = ANY($2::text[])
+               OR referrer_account_id = ANY($2::text[])
+            UNION
+            SELECT referral_id FROM rewards WHERE reward_id = ANY($3::text[])
+            """, [.textArray(leads), .textArray(accounts), .textArray(rewards)])
+            .map { try $0.decode("referral_id", as: String.self) }
+    }
+
+    /// The connected cluster of these referrals over shared links, locked in a fixed order
+    /// (referral id) so that two instances deciding overlapping clusters queue instead of
+    /// deadlocking, and the second sees the first's committed facts and effects.
+    public static func lockCluster(_ c: isolated PostgresConnection, seeds: [String]) throws -> [String] {
+        if seeds.isEmpty { return [] }
+        let ids = try c.query("""
+            WITH RECURSIVE cluster(referral_id) AS (
+                SELECT unnest($1::text[])
+                UNION
+                SELECT l2.referral_id FROM cluster k
+                JOIN referral_links l1 ON l1.referral_id = k.referral_id
+                JOIN referral_links l2 ON l2.link = l1.link
+            )
+            SELECT referral_id FROM cluster ORDER BY referral_id
+            """, [.textArray(seeds)]).map { try $0.decode("referral_id", as: String.self) }
+        _ = try c.query("SELECT 1 FROM referrals WHERE referral_id = ANY($1::text[]) ORDER BY referral_id FOR UPDATE",
+                        [.textArray(ids)])
+        return ids
+    }
+
+    public struct BoundReferral: Sendable {
+        public var binding: ReferralBinding
+        public var friendAccountId: String?
+    }
+
+    public static func loadBindings(_ c: isolated PostgresConnection, _ ids: [String]) throws -> [BoundReferral] {
+        let decoder = JSONDecoder()
+        return try c.query("""
+            SELECT r.referral_id, r.lead_id, r.code, r.referrer_account_id, r.program_version::int8 AS version,
+                   r.friend_account_id, p.program::text AS program
+            FROM referrals r JOIN program_versions p USING (program_id)
+            WHERE p.version = r.program_version AND r.referral_id = ANY($1::text[])
+            ORDER BY r.referral_id
+            """, [.textArray(ids)]).map { row in
+            let program = try decoder.decode(Program.self, from: Data(try row.decode("program", as: String.self).utf8))
+            return BoundReferral(
+                binding: ReferralBinding(
+                    referralId: try row.decode("referral_id", as: String.self), leadId: try row.decode("lead_id", as: String.self),
+                    code: try row.decode("code", as: String.self),
+                    referrerAccountId: try row.decode("referrer_account_id", as: String.self),
+                    program: program, programVersion: Int(try row.decode("version", as: Int64.self))),
+                friendAccountId: try row.decodeIfPresent("friend_account_id", as: String.self))
+        }
+    }
+
+    /// Where each referral stands, for `explain`, reports and follow-ups.
+    public static func saveViews(_ c: isolated PostgresConnection, _ views: [ReferralView]) throws {
+        if views.isEmpty { return }
+        try c.execute("""
+            UPDATE referrals r SET stage = v.stage, reason = v.reason, rule = v.rule, updated_at = now()
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS v(id, stage, reason, rule)
+            WHERE r.referral_id = v.id
+              AND (r.stage, r.reason, r.rule) IS DISTINCT FROM (v.stage, v.reason, v.rule)
+            """, [.textArray(views.map(\.referralId)), .textArray(views.map(\.stage.rawValue)),
+                  .textArray(views.map(\.reason)), .textArray(views.map(\.rule))])
+    }
+
+    // MARK: effects
+
+    /// Every effect recorded for these referrals, and the codes of these accounts, in recording order.
+    public static func loadEffects(_ c: isolated PostgresConnection, referrals: [String], accounts: [String]) throws -> [Effect] {
+        let decoder = JSONDecoder()
+        var effects = try c.query("""
+            SELECT effect::text AS effect FROM effects WHERE referral_id = ANY($1::text[]) ORDER BY seq
+            """, [.textArray(referrals)]).map {
+            try decoder.decode(Effect.self, from: Data(try $0.decode("effect", as: String.self).utf8))
+        }
+        for row in try c.query("SELECT account_id, code, program_id FROM referral_codes WHERE account_id = ANY($1::text[])",
+                               [.textArray(accounts)]) {
+            effects.append(.codeIssued(accountId: try row.decode("account_id", as: String.self),
+                                       code: try row.decode("code", as: String.self),
+                                       programId: try row.decode("program_id", as: String.self)))
+        }
+        return effects
+    }
+
+    /// Records effects; returns those that were new. An effect whose key is already recorded (a
+    /// concurrent instance, a replay) is dropped here and so never published twice.
+    public static func recordEffects(_ c: isolated PostgresConnection, _ effects: [Effect], at: Instant) throws -> [Effect] {
+        let rows = effects.filter { if case .codeIssued = $0 { return false } else { return true } }
+        if rows.isEmpty { return [] }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        let keys = rows.map { $0.key.storageKey }
+        let inserted = Set(try c.query("""
+            INSERT INTO effects (effect_key, referral_id, account_id, kind, effect, recorded_at)
+            SELECT k, r, a, kd, e::jsonb, $6::timestamptz
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS t(k, r, a, kd, e, n)
+            ORDER BY n
+            ON CONFLICT (effect_key) DO NOTHING
+            RETURNING effect_key
+            """, [
+                .textArray(keys), .textArray(rows.map(\.referralId)), .textArray(rows.map(\.accountId)),
+                .textArray(rows.map(\.kindName)),
+                .textArray(try rows.map { String(decoding: try encoder.encode($0), as: UTF8.self) }),
+                .text(at.rfc3339),
+            ]).map { try $0.decode("effect_key", as: String.self) })
+        let fresh = rows.filter { inserted.contains($0.key.storageKey) }
+        try updateLedger(c, fresh, at: at)
+        return fresh
+    }
+
+    /// Keeps the `rewards` ledger in step with the recorded effects.
+    static func updateLedger(_ c: isolated PostgresConnection, _ effects: [Effect], at: Instant) throws {
+        for effect in effects {
+            switch effect {
+            case .rewardIssued(let g):
+                try c.execute("""
+                    INSERT INTO rewards (reward_id, referral_id, beneficiary, account_id, kind, amount_minor, currency,
+                                         program_id, state, issued_at, updated_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'issued', $9::timestamptz, $9::timestamptz)
+                    """, [.text(g.rewardId), .text(g.referralId), .text(g.beneficiary.rawValue), .text(g.accountId),
+                          .text(g.kind.rawValue), .int(g.amountMinor), .text(g.currency), .text(g.programId), .text(at.rfc3339)])
+            case .rewardRetried(let g, _):
+                try setRewardState(c, g.rewardId, state: "issued", note: nil, at: at, onlyFrom: ["failed"])
+            case .rewardReversed(let r):
+                try setRewardState(c, r.rewardId, state: "reversed", note: r.reason, at: at, onlyFrom: ["issued", "applied", "failed"])
+            case .rewardApplied(let id):
+                try setRewardState(c, id, state: "applied", note: nil, at: at, onlyFrom: ["issued", "failed"])
+            case .rewardMismatch(let id, let account, let amount, let currency):
+                try c.execute("UPDATE rewards SET note = $2, updated_at = $3::timestamptz WHERE reward_id = $1",
+                              [.text(id), .text("billing applied \(amount) \(currency) to \(account): mismatch, not applied"),
+                               .text(at.rfc3339)])
+            case .rewardFailed(let id, let failure, let reason, let final):
+                try c.execute("""
+                    UPDATE rewards SET state = 'failed', failures = greatest(failures, $2), note = $3,
+                                       updated_at = $4::timestamptz
+                    WHERE reward_id = $1 AND state IN ('issued', 'failed')
+                    """, [.text(id), .int(Int64(failure)), .text(final ? "failed for good: \(reason)" : reason), .text(at.rfc3339)])
+            case .codeIssued, .friendOfferGranted, .statusChanged:
+                break
+            }
+        }
+    }
+
+    /// Every UPDATE names the states it may leave: a late or repeated effect never moves a
+    /// reward backwards (a reversed reward is never "applied" again).
+    static func setRewardState(_ c: isolated PostgresConnection, _ id: String, state: String, note: String?,
+                               at: Instant, onlyFrom: [String]) throws {
+        try c.execute("""
+            UPDATE rewards SET state = $2, note = coalesce($3, note), updated_at = $4::timestamptz
+            WHERE reward_id = $1 AND state = ANY($5::text[])
+            """, [.text(id), .text(state), PostgresValue(note), .text(at.rfc3339), .textArray(onlyFrom)])
+    }
+
+    // MARK: timers
+
+    /// Sets (or clears, with nil) the wake-up of these referrals.
+    public static func setTimers(_ c: isolated PostgresConnection, referrals: [String], due: Instant?) throws {
+        if referrals.isEmpty { return }
+        if let due {
+            try c.execute("""
+                INSERT INTO timers (referral_id, due_at) SELECT unnest($1::text[]), $2::timestamptz
+                ON CONFLICT (referral_id) DO UPDATE SET due_at = excluded.due_at
+                """, [.textArray(referrals), .text(due.rfc3339)])
+        } else {
+            try c.execute("DELETE FROM timers WHERE referral_id = ANY($1::text[])", [.textArray(referrals)])
+        }
+    }
+
+    /// Claims up to `limit` due timers. The rows stay locked until the caller's transaction
+    /// ends; SKIP LOCKED lets other instances take the rest instead of waiting. The caller
+    /// re-sets or clears every claimed timer in the same transaction.
+    public static func claimDueTimers(_ c: isolated PostgresConnection, now: Instant, limit: Int) throws -> [(String, Instant)] {
+        try c.query("""
+            SELECT referral_id, due_at FROM timers WHERE due_at <= $1::timestamptz
+            ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED
+            """, [.text(now.rfc3339), .int(Int64(limit))]).map {
+            (try $0.decode("referral_id", as: String.self),
+             Instant(microseconds: try $0.decode("due_at", as: PostgresTimestamp.self).microsecondsSinceEpoch))
+        }
+    }
+
+    /// Timers due now and how late the oldest is, for metrics.
+    public static func timerBacklog(_ c: isolated PostgresConnection, now: Instant) throws -> (due: Int64, lagSeconds: Double) {
+        let row = try c.query("""
+            SELECT count(*)::int8 AS n, coalesce(extract(epoch FROM $1::timestamptz - min(due_at)), 0)::float8 AS lag
+            FROM timers WHERE due_at <= $1::timestamptz
+            """, [.text(now.rfc3339)]).first
+        return (try row?.decode("n", as: Int64.self) ?? 0, try row?.decode("lag", as: Double.self) ?? 0)
+    }
+
+    // MARK: codes
+
+    /// Code owners for binding leads: canonical code → (account, program id).
+    public static func codeOwners(_ c: isolated PostgresConnection, codes: [String]) throws -> [String: (accountId: String, programId: String)] {
+        var owners: [String: (accountId: String, programId: String)] = [:]
+        for row in try c.query("SELECT code, account_id, program_id FROM referral_codes WHERE code = ANY($1::text[])",
+                               [.textArray(codes)]) {
+            owners[try row.decode("code", as: String.self)] = (try row.decode("account_id", as: String.self),
+                                                               try row.decode("program_id", as: String.self))
+        }
+        return owners
+    }
+}
+
+/// A fact as a row of `facts`: one column per field any kind has.
+struct FactRow {
+    var kind: String
+    var at: Instant
+    var lead: String?, account: String?, invoice: String?, reward: String?, code: String?
+    var household: String?, contact: String?, segment: String?
+    var sequence: Int?, amount: Int64?, currency: String?, reason: String?
+
+    init(_ fact: Fact) {
+        at = fact.at
+        switch fact {
+        case .leadCreated(let l, _, let code, let h, let ct, let seg):
+            kind = "lead"; lead = l; self.code = code; household = h; contact = ct; segment = seg?.rawValue
+        case .orderPlaced(let l, let a, _): kind = "order"; lead = l; account = a
+        case .installCompleted(let a, _): kind = "installed"; account = a
+        case .serviceActivated(let a, _, let h, let ct, let seg):
+            kind = "activated"; account = a; household = h; contact = ct; segment = seg?.rawValue
+        case .serviceCancelled(let a, _): kind = "cancelled"; account = a
+        case .invoiceOverdue(let a, let i, _): kind = "overdue"; account = a; invoice = i
+        case .invoicePaid(let a, let i, let s, _): kind = "paid"; account = a; invoice = i; sequence = s
+        case .creditApplied(let r, let a, let m, let cur, _):
+            kind = "credit_applied"; reward = r; account = a; amount = m; currency = cur
+        case .creditRejected(let r, let why, _): kind = "credit_rejected"; reward = r; reason = why
+        case .customerErased(let a, _): kind = "erased"; account = a
+        }
+    }
+
+    /// The fact a row stores; nil for a kind this binary does not know (a newer release's row).
+    static func fact(_ row: PostgresRow) throws -> Fact? {
+        let at = Instant(microseconds: try row.decode("at", as: PostgresTimestamp.self).microsecondsSinceEpoch)
+        func s(_ column: String) throws -> String? { try row.decodeIfPresent(column, as: String.self) }
+        func req(_ column: String) throws -> String { try row.decode(column, as: String.self) }
+        switch try req("kind") {
+        case "lead":
+            return .leadCreated(leadId: try req("lead_id"), at: at, code: try s("code"), householdId: try s("household_id"),
+                                contactHash: try s("contact_hash"), segment: try s("segment").flatMap(Segment.init(rawValue:)))
+        case "order": return .orderPlaced(leadId: try req("lead_id"), accountId: try req("account_id"), at: at)
+        case "installed": return .installCompleted(accountId: try req("account_id"), at: at)
+        case "activated":
+            return .serviceActivated(accountId: try req("account_id"), at: at, householdId: try s("household_id"),
+                                     contactHash: try s("contact_hash"), segment: try s("segment").flatMap(Segment.init(rawValue:)))
+        case "cancelled": return .serviceCancelled(accountId: try req("account_id"), at: at)
+        case "overdue": return .invoiceOverdue(accountId: try req("account_id"), invoiceId: try req("invoice_id"), at: at)
+        case "paid":
+            return .invoicePaid(accountId: try req("account_id"), invoiceId: try req("invoice_id"),
+                                sequence: Int(try row.decode("sequence", as: Int64.self)), at: at)
+        case "credit_applied":
+            return .creditApplied(rewardId: try req("reward_id"), accountId: try req("account_id"),
+                                  amountMinor: try row.decode("amount_minor", as: Int64.self), currency: try req("currency"), at: at)
+        case "credit_rejected": return .creditRejected(rewardId: try req("reward_id"), reason: try req("reason"), at: at)
+        case "erased": return .customerErased(accountId: try req("account_id"), at: at)
+        default: return nil
+        }
+    }
+}
+
+extension Effect.Key {
+    /// The text form stored in `effects.effect_key` (unique).
+    var storageKey: String {
+        switch self {
+        case .code(let a): return "code:\(a)"
+        case .offer(let r): return "offer:\(r)"
+        case .status(let r, let n): return "status:\(r):\(n)"
+        case .issue(let id, let n): return "issue:\(id):\(n)"
+        case .reverse(let id): return "reverse:\(id)"
+        case .applied(let id): return "applied:\(id)"
+        case .mismatch(let id, let a, let m, let c): return "mismatch:\(id):\(a):\(m):\(c)"
+        case .failed(let id, let n): return "failed:\(id):\(n)"
+        }
+    }
+}
+
+extension Effect {
+    var referralId: String? {
+        switch self {
+        case .codeIssued: return nil
+        case .friendOfferGranted(let r, _, _, _, _, _, _): return r
+        case .statusChanged(let s): return s.referralId
+        case .rewardIssued(let g), .rewardRetried(let g, _): return g.referralId
+        case .rewardReversed(let r): return r.referralId
+        case .rewardApplied(let id), .rewardMismatch(let id, _, _, _), .rewardFailed(let id, _, _, _):
+            return referralIdOfReward(id)
+        }
+    }
+
+    var accountId: String? {
+        switch self {
+        case .codeIssued(let a, _, _): return a
+        case .rewardIssued(let g), .rewardRetried(let g, _): return g.accountId
+        case .rewardReversed(let r): return r.accountId
+        case .rewardMismatch(_, let a, _, _): return a
+        default: return nil
+        }
+    }
+
+    var kindName: String {
+        switch self {
+        case .codeIssued: return "code_issued"
+        case .friendOfferGranted: return "friend_offer_granted"
+        case .statusChanged: return "status_changed"
+        case .rewardIssued: return "reward_issued"
+        case .rewardRetried: return "reward_retried"
+        case .rewardReversed: return "reward_reversed"
+        case .rewardApplied: return "reward_applied"
+        case .rewardMismatch: return "reward_mismatch"
+        case .rewardFailed: return "reward_failed"
+        }
+    }
+}
+
+/// `rwd-3001-referrer` → `ref-3001`: the inverse of the core's `rewardId(referralId:beneficiary:)`.
+func referralIdOfReward(_ id: String) -> String? {
+    guard id.hasPrefix("rwd-") else { return nil }
+    for b in Beneficiary.allCases where id.hasSuffix("-" + b.rawValue) {
+        return "ref-" + id.dropFirst(4).dropLast(b.rawValue.count + 1)
+    }
+    return nil
+}
