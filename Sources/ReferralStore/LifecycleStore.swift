@@ -175,7 +175,16 @@ extension Store {
     /// deadlocking, and the second sees the first's committed facts and effects.
     public static func lockCluster(_ c: isolated PostgresConnection, seeds: [String]) throws -> [String] {
         if seeds.isEmpty { return [] }
-        let ids = try c.query("""
+        let ids = try cluster(c, seeds: seeds)
+        _ = try c.query("SELECT 1 FROM referrals WHERE referral_id = ANY($1::text[]) ORDER BY referral_id FOR UPDATE",
+                        [.textArray(ids)])
+        return ids
+    }
+
+    /// Referrals connected to `seeds` through shared links (referrer, friend account, household),
+    /// transitively: UNION (not UNION ALL) makes the recursion stop once no new id appears.
+    static func cluster(_ c: isolated PostgresConnection, seeds: [String]) throws -> [String] {
+        try c.query("""
             WITH RECURSIVE cluster(referral_id) AS (
                 SELECT unnest($1::text[])
                 UNION
@@ -185,9 +194,6 @@ extension Store {
             )
             SELECT referral_id FROM cluster ORDER BY referral_id
             """, [.textArray(seeds)]).map { try $0.decode("referral_id", as: String.self) }
-        _ = try c.query("SELECT 1 FROM referrals WHERE referral_id = ANY($1::text[]) ORDER BY referral_id FOR UPDATE",
-                        [.textArray(ids)])
-        return ids
     }
 
     public struct BoundReferral: Sendable {
@@ -439,18 +445,6 @@ extension Effect.Key {
 }
 
 extension Effect {
-    var referralId: String? {
-        switch self {
-        case .codeIssued: return nil
-        case .friendOfferGranted(let r, _, _, _, _, _, _): return r
-        case .statusChanged(let s): return s.referralId
-        case .rewardIssued(let g), .rewardRetried(let g, _): return g.referralId
-        case .rewardReversed(let r): return r.referralId
-        case .rewardApplied(let id), .rewardMismatch(let id, _, _, _), .rewardFailed(let id, _, _, _):
-            return referralIdOfReward(id)
-        }
-    }
-
     var accountId: String? {
         switch self {
         case .codeIssued(let a, _, _): return a
@@ -476,11 +470,44 @@ extension Effect {
     }
 }
 
-/// `rwd-3001-referrer` → `ref-3001`: the inverse of the core's `rewardId(referralId:beneficiary:)`.
-func referralIdOfReward(_ id: String) -> String? {
-    guard id.hasPrefix("rwd-") else { return nil }
-    for b in Beneficiary.allCases where id.hasSuffix("-" + b.rawValue) {
-        return "ref-" + id.dropFirst(4).dropLast(b.rawValue.count + 1)
+
+extension Store {
+    /// Referral ids for `explain`: the referral itself, or every referral where the account is
+    /// the referrer or the friend.
+    public static func referralIds(_ c: isolated PostgresConnection, referralOrAccount id: String) throws -> [String] {
+        try c.query("""
+            SELECT referral_id FROM referrals
+            WHERE referral_id = $1 OR referrer_account_id = $1 OR friend_account_id = $1
+            ORDER BY referral_id
+            """, [.text(id)]).map { try $0.decode("referral_id", as: String.self) }
     }
-    return nil
+
+    /// The recorded effects of these referrals with the time each was recorded, oldest first.
+    public static func effectHistory(_ c: isolated PostgresConnection, referrals: [String]) throws -> [(Instant, Effect)] {
+        let decoder = JSONDecoder()
+        return try c.query("""
+            SELECT recorded_at, effect::text AS effect FROM effects WHERE referral_id = ANY($1::text[]) ORDER BY seq
+            """, [.textArray(referrals)]).map {
+            (Instant(microseconds: try $0.decode("recorded_at", as: PostgresTimestamp.self).microsecondsSinceEpoch),
+             try decoder.decode(Effect.self, from: Data(try $0.decode("effect", as: String.self).utf8)))
+        }
+    }
+
+    /// Everything a decision over this cluster needs: its bindings, every fact of its leads,
+    /// accounts (referrers, friends and `extraAccounts`) and rewards, and the recorded effects.
+    public static func clusterInput(_ c: isolated PostgresConnection, cluster: [String], extraAccounts: [String] = [])
+        throws -> (bound: [BoundReferral], facts: [Fact], recorded: [Effect]) {
+        let bound = try loadBindings(c, cluster)
+        let accounts = Array(Set(bound.flatMap { [$0.binding.referrerAccountId] + ($0.friendAccountId.map { [$0] } ?? []) }
+                                 + extraAccounts))
+        let rewardIds = bound.flatMap { b in Beneficiary.allCases.map { rewardId(referralId: b.binding.referralId, beneficiary: $0) } }
+        let facts = try loadFacts(c, leads: bound.map(\.binding.leadId), accounts: accounts, rewards: rewardIds)
+        return (bound, facts, try loadEffects(c, referrals: cluster, accounts: accounts))
+    }
+
+    /// The input of `explain`: the clusters of these referrals, read without locking.
+    public static func explainInput(_ c: isolated PostgresConnection, referrals ids: [String]) throws
+        -> (bound: [BoundReferral], facts: [Fact], recorded: [Effect]) {
+        try clusterInput(c, cluster: try cluster(c, seeds: ids))
+    }
 }

@@ -14,7 +14,7 @@ struct Referrald: AsyncParsableCommand {
 
             \(Settings.keys.map { "  \($0.name)\($0.defaultValue.map { " (default \($0))" } ?? " (required)")\n      \($0.help)" }.joined(separator: "\n"))
             """,
-        subcommands: [Run.self, Migrate.self, TopologyCommand.self],
+        subcommands: [Run.self, Migrate.self, TopologyCommand.self, ExplainCommand.self],
         defaultSubcommand: nil)
 }
 
@@ -80,5 +80,22 @@ struct TopologyCommand: AsyncParsableCommand {
         let logger = options.logger(settings)
         try await Operations.declareTopology(settings: settings, passiveUpstream: passiveUpstream, logger: logger)
         print("topology declared")
+    }
+}
+
+struct ExplainCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "explain",
+        abstract: "Show, for support staff, a referral's history and the rule, inputs and times that decided it.",
+        discussion: "Give a referral id (ref-3001) or an account id: every referral where the account referred or was referred is shown.")
+
+    @OptionGroup var options: CommonOptions
+
+    @Argument(help: "A referral id or an account id.")
+    var id: String
+
+    func run() async throws {
+        let settings = try await options.settings(requireAll: false)
+        print(try await Explain.run(settings: settings, id: id, now: SystemClock().now(), logger: options.logger(settings)), terminator: "")
     }
 }

@@ -487,6 +487,22 @@ private struct Decider {
         if last?.stage != stage {
             var from = last?.stage
             var seq = (last?.count ?? 0) + 1
+            // A forward jump (install and activation in one batch, or arriving out of order)
+            // still tells consumers every stage the facts show it passed, in order: a stage
+            // is only reported when its fact exists, so "installed" never appears without
+            // an install.
+            if let f = from, let a = Self.forward.firstIndex(of: f), let z = Self.forward.firstIndex(of: stage), z > a + 1 {
+                let info = friend.flatMap { idx.accounts[$0] }
+                for s in Self.forward[(a + 1)..<z] where s != .qualified {
+                    let passed = switch s {
+                    case .ordered: friend != nil
+                    case .installed: info?.installedAt != nil
+                    case .activated: info?.activatedAt != nil
+                    default: false
+                    }
+                    if passed { emitStatus(b, friend, from: from, to: s, reason: nil, seq: seq); from = s; seq += 1 }
+                }
+            }
             if stage == .rewarded, from != .qualified, !newlyIssued.isEmpty {
                 emitStatus(b, friend, from: from, to: .qualified, reason: nil, seq: seq)
                 from = .qualified; seq += 1
@@ -507,6 +523,9 @@ private struct Decider {
                             programId: p.id, programVersion: b.programVersion, stage: stage, reason: reason, rule: why.rule,
                             explanation: why.text, inputs: why.inputs, qualifiedAt: qualifiedAt, rewards: rewardViews)
     }
+
+    /// The way forward, in order; the end stages are not on it.
+    static let forward: [Stage] = [.lead, .ordered, .installed, .activated, .qualified, .rewarded]
 
     mutating func emitStatus(_ b: ReferralBinding, _ friend: String?, from: Stage?, to: Stage, reason: String?, seq: Int) {
         emit(.statusChanged(StatusChange(referralId: b.referralId, referrerAccountId: b.referrerAccountId, leadId: b.leadId,

@@ -1,5 +1,6 @@
 import Configuration
 import Foundation
+import ReferralCore
 import SystemPackage
 
 /// Everything an operator can set, with its default and why that default.
@@ -25,6 +26,15 @@ public struct Settings: Sendable {
     public var deliveryLimit: Int
     public var logLevel: String
     public var logFormat: String
+    /// Billing rejections of a reward that are retried (re-issued with the same reward_id).
+    public var rewardRetries: Int
+    public var rewardRetryBackoff: Span
+    public var rewardRetryBackoffMax: Span
+
+    /// The lifecycle's retry rules, from the reward retry keys.
+    public var lifecyclePolicy: LifecyclePolicy {
+        LifecyclePolicy(maxRetries: rewardRetries, retryBackoff: rewardRetryBackoff, maxRetryBackoff: rewardRetryBackoffMax)
+    }
 
     /// One documented key. `defaultValue` nil means the key is required.
     public struct Key: Sendable {
@@ -65,6 +75,12 @@ public struct Settings: Sendable {
             help: "AMQP heartbeat; a silent broker is detected after about twice this.", secret: false),
         Key(name: "REFERRALD_DELIVERY_LIMIT", defaultValue: "5",
             help: "Deliveries of a message whose processing fails before it is dead-lettered as processing_failed.", secret: false),
+        Key(name: "REFERRALD_REWARD_RETRIES", defaultValue: "3",
+            help: "How often a reward billing rejected is re-issued (same reward_id) before it stays failed.", secret: false),
+        Key(name: "REFERRALD_REWARD_RETRY_BACKOFF", defaultValue: "1h",
+            help: "Wait after billing's first rejection of a reward, doubled after each further one.", secret: false),
+        Key(name: "REFERRALD_REWARD_RETRY_BACKOFF_MAX", defaultValue: "1d",
+            help: "Ceiling of the doubled wait between reward retries.", secret: false),
         Key(name: "REFERRALD_LOG_LEVEL", defaultValue: "info",
             help: "trace, debug, info, notice, warning, error or critical.", secret: false),
         Key(name: "REFERRALD_LOG_FORMAT", defaultValue: "logfmt",
@@ -108,6 +124,13 @@ public struct Settings: Sendable {
             throw SettingsError(key: "REFERRALD_UPSTREAM_EXCHANGES", source: source,
                                 message: "needs three comma-separated names: provisioning, billing, crm")
         }
+        func span(_ name: String) throws -> Span {
+            let text = try value(name)
+            guard let span = Span(text), span.microseconds > 0 else {
+                throw SettingsError(key: name, source: source, message: "\"\(text)\" is not a duration with a unit (45s, 10m, 36h, 30d)")
+            }
+            return span
+        }
         let settings = Settings(
             amqpURL: try value("REFERRALD_AMQP_URL"),
             databaseURL: try value("REFERRALD_DATABASE_URL"),
@@ -125,7 +148,10 @@ public struct Settings: Sendable {
             heartbeatSeconds: try int("REFERRALD_HEARTBEAT_SECONDS", 0...600),
             deliveryLimit: try int("REFERRALD_DELIVERY_LIMIT", 1...1000),
             logLevel: try value("REFERRALD_LOG_LEVEL"),
-            logFormat: try value("REFERRALD_LOG_FORMAT"))
+            logFormat: try value("REFERRALD_LOG_FORMAT"),
+            rewardRetries: try int("REFERRALD_REWARD_RETRIES", 0...100),
+            rewardRetryBackoff: try span("REFERRALD_REWARD_RETRY_BACKOFF"),
+            rewardRetryBackoffMax: try span("REFERRALD_REWARD_RETRY_BACKOFF_MAX"))
         try settings.validate(source: source)
         return settings
     }

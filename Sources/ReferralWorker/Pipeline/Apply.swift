@@ -62,13 +62,9 @@ enum Apply {
     static func decide(_ c: isolated PostgresConnection, seeds: [String], extraAccounts: [String], context: Context,
                        mismatches: inout [Effect]) throws -> [OutgoingEvent] {
         let cluster = try Store.lockCluster(c, seeds: seeds)
-        let bound = try Store.loadBindings(c, cluster)
-        let accounts = Array(Set(bound.flatMap { [$0.binding.referrerAccountId] + ($0.friendAccountId.map { [$0] } ?? []) } + extraAccounts))
-        let rewardIds = bound.flatMap { b in Beneficiary.allCases.map { rewardId(referralId: b.binding.referralId, beneficiary: $0) } }
-        let facts = try Store.loadFacts(c, leads: bound.map(\.binding.leadId), accounts: accounts, rewards: rewardIds)
-        let recorded = try Store.loadEffects(c, referrals: cluster, accounts: accounts)
+        let input = try Store.clusterInput(c, cluster: cluster, extraAccounts: extraAccounts)
         let decision = Lifecycle.decide(LifecycleInput(
-            facts: facts, referrals: bound.map(\.binding), recorded: recorded, now: context.now,
+            facts: input.facts, referrals: input.bound.map(\.binding), recorded: input.recorded, now: context.now,
             policy: context.policy, explain: false))
 
         var effects = decision.effects

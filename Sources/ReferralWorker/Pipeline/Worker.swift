@@ -191,7 +191,7 @@ public actor Worker {
     }
 
     private func context() -> Apply.Context {
-        Apply.Context(programs: programs, versions: versions, policy: LifecyclePolicy(), now: clock.now())
+        Apply.Context(programs: programs, versions: versions, policy: settings.lifecyclePolicy, now: clock.now())
     }
 
     private func apply(_ events: [Apply.Received]) async throws {

@@ -1,0 +1,97 @@
+import AMQP
+import Foundation
+import ReferralCore
+import Testing
+
+/// Builds upstream events for a scenario and reads what the worker published.
+struct Scenario {
+    let bed: TestBed
+    private var counter = 0
+
+    init(bed: TestBed) { self.bed = bed }
+
+    /// A programs file with seconds instead of days, so holds and retries pass during a test.
+    static func fastPrograms(hold: String = "2s", clawback: String = "referrer") throws -> String {
+        let yaml = """
+            programs:
+              - id: fast
+                segment: consumer
+                currency: USD
+                share_url: "https://example.net/r/{code}"
+                friend_offer_text: "Use my link for priority installation and a $25 credit."
+                referrer_reward: { kind: bill_credit, amount_minor: 5000 }
+                friend_reward: { kind: bill_credit, amount_minor: 2500, priority_install: true }
+                qualify: { milestone: service_activated, hold: \(hold) }
+                attribution_window: 90d
+                clawback_window: 60d
+                clawback: \(clawback)
+                limits: { max_rewards_per_referrer_per_year: 10, max_leads_per_code_per_day: 5 }
+                fraud: { reject_same_household: true, reject_same_contact: true }
+                asks:
+                  moments: [post_install, post_activation, speed_test, support_win, bill_savings, periodic]
+                  delay_after_install: 1d
+                  min_gap: 30d
+                  max_per_year: 4
+                  periodic_every: 90d
+                followup: { stalled_after: 7d }
+            """
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("programs-\(UUID().uuidString).yaml").path
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    static func time(_ offsetSeconds: Double = 0) -> String {
+        Instant(microseconds: Int64((Date().timeIntervalSince1970 + offsetSeconds) * 1_000_000)).rfc3339
+    }
+
+    /// Publishes one upstream event with the given data, dated now (or `at`).
+    mutating func send(_ type: String, _ data: [String: Any], at: String = Scenario.time()) async throws {
+        counter += 1
+        let source = String(type.split(separator: ".")[0])
+        let event: [String: Any] = [
+            "specversion": "1.0", "id": "\(bed.name)-\(counter)", "source": source, "type": type,
+            "time": at, "datacontenttype": "application/json", "data": data,
+        ]
+        try await bed.publish(Array(try JSONSerialization.data(withJSONObject: event)), type: type)
+    }
+
+    /// A published event, parsed.
+    struct Published {
+        let type: String
+        let id: String
+        let data: [String: Any]
+        let body: [UInt8]
+    }
+
+    /// Reads published events until `predicate` holds for the collected list, or times out.
+    func collect(into seen: inout [Published], timeout: Duration = .seconds(20),
+                 until predicate: ([Published]) -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while !predicate(seen), ContinuousClock.now < deadline {
+            for d in try await bed.take(from: bed.observerQueue, count: 50, timeout: .milliseconds(300)) {
+                let object = try JSONSerialization.jsonObject(with: Data(d.body)) as? [String: Any] ?? [:]
+                seen.append(Published(type: object["type"] as? String ?? "", id: object["id"] as? String ?? "",
+                                      data: object["data"] as? [String: Any] ?? [:], body: d.body))
+            }
+        }
+    }
+
+    /// Every published body validates against the contract's schema for its type (skipped, and
+    /// said so, without the contract).
+    static func expectSchemaValid(_ events: [Published]) throws {
+        guard Contract.available else { Contract.printSkipOnce(); return }
+        for e in events {
+            let error = try Contract.schemaError(of: e.body, type: e.type)
+            #expect(error == nil, "\(e.type): \(error ?? "")")
+        }
+    }
+}
+
+extension Array where Element == Scenario.Published {
+    func of(_ type: String) -> [Scenario.Published] { filter { $0.type == type } }
+
+    func statuses(_ referral: String) -> [String] {
+        of("referral.status.changed").filter { $0.data["referral_id"] as? String == referral }
+            .map { "\($0.data["from"] as? String ?? "-")>\($0.data["to"] as? String ?? "")" }
+    }
+}
