@@ -10,5 +10,7 @@ if [ -d ../shared/contract ]; then
 else
   echo "contract: ../shared/contract not found; conformance tests will report SKIPPED"
 fi
+# The deploy/ checks first: seconds, and they catch a unit or alert rule gone stale.
+scripts/check-deploy.sh
 swift build --build-tests "$@"
 swift test --skip-build "$@"

@@ -9,15 +9,17 @@ public struct Topology: Sendable {
 
     public init(settings: Settings) { self.settings = settings }
 
-    /// Arguments of the inbox. Changing them later makes the broker refuse the declaration
-    /// (406 PRECONDITION_FAILED), so they are part of the deployment contract (deploy/rabbitmq).
-    /// The broker's own `x-delivery-limit` is a backstop far above the worker's
-    /// REFERRALD_DELIVERY_LIMIT: the worker dead-letters a poison message itself, with the
-    /// `x-referrald-error` headers, long before the broker would drop it into the DLX bare.
+    /// The broker's own `x-delivery-limit` on the inbox: a backstop above the worker's
+    /// REFERRALD_DELIVERY_LIMIT (validated below it). The worker dead-letters a poison message
+    /// itself, with the `x-referrald-error` headers, long before the broker would drop it into
+    /// the DLX bare. A constant, because queue arguments cannot change once declared (406
+    /// PRECONDITION_FAILED): deploy/rabbitmq/definitions.json declares the same value.
+    public static let brokerDeliveryLimit: Int64 = 20
+
     public var inboxArguments: [String: AMQPFieldValue] {
         [
             "x-queue-type": .string("quorum"),
-            "x-delivery-limit": .int(Int64(max(settings.deliveryLimit * 4, 20))),
+            "x-delivery-limit": .int(Self.brokerDeliveryLimit),
             "x-dead-letter-exchange": .string(settings.deadLetterExchange),
         ]
     }
