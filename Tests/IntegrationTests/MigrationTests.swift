@@ -1,0 +1,64 @@
+import Foundation
+import Postgres
+import ReferralStore
+import ReferralWorker
+import Testing
+
+@Suite struct MigrationTests {
+    /// A fresh, empty database for one test, dropped afterwards.
+    func withEmptyDatabase(_ body: (String) async throws -> Void) async throws {
+        let name = "m\(UInt32.random(in: 0...UInt32.max))"
+        let admin = try await PostgresConnection.connect(try PostgresURL(parsing: TestServices.databaseURL),
+                                                         applicationName: "migration-test", logger: TestServices.logger)
+        try await admin.run { c in try c.executeScript("CREATE DATABASE \(name)") }
+        do {
+            try await body(TestServices.databaseURL(database: name))
+        } catch {
+            _ = try? await admin.run { c in try c.executeScript("DROP DATABASE IF EXISTS \(name) WITH (FORCE)") }
+            throw error
+        }
+        _ = try? await admin.run { c in try c.executeScript("DROP DATABASE IF EXISTS \(name) WITH (FORCE)") }
+        await admin.close()
+    }
+
+    @Test func twoInstancesMigratingTogetherApplyEachVersionOnce() async throws {
+        try await withEmptyDatabase { url in
+            let a = try await PostgresConnection.connect(try PostgresURL(parsing: url), applicationName: "a", logger: TestServices.logger)
+            let b = try await PostgresConnection.connect(try PostgresURL(parsing: url), applicationName: "b", logger: TestServices.logger)
+            async let first = Schema.migrate(a, logger: TestServices.logger)
+            async let second = Schema.migrate(b, logger: TestServices.logger)
+            let applied = try await [first, second]
+            // The advisory lock serialises them: one applies everything, the other nothing.
+            #expect(applied.map(\.count).sorted() == [0, Schema.migrations.count])
+            #expect(try await Schema.currentVersion(a) == Schema.latestVersion)
+            #expect(try await Schema.migrate(a, logger: TestServices.logger).isEmpty)
+            let rows = try await a.run { c in try c.query("SELECT count(*)::int8 AS n FROM schema_migrations").first?.decode("n", as: Int64.self) }
+            #expect(rows == Int64(Schema.migrations.count))
+            await a.close()
+            await b.close()
+        }
+    }
+
+    @Test func runRefusesAnOlderSchemaNamingMigrate() async throws {
+        try await withEmptyDatabase { url in
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+                .appendingPathComponent("referrald")
+            process.arguments = ["run"]
+            var env = ProcessInfo.processInfo.environment
+            env["REFERRALD_AMQP_URL"] = TestServices.amqpURL
+            env["REFERRALD_DATABASE_URL"] = url
+            env["REFERRALD_PROGRAMS_FILE"] = TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path
+            env["REFERRALD_HTTP_PORT"] = "0"
+            process.environment = env
+            let errors = Pipe()
+            process.standardError = errors
+            try process.run()
+            let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(process.terminationStatus != 0)
+            #expect(text.contains("referrald migrate"), "\(text)")
+            #expect(!text.contains("referrald:referrald@"), "the password must not be logged")
+        }
+    }
+}
