@@ -2,6 +2,7 @@ import AMQP
 import Foundation
 import Postgres
 import ReferralCore
+import ReferralStore
 import ReferralWorker
 import Testing
 
@@ -62,6 +63,10 @@ import Testing
         #expect(try await bed.eventually {
             try await bed.count("SELECT count(*) FROM rewards WHERE reward_id = 'rwd-\(n)-referrer' AND state = 'applied'") == 1
         })
+
+        let rewarded = try await Explain.render(bed.db, id: referral, now: SystemClock().now())
+        #expect(rewarded.contains("referral \(referral): rewarded"), "\(rewarded)")
+        #expect(rewarded.contains("qualified at"), "\(rewarded)")
 
         // provisioning.service.cancelled inside the clawback window: the referrer's reward is reversed.
         try await s.send("provisioning.service.cancelled", ["account_id": "acct-F", "cancelled_at": Scenario.time(), "reason": "moved"])
@@ -147,6 +152,52 @@ import Testing
         try Scenario.expectSchemaValid(seen)
         worker.cancel()
         _ = await worker.result
+        await bed.tearDown()
+    }
+
+    @Test func firstInvoicePaidQualifiesOnlyOnceArrearsAreCleared() async throws {
+        let bed = try await TestBed.make([
+            "REFERRALD_PROGRAMS_FILE": try Scenario.fastPrograms(hold: "1s", milestone: "first_invoice_paid")])
+        let worker = bed.startWorker()
+        var s = Scenario(bed: bed)
+        var seen: [Scenario.Published] = []
+        try await s.send("provisioning.service.activated", [
+            "account_id": "acct-R", "activated_at": Scenario.time(-86_400), "household_id": "hh-R"])
+        try await s.collect(into: &seen) { $0.of("referral.code.issued").count == 1 }
+        let code = try #require(seen.of("referral.code.issued").first?.data["code"] as? String)
+        try await s.send("provisioning.lead.created", ["lead_id": "lead-7", "referral_code": code, "household_id": "hh-7"])
+        try await s.send("provisioning.order.placed", ["lead_id": "lead-7", "account_id": "acct-7"])
+        try await s.send("provisioning.service.activated", ["account_id": "acct-7", "activated_at": Scenario.time(), "household_id": "hh-7"])
+        // billing.invoice.overdue: in arrears from now on. billing.invoice.paid, sequence 1: the
+        // milestone — but the friend is in arrears, so no reward after the hold.
+        try await s.send("billing.invoice.overdue", ["account_id": "acct-7", "invoice_id": "inv-0", "days_overdue": 7])
+        try await s.send("billing.invoice.paid", [
+            "account_id": "acct-7", "invoice_id": "inv-1", "amount_minor": 4999, "currency": "USD", "sequence": 1, "credits_minor": 0])
+        try await s.collect(into: &seen, timeout: .seconds(4)) { $0.of("referral.reward.issued").count > 0 }
+        #expect(seen.of("referral.reward.issued").isEmpty, "no reward while in arrears")
+        // Paying the overdue invoice clears the arrears: qualification resumes.
+        try await s.send("billing.invoice.paid", [
+            "account_id": "acct-7", "invoice_id": "inv-0", "amount_minor": 4999, "currency": "USD", "sequence": 2])
+        try await s.collect(into: &seen) { $0.of("referral.reward.issued").count >= 2 }
+        #expect(seen.of("referral.reward.issued").count == 2)
+        try Scenario.expectSchemaValid(seen)
+        worker.cancel()
+        _ = await worker.result
+        await bed.tearDown()
+    }
+
+    @Test func anUnchangedProgramsFileKeepsItsVersionAndAChangedOneMakesANewOne() async throws {
+        let bed = try await TestBed.make()
+        let programs = try bed.programs().programs
+        let first = try await bed.db.transaction { c in try Store.registerPrograms(c, programs) }
+        let again = try await bed.db.transaction { c in try Store.registerPrograms(c, programs) }
+        #expect(first == again)
+        var edited = programs
+        edited[0].referrerReward.amountMinor += 1000
+        let changed = edited
+        let next = try await bed.db.transaction { c in try Store.registerPrograms(c, changed) }
+        #expect(next[changed[0].id] == (first[changed[0].id] ?? 0) + 1)
+        #expect(next[changed[1].id] == first[changed[1].id])
         await bed.tearDown()
     }
 

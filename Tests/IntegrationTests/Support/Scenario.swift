@@ -11,7 +11,8 @@ struct Scenario {
     init(bed: TestBed) { self.bed = bed }
 
     /// A programs file with seconds instead of days, so holds and retries pass during a test.
-    static func fastPrograms(hold: String = "2s", clawback: String = "referrer") throws -> String {
+    static func fastPrograms(hold: String = "2s", clawback: String = "referrer",
+                             milestone: String = "service_activated") throws -> String {
         let yaml = """
             programs:
               - id: fast
@@ -21,7 +22,7 @@ struct Scenario {
                 friend_offer_text: "Use my link for priority installation and a $25 credit."
                 referrer_reward: { kind: bill_credit, amount_minor: 5000 }
                 friend_reward: { kind: bill_credit, amount_minor: 2500, priority_install: true }
-                qualify: { milestone: service_activated, hold: \(hold) }
+                qualify: { milestone: \(milestone), hold: \(hold) }
                 attribution_window: 90d
                 clawback_window: 60d
                 clawback: \(clawback)
