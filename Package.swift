@@ -15,6 +15,8 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "referrald", targets: ["referrald"]),
+        .executable(name: "referrald-bench", targets: ["referrald-bench"]),
+        .executable(name: "referrald-faults", targets: ["referrald-faults"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -24,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         .systemLibrary(
@@ -65,12 +68,33 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
+        // Throughput benchmark: drives the real daemon against the local services (BENCHMARKS.md).
+        .executableTarget(
+            name: "referrald-bench",
+            dependencies: [
+                "ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+        // Fault suite: kills, restarts and cuts the real services under load, with an oracle.
+        .executableTarget(
+            name: "referrald-faults",
+            dependencies: [
+                "ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
         .testTarget(
             name: "ReferralCoreTests", dependencies: ["ReferralCore"],
             resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore"],
+            dependencies: [
+                "ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: strict),
     ]
 )

@@ -159,6 +159,36 @@ public enum Schema {
             );
             CREATE INDEX timers_due ON timers (due_at);
             """),
+        Migration(version: 3, name: "asks, follow-ups and account timers", sql: """
+            -- Asks sent (referral.ask.due published), one row per ask key: two instances or a
+            -- replay can never send the same ask twice. Skipped asks are not rows: they do not
+            -- count towards min_gap or max_per_year.
+            CREATE TABLE asks (
+                ask_key     text        PRIMARY KEY,
+                account_id  text        NOT NULL,
+                moment      text        NOT NULL,
+                program_id  text        NOT NULL,
+                due_at      timestamptz NOT NULL,
+                sent_at     timestamptz NOT NULL
+            );
+            CREATE INDEX asks_account ON asks (account_id, sent_at);
+
+            -- Follow-ups sent (referral.lead.followup_due), one per stall.
+            CREATE TABLE followups (
+                followup_key   text        PRIMARY KEY,
+                referral_id    text        NOT NULL REFERENCES referrals,
+                stage          text        NOT NULL,
+                stalled_since  timestamptz NOT NULL,
+                sent_at        timestamptz NOT NULL
+            );
+
+            -- Durable timers of accounts (the next ask), claimed like referral timers.
+            CREATE TABLE account_timers (
+                account_id  text        PRIMARY KEY,
+                due_at      timestamptz NOT NULL
+            );
+            CREATE INDEX account_timers_due ON account_timers (due_at);
+            """),
     ]
 
     public static var latestVersion: Int { migrations.last?.version ?? 0 }

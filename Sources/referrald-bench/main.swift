@@ -1,0 +1,1 @@
+print("referrald-bench: not written yet")

@@ -1,0 +1,1 @@
+print("referrald-faults: not written yet")
