@@ -14,7 +14,7 @@ struct Referrald: AsyncParsableCommand {
 
             \(Settings.keys.map { "  \($0.name)\($0.defaultValue.map { " (default \($0))" } ?? " (required)")\n      \($0.help)" }.joined(separator: "\n"))
             """,
-        subcommands: [Run.self, Migrate.self, TopologyCommand.self],
+        subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self],
         defaultSubcommand: nil)
 }
 
@@ -80,5 +80,23 @@ struct TopologyCommand: AsyncParsableCommand {
         let logger = options.logger(settings)
         try await Operations.declareTopology(settings: settings, passiveUpstream: passiveUpstream, logger: logger)
         print("topology declared")
+    }
+}
+
+struct Check: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate the configuration and the programs file, then reach the database (schema version) and the broker (inbox queue).",
+        discussion: "Exits 0 with a short summary, or non-zero with the key, file or service at fault. Consumes nothing.")
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        let settings = try await options.settings()
+        let logger = options.logger(settings)
+        let programs = try ProgramBook.load(path: settings.programsFile)
+        print("configuration: ok")
+        print("programs: \(programs.summary) (\(settings.programsFile))")
+        for line in try await Operations.check(settings: settings, logger: logger) { print(line) }
+        print("ok")
     }
 }
