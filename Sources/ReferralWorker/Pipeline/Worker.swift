@@ -225,8 +225,9 @@ public actor Worker {
                                               "referral.id": "\(e.subject ?? "-")"])
         }
         for m in outcome.mismatches {
+            guard case .rewardMismatch(let rewardId, let accountId, _, _) = m else { continue }
             logger.warning("billing applied a credit that differs from the reward; not marked applied",
-                           metadata: ["effect": "\(m)"])
+                           metadata: ["effect": "\(m)", "reward.id": "\(rewardId)", "account.id": "\(accountId)"])
         }
     }
 

@@ -42,8 +42,10 @@ public final class ServiceStatus: Sendable {
 
     // MARK: written by the worker
 
+    /// Only the first connect shows as `connecting`: a reconnect keeps the reason it is
+    /// reconnecting for, so that STATUS= does not flap on every retry of a long outage.
     func connecting() {
-        state.withLock { if $0.phase != .draining { $0.phase = .connecting; $0.detail = nil } }
+        state.withLock { if $0.phase == .starting { $0.phase = .connecting } }
     }
 
     /// Counts a reconnect when a peer comes back after having been up before.
