@@ -1,10 +1,11 @@
 import AMQP
+import Foundation
 import Logging
 import Postgres
 import ReferralStore
 import ServiceLifecycle
 
-/// The one-shot commands: `migrate` and `topology`.
+/// The one-shot commands: `migrate`, `topology` and `check`.
 public enum Operations {
     public static func migrate(settings: Settings, logger: Logger) async throws -> [Int] {
         guard !settings.databaseURL.isEmpty else {
@@ -31,29 +32,100 @@ public enum Operations {
         }
         await amqp.close()
     }
+
+    /// `referrald check`: what `run` needs, tried without consuming anything. Returns one line
+    /// per service; throws a `CheckError` that names the key and the reason.
+    public static func check(settings: Settings, logger: Logger) async throws -> [String] {
+        var lines: [String] = []
+        let db: PostgresConnection
+        do {
+            db = try await PostgresConnection.connect(
+                try PostgresURL(parsing: settings.databaseURL), applicationName: "referrald check", logger: logger)
+        } catch {
+            throw CheckError(subject: "database (REFERRALD_DATABASE_URL)", reason: "\(error)")
+        }
+        do {
+            let version = try await Schema.currentVersion(db)
+            await db.close()
+            guard version >= Schema.latestVersion else {
+                throw CheckError(subject: "database schema", reason: SchemaError(found: version, needed: Schema.latestVersion).description)
+            }
+            lines.append("database: connected, schema version \(version) (this binary needs \(Schema.latestVersion))")
+        } catch let error as CheckError {
+            throw error
+        } catch {
+            await db.close()
+            throw CheckError(subject: "database schema", reason: "\(error)")
+        }
+        let amqp: AMQPConnection
+        do {
+            amqp = try await AMQPConnection.connect(
+                try AMQPURL(parsing: settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
+                connectionName: "referrald check", logger: logger)
+        } catch {
+            throw CheckError(subject: "broker (REFERRALD_AMQP_URL)", reason: "\(error)")
+        }
+        do {
+            // Passive: only asks whether the queue exists (a missing one means `topology` was not run).
+            let queue = try await amqp.declareQueue(settings.inboxQueue, durable: true, passive: true)
+            await amqp.close()
+            lines.append("broker: connected, queue \(settings.inboxQueue) holds \(queue.messageCount) messages")
+        } catch {
+            await amqp.close()
+            throw CheckError(subject: "broker queue REFERRALD_INBOX_QUEUE (\(settings.inboxQueue))",
+                             reason: "\(error); run `referrald topology`")
+        }
+        return lines
+    }
 }
 
-/// `referrald run`: the worker under a service group that turns SIGTERM and SIGINT into a
-/// graceful shutdown (finish the batch in hand, ack, close) before the process exits 0.
+public struct CheckError: Error, CustomStringConvertible {
+    public let subject: String
+    public let reason: String
+    public var description: String { "check failed: \(subject): \(reason)" }
+}
+
+/// `referrald run`: the worker, the HTTP endpoint and the systemd reporter under one service
+/// group. SIGTERM or SIGINT drain it (finish the batch in hand, ack, close) and the process
+/// exits 0; a drain longer than REFERRALD_DRAIN_TIMEOUT_SECONDS, or a second signal, cancels it.
 public struct Daemon: Sendable {
     let settings: Settings
     let programs: ProgramBook
     let logger: Logger
+    let environment: [String: String]
 
-    public init(settings: Settings, programs: ProgramBook, logger: Logger) {
+    public init(settings: Settings, programs: ProgramBook, logger: Logger,
+                environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.settings = settings
         self.programs = programs
         self.logger = logger
+        self.environment = environment
     }
 
     public func run() async throws {
-        let worker = Worker(settings: settings, programs: programs, logger: logger)
-        let group = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: WorkerService(worker: worker))],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
-        try await group.run()
+        let registry = MetricsBootstrap.registry
+        let metrics = WorkerMetrics()
+        metrics.started(at: Date())
+        let status = ServiceStatus(metrics: metrics)
+        let worker = Worker(settings: settings, programs: programs, logger: logger, status: status, metrics: metrics)
+        // Shut down in reverse order: the reporter first (STOPPING=1, /readyz says draining),
+        // then the worker drains, then the HTTP endpoint, which answers until the drain is over.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if settings.httpPort != 0 {
+            services.append(.init(service: HTTPService(host: settings.httpHost, port: settings.httpPort, status: status,
+                                                       registry: registry, logger: logger)))
+        }
+        services.append(.init(service: WorkerService(worker: worker)))
+        services.append(.init(service: StatusReporter(
+            status: status, notifier: SystemdNotifier(environment: environment),
+            watchdog: Watchdog(environment: environment), logger: logger)))
+        var configuration = ServiceGroupConfiguration(services: services, logger: logger)
+        let drain = Duration.seconds(settings.drainTimeoutSeconds)
+        configuration.maximumGracefulShutdownDuration = drain
+        // A service that ignores cancellation too would meet SIGKILL at TimeoutStopSec; crash a
+        // little earlier instead, with a trace in the journal that names it.
+        configuration.maximumCancellationDuration = .seconds(max(1, (settings.stopTimeoutSeconds - settings.drainTimeoutSeconds) / 2))
+        try await DrainingGroup(group: ServiceGroup(configuration: configuration), drainTimeout: drain, logger: logger).run()
     }
 }
 

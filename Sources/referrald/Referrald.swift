@@ -14,7 +14,7 @@ struct Referrald: AsyncParsableCommand {
 
             \(Settings.keys.map { "  \($0.name)\($0.defaultValue.map { " (default \($0))" } ?? " (required)")\n      \($0.help)" }.joined(separator: "\n"))
             """,
-        subcommands: [Run.self, Migrate.self, TopologyCommand.self, ExplainCommand.self],
+        subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self],
         defaultSubcommand: nil)
 }
 
@@ -97,5 +97,23 @@ struct ExplainCommand: AsyncParsableCommand {
     func run() async throws {
         let settings = try await options.settings(requireAll: false)
         print(try await Explain.run(settings: settings, id: id, now: SystemClock().now(), logger: options.logger(settings)), terminator: "")
+    }
+}
+
+struct Check: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate the configuration and the programs file, then reach the database (schema version) and the broker (inbox queue).",
+        discussion: "Exits 0 with a short summary, or non-zero with the key, file or service at fault. Consumes nothing.")
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        let settings = try await options.settings()
+        let logger = options.logger(settings)
+        let programs = try ProgramBook.load(path: settings.programsFile)
+        print("configuration: ok")
+        print("programs: \(programs.summary) (\(settings.programsFile))")
+        for line in try await Operations.check(settings: settings, logger: logger) { print(line) }
+        print("ok")
     }
 }

@@ -1,6 +1,8 @@
+import AMQP
 import Configuration
 import Foundation
 import ReferralCore
+import Postgres
 import SystemPackage
 
 /// Everything an operator can set, with its default and why that default.
@@ -13,6 +15,7 @@ public struct Settings: Sendable {
     public var databaseURL: String
     public var programsFile: String
     public var httpPort: Int
+    public var httpHost: String
     public var inboxQueue: String
     public var deadLetterExchange: String
     public var deadLetterQueue: String
@@ -35,6 +38,8 @@ public struct Settings: Sendable {
     public var lifecyclePolicy: LifecyclePolicy {
         LifecyclePolicy(maxRetries: rewardRetries, retryBackoff: rewardRetryBackoff, maxRetryBackoff: rewardRetryBackoffMax)
     }
+    public var drainTimeoutSeconds: Int
+    public var stopTimeoutSeconds: Int
 
     /// One documented key. `defaultValue` nil means the key is required.
     public struct Key: Sendable {
@@ -52,7 +57,9 @@ public struct Settings: Sendable {
         Key(name: "REFERRALD_PROGRAMS_FILE", defaultValue: nil,
             help: "YAML file of referral programs (see deploy/programs.example.yaml).", secret: false),
         Key(name: "REFERRALD_HTTP_PORT", defaultValue: "9464",
-            help: "Port of /healthz, /readyz and /metrics on 127.0.0.1; 0 turns the endpoint off.", secret: false),
+            help: "Port of /healthz, /readyz and /metrics; 0 turns the endpoint off.", secret: false),
+        Key(name: "REFERRALD_HTTP_HOST", defaultValue: "127.0.0.1",
+            help: "Numeric address the HTTP endpoint binds; loopback keeps /metrics off the network unless a scraper needs it.", secret: false),
         Key(name: "REFERRALD_INBOX_QUEUE", defaultValue: "referrald.inbox",
             help: "Quorum queue the worker consumes.", secret: false),
         Key(name: "REFERRALD_DLX", defaultValue: "referrald.dlx",
@@ -85,6 +92,10 @@ public struct Settings: Sendable {
             help: "trace, debug, info, notice, warning, error or critical.", secret: false),
         Key(name: "REFERRALD_LOG_FORMAT", defaultValue: "logfmt",
             help: "logfmt (one key=value line per event) or json.", secret: false),
+        Key(name: "REFERRALD_DRAIN_TIMEOUT_SECONDS", defaultValue: "20",
+            help: "After SIGTERM, how long the batch in hand may take to commit, publish and ack before the worker is cancelled (its unacked deliveries are then redelivered). Must be below REFERRALD_STOP_TIMEOUT_SECONDS.", secret: false),
+        Key(name: "REFERRALD_STOP_TIMEOUT_SECONDS", defaultValue: "30",
+            help: "The unit's TimeoutStopSec, after which systemd sends SIGKILL; only used to check the drain timeout against it.", secret: false),
     ]
 
     /// Reads the settings from the environment and an optional `KEY=VALUE` file.
@@ -136,6 +147,7 @@ public struct Settings: Sendable {
             databaseURL: try value("REFERRALD_DATABASE_URL"),
             programsFile: try value("REFERRALD_PROGRAMS_FILE"),
             httpPort: try int("REFERRALD_HTTP_PORT", 0...65535),
+            httpHost: try value("REFERRALD_HTTP_HOST"),
             inboxQueue: try value("REFERRALD_INBOX_QUEUE"),
             deadLetterExchange: try value("REFERRALD_DLX"),
             deadLetterQueue: try value("REFERRALD_DLQ"),
@@ -151,7 +163,9 @@ public struct Settings: Sendable {
             logFormat: try value("REFERRALD_LOG_FORMAT"),
             rewardRetries: try int("REFERRALD_REWARD_RETRIES", 0...100),
             rewardRetryBackoff: try span("REFERRALD_REWARD_RETRY_BACKOFF"),
-            rewardRetryBackoffMax: try span("REFERRALD_REWARD_RETRY_BACKOFF_MAX"))
+            rewardRetryBackoffMax: try span("REFERRALD_REWARD_RETRY_BACKOFF_MAX"),
+            drainTimeoutSeconds: try int("REFERRALD_DRAIN_TIMEOUT_SECONDS", 1...3600),
+            stopTimeoutSeconds: try int("REFERRALD_STOP_TIMEOUT_SECONDS", 1...3600))
         try settings.validate(source: source)
         return settings
     }
@@ -166,6 +180,25 @@ public struct Settings: Sendable {
         }
         if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) {
             throw SettingsError(key: "REFERRALD_LOG_LEVEL", source: source, message: "unknown level \"\(logLevel)\"")
+        }
+        // A drain that may outlast TimeoutStopSec ends in SIGKILL: no STOPPING log line, no
+        // clean close, and systemd records the stop as failed. One second of margin covers the
+        // close after the drain.
+        if drainTimeoutSeconds >= stopTimeoutSeconds {
+            throw SettingsError(key: "REFERRALD_DRAIN_TIMEOUT_SECONDS", source: source,
+                                message: "\(drainTimeoutSeconds) must be below REFERRALD_STOP_TIMEOUT_SECONDS (\(stopTimeoutSeconds), the unit's TimeoutStopSec)")
+        }
+        // URLs are checked here so that every command, `check` included, names the key of a
+        // bad one. Their errors never echo the URL: it carries the password.
+        if !amqpURL.isEmpty {
+            do { _ = try AMQPURL(parsing: amqpURL) } catch {
+                throw SettingsError(key: "REFERRALD_AMQP_URL", source: source, message: "is not a valid URL: \(error)")
+            }
+        }
+        if !databaseURL.isEmpty {
+            do { _ = try PostgresURL(parsing: databaseURL) } catch {
+                throw SettingsError(key: "REFERRALD_DATABASE_URL", source: source, message: "is not a valid URL: \(error)")
+            }
         }
         if !["logfmt", "json"].contains(logFormat) {
             throw SettingsError(key: "REFERRALD_LOG_FORMAT", source: source, message: "must be logfmt or json")

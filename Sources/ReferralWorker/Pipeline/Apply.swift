@@ -17,13 +17,25 @@ enum Apply {
     struct Outcome: Sendable {
         var fresh = 0
         var duplicates = 0
+        /// Indexes (into the batch) of the events seen for the first time; the rest were duplicates.
+        var freshIndexes: [Int] = []
         var published: [OutgoingEvent] = []
         var mismatches: [Effect] = []
+        var rewards: [RewardChange] = []
+    }
+
+    /// A reward effect recorded in the batch, with the program it belongs to, for metrics.
+    /// (Reversals and failures do not carry the program; their referral's binding does.)
+    enum RewardChange: Sendable, Equatable {
+        case issued(program: String, amountMinor: Int64, currency: String)
+        case reversed(program: String, amountMinor: Int64, currency: String)
+        case failed(program: String)
     }
 
     static func batch(_ c: isolated PostgresConnection, events: [Received], context: Context) throws -> Outcome {
         let freshIndexes = try Store.recordInbox(c, events.map(inboxEntry))
-        var outcome = Outcome(fresh: freshIndexes.count, duplicates: events.count - freshIndexes.count)
+        var outcome = Outcome(fresh: freshIndexes.count, duplicates: events.count - freshIndexes.count,
+                              freshIndexes: freshIndexes)
         let facts = freshIndexes.compactMap { fact(events[$0].event) }
         if facts.isEmpty { return outcome }
         try Store.insertFacts(c, facts)
@@ -44,23 +56,27 @@ enum Apply {
         let seeds = try Store.referralsTouched(c, leads: leads, accounts: accounts, rewards: rewards)
         // Activated accounts are decided even without referrals: their first activation issues a code.
         let activated = facts.compactMap { if case .serviceActivated(let a, _, _, _, _) = $0 { a } else { nil } }
-        outcome.published = try decide(c, seeds: seeds, extraAccounts: activated, context: context, mismatches: &outcome.mismatches)
+        outcome.published = try decide(c, seeds: seeds, extraAccounts: activated, context: context,
+                                       mismatches: &outcome.mismatches, rewards: &outcome.rewards)
         return outcome
     }
 
     /// Due timers: re-decide their clusters at `now`.
-    static func timers(_ c: isolated PostgresConnection, context: Context, limit: Int) throws -> (fired: Int, published: [OutgoingEvent]) {
+    static func timers(_ c: isolated PostgresConnection, context: Context, limit: Int)
+        throws -> (fired: Int, published: [OutgoingEvent], rewards: [RewardChange]) {
         let due = try Store.claimDueTimers(c, now: context.now, limit: limit)
-        if due.isEmpty { return (0, []) }
+        if due.isEmpty { return (0, [], []) }
         var mismatches: [Effect] = []
-        let published = try decide(c, seeds: due.map(\.0), extraAccounts: [], context: context, mismatches: &mismatches)
-        return (due.count, published)
+        var rewards: [RewardChange] = []
+        let published = try decide(c, seeds: due.map(\.0), extraAccounts: [], context: context,
+                                   mismatches: &mismatches, rewards: &rewards)
+        return (due.count, published, rewards)
     }
 
     /// Loads the clusters of `seeds` (locked), decides them, records the new effects and
     /// returns the events to publish (already in the outbox).
     static func decide(_ c: isolated PostgresConnection, seeds: [String], extraAccounts: [String], context: Context,
-                       mismatches: inout [Effect]) throws -> [OutgoingEvent] {
+                       mismatches: inout [Effect], rewards: inout [RewardChange]) throws -> [OutgoingEvent] {
         let cluster = try Store.lockCluster(c, seeds: seeds)
         let input = try Store.clusterInput(c, cluster: cluster, extraAccounts: extraAccounts)
         let decision = Lifecycle.decide(LifecycleInput(
@@ -71,9 +87,13 @@ enum Apply {
         var events: [OutgoingEvent] = []
         events += try issueCodes(c, decision.codeRequests, context: context)
         effects = try Store.recordEffects(c, effects, at: context.now)
+        let programOfReward = Dictionary(input.bound.flatMap { b in
+            Beneficiary.allCases.map { (rewardId(referralId: b.binding.referralId, beneficiary: $0), b.binding.program.id) }
+        }, uniquingKeysWith: { first, _ in first })
         for effect in effects {
             if let event = outgoing(effect, context: context) { events.append(event) }
             if case .rewardMismatch = effect { mismatches.append(effect) }
+            if let change = rewardChange(effect, programOfReward: programOfReward) { rewards.append(change) }
         }
         try Store.saveViews(c, decision.referrals)
         try Store.setTimers(c, referrals: cluster, due: decision.nextWakeup)
@@ -106,6 +126,21 @@ enum Apply {
             pending = pending.filter { collided.contains($0.accountId) }
         }
         return events
+    }
+
+    /// The metric a newly recorded effect counts for. A retry re-issues a reward already
+    /// counted (same reward_id, same money), so it is not counted again.
+    static func rewardChange(_ effect: Effect, programOfReward: [String: String]) -> RewardChange? {
+        switch effect {
+        case .rewardIssued(let g):
+            return .issued(program: g.programId, amountMinor: g.amountMinor, currency: g.currency)
+        case .rewardReversed(let r):
+            return .reversed(program: programOfReward[r.rewardId] ?? "unknown", amountMinor: r.amountMinor, currency: r.currency)
+        case .rewardFailed(let rewardId, _, _, _):
+            return .failed(program: programOfReward[rewardId] ?? "unknown")
+        default:
+            return nil
+        }
     }
 
     /// The published event of an effect; nil for effects that only change the ledger.

@@ -18,6 +18,8 @@ public actor Worker {
     let logger: Logger
     let clock: any ReferralCore.Clock
     let instanceName: String
+    let status: ServiceStatus
+    let metrics: WorkerMetrics
 
     private var consumer: AMQPConnection?
     private var publisher: AMQPConnection?
@@ -28,14 +30,18 @@ public actor Worker {
     /// Current version of each program, registered at connect (a changed file makes a new one).
     private var versions: [String: Int] = [:]
     private var lastTimerScan = Instant(microseconds: 0)
+    private var lastBacklogSample = Instant(microseconds: 0)
 
     public init(settings: Settings, programs: ProgramBook, logger: Logger,
-                clock: any ReferralCore.Clock = SystemClock(), instanceName: String = "referrald") {
+                clock: any ReferralCore.Clock = SystemClock(), instanceName: String = "referrald",
+                status: ServiceStatus = ServiceStatus(), metrics: WorkerMetrics = WorkerMetrics()) {
         self.settings = settings
         self.programs = programs
         self.logger = logger
         self.clock = clock
         self.instanceName = instanceName
+        self.status = status
+        self.metrics = metrics
     }
 
     /// Runs until the task is cancelled. Connection failures are retried with back-off; the
@@ -53,6 +59,7 @@ public actor Worker {
                 throw error
             } catch {
                 logger.warning("worker loop failed; reconnecting", metadata: ["error": "\(error)"])
+                status.failed(error)
                 await disconnect()
                 try? await Task.sleep(for: backoff.next(using: &rng))
             }
@@ -61,6 +68,7 @@ public actor Worker {
     }
 
     private func connect() async throws {
+        if db == nil || publisher == nil || consumer == nil { status.connecting() }
         if db == nil {
             let connection = try await PostgresConnection.connect(
                 try PostgresURL(parsing: settings.databaseURL), applicationName: instanceName, logger: logger)
@@ -72,6 +80,7 @@ public actor Worker {
             let programs = self.programs.programs
             versions = try await connection.transaction { c in try Store.registerPrograms(c, programs) }
             db = connection
+            status.databaseConnected()
         }
         if publisher == nil {
             let p = try await AMQPConnection.connect(
@@ -88,6 +97,7 @@ public actor Worker {
             consumer = c
             logger.info("consuming", metadata: ["amqp.queue": "\(settings.inboxQueue)"])
         }
+        status.brokerConnected()
     }
 
     private func disconnect() async {
@@ -111,6 +121,8 @@ public actor Worker {
             // instance or a broker outage go out without waiting for new input.
             if clock.now() - lastTimerScan > .seconds(1) { try await fireTimers() }
             if batch.isEmpty, clock.now() - lastRelay > .seconds(1) { try await relayOutbox() }
+            if clock.now() - lastBacklogSample > .seconds(5) { try await sampleBacklog() }
+            status.loopProgressed()
         }
     }
 
@@ -118,6 +130,7 @@ public actor Worker {
 
     private func handle(_ deliveries: [Delivery]) async throws {
         guard let consumer else { return }
+        let started = ContinuousClock.now
         var good: [(Delivery, InboundEvent)] = []
         var bad: [(Delivery, BadInput)] = []
         let limits = InputLimits(maxBodyBytes: settings.maxBodyBytes)
@@ -136,6 +149,9 @@ public actor Worker {
         if let last = deliveries.last(where: { !settled.contains($0.deliveryTag) }) {
             try await consumer.ack(last.deliveryTag, multiple: true)
         }
+        let acked = clock.now()
+        for (_, event) in good { metrics.endToEnd(from: event.time, to: acked) }
+        metrics.batch(size: deliveries.count, duration: ContinuousClock.now - started)
     }
 
     /// Transient database errors (server restart, lost connection, serialisation failure)
@@ -151,6 +167,7 @@ public actor Worker {
             } catch let error as PostgresError where error.isTransient {
                 logger.warning("database unavailable; batch held for retry",
                                metadata: ["db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)"])
+                status.databaseLost(error)
                 await db?.close()
                 db = nil
                 try await Task.sleep(for: backoff.next(using: &rng))
@@ -183,6 +200,7 @@ public actor Worker {
                         "event.id": "\(event.id)", "event.type": "\(event.type.rawValue)", "error": "\(error)",
                         "amqp.delivery_count": "\(deliveries)"])
                     try await consumer.nack(delivery.deliveryTag, requeue: true)
+                    metrics.consumed(type: event.type.rawValue, .failed)
                     settled.insert(delivery.deliveryTag)
                 }
             }
@@ -198,14 +216,18 @@ public actor Worker {
         guard let db else { throw NotConnected() }
         let context = self.context()
         let outcome = try await db.transaction { c in try Apply.batch(c, events: events, context: context) }
+        status.databaseRoundTripSucceeded()
         failpoint.hit(.afterCommit)
+        metrics.consumed(events, freshIndexes: outcome.freshIndexes)
+        metrics.rewards(outcome.rewards)
         for e in outcome.published {
             logger.info("decided", metadata: ["event.type": "\(e.type.rawValue)", "event.id": "\(e.id)",
                                               "referral.id": "\(e.subject ?? "-")"])
         }
         for m in outcome.mismatches {
+            guard case .rewardMismatch(let rewardId, let accountId, _, _) = m else { continue }
             logger.warning("billing applied a credit that differs from the reward; not marked applied",
-                           metadata: ["effect": "\(m)"])
+                           metadata: ["effect": "\(m)", "reward.id": "\(rewardId)", "account.id": "\(accountId)"])
         }
     }
 
@@ -216,11 +238,24 @@ public actor Worker {
         while true {
             let context = self.context()
             let fired = try await db.transaction { c in try Apply.timers(c, context: context, limit: 100) }
+            status.databaseRoundTripSucceeded()
+            metrics.rewards(fired.rewards)
             if fired.fired == 0 { return }
             logger.debug("timers fired", metadata: ["timers.fired": "\(fired.fired)", "events": "\(fired.published.count)"])
             try await relayOutbox()
             if fired.fired < 100 { return }
         }
+    }
+
+    /// Backlog gauges, sampled every few seconds on the worker's own connection: two cheap
+    /// aggregate queries, not worth a connection of their own.
+    private func sampleBacklog() async throws {
+        guard let db else { return }
+        lastBacklogSample = clock.now()
+        let now = clock.now()
+        let (outbox, timers) = try await db.run { c in (try Store.outboxBacklog(c), try Store.timerBacklog(c, now: now)) }
+        metrics.outbox(count: outbox.count, oldestAgeSeconds: outbox.oldestAgeSeconds)
+        metrics.timers(due: timers.due, lagSeconds: timers.lagSeconds)
     }
 
     // MARK: broker
@@ -248,6 +283,7 @@ public actor Worker {
                 // Not in the DLQ (no queue bound, or the broker refused it): keep the original.
                 throw DeadLetterError(outcome: outcome, code: reason.code.rawValue)
             }
+            metrics.deadLettered(code: reason.code.rawValue, routingKey: delivery.routingKey)
             logger.notice("dead-lettered", metadata: [
                 "dlq.error": "\(reason.code.rawValue)", "dlq.detail": "\(reason.detail)",
                 "amqp.routing_key": "\(delivery.routingKey)", "amqp.message_id": "\(delivery.messageId ?? "-")"])

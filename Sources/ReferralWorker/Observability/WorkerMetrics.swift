@@ -1,0 +1,128 @@
+import CoreMetrics
+import Foundation
+import ReferralCore
+
+/// Every metric the daemon exports, by the names alert rules and the dashboard use. The worker
+/// calls one method per thing that happened; the names, labels and units live only here.
+///
+/// Labels come from closed sets (event types the classifier accepts, dead-letter codes,
+/// program ids from the programs file, ISO currencies): a routing key or body value never
+/// becomes a label, so a hostile producer cannot grow the series without bound.
+public struct WorkerMetrics: Sendable {
+    public enum Peer: String, Sendable, CaseIterable { case amqp, postgres }
+
+    public enum Outcome: String, Sendable { case applied, duplicate, deadLettered = "dead_lettered", failed }
+
+    private let factory: any MetricsFactory
+    private let batchSize: Recorder
+    private let batchSeconds: CoreMetrics.Timer
+    private let endToEndSeconds: CoreMetrics.Timer
+    private let outboxBacklog: Gauge
+    private let outboxOldestAge: Gauge
+    private let timersDue: Gauge
+    private let timerLag: Gauge
+
+    /// `factory` defaults to the one bootstrapped in `Daemon.run` (a no-op one in-process in tests).
+    public init(factory: any MetricsFactory = MetricsSystem.factory) {
+        self.factory = factory
+        batchSize = Recorder(label: "referrald_batch_size", dimensions: [], aggregate: true, factory: factory)
+        batchSeconds = CoreMetrics.Timer(label: "referrald_batch_seconds", dimensions: [], factory: factory)
+        endToEndSeconds = CoreMetrics.Timer(label: "referrald_end_to_end_seconds", dimensions: [], factory: factory)
+        outboxBacklog = Gauge(label: "referrald_outbox_backlog", dimensions: [], factory: factory)
+        outboxOldestAge = Gauge(label: "referrald_outbox_oldest_age_seconds", dimensions: [], factory: factory)
+        timersDue = Gauge(label: "referrald_timers_due", dimensions: [], factory: factory)
+        timerLag = Gauge(label: "referrald_timer_lag_seconds", dimensions: [], factory: factory)
+    }
+
+    // MARK: events
+
+    func consumed(type: String, _ outcome: Outcome, count: Int = 1) {
+        guard count > 0 else { return }
+        Counter(label: "referrald_events_consumed_total", dimensions: [("type", type), ("outcome", outcome.rawValue)],
+                factory: factory).increment(by: count)
+    }
+
+    /// A batch's events after its transaction: the fresh ones applied, the others duplicates.
+    func consumed(_ events: [Apply.Received], freshIndexes: [Int]) {
+        let fresh = Set(freshIndexes)
+        var counts: [String: (applied: Int, duplicate: Int)] = [:]
+        for (i, received) in events.enumerated() {
+            let type = received.event.type.rawValue
+            if fresh.contains(i) { counts[type, default: (0, 0)].applied += 1 } else { counts[type, default: (0, 0)].duplicate += 1 }
+        }
+        for (type, n) in counts {
+            consumed(type: type, .applied, count: n.applied)
+            consumed(type: type, .duplicate, count: n.duplicate)
+        }
+    }
+
+    /// A dead letter the broker confirmed. Its type label is the routing key only when that
+    /// names a consumed type: the key of bad input is whatever the producer sent.
+    func deadLettered(code: String, routingKey: String) {
+        let type = ConsumedType(rawValue: routingKey)?.rawValue ?? "unknown"
+        consumed(type: type, .deadLettered)
+        Counter(label: "referrald_dead_letters_total", dimensions: [("code", code)], factory: factory).increment()
+    }
+
+    func batch(size: Int, duration: Duration) {
+        batchSize.record(size)
+        batchSeconds.recordNanoseconds(duration.nanoseconds)
+    }
+
+    /// From the envelope's `time` to the ack. A producer clock ahead of ours would give a
+    /// negative latency, which a histogram cannot hold: it counts as 0.
+    func endToEnd(from eventTime: Instant, to ack: Instant) {
+        endToEndSeconds.recordMicroseconds(max(0, (ack - eventTime).microseconds))
+    }
+
+    // MARK: backlogs
+
+    func outbox(count: Int64, oldestAgeSeconds: Double) {
+        outboxBacklog.record(count)
+        outboxOldestAge.record(oldestAgeSeconds)
+    }
+
+    func timers(due: Int64, lagSeconds: Double) {
+        timersDue.record(due)
+        timerLag.record(max(0, lagSeconds))
+    }
+
+    // MARK: rewards
+
+    func rewards(_ changes: [Apply.RewardChange]) {
+        for change in changes {
+            switch change {
+            case .issued(let program, let amount, let currency):
+                Counter(label: "referrald_rewards_issued_total", dimensions: [("program", program)], factory: factory).increment()
+                Counter(label: "referrald_rewards_issued_amount_minor_total",
+                        dimensions: [("program", program), ("currency", currency)], factory: factory).increment(by: max(0, amount))
+            case .reversed(let program, let amount, let currency):
+                Counter(label: "referrald_rewards_reversed_total", dimensions: [("program", program)], factory: factory).increment()
+                Counter(label: "referrald_rewards_reversed_amount_minor_total",
+                        dimensions: [("program", program), ("currency", currency)], factory: factory).increment(by: max(0, amount))
+            case .failed(let program):
+                Counter(label: "referrald_reward_failures_total", dimensions: [("program", program)], factory: factory).increment()
+            }
+        }
+    }
+
+    // MARK: connections
+
+    func connection(_ peer: Peer, up: Bool) {
+        Gauge(label: "referrald_connection_up", dimensions: [("peer", peer.rawValue)], factory: factory).record(up ? 1 : 0)
+    }
+
+    func reconnected(_ peer: Peer) {
+        Counter(label: "referrald_reconnects_total", dimensions: [("peer", peer.rawValue)], factory: factory).increment()
+    }
+
+    func started(at time: Date) {
+        Gauge(label: "referrald_start_time_seconds", dimensions: [], factory: factory).record(time.timeIntervalSince1970)
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000
+    }
+}

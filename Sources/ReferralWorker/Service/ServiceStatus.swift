@@ -1,0 +1,167 @@
+import AMQP
+import Foundation
+import Postgres
+
+/// What the worker reports about itself, read by `/readyz`, the systemd notifier and the
+/// connection gauges. The worker writes it from its actor; the HTTP thread and the notifier
+/// read it: every access goes through one lock, and each call is a few assignments.
+public final class ServiceStatus: Sendable {
+    public enum Phase: String, Sendable {
+        case starting
+        case connecting
+        case consuming
+        case databaseUnavailable = "database unavailable"
+        case brokerUnavailable = "broker unavailable"
+        case reconnecting
+        case draining
+    }
+
+    struct State {
+        var phase = Phase.starting
+        var detail: String?
+        var brokerUp = false
+        var databaseUp = false
+        /// Set once the connected database's schema was found current; the worker refuses an
+        /// older schema, so this only stays false until the first database connect.
+        var schemaCurrent = false
+        /// Outcome of the latest database round trip: a loop that keeps polling the broker while
+        /// its database calls fail must not look healthy.
+        var lastDatabaseRoundTripSucceeded = false
+        /// When the consume loop last finished an iteration (poll, batch, due timers, relay).
+        var lastLoopProgress: ContinuousClock.Instant?
+        var everConnected: Set<WorkerMetrics.Peer> = []
+    }
+
+    private let state = Locked(State())
+    private let metrics: WorkerMetrics
+
+    public init(metrics: WorkerMetrics = WorkerMetrics()) {
+        self.metrics = metrics
+        for peer in WorkerMetrics.Peer.allCases { metrics.connection(peer, up: false) }
+    }
+
+    // MARK: written by the worker
+
+    /// Only the first connect shows as `connecting`: a reconnect keeps the reason it is
+    /// reconnecting for, so that STATUS= does not flap on every retry of a long outage.
+    func connecting() {
+        state.withLock { if $0.phase == .starting { $0.phase = .connecting } }
+    }
+
+    /// Counts a reconnect when a peer comes back after having been up before.
+    func databaseConnected() {
+        let reconnected = state.withLock { s in
+            defer { s.databaseUp = true }
+            s.schemaCurrent = true
+            s.lastDatabaseRoundTripSucceeded = true
+            return !s.everConnected.insert(.postgres).inserted && !s.databaseUp
+        }
+        metrics.connection(.postgres, up: true)
+        if reconnected { metrics.reconnected(.postgres) }
+    }
+
+    func brokerConnected() {
+        let reconnected = state.withLock { s in
+            defer { s.brokerUp = true }
+            if s.phase != .draining, s.databaseUp { s.phase = .consuming; s.detail = nil }
+            return !s.everConnected.insert(.amqp).inserted && !s.brokerUp
+        }
+        metrics.connection(.amqp, up: true)
+        if reconnected { metrics.reconnected(.amqp) }
+    }
+
+    func databaseRoundTripSucceeded() {
+        state.withLock { $0.lastDatabaseRoundTripSucceeded = true }
+    }
+
+    func loopProgressed() {
+        let now = ContinuousClock.now
+        state.withLock { $0.lastLoopProgress = now }
+    }
+
+    /// The database failed while the broker connection stays (a batch held for retry).
+    func databaseLost(_ error: any Error) {
+        state.withLock { s in
+            s.databaseUp = false
+            s.lastDatabaseRoundTripSucceeded = false
+            if s.phase != .draining { s.phase = .databaseUnavailable; s.detail = Self.reason(error) }
+        }
+        metrics.connection(.postgres, up: false)
+    }
+
+    /// The loop failed and the worker drops every connection before it reconnects.
+    func failed(_ error: any Error) {
+        state.withLock { s in
+            s.brokerUp = false
+            s.databaseUp = false
+            if error is PostgresError || error is NotConnected { s.lastDatabaseRoundTripSucceeded = false }
+            guard s.phase != .draining else { return }
+            switch error {
+            case is PostgresError, is NotConnected: s.phase = .databaseUnavailable
+            case is AMQPError: s.phase = .brokerUnavailable
+            default: s.phase = .reconnecting
+            }
+            s.detail = Self.reason(error)
+        }
+        metrics.connection(.postgres, up: false)
+        metrics.connection(.amqp, up: false)
+    }
+
+    func draining() {
+        state.withLock { $0.phase = .draining; $0.detail = nil }
+    }
+
+    // MARK: read by /readyz and the notifier
+
+    /// nil when ready to take work: broker and database connected, schema current, not draining.
+    /// Otherwise one line saying why not.
+    public func notReadyReason() -> String? {
+        state.withLock { s in
+            if s.phase == .draining { return "draining" }
+            if !s.databaseUp { return "database not connected" + (s.detail.map { ": \($0)" } ?? "") }
+            if !s.schemaCurrent { return "database schema not current" }
+            if !s.brokerUp { return "broker not connected" + (s.detail.map { ": \($0)" } ?? "") }
+            return nil
+        }
+    }
+
+    /// The watchdog condition: the consume loop finished an iteration within `window` (a loop
+    /// stuck in a call, on a hung socket or a lock, stops advancing it) and the latest database
+    /// round trip succeeded with both connections up (a loop spinning on failing calls or
+    /// waiting out a back-off does not count). The loop touches the database at least once a
+    /// second (the timer scan), so a dead database turns this false within about a second.
+    public func isMakingProgress(within window: Duration, now: ContinuousClock.Instant = .now) -> Bool {
+        state.withLock { s in
+            guard let last = s.lastLoopProgress, now - last <= window else { return false }
+            return s.lastDatabaseRoundTripSucceeded && s.databaseUp && s.brokerUp
+        }
+    }
+
+    /// The line for systemd's STATUS=: the phase, and the reason for an unavailable one.
+    public func statusLine() -> String {
+        state.withLock { s in s.phase.rawValue + (s.detail.map { ": \($0)" } ?? "") }
+    }
+
+    /// One line for STATUS= and /readyz: error descriptions are redacted by their types, but
+    /// the server's text may span lines.
+    private static func reason(_ error: any Error) -> String {
+        let text = "\(error)".split(whereSeparator: \.isNewline).joined(separator: " ")
+        return text.count > 200 ? String(text.prefix(197)) + "..." : text
+    }
+}
+
+/// A value behind a lock.
+///
+/// `@unchecked Sendable`: `value` is only read or written inside `withLock`, under `lock`.
+final class Locked<Value>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Value
+
+    init(_ value: Value) { self.value = value }
+
+    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&value)
+    }
+}
