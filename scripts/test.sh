@@ -12,5 +12,6 @@ else
 fi
 # The deploy/ checks first: seconds, and they catch a unit or alert rule gone stale.
 scripts/check-deploy.sh
+python3 scripts/check-asyncapi.py
 swift build --build-tests "$@"
 swift test --skip-build "$@"

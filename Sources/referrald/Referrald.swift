@@ -14,7 +14,7 @@ struct Referrald: AsyncParsableCommand {
 
             \(Settings.keys.map { "  \($0.name)\($0.defaultValue.map { " (default \($0))" } ?? " (required)")\n      \($0.help)" }.joined(separator: "\n"))
             """,
-        subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self],
+        subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self],
         defaultSubcommand: nil)
 }
 
@@ -115,5 +115,31 @@ struct Check: AsyncParsableCommand {
         print("programs: \(programs.summary) (\(settings.programsFile))")
         for line in try await Operations.check(settings: settings, logger: logger) { print(line) }
         print("ok")
+    }
+}
+
+struct DeadLetters: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dlq", abstract: "Dead letters.", subcommands: [Replay.self])
+
+    struct Replay: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Move dead letters back to the inbox (body unchanged), once their cause is fixed.",
+            discussion: "Replays what is in the dead-letter queue now; each is acked there only after the broker confirmed its copy in the inbox.")
+
+        @OptionGroup var options: CommonOptions
+
+        @Option(help: "Only dead letters with this x-referrald-error (e.g. processing_failed).")
+        var error: String?
+
+        @Option(help: "At most this many.")
+        var limit: Int?
+
+        func run() async throws {
+            let settings = try await options.settings(requireAll: false)
+            let result = try await DeadLetterReplay.run(settings: settings, onlyError: error, limit: limit,
+                                                        logger: options.logger(settings))
+            print("replayed \(result.replayed), kept \(result.kept)")
+        }
     }
 }

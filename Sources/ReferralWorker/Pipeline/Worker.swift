@@ -265,17 +265,19 @@ public actor Worker {
     @discardableResult
     private func deadLetter(_ items: [(Delivery, BadInput)]) async throws -> Set<UInt64> {
         guard let publisher, let consumer else { return [] }
+        // The producer's headers and properties travel with the body, so the dead letter is the
+        // message as it arrived plus our diagnosis (ours win on a name clash).
         let messages = items.map { delivery, reason in
             OutgoingMessage(
                 exchange: settings.deadLetterExchange, routingKey: delivery.routingKey, body: delivery.body,
-                headers: [
+                headers: delivery.headers.merging([
                     "x-referrald-error": .string(reason.code.rawValue),
                     "x-referrald-detail": .string(reason.detail),
                     "x-referrald-original-exchange": .string(delivery.exchange),
                     "x-referrald-original-routing-key": .string(delivery.routingKey),
-                ],
+                ]) { _, ours in ours },
                 messageId: delivery.messageId, contentType: delivery.contentType,
-                persistent: true, mandatory: true)
+                persistent: true, mandatory: true, timestamp: delivery.timestamp)
         }
         let outcomes = try await publisher.publish(messages)
         for ((delivery, reason), outcome) in zip(items, outcomes) {
