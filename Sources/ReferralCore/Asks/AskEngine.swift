@@ -44,11 +44,21 @@ public struct AskEngine: Sendable {
     /// (a duplicate changes nothing) and its account is re-decided.
     @discardableResult
     public mutating func receive(_ fact: AskFact, at arrival: Instant) -> [PlannedAsk] {
+        receive([fact], at: arrival)
+    }
+
+    /// A batch arrives at `arrival`, as the worker takes them off the queue: every fact is stored
+    /// before any account is decided, so moments delivered together compete for one ask.
+    @discardableResult
+    public mutating func receive(_ batch: [AskFact], at arrival: Instant) -> [PlannedAsk] {
         var out = advance(to: arrival)
-        guard delivered.insert(fact).inserted else { return out }
-        facts[fact.accountId, default: []].append(fact)
-        if case .serviceActivated = fact.kind, codes[fact.accountId] == nil { codes[fact.accountId] = codeFor(fact.accountId) }
-        out += settle(fact.accountId)
+        var touched: Set<String> = []
+        for fact in batch where delivered.insert(fact).inserted {
+            facts[fact.accountId, default: []].append(fact)
+            if case .serviceActivated = fact.kind, codes[fact.accountId] == nil { codes[fact.accountId] = codeFor(fact.accountId) }
+            touched.insert(fact.accountId)
+        }
+        for account in touched.sorted() { out += settle(account) }
         return out
     }
 

@@ -243,7 +243,8 @@ struct AskHistory {
     var firstAskAt: Instant?
     /// Times of speed tests at or above 90 % of plan speed.
     var goodSpeedTests: Set<Instant> = []
-    var ticketEvents: [String: [(at: Instant, open: Bool)]] = [:]
+    var ticketsOpened: [String: Instant] = [:]
+    var ticketsResolved: [String: Instant] = [:]
     /// Per ticket: its earliest resolution rated 4 or 5.
     var supportWins: [String: Instant] = [:]
     var preferences: [(at: Instant, on: Bool)] = []
@@ -274,9 +275,9 @@ struct AskHistory {
                 // ≥ 90 % in exact terms: 450 of 500 qualifies, without a 0.9 * 500 rounding doubt.
                 if measured * 10 >= plan * 9 { goodSpeedTests.insert(f.at) }
             case .ticketOpened(let t):
-                ticketEvents[t, default: []].append((f.at, true)); holdChanges.append(f.at)
+                ticketsOpened[t] = first(ticketsOpened[t], f.at); holdChanges.append(f.at)
             case .ticketResolved(let t, let csat):
-                ticketEvents[t, default: []].append((f.at, false)); holdChanges.append(f.at)
+                ticketsResolved[t] = first(ticketsResolved[t], f.at); holdChanges.append(f.at)
                 if let csat, csat >= 4 { supportWins[t] = first(supportWins[t], f.at) }
             case .preferencesChanged(let on):
                 preferences.append((f.at, on)); holdChanges.append(f.at)
@@ -307,16 +308,15 @@ struct AskHistory {
             if latest == nil || p.at > latest!.at || (p.at == latest!.at && !p.on) { latest = p }
         }
         if latest?.on == false { return .optedOut }
-        // A ticket is open at t when its latest event at or before t opened it (so a reopened
-        // ticket counts again); at equal times the resolution wins, as it is the later step.
-        for events in ticketEvents.values {
-            var last: (at: Instant, open: Bool)?
-            for e in events where e.at <= t {
-                if last == nil || e.at > last!.at || (e.at == last!.at && !e.open) { last = e }
-            }
-            if last?.open == true { return .openTicket }
+        // A ticket is open on [opened, resolved): "until crm.ticket.resolved for it". A
+        // resolution dated before the opening (CRM clocks and offsets disagree; see the
+        // `+05:30` resolution fixture) closes it too: reading the later opening as a reopen
+        // would leave the account unaskable for good on a clock error.
+        for (ticket, opened) in ticketsOpened where opened <= t {
+            if let r = ticketsResolved[ticket], r <= t { continue }
+            return .openTicket
         }
-        // In arrears on [overdue, paid) per invoice, exactly the intervals the lifecycle uses.
+        // In arrears on [overdue, paid) per invoice, the intervals the lifecycle uses.
         for (invoice, from) in overdue where from <= t {
             if let p = paid[invoice], p <= t { continue }
             return .inArrears
