@@ -38,9 +38,8 @@ public enum Enrolment {
     /// listed is an error too, since which one to believe is not ours to guess. A bad header gives
     /// one error and no rows.
     public static func parseCSV(_ text: String) -> (rows: [EnrolmentRow], errors: [EnrolmentError]) {
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { line in
-            line.last == "\r" ? line.dropLast() : line
-        }
+        // "\r\n" is one Character in Swift, so it is a separator of its own.
+        var lines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
         if lines.last?.isEmpty == true { lines.removeLast() }
         guard let headerLine = lines.first else {
             return ([], [EnrolmentError(line: 1, field: nil, reason: "empty file: a header line is required")])
