@@ -327,6 +327,25 @@ struct AskKeyTests {
         #expect(engine.asks().map(\.key) == [k1])
     }
 
+    @Test("the program follows the first activation's segment; consumer when none is known")
+    func segment() {
+        #expect(ReferralAsks.segment(of: []) == .consumer)
+        #expect(ReferralAsks.segment(of: [askFact(t0 + .days(1), .serviceActivated(segment: .consumer)),
+                                          askFact(t0, .serviceActivated(segment: .business))]) == .business)
+        #expect(ReferralAsks.segment(of: [askFact(t0, .serviceActivated(segment: nil)),
+                                          askFact(t0, .serviceActivated(segment: .business))]) == .business)
+    }
+
+    @Test("another account's facts never hold or trigger this account's asks")
+    func otherAccountsIgnored() {
+        let facts = [askFact(t0, .serviceActivated(segment: nil)),
+                     askFact(t0 - .days(1), .ticketOpened(ticketId: "t1"), account: "acct-2"),
+                     askFact(t0, .ticketResolved(ticketId: "t2", csat: 5), account: "acct-2")]
+        let d = ReferralAsks.decide(AskInput(accountId: "acct-1", facts: facts, program: askProgram(), code: askCode("acct-1"), sent: [], now: t0))
+        #expect(d.send?.moment == .postActivation)
+        #expect(!d.considered.contains { $0.moment == .supportWin })
+    }
+
     @Test("ids are escaped so that no account can forge another's key")
     func escaping() {
         #expect(ReferralAsks.key(accountId: "a:b", moment: .supportWin, occurrence: escapeKeyPart("c")) == "ask:a%3Ab:support_win:c")

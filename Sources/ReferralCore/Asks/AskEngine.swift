@@ -67,7 +67,7 @@ public struct AskEngine: Sendable {
     @discardableResult
     public mutating func advance(to t: Instant) -> [PlannedAsk] {
         var out: [PlannedAsk] = []
-        while let (account, w) = wakeups.min(by: { ($0.value, $0.key) < ($1.value, $1.key) }), w <= t {
+        while let (account, w) = wakeups.min(by: { $0.value != $1.value ? $0.value < $1.value : $0.key < $1.key }), w <= t {
             wakeups[account] = nil
             now = max(now, w)
             out += settle(account)

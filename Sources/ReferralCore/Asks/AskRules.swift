@@ -64,8 +64,9 @@ public struct AskConsideration: Hashable, Sendable {
         /// Due, still fresh and allowed, but one ask per decision: it goes on the next one
         /// (only happens with `min_gap: 0s`, `nextWakeup` is then `now`).
         case ready
-        /// Due and still fresh, held by `rule`; `until` is when time alone lifts the hold (nil:
-        /// only a new fact can, such as a ticket resolved or an invoice paid).
+        /// Due and still fresh, held by `rule`. `until`: when time alone lifts (`min_gap`,
+        /// `max_per_year`) or may lift (a stored fact dated ahead of `now`) the hold; nil when
+        /// only a new fact can, such as a ticket resolved or an invoice paid.
         case waiting(AskRule, until: Instant?)
         /// Will never be sent. For stale asks, the rule that held it when it was due (or
         /// `stale` when none did); for cancelled and erased accounts, that rule.
@@ -195,7 +196,16 @@ public enum ReferralAsks {
     /// The segment whose program governs the account: the first activation's (earliest by fact
     /// time, ties to the smaller name, as the lifecycle reads it), `consumer` when none is known.
     public static func segment(of facts: [AskFact]) -> Segment {
-        AskHistory(facts, accountId: nil).segment ?? .consumer
+        var first: (at: Instant, segment: Segment?)?
+        for f in facts {
+            guard case .serviceActivated(let s) = f.kind else { continue }
+            if first.map({ f.at < $0.at }) ?? true {
+                first = (f.at, s)
+            } else if f.at == first?.at, let s, first?.segment.map({ s.rawValue < $0.rawValue }) ?? true {
+                first = (f.at, s)
+            }
+        }
+        return first?.segment ?? .consumer
     }
 
     public static func decide(_ input: AskInput) -> AskDecision {
@@ -204,7 +214,7 @@ public enum ReferralAsks {
         let ctx = Context(input: input, program: program, history: history)
         let first = ctx.evaluate(sent: input.sent)
         guard let best = first.eligible.min(by: ctx.stronger), let code = input.code else {
-            return AskDecision(send: nil, considered: first.considered, nextWakeup: first.wake)
+            return AskDecision(send: nil, considered: ctx.ordered(first.considered), nextWakeup: first.wake)
         }
         let planned = PlannedAsk(key: best.key, accountId: input.accountId, moment: best.moment, dueAt: best.due,
                                  sentAt: input.now, code: code, shareURL: program.shareURL(code: code.canonical),
@@ -237,7 +247,6 @@ func escapeKeyPart(_ s: String) -> String {
 struct AskHistory {
     var installedAt: Instant?
     var activatedAt: Instant?
-    var segment: Segment?
     var cancelledAt: Instant?
     var erasedAt: Instant?
     var firstAskAt: Instant?
@@ -256,18 +265,12 @@ struct AskHistory {
     /// invoices), sorted: a fact dated ahead of our clock takes effect at its time.
     var holdChanges: [Instant] = []
 
-    init(_ facts: [AskFact], accountId: String?) {
+    init(_ facts: [AskFact], accountId: String) {
         func first(_ old: Instant?, _ new: Instant) -> Instant { min(old ?? new, new) }
-        for f in facts where accountId == nil || f.accountId == accountId {
+        for f in facts where f.accountId == accountId {
             switch f.kind {
             case .installCompleted: installedAt = first(installedAt, f.at)
-            case .serviceActivated(let s):
-                if activatedAt.map({ f.at < $0 }) ?? true {
-                    activatedAt = f.at
-                    segment = s
-                } else if f.at == activatedAt, let s, segment.map({ s.rawValue < $0.rawValue }) ?? true {
-                    segment = s
-                }
+            case .serviceActivated: activatedAt = first(activatedAt, f.at)
             case .serviceCancelled: cancelledAt = first(cancelledAt, f.at)
             case .customerErased: erasedAt = first(erasedAt, f.at)
             case .enrolled(let t): firstAskAt = first(firstAskAt, t)
@@ -357,23 +360,23 @@ private struct Context {
     }
 
     func ordered(_ list: [AskConsideration]) -> [AskConsideration] {
-        list.sorted { ($0.dueAt, $0.key) < ($1.dueAt, $1.key) }
+        list.sorted { $0.dueAt != $1.dueAt ? $0.dueAt < $1.dueAt : $0.key < $1.key }
     }
 
     /// Every ask occurrence the facts and the program define, minus those already sent.
     func candidates(sent: [SentAsk]) -> [Candidate] {
         let rules = program.asks
-        let enabled = Set(rules.moments)
-        let sentKeys = Set(sent.map(\.key))
         let h = history
         var out: [Candidate] = []
+        // Linear scans: an account has a handful of moments and sent asks, and building sets
+        // for them on every decision costs more than it saves.
         func add(_ moment: AskMoment, _ occurrence: String?, _ due: Instant) {
-            guard enabled.contains(moment) else { return }
+            guard rules.moments.contains(moment) else { return }
             let key = ReferralAsks.key(accountId: input.accountId, moment: moment, occurrence: occurrence)
-            if !sentKeys.contains(key) { out.append(Candidate(key: key, moment: moment, due: due)) }
+            if !sent.contains(where: { $0.key == key }) { out.append(Candidate(key: key, moment: moment, due: due)) }
         }
         if let i = h.installedAt { add(.postInstall, nil, i + rules.delayAfterInstall) }
-        if let a = h.activatedAt, !(enabled.contains(.postInstall) && h.installedAt != nil) { add(.postActivation, nil, a) }
+        if let a = h.activatedAt, !(rules.moments.contains(.postInstall) && h.installedAt != nil) { add(.postActivation, nil, a) }
         for t in h.goodSpeedTests { add(.speedTest, t.rfc3339, t) }
         for (ticket, t) in h.supportWins { add(.supportWin, escapeKeyPart(ticket), t) }
         for (invoice, t) in h.savings { add(.billSavings, escapeKeyPart(invoice), t) }
@@ -442,7 +445,6 @@ private struct Context {
             }
             e.considered.append(AskConsideration(key: c.key, moment: c.moment, dueAt: c.due, expiresAt: expires, status: status))
         }
-        e.considered = ordered(e.considered)
         return e
     }
 }
