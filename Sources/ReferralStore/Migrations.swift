@@ -159,7 +159,7 @@ public enum Schema {
             );
             CREATE INDEX timers_due ON timers (due_at);
             """),
-        Migration(version: 3, name: "asks, follow-ups and account timers", sql: """
+        Migration(version: 3, name: "ask facts, asks, follow-ups and account timers", sql: """
             -- Asks sent (referral.ask.due published), one row per ask key: two instances or a
             -- replay can never send the same ask twice. Skipped asks are not rows: they do not
             -- count towards min_gap or max_per_year.
@@ -181,6 +181,25 @@ public enum Schema {
                 stalled_since  timestamptz NOT NULL,
                 sent_at        timestamptz NOT NULL
             );
+
+            -- The facts the ask rules read, per account (speed tests, tickets, preferences,
+            -- invoices with credits...), typed like `facts`. They carry no personal data.
+            CREATE TABLE ask_facts (
+                seq            bigserial   PRIMARY KEY,
+                account_id     text        NOT NULL,
+                at             timestamptz NOT NULL,
+                kind           text        NOT NULL,
+                segment        text,
+                ticket_id      text,
+                csat           integer,
+                measured_mbps  float8,
+                plan_mbps      float8,
+                prompts        boolean,
+                invoice_id     text,
+                credits_minor  bigint,
+                first_ask_at   timestamptz
+            );
+            CREATE INDEX ask_facts_account ON ask_facts (account_id);
 
             -- Durable timers of accounts (the next ask), claimed like referral timers.
             CREATE TABLE account_timers (

@@ -20,10 +20,12 @@ import Testing
         #expect(crashing.terminationStatus == 86)
         // Committed but neither published nor acked.
         #expect(try await bed.count("SELECT count(*) FROM referral_codes") == 1)
-        #expect(try await bed.count("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 1)
+        #expect(try await bed.count("SELECT count(*) FROM outbox WHERE published_at IS NULL AND type = 'referral.code.issued'") == 1)
 
         let restarted = try bed.spawnDaemon()
-        let observed = try await bed.take(from: bed.observerQueue, count: 2, timeout: .seconds(8))
+        // The activation also earns a post_activation ask: count codes only.
+        let observed = try await bed.take(from: bed.observerQueue, count: 3, timeout: .seconds(8))
+            .filter { $0.routingKey == "referral.code.issued" }
         #expect(observed.count == 1)
         #expect(try await bed.eventually { try await bed.queueDepth(bed.settings.inboxQueue) == 0 })
         #expect(try await bed.count("SELECT count(*) FROM referral_codes") == 1)
@@ -44,7 +46,8 @@ import Testing
         // The outbox lease (60 s) would delay the retry: end it as an expired lease would.
         _ = try await bed.count("WITH x AS (UPDATE outbox SET leased_until = now() - interval '1 s' RETURNING 1) SELECT count(*) FROM x")
         let restarted = try bed.spawnDaemon()
-        let observed = try await bed.take(from: bed.observerQueue, count: 3, timeout: .seconds(8))
+        let observed = try await bed.take(from: bed.observerQueue, count: 5, timeout: .seconds(8))
+            .filter { $0.routingKey == "referral.code.issued" }
         // Published once before the crash and once after: the same event, the same id.
         #expect(observed.count == 2)
         #expect(Set(observed.compactMap(\.messageId)).count == 1)

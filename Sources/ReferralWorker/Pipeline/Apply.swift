@@ -36,13 +36,28 @@ enum Apply {
         let freshIndexes = try Store.recordInbox(c, events.map(inboxEntry))
         var outcome = Outcome(fresh: freshIndexes.count, duplicates: events.count - freshIndexes.count,
                               freshIndexes: freshIndexes)
-        let facts = freshIndexes.compactMap { fact(events[$0].event) }
-        if facts.isEmpty { return outcome }
+        let fresh = freshIndexes.map { events[$0].event }
+        let askFacts = fresh.compactMap(AskFact.from)
+        try Store.insertAskFacts(c, askFacts)
+        let facts = fresh.compactMap(fact)
+        if !facts.isEmpty {
+            outcome.published = try lifecycle(c, facts: facts, context: context,
+                                              mismatches: &outcome.mismatches, rewards: &outcome.rewards)
+        }
+        // Asks after the lifecycle: a first activation's code, issued just above, is what the
+        // account's first ask shares.
+        outcome.published += try decideAsks(c, accounts: askFacts.map(\.accountId), context: context)
+        return outcome
+    }
+
+    /// Stores the batch's lifecycle facts and decides every referral cluster they touch.
+    static func lifecycle(_ c: isolated PostgresConnection, facts: [Fact], context: Context,
+                          mismatches: inout [Effect], rewards: inout [RewardChange]) throws -> [OutgoingEvent] {
         try Store.insertFacts(c, facts)
 
         let leads = Array(Set(facts.compactMap(\.leadId)))
         let accounts = Array(Set(facts.compactMap(\.accountId)))
-        let rewards = Array(Set(facts.compactMap(\.rewardId)))
+        let rewardIds = Array(Set(facts.compactMap(\.rewardId)))
         try Store.scrubErased(c, accounts: accounts)
 
         // Leads carrying a known code become referrals, bound to the program version in force now.
@@ -53,24 +68,54 @@ enum Apply {
             try Store.bindLeads(c, Lifecycle.leadsToBind(facts: facts, codes: owners, bound: bound), versions: context.versions)
         }
         try Store.refreshLinks(c, leads: leads, accounts: accounts)
-        let seeds = try Store.referralsTouched(c, leads: leads, accounts: accounts, rewards: rewards)
+        let seeds = try Store.referralsTouched(c, leads: leads, accounts: accounts, rewards: rewardIds)
         // Activated accounts are decided even without referrals: their first activation issues a code.
         let activated = facts.compactMap { if case .serviceActivated(let a, _, _, _, _) = $0 { a } else { nil } }
-        outcome.published = try decide(c, seeds: seeds, extraAccounts: activated, context: context,
-                                       mismatches: &outcome.mismatches, rewards: &outcome.rewards)
-        return outcome
+        return try decide(c, seeds: seeds, extraAccounts: activated, context: context,
+                          mismatches: &mismatches, rewards: &rewards)
+    }
+
+    /// Decides the asks of these accounts, one account at a time, under per-account locks.
+    static func decideAsks(_ c: isolated PostgresConnection, accounts: [String], context: Context) throws -> [OutgoingEvent] {
+        let accounts = Array(Set(accounts)).sorted()
+        if accounts.isEmpty { return [] }
+        try Store.lockAccounts(c, accounts)
+        let facts = try Store.loadAskFacts(c, accounts: accounts)
+        let sent = try Store.sentAsks(c, accounts: accounts)
+        let codes = try Store.codes(c, accounts: accounts)
+        var events: [OutgoingEvent] = []
+        for account in accounts {
+            let known = facts[account] ?? []
+            let program = context.programs.program(forSegment: ReferralAsks.segment(of: known).rawValue)
+            let decision = ReferralAsks.decide(AskInput(
+                accountId: account, facts: known, program: program, code: codes[account].flatMap(ReferralCode.parse),
+                sent: sent[account] ?? [], now: context.now))
+            // The key is unique: if another instance recorded this ask first, nothing is published.
+            if let ask = decision.send, let program,
+               try Store.recordAsk(c, ask.record, accountId: account, programId: program.id) {
+                events.append(ask.event(id: newEventId()))
+            }
+            try Store.setAccountTimer(c, account: account, due: decision.nextWakeup)
+        }
+        try Store.enqueue(c, events)
+        return events
     }
 
     /// Due timers: re-decide their clusters at `now`.
     static func timers(_ c: isolated PostgresConnection, context: Context, limit: Int)
         throws -> (fired: Int, published: [OutgoingEvent], rewards: [RewardChange]) {
         let due = try Store.claimDueTimers(c, now: context.now, limit: limit)
-        if due.isEmpty { return (0, [], []) }
+        let dueAccounts = try Store.claimDueAccountTimers(c, now: context.now, limit: limit)
+        if due.isEmpty && dueAccounts.isEmpty { return (0, [], []) }
         var mismatches: [Effect] = []
         var rewards: [RewardChange] = []
-        let published = try decide(c, seeds: due.map(\.0), extraAccounts: [], context: context,
+        var published: [OutgoingEvent] = []
+        if !due.isEmpty {
+            published = try decide(c, seeds: due.map(\.0), extraAccounts: [], context: context,
                                    mismatches: &mismatches, rewards: &rewards)
-        return (due.count, published, rewards)
+        }
+        published += try decideAsks(c, accounts: dueAccounts, context: context)
+        return (max(due.count, dueAccounts.count), published, rewards)
     }
 
     /// Loads the clusters of `seeds` (locked), decides them, records the new effects and
@@ -95,8 +140,13 @@ enum Apply {
             if case .rewardMismatch = effect { mismatches.append(effect) }
             if let change = rewardChange(effect, programOfReward: programOfReward) { rewards.append(change) }
         }
+        // Follow-ups on referrals stalled in a stage, one per stall.
+        let followups = Followups.decide(
+            Followups.entries(views: decision.referrals, referrals: input.bound.map(\.binding), facts: input.facts),
+            sent: try Store.followupKeys(c, referrals: cluster), now: context.now)
+        for due in try Store.recordFollowups(c, followups.due) { events.append(due.event(id: newEventId())) }
         try Store.saveViews(c, decision.referrals)
-        try Store.setTimers(c, referrals: cluster, due: decision.nextWakeup)
+        try Store.setTimers(c, referrals: cluster, due: [decision.nextWakeup, followups.nextWakeup].compactMap { $0 }.min())
         try Store.enqueue(c, events)
         return events
     }

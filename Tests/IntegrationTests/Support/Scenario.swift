@@ -60,6 +60,8 @@ struct Scenario {
     struct Published {
         let type: String
         let id: String
+        /// The CloudEvents `time`: when the worker decided it.
+        let time: String
         let data: [String: Any]
         let body: [UInt8]
     }
@@ -72,6 +74,7 @@ struct Scenario {
             for d in try await bed.take(from: bed.observerQueue, count: 50, timeout: .milliseconds(300)) {
                 let object = try JSONSerialization.jsonObject(with: Data(d.body)) as? [String: Any] ?? [:]
                 seen.append(Published(type: object["type"] as? String ?? "", id: object["id"] as? String ?? "",
+                                      time: object["time"] as? String ?? "",
                                       data: object["data"] as? [String: Any] ?? [:], body: d.body))
             }
         }
@@ -94,5 +97,58 @@ extension Array where Element == Scenario.Published {
     func statuses(_ referral: String) -> [String] {
         of("referral.status.changed").filter { $0.data["referral_id"] as? String == referral }
             .map { "\($0.data["from"] as? String ?? "-")>\($0.data["to"] as? String ?? "")" }
+    }
+}
+
+extension Scenario {
+    /// A programs file for ask tests: a consumer and a business program whose ask settings
+    /// (seconds, not days) each test chooses.
+    struct AskProgram {
+        var moments = "[post_install, post_activation, speed_test, support_win, bill_savings, periodic]"
+        var delayAfterInstall = "2s"
+        var minGap = "1h"
+        var maxPerYear = 4
+        var periodicEvery = "90d"
+        var stalledAfter = "7d"
+        var attributionWindow = "90d"
+        var hold = "30d"
+    }
+
+    static func askPrograms(consumer: AskProgram, business: AskProgram = AskProgram()) throws -> String {
+        func program(_ id: String, _ p: AskProgram) -> String {
+            """
+              - id: \(id)
+                segment: \(id)
+                currency: USD
+                share_url: "https://example.net/\(id)/{code}"
+                friend_offer_text: "Join with my link: priority installation and a credit."
+                referrer_reward: { kind: bill_credit, amount_minor: 5000 }
+                friend_reward: { kind: bill_credit, amount_minor: 2500, priority_install: true }
+                qualify: { milestone: service_activated, hold: \(p.hold) }
+                attribution_window: \(p.attributionWindow)
+                clawback_window: 60d
+                clawback: referrer
+                limits: { max_rewards_per_referrer_per_year: 10, max_leads_per_code_per_day: 5 }
+                fraud: { reject_same_household: true, reject_same_contact: true }
+                asks:
+                  moments: \(p.moments)
+                  delay_after_install: \(p.delayAfterInstall)
+                  min_gap: \(p.minGap)
+                  max_per_year: \(p.maxPerYear)
+                  periodic_every: \(p.periodicEvery)
+                followup: { stalled_after: \(p.stalledAfter) }
+            """
+        }
+        let yaml = "programs:\n" + program("consumer", consumer) + "\n" + program("business", business) + "\n"
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("programs-\(UUID().uuidString).yaml").path
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+}
+
+extension Array where Element == Scenario.Published {
+    /// Asks sent to an account, as their moments, in order of arrival.
+    func asks(_ account: String) -> [String] {
+        of("referral.ask.due").filter { $0.data["account_id"] as? String == account }.compactMap { $0.data["moment"] as? String }
     }
 }

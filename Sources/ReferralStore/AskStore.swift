@@ -1,0 +1,164 @@
+import Postgres
+import ReferralCore
+
+/// Persistence of the ask rules and follow-ups: ask facts, asks sent, follow-ups sent, account
+/// timers.
+extension Store {
+    public static func insertAskFacts(_ c: isolated PostgresConnection, _ facts: [AskFact]) throws {
+        if facts.isEmpty { return }
+        let rows = facts.map(AskFactRow.init)
+        try c.execute("""
+            INSERT INTO ask_facts (account_id, at, kind, segment, ticket_id, csat, measured_mbps, plan_mbps, prompts,
+                                   invoice_id, credits_minor, first_ask_at)
+            SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::int4[],
+                                 $7::float8[], $8::float8[], $9::bool[], $10::text[], $11::int8[], $12::timestamptz[])
+            """, [
+                .textArray(facts.map(\.accountId)), .textArray(facts.map { $0.at.rfc3339 }), .textArray(rows.map(\.kind)),
+                .textArray(rows.map(\.segment)), .textArray(rows.map(\.ticket)), .textArray(rows.map { $0.csat.map(String.init) }),
+                .textArray(rows.map { $0.measured.map { "\($0)" } }), .textArray(rows.map { $0.plan.map { "\($0)" } }),
+                .boolArray(rows.map(\.prompts)), .textArray(rows.map(\.invoice)), .int8Array(rows.map(\.credits)),
+                .textArray(rows.map { $0.firstAsk?.rfc3339 }),
+            ])
+    }
+
+    /// Serialises ask decisions per account across instances: without it two instances could
+    /// each send a different ask to one account at the same moment, breaking `min_gap`. Locks
+    /// are taken in sorted order so that two batches never wait on each other in a cycle;
+    /// they end with the transaction.
+    public static func lockAccounts(_ c: isolated PostgresConnection, _ accounts: [String]) throws {
+        if accounts.isEmpty { return }
+        _ = try c.query("""
+            SELECT pg_advisory_xact_lock(2, hashtext(a)) FROM unnest($1::text[]) AS a ORDER BY hashtext(a)
+            """, [.textArray(Array(Set(accounts)))])
+    }
+
+    public static func loadAskFacts(_ c: isolated PostgresConnection, accounts: [String]) throws -> [String: [AskFact]] {
+        var out: [String: [AskFact]] = [:]
+        for row in try c.query("""
+            SELECT account_id, at, kind, segment, ticket_id, csat::int8 AS csat, measured_mbps, plan_mbps, prompts,
+                   invoice_id, credits_minor, first_ask_at
+            FROM ask_facts WHERE account_id = ANY($1::text[]) ORDER BY seq
+            """, [.textArray(accounts)]) {
+            if let fact = try AskFactRow.fact(row) { out[fact.accountId, default: []].append(fact) }
+        }
+        return out
+    }
+
+    public static func sentAsks(_ c: isolated PostgresConnection, accounts: [String]) throws -> [String: [SentAsk]] {
+        var out: [String: [SentAsk]] = [:]
+        for row in try c.query("""
+            SELECT ask_key, account_id, moment, due_at, sent_at FROM asks WHERE account_id = ANY($1::text[]) ORDER BY sent_at
+            """, [.textArray(accounts)]) {
+            guard let moment = AskMoment(rawValue: try row.decode("moment", as: String.self)) else { continue }
+            out[try row.decode("account_id", as: String.self), default: []].append(SentAsk(
+                key: try row.decode("ask_key", as: String.self), moment: moment,
+                dueAt: try instant(row, "due_at"), sentAt: try instant(row, "sent_at")))
+        }
+        return out
+    }
+
+    /// Records an ask about to be published; false when its key was already recorded (another
+    /// instance or an earlier delivery sent it), and then nothing must be published.
+    public static func recordAsk(_ c: isolated PostgresConnection, _ ask: SentAsk, accountId: String, programId: String) throws -> Bool {
+        try c.execute("""
+            INSERT INTO asks (ask_key, account_id, moment, program_id, due_at, sent_at)
+            VALUES ($1, $2, $3, $4, $5::timestamptz, $6::timestamptz) ON CONFLICT (ask_key) DO NOTHING
+            """, [.text(ask.key), .text(accountId), .text(ask.moment.rawValue), .text(programId),
+                  .text(ask.dueAt.rfc3339), .text(ask.sentAt.rfc3339)]) == 1
+    }
+
+    public static func setAccountTimer(_ c: isolated PostgresConnection, account: String, due: Instant?) throws {
+        if let due {
+            try c.execute("""
+                INSERT INTO account_timers (account_id, due_at) VALUES ($1, $2::timestamptz)
+                ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at
+                """, [.text(account), .text(due.rfc3339)])
+        } else {
+            try c.execute("DELETE FROM account_timers WHERE account_id = $1", [.text(account)])
+        }
+    }
+
+    /// Claims due account timers like `claimDueTimers`: locked until the transaction ends,
+    /// SKIP LOCKED for other instances, re-set or cleared by the caller in the same transaction.
+    public static func claimDueAccountTimers(_ c: isolated PostgresConnection, now: Instant, limit: Int) throws -> [String] {
+        try c.query("""
+            SELECT account_id FROM account_timers WHERE due_at <= $1::timestamptz
+            ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED
+            """, [.text(now.rfc3339), .int(Int64(limit))]).map { try $0.decode("account_id", as: String.self) }
+    }
+
+    // MARK: follow-ups
+
+    public static func followupKeys(_ c: isolated PostgresConnection, referrals: [String]) throws -> Set<String> {
+        Set(try c.query("SELECT followup_key FROM followups WHERE referral_id = ANY($1::text[])", [.textArray(referrals)])
+            .map { try $0.decode("followup_key", as: String.self) })
+    }
+
+    /// Records follow-ups; returns those that were new (the others were sent already).
+    public static func recordFollowups(_ c: isolated PostgresConnection, _ due: [FollowupDue]) throws -> [FollowupDue] {
+        if due.isEmpty { return [] }
+        let inserted = Set(try c.query("""
+            INSERT INTO followups (followup_key, referral_id, stage, stalled_since, sent_at)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+            ON CONFLICT (followup_key) DO NOTHING
+            RETURNING followup_key
+            """, [.textArray(due.map(\.key)), .textArray(due.map(\.referralId)), .textArray(due.map(\.stage.rawValue)),
+                  .textArray(due.map { $0.stalledSince.rfc3339 }), .textArray(due.map { $0.sentAt.rfc3339 })])
+            .map { try $0.decode("followup_key", as: String.self) })
+        return due.filter { inserted.contains($0.key) }
+    }
+}
+
+func instant(_ row: PostgresRow, _ column: String) throws -> Instant {
+    Instant(microseconds: try row.decode(column, as: PostgresTimestamp.self).microsecondsSinceEpoch)
+}
+
+/// An ask fact as a row of `ask_facts`.
+struct AskFactRow {
+    var kind: String
+    var segment: String?, ticket: String?, csat: Int?, measured: Double?, plan: Double?
+    var prompts: Bool?, invoice: String?, credits: Int64?, firstAsk: Instant?
+
+    init(_ f: AskFact) {
+        switch f.kind {
+        case .installCompleted: kind = "installed"
+        case .serviceActivated(let s): kind = "activated"; segment = s?.rawValue
+        case .serviceCancelled: kind = "cancelled"
+        case .speedTest(let m, let p): kind = "speed_test"; measured = m; plan = p
+        case .ticketOpened(let t): kind = "ticket_opened"; ticket = t
+        case .ticketResolved(let t, let c): kind = "ticket_resolved"; ticket = t; csat = c
+        case .preferencesChanged(let on): kind = "preferences"; prompts = on
+        case .invoiceOverdue(let i): kind = "overdue"; invoice = i
+        case .invoicePaid(let i, let c): kind = "paid"; invoice = i; credits = c
+        case .customerErased: kind = "erased"
+        case .enrolled(let at): kind = "enrolled"; firstAsk = at
+        }
+    }
+
+    /// nil for a kind this binary does not know (a newer release's row).
+    static func fact(_ row: PostgresRow) throws -> AskFact? {
+        let account = try row.decode("account_id", as: String.self)
+        let at = try instant(row, "at")
+        func s(_ c: String) throws -> String? { try row.decodeIfPresent(c, as: String.self) }
+        let kind: AskFact.Kind
+        switch try row.decode("kind", as: String.self) {
+        case "installed": kind = .installCompleted
+        case "activated": kind = .serviceActivated(segment: try s("segment").flatMap(Segment.init(rawValue:)))
+        case "cancelled": kind = .serviceCancelled
+        case "speed_test":
+            kind = .speedTest(measuredDownMbps: try row.decode("measured_mbps", as: Double.self),
+                              planDownMbps: try row.decode("plan_mbps", as: Double.self))
+        case "ticket_opened": kind = .ticketOpened(ticketId: try s("ticket_id") ?? "")
+        case "ticket_resolved":
+            kind = .ticketResolved(ticketId: try s("ticket_id") ?? "",
+                                   csat: try row.decodeIfPresent("csat", as: Int64.self).map { Int($0) })
+        case "preferences": kind = .preferencesChanged(referralPrompts: try row.decode("prompts", as: Bool.self))
+        case "overdue": kind = .invoiceOverdue(invoiceId: try s("invoice_id") ?? "")
+        case "paid": kind = .invoicePaid(invoiceId: try s("invoice_id") ?? "", creditsMinor: try row.decodeIfPresent("credits_minor", as: Int64.self))
+        case "erased": kind = .customerErased
+        case "enrolled": kind = .enrolled(firstAskAt: try instant(row, "first_ask_at"))
+        default: return nil
+        }
+        return AskFact(accountId: account, at: at, kind: kind)
+    }
+}
