@@ -21,7 +21,7 @@ public enum Operations {
             throw SettingsError(key: "REFERRALD_AMQP_URL", source: "environment", message: "is required for topology")
         }
         let amqp = try await AMQPConnection.connect(
-            try AMQPURL(parsing: settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
+            try AMQPURL(parsing: settings.amqpURL), tls: settings.amqpTLS, heartbeatSeconds: settings.heartbeatSeconds,
             connectionName: "referrald topology", logger: logger)
         do {
             try await Topology(settings: settings).declare(on: amqp, passiveUpstream: passiveUpstream, logger: logger)

@@ -75,14 +75,14 @@ public actor Worker {
         }
         if publisher == nil {
             let p = try await AMQPConnection.connect(
-                try AMQPURL(parsing: settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
+                try AMQPURL(parsing: settings.amqpURL), tls: settings.amqpTLS, heartbeatSeconds: settings.heartbeatSeconds,
                 connectionName: "\(instanceName) publisher", logger: logger)
             try await p.enableConfirms()
             publisher = p
         }
         if consumer == nil {
             let c = try await AMQPConnection.connect(
-                try AMQPURL(parsing: settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
+                try AMQPURL(parsing: settings.amqpURL), tls: settings.amqpTLS, heartbeatSeconds: settings.heartbeatSeconds,
                 connectionName: "\(instanceName) consumer", logger: logger)
             try await c.consume(queue: settings.inboxQueue, prefetch: UInt16(settings.prefetch))
             consumer = c
