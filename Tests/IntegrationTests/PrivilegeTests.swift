@@ -93,12 +93,17 @@ import Testing
     }
 
     /// The worker as `referrald_app`: an activation in, a code issued and published out. That
-    /// covers inbox, facts, codes, outbox with its lease, timers and program versions.
+    /// covers inbox, facts, codes, outbox with its lease, timers and program versions. On the
+    /// broker it runs as a user with only the `referrald run` permissions of docs/security.md.
     static func runWorker(database name: String) async throws {
         let broker = try await AMQPConnection.connect(
             try AMQPURL(parsing: TestServices.amqpURL), connectionName: "\(name) test", logger: TestServices.logger)
+        var runtimeURL = try AMQPURL(parsing: TestServices.amqpURL)
+        runtimeURL.user = "\(name)-run"
+        runtimeURL.password = "\(name)-run"
         let settings = try await Settings.load(configFile: nil, environment: [
-            "REFERRALD_AMQP_URL": TestServices.amqpURL,
+            "REFERRALD_AMQP_URL": "amqp://\(runtimeURL.user):\(runtimeURL.password)@\(runtimeURL.host):\(runtimeURL.port)/"
+                + runtimeURL.vhost,
             "REFERRALD_DATABASE_URL": try url(appURL, database: name),
             "REFERRALD_PROGRAMS_FILE": TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path,
             "REFERRALD_INBOX_QUEUE": "\(name).inbox",
@@ -113,6 +118,13 @@ import Testing
         var failure: (any Error)?
         var worker: Task<Void, any Error>?
         do {
+            _ = try AMQPTestBroker.rabbitmqctl(["add_user", runtimeURL.user, runtimeURL.password])
+            // The docs' expressions for `referrald run`, over this test's names.
+            _ = try AMQPTestBroker.rabbitmqctl([
+                "set_permissions", "-p", runtimeURL.vhost, runtimeURL.user, "^$",
+                "^(\(NSRegularExpression.escapedPattern(for: settings.eventsExchange))|\(NSRegularExpression.escapedPattern(for: settings.deadLetterExchange)))$",
+                "^\(NSRegularExpression.escapedPattern(for: settings.inboxQueue))$",
+            ])
             try await Topology(settings: settings).declare(on: broker, passiveUpstream: false, logger: TestServices.logger)
             try await broker.declareQueue(observer, arguments: ["x-queue-type": .string("quorum")])
             try await broker.bindQueue(observer, exchange: settings.eventsExchange, routingKey: "#")
@@ -140,6 +152,7 @@ import Testing
             try? await cleaner.deleteExchange(exchange)
         }
         await cleaner.close()
+        _ = try? AMQPTestBroker.rabbitmqctl(["delete_user", runtimeURL.user])
         if let failure { throw failure }
     }
 }
