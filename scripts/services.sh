@@ -6,6 +6,11 @@
 #   scripts/services.sh start | stop | status | env
 #
 # No systemd runs on these machines, so both servers are started by hand, detached.
+#
+# TLS: a throw-away CA (made once, in $STATE/tls) signs the servers' certificate (CN and SAN
+# localhost, SAN IP 127.0.0.1) and a client certificate; a second, unrelated CA exists only so
+# that tests can show a wrong CA is refused. RabbitMQ listens for AMQPS on the AMQP port - 1
+# (5671); PostgreSQL has ssl=on on its one port (libpq negotiates TLS there).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,7 +19,9 @@ PG_PORT="${REFERRALD_PG_PORT:-54329}"
 AMQP_PORT="${REFERRALD_AMQP_PORT:-5672}"
 PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
 RMQ_BIN=/usr/lib/rabbitmq/bin
+AMQPS_PORT=$((AMQP_PORT - 1))
 NODE="referrald-$AMQP_PORT@localhost"
+TLS_DIR="$STATE/tls"
 
 log() { printf 'services: %s\n' "$*" >&2; }
 
@@ -38,6 +45,46 @@ install_packages() {
   fi
 }
 
+# Makes the CAs and certificates once. Generated in a scratch folder and moved into place in
+# one rename, so an interrupted run never leaves a CA without the certificates it signed (a
+# half-made set would be kept by the "exists" check and fail every handshake).
+tls_material() {
+  [ -f "$TLS_DIR/wrong-client.pem" ] && return 0
+  log "making a throw-away CA and certificates in $TLS_DIR"
+  mkdir -p "$STATE"
+  local tmp; tmp="$(mktemp -d "$STATE/tls.XXXXXX")"
+  (
+    cd "$tmp"
+    umask 077
+    ca() {  # name, subject
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "$2" -keyout "$1.key" -out "$1.pem" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+    }
+    leaf() {  # name, subject, signing CA, extensions
+      openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$1.key" -out "$1.csr" 2>/dev/null
+      printf '%s\n' "$4" > "$1.ext"
+      openssl x509 -req -in "$1.csr" -CA "$3.pem" -CAkey "$3.key" -set_serial "0x$(openssl rand -hex 16)" \
+        -days 825 -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+      rm -f "$1.csr" "$1.ext"
+    }
+    ca ca "/CN=referrald throw-away CA"
+    ca wrong-ca "/CN=referrald wrong CA (tests only)"
+    # DNS and IP SANs: libpq matches IP SANs, librabbitmq 0.11 only DNS ones (see docs/security.md).
+    leaf server "/CN=localhost" ca "subjectAltName=DNS:localhost,IP:127.0.0.1
+extendedKeyUsage=serverAuth
+basicConstraints=critical,CA:FALSE"
+    leaf client "/CN=referrald" ca "extendedKeyUsage=clientAuth
+basicConstraints=critical,CA:FALSE"
+    leaf wrong-client "/CN=referrald" wrong-ca "extendedKeyUsage=clientAuth
+basicConstraints=critical,CA:FALSE"
+    # Certificates are public; tests running as another user must read them.
+    chmod 644 ./*.pem
+  )
+  rm -rf "$TLS_DIR"
+  mv "$tmp" "$TLS_DIR"
+  chmod 755 "$TLS_DIR"
+}
+
 # PostgreSQL refuses to run as root: the cluster belongs to the `postgres` system user.
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
@@ -57,6 +104,7 @@ max_connections = 200
 fsync = on
 CONF
   fi
+  pg_tls_config "$data"
   if as_pg "$PG_BIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
     log "PostgreSQL already running on 127.0.0.1:$PG_PORT"
   elif "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
@@ -68,12 +116,58 @@ CONF
     log "PostgreSQL started on 127.0.0.1:$PG_PORT"
   fi
   local psql=("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt)
+  # ssl is reloadable (PostgreSQL 10+): a cluster started by the old script gets TLS from a
+  # reload, without the restart that would fail other checkouts' running tests.
+  if [ "$("${psql[@]}" -c "show ssl")" != on ]; then
+    if as_pg "$PG_BIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+      as_pg "$PG_BIN/pg_ctl" -D "$data" reload >/dev/null
+      sleep 1
+    fi
+    if [ "$("${psql[@]}" -c "show ssl")" = on ]; then
+      log "PostgreSQL: TLS turned on by a reload"
+    else
+      log "PostgreSQL on 127.0.0.1:$PG_PORT runs WITHOUT TLS (not this folder's cluster, or the reload failed: see its server.log); run scripts/services.sh stop && scripts/services.sh start"
+    fi
+  fi
   if [ "$("${psql[@]}" -c "select 1 from pg_roles where rolname='referrald'")" != 1 ]; then
     "${psql[@]}" -c "create role referrald login password 'referrald' createdb"
   fi
   if [ "$("${psql[@]}" -c "select 1 from pg_database where datname='referrald'")" != 1 ]; then
     "${psql[@]}" -c "create database referrald owner referrald"
   fi
+  pg_least_privilege_roles "${psql[@]}"
+}
+
+# The server's key and certificate are copied into the data folder: PostgreSQL refuses a key
+# that its own user does not own or that others can read.
+pg_tls_config() {
+  local data="$1" pair
+  for pair in server.pem:server.crt server.key:server.key ca.pem:root.crt; do
+    cmp -s "$TLS_DIR/${pair%%:*}" "$data/${pair#*:}" || install -m 600 "$TLS_DIR/${pair%%:*}" "$data/${pair#*:}"
+    [ "$(id -u)" = 0 ] && chown postgres: "$data/${pair#*:}"
+  done
+  # An include keeps the TLS lines in their own file, so clusters made before TLS get them too.
+  grep -qx "include_if_exists = 'referrald-tls.conf'" "$data/postgresql.conf" \
+    || echo "include_if_exists = 'referrald-tls.conf'" >> "$data/postgresql.conf"
+  # ssl_ca_file lets clients present a certificate; pg_hba does not demand one, so the
+  # password-only connections of the existing tests keep working.
+  cat > "$data/referrald-tls.conf" <<CONF
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_ca_file = 'root.crt'
+ssl_min_protocol_version = 'TLSv1.2'
+CONF
+  [ "$(id -u)" = 0 ] && chown postgres: "$data/referrald-tls.conf"
+  return 0
+}
+
+# The least-privilege roles of deploy/postgres/roles.sql, with local passwords. The migration
+# role may create databases here (and only here): the privilege tests migrate a fresh one.
+pg_least_privilege_roles() {
+  "$@" -d referrald -f "$ROOT/deploy/postgres/roles.sql" >/dev/null
+  "$@" -c "alter role referrald_migrate password 'referrald_migrate' createdb" \
+       -c "alter role referrald_app password 'referrald_app'" >/dev/null
 }
 
 pg_stop() {
@@ -103,13 +197,27 @@ rmq_start() {
   [ -f "$STATE/rabbitmq/enabled_plugins" ] || echo '[].' > "$STATE/rabbitmq/enabled_plugins"
   # Loopback only; heartbeats as the broker default; a consumer ack timeout of 30 min is the
   # broker's default and stays (see DESIGN-NOTES: no batch may wait that long).
+  # TLS: verify_peer asks a client for a certificate and checks one that is sent against the
+  # CA; fail_if_no_peer_cert = false still admits password-only clients.
   cat > "$STATE/rabbitmq/rabbitmq.conf" <<CONF
 listeners.tcp.1 = 127.0.0.1:$AMQP_PORT
+listeners.ssl.1 = 127.0.0.1:$AMQPS_PORT
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/server.pem
+ssl_options.keyfile = $TLS_DIR/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+ssl_options.versions.1 = tlsv1.3
+ssl_options.versions.2 = tlsv1.2
 loopback_users = none
 log.file.level = warning
 CONF
   if "$RMQ_BIN/rabbitmqctl" -n "$NODE" status >/dev/null 2>&1; then
     log "RabbitMQ already running on 127.0.0.1:$AMQP_PORT"
+    # Listeners are only read at boot: a node started by the script of before TLS has none.
+    if ! "$RMQ_BIN/rabbitmq-diagnostics" -n "$NODE" -q listeners 2>/dev/null | grep -q "port: $AMQPS_PORT,"; then
+      log "RabbitMQ runs WITHOUT the AMQPS listener on 127.0.0.1:$AMQPS_PORT (started before TLS was added); run scripts/services.sh stop && scripts/services.sh start"
+    fi
   else
     # Started in the background rather than with -detached, so that a node that dies at boot
     # (a bad port, a stale lock) is seen at once instead of after a long wait.
@@ -125,7 +233,7 @@ CONF
       fi
       sleep 1
     done
-    log "RabbitMQ started on 127.0.0.1:$AMQP_PORT"
+    log "RabbitMQ started on 127.0.0.1:$AMQP_PORT (AMQPS on $AMQPS_PORT)"
   fi
   local ctl=("$RMQ_BIN/rabbitmqctl" -n "$NODE" -q)
   "${ctl[@]}" list_vhosts | grep -qx referrald || "${ctl[@]}" add_vhost referrald >/dev/null
@@ -150,11 +258,20 @@ export REFERRALD_TEST_AMQP_URL=amqp://referrald:referrald@127.0.0.1:$AMQP_PORT/r
 export REFERRALD_TEST_DATABASE_URL=postgres://referrald:referrald@127.0.0.1:$PG_PORT/referrald
 export REFERRALD_RABBITMQ_NODE=$NODE
 export REFERRALD_PG_CTL="$PG_BIN/pg_ctl -D $STATE/postgres"
+export REFERRALD_TEST_AMQPS_URL=amqps://referrald:referrald@localhost:$AMQPS_PORT/referrald_test
+export REFERRALD_TEST_CA_FILE=$TLS_DIR/ca.pem
+export REFERRALD_TEST_CLIENT_CERT=$TLS_DIR/client.pem
+export REFERRALD_TEST_CLIENT_KEY=$TLS_DIR/client.key
+export REFERRALD_TEST_WRONG_CA_FILE=$TLS_DIR/wrong-ca.pem
+export REFERRALD_TEST_WRONG_CLIENT_CERT=$TLS_DIR/wrong-client.pem
+export REFERRALD_TEST_WRONG_CLIENT_KEY=$TLS_DIR/wrong-client.key
+export REFERRALD_TEST_MIGRATE_DATABASE_URL=postgres://referrald_migrate:referrald_migrate@127.0.0.1:$PG_PORT/referrald
+export REFERRALD_TEST_APP_DATABASE_URL=postgres://referrald_app:referrald_app@127.0.0.1:$PG_PORT/referrald
 ENV
 }
 
 case "${1:-start}" in
-  start) install_packages; pg_start; rmq_start ;;
+  start) install_packages; tls_material; pg_start; rmq_start ;;
   stop) rmq_stop; pg_stop ;;
   status)
     rmq_env

@@ -42,6 +42,14 @@ public final class AMQPConnection: Sendable {
                 .invalidUsage, operation: "connect to \(url)",
                 detail: "TLS settings were given for an amqp:// URL; use amqps:// to encrypt")
         }
+        // librabbitmq 0.11 never loads OpenSSL's default trust store, so a verifying socket
+        // without a CA file trusts nothing: refuse here, saying why, rather than fail every
+        // handshake with a bare "certificate verify failed".
+        if url.useTLS, (tls ?? AMQPTLS()).verifyPeer, (tls ?? AMQPTLS()).caCertificatePath == nil {
+            throw AMQPError(
+                .invalidUsage, operation: "connect to \(url)",
+                detail: "amqps:// needs a CA file (librabbitmq does not read the system trust store; for a public CA give /etc/ssl/certs/ca-certificates.crt)")
+        }
         guard (0...65535).contains(heartbeatSeconds) else {
             throw AMQPError(.invalidUsage, operation: "connect to \(url)", detail: "heartbeatSeconds out of range")
         }

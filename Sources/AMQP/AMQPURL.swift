@@ -164,9 +164,11 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// TLS settings for `amqps://` URLs (librabbitmq's OpenSSL socket). Give `caCertificatePath` for a
-/// broker whose certificate is signed by a private CA. Hostname verification checks the URL's
-/// host against the certificate: connect by the name in the certificate, not by IP address.
+/// TLS settings for `amqps://` URLs (librabbitmq's OpenSSL socket). `caCertificatePath` is
+/// required while `verifyPeer` is on: librabbitmq 0.11 does not read OpenSSL's default trust
+/// store, so for a public CA pass the system bundle (/etc/ssl/certs/ca-certificates.crt).
+/// Hostname verification checks the URL's host against the certificate's DNS names only
+/// (librabbitmq 0.11 ignores IP address SANs): connect by a name in the certificate, not by IP.
 public struct AMQPTLS: Sendable, Equatable {
     public var caCertificatePath: String?
     public var clientCertificatePath: String?

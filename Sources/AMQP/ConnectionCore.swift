@@ -535,7 +535,18 @@ final class ConnectionCore {
 
         var connectTimeout = timeval(tv_sec: 10, tv_usec: 0)
         let status = amqp_socket_open_noblock(socket, url.host, Int32(url.port), &connectTimeout)
-        guard status == AMQP_STATUS_OK.rawValue else { throw fail("cannot open the socket", status: status) }
+        guard status == AMQP_STATUS_OK.rawValue else {
+            // Name the usual causes: librabbitmq's own text ("SSL hostname verification failed")
+            // does not say which setting to look at.
+            switch status {
+            case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue:
+                throw fail("TLS: the broker's certificate is not trusted by the CA file (another CA, or expired)", status: status)
+            case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED.rawValue:
+                throw fail("TLS: the broker's certificate does not name \(url.host) (a DNS name is needed: IP SANs are not matched)", status: status)
+            default:
+                throw fail("cannot open the socket", status: status)
+            }
+        }
 
         // Without an RPC timeout a broker that accepts a declare and never answers would hold
         // the thread (and every caller queued behind it) forever.

@@ -11,8 +11,7 @@ public enum Operations {
         guard !settings.databaseURL.isEmpty else {
             throw SettingsError(key: "REFERRALD_DATABASE_URL", source: "environment", message: "is required for migrate")
         }
-        let db = try await PostgresConnection.connect(
-            try PostgresURL(parsing: settings.databaseURL), applicationName: "referrald migrate", logger: logger)
+        let db = try await settings.connectPostgres(name: "referrald migrate", logger: logger)
         defer { Task { await db.close() } }
         return try await Schema.migrate(db, logger: logger)
     }
@@ -21,9 +20,7 @@ public enum Operations {
         guard !settings.amqpURL.isEmpty else {
             throw SettingsError(key: "REFERRALD_AMQP_URL", source: "environment", message: "is required for topology")
         }
-        let amqp = try await AMQPConnection.connect(
-            try AMQPURL(parsing: settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
-            connectionName: "referrald topology", logger: logger)
+        let amqp = try await settings.connectAMQP(name: "referrald topology", logger: logger)
         do {
             try await Topology(settings: settings).declare(on: amqp, passiveUpstream: passiveUpstream, logger: logger)
         } catch {
@@ -39,8 +36,7 @@ public enum Operations {
         var lines: [String] = []
         let db: PostgresConnection
         do {
-            db = try await PostgresConnection.connect(
-                try PostgresURL(parsing: settings.databaseURL), applicationName: "referrald check", logger: logger)
+            db = try await settings.connectPostgres(name: "referrald check", logger: logger)
         } catch {
             throw CheckError(subject: "database (REFERRALD_DATABASE_URL)", reason: "\(error)")
         }
@@ -59,9 +55,7 @@ public enum Operations {
         }
         let amqp: AMQPConnection
         do {
-            amqp = try await AMQPConnection.connect(
-                try AMQPURL(parsing: settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
-                connectionName: "referrald check", logger: logger)
+            amqp = try await settings.connectAMQP(name: "referrald check", logger: logger)
         } catch {
             throw CheckError(subject: "broker (REFERRALD_AMQP_URL)", reason: "\(error)")
         }

@@ -12,6 +12,10 @@ import SystemPackage
 /// environment names (`REFERRALD_AMQP_URL`); the README's configuration reference is this table.
 public struct Settings: Sendable {
     public var amqpURL: String
+    /// PEM files for `amqps://`; nil when not set. See `amqpTLS`.
+    public var amqpCAFile: String?
+    public var amqpCertFile: String?
+    public var amqpKeyFile: String?
     public var databaseURL: String
     public var programsFile: String
     public var httpPort: Int
@@ -52,6 +56,12 @@ public struct Settings: Sendable {
     public static let keys: [Key] = [
         Key(name: "REFERRALD_AMQP_URL", defaultValue: nil,
             help: "amqp:// or amqps:// URL of the broker: user, password, host, port, vhost.", secret: true),
+        Key(name: "REFERRALD_AMQP_CA_FILE", defaultValue: "",
+            help: "PEM file of the CA(s) that sign the broker's certificate; required with amqps:// (for a public CA, the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt). The certificate and the URL's host name are always verified.", secret: false),
+        Key(name: "REFERRALD_AMQP_CERT_FILE", defaultValue: "",
+            help: "PEM client certificate for amqps:// when the broker asks for one (with REFERRALD_AMQP_KEY_FILE).", secret: false),
+        Key(name: "REFERRALD_AMQP_KEY_FILE", defaultValue: "",
+            help: "PEM private key (unencrypted) of REFERRALD_AMQP_CERT_FILE; keep it readable by the daemon's user only.", secret: false),
         Key(name: "REFERRALD_DATABASE_URL", defaultValue: nil,
             help: "postgres:// URL of the database (sslmode etc. as query parameters).", secret: true),
         Key(name: "REFERRALD_PROGRAMS_FILE", defaultValue: nil,
@@ -142,8 +152,15 @@ public struct Settings: Sendable {
             }
             return span
         }
+        func path(_ name: String) throws -> String? {
+            let text = try value(name)
+            return text.isEmpty ? nil : text
+        }
         let settings = Settings(
             amqpURL: try value("REFERRALD_AMQP_URL"),
+            amqpCAFile: try path("REFERRALD_AMQP_CA_FILE"),
+            amqpCertFile: try path("REFERRALD_AMQP_CERT_FILE"),
+            amqpKeyFile: try path("REFERRALD_AMQP_KEY_FILE"),
             databaseURL: try value("REFERRALD_DATABASE_URL"),
             programsFile: try value("REFERRALD_PROGRAMS_FILE"),
             httpPort: try int("REFERRALD_HTTP_PORT", 0...65535),
@@ -203,6 +220,44 @@ public struct Settings: Sendable {
         if !["logfmt", "json"].contains(logFormat) {
             throw SettingsError(key: "REFERRALD_LOG_FORMAT", source: source, message: "must be logfmt or json")
         }
+        try validateAMQPTLS(source: source)
+    }
+
+    /// TLS files are checked here, not at the first connect: the worker retries connect failures
+    /// for ever, so a typo in a path would otherwise be a quiet reconnect loop instead of a refusal
+    /// to start.
+    private func validateAMQPTLS(source: String) throws {
+        let files = [("REFERRALD_AMQP_CA_FILE", amqpCAFile), ("REFERRALD_AMQP_CERT_FILE", amqpCertFile),
+                     ("REFERRALD_AMQP_KEY_FILE", amqpKeyFile)]
+        let usesTLS = amqpURL.lowercased().hasPrefix("amqps://")
+        if !usesTLS {
+            // Set files with an amqp:// URL mean someone expects encryption that would not happen.
+            if let (key, _) = files.first(where: { $0.1 != nil }), !amqpURL.isEmpty {
+                throw SettingsError(key: key, source: source,
+                                    message: "is set but REFERRALD_AMQP_URL is amqp://: use amqps:// to encrypt")
+            }
+            return
+        }
+        // librabbitmq 0.11 never loads OpenSSL's default trust store: without a CA file every
+        // handshake would fail with a bare "certificate verify failed".
+        guard amqpCAFile != nil else {
+            throw SettingsError(key: "REFERRALD_AMQP_CA_FILE", source: source,
+                                message: "is required with amqps:// (the system bundle /etc/ssl/certs/ca-certificates.crt for a public CA)")
+        }
+        if (amqpCertFile == nil) != (amqpKeyFile == nil) {
+            throw SettingsError(key: amqpCertFile == nil ? "REFERRALD_AMQP_CERT_FILE" : "REFERRALD_AMQP_KEY_FILE",
+                                source: source, message: "is required with the other of REFERRALD_AMQP_CERT_FILE / REFERRALD_AMQP_KEY_FILE")
+        }
+        for case let (key, path?) in files where !FileManager.default.isReadableFile(atPath: path) {
+            throw SettingsError(key: key, source: source, message: "cannot read \(path)")
+        }
+    }
+
+    /// What `AMQPConnection.connect` needs for `REFERRALD_AMQP_URL`: nil for `amqp://`. Peer and
+    /// host name verification are always on; there is deliberately no setting to turn them off.
+    public var amqpTLS: AMQPTLS? {
+        guard amqpURL.lowercased().hasPrefix("amqps://") else { return nil }
+        return AMQPTLS(caCertificatePath: amqpCAFile, clientCertificatePath: amqpCertFile, clientKeyPath: amqpKeyFile)
     }
 }
 

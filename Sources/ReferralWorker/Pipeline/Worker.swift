@@ -70,8 +70,7 @@ public actor Worker {
     private func connect() async throws {
         if db == nil || publisher == nil || consumer == nil { status.connecting() }
         if db == nil {
-            let connection = try await PostgresConnection.connect(
-                try PostgresURL(parsing: settings.databaseURL), applicationName: instanceName, logger: logger)
+            let connection = try await settings.connectPostgres(name: instanceName, logger: logger)
             let version = try await Schema.currentVersion(connection)
             guard version >= Schema.latestVersion else {
                 await connection.close()
@@ -83,16 +82,12 @@ public actor Worker {
             status.databaseConnected()
         }
         if publisher == nil {
-            let p = try await AMQPConnection.connect(
-                try AMQPURL(parsing: settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
-                connectionName: "\(instanceName) publisher", logger: logger)
+            let p = try await settings.connectAMQP(name: "\(instanceName) publisher", logger: logger)
             try await p.enableConfirms()
             publisher = p
         }
         if consumer == nil {
-            let c = try await AMQPConnection.connect(
-                try AMQPURL(parsing: settings.amqpURL), heartbeatSeconds: settings.heartbeatSeconds,
-                connectionName: "\(instanceName) consumer", logger: logger)
+            let c = try await settings.connectAMQP(name: "\(instanceName) consumer", logger: logger)
             try await c.consume(queue: settings.inboxQueue, prefetch: UInt16(settings.prefetch))
             consumer = c
             logger.info("consuming", metadata: ["amqp.queue": "\(settings.inboxQueue)"])

@@ -22,11 +22,8 @@ public enum DeadLetterReplay {
     /// removed, and acked in the DLQ only after the broker confirmed the copy.
     /// `onlyError` replays only dead letters with that `x-referrald-error`.
     public static func run(settings: Settings, onlyError: String?, limit: Int?, logger: Logger) async throws -> Result {
-        let url = try AMQPURL(parsing: settings.amqpURL)
-        let reader = try await AMQPConnection.connect(url, heartbeatSeconds: settings.heartbeatSeconds,
-                                                      connectionName: "referrald dlq replay (reader)", logger: logger)
-        let writer = try await AMQPConnection.connect(url, heartbeatSeconds: settings.heartbeatSeconds,
-                                                      connectionName: "referrald dlq replay (writer)", logger: logger)
+        let reader = try await settings.connectAMQP(name: "referrald dlq replay (reader)", logger: logger)
+        let writer = try await settings.connectAMQP(name: "referrald dlq replay (writer)", logger: logger)
         defer { Task { await reader.close(); await writer.close() } }
         try await writer.enableConfirms()
         let waiting = Int(try await reader.declareQueue(settings.deadLetterQueue, durable: true, passive: true).messageCount)

@@ -8,8 +8,7 @@ import ReferralStore
 /// function the worker runs, over the same stored facts.
 public enum Explain {
     public static func run(settings: Settings, id: String, now: Instant, logger: Logger) async throws -> String {
-        let db = try await PostgresConnection.connect(
-            try PostgresURL(parsing: settings.databaseURL), applicationName: "referrald explain", logger: logger)
+        let db = try await settings.connectPostgres(name: "referrald explain", logger: logger)
         defer { Task { await db.close() } }
         return try await render(db, id: id, now: now)
     }
