@@ -2,6 +2,7 @@
 # Times `referrald report --format json` over a generated database of 1,000,000 referrals.
 #
 #   scripts/bench-report.sh [REFERRALS]        (default 1000000)
+#   REUSE=1 scripts/bench-report.sh            (time the report again over the last generated database)
 #
 # Generates, with generate_series in a scratch database on the local PostgreSQL (dropped and
 # re-created each run), two years of: referral leads and their facts (order, install,
@@ -17,6 +18,7 @@ URL="${BASE_URL%/*}/$DB"
 BIN="${REFERRALD_BIN:-$ROOT/.build/debug/referrald}"
 [ -x "$BIN" ] || { echo "build first: swift build -c release (REFERRALD_BIN=.build/release/referrald)" >&2; exit 1; }
 
+if [ "${REUSE:-0}" != 1 ]; then
 psql -q -X "$BASE_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
 REFERRALD_DATABASE_URL="$URL" REFERRALD_LOG_LEVEL=warning "$BIN" migrate >/dev/null
 
@@ -37,7 +39,7 @@ CREATE TEMP TABLE g AS
 SELECT i, 'acct-r' || (1 + (i * 7919) % (:n / 5)) AS referrer,
        timestamptz '2024-01-01' + (i::float8 / :n) * interval '730 days' AS lead_at,
        (i * 7907) % 100 AS p
-FROM generate_series(1, :n) i;
+FROM generate_series(1::int8, :n) i;
 
 INSERT INTO referrals (referral_id, lead_id, code, referrer_account_id, program_id, program_version,
                        friend_account_id, stage, reason, rule, created_at, updated_at)
@@ -99,10 +101,11 @@ SELECT 'ask-' || i, CASE WHEN i % 2 = 0 THEN 'acct-r' || (1 + i % (:n / 5)) ELSE
 FROM (SELECT i, timestamptz '2024-01-01' + (i::float8 / (:n * 4 / 5)) * interval '730 days' AS t
       FROM generate_series(1, :n * 4 / 5) i) a;
 
-ANALYZE;
+ANALYZE facts, referrals, rewards, asks, effects, referral_codes;
 SQL
 end=$(date +%s.%N)
 printf 'generated %s referrals in %.1f s\n' "$N" "$(echo "$end - $start" | bc)"
+fi
 psql -q -X -t "$URL" -c "SELECT 'rows: facts ' || (SELECT count(*) FROM facts) || ', referrals ' || (SELECT count(*) FROM referrals) || ', rewards ' || (SELECT count(*) FROM rewards) || ', asks ' || (SELECT count(*) FROM asks) || ', effects ' || (SELECT count(*) FROM effects)"
 
 run() {
