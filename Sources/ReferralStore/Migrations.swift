@@ -208,6 +208,19 @@ public enum Schema {
             );
             CREATE INDEX account_timers_due ON account_timers (due_at);
             """),
+        Migration(version: 4, name: "report indexes", sql: """
+            -- `referrald report` selects its cohort as the leads whose fact time lies in the period:
+            -- without this index every report reads all of `facts` (every kind) to find them.
+            CREATE INDEX facts_lead_at ON facts (at, lead_id) WHERE kind = 'lead';
+            -- Stage times of a cohort (order by lead, install and activation by friend account,
+            -- credit applied by reward) are looked up per referral when the period is short:
+            -- (key, kind, at) answers each from the index alone instead of visiting every fact
+            -- of a busy account or lead.
+            CREATE INDEX facts_lead_kind_at ON facts (lead_id, kind, at) WHERE lead_id IS NOT NULL;
+            CREATE INDEX facts_account_kind_at ON facts (account_id, kind, at) WHERE account_id IS NOT NULL;
+            -- Asks of the period, by moment.
+            CREATE INDEX asks_sent ON asks (sent_at);
+            """),
     ]
 
     public static var latestVersion: Int { migrations.last?.version ?? 0 }

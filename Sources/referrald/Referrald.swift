@@ -14,7 +14,8 @@ struct Referrald: AsyncParsableCommand {
 
             \(Settings.keys.map { "  \($0.name)\($0.defaultValue.map { " (default \($0))" } ?? " (required)")\n      \($0.help)" }.joined(separator: "\n"))
             """,
-        subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self],
+        subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
+                      ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self],
         defaultSubcommand: nil)
 }
 
@@ -140,6 +141,71 @@ struct DeadLetters: AsyncParsableCommand {
             let result = try await DeadLetterReplay.run(settings: settings, onlyError: error, limit: limit,
                                                         logger: options.logger(settings))
             print("replayed \(result.replayed), kept \(result.kept)")
+        }
+    }
+}
+
+struct ReportCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "report",
+        abstract: "Measure a referral program over a period: asks, participation, funnel, cost, moments (docs/report.md).")
+
+    @OptionGroup var options: CommonOptions
+    @Option(help: "Start of the period (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339. Default: 90 days before --to.")
+    var from: String?
+    @Option(help: "End of the period (exclusive): YYYY-MM-DD or RFC 3339. Default: now.")
+    var to: String?
+    @Option(help: "Only this program id. Default: every program.")
+    var program: String?
+    @Option(help: "table, json or html.")
+    var format: String = "table"
+
+    func run() async throws {
+        let settings = try await options.settings(requireAll: false)
+        print(try await ReportCommands.report(settings: settings, from: from, to: to, program: program, format: format,
+                                              logger: options.logger(settings)), terminator: "")
+    }
+}
+
+struct SimulateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "simulate",
+        abstract: "Replay exported events under candidate programs and under the current ones (REFERRALD_PROGRAMS_FILE); print the difference.",
+        discussion: "Reads only the two programs files and the events file: nothing is written to the database or the broker.")
+
+    @OptionGroup var options: CommonOptions
+    @Option(help: "The candidate programs file (YAML, same format as REFERRALD_PROGRAMS_FILE).")
+    var programs: String
+    @Option(help: "An NDJSON file written by `referrald export-events`.")
+    var events: String
+    @Option(help: "Run the replay clock until this time (YYYY-MM-DD or RFC 3339). Default: the last event's time.")
+    var until: String?
+    @Option(help: "table or json.")
+    var format: String = "table"
+
+    func run() async throws {
+        let settings = try await options.settings(requireAll: false)
+        print(try ReportCommands.simulate(currentPrograms: settings.programsFile, candidatePrograms: programs, events: events,
+                                          until: until, format: format), terminator: "")
+    }
+}
+
+struct ExportEventsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export-events",
+        abstract: "Write the stored events as NDJSON (code snapshot lines, then inbox bodies in received order) for `simulate`.")
+
+    @OptionGroup var options: CommonOptions
+    @Option(help: "Only events whose fact time is at or after this (YYYY-MM-DD or RFC 3339).")
+    var from: String?
+    @Option(help: "Only events whose fact time is before this.")
+    var to: String?
+
+    func run() async throws {
+        let settings = try await options.settings(requireAll: false)
+        let out = FileHandle.standardOutput
+        try await ReportCommands.exportEvents(settings: settings, from: from, to: to, logger: options.logger(settings)) { bytes in
+            out.write(Data(bytes))
         }
     }
 }

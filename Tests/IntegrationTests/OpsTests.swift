@@ -165,13 +165,18 @@ import Testing
             try await bed.count("SELECT count(*) FROM referral_codes") == Int64(n)
         })
         #expect(try await bed.eventually { try await bed.queueDepth(bed.settings.inboxQueue) == 0 })
-        let observed = try await bed.take(from: bed.observerQueue, count: n, timeout: .seconds(60))
+        // Each activation yields its code and its post_activation ask: n of each, no more.
+        let observed = try await bed.take(from: bed.observerQueue, count: 2 * n, timeout: .seconds(60))
         let extra = try await bed.take(from: bed.observerQueue, count: 1, timeout: .seconds(2))
-        let accounts = try observed.map { try PipelineTests.data($0)["account_id"] as? String ?? "" }
-        print("ops: \(observed.count) referral.code.issued observed, \(Set(accounts).count) distinct accounts, \(extra.count) extra")
-        #expect(observed.count == n && extra.isEmpty)
-        #expect(observed.allSatisfy { $0.routingKey == "referral.code.issued" })
+        let codes = observed.filter { $0.routingKey == "referral.code.issued" }
+        let asks = observed.filter { $0.routingKey == "referral.ask.due" }
+        let accounts = try codes.map { try PipelineTests.data($0)["account_id"] as? String ?? "" }
+        let asked = try asks.map { try PipelineTests.data($0)["account_id"] as? String ?? "" }
+        print("ops: \(codes.count) referral.code.issued observed, \(Set(accounts).count) distinct accounts, \(asks.count) asks, \(extra.count) extra")
+        #expect(codes.count == n && asks.count == n && extra.isEmpty)
+        #expect(observed.count == codes.count + asks.count)
         #expect(Set(accounts).count == n && !accounts.contains(""))
+        #expect(Set(asked) == Set(accounts))
         #expect(try await bed.count("SELECT count(*) FROM referral_codes") == Int64(n))
         #expect(try await bed.queueDepth(bed.settings.deadLetterQueue) == 0)
 

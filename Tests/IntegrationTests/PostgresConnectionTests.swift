@@ -215,7 +215,9 @@ struct PostgresConnectionTests {
             }
             ticker.cancel()
             let ticks = await ticker.value
-            #expect(ticks > 20, "ticker advanced only \(ticks) times during 1 s of queries")
+            // About 50 ticks fit in the second; a pool blocked by the sleeping queries gives at
+            // most a couple. The margin is for a loaded 2-core machine running other suites.
+            #expect(ticks > 10, "ticker advanced only \(ticks) times during 1 s of queries")
         }
     }
 

@@ -54,6 +54,13 @@ public struct ReferralEngine: Sendable {
 
     public var recordedEffects: [Effect] { recorded }
 
+    /// A code issued before a replay's first event (its owner activated before the exported
+    /// period): recorded as already issued, so that leads carrying it bind as they did in
+    /// production instead of staying unattributed for want of the owner's activation.
+    public mutating func seedCode(accountId: String, code: String, programId: String) {
+        recorded.append(.codeIssued(accountId: accountId, code: code, programId: programId))
+    }
+
     /// A message arrives at `arrival`: timers due before it fire first, then the fact is stored
     /// (a duplicate changes nothing) and everything it touches is re-decided.
     @discardableResult
