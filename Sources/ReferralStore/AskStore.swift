@@ -67,15 +67,27 @@ extension Store {
                   .text(ask.dueAt.rfc3339), .text(ask.sentAt.rfc3339)]) == 1
     }
 
-    public static func setAccountTimer(_ c: isolated PostgresConnection, account: String, due: Instant?) throws {
-        if let due {
+    /// Sets each account's next wake-up, or clears it (nil), in two statements for the lot.
+    public static func setAccountTimers(_ c: isolated PostgresConnection, _ timers: [(account: String, due: Instant?)]) throws {
+        let set = timers.compactMap { t in t.due.map { (t.account, $0) } }
+        let cleared = timers.filter { $0.due == nil }.map(\.account)
+        if !set.isEmpty {
             try c.execute("""
-                INSERT INTO account_timers (account_id, due_at) VALUES ($1, $2::timestamptz)
+                INSERT INTO account_timers (account_id, due_at)
+                SELECT * FROM unnest($1::text[], $2::timestamptz[])
                 ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at
-                """, [.text(account), .text(due.rfc3339)])
-        } else {
-            try c.execute("DELETE FROM account_timers WHERE account_id = $1", [.text(account)])
+                """, [.textArray(set.map(\.0)), .textArray(set.map { $0.1.rfc3339 })])
         }
+        if !cleared.isEmpty {
+            try c.execute("DELETE FROM account_timers WHERE account_id = ANY($1::text[])", [.textArray(cleared)])
+        }
+    }
+
+    /// Accounts among these that `referrald enroll` already brought in: a re-run skips them.
+    public static func enrolledAccounts(_ c: isolated PostgresConnection, _ accounts: [String]) throws -> Set<String> {
+        Set(try c.query("""
+            SELECT DISTINCT account_id FROM ask_facts WHERE kind = 'enrolled' AND account_id = ANY($1::text[])
+            """, [.textArray(accounts)]).map { try $0.decode("account_id", as: String.self) })
     }
 
     /// Claims due account timers like `claimDueTimers`: locked until the transaction ends,

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import ReferralCore
 import ReferralWorker
 
 @main
@@ -15,7 +16,7 @@ struct Referrald: AsyncParsableCommand {
             \(Settings.keys.map { "  \($0.name)\($0.defaultValue.map { " (default \($0))" } ?? " (required)")\n      \($0.help)" }.joined(separator: "\n"))
             """,
         subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
-                      ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self],
+                      ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self],
         defaultSubcommand: nil)
 }
 
@@ -207,5 +208,55 @@ struct ExportEventsCommand: AsyncParsableCommand {
         try await ReportCommands.exportEvents(settings: settings, from: from, to: to, logger: options.logger(settings)) { bytes in
             out.write(Data(bytes))
         }
+    }
+}
+
+struct EnrollCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "enroll",
+        abstract: "Bring existing customers into the program: a code each, and a first ask spread over a period.",
+        discussion: """
+            The CSV has a header naming its columns: account_id, segment, activated_at (required),
+            household_id, contact_hash (optional). Bad rows are reported with their line number and
+            skipped, never half-applied. A re-run of the same file enrols nobody twice. The codes
+            are published by the running daemon's outbox relay.
+            """)
+
+    @OptionGroup var options: CommonOptions
+
+    @Option(help: "The CSV file.")
+    var csv: String
+
+    @Option(help: "Spread the first asks over this period, with a unit: 30d, 12h...")
+    var spread: String = "30d"
+
+    @Option(help: "Start of the spread, RFC 3339. Default: now.")
+    var start: String?
+
+    func run() async throws {
+        let settings = try await options.settings()
+        let logger = options.logger(settings)
+        guard let span = Span(spread), span.microseconds > 0 else {
+            throw ValidationError("--spread \"\(spread)\" is not a duration with a unit (45s, 10m, 36h, 30d)")
+        }
+        let startAt = try start.map { text in
+            guard let t = Instant(rfc3339: text) else { throw ValidationError("--start \"\(text)\" is not an RFC 3339 time") }
+            return t
+        } ?? SystemClock().now()
+        let programs = try ProgramBook.load(path: settings.programsFile)
+        // A progress bar only on a terminal: in a pipe or a journal it would be noise.
+        let terminal = isatty(2) == 1
+        let bar: @Sendable (Int, Int) -> Void = { done, total in
+            let width = 40
+            let filled = total == 0 ? width : width * done / total
+            let line = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            FileHandle.standardError.write(Data("\r[\(line)] \(done)/\(total)".utf8))
+            if done == total { FileHandle.standardError.write(Data("\n".utf8)) }
+        }
+        let summary = try await Enroll.run(
+            settings: settings, csvPath: csv, start: startAt, span: span, programs: programs, logger: logger,
+            progress: terminal ? bar : nil)
+        for e in summary.badRows { print("line \(e)") }
+        print(summary)
     }
 }

@@ -84,6 +84,7 @@ enum Apply {
         let sent = try Store.sentAsks(c, accounts: accounts)
         let codes = try Store.codes(c, accounts: accounts)
         var events: [OutgoingEvent] = []
+        var timers: [(account: String, due: Instant?)] = []
         for account in accounts {
             let known = facts[account] ?? []
             let program = context.programs.program(forSegment: ReferralAsks.segment(of: known).rawValue)
@@ -95,10 +96,32 @@ enum Apply {
                try Store.recordAsk(c, ask.record, accountId: account, programId: program.id) {
                 events.append(ask.event(id: newEventId()))
             }
-            try Store.setAccountTimer(c, account: account, due: decision.nextWakeup)
+            timers.append((account, decision.nextWakeup))
         }
+        try Store.setAccountTimers(c, timers)
         try Store.enqueue(c, events)
         return events
+    }
+
+    /// `referrald enroll`: existing customers become customers of the program — an activation
+    /// fact (so the lifecycle issues their code), and an `enrolled` ask fact carrying their
+    /// spread first-ask time. Rows of accounts enrolled before are skipped, so a re-run of the
+    /// same file changes nothing. Returns the accounts enrolled now.
+    static func enroll(_ c: isolated PostgresConnection, rows: [EnrolmentRow], start: Instant, span: Span,
+                       context: Context) throws -> (enrolled: Int, published: [OutgoingEvent]) {
+        try Store.lockAccounts(c, rows.map(\.accountId))
+        let already = try Store.enrolledAccounts(c, rows.map(\.accountId))
+        let fresh = rows.filter { !already.contains($0.accountId) }
+        if fresh.isEmpty { return (0, []) }
+        try Store.insertFacts(c, fresh.map(\.fact))
+        try Store.insertAskFacts(c, fresh.flatMap { $0.askFacts(start: start, span: span) })
+        var mismatches: [Effect] = []
+        var rewards: [RewardChange] = []
+        let accounts = fresh.map(\.accountId)
+        var published = try decide(c, seeds: [], extraAccounts: accounts, context: context,
+                                   mismatches: &mismatches, rewards: &rewards)
+        published += try decideAsks(c, accounts: accounts, context: context)
+        return (fresh.count, published)
     }
 
     /// Due timers: re-decide their clusters at `now`.
