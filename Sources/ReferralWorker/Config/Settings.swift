@@ -114,6 +114,21 @@ public struct Settings: Sendable {
         configFile: String?, environment: [String: String], requireAll: Bool = true
     ) async throws -> Settings {
         var providers: [any ConfigProvider] = [EnvironmentVariablesProvider(environmentVariables: environment)]
+        // systemd credentials (`LoadCredential=REFERRALD_DATABASE_URL:/etc/...`): one file per key
+        // in $CREDENTIALS_DIRECTORY, read after the environment and before the file, so secrets
+        // never need to be in the environment or the config file. Marked secret throughout.
+        if let directory = environment["CREDENTIALS_DIRECTORY"], !directory.isEmpty {
+            var credentials: [String: String] = [:]
+            for key in keys {
+                let path = directory + "/" + key.name
+                guard FileManager.default.fileExists(atPath: path) else { continue }
+                guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                    throw SettingsError(key: key.name, source: "credential \(path)", message: "cannot be read")
+                }
+                credentials[key.name] = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+            providers.append(EnvironmentVariablesProvider(environmentVariables: credentials, secretsSpecifier: .all))
+        }
         if let configFile {
             do {
                 providers.append(try await EnvironmentVariablesProvider(environmentFilePath: FilePath(configFile)))
@@ -122,7 +137,8 @@ public struct Settings: Sendable {
             }
         }
         let reader = ConfigReader(providers: providers)
-        let source = configFile.map { "environment or \($0)" } ?? "environment"
+        let source = ["environment", environment["CREDENTIALS_DIRECTORY"].map { "credentials in \($0)" }, configFile]
+            .compactMap { $0 }.joined(separator: " or ")
         func value(_ name: String) throws -> String {
             let key = keys.first { $0.name == name }!
             let configKey = ConfigKey(name.lowercased().split(separator: "_").map(String.init))
