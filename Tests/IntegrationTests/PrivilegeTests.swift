@@ -101,19 +101,10 @@ import Testing
         var runtimeURL = try AMQPURL(parsing: TestServices.amqpURL)
         runtimeURL.user = "\(name)-run"
         runtimeURL.password = "\(name)-run"
-        let settings = try await Settings.load(configFile: nil, environment: [
-            "REFERRALD_AMQP_URL": "amqp://\(runtimeURL.user):\(runtimeURL.password)@\(runtimeURL.host):\(runtimeURL.port)/"
-                + runtimeURL.vhost,
-            "REFERRALD_DATABASE_URL": try url(appURL, database: name),
-            "REFERRALD_PROGRAMS_FILE": TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path,
-            "REFERRALD_INBOX_QUEUE": "\(name).inbox",
-            "REFERRALD_DLX": "\(name).dlx",
-            "REFERRALD_DLQ": "\(name).dlq",
-            "REFERRALD_EVENTS_EXCHANGE": "\(name).referral.events",
-            "REFERRALD_UPSTREAM_EXCHANGES": "\(name).provisioning,\(name).billing,\(name).crm",
-            "REFERRALD_BATCH_WAIT_MS": "5",
-            "REFERRALD_HTTP_PORT": "0",
-        ])
+        let settings = try await Settings.load(configFile: nil, environment: TestBed.isolatedEnvironment(
+            name: name,
+            amqpURL: "amqp://\(runtimeURL.user):\(runtimeURL.password)@\(runtimeURL.host):\(runtimeURL.port)/" + runtimeURL.vhost,
+            databaseURL: try url(appURL, database: name)))
         let observer = "\(name).observer"
         var failure: (any Error)?
         var worker: Task<Void, any Error>?

@@ -18,7 +18,7 @@ private struct AskStream {
 
 private let streamBase = at("2027-01-01T00:00:00Z")
 
-private func randomAsks(_ segment: Segment, _ rng: inout SeededRNG) -> Program {
+private func randomAsks(_ segment: Segment, _ rng: inout SeededGenerator) -> Program {
     var moments = AskMoment.allCases.filter { _ in rng.chance(0.75) }
     if moments.isEmpty { moments = [AskMoment.allCases.randomElement(using: &rng)!] }
     return askProgram(segment: segment, moments: moments, delay: rng.span(.hours(0), .days(2)),
@@ -27,7 +27,7 @@ private func randomAsks(_ segment: Segment, _ rng: inout SeededRNG) -> Program {
                       periodic: [.days(30), .days(60), .days(90), .days(180)].randomElement(using: &rng)!)
 }
 
-private func makeAccount(_ id: String, _ rng: inout SeededRNG) -> GeneratedAccount {
+private func makeAccount(_ id: String, _ rng: inout SeededGenerator) -> GeneratedAccount {
     var facts: [AskFact] = []
     func add(_ t: Instant, _ kind: AskFact.Kind) { facts.append(AskFact(accountId: id, at: t, kind: kind)) }
     let segment: Segment = rng.chance(0.5) ? .consumer : .business
@@ -65,7 +65,7 @@ private func makeAccount(_ id: String, _ rng: inout SeededRNG) -> GeneratedAccou
 }
 
 private func makeStream(seed: UInt64, accounts: Int) -> AskStream {
-    var rng = SeededRNG(seed: seed)
+    var rng = SeededGenerator(state: seed)
     let programs = [Segment.consumer: randomAsks(.consumer, &rng), .business: randomAsks(.business, &rng)]
     let freshness = [Span.days(1), .days(7), .days(14), .days(60)].randomElement(using: &rng)!
     return AskStream(programs: programs, freshness: freshness,
@@ -75,7 +75,7 @@ private func makeStream(seed: UInt64, accounts: Int) -> AskStream {
 /// Deliveries of a group of accounts: each fact arrives after it happened (mostly within the
 /// hour, sometimes days or weeks late), one in ten twice, and the queue hands them over in
 /// batches of 1-4 at the arrival of the batch's last message.
-private func deliveries(_ accounts: ArraySlice<GeneratedAccount>, _ rng: inout SeededRNG) -> [(at: Instant, facts: [AskFact])] {
+private func deliveries(_ accounts: ArraySlice<GeneratedAccount>, _ rng: inout SeededGenerator) -> [(at: Instant, facts: [AskFact])] {
     var messages: [(at: Instant, fact: AskFact)] = []
     func delay() -> Span {
         let roll = Double.random(in: 0..<1, using: &rng)
@@ -147,7 +147,7 @@ private struct Figures {
 /// every account's sent asks.
 private func check(seed: UInt64, accounts: Int) -> (Figures, [AskEngine.Logged]) {
     let stream = makeStream(seed: seed, accounts: accounts)
-    var rng = SeededRNG(seed: seed ^ 0xA5A5)
+    var rng = SeededGenerator(state: seed ^ 0xA5A5)
     var figures = Figures()
     var log: [AskEngine.Logged] = []
     var keys: Set<String> = []

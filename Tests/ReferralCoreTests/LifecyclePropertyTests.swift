@@ -1,19 +1,6 @@
 import Testing
 @testable import ReferralCore
 
-/// SplitMix64: small, fast and seedable, so every failing scenario can be replayed from its seed.
-struct SeededRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 extension RandomNumberGenerator {
     mutating func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &self) < p }
     mutating func span(_ lo: Span, _ hi: Span) -> Span {
@@ -28,7 +15,7 @@ struct Scenario {
 }
 
 func makeScenario(seed: UInt64) -> Scenario {
-    var rng = SeededRNG(seed: seed)
+    var rng = SeededGenerator(state: seed)
     let modes = ClawbackMode.allCases
     // Two programs that differ in every timing rule; clawback modes vary by scenario so that
     // referrer, both and none are all exercised.
@@ -106,7 +93,7 @@ func makeScenario(seed: UInt64) -> Scenario {
 
 /// Delivers `deliveries` in the given order. The clock never runs backwards and a message never
 /// arrives before its fact happened; between deliveries it jumps ahead at random, firing timers.
-func run(_ scenario: Scenario, deliveries: [Fact], rng: inout SeededRNG, jitter: Bool) -> ReferralEngine {
+func run(_ scenario: Scenario, deliveries: [Fact], rng: inout SeededGenerator, jitter: Bool) -> ReferralEngine {
     var engine = ReferralEngine(programs: scenario.programs, start: at("2027-02-01T00:00:00Z"), codeFor: testCode)
     var clock = engine.now
     for fact in deliveries {
@@ -165,7 +152,7 @@ func checkLedger(_ e: ReferralEngine, seed: UInt64) {
         for n in 0..<Self.scenarios {
             let seed = UInt64(n) &* 2_654_435_761 &+ 17
             let scenario = makeScenario(seed: seed)
-            var rng = SeededRNG(seed: seed ^ 0xDEAD_BEEF)
+            var rng = SeededGenerator(state: seed ^ 0xDEAD_BEEF)
             let inOrder = scenario.facts.sorted { $0.at < $1.at }
             let reference = run(scenario, deliveries: inOrder, rng: &rng, jitter: false)
             checkLedger(reference, seed: seed)

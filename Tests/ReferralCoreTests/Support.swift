@@ -34,7 +34,7 @@ let contractDir: URL? = {
 
 let contractAvailable = contractDir != nil
 
-/// SplitMix64: a tiny seeded generator, so a failing mutation run can be replayed exactly.
+/// SplitMix64: a tiny seeded generator, so a failing generated run can be replayed exactly.
 struct SeededGenerator: RandomNumberGenerator {
     var state: UInt64
     mutating func next() -> UInt64 {

@@ -52,15 +52,12 @@ final class TestBed: Sendable {
     let amqp: AMQPConnection
     let observerQueue: String
 
-    static func make(_ overrides: [String: String] = [:]) async throws -> TestBed {
-        let name = "t\(UInt32.random(in: 0...UInt32.max))"
-        let adminURL = try PostgresURL(parsing: TestServices.databaseURL)
-        let admin = try await PostgresConnection.connect(adminURL, applicationName: "referrald-test-admin", logger: TestServices.logger)
-        try await admin.run { c in try c.executeScript("CREATE DATABASE \(name)") }
-        let dbURL = TestServices.databaseURL(database: name)
-        var environment = [
-            "REFERRALD_AMQP_URL": TestServices.amqpURL,
-            "REFERRALD_DATABASE_URL": dbURL,
+    /// A configuration whose broker objects all carry `name`, so that tests running in
+    /// parallel on one broker never see each other's messages.
+    static func isolatedEnvironment(name: String, amqpURL: String, databaseURL: String) -> [String: String] {
+        [
+            "REFERRALD_AMQP_URL": amqpURL,
+            "REFERRALD_DATABASE_URL": databaseURL,
             "REFERRALD_PROGRAMS_FILE": TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path,
             "REFERRALD_INBOX_QUEUE": "\(name).inbox",
             "REFERRALD_DLX": "\(name).dlx",
@@ -70,6 +67,15 @@ final class TestBed: Sendable {
             "REFERRALD_BATCH_WAIT_MS": "5",
             "REFERRALD_HTTP_PORT": "0",
         ]
+    }
+
+    static func make(_ overrides: [String: String] = [:]) async throws -> TestBed {
+        let name = "t\(UInt32.random(in: 0...UInt32.max))"
+        let adminURL = try PostgresURL(parsing: TestServices.databaseURL)
+        let admin = try await PostgresConnection.connect(adminURL, applicationName: "referrald-test-admin", logger: TestServices.logger)
+        try await admin.run { c in try c.executeScript("CREATE DATABASE \(name)") }
+        let dbURL = TestServices.databaseURL(database: name)
+        var environment = isolatedEnvironment(name: name, amqpURL: TestServices.amqpURL, databaseURL: dbURL)
         environment.merge(overrides) { _, new in new }
         let settings = try await Settings.load(configFile: nil, environment: environment)
         let db = try await PostgresConnection.connect(try PostgresURL(parsing: dbURL), applicationName: "referrald-test", logger: TestServices.logger)
