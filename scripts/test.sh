@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/services.sh start
+# The HTML report is checked in a real headless browser (Debian's chromium).
+if ! command -v chromium >/dev/null; then
+  echo "test: installing chromium for the report's browser check"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
 eval "$(scripts/services.sh env)"
 if [ -d ../shared/contract ]; then
   echo "contract: conformance tests read $(cd ../shared/contract && pwd)"
