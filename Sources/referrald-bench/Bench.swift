@@ -62,8 +62,8 @@ struct Bench: AsyncParsableCommand {
         let programsFile = URL(fileURLWithPath: programs).standardizedFileURL.path
         let phases = Set(modes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
 
-        print("machine: \(machineDescription())")
-        print("options: events=\(events) batch-size=\(batchSize) batch-wait-ms=\(batchWaitMs) modes=\(modes)")
+        say("machine: \(machineDescription())")
+        say("options: events=\(events) batch-size=\(batchSize) batch-wait-ms=\(batchWaitMs) modes=\(modes)")
         let bed = try await Bed.make(amqpURL: amqpURL, databaseURL: databaseURL, programsFile: programsFile)
         let observer = Observer()
         try await observer.start(url: bed.amqpURL, queue: bed.observerQueue)
@@ -72,42 +72,42 @@ struct Bench: AsyncParsableCommand {
         do {
             let now = Instant(microseconds: Int64(Date().timeIntervalSince1970 * 1_000_000))
             let codes = try await runner.seedReferrers(count: max(200, events / 25), now: now, batchSize: batchSize)
-            print("seeded \(codes.count) referrers with codes")
+            say("seeded \(codes.count) referrers with codes")
             func mix(_ prefix: String) -> MixGenerator {
                 MixGenerator(prefix: "\(bed.name)\(prefix)", referrerCodes: codes, now: now, seed: seed)
             }
             if phases.contains("ceiling") {
                 var generator = mix("c")
                 report.ceiling = try await runner.ceiling(&generator, count: events, batchSize: batchSize)
-                print(report.ceiling!.line("ceiling"))
+                say(report.ceiling!.line("ceiling"))
             }
             if phases.contains("mix") {
                 var generator = mix("m")
                 report.mix = try await runner.backlog(&generator, count: events, batchSize: batchSize)
-                print(report.mix!.line("mix, batch \(batchSize)"))
+                say(report.mix!.line("mix, batch \(batchSize)"))
             }
             if phases.contains("batch1") {
                 var generator = mix("b")
                 report.batch1 = try await runner.backlog(&generator, count: batch1Events > 0 ? batch1Events : max(2000, events / 50),
                                                          batchSize: 1)
-                print(report.batch1!.line("mix, batch 1"))
+                say(report.batch1!.line("mix, batch 1"))
             }
             if phases.contains("latency") {
                 let target = rate > 0 ? rate : (report.mix.map { $0.eventsPerSecond / 2 } ?? 2000)
                 var generator = mix("l")
                 report.latency = try await runner.latency(&generator, rate: target, seconds: latencySeconds, batchSize: batchSize)
-                print(report.latency!.line)
+                say(report.latency!.line)
             }
         } catch {
-            print("bench failed: \(error)")
+            say("bench failed: \(error)")
             observer.stop()
             await bed.tearDown()
             throw ExitCode.failure
         }
         observer.stop()
-        if keep { print("kept database and queues \(bed.name)") } else { await bed.tearDown() }
-        print("")
-        print(report.table(batchSize: batchSize))
+        if keep { say("kept database and queues \(bed.name)") } else { await bed.tearDown() }
+        say("")
+        say(report.table(batchSize: batchSize))
     }
 
     func machineDescription() -> String {
@@ -203,7 +203,7 @@ struct Runner {
             sent += chunk.count
         }
         let seconds = Double(monotonicNanos() - start) / 1e9
-        print(String(format: "  preloaded %d messages in %.1f s (%.0f/s)", count, seconds, Double(count) / seconds))
+        say(String(format: "  preloaded %d messages in %.1f s (%.0f/s)", count, seconds, Double(count) / seconds))
     }
 
     /// Referrers are customers who activated long ago; their codes come back on the observer.
@@ -351,4 +351,10 @@ struct Runner {
         process.terminate()
         while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
     }
+}
+
+/// Writes a line at once, even into a file or pipe (where `print` buffers until exit): a long
+/// run reports each phase as it ends.
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
