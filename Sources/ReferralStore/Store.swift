@@ -38,10 +38,12 @@ extension Store {
     /// finds its row and has no second effect.
     public static func recordInbox(_ c: isolated PostgresConnection, _ entries: [InboxEntry]) throws -> [Int] {
         if entries.isEmpty { return [] }
+        let bodies = PackedBytes(entries.map(\.body))
         let rows = try c.query("""
             INSERT INTO inbox (source, event_id, type, account_id, lead_id, fact_time, body)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                 $6::timestamptz[], $7::bytea[])
+            SELECT s, e, t, a, l, f, substring($7::bytea FROM o::int4 FOR n::int4)
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                        $8::int8[], $9::int8[]) AS u(s, e, t, a, l, f, o, n)
             ON CONFLICT (source, event_id) DO NOTHING
             RETURNING source, event_id
             """, [
@@ -49,7 +51,7 @@ extension Store {
                 .textArray(entries.map(\.type)), .textArray(entries.map(\.accountId)),
                 .textArray(entries.map(\.leadId)),
                 .textArray(entries.map { $0.factTime.rfc3339 }),
-                .textArray(entries.map { "\\x" + hex($0.body) }),
+                bodies.blob, bodies.offsets, bodies.lengths,
             ])
         var fresh = Set<[String]>()
         for row in rows { fresh.insert([try row.decode("source", as: String.self), try row.decode("event_id", as: String.self)]) }
@@ -63,12 +65,14 @@ extension Store {
     /// Adds events to the outbox in the caller's transaction.
     public static func enqueue(_ c: isolated PostgresConnection, _ events: [OutgoingEvent]) throws {
         if events.isEmpty { return }
+        let bodies = PackedBytes(events.map { $0.encoded() })
         try c.execute("""
             INSERT INTO outbox (event_id, type, subject, body)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
+            SELECT e, t, s, substring($4::bytea FROM o::int4 FOR n::int4)
+            FROM unnest($1::text[], $2::text[], $3::text[], $5::int8[], $6::int8[]) AS u(e, t, s, o, n)
             """, [
                 .textArray(events.map(\.id)), .textArray(events.map(\.type.rawValue)),
-                .textArray(events.map(\.subject)), .textArray(events.map { "\\x" + hex($0.encoded()) }),
+                .textArray(events.map(\.subject)), bodies.blob, bodies.offsets, bodies.lengths,
             ])
     }
 
@@ -149,12 +153,30 @@ extension Store {
     }
 }
 
-private let hexDigits = Array("0123456789abcdef".utf8)
+/// Byte strings for a set-based write, sent as one `bytea` parameter with the 1-based offset
+/// and length of each, cut apart in SQL with `substring`.
+///
+/// Bodies inside a `text[]` parameter (the hex form, quoted element by element) cost the daemon
+/// about a quarter of its CPU under load, measured with perf: the array quoting walks every
+/// character. One `bytea` is hex-encoded in a single pass and needs no quoting at all.
+struct PackedBytes {
+    let blob: PostgresValue
+    let offsets: PostgresValue
+    let lengths: PostgresValue
 
-/// bytea's hex input format; used to pass byte arrays inside a text[] parameter.
-func hex(_ bytes: [UInt8]) -> String {
-    var out = [UInt8]()
-    out.reserveCapacity(bytes.count * 2)
-    for b in bytes { out.append(hexDigits[Int(b >> 4)]); out.append(hexDigits[Int(b & 15)]) }
-    return String(decoding: out, as: UTF8.self)
+    init(_ items: [[UInt8]]) {
+        var blob: [UInt8] = []
+        blob.reserveCapacity(items.reduce(0) { $0 + $1.count })
+        var offsets: [Int64?] = [], lengths: [Int64?] = []
+        offsets.reserveCapacity(items.count)
+        lengths.reserveCapacity(items.count)
+        for item in items {
+            offsets.append(Int64(blob.count + 1))
+            lengths.append(Int64(item.count))
+            blob.append(contentsOf: item)
+        }
+        self.blob = .bytes(blob)
+        self.offsets = .int8Array(offsets)
+        self.lengths = .int8Array(lengths)
+    }
 }

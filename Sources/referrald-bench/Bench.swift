@@ -1,0 +1,360 @@
+import AMQP
+import ArgumentParser
+import Foundation
+import Histogram
+import Postgres
+import ReferralCore
+import ReferralStore
+
+/// Throughput and latency of the real `referrald` binary against the local RabbitMQ and
+/// PostgreSQL (BENCHMARKS.md has the figures and how to read them).
+///
+/// Phases, in one scratch world: seed referrers (their activations through the daemon, codes
+/// read from `referral.code.issued`), then on backlogs of the realistic mix: the ceiling (the
+/// same AMQP path with an inbox-only transaction, run by the bench itself), the daemon at the
+/// chosen batch size, the daemon at batch size 1, and finally an open-loop run at a fixed rate
+/// for publish-to-downstream latency.
+@main
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "referrald-bench",
+        abstract: "Measure referrald: backlog throughput, ceiling, batch size 1, latency at a fixed rate.")
+
+    @Option(help: "Messages in the realistic-mix backlog (and the ceiling's).")
+    var events = 200_000
+
+    @Option(help: "Messages in the batch-size-1 backlog (0: events / 50, at least 2,000).")
+    var batch1Events = 0
+
+    @Option(help: "REFERRALD_BATCH_SIZE of the daemon (and the ceiling loop's batch).")
+    var batchSize = 128
+
+    @Option(help: "REFERRALD_BATCH_WAIT_MS of the daemon (and the ceiling loop's).")
+    var batchWaitMs = 20
+
+    @Option(help: "Open-loop rate of the latency phase in events/s (0: half the measured mix throughput).")
+    var rate = 0.0
+
+    @Option(help: "Length of the latency phase in seconds.")
+    var latencySeconds = 20.0
+
+    @Option(help: "Phases to run, comma-separated: ceiling, mix, batch1, latency.")
+    var modes = "ceiling,mix,batch1,latency"
+
+    @Option(help: "The referrald binary (default: beside this one).")
+    var daemon: String?
+
+    @Option(help: "Programs file for the daemon.")
+    var programs = "deploy/programs.example.yaml"
+
+    @Option(help: "Seed of the workload generator.")
+    var seed: UInt64 = 1
+
+    @Flag(help: "Keep the scratch database and queues (for EXPLAIN and pg_stat_* after the run).")
+    var keep = false
+
+    func run() async throws {
+        let env = ProcessInfo.processInfo.environment
+        let amqpURL = env["REFERRALD_TEST_AMQP_URL"] ?? "amqp://referrald:referrald@127.0.0.1:5672/referrald_test"
+        let databaseURL = env["REFERRALD_TEST_DATABASE_URL"] ?? "postgres://referrald:referrald@127.0.0.1:54329/referrald"
+        let binary = daemon ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+            .appendingPathComponent("referrald").path
+        let programsFile = URL(fileURLWithPath: programs).standardizedFileURL.path
+        let phases = Set(modes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+
+        say("machine: \(machineDescription())")
+        say("options: events=\(events) batch-size=\(batchSize) batch-wait-ms=\(batchWaitMs) modes=\(modes)")
+        let bed = try await Bed.make(amqpURL: amqpURL, databaseURL: databaseURL, programsFile: programsFile)
+        let observer = Observer()
+        try await observer.start(url: bed.amqpURL, queue: bed.observerQueue)
+        let runner = Runner(bed: bed, observer: observer, binary: binary, batchWaitMs: batchWaitMs)
+        var report = Report()
+        do {
+            let now = Instant(microseconds: Int64(Date().timeIntervalSince1970 * 1_000_000))
+            let codes = try await runner.seedReferrers(count: max(200, events / 25), now: now, batchSize: batchSize)
+            say("seeded \(codes.count) referrers with codes")
+            func mix(_ prefix: String) -> MixGenerator {
+                MixGenerator(prefix: "\(bed.name)\(prefix)", referrerCodes: codes, now: now, seed: seed)
+            }
+            if phases.contains("ceiling") {
+                var generator = mix("c")
+                report.ceiling = try await runner.ceiling(&generator, count: events, batchSize: batchSize)
+                say(report.ceiling!.line("ceiling"))
+            }
+            if phases.contains("mix") {
+                var generator = mix("m")
+                report.mix = try await runner.backlog(&generator, count: events, batchSize: batchSize)
+                say(report.mix!.line("mix, batch \(batchSize)"))
+            }
+            if phases.contains("batch1") {
+                var generator = mix("b")
+                report.batch1 = try await runner.backlog(&generator, count: batch1Events > 0 ? batch1Events : max(2000, events / 50),
+                                                         batchSize: 1)
+                say(report.batch1!.line("mix, batch 1"))
+            }
+            if phases.contains("latency") {
+                let target = rate > 0 ? rate : (report.mix.map { $0.eventsPerSecond / 2 } ?? 2000)
+                var generator = mix("l")
+                report.latency = try await runner.latency(&generator, rate: target, seconds: latencySeconds, batchSize: batchSize)
+                say(report.latency!.line)
+            }
+        } catch {
+            say("bench failed: \(error)")
+            observer.stop()
+            await bed.tearDown()
+            throw ExitCode.failure
+        }
+        observer.stop()
+        if keep { say("kept database and queues \(bed.name)") } else { await bed.tearDown() }
+        say("")
+        say(report.table(batchSize: batchSize))
+    }
+
+    func machineDescription() -> String {
+        let cpu = Proc.read("/proc/cpuinfo")?.split(separator: "\n").first { $0.hasPrefix("model name") }
+            .map { $0.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces) } ?? "?"
+        let memory = Proc.read("/proc/meminfo")?.split(separator: "\n").first.map { String($0.split(separator: " ", omittingEmptySubsequences: true)[1]) }
+            .flatMap { Int($0) }.map { "\($0 / 1024 / 1024) GiB" } ?? "?"
+        let load = Proc.read("/proc/loadavg")?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
+        return "\(ProcessInfo.processInfo.activeProcessorCount) cores, \(cpu), \(memory), load average \(load)"
+    }
+}
+
+/// One drained backlog.
+struct DrainResult {
+    var messages: Int
+    var seconds: Double
+    var usage: CPUWindow.Usage
+    var peakRSSKiB: Int64?
+
+    var eventsPerSecond: Double { Double(messages) / seconds }
+
+    func line(_ label: String) -> String {
+        let rss = peakRSSKiB.map { String(format: "%.1f MiB", Double($0) / 1024) } ?? "-"
+        return String(format: "%@: %d messages in %.2f s = %.0f events/s; peak RSS %@; CPU (cores) process %.2f, rabbitmq %.2f, postgres %.2f, machine busy %.0f %%",
+                      label, messages, seconds, eventsPerSecond, rss, usage.process, usage.services["beam.smp"] ?? 0,
+                      usage.services["postgres"] ?? 0, usage.machineBusy * 100)
+    }
+}
+
+struct LatencyResult {
+    var rate: Double
+    var published: Int
+    var expected: Int
+    var histogram: Histogram<UInt64>
+    var usage: CPUWindow.Usage
+    var peakRSSKiB: Int64?
+
+    func ms(_ p: Double) -> Double { Double(histogram.valueAtPercentile(p)) / 1000 }
+
+    var line: String {
+        String(format: "latency at %.0f events/s (%d published, %d of %d expected downstream events matched): p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, max %.1f ms; CPU (cores) daemon %.2f, rabbitmq %.2f, postgres %.2f; peak RSS %.1f MiB",
+               rate, published, Int(histogram.totalCount), expected, ms(50), ms(99), ms(99.9), Double(histogram.max) / 1000,
+               usage.process, usage.services["beam.smp"] ?? 0, usage.services["postgres"] ?? 0,
+               Double(peakRSSKiB ?? 0) / 1024)
+    }
+}
+
+struct Report {
+    var ceiling: DrainResult?
+    var mix: DrainResult?
+    var batch1: DrainResult?
+    var latency: LatencyResult?
+
+    func table(batchSize: Int) -> String {
+        var rows = ["| measure | value |", "|---|---|"]
+        func f(_ v: Double) -> String { String(format: "%.0f", v) }
+        if let mix { rows.append("| realistic mix, batch \(batchSize) (events/s) | \(f(mix.eventsPerSecond)) |") }
+        if let ceiling { rows.append("| ceiling: inbox-only transaction (events/s) | \(f(ceiling.eventsPerSecond)) |") }
+        if let batch1 { rows.append("| realistic mix, batch 1 (events/s) | \(f(batch1.eventsPerSecond)) |") }
+        if let mix, let ceiling { rows.append(String(format: "| mix / ceiling | %.2f |", mix.eventsPerSecond / ceiling.eventsPerSecond)) }
+        if let mix, let batch1 { rows.append(String(format: "| mix / batch 1 | %.1f |", mix.eventsPerSecond / batch1.eventsPerSecond)) }
+        if let latency {
+            rows.append(String(format: "| latency at %.0f events/s: p50 / p99 / p99.9 (ms) | %.1f / %.1f / %.1f |",
+                               latency.rate, latency.ms(50), latency.ms(99), latency.ms(99.9)))
+        }
+        if let rss = mix?.peakRSSKiB { rows.append(String(format: "| peak RSS draining the backlog | %.1f MiB |", Double(rss) / 1024)) }
+        if let mix {
+            rows.append(String(format: "| CPU while draining (cores): daemon / rabbitmq / postgres / machine busy | %.2f / %.2f / %.2f / %.0f %% |",
+                               mix.usage.process, mix.usage.services["beam.smp"] ?? 0, mix.usage.services["postgres"] ?? 0,
+                               mix.usage.machineBusy * 100))
+        }
+        return rows.joined(separator: "\n")
+    }
+}
+
+/// The phases. Each backlog is published in full before the consumer starts, so the drain is
+/// measured from a standing queue, as after an outage.
+struct Runner {
+    let bed: Bed
+    let observer: Observer
+    let binary: String
+    let batchWaitMs: Int
+
+    /// Publishes `count` messages of the generator in confirmed chunks, never holding more
+    /// than one chunk in memory (a 1,000,000-message backlog would otherwise cost the bench
+    /// several hundred MB on the same machine as the daemon).
+    func preload(_ generator: inout MixGenerator, count: Int) async throws {
+        let start = monotonicNanos()
+        var sent = 0
+        while sent < count {
+            let chunk = generator.generate(count: min(2000, count - sent))
+            try await bed.publish(chunk[...])
+            sent += chunk.count
+        }
+        let seconds = Double(monotonicNanos() - start) / 1e9
+        say(String(format: "  preloaded %d messages in %.1f s (%.0f/s)", count, seconds, Double(count) / seconds))
+    }
+
+    /// Referrers are customers who activated long ago; their codes come back on the observer.
+    func seedReferrers(count: Int, now: Instant, batchSize: Int) async throws -> [String] {
+        var messages: [BenchMessage] = []
+        for i in 0..<count {
+            let account = "\(bed.name)-r\(i)"
+            let at = (now - .days(400)).rfc3339
+            messages.append(BenchMessage(routingKey: "provisioning.service.activated", body: Array(
+                #"{"specversion":"1.0","id":"\#(bed.name)-seed\#(i)","source":"provisioning","type":"provisioning.service.activated","time":"\#(at)","data":{"account_id":"\#(account)","activated_at":"\#(at)","segment":"consumer"}}"#.utf8),
+                key: nil))
+        }
+        observer.collectCodes(true)
+        let generator = MixGenerator(prefix: "\(bed.name)s", referrerCodes: [], now: now, seed: 0)
+        let (sentinel, last) = generator.sentinel()
+        for chunk in stride(from: 0, to: messages.count, by: 2000) {
+            try await bed.publish(messages[chunk..<min(messages.count, chunk + 2000)])
+        }
+        try await bed.publish([last])
+        observer.expectSentinel(account: sentinel)
+        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs)
+        try await waitForSentinel(process, timeout: 300)
+        await stop(process)
+        observer.collectCodes(false)
+        return observer.collectedCodes.filter { $0.key.hasPrefix("\(bed.name)-r") }.map(\.value).sorted()
+    }
+
+    /// The daemon drains a backlog of `count` messages plus the sentinel.
+    func backlog(_ generator: inout MixGenerator, count: Int, batchSize: Int) async throws -> DrainResult {
+        try await preload(&generator, count: count)
+        let (sentinel, last) = generator.sentinel()
+        try await bed.publish([last])
+        observer.expectSentinel(account: sentinel)
+        let start = monotonicNanos()
+        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs)
+        let cpu = CPUWindow(process: process.processIdentifier)
+        let arrival = try await waitForSentinel(process, timeout: Double(count) / 100 + 120)
+        let usage = cpu.stop()
+        let peak = Proc.memoryKiB(process.processIdentifier, "VmHWM")
+        await stop(process)
+        return DrainResult(messages: count + 1, seconds: Double(arrival - start) / 1e9, usage: usage, peakRSSKiB: peak)
+    }
+
+    /// The ceiling: consume a batch, insert its inbox rows set-based in one transaction,
+    /// publish one message per event with confirms, ack with `multiple` — the daemon's AMQP
+    /// path and its smallest possible transaction, run in this process with the same modules.
+    func ceiling(_ generator: inout MixGenerator, count: Int, batchSize: Int) async throws -> DrainResult {
+        try await preload(&generator, count: count)
+        let consumer = try await AMQPConnection.connect(bed.amqpURL, heartbeatSeconds: 30, connectionName: "bench ceiling consumer",
+                                                        logger: benchLogger)
+        let publisher = try await AMQPConnection.connect(bed.amqpURL, heartbeatSeconds: 30, connectionName: "bench ceiling publisher",
+                                                         logger: benchLogger)
+        try await publisher.enableConfirms()
+        let db = try await PostgresConnection.connect(try PostgresURL(parsing: bed.environment["REFERRALD_DATABASE_URL"]!),
+                                                      applicationName: "bench ceiling", logger: benchLogger)
+        let start = monotonicNanos()
+        let cpu = CPUWindow(process: getpid())
+        try await consumer.consume(queue: bed.settings.inboxQueue, prefetch: UInt16(max(256, 2 * batchSize)))
+        var done = 0
+        while done < count {
+            let batch = try await consumer.nextDeliveries(max: batchSize, wait: .milliseconds(batchWaitMs))
+            guard let last = batch.last else { continue }
+            let entries: [InboxEntry] = batch.compactMap { d in
+                guard case .success(let e) = classify(body: d.body) else { return nil }
+                return InboxEntry(source: e.source, eventId: e.id, type: e.type.rawValue, accountId: nil, leadId: nil,
+                                  factTime: e.time, body: d.body)
+            }
+            _ = try await db.transaction { c in try Store.recordInbox(c, entries) }
+            let outcomes = try await publisher.publish(batch.map {
+                OutgoingMessage(exchange: bed.settings.eventsExchange, routingKey: "bench.ceiling", body: $0.body, headers: [:],
+                                messageId: nil, contentType: "application/cloudevents+json", persistent: true, mandatory: false)
+            })
+            guard !outcomes.contains(.nacked) else { throw BenchError("ceiling publish nacked") }
+            try await consumer.ack(last.deliveryTag, multiple: true)
+            done += batch.count
+        }
+        let seconds = Double(monotonicNanos() - start) / 1e9
+        let usage = cpu.stop()
+        await consumer.close()
+        await publisher.close()
+        await db.close()
+        return DrainResult(messages: count, seconds: seconds, usage: usage, peakRSSKiB: nil)
+    }
+
+    /// Open loop at a fixed rate: message i is due at start + i / rate whatever happened
+    /// before, and its latency runs from that due time to the arrival of the downstream event
+    /// it causes (coordinated omission would otherwise hide every stall of the publisher).
+    func latency(_ generator: inout MixGenerator, rate: Double, seconds: Double, batchSize: Int) async throws -> LatencyResult {
+        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs)
+        // Warm-up: the daemon is connected and consuming once a first activation went through.
+        let (warm, warmMessage) = MixGenerator(prefix: "\(bed.name)w", referrerCodes: [], now: generator.now, seed: 0).sentinel()
+        observer.expectSentinel(account: warm)
+        try await bed.publish([warmMessage])
+        try await waitForSentinel(process, timeout: 60)
+
+        let messages = generator.generate(count: Int(rate * seconds))
+        observer.resetLatency()
+        let cpu = CPUWindow(process: process.processIdentifier)
+        let start = monotonicNanos()
+        let interval = 1e9 / rate
+        var next = 0
+        while next < messages.count {
+            let elapsed = Double(monotonicNanos() - start)
+            let due = min(messages.count, Int(elapsed / interval) + 1)
+            if due <= next {
+                try await Task.sleep(for: .microseconds(500))
+                continue
+            }
+            let chunk = messages[next..<due]
+            let keyed = chunk.indices.filter { messages[$0].key != nil }
+            observer.expect(keyed.map { messages[$0].key! }, sentAt: keyed.map { start + UInt64(Double($0) * interval) })
+            try await bed.publish(chunk)
+            next = due
+        }
+        let expected = messages.filter { $0.key != nil }.count
+        // Stragglers: wait until the last expected event arrived or nothing new came for 3 s
+        // (a rejected lead's offer never comes; those keys stay unmatched).
+        var pending = observer.pendingCount, quietSince = monotonicNanos()
+        while pending > 0, monotonicNanos() - quietSince < 3_000_000_000 {
+            try await Task.sleep(for: .milliseconds(100))
+            let now = observer.pendingCount
+            if now != pending { pending = now; quietSince = monotonicNanos() }
+        }
+        let usage = cpu.stop()
+        let peak = Proc.memoryKiB(process.processIdentifier, "VmHWM")
+        await stop(process)
+        return LatencyResult(rate: rate, published: messages.count, expected: expected,
+                             histogram: observer.latencyHistogram, usage: usage, peakRSSKiB: peak)
+    }
+
+    @discardableResult
+    func waitForSentinel(_ process: Process, timeout: Double) async throws -> UInt64 {
+        let deadline = monotonicNanos() + UInt64(timeout * 1e9)
+        while monotonicNanos() < deadline {
+            if let arrival = observer.sentinelArrival { return arrival }
+            guard process.isRunning else { throw BenchError("referrald exited (status \(process.terminationStatus))") }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        await stop(process)
+        throw BenchError("the sentinel did not arrive within \(Int(timeout)) s")
+    }
+
+    /// SIGTERM: the daemon finishes the batch in hand and exits.
+    func stop(_ process: Process) async {
+        process.terminate()
+        while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
+    }
+}
+
+/// Writes a line at once, even into a file or pipe (where `print` buffers until exit): a long
+/// run reports each phase as it ends.
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}

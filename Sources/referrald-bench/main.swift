@@ -1,1 +1,0 @@
-print("referrald-bench: not written yet")
