@@ -15,14 +15,15 @@ import Testing
         var s = Scenario(bed: bed)
         var seen: [Scenario.Published] = []
         let accounts = ["m-pa", "m-pi", "m-st", "m-slow", "m-sw", "m-bs", "s-opt", "s-ticket", "s-arrears", "s-cancel", "s-erased"]
+        // An install reported before the activation, as provisioning does: the activation then
+        // does not earn a post_activation ask (the install delay must not be defeated).
+        try await s.send("provisioning.install.completed", ["account_id": "m-pi", "completed_at": Scenario.time()])
         for a in accounts {
             let consumer = a == "m-pa" || a == "m-pi"
             try await s.send("provisioning.service.activated", [
                 "account_id": a, "activated_at": Scenario.time(-60), "segment": consumer ? "consumer" : "business"])
         }
-        // post_install: the install's time + delay_after_install (2 s); post_activation only
-        // for an account with no install.
-        try await s.send("provisioning.install.completed", ["account_id": "m-pi", "completed_at": Scenario.time()])
+        // post_install comes at the install's time + delay_after_install (2 s).
         // Suppressions first, then the happy moment they must hold back.
         try await s.send("crm.preferences.changed", ["account_id": "s-opt", "referral_prompts": false])
         try await s.send("crm.ticket.opened", ["account_id": "s-ticket", "ticket_id": "t-1"])
