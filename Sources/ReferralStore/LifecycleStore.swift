@@ -347,17 +347,23 @@ extension Store {
         }
     }
 
-    /// Claims up to `limit` due timers. The rows stay locked until the caller's transaction
-    /// ends; SKIP LOCKED lets other instances take the rest instead of waiting. The caller
-    /// re-sets or clears every claimed timer in the same transaction.
-    public static func claimDueTimers(_ c: isolated PostgresConnection, now: Instant, limit: Int) throws -> [(String, Instant)] {
+    /// Claims up to `limit` due timers by leasing them: their due time moves `leaseSeconds`
+    /// ahead, in the caller's short transaction, and the caller decides them in a second one
+    /// that sets their real next due time. Holding the timer rows locked while deciding would
+    /// take the locks in the order timers → referrals, against the batch path's referrals →
+    /// timers, and two instances would deadlock (40P01, seen in the three-instance fault run).
+    /// SKIP LOCKED lets instances claim disjoint timers; a claimer that dies leaves its timers
+    /// to fire again when the lease ends.
+    public static func claimDueTimers(_ c: isolated PostgresConnection, now: Instant, limit: Int,
+                                      leaseSeconds: Int = 30) throws -> [String] {
         try c.query("""
-            SELECT referral_id, due_at FROM timers WHERE due_at <= $1::timestamptz
-            ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED
-            """, [.text(now.rfc3339), .int(Int64(limit))]).map {
-            (try $0.decode("referral_id", as: String.self),
-             Instant(microseconds: try $0.decode("due_at", as: PostgresTimestamp.self).microsecondsSinceEpoch))
-        }
+            UPDATE timers t SET due_at = $1::timestamptz + make_interval(secs => $3)
+            FROM (SELECT referral_id FROM timers WHERE due_at <= $1::timestamptz
+                  ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED) d
+            WHERE t.referral_id = d.referral_id
+            RETURNING t.referral_id
+            """, [.text(now.rfc3339), .int(Int64(limit)), .int(Int64(leaseSeconds))])
+            .map { try $0.decode("referral_id", as: String.self) }
     }
 
     /// Timers due now and how late the oldest is, for metrics.

@@ -124,21 +124,26 @@ enum Apply {
         return (fresh.count, published)
     }
 
-    /// Due timers: re-decide their clusters at `now`.
-    static func timers(_ c: isolated PostgresConnection, context: Context, limit: Int)
-        throws -> (fired: Int, published: [OutgoingEvent], rewards: [RewardChange]) {
-        let due = try Store.claimDueTimers(c, now: context.now, limit: limit)
-        let dueAccounts = try Store.claimDueAccountTimers(c, now: context.now, limit: limit)
-        if due.isEmpty && dueAccounts.isEmpty { return (0, [], []) }
+    /// Due timers, leased in a short transaction of their own (see `Store.claimDueTimers`).
+    static func claimTimers(_ c: isolated PostgresConnection, context: Context, limit: Int)
+        throws -> (referrals: [String], accounts: [String]) {
+        (try Store.claimDueTimers(c, now: context.now, limit: limit),
+         try Store.claimDueAccountTimers(c, now: context.now, limit: limit))
+    }
+
+    /// Claimed timers: re-decide their clusters and accounts at `now`, which also sets each
+    /// timer's next due time (or removes it).
+    static func timers(_ c: isolated PostgresConnection, claimed: (referrals: [String], accounts: [String]),
+                       context: Context) throws -> (published: [OutgoingEvent], rewards: [RewardChange]) {
         var mismatches: [Effect] = []
         var rewards: [RewardChange] = []
         var published: [OutgoingEvent] = []
-        if !due.isEmpty {
-            published = try decide(c, seeds: due.map(\.0), extraAccounts: [], context: context,
+        if !claimed.referrals.isEmpty {
+            published = try decide(c, seeds: claimed.referrals, extraAccounts: [], context: context,
                                    mismatches: &mismatches, rewards: &rewards)
         }
-        published += try decideAsks(c, accounts: dueAccounts, context: context)
-        return (max(due.count, dueAccounts.count), published, rewards)
+        published += try decideAsks(c, accounts: claimed.accounts, context: context)
+        return (published, rewards)
     }
 
     /// Loads the clusters of `seeds` (locked), decides them, records the new effects and

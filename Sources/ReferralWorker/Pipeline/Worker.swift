@@ -232,13 +232,15 @@ public actor Worker {
         lastTimerScan = clock.now()
         while true {
             let context = self.context()
-            let fired = try await db.transaction { c in try Apply.timers(c, context: context, limit: 100) }
+            let claimed = try await db.transaction { c in try Apply.claimTimers(c, context: context, limit: 100) }
             status.databaseRoundTripSucceeded()
+            let count = max(claimed.referrals.count, claimed.accounts.count)
+            if count == 0 { return }
+            let fired = try await db.transaction { c in try Apply.timers(c, claimed: claimed, context: context) }
             metrics.rewards(fired.rewards)
-            if fired.fired == 0 { return }
-            logger.debug("timers fired", metadata: ["timers.fired": "\(fired.fired)", "events": "\(fired.published.count)"])
+            logger.debug("timers fired", metadata: ["timers.fired": "\(count)", "events": "\(fired.published.count)"])
             try await relayOutbox()
-            if fired.fired < 100 { return }
+            if count < 100 { return }
         }
     }
 
