@@ -56,6 +56,8 @@ struct FaultSuite: AsyncParsableCommand {
     var seed: UInt64 = 2026
     @Option(help: "The shared contract (its invalid examples join the hostile input).")
     var contractDir = env["REFERRALD_CONTRACT_DIR"] ?? URL(fileURLWithPath: FaultSuite.packageRoot + "/../shared/contract").standardized.path
+    @Flag(help: "Keep the database and queues of a failed scenario for inspection.")
+    var keepFailed = false
     @Option(help: "Where the daemons' logs go.")
     var logDir = FileManager.default.temporaryDirectory.appendingPathComponent("referrald-faults").path
 
@@ -69,7 +71,8 @@ struct FaultSuite: AsyncParsableCommand {
         if contract == nil { say("contract: \(contractDir) not found; hostile input uses our fixtures and generated bodies only") }
         let config = SuiteConfig(services: services, daemon: daemon, logDirectory: logDir, programsFile: programs, rate: rate,
                                  drainTimeout: .seconds(drainTimeout), seed: seed, contractDirectory: contract,
-                                 fixturesDirectory: FaultSuite.packageRoot + "/Tests/ReferralCoreTests/Fixtures/invalid")
+                                 fixturesDirectory: FaultSuite.packageRoot + "/Tests/ReferralCoreTests/Fixtures/invalid",
+                                 keepFailed: keepFailed)
         let wanted = Set(scenarios.split(separator: ",").map(String.init))
         let chosen = Scenarios.all(events: events, baseEvents: baseEvents, kills: kills, crashes: crashes,
                                    outage: .seconds(outageSeconds), services: services)

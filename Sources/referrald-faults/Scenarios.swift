@@ -13,6 +13,7 @@ struct SuiteConfig: Sendable {
     var seed: UInt64
     var contractDirectory: String?
     var fixturesDirectory: String?
+    var keepFailed: Bool
 }
 
 /// How far the load has got, for faults placed at moments of the load.
@@ -51,7 +52,6 @@ struct Scenario {
     let name: String
     let events: Int
     var instances = 1
-    var failpoint: String? = nil
     var hostile = false
     /// Injects the faults while the load runs; returns how many it injected.
     let inject: (inout FaultContext) async throws -> Int
@@ -75,9 +75,11 @@ func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
     let publisher = UpstreamPublisher(world: world)
     let progress = LoadProgress()
     let hostile = scenario.hostile ? HostileInput.all(contractDirectory: config.contractDirectory, fixturesDirectory: config.fixturesDirectory) : []
+    var started: Daemons?
     do {
         let daemons = try Daemons(world: world, executable: config.daemon)
-        for _ in 0..<scenario.instances { try daemons.spawn(failpoint: scenario.failpoint) }
+        started = daemons
+        for _ in 0..<scenario.instances { try daemons.spawn() }
         let rate = config.rate
         let load = Task {
             // Phase one: referrers activate and get codes, which the friends' leads carry.
@@ -127,12 +129,14 @@ func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
         observer.cancel()
         verdict.failures.append("\(error)")
     }
+    // Also after a failed fault: a daemon left running would retry against a dropped database.
+    await started?.stopAll()
     if !verdict.passed {
         let log = (try? String(contentsOfFile: world.logPath, encoding: .utf8)) ?? ""
         verdict.notes.append("daemon log \(world.logPath), last lines:\n" +
                              log.split(separator: "\n").suffix(15).joined(separator: "\n"))
     }
-    await world.tearDown()
+    if verdict.passed || !config.keepFailed { await world.tearDown() } else { verdict.notes.append("kept: database and queues \(world.name)") }
     return verdict
 }
 
@@ -186,7 +190,8 @@ enum Scenarios {
             Scenario(name: "pg-restart", events: baseEvents) { ctx in
                 try await ctx.at(0.4)
                 try services.checkPostgresIdentity()
-                _ = try services.pgCtl(["-m", "fast", "-w", "-t", "60", "restart"])
+                _ = try services.pgCtl(["-m", "fast", "-w", "-t", "60", "stop"])
+                try services.pgStart()
                 return 1
             },
             Scenario(name: "pg-outage", events: baseEvents) { ctx in
@@ -207,7 +212,7 @@ enum Scenarios {
                     low = max(low, depth)
                     deadLetters = max(deadLetters, await ctx.world.queueDepth(ctx.world.settings.deadLetterQueue) ?? 0)
                 }
-                _ = try services.pgCtl(["-w", "-t", "60", "-l", services.pgData + "/server.log", "start"])
+                try services.pgStart()
                 ctx.notes.append("database down \(outage); inbox held \(low) messages, none acked: \(!shrank), dead letters \(deadLetters)")
                 if shrank { ctx.failures.append("the inbox shrank while the database was down: messages were acked") }
                 if deadLetters > 0 { ctx.failures.append("\(deadLetters) dead letter(s) while the database was down") }
@@ -241,19 +246,23 @@ enum Scenarios {
         ]
     }
 
-    /// The daemon exits (86) at the failpoint on its first batch; it is restarted with the
-    /// failpoint `crashes` times, so each restart recovers the previous crash before crashing again.
+    /// At `crashes` random moments of the load the running instance is stopped and one with the
+    /// failpoint takes over: it exits (86) at that point of its first batch, abruptly, and a
+    /// normal instance is started to recover what it left behind.
     static func failpointScenario(_ name: String, point: String, crashes: Int, events: Int) -> Scenario {
-        Scenario(name: name, events: events, failpoint: point) { ctx in
+        Scenario(name: name, events: events) { ctx in
             var crashed = 0
-            while crashed < crashes {
-                guard let status = await ctx.daemons.waitForExit(0, timeout: .seconds(120)) else {
-                    ctx.failures.append("the failpoint \(point) was never hit")
+            for moment in ctx.randomMoments(crashes) {
+                try await ctx.at(moment)
+                ctx.daemons.signal(0, SIGTERM)
+                _ = await ctx.daemons.waitForExit(0, timeout: .seconds(30))
+                try ctx.daemons.spawn(slot: 0, failpoint: point)
+                guard let status = await ctx.daemons.waitForExit(0, timeout: .seconds(60)) else {
+                    ctx.failures.append("the failpoint \(point) was not hit within 60 s")
                     break
                 }
-                if status != 86 { ctx.failures.append("exit \(status) at the failpoint, not 86") }
-                crashed += 1
-                try ctx.daemons.spawn(slot: 0, failpoint: crashed < crashes ? point : nil)
+                if status == 86 { crashed += 1 } else { ctx.failures.append("exit \(status) at the failpoint, not 86") }
+                try ctx.daemons.spawn(slot: 0)
             }
             return crashed
         }

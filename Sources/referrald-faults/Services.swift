@@ -24,6 +24,27 @@ struct Services: Sendable {
         return try Shell.run(pgCtl, args, timeout: timeout)
     }
 
+    /// Starts the cluster and waits until it accepts connections. `pg_ctl start` is not waited
+    /// for: run from this process it never returned here although the server came up (its
+    /// child keeps running detached), so readiness is judged by `pg_isready` instead.
+    func pgStart(timeout: Duration = .seconds(60)) throws {
+        let pgCtl = pgBin + "/pg_ctl"
+        let args = ["-D", pgData, "-l", pgData + "/server.log", "start"]
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: getuid() == 0 ? "/usr/sbin/runuser" : pgCtl)
+        process.arguments = getuid() == 0 ? ["-u", "postgres", "--", pgCtl] + args : args
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let port = URLComponents(string: databaseURL)?.port ?? 5432
+        let deadline = ContinuousClock.now + timeout
+        while (try? Shell.run(pgBin + "/pg_isready", ["-q", "-h", "127.0.0.1", "-p", "\(port)"], timeout: .seconds(10))) == nil {
+            guard ContinuousClock.now < deadline else { throw SuiteError("PostgreSQL in \(pgData) not ready within \(timeout)") }
+            usleep(200_000)
+        }
+    }
+
     /// Refuses to restart a PostgreSQL cluster that is not the one behind `databaseURL`:
     /// `scripts/services.sh` reuses another folder's cluster when the port is taken, and stopping
     /// that one would break whoever owns it, while the faults would not reach the daemon at all.
@@ -56,20 +77,21 @@ struct SuiteError: Error, CustomStringConvertible {
 
 enum Shell {
     /// Runs a command to completion, bounded in time: a hung `rabbitmqctl` must not hang CI.
+    /// Output goes to a file, not a pipe: `pg_ctl start` leaves the server holding its parent's
+    /// descriptors, so a pipe would never reach end-of-file.
     static func run(_ path: String, _ arguments: [String], timeout: Duration) throws -> String {
+        let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("referrald-faults-\(UUID().uuidString).out").path
+        _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: outputPath) }
+        let output = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
+        defer { try? output.close() }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
-        let output = Pipe()
         process.standardOutput = output
         process.standardError = output
+        process.standardInput = FileHandle.nullDevice
         try process.run()
-        // Read concurrently with the wait, or a chatty command fills the pipe and never exits.
-        let collected = OutputBox()
-        let reader = Thread {
-            collected.set(output.fileHandleForReading.readDataToEndOfFile())
-        }
-        reader.start()
         let deadline = ContinuousClock.now + timeout
         while process.isRunning {
             if ContinuousClock.now > deadline {
@@ -78,21 +100,11 @@ enum Shell {
             }
             usleep(20_000)
         }
-        while !collected.done { usleep(1_000) }
-        let text = String(decoding: collected.data, as: UTF8.self)
+        let text = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
         guard process.terminationStatus == 0 else {
             throw SuiteError("\(path) \(arguments.joined(separator: " ")) exited \(process.terminationStatus): \(text)")
         }
         return text
-    }
-
-    private final class OutputBox: @unchecked Sendable {
-        private let lock = NSLock()
-        private var _data = Data()
-        private var _done = false
-        func set(_ data: Data) { lock.lock(); _data = data; _done = true; lock.unlock() }
-        var done: Bool { lock.lock(); defer { lock.unlock() }; return _done }
-        var data: Data { lock.lock(); defer { lock.unlock() }; return _data }
     }
 }
 

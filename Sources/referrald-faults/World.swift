@@ -171,6 +171,7 @@ final class Daemons {
             signal(slot, SIGKILL)
             _ = await waitForExit(slot, timeout: .seconds(5))
         }
-        try? log.close()
     }
+
+    deinit { try? log.close() }
 }
