@@ -215,7 +215,18 @@ public actor Worker {
         lastTimerScan = clock.now()
         while true {
             let context = self.context()
-            let fired = try await db.transaction { c in try Apply.timers(c, context: context, limit: 100) }
+            let fired: (fired: Int, published: [OutgoingEvent])
+            do {
+                fired = try await db.transaction { c in try Apply.timers(c, context: context, limit: 100) }
+            } catch let error as PostgresError where error.sqlState == "40P01" || error.sqlState == "40001" {
+                // Another instance's batch holds the same referrals (three instances deadlocked
+                // here under load). The transaction rolled back and its timers stay due, so the
+                // next scan fires them; rethrowing would drop both broker connections and requeue
+                // the batch in hand, raising every message's delivery count towards the limit.
+                logger.notice("timer scan lost a lock conflict; retried on the next scan",
+                              metadata: ["db.sqlstate": "\(error.sqlState ?? "-")"])
+                return
+            }
             if fired.fired == 0 { return }
             logger.debug("timers fired", metadata: ["timers.fired": "\(fired.fired)", "events": "\(fired.published.count)"])
             try await relayOutbox()
