@@ -129,7 +129,6 @@ struct UpstreamEvent: Sendable {
 actor UpstreamPublisher {
     let world: World
     private var connection: AMQPConnection?
-    private(set) var sent = 0
 
     init(world: World) { self.world = world }
 
@@ -155,10 +154,7 @@ actor UpstreamPublisher {
                     try await connection!.enableConfirms()
                 }
                 let outcomes = try await connection!.publish(messages)
-                if outcomes.allSatisfy({ $0 == .confirmed }) {
-                    sent += events.count
-                    return
-                }
+                if outcomes.allSatisfy({ $0 == .confirmed }) { return }
             } catch {
                 await connection?.close()
                 connection = nil

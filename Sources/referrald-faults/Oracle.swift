@@ -10,11 +10,9 @@ actor BillingLedger {
     struct Issued: Sendable { var referral: String; var beneficiary: String; var cloudEventIds: [String: Int] }
     private(set) var issued: [String: Issued] = [:]
     private(set) var reversed = 0
-    private(set) var deliveries = 0
     private(set) var malformed = 0
 
     func record(_ body: [UInt8]) {
-        deliveries += 1
         guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
               let type = object["type"] as? String, let id = object["id"] as? String,
               let data = object["data"] as? [String: Any], let reward = data["reward_id"] as? String

@@ -19,10 +19,7 @@ struct SuiteConfig: Sendable {
 /// How far the load has got, for faults placed at moments of the load.
 actor LoadProgress {
     private(set) var started: ContinuousClock.Instant?
-    private(set) var finished: ContinuousClock.Instant?
     func start() { started = ContinuousClock.now }
-    func finish() { finished = ContinuousClock.now }
-    var isFinished: Bool { finished != nil }
 }
 
 /// What a fault script can use while the load runs.
@@ -102,7 +99,6 @@ func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
                 events.insert(UpstreamEvent(raw: h.body, type: h.routingKey), at: (i * 7919) % max(events.count, 1))
             }
             try await publisher.send(events, rate: rate)
-            await progress.finish()
         }
         let loadDuration = Duration.milliseconds(Int64(plan.steps.count + hostile.count) * 1000 / Int64(max(rate, 1)))
         var context = FaultContext(world: world, daemons: daemons, progress: progress, loadDuration: loadDuration, rng: rng)
