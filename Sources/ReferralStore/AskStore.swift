@@ -27,8 +27,9 @@ extension Store {
     /// they end with the transaction.
     public static func lockAccounts(_ c: isolated PostgresConnection, _ accounts: [String]) throws {
         if accounts.isEmpty { return }
+        // The sort is in a subquery: in `SELECT f(x) ... ORDER BY`, f runs before the sort.
         _ = try c.query("""
-            SELECT pg_advisory_xact_lock(2, hashtext(a)) FROM unnest($1::text[]) AS a ORDER BY hashtext(a)
+            SELECT pg_advisory_xact_lock(2, h) FROM (SELECT DISTINCT hashtext(a) AS h FROM unnest($1::text[]) AS a ORDER BY h) s
             """, [.textArray(Array(Set(accounts)))])
     }
 

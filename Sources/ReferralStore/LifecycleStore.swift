@@ -32,6 +32,28 @@ extension Store {
 
     // MARK: facts
 
+    /// Serialises batches that carry facts about the same leads or accounts, taken before
+    /// anything is read. Without it, two instances each missed the other's uncommitted fact: one
+    /// stored an order linking a lead to an account while the other stored that account's
+    /// activation, found no referral for the account yet (the link was not committed), and
+    /// nobody re-decided the referral, which stayed `installed` with its rewards never issued
+    /// (the three-instance fault run). Leads and accounts already linked by a committed order
+    /// are locked together, so a fact about either waits for the other. Locks are taken in hash
+    /// order in one statement (no two batches wait on each other in a cycle) and end with the
+    /// transaction.
+    public static func lockFactKeys(_ c: isolated PostgresConnection, leads: [String], accounts: [String]) throws {
+        if leads.isEmpty && accounts.isEmpty { return }
+        _ = try c.query("""
+            WITH keys AS (
+                SELECT 'l:' || unnest($1::text[]) AS k
+                UNION SELECT 'a:' || unnest($2::text[])
+                UNION SELECT 'a:' || account_id FROM facts WHERE kind = 'order' AND lead_id = ANY($1::text[])
+                UNION SELECT 'l:' || lead_id FROM facts WHERE kind = 'order' AND account_id = ANY($2::text[])
+            )
+            SELECT pg_advisory_xact_lock(1, h) FROM (SELECT DISTINCT hashtext(k) AS h FROM keys ORDER BY h) s
+            """, [.textArray(leads), .textArray(accounts)])
+    }
+
     public static func insertFacts(_ c: isolated PostgresConnection, _ facts: [Fact]) throws {
         if facts.isEmpty { return }
         let rows = facts.map(FactRow.init)

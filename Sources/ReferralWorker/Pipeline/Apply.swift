@@ -53,10 +53,11 @@ enum Apply {
     /// Stores the batch's lifecycle facts and decides every referral cluster they touch.
     static func lifecycle(_ c: isolated PostgresConnection, facts: [Fact], context: Context,
                           mismatches: inout [Effect], rewards: inout [RewardChange]) throws -> [OutgoingEvent] {
-        try Store.insertFacts(c, facts)
-
         let leads = Array(Set(facts.compactMap(\.leadId)))
         let accounts = Array(Set(facts.compactMap(\.accountId)))
+        try Store.lockFactKeys(c, leads: leads, accounts: accounts)
+        try Store.insertFacts(c, facts)
+
         let rewardIds = Array(Set(facts.compactMap(\.rewardId)))
         try Store.scrubErased(c, accounts: accounts)
 

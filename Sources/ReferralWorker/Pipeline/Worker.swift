@@ -236,7 +236,18 @@ public actor Worker {
             status.databaseRoundTripSucceeded()
             let count = max(claimed.referrals.count, claimed.accounts.count)
             if count == 0 { return }
-            let fired = try await db.transaction { c in try Apply.timers(c, claimed: claimed, context: context) }
+            let fired: (published: [OutgoingEvent], rewards: [Apply.RewardChange])
+            do {
+                fired = try await db.transaction { c in try Apply.timers(c, claimed: claimed, context: context) }
+            } catch let error as PostgresError where error.sqlState == "40P01" || error.sqlState == "40001" {
+                // Another instance's batch holds the same referrals. The transaction rolled back
+                // and the timers fire again when their lease ends; rethrowing would drop both
+                // broker connections and requeue the batch in hand, raising every message's
+                // delivery count towards the broker's limit.
+                logger.notice("timer scan lost a lock conflict; its timers fire again after their lease",
+                              metadata: ["db.sqlstate": "\(error.sqlState ?? "-")"])
+                return
+            }
             metrics.rewards(fired.rewards)
             logger.debug("timers fired", metadata: ["timers.fired": "\(count)", "events": "\(fired.published.count)"])
             try await relayOutbox()

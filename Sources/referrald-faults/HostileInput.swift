@@ -1,0 +1,105 @@
+import AMQP
+import Foundation
+import ReferralCore
+
+/// Bodies that must become dead letters with a given `x-referrald-error`, never a crash, a hang
+/// or unbounded memory: the contract's invalid examples, our own invalid fixtures, and bodies
+/// built at each input limit plus one.
+struct HostileInput: Sendable {
+    let label: String
+    let body: [UInt8]
+    let routingKey: String
+    let code: String
+
+    static func all(contractDirectory: String?, fixturesDirectory: String?) -> [HostileInput] {
+        var inputs: [HostileInput] = []
+        if let dir = contractDirectory.map({ $0 + "/examples/invalid" }),
+           let manifest = readObject(dir + "/manifest.json") {
+            for (file, code) in manifest.sorted(by: { $0.key < $1.key }) {
+                guard let code = code as? String, let body = FileManager.default.contents(atPath: dir + "/" + file) else { continue }
+                inputs.append(HostileInput(label: "contract " + file, body: Array(body), routingKey: routingKey(of: body), code: code))
+            }
+        }
+        if let dir = fixturesDirectory, let manifest = readObject(dir + "/manifest.json") {
+            for (file, entry) in manifest.sorted(by: { $0.key < $1.key }) {
+                guard let code = (entry as? [String: Any])?["code"] as? String,
+                      let body = FileManager.default.contents(atPath: dir + "/" + file) else { continue }
+                inputs.append(HostileInput(label: "fixture " + file, body: Array(body), routingKey: routingKey(of: body), code: code))
+            }
+        }
+        return inputs + generated()
+    }
+
+    /// One past each limit of the contract (256 KiB body, depth 64, 16 KiB strings, 100,000
+    /// values), and far past the depth limit, which a recursive parser would crash on.
+    static func generated() -> [HostileInput] {
+        func envelope(_ data: String, id: String) -> [UInt8] {
+            Array("""
+                {"specversion":"1.0","id":"\(id)","source":"crm","type":"crm.ticket.opened","time":"2027-03-01T08:00:00Z",\
+                "datacontenttype":"application/json","data":\(data)}
+                """.utf8)
+        }
+        let key = "crm.ticket.opened"
+        return [
+            HostileInput(label: "body 300 KiB", body: envelope("{\"account_id\":\"a\",\"pad\":\"\(String(repeating: "x", count: 300 * 1024))\"}", id: "h-big"),
+                         routingKey: key, code: "too_large"),
+            HostileInput(label: "nesting 65", body: envelope(String(repeating: "[", count: 65) + String(repeating: "]", count: 65), id: "h-deep65"),
+                         routingKey: key, code: "too_large"),
+            HostileInput(label: "nesting 200,000 (unclosed)", body: envelope(String(repeating: "[", count: 200_000), id: "h-deep"),
+                         routingKey: key, code: "too_large"),
+            HostileInput(label: "string 16 KiB + 1", body: envelope("{\"account_id\":\"\(String(repeating: "a", count: 16_385))\"}", id: "h-str"),
+                         routingKey: key, code: "too_large"),
+            HostileInput(label: "100,001 values", body: envelope("[" + Array(repeating: "0", count: 100_001).joined(separator: ",") + "]", id: "h-many"),
+                         routingKey: key, code: "too_large"),
+            HostileInput(label: "number 16 KiB + 1 digits", body: envelope("{\"n\":1\(String(repeating: "0", count: 16_384))}", id: "h-num"),
+                         routingKey: key, code: "too_large"),
+        ]
+    }
+
+    /// Routed as what it claims to be; a body without a consumed type goes as an install event.
+    private static func routingKey(of body: Data) -> String {
+        let type = (try? JSONSerialization.jsonObject(with: body) as? [String: Any])?["type"] as? String
+        return type.flatMap { ConsumedType(rawValue: $0)?.rawValue } ?? "provisioning.install.completed"
+    }
+
+    private static func readObject(_ path: String) -> [String: Any]? {
+        FileManager.default.contents(atPath: path).flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }
+    }
+
+    /// Every hostile body is in the dead-letter queue, unchanged, with its code; nothing else is.
+    static func check(_ inputs: [HostileInput], world: World, notes: inout [String]) async -> [String] {
+        var failures: [String] = []
+        var got: [[UInt8]: [String]] = [:]
+        var total = 0
+        do {
+            let amqp = try await AMQPConnection.connect(try AMQPURL(parsing: world.services.amqpURL), heartbeatSeconds: 30,
+                                                        connectionName: "referrald-faults dlq", logger: quietLogger)
+            try await amqp.consume(queue: world.settings.deadLetterQueue, prefetch: 500)
+            let deadline = ContinuousClock.now + .seconds(20)
+            while total < inputs.count, ContinuousClock.now < deadline {
+                let batch = try await amqp.nextDeliveries(max: 500, wait: .milliseconds(200))
+                for d in batch {
+                    if case .string(let code) = d.headers["x-referrald-error"] { got[d.body, default: []].append(code) }
+                    else { got[d.body, default: []].append("(no x-referrald-error)") }
+                }
+                total += batch.count
+                if let last = batch.last { try await amqp.ack(last.deliveryTag, multiple: true) }
+            }
+            await amqp.close()
+        } catch {
+            return ["reading the dead-letter queue: \(error)"]
+        }
+        for input in inputs {
+            guard var codes = got[input.body], let i = codes.firstIndex(of: input.code) else {
+                failures.append("\(input.label): not dead-lettered as \(input.code) (got \(got[input.body] ?? []))")
+                continue
+            }
+            codes.remove(at: i)
+            got[input.body] = codes.isEmpty ? nil : codes
+        }
+        let extra = got.values.reduce(0) { $0 + $1.count }
+        if extra > 0 { failures.append("\(extra) unexpected dead letter(s): \(got.values.flatMap { $0 }.prefix(5))") }
+        notes.append("hostile inputs: \(inputs.count) sent, \(total) dead-lettered, \(inputs.count - failures.count) with the right code")
+        return failures
+    }
+}

@@ -1,0 +1,282 @@
+import AMQP
+import Foundation
+import Postgres
+
+/// What every scenario shares: the services, the daemon binary, the sizes and the seed.
+struct SuiteConfig: Sendable {
+    var services: Services
+    var daemon: String
+    var logDirectory: String
+    var programsFile: String
+    var rate: Int
+    var drainTimeout: Duration
+    var seed: UInt64
+    var contractDirectory: String?
+    var fixturesDirectory: String?
+    var keepFailed: Bool
+}
+
+/// How far the load has got, for faults placed at moments of the load.
+actor LoadProgress {
+    private(set) var started: ContinuousClock.Instant?
+    func start() { started = ContinuousClock.now }
+}
+
+/// What a fault script can use while the load runs.
+struct FaultContext {
+    let world: World
+    let daemons: Daemons
+    let progress: LoadProgress
+    /// Expected length of phase two (the paced load), for placing faults at random moments in it.
+    let loadDuration: Duration
+    var rng: SeededGenerator
+    var notes: [String] = []
+    var failures: [String] = []
+
+    /// Sleeps until `fraction` of the paced load has gone by.
+    func at(_ fraction: Double) async throws {
+        while await progress.started == nil { try await Task.sleep(for: .milliseconds(20)) }
+        let due = await progress.started! + loadDuration * fraction
+        if due > ContinuousClock.now { try await Task.sleep(until: due) }
+    }
+
+    mutating func randomMoments(_ count: Int) -> [Double] {
+        (0..<count).map { _ in 0.02 + Double(rng.next() % 9_300) / 10_000 }.sorted()
+    }
+}
+
+struct Scenario {
+    let name: String
+    let events: Int
+    var instances = 1
+    var hostile = false
+    /// Injects the faults while the load runs; returns how many it injected.
+    let inject: (inout FaultContext) async throws -> Int
+}
+
+func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
+    var verdict = Verdict(scenario: scenario.name, events: 0, faults: 0, expected: 0, lost: 0, duplicated: 0,
+                          redelivered: 0, unexpected: 0, recovery: nil)
+    let world: World
+    do {
+        world = try await World.make(services: config.services, scenario: scenario.name,
+                                     programsFile: config.programsFile, logDirectory: config.logDirectory)
+    } catch {
+        verdict.failures.append("setup: \(error)")
+        return verdict
+    }
+    var rng = SeededGenerator(state: config.seed ^ UInt64(truncatingIfNeeded: scenario.name.hashValueStable))
+    let plan = Plan(prefix: world.name, events: scenario.events, rng: &rng)
+    let ledger = BillingLedger()
+    let observer = observe(world: world, into: ledger)
+    let publisher = UpstreamPublisher(world: world)
+    let progress = LoadProgress()
+    let hostile = scenario.hostile ? HostileInput.all(contractDirectory: config.contractDirectory, fixturesDirectory: config.fixturesDirectory) : []
+    var started: Daemons?
+    do {
+        let daemons = try Daemons(world: world, executable: config.daemon)
+        started = daemons
+        for _ in 0..<scenario.instances { try daemons.spawn() }
+        let rate = config.rate
+        let load = Task {
+            // Phase one: referrers activate and get codes, which the friends' leads carry.
+            try await publisher.publish(plan.referrers.indices.map { plan.referrerActivation($0) })
+            var codes: [String: String] = [:]
+            let deadline = ContinuousClock.now + .seconds(300)
+            while codes.count < plan.referrers.count {
+                guard ContinuousClock.now < deadline else { throw SuiteError("referrers got no codes within 300 s") }
+                try await Task.sleep(for: .milliseconds(200))
+                codes = try await world.db { c in
+                    Dictionary(uniqueKeysWithValues: try c.query("SELECT account_id, code FROM referral_codes").map {
+                        (try $0.decode("account_id", as: String.self), try $0.decode("code", as: String.self))
+                    })
+                }
+            }
+            // Phase two, paced, with the hostile input spread through it.
+            await progress.start()
+            var events = plan.steps.map { plan.event($0, codes: codes) }
+            for (i, h) in hostile.enumerated() {
+                events.insert(UpstreamEvent(raw: h.body, type: h.routingKey), at: (i * 7919) % max(events.count, 1))
+            }
+            try await publisher.send(events, rate: rate)
+        }
+        let loadDuration = Duration.milliseconds(Int64(plan.steps.count + hostile.count) * 1000 / Int64(max(rate, 1)))
+        var context = FaultContext(world: world, daemons: daemons, progress: progress, loadDuration: loadDuration, rng: rng)
+        verdict.faults = try await scenario.inject(&context)
+        try await load.value
+        await publisher.close()
+        // Recovery is timed from the end of the last fault or of the load, whichever is later.
+        for slot in daemons.processes.indices where !daemons.running.contains(slot) {
+            context.failures.append("instance \(slot) not running after the faults (exit \(daemons.processes[slot].terminationStatus))")
+        }
+        let recovery = try await Oracle.awaitQuiescence(world: world, ledger: ledger, expected: plan.expectedRewards.count,
+                                                        timeout: config.drainTimeout)
+        await daemons.stopAll()
+        observer.cancel()
+        _ = await observer.value
+        var judged = try await Oracle.judge(scenario: scenario.name, plan: plan, world: world, ledger: ledger,
+                                            faults: verdict.faults, recovery: recovery, deadLettersExpected: scenario.hostile)
+        judged.events = plan.eventCount + hostile.count
+        judged.notes += context.notes
+        judged.failures += context.failures
+        if scenario.hostile { judged.failures += await HostileInput.check(hostile, world: world, notes: &judged.notes) }
+        verdict = judged
+    } catch {
+        observer.cancel()
+        verdict.failures.append("\(error)")
+    }
+    // Also after a failed fault: a daemon left running would retry against a dropped database.
+    await started?.stopAll()
+    if !verdict.passed {
+        let log = (try? String(contentsOfFile: world.logPath, encoding: .utf8)) ?? ""
+        verdict.notes.append("daemon log \(world.logPath), last lines:\n" +
+                             log.split(separator: "\n").suffix(15).joined(separator: "\n"))
+    }
+    if verdict.passed || !config.keepFailed { await world.tearDown() } else { verdict.notes.append("kept: database and queues \(world.name)") }
+    return verdict
+}
+
+extension String {
+    /// `hashValue` changes per process; the fault moments must replay from the seed.
+    var hashValueStable: UInt64 { utf8.reduce(1469598103934665603) { ($0 ^ UInt64($1)) &* 1099511628211 } }
+}
+
+// MARK: the scenarios of the issue
+
+enum Scenarios {
+    static func all(events: Int, baseEvents: Int, kills: Int, crashes: Int, outage: Duration, services: Services)
+        -> [Scenario] {
+        [
+            Scenario(name: "hostile-input", events: baseEvents, hostile: true) { _ in 0 },
+            Scenario(name: "kill-9", events: events) { ctx in
+                for moment in ctx.randomMoments(kills) {
+                    try await ctx.at(moment)
+                    let slot = ctx.daemons.running.first ?? 0
+                    ctx.daemons.signal(slot, SIGKILL)
+                    _ = await ctx.daemons.waitForExit(slot, timeout: .seconds(10))
+                    try await Task.sleep(for: .milliseconds(Int64(ctx.rng.next() % 500)))
+                    try ctx.daemons.spawn(slot: slot)
+                }
+                return kills
+            },
+            failpointScenario("crash-commit-ack", point: "after-commit", crashes: crashes, events: baseEvents),
+            failpointScenario("crash-publish-mark", point: "after-publish", crashes: crashes, events: baseEvents),
+            Scenario(name: "broker-restart", events: baseEvents) { ctx in
+                try await ctx.at(0.4)
+                try services.checkRabbitIdentity()
+                _ = try services.rabbitmqctl(["stop_app"])
+                // While the broker is away the outbox may only grow: nothing is lost, it waits.
+                var peak: Int64 = 0
+                for _ in 0..<8 {
+                    peak = max(peak, (try? await ctx.world.count("SELECT count(*) FROM outbox WHERE published_at IS NULL")) ?? 0)
+                    try await Task.sleep(for: .seconds(1))
+                }
+                _ = try services.rabbitmqctl(["start_app"])
+                ctx.notes.append("broker down 8 s; outbox unpublished peak \(peak)")
+                return 1
+            },
+            Scenario(name: "broker-close", events: baseEvents) { ctx in
+                var closed = 0
+                for moment in [0.25, 0.5, 0.75] {
+                    try await ctx.at(moment)
+                    closed += try closeDaemonConnections(services)
+                }
+                return closed
+            },
+            Scenario(name: "pg-restart", events: baseEvents) { ctx in
+                try await ctx.at(0.4)
+                try services.checkPostgresIdentity()
+                _ = try services.pgCtl(["-m", "fast", "-w", "-t", "60", "stop"])
+                try services.pgStart()
+                return 1
+            },
+            Scenario(name: "pg-outage", events: baseEvents) { ctx in
+                try await ctx.at(0.3)
+                try services.checkPostgresIdentity()
+                _ = try services.pgCtl(["-m", "fast", "-w", "-t", "60", "stop"])
+                // A batch committed just before the stop may still be acked: sample after that.
+                try await Task.sleep(for: .seconds(2))
+                let inbox = ctx.world.settings.inboxQueue
+                var low = await ctx.world.queueDepth(inbox) ?? 0
+                var shrank = false
+                var deadLetters: UInt32 = 0
+                let end = ContinuousClock.now + outage - .seconds(2)
+                while ContinuousClock.now < end {
+                    try await Task.sleep(for: .seconds(1))
+                    let depth = await ctx.world.queueDepth(inbox) ?? low
+                    if depth < low { shrank = true }
+                    low = max(low, depth)
+                    deadLetters = max(deadLetters, await ctx.world.queueDepth(ctx.world.settings.deadLetterQueue) ?? 0)
+                }
+                try services.pgStart()
+                ctx.notes.append("database down \(outage); inbox held \(low) messages, none acked: \(!shrank), dead letters \(deadLetters)")
+                if shrank { ctx.failures.append("the inbox shrank while the database was down: messages were acked") }
+                if deadLetters > 0 { ctx.failures.append("\(deadLetters) dead letter(s) while the database was down") }
+                return 1
+            },
+            Scenario(name: "pg-terminate", events: baseEvents) { ctx in
+                var terminated = 0
+                for moment in ctx.randomMoments(10) {
+                    try await ctx.at(moment)
+                    terminated += Int(try await ctx.world.count("""
+                        SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                        WHERE datname = current_database() AND application_name = 'referrald') t
+                        """))
+                }
+                return terminated
+            },
+            Scenario(name: "three-instances", events: baseEvents * 2, instances: 3) { _ in 0 },
+            Scenario(name: "sigterm", events: baseEvents) { ctx in
+                for moment in [0.2, 0.5, 0.8] {
+                    try await ctx.at(moment)
+                    let began = ContinuousClock.now
+                    ctx.daemons.signal(0, SIGTERM)
+                    let status = await ctx.daemons.waitForExit(0, timeout: .seconds(30))
+                    ctx.notes.append("SIGTERM: exit \(status.map(String.init) ?? "none") after \(ContinuousClock.now - began)")
+                    if status != 0 { ctx.failures.append("SIGTERM under load: exit \(status.map(String.init) ?? "none within 30 s")") }
+                    if status == nil { ctx.daemons.signal(0, SIGKILL); _ = await ctx.daemons.waitForExit(0, timeout: .seconds(5)) }
+                    try ctx.daemons.spawn(slot: 0)
+                }
+                return 3
+            },
+        ]
+    }
+
+    /// At `crashes` random moments of the load the running instance is stopped and one with the
+    /// failpoint takes over: it exits (86) at that point of its first batch, abruptly, and a
+    /// normal instance is started to recover what it left behind.
+    static func failpointScenario(_ name: String, point: String, crashes: Int, events: Int) -> Scenario {
+        Scenario(name: name, events: events) { ctx in
+            var crashed = 0
+            for moment in ctx.randomMoments(crashes) {
+                try await ctx.at(moment)
+                ctx.daemons.signal(0, SIGTERM)
+                _ = await ctx.daemons.waitForExit(0, timeout: .seconds(30))
+                try ctx.daemons.spawn(slot: 0, failpoint: point)
+                guard let status = await ctx.daemons.waitForExit(0, timeout: .seconds(60)) else {
+                    ctx.failures.append("the failpoint \(point) was not hit within 60 s")
+                    break
+                }
+                if status == 86 { crashed += 1 } else { ctx.failures.append("exit \(status) at the failpoint, not 86") }
+                try ctx.daemons.spawn(slot: 0)
+            }
+            return crashed
+        }
+    }
+
+    /// Closes every broker connection named by the daemon (`referrald consumer|publisher`),
+    /// as an operator's `close_connection` or a load balancer's idle cut would.
+    static func closeDaemonConnections(_ services: Services) throws -> Int {
+        let listing = try services.rabbitmqctl(["list_connections", "name", "client_properties", "--formatter", "json"])
+        guard let rows = try JSONSerialization.jsonObject(with: Data(listing.utf8)) as? [[String: Any]] else { return 0 }
+        var closed = 0
+        for row in rows {
+            guard let name = row["name"] as? String else { continue }
+            let properties = "\(row["client_properties"] ?? "")"
+            guard properties.contains("referrald consumer") || properties.contains("referrald publisher") else { continue }
+            _ = try? services.rabbitmqctl(["close_connection", name, "fault suite: forced close"])
+            closed += 1
+        }
+        return closed
+    }
+}

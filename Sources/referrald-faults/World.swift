@@ -1,0 +1,177 @@
+import AMQP
+import Foundation
+import Logging
+import Postgres
+import ReferralStore
+import ReferralWorker
+
+let quietLogger: Logger = {
+    var l = Logger(label: "referrald-faults") { label in LineLogHandler(label: label, level: .error, format: .logfmt) }
+    l.logLevel = .error
+    return l
+}()
+
+/// One scenario's isolated world on the real services: its own database (created and migrated),
+/// its own exchange and queue names, and an observer queue that plays billing: it receives every
+/// `referral.reward.*` the daemons publish.
+final class World: Sendable {
+    let name: String
+    let services: Services
+    let databaseURL: String
+    let settings: Settings
+    let environment: [String: String]
+    let observerQueue: String
+    let logPath: String
+
+    static func make(services: Services, scenario: String, programsFile: String, logDirectory: String) async throws -> World {
+        let name = "f\(scenario.filter(\.isLetter).prefix(8))\(UInt32.random(in: 0...UInt32.max))"
+        let admin = try await PostgresConnection.connect(
+            try PostgresURL(parsing: services.databaseURL), applicationName: "referrald-faults admin", logger: quietLogger)
+        try await admin.run { c in try c.executeScript("CREATE DATABASE \(name)") }
+        await admin.close()
+        var parts = URLComponents(string: services.databaseURL)!
+        parts.path = "/" + name
+        let databaseURL = parts.string!
+        let environment = [
+            "REFERRALD_AMQP_URL": services.amqpURL,
+            "REFERRALD_DATABASE_URL": databaseURL,
+            "REFERRALD_PROGRAMS_FILE": programsFile,
+            "REFERRALD_INBOX_QUEUE": "\(name).inbox",
+            "REFERRALD_DLX": "\(name).dlx",
+            "REFERRALD_DLQ": "\(name).dlq",
+            "REFERRALD_EVENTS_EXCHANGE": "\(name).referral.events",
+            "REFERRALD_UPSTREAM_EXCHANGES": "\(name).provisioning,\(name).billing,\(name).crm",
+            "REFERRALD_HTTP_PORT": "0",
+            "REFERRALD_LOG_LEVEL": "warning",
+        ]
+        let settings = try await Settings.load(configFile: nil, environment: environment)
+        let db = try await PostgresConnection.connect(try PostgresURL(parsing: databaseURL),
+                                                      applicationName: "referrald-faults", logger: quietLogger)
+        _ = try await Schema.migrate(db, logger: quietLogger)
+        await db.close()
+        let amqp = try await AMQPConnection.connect(try AMQPURL(parsing: services.amqpURL), heartbeatSeconds: 30,
+                                                    connectionName: "referrald-faults setup", logger: quietLogger)
+        try await Topology(settings: settings).declare(on: amqp, passiveUpstream: false, logger: quietLogger)
+        let observer = "\(name).billing"
+        _ = try await amqp.declareQueue(observer, durable: true, arguments: ["x-queue-type": .string("quorum")])
+        try await amqp.bindQueue(observer, exchange: settings.eventsExchange, routingKey: "referral.reward.#")
+        await amqp.close()
+        return World(name: name, services: services, databaseURL: databaseURL, settings: settings,
+                     environment: environment, observerQueue: observer, logPath: "\(logDirectory)/\(scenario).log")
+    }
+
+    private init(name: String, services: Services, databaseURL: String, settings: Settings,
+                 environment: [String: String], observerQueue: String, logPath: String) {
+        self.name = name; self.services = services; self.databaseURL = databaseURL; self.settings = settings
+        self.environment = environment; self.observerQueue = observerQueue; self.logPath = logPath
+    }
+
+    /// One statement batch on a fresh connection, retried until `timeout`: the suite's own view of
+    /// the database must survive the very restarts it causes.
+    func db<T: Sendable>(timeout: Duration = .seconds(120),
+                         _ body: @escaping @Sendable (isolated PostgresConnection) throws -> T) async throws -> T {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            do {
+                let c = try await PostgresConnection.connect(try PostgresURL(parsing: databaseURL),
+                                                             applicationName: "referrald-faults", logger: quietLogger)
+                defer { Task { await c.close() } }
+                return try await c.run(body)
+            } catch {
+                if ContinuousClock.now > deadline { throw error }
+                try await Task.sleep(for: .milliseconds(250))
+            }
+        }
+    }
+
+    func count(_ sql: String) async throws -> Int64 {
+        try await db { c in try c.query(sql).first?.decode(0, as: Int64.self) ?? -1 }
+    }
+
+    /// Messages in a queue, ready and unacknowledged; nil while the broker is away.
+    func queueDepth(_ queue: String) async -> UInt32? {
+        guard let amqp = try? await AMQPConnection.connect(try AMQPURL(parsing: services.amqpURL), heartbeatSeconds: 30,
+                                                           connectionName: "referrald-faults probe", logger: quietLogger)
+        else { return nil }
+        defer { Task { await amqp.close() } }
+        return try? await amqp.declareQueue(queue, durable: true, passive: true).messageCount
+    }
+
+    func tearDown() async {
+        if let amqp = try? await AMQPConnection.connect(try AMQPURL(parsing: services.amqpURL), heartbeatSeconds: 30,
+                                                        connectionName: "referrald-faults teardown", logger: quietLogger) {
+            for q in [settings.inboxQueue, settings.deadLetterQueue, observerQueue] { try? await amqp.deleteQueue(q) }
+            for x in settings.upstreamExchanges + [settings.eventsExchange, settings.deadLetterExchange] {
+                try? await amqp.deleteExchange(x)
+            }
+            await amqp.close()
+        }
+        if let admin = try? await PostgresConnection.connect(
+            try PostgresURL(parsing: services.databaseURL), applicationName: "referrald-faults admin", logger: quietLogger) {
+            _ = try? await admin.run { c in try c.executeScript("DROP DATABASE IF EXISTS \(name) WITH (FORCE)") }
+            await admin.close()
+        }
+    }
+}
+
+/// The real `referrald run` processes of a scenario, each with the world's configuration. Their
+/// output goes to the scenario's log file, printed when the scenario fails.
+final class Daemons {
+    let world: World
+    let executable: String
+    private(set) var processes: [Process] = []
+    private let log: FileHandle
+
+    init(world: World, executable: String) throws {
+        self.world = world
+        self.executable = executable
+        _ = FileManager.default.createFile(atPath: world.logPath, contents: nil)
+        log = try FileHandle(forWritingTo: URL(fileURLWithPath: world.logPath))
+    }
+
+    /// Starts one more instance (or replaces instance `slot`); returns its slot.
+    @discardableResult
+    func spawn(slot: Int? = nil, failpoint: String? = nil) throws -> Int {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = ["run"]
+        var env = ProcessInfo.processInfo.environment
+        env.merge(world.environment) { _, new in new }
+        env["REFERRALD_FAILPOINT"] = failpoint
+        process.environment = env
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        if let slot {
+            processes[slot] = process
+            return slot
+        }
+        processes.append(process)
+        return processes.count - 1
+    }
+
+    func signal(_ slot: Int, _ sig: Int32) { kill(processes[slot].processIdentifier, sig) }
+
+    /// Waits for instance `slot` to exit; nil if it is still running at the deadline.
+    func waitForExit(_ slot: Int, timeout: Duration) async -> Int32? {
+        let deadline = ContinuousClock.now + timeout
+        while processes[slot].isRunning {
+            if ContinuousClock.now > deadline { return nil }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return processes[slot].terminationStatus
+    }
+
+    var running: [Int] { processes.indices.filter { processes[$0].isRunning } }
+
+    /// Ends every instance: SIGTERM, then SIGKILL for one that does not stop in time.
+    func stopAll() async {
+        for slot in running { signal(slot, SIGTERM) }
+        for slot in processes.indices where await waitForExit(slot, timeout: .seconds(20)) == nil {
+            signal(slot, SIGKILL)
+            _ = await waitForExit(slot, timeout: .seconds(5))
+        }
+    }
+
+    deinit { try? log.close() }
+}

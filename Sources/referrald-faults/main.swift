@@ -1,1 +1,0 @@
-print("referrald-faults: not written yet")
