@@ -20,4 +20,10 @@ fi
 scripts/check-deploy.sh
 python3 scripts/check-asyncapi.py
 swift build --build-tests "$@"
+# The fault suite kills and restarts the services under load (about 8 minutes): it runs alone,
+# before the tests, so that swift test's summary is the last word. REFERRALD_SKIP_FAULTS=1 skips it.
+if [ "${REFERRALD_SKIP_FAULTS:-0}" != 1 ]; then
+  scripts/fault-suite.sh
+  scripts/services.sh start   # everything back up and reachable before the tests
+fi
 swift test --skip-build "$@"
