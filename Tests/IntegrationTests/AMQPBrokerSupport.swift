@@ -70,34 +70,25 @@ enum AMQPTestBroker {
         return try await condition()
     }
 
-    static func rabbitmqctl(_ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/lib/rabbitmq/bin/rabbitmqctl")
+    static func rabbitmqctl(_ arguments: [String]) async throws -> String {
         // The node scripts/services.sh started; rabbitmqctl finds its cookie in $HOME.
         let node = ProcessInfo.processInfo.environment["REFERRALD_RABBITMQ_NODE"] ?? "referrald-5672@localhost"
-        process.arguments = ["-n", node] + arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
-            throw RabbitmqctlError(arguments: arguments, output: text)
+        let result = try await Subprocess.run(URL(fileURLWithPath: "/usr/lib/rabbitmq/bin/rabbitmqctl"), ["-n", node] + arguments)
+        guard result.status == 0 else {
+            throw RabbitmqctlError(arguments: arguments, output: result.output + result.errors)
         }
-        return text
+        return result.output
     }
 
     /// Closes, from the broker's side, the connection whose client properties carry this
     /// `connection_name`: the broker sends connection.close 320 CONNECTION_FORCED.
-    static func forceClose(connectionNamed name: String) throws {
-        let listing = try rabbitmqctl(["list_connections", "-q", "pid", "client_properties"])
+    static func forceClose(connectionNamed name: String) async throws {
+        let listing = try await rabbitmqctl(["list_connections", "-q", "pid", "client_properties"])
         let lines = listing.split(separator: "\n").filter { $0.contains("{\"connection_name\",\"\(name)\"}") }
         guard lines.count == 1, let pid = lines[0].split(separator: "\t").first else {
             throw RabbitmqctlError(arguments: ["find connection", name], output: listing)
         }
-        _ = try rabbitmqctl(["close_connection", String(pid), "forced by AMQP test"])
+        _ = try await rabbitmqctl(["close_connection", String(pid), "forced by AMQP test"])
     }
 
     struct RabbitmqctlError: Error, CustomStringConvertible {

@@ -148,7 +148,7 @@ struct AMQPBrokerTests {
             try await amqp.declareQueue(queue)
             try await amqp.consume(queue: queue, prefetch: 10)
             let waiting = Task { try await amqp.nextDeliveries(max: 10, wait: .seconds(20)) }
-            try Broker.forceClose(connectionNamed: name)
+            try await Broker.forceClose(connectionNamed: name)
             let started = ContinuousClock.now
             await #expect {
                 try await waiting.value

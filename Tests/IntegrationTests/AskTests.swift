@@ -60,7 +60,7 @@ import Testing
         #expect(ask.data["share_url"] as? String == "https://example.net/business/\(code)")
         #expect(ask.data["friend_offer_text"] as? String == "Join with my link: priority installation and a credit.")
         #expect(try await bed.count("SELECT count(*) FROM asks") == Int64(seen.of("referral.ask.due").count))
-        try Scenario.expectSchemaValid(seen)
+        try await Scenario.expectSchemaValid(seen)
         worker.cancel()
         _ = await worker.result
         await bed.tearDown()
@@ -112,7 +112,7 @@ import Testing
         }
         #expect(seen.of("referral.status.changed").contains { $0.data["to"] as? String == "expired" })
         #expect(seen.of("referral.lead.followup_due").count == 2, "one follow-up per stall, none after expiry")
-        try Scenario.expectSchemaValid(seen)
+        try await Scenario.expectSchemaValid(seen)
         worker.cancel()
         _ = await worker.result
         await bed.tearDown()

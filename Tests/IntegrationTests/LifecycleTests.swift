@@ -93,7 +93,7 @@ import Testing
         #expect(explained.contains("referral \(referral): reversed"), "\(explained)")
         #expect(explained.contains("rwd-\(n)-referrer"))
         #expect(explained.contains("history:"))
-        try Scenario.expectSchemaValid(seen)
+        try await Scenario.expectSchemaValid(seen)
         worker.cancel()
         _ = await worker.result
         await bed.tearDown()
@@ -149,7 +149,7 @@ import Testing
         #expect(rejected.contains("decided by fraud.reject_same_household"), "\(rejected)")
         let lost = try await Explain.render(bed.db, id: "acct-3", now: SystemClock().now())
         #expect(lost.contains(": lost"), "\(lost)")
-        try Scenario.expectSchemaValid(seen)
+        try await Scenario.expectSchemaValid(seen)
         worker.cancel()
         _ = await worker.result
         await bed.tearDown()
@@ -180,7 +180,7 @@ import Testing
             "account_id": "acct-7", "invoice_id": "inv-0", "amount_minor": 4999, "currency": "USD", "sequence": 2])
         try await s.collect(into: &seen) { $0.of("referral.reward.issued").count >= 2 }
         #expect(seen.of("referral.reward.issued").count == 2)
-        try Scenario.expectSchemaValid(seen)
+        try await Scenario.expectSchemaValid(seen)
         worker.cancel()
         _ = await worker.result
         await bed.tearDown()

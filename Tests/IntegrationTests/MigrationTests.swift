@@ -41,22 +41,16 @@ import Testing
 
     @Test func runRefusesAnOlderSchemaNamingMigrate() async throws {
         try await withEmptyDatabase { url in
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-                .appendingPathComponent("referrald")
-            process.arguments = ["run"]
             var env = ProcessInfo.processInfo.environment
             env["REFERRALD_AMQP_URL"] = TestServices.amqpURL
             env["REFERRALD_DATABASE_URL"] = url
             env["REFERRALD_PROGRAMS_FILE"] = TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path
             env["REFERRALD_HTTP_PORT"] = "0"
-            process.environment = env
-            let errors = Pipe()
-            process.standardError = errors
-            try process.run()
-            let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            #expect(process.terminationStatus != 0)
+            let result = try await Subprocess.run(
+                URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("referrald"),
+                ["run"], environment: env)
+            let text = result.errors
+            #expect(result.status != 0)
             #expect(text.contains("referrald migrate"), "\(text)")
             #expect(!text.contains("referrald:referrald@"), "the password must not be logged")
         }

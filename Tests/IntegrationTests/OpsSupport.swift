@@ -290,21 +290,12 @@ enum Ops {
     }
 
     /// Runs the built binary to completion: exit status, stdout, stderr.
-    static func runBinary(_ arguments: [String], environment: [String: String]) throws -> (Int32, String, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .appendingPathComponent("referrald")
-        process.arguments = arguments
+    static func runBinary(_ arguments: [String], environment: [String: String]) async throws -> (Int32, String, String) {
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("REFERRALD_") }
         env.merge(environment) { _, new in new }
-        process.environment = env
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+        let result = try await Subprocess.run(
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("referrald"),
+            arguments, environment: env)
+        return (result.status, result.output, result.errors)
     }
 }

@@ -195,21 +195,21 @@ import Testing
 
     @Test func checkSaysOKOrNamesTheKeyOrTheField() async throws {
         let bed = try await TestBed.make()
-        let (status, out, err) = try Ops.runBinary(["check"], environment: bed.environment)
+        let (status, out, err) = try await Ops.runBinary(["check"], environment: bed.environment)
         print("ops: check → \(status)\n\(out)\(err)")
         #expect(status == 0)
         #expect(out.hasSuffix("ok\n") && out.contains("schema version"))
 
         var badURL = bed.environment
         badURL["REFERRALD_DATABASE_URL"] = "mysql://referrald:s3cret@127.0.0.1/x"
-        let (s1, _, e1) = try Ops.runBinary(["check"], environment: badURL)
+        let (s1, _, e1) = try await Ops.runBinary(["check"], environment: badURL)
         #expect(s1 != 0)
         #expect(e1.contains("REFERRALD_DATABASE_URL"))
         #expect(!e1.contains("s3cret"))
 
         var unreachable = bed.environment
         unreachable["REFERRALD_AMQP_URL"] = "amqp://u:p@127.0.0.1:\(Ops.freePort())/"
-        let (s2, _, e2) = try Ops.runBinary(["check"], environment: unreachable)
+        let (s2, _, e2) = try await Ops.runBinary(["check"], environment: unreachable)
         #expect(s2 != 0 && e2.contains("REFERRALD_AMQP_URL"), "\(e2)")
 
         let file = NSTemporaryDirectory() + "ops-programs-\(bed.name).yaml"
@@ -217,7 +217,7 @@ import Testing
         try example.replacingOccurrences(of: "hold: 30d", with: "hold: 30 fortnights").write(toFile: file, atomically: true, encoding: .utf8)
         var badPrograms = bed.environment
         badPrograms["REFERRALD_PROGRAMS_FILE"] = file
-        let (s3, _, e3) = try Ops.runBinary(["check"], environment: badPrograms)
+        let (s3, _, e3) = try await Ops.runBinary(["check"], environment: badPrograms)
         print("ops: bad programs file → \(s3): \(e3)")
         #expect(s3 != 0 && e3.contains(file) && e3.contains("qualify.hold"))
         try? FileManager.default.removeItem(atPath: file)
@@ -248,13 +248,13 @@ import Testing
         #expect(Watchdog(environment: [:], pid: 7) == nil)
     }
 
-    @Test func notifierSendsToAPathSocket() throws {
+    @Test func notifierSendsToAPathSocket() async throws {
         let listener = try NotifyListener(lifetime: .seconds(10))
         defer { listener.stop() }
         let notifier = try #require(SystemdNotifier(environment: ["NOTIFY_SOCKET": listener.path]))
         #expect(notifier.send("READY=1\nSTATUS=test"))
         let deadline = ContinuousClock.now + .seconds(2)
-        while listener.messages.isEmpty, ContinuousClock.now < deadline { usleep(10_000) }
+        while listener.messages.isEmpty, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
         #expect(listener.messages.first?.lines == ["READY=1", "STATUS=test"])
         #expect(SystemdNotifier(environment: ["NOTIFY_SOCKET": "relative/path"]) == nil)
         #expect(SystemdNotifier(environment: ["NOTIFY_SOCKET": "@abstract-name"]) != nil)

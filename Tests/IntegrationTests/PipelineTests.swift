@@ -62,7 +62,7 @@ import Testing
             .filter { $0.routingKey == "referral.code.issued" }
         #expect(observed.count == 1)
         let d = try #require(observed.first)
-        #expect(try Contract.schemaError(of: d.body, type: "referral.code.issued") == nil)
+        #expect(try await Contract.schemaError(of: d.body, type: "referral.code.issued") == nil)
         #expect(try Self.data(d)["account_id"] as? String == "acct-1002")
         worker.cancel()
         _ = await worker.result

@@ -109,9 +109,9 @@ import Testing
         var failure: (any Error)?
         var worker: Task<Void, any Error>?
         do {
-            _ = try AMQPTestBroker.rabbitmqctl(["add_user", runtimeURL.user, runtimeURL.password])
+            _ = try await AMQPTestBroker.rabbitmqctl(["add_user", runtimeURL.user, runtimeURL.password])
             // The docs' expressions for `referrald run`, over this test's names.
-            _ = try AMQPTestBroker.rabbitmqctl([
+            _ = try await AMQPTestBroker.rabbitmqctl([
                 "set_permissions", "-p", runtimeURL.vhost, runtimeURL.user, "^$",
                 "^(\(NSRegularExpression.escapedPattern(for: settings.eventsExchange))|\(NSRegularExpression.escapedPattern(for: settings.deadLetterExchange)))$",
                 "^\(NSRegularExpression.escapedPattern(for: settings.inboxQueue))$",
@@ -143,7 +143,7 @@ import Testing
             try? await cleaner.deleteExchange(exchange)
         }
         await cleaner.close()
-        _ = try? AMQPTestBroker.rabbitmqctl(["delete_user", runtimeURL.user])
+        _ = try? await AMQPTestBroker.rabbitmqctl(["delete_user", runtimeURL.user])
         if let failure { throw failure }
     }
 }

@@ -215,29 +215,21 @@ enum BrowserCheck {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let page = dir.appendingPathComponent("report.html")
         try html.write(to: page, atomically: true, encoding: .utf8)
-        let dom = try run(chromium, ["--dump-dom", page.absoluteString])
+        let dom = try await run(chromium, ["--dump-dom", page.absoluteString])
         for (stage, count) in counts {
             #expect(dom.contains("class=\"funnel-bar\" data-stage=\"\(stage)\" data-count=\"\(count)\""), "bar \(stage) \(count)")
             #expect(dom.contains("<text class=\"funnel-label\" x=\"0\"") && dom.contains(">\(stage)</text>"), "label \(stage)")
         }
         let png = dir.appendingPathComponent("report.png")
-        _ = try run(chromium, ["--screenshot=\(png.path)", "--window-size=900,1400", page.absoluteString])
+        _ = try await run(chromium, ["--screenshot=\(png.path)", "--window-size=900,1400", page.absoluteString])
         let size = (try FileManager.default.attributesOfItem(atPath: png.path)[.size] as? Int) ?? 0
         #expect(size > 10_000, "screenshot \(png.path) has \(size) bytes")
         print("report screenshot: \(png.path)")
     }
 
-    static func run(_ executable: String, _ arguments: [String]) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
+    static func run(_ executable: String, _ arguments: [String]) async throws -> String {
         // --no-sandbox: the tests may run as root, where Chromium refuses its sandbox.
-        p.arguments = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"] + arguments
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
+        try await Subprocess.run(URL(fileURLWithPath: executable),
+                                 ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"] + arguments).output
     }
 }

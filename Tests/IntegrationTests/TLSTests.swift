@@ -64,8 +64,8 @@ enum TLSTestSetup {
     }
 
     /// The broker's view of one connection (`rabbitmqctl list_connections`), by its name.
-    static func brokerView(of name: String) throws -> (ssl: Bool, peerSubject: String) {
-        let listing = try AMQPTestBroker.rabbitmqctl(["list_connections", "-q", "client_properties", "ssl", "peer_cert_subject"])
+    static func brokerView(of name: String) async throws -> (ssl: Bool, peerSubject: String) {
+        let listing = try await AMQPTestBroker.rabbitmqctl(["list_connections", "-q", "client_properties", "ssl", "peer_cert_subject"])
         let line = try #require(listing.split(separator: "\n").first { $0.contains("{\"connection_name\",\"\(name)\"}") },
                                 "connection \(name) not listed by the broker")
         let columns = line.split(separator: "\t", omittingEmptySubsequences: false)
@@ -85,7 +85,7 @@ struct TLSAMQPTests {
         let queue = AMQPTestBroker.unique("tls-queue")
         try await connection.declareQueue(queue, durable: false)
         try await connection.deleteQueue(queue)
-        let view = try TLSTestSetup.brokerView(of: name)
+        let view = try await TLSTestSetup.brokerView(of: name)
         #expect(view.ssl)
         await connection.close()
     }
@@ -100,7 +100,7 @@ struct TLSAMQPTests {
             tls: AMQPTLS(caCertificatePath: TLSTestSetup.caFile, clientCertificatePath: TLSTestSetup.clientCert,
                          clientKeyPath: TLSTestSetup.clientKey),
             connectionName: name, logger: AMQPTestBroker.logger)
-        let view = try TLSTestSetup.brokerView(of: name)
+        let view = try await TLSTestSetup.brokerView(of: name)
         #expect(view.ssl)
         #expect(view.peerSubject == "CN=referrald")
         await connection.close()

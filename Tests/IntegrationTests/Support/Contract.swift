@@ -22,21 +22,15 @@ enum Contract {
     /// Validates a published body against the contract's schema for its type, with the
     /// project's validator script (python-jsonschema, format assertion on). Returns the first
     /// error, or nil when valid.
-    static func schemaError(of body: [UInt8], type: String) throws -> String? {
+    static func schemaError(of body: [UInt8], type: String) async throws -> String? {
         guard let directory else { throw ContractMissing() }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", TestServices.packageRoot.appendingPathComponent("scripts/validate-event.py").path,
-                             directory.appendingPathComponent("schemas/\(type).json").path]
-        let input = Pipe(), output = Pipe()
-        process.standardInput = input
-        process.standardOutput = output
-        try process.run()
-        input.fileHandleForWriting.write(Data(body))
-        try input.fileHandleForWriting.close()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return process.terminationStatus == 0 ? nil : (text.isEmpty ? "validator exited \(process.terminationStatus)" : text)
+        let result = try await Subprocess.run(
+            URL(fileURLWithPath: "/usr/bin/env"),
+            ["python3", TestServices.packageRoot.appendingPathComponent("scripts/validate-event.py").path,
+             directory.appendingPathComponent("schemas/\(type).json").path],
+            input: Data(body))
+        if result.status == 0 { return nil }
+        return result.output.isEmpty ? "validator exited \(result.status): \(result.errors)" : result.output
     }
 
     static func printSkipOnce() {

@@ -82,10 +82,10 @@ struct Scenario {
 
     /// Every published body validates against the contract's schema for its type (skipped, and
     /// said so, without the contract).
-    static func expectSchemaValid(_ events: [Published]) throws {
+    static func expectSchemaValid(_ events: [Published]) async throws {
         guard Contract.available else { Contract.printSkipOnce(); return }
         for e in events {
-            let error = try Contract.schemaError(of: e.body, type: e.type)
+            let error = try await Contract.schemaError(of: e.body, type: e.type)
             #expect(error == nil, "\(e.type): \(error ?? "")")
         }
     }
