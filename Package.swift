@@ -69,11 +69,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
+        // What the integration tests, the benchmark and the fault suite share to build their worlds.
+        .target(name: "ReferralTestKit", swiftSettings: strict),
         // Throughput benchmark: drives the real daemon against the local services (BENCHMARKS.md).
         .executableTarget(
             name: "referrald-bench",
             dependencies: [
-                "ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore",
+                "ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore", "ReferralTestKit",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -82,17 +84,17 @@ let package = Package(
         .executableTarget(
             name: "referrald-faults",
             dependencies: [
-                "ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore",
+                "ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore", "ReferralTestKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
         .testTarget(
-            name: "ReferralCoreTests", dependencies: ["ReferralCore"],
+            name: "ReferralCoreTests", dependencies: ["ReferralCore", "ReferralTestKit"],
             resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore",
+                "ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore", "ReferralTestKit",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
             ],

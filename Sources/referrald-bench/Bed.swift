@@ -4,6 +4,7 @@ import Logging
 import Postgres
 import ReferralCore
 import ReferralStore
+import ReferralTestKit
 import ReferralWorker
 
 let benchLogger: Logger = {
@@ -30,22 +31,12 @@ struct Bed: Sendable {
         let admin = try await PostgresConnection.connect(try PostgresURL(parsing: databaseURL),
                                                          applicationName: "referrald-bench-admin", logger: benchLogger)
         try await admin.run { c in try c.executeScript("CREATE DATABASE \(name)") }
-        var parts = URLComponents(string: databaseURL)!
-        parts.path = "/" + name
-        let environment = [
-            "REFERRALD_AMQP_URL": amqpURL,
-            "REFERRALD_DATABASE_URL": parts.string!,
-            "REFERRALD_PROGRAMS_FILE": programsFile,
-            "REFERRALD_INBOX_QUEUE": "\(name).inbox",
-            "REFERRALD_DLX": "\(name).dlx",
-            "REFERRALD_DLQ": "\(name).dlq",
-            "REFERRALD_EVENTS_EXCHANGE": "\(name).referral.events",
-            "REFERRALD_UPSTREAM_EXCHANGES": "\(name).provisioning,\(name).billing,\(name).crm",
-            "REFERRALD_HTTP_PORT": "0",
-            "REFERRALD_LOG_LEVEL": "warning",
-        ]
+        let worldURL = IsolatedWorld.databaseURL(databaseURL, database: name)
+        var environment = IsolatedWorld.environment(name: name, amqpURL: amqpURL, databaseURL: worldURL,
+                                                    programsFile: programsFile)
+        environment["REFERRALD_LOG_LEVEL"] = "warning"
         let settings = try await Settings.load(configFile: nil, environment: environment)
-        let db = try await PostgresConnection.connect(try PostgresURL(parsing: parts.string!),
+        let db = try await PostgresConnection.connect(try PostgresURL(parsing: worldURL),
                                                       applicationName: "referrald-bench", logger: benchLogger)
         _ = try await Schema.migrate(db, logger: benchLogger)
         let url = try AMQPURL(parsing: amqpURL)

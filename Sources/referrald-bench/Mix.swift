@@ -1,4 +1,5 @@
 import ReferralCore
+import ReferralTestKit
 
 /// One message of a workload: where it goes, its body, and the key of the downstream event it
 /// should cause (nil when it causes none the bench can attribute to it).
@@ -6,18 +7,6 @@ struct BenchMessage: Sendable {
     var routingKey: String
     var body: [UInt8]
     var key: String?
-}
-
-/// A small, seeded generator so that two runs with the same options send the same workload.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// The contract's realistic mix. Most traffic is friends' stories told in order — lead (85 %
@@ -33,13 +22,13 @@ struct MixGenerator {
     let prefix: String
     let referrerCodes: [String]
     let now: Instant
-    var rng: SplitMix64
+    var rng: SeededGenerator
 
     init(prefix: String, referrerCodes: [String], now: Instant, seed: UInt64) {
         self.prefix = prefix
         self.referrerCodes = referrerCodes
         self.now = now
-        rng = SplitMix64(state: seed)
+        rng = SeededGenerator(state: seed)
     }
 
     private enum Step { case lead, order, scheduled, installed, activated, speedtest, ticketOpened, ticketResolved,

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ReferralTestKit
 
 /// The fault suite: drives a referral load with known rewards through the real `referrald run`,
 /// RabbitMQ and PostgreSQL while it kills, restarts and cuts them, and judges every reward
@@ -66,7 +67,7 @@ struct FaultSuite: AsyncParsableCommand {
                                 node: rabbitmqctlNode, pgBin: pgBin, pgData: pgData)
         try FileManager.default.createDirectory(atPath: logDir, withIntermediateDirectories: true)
         let programs = logDir + "/programs-fast.yaml"
-        try fastPrograms.write(toFile: programs, atomically: true, encoding: .utf8)
+        try FastPrograms.yaml(hold: "2s").write(toFile: programs, atomically: true, encoding: .utf8)
         let contract = FileManager.default.fileExists(atPath: contractDir + "/examples/invalid/manifest.json") ? contractDir : nil
         if contract == nil { say("contract: \(contractDir) not found; hostile input uses our fixtures and generated bodies only") }
         let config = SuiteConfig(services: services, daemon: daemon, logDirectory: logDir, programsFile: programs, rate: rate,
@@ -136,29 +137,3 @@ func say(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").ut
 func seconds(_ d: Duration) -> String {
     String(format: "%.1f s", Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
 }
-
-/// The program of the scenarios: a 2 s hold so rewards fall due during the run.
-let fastPrograms = """
-    programs:
-      - id: fast
-        segment: consumer
-        currency: USD
-        share_url: "https://example.net/r/{code}"
-        friend_offer_text: "Use my link for priority installation and a $25 credit."
-        referrer_reward: { kind: bill_credit, amount_minor: 5000 }
-        friend_reward: { kind: bill_credit, amount_minor: 2500, priority_install: true }
-        qualify: { milestone: service_activated, hold: 2s }
-        attribution_window: 90d
-        clawback_window: 60d
-        clawback: referrer
-        limits: { max_rewards_per_referrer_per_year: 10, max_leads_per_code_per_day: 5 }
-        fraud: { reject_same_household: true, reject_same_contact: true }
-        asks:
-          moments: [post_install, post_activation, speed_test, support_win, bill_savings, periodic]
-          delay_after_install: 1d
-          min_gap: 30d
-          max_per_year: 4
-          periodic_every: 90d
-        followup: { stalled_after: 7d }
-    """
-

@@ -1,18 +1,7 @@
 import AMQP
 import Foundation
 import ReferralCore
-
-/// SplitMix64, so a scenario's plan and fault moments replay from the printed seed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+import ReferralTestKit
 
 /// A realistic referral load whose rewards are known before it is sent. Referrers activate and
 /// get codes; each referral is a friend's lead with a code, an order, an install and an activation

@@ -1,5 +1,6 @@
 import AMQP
 import Foundation
+import ReferralTestKit
 import Postgres
 
 /// What every scenario shares: the services, the daemon binary, the sizes and the seed.

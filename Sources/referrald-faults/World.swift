@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Postgres
 import ReferralStore
+import ReferralTestKit
 import ReferralWorker
 
 let quietLogger: Logger = {
@@ -29,21 +30,10 @@ final class World: Sendable {
             try PostgresURL(parsing: services.databaseURL), applicationName: "referrald-faults admin", logger: quietLogger)
         try await admin.run { c in try c.executeScript("CREATE DATABASE \(name)") }
         await admin.close()
-        var parts = URLComponents(string: services.databaseURL)!
-        parts.path = "/" + name
-        let databaseURL = parts.string!
-        let environment = [
-            "REFERRALD_AMQP_URL": services.amqpURL,
-            "REFERRALD_DATABASE_URL": databaseURL,
-            "REFERRALD_PROGRAMS_FILE": programsFile,
-            "REFERRALD_INBOX_QUEUE": "\(name).inbox",
-            "REFERRALD_DLX": "\(name).dlx",
-            "REFERRALD_DLQ": "\(name).dlq",
-            "REFERRALD_EVENTS_EXCHANGE": "\(name).referral.events",
-            "REFERRALD_UPSTREAM_EXCHANGES": "\(name).provisioning,\(name).billing,\(name).crm",
-            "REFERRALD_HTTP_PORT": "0",
-            "REFERRALD_LOG_LEVEL": "warning",
-        ]
+        let databaseURL = IsolatedWorld.databaseURL(services.databaseURL, database: name)
+        var environment = IsolatedWorld.environment(name: name, amqpURL: services.amqpURL, databaseURL: databaseURL,
+                                                    programsFile: programsFile)
+        environment["REFERRALD_LOG_LEVEL"] = "warning"
         let settings = try await Settings.load(configFile: nil, environment: environment)
         let db = try await PostgresConnection.connect(try PostgresURL(parsing: databaseURL),
                                                       applicationName: "referrald-faults", logger: quietLogger)

@@ -1,5 +1,6 @@
 import Testing
 @testable import ReferralCore
+import ReferralTestKit
 
 /// One generated account: its facts (by fact time) and the segment of its activation.
 private struct GeneratedAccount {

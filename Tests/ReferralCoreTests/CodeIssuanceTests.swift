@@ -1,5 +1,6 @@
 import Testing
 @testable import ReferralCore
+import ReferralTestKit
 
 @Suite struct CodeIssuanceTests {
     @Test func drawnCodesAreAlphanumericAndParseBack() {

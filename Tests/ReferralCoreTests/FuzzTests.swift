@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import ReferralCore
+import ReferralTestKit
 
 /// Seeded mutation fuzzing of the envelope and data decoders (`classify`), over our fixtures and
 /// the contract's examples (consumed and invalid, when ../shared/contract is present). Bounded:

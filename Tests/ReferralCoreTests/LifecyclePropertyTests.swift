@@ -1,5 +1,6 @@
 import Testing
 @testable import ReferralCore
+import ReferralTestKit
 
 extension RandomNumberGenerator {
     mutating func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &self) < p }

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import ReferralCore
+import ReferralTestKit
 
 @Suite struct ReferralCodeTests {
     /// Every test vector of the contract's examples/README.md.

@@ -34,18 +34,6 @@ let contractDir: URL? = {
 
 let contractAvailable = contractDir != nil
 
-/// SplitMix64: a tiny seeded generator, so a failing generated run can be replayed exactly.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// A detail as the contract allows it: one line of printable ASCII, at most 1,024 characters.
 func isHeaderSafe(_ detail: String) -> Bool {
     !detail.isEmpty && detail.utf8.count <= 1024 && detail.utf8.allSatisfy { (0x20...0x7E).contains($0) }

@@ -1,6 +1,7 @@
 import AMQP
 import Foundation
 import ReferralCore
+import ReferralTestKit
 import Testing
 
 /// Builds upstream events for a scenario and reads what the worker published.
@@ -13,29 +14,7 @@ struct Scenario {
     /// A programs file with seconds instead of days, so holds and retries pass during a test.
     static func fastPrograms(hold: String = "2s", clawback: String = "referrer",
                              milestone: String = "service_activated") throws -> String {
-        let yaml = """
-            programs:
-              - id: fast
-                segment: consumer
-                currency: USD
-                share_url: "https://example.net/r/{code}"
-                friend_offer_text: "Use my link for priority installation and a $25 credit."
-                referrer_reward: { kind: bill_credit, amount_minor: 5000 }
-                friend_reward: { kind: bill_credit, amount_minor: 2500, priority_install: true }
-                qualify: { milestone: \(milestone), hold: \(hold) }
-                attribution_window: 90d
-                clawback_window: 60d
-                clawback: \(clawback)
-                limits: { max_rewards_per_referrer_per_year: 10, max_leads_per_code_per_day: 5 }
-                fraud: { reject_same_household: true, reject_same_contact: true }
-                asks:
-                  moments: [post_install, post_activation, speed_test, support_win, bill_savings, periodic]
-                  delay_after_install: 1d
-                  min_gap: 30d
-                  max_per_year: 4
-                  periodic_every: 90d
-                followup: { stalled_after: 7d }
-            """
+        let yaml = FastPrograms.yaml(hold: hold, clawback: clawback, milestone: milestone)
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("programs-\(UUID().uuidString).yaml").path
         try yaml.write(toFile: path, atomically: true, encoding: .utf8)
         return path

@@ -4,6 +4,7 @@ import Logging
 import Postgres
 import ReferralCore
 import ReferralStore
+import ReferralTestKit
 import ReferralWorker
 
 /// Where the real services are; `scripts/services.sh env` prints these for the local ones.
@@ -25,9 +26,7 @@ enum TestServices {
 
     /// The test URL with another database name (the path), keeping any query parameters.
     static func databaseURL(database: String) -> String {
-        var parts = URLComponents(string: databaseURL)!
-        parts.path = "/" + database
-        return parts.string!
+        IsolatedWorld.databaseURL(databaseURL, database: database)
     }
 
     static let logger: Logger = {
@@ -55,18 +54,11 @@ final class TestBed: Sendable {
     /// A configuration whose broker objects all carry `name`, so that tests running in
     /// parallel on one broker never see each other's messages.
     static func isolatedEnvironment(name: String, amqpURL: String, databaseURL: String) -> [String: String] {
-        [
-            "REFERRALD_AMQP_URL": amqpURL,
-            "REFERRALD_DATABASE_URL": databaseURL,
-            "REFERRALD_PROGRAMS_FILE": TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path,
-            "REFERRALD_INBOX_QUEUE": "\(name).inbox",
-            "REFERRALD_DLX": "\(name).dlx",
-            "REFERRALD_DLQ": "\(name).dlq",
-            "REFERRALD_EVENTS_EXCHANGE": "\(name).referral.events",
-            "REFERRALD_UPSTREAM_EXCHANGES": "\(name).provisioning,\(name).billing,\(name).crm",
-            "REFERRALD_BATCH_WAIT_MS": "5",
-            "REFERRALD_HTTP_PORT": "0",
-        ]
+        var environment = IsolatedWorld.environment(
+            name: name, amqpURL: amqpURL, databaseURL: databaseURL,
+            programsFile: TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path)
+        environment["REFERRALD_BATCH_WAIT_MS"] = "5"
+        return environment
     }
 
     static func make(_ overrides: [String: String] = [:]) async throws -> TestBed {
