@@ -62,18 +62,37 @@ extension Store {
         return result
     }
 
-    /// Adds events to the outbox in the caller's transaction.
-    public static func enqueue(_ c: isolated PostgresConnection, _ events: [OutgoingEvent]) throws {
-        if events.isEmpty { return }
-        let bodies = PackedBytes(events.map { $0.encoded() })
-        try c.execute("""
-            INSERT INTO outbox (event_id, type, subject, body)
-            SELECT e, t, s, substring($4::bytea FROM o::int4 FOR n::int4)
-            FROM unnest($1::text[], $2::text[], $3::text[], $5::int8[], $6::int8[]) AS u(e, t, s, o, n)
+    /// Adds events to the outbox in the caller's transaction and returns their rows, in order.
+    ///
+    /// With `leaseSeconds`, the rows are born leased: the worker that commits them publishes
+    /// them from memory right after the commit, and the lease keeps other instances' relays
+    /// from publishing the same rows at the same moment. Without it (`enroll`, which does not
+    /// publish), the daemon's relay picks them up. Each row costs one UPDATE less than leasing
+    /// it afterwards, and the batch one commit less.
+    @discardableResult
+    public static func enqueue(_ c: isolated PostgresConnection, _ events: [OutgoingEvent],
+                               leaseSeconds: Int? = nil) throws -> [OutboxRow] {
+        if events.isEmpty { return [] }
+        let encoded = events.map { $0.encoded() }
+        let bodies = PackedBytes(encoded)
+        var seqOf: [String: Int64] = [:]
+        for row in try c.query("""
+            INSERT INTO outbox (event_id, type, subject, body, leased_until)
+            SELECT e, t, s, substring($4::bytea FROM o::int4 FOR n::int4),
+                   now() + make_interval(secs => $7::int4)
+            FROM unnest($1::text[], $2::text[], $3::text[], $5::int8[], $6::int8[]) WITH ORDINALITY AS u(e, t, s, o, n, i)
+            ORDER BY i
+            RETURNING seq, event_id
             """, [
                 .textArray(events.map(\.id)), .textArray(events.map(\.type.rawValue)),
                 .textArray(events.map(\.subject)), bodies.blob, bodies.offsets, bodies.lengths,
-            ])
+                PostgresValue(leaseSeconds.map(Int64.init)),
+            ]) {
+            seqOf[try row.decode("event_id", as: String.self)] = try row.decode("seq", as: Int64.self)
+        }
+        return zip(events, encoded).compactMap { event, body in
+            seqOf[event.id].map { OutboxRow(seq: $0, eventId: event.id, type: event.type.rawValue, body: body) }
+        }.sorted { $0.seq < $1.seq }
     }
 
     /// Leases up to `limit` unpublished rows, oldest first. SKIP LOCKED lets several instances

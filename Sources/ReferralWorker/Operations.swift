@@ -101,7 +101,10 @@ public struct Daemon: Sendable {
         let metrics = WorkerMetrics()
         metrics.started(at: Date())
         let status = ServiceStatus(metrics: metrics)
-        let worker = Worker(settings: settings, programs: programs, logger: logger, status: status, metrics: metrics)
+        let workers = (1...settings.workers).map { n in
+            Worker(settings: settings, programs: programs, logger: logger.with(worker: n, of: settings.workers),
+                   instanceName: settings.workers == 1 ? "referrald" : "referrald-\(n)", status: status, metrics: metrics)
+        }
         // Shut down in reverse order: the reporter first (STOPPING=1, /readyz says draining),
         // then the worker drains, then the HTTP endpoint, which answers until the drain is over.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
@@ -109,7 +112,7 @@ public struct Daemon: Sendable {
             services.append(.init(service: HTTPService(host: settings.httpHost, port: settings.httpPort, status: status,
                                                        registry: registry, logger: logger)))
         }
-        services.append(.init(service: WorkerService(worker: worker)))
+        services.append(.init(service: WorkerService(workers: workers)))
         services.append(.init(service: StatusReporter(
             status: status, notifier: SystemdNotifier(environment: environment),
             watchdog: Watchdog(environment: environment), logger: logger)))
@@ -123,7 +126,26 @@ public struct Daemon: Sendable {
     }
 }
 
+/// The process's pipelines. They share nothing but the metrics and the status: each consumes
+/// from the inbox on its own channel and commits on its own connection, as separate instances
+/// would, so the locks that make instances safe side by side (fact keys, clusters, accounts)
+/// make them safe too. A pipeline that ends with an error (a schema too old) ends them all.
 struct WorkerService: Service {
-    let worker: Worker
-    func run() async throws { try await worker.run() }
+    let workers: [Worker]
+    func run() async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in workers { group.addTask { try await worker.run() } }
+            try await group.waitForAll()
+        }
+    }
+}
+
+extension Logger {
+    /// Tags a pipeline's log lines with its number when there are several.
+    func with(worker n: Int, of count: Int) -> Logger {
+        guard count > 1 else { return self }
+        var logger = self
+        logger[metadataKey: "worker"] = "\(n)"
+        return logger
+    }
 }

@@ -72,7 +72,7 @@ struct Bed: Sendable {
     }
 
     /// Starts the built `referrald run` with this bed's configuration.
-    func spawnDaemon(binary: String, batchSize: Int, batchWaitMs: Int) throws -> Process {
+    func spawnDaemon(binary: String, batchSize: Int, batchWaitMs: Int, workers: Int) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["run"]
@@ -81,6 +81,7 @@ struct Bed: Sendable {
         env["REFERRALD_BATCH_SIZE"] = String(batchSize)
         env["REFERRALD_BATCH_WAIT_MS"] = String(batchWaitMs)
         env["REFERRALD_PREFETCH"] = String(max(256, 2 * batchSize))
+        env["REFERRALD_WORKERS"] = String(workers)
         process.environment = env
         try process.run()
         return process

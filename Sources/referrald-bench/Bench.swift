@@ -32,6 +32,9 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "REFERRALD_BATCH_WAIT_MS of the daemon (and the ceiling loop's).")
     var batchWaitMs = 20
 
+    @Option(help: "REFERRALD_WORKERS of the daemon: pipelines in the process (every daemon phase).")
+    var workers = 2
+
     @Option(help: "Open-loop rate of the latency phase in events/s (0: half the measured mix throughput).")
     var rate = 0.0
 
@@ -63,11 +66,11 @@ struct Bench: AsyncParsableCommand {
         let phases = Set(modes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
 
         say("machine: \(machineDescription())")
-        say("options: events=\(events) batch-size=\(batchSize) batch-wait-ms=\(batchWaitMs) modes=\(modes)")
+        say("options: events=\(events) batch-size=\(batchSize) batch-wait-ms=\(batchWaitMs) workers=\(workers) modes=\(modes)")
         let bed = try await Bed.make(amqpURL: amqpURL, databaseURL: databaseURL, programsFile: programsFile)
         let observer = Observer()
         try await observer.start(url: bed.amqpURL, queue: bed.observerQueue)
-        let runner = Runner(bed: bed, observer: observer, binary: binary, batchWaitMs: batchWaitMs)
+        let runner = Runner(bed: bed, observer: observer, binary: binary, batchWaitMs: batchWaitMs, workers: workers)
         var report = Report()
         do {
             let now = Instant(microseconds: Int64(Date().timeIntervalSince1970 * 1_000_000))
@@ -190,6 +193,7 @@ struct Runner {
     let observer: Observer
     let binary: String
     let batchWaitMs: Int
+    let workers: Int
 
     /// Publishes `count` messages of the generator in confirmed chunks, never holding more
     /// than one chunk in memory (a 1,000,000-message backlog would otherwise cost the bench
@@ -224,7 +228,7 @@ struct Runner {
         }
         try await bed.publish([last])
         observer.expectSentinel(account: sentinel)
-        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs)
+        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers)
         try await waitForSentinel(process, timeout: 300)
         await stop(process)
         observer.collectCodes(false)
@@ -238,7 +242,7 @@ struct Runner {
         try await bed.publish([last])
         observer.expectSentinel(account: sentinel)
         let start = monotonicNanos()
-        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs)
+        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers)
         let cpu = CPUWindow(process: process.processIdentifier)
         let arrival = try await waitForSentinel(process, timeout: Double(count) / 100 + 120)
         let usage = cpu.stop()
@@ -292,7 +296,7 @@ struct Runner {
     /// before, and its latency runs from that due time to the arrival of the downstream event
     /// it causes (coordinated omission would otherwise hide every stall of the publisher).
     func latency(_ generator: inout MixGenerator, rate: Double, seconds: Double, batchSize: Int) async throws -> LatencyResult {
-        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs)
+        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers)
         // Warm-up: the daemon is connected and consuming once a first activation went through.
         let (warm, warmMessage) = MixGenerator(prefix: "\(bed.name)w", referrerCodes: [], now: generator.now, seed: 0).sentinel()
         observer.expectSentinel(account: warm)

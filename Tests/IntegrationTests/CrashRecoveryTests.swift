@@ -21,6 +21,11 @@ import Testing
         // Committed but neither published nor acked.
         #expect(try await bed.count("SELECT count(*) FROM referral_codes") == 1)
         #expect(try await bed.count("SELECT count(*) FROM outbox WHERE published_at IS NULL AND type = 'referral.code.issued'") == 1)
+        // The row was born leased to the crashed worker (10 s): end the lease as time would.
+        #expect(try await bed.count("""
+            WITH x AS (UPDATE outbox SET leased_until = now() - interval '1 s' WHERE leased_until > now() RETURNING 1)
+            SELECT count(*) FROM x
+            """) >= 1)
 
         let restarted = try bed.spawnDaemon()
         // The activation also earns a post_activation ask: count codes only.

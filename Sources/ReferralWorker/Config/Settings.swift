@@ -28,6 +28,7 @@ public struct Settings: Sendable {
     public var batchSize: Int
     public var batchWaitMilliseconds: Int
     public var prefetch: Int
+    public var workers: Int
     public var maxBodyBytes: Int
     public var heartbeatSeconds: Int
     public var deliveryLimit: Int
@@ -85,7 +86,9 @@ public struct Settings: Sendable {
         Key(name: "REFERRALD_BATCH_WAIT_MS", defaultValue: "20",
             help: "How long a partial batch waits for more deliveries before it is processed.", secret: false),
         Key(name: "REFERRALD_PREFETCH", defaultValue: "256",
-            help: "Unacknowledged deliveries the broker may push; at least the batch size.", secret: false),
+            help: "Unacknowledged deliveries the broker may push to each pipeline; at least the batch size.", secret: false),
+        Key(name: "REFERRALD_WORKERS", defaultValue: "2",
+            help: "Pipelines in this process, each with its own consumer, publisher and database connection; one batch's database round trips overlap another's work.", secret: false),
         Key(name: "REFERRALD_MAX_BODY_BYTES", defaultValue: "262144",
             help: "Bodies longer than this are dead-lettered as too_large before parsing.", secret: false),
         Key(name: "REFERRALD_HEARTBEAT_SECONDS", defaultValue: "30",
@@ -189,6 +192,7 @@ public struct Settings: Sendable {
             batchSize: try int("REFERRALD_BATCH_SIZE", 1...4096),
             batchWaitMilliseconds: try int("REFERRALD_BATCH_WAIT_MS", 0...60_000),
             prefetch: try int("REFERRALD_PREFETCH", 1...65535),
+            workers: try int("REFERRALD_WORKERS", 1...16),
             maxBodyBytes: try int("REFERRALD_MAX_BODY_BYTES", 1024...16_777_216),
             heartbeatSeconds: try int("REFERRALD_HEARTBEAT_SECONDS", 0...600),
             deliveryLimit: try int("REFERRALD_DELIVERY_LIMIT", 1...19),

@@ -20,6 +20,8 @@ enum Apply {
         /// Indexes (into the batch) of the events seen for the first time; the rest were duplicates.
         var freshIndexes: [Int] = []
         var published: [OutgoingEvent] = []
+        /// The outbox rows of `published`, committed and leased to this worker, for it to publish.
+        var outbox: [OutboxRow] = []
         var mismatches: [Effect] = []
         var rewards: [RewardChange] = []
     }
@@ -32,7 +34,11 @@ enum Apply {
         case failed(program: String)
     }
 
-    static func batch(_ c: isolated PostgresConnection, events: [Received], context: Context) throws -> Outcome {
+    /// `published` are outbox rows the worker published since its last commit: marking them
+    /// rides in this transaction instead of costing a commit of its own.
+    static func batch(_ c: isolated PostgresConnection, events: [Received], published: [Int64] = [],
+                      context: Context) throws -> Outcome {
+        try Store.markPublished(c, seqs: published)
         let freshIndexes = try Store.recordInbox(c, events.map(inboxEntry))
         var outcome = Outcome(fresh: freshIndexes.count, duplicates: events.count - freshIndexes.count,
                               freshIndexes: freshIndexes)
@@ -47,6 +53,7 @@ enum Apply {
         // Asks after the lifecycle: a first activation's code, issued just above, is what the
         // account's first ask shares.
         outcome.published += try decideAsks(c, accounts: askFacts.map(\.accountId), context: context)
+        outcome.outbox = try Store.enqueue(c, outcome.published, leaseSeconds: context.publishLeaseSeconds)
         return outcome
     }
 
@@ -77,6 +84,7 @@ enum Apply {
     }
 
     /// Decides the asks of these accounts, one account at a time, under per-account locks.
+    /// Returns the events to publish; the caller enqueues them.
     static func decideAsks(_ c: isolated PostgresConnection, accounts: [String], context: Context) throws -> [OutgoingEvent] {
         let accounts = Array(Set(accounts)).sorted()
         if accounts.isEmpty { return [] }
@@ -100,7 +108,6 @@ enum Apply {
             timers.append((account, decision.nextWakeup))
         }
         try Store.setAccountTimers(c, timers)
-        try Store.enqueue(c, events)
         return events
     }
 
@@ -122,6 +129,8 @@ enum Apply {
         var published = try decide(c, seeds: [], extraAccounts: accounts, context: context,
                                    mismatches: &mismatches, rewards: &rewards)
         published += try decideAsks(c, accounts: accounts, context: context)
+        // Not leased: `enroll` does not publish, the daemon's relay does.
+        try Store.enqueue(c, published)
         return (fresh.count, published)
     }
 
@@ -135,7 +144,7 @@ enum Apply {
     /// Claimed timers: re-decide their clusters and accounts at `now`, which also sets each
     /// timer's next due time (or removes it).
     static func timers(_ c: isolated PostgresConnection, claimed: (referrals: [String], accounts: [String]),
-                       context: Context) throws -> (published: [OutgoingEvent], rewards: [RewardChange]) {
+                       context: Context) throws -> (outbox: [OutboxRow], rewards: [RewardChange]) {
         var mismatches: [Effect] = []
         var rewards: [RewardChange] = []
         var published: [OutgoingEvent] = []
@@ -144,11 +153,11 @@ enum Apply {
                                    mismatches: &mismatches, rewards: &rewards)
         }
         published += try decideAsks(c, accounts: claimed.accounts, context: context)
-        return (published, rewards)
+        return (try Store.enqueue(c, published, leaseSeconds: context.publishLeaseSeconds), rewards)
     }
 
     /// Loads the clusters of `seeds` (locked), decides them, records the new effects and
-    /// returns the events to publish (already in the outbox).
+    /// returns the events to publish; the caller enqueues them.
     static func decide(_ c: isolated PostgresConnection, seeds: [String], extraAccounts: [String], context: Context,
                        mismatches: inout [Effect], rewards: inout [RewardChange]) throws -> [OutgoingEvent] {
         let cluster = try Store.lockCluster(c, seeds: seeds)
@@ -176,7 +185,6 @@ enum Apply {
         for due in try Store.recordFollowups(c, followups.due) { events.append(due.event(id: newEventId())) }
         try Store.saveViews(c, decision.referrals)
         try Store.setTimers(c, referrals: cluster, due: [decision.nextWakeup, followups.nextWakeup].compactMap { $0 }.min())
-        try Store.enqueue(c, events)
         return events
     }
 
@@ -297,6 +305,9 @@ enum Apply {
         var versions: [String: Int]
         var policy: LifecyclePolicy
         var now: Instant
+        /// How long rows enqueued for the committing worker stay out of other relays' reach.
+        /// Publishing them takes milliseconds; after a crash they wait this long for a relay.
+        var publishLeaseSeconds = 10
     }
 }
 

@@ -6,12 +6,13 @@ import ReferralStore
 import ServiceLifecycle
 
 /// The consume loop: inbox → classify → dead-letter bad input → deduplicate and apply in one
-/// transaction that also writes the outbox → publish the outbox with confirms → ack.
+/// transaction that also writes the outbox → ack, and publish the batch's outbox rows with
+/// confirms from memory at the same time → mark them published in the next transaction.
 ///
 /// A crash at any point is safe: before the commit nothing happened and the broker redelivers;
-/// after it, the inbox row makes the redelivery a no-op and the outbox row is published by the
-/// next relay pass (same CloudEvents id). Dead letters are confirmed before their originals are
-/// acked, so a message is never in neither queue.
+/// after it, the inbox row makes the redelivery a no-op and the outbox row, once its short lease
+/// ends, is published by a relay pass (same CloudEvents id). Dead letters are confirmed before
+/// their originals are acked, so a message is never in neither queue.
 public actor Worker {
     let settings: Settings
     let programs: ProgramBook
@@ -26,6 +27,11 @@ public actor Worker {
     private var db: PostgresConnection?
     private var rng = SystemRandomNumberGenerator()
     private var lastRelay = Instant(microseconds: 0)
+    /// Outbox rows the broker confirmed that the database does not yet know are published. The
+    /// next transaction marks them (a batch's, or the relay's when idle): a commit of their own
+    /// per batch was a third of the pipeline's commits. Lost in a crash, they are published
+    /// again after their lease with the same CloudEvents id, which downstream deduplicates.
+    private var unmarked: [Int64] = []
     private let failpoint = Failpoint.fromEnvironment()
     /// Current version of each program, registered at connect (a changed file makes a new one).
     private var versions: [String: Int] = [:]
@@ -54,6 +60,7 @@ public actor Worker {
                 backoff.reset()
                 try await consumeLoop()
             } catch is CancellationError {
+                try? await flushMarks()
                 break
             } catch let error as SchemaError {
                 throw error
@@ -64,6 +71,7 @@ public actor Worker {
                 try? await Task.sleep(for: backoff.next(using: &rng))
             }
         }
+        try? await flushMarks()
         await disconnect()
     }
 
@@ -112,10 +120,12 @@ public actor Worker {
             let batch = try await consumer.nextDeliveries(
                 max: settings.batchSize, wait: .milliseconds(settings.batchWaitMilliseconds))
             if !batch.isEmpty { try await handle(batch) }
-            // Timers and the relay also run when idle: holds end and rows left by a crashed
-            // instance or a broker outage go out without waiting for new input.
+            // Timers and the relay run every second, busy or idle: holds end, and rows left by a
+            // crashed instance or a broker outage go out while a backlog drains too.
             if clock.now() - lastTimerScan > .seconds(1) { try await fireTimers() }
-            if batch.isEmpty, clock.now() - lastRelay > .seconds(1) { try await relayOutbox() }
+            if clock.now() - lastRelay > .seconds(1) { try await relayOutbox() }
+            // Idle: marks wait for no next batch.
+            if batch.isEmpty, !unmarked.isEmpty { try await flushMarks() }
             if clock.now() - lastBacklogSample > .seconds(5) { try await sampleBacklog() }
             status.loopProgressed()
         }
@@ -136,14 +146,20 @@ public actor Worker {
             }
         }
         var settled = Set<UInt64>()
+        var outbox: [OutboxRow] = []
         if !bad.isEmpty { settled.formUnion(try await deadLetter(bad)) }
-        if !good.isEmpty { settled.formUnion(try await applyWithRetry(good)) }
-        try await relayOutbox()
-        // One ack with `multiple` for the rest. Its tag must be one not yet settled: acking a
-        // tag twice makes the broker close the channel (406 unknown delivery tag).
-        if let last = deliveries.last(where: { !settled.contains($0.deliveryTag) }) {
-            try await consumer.ack(last.deliveryTag, multiple: true)
+        if !good.isEmpty {
+            let applied = try await applyWithRetry(good)
+            settled.formUnion(applied.settled)
+            outbox = applied.outbox
         }
+        // Committed: the ack and the publication of the outbox rows go out together, on their
+        // two connections. One ack with `multiple` for the rest; its tag must be one not yet
+        // settled: acking a tag twice makes the broker close the channel (406 unknown delivery tag).
+        let tag = deliveries.last(where: { !settled.contains($0.deliveryTag) })?.deliveryTag
+        async let ack: Void = { if let tag { try await consumer.ack(tag, multiple: true) } }()
+        try await publish(outbox)
+        try await ack
         let acked = clock.now()
         for (_, event) in good { metrics.endToEnd(from: event.time, to: acked) }
         metrics.batch(size: deliveries.count, duration: ContinuousClock.now - started)
@@ -152,13 +168,14 @@ public actor Worker {
     /// Transient database errors (server restart, lost connection, serialisation failure)
     /// retry the same deliveries on a fresh connection while the consumer keeps them unacked:
     /// they are neither acked nor dead-lettered while the database is away.
-    /// Returns the deliveries it settled itself (dead-lettered or requeued one by one).
-    private func applyWithRetry(_ events: [(Delivery, InboundEvent)]) async throws -> Set<UInt64> {
+    /// Returns the deliveries it settled itself (dead-lettered or requeued one by one) and the
+    /// committed outbox rows to publish.
+    private func applyWithRetry(_ events: [(Delivery, InboundEvent)]) async throws
+        -> (settled: Set<UInt64>, outbox: [OutboxRow]) {
         var backoff = Backoff()
         while true {
             do {
-                try await apply(events.map { .init(event: $0.1, body: $0.0.body) })
-                return []
+                return ([], try await apply(events.map { .init(event: $0.1, body: $0.0.body) }))
             } catch let error as PostgresError where error.isTransient {
                 logger.warning("database unavailable; batch held for retry",
                                metadata: ["db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)"])
@@ -176,13 +193,15 @@ public actor Worker {
     /// A batch failed for a reason that is not transient. Apply its events one by one so that a
     /// single bad event cannot hold back the others; the one that fails again is dead-lettered
     /// once it has failed on REFERRALD_DELIVERY_LIMIT deliveries, and requeued before that.
-    private func isolate(_ events: [(Delivery, InboundEvent)], firstError: any Error) async throws -> Set<UInt64> {
-        guard let consumer else { return [] }
+    private func isolate(_ events: [(Delivery, InboundEvent)], firstError: any Error) async throws
+        -> (settled: Set<UInt64>, outbox: [OutboxRow]) {
+        guard let consumer else { return ([], []) }
         var settled = Set<UInt64>()
+        var outbox: [OutboxRow] = []
         logger.warning("batch failed; isolating its events", metadata: ["error": "\(firstError)"])
         for (delivery, event) in events {
             do {
-                try await apply([.init(event: event, body: delivery.body)])
+                outbox += try await apply([.init(event: event, body: delivery.body)])
             } catch let error as PostgresError where error.isTransient {
                 throw error
             } catch {
@@ -200,17 +219,21 @@ public actor Worker {
                 }
             }
         }
-        return settled
+        return (settled, outbox)
     }
 
     private func context() -> Apply.Context {
         Apply.Context(programs: programs, versions: versions, policy: settings.lifecyclePolicy, now: clock.now())
     }
 
-    private func apply(_ events: [Apply.Received]) async throws {
+    /// Applies events in one transaction that also marks the rows published since the last
+    /// commit; returns the committed outbox rows to publish.
+    private func apply(_ events: [Apply.Received]) async throws -> [OutboxRow] {
         guard let db else { throw NotConnected() }
         let context = self.context()
-        let outcome = try await db.transaction { c in try Apply.batch(c, events: events, context: context) }
+        let marks = unmarked
+        let outcome = try await db.transaction { c in try Apply.batch(c, events: events, published: marks, context: context) }
+        unmarked.removeFirst(marks.count)
         status.databaseRoundTripSucceeded()
         failpoint.hit(.afterCommit)
         metrics.consumed(events, freshIndexes: outcome.freshIndexes)
@@ -224,6 +247,7 @@ public actor Worker {
             logger.warning("billing applied a credit that differs from the reward; not marked applied",
                            metadata: ["effect": "\(m)", "reward.id": "\(rewardId)", "account.id": "\(accountId)"])
         }
+        return outcome.outbox
     }
 
     /// Fires due timers (hold ends, windows, retries) in batches until none is due.
@@ -236,7 +260,7 @@ public actor Worker {
             status.databaseRoundTripSucceeded()
             let count = max(claimed.referrals.count, claimed.accounts.count)
             if count == 0 { return }
-            let fired: (published: [OutgoingEvent], rewards: [Apply.RewardChange])
+            let fired: (outbox: [OutboxRow], rewards: [Apply.RewardChange])
             do {
                 fired = try await db.transaction { c in try Apply.timers(c, claimed: claimed, context: context) }
             } catch let error as PostgresError where error.sqlState == "40P01" || error.sqlState == "40001" {
@@ -249,8 +273,8 @@ public actor Worker {
                 return
             }
             metrics.rewards(fired.rewards)
-            logger.debug("timers fired", metadata: ["timers.fired": "\(count)", "events": "\(fired.published.count)"])
-            try await relayOutbox()
+            logger.debug("timers fired", metadata: ["timers.fired": "\(count)", "events": "\(fired.outbox.count)"])
+            try await publish(fired.outbox)
             if count < 100 { return }
         }
     }
@@ -302,37 +326,59 @@ public actor Worker {
         return Set(items.map(\.0.deliveryTag))
     }
 
-    /// Publishes leased outbox rows with confirms, then marks them published. A row that the
-    /// broker did not confirm keeps its lease only until it expires, then goes out again with
-    /// the same CloudEvents id: downstream deduplicates by id, so a repeat is harmless and a
-    /// loss is not.
+    /// Publishes committed outbox rows leased to this worker, with confirms. The confirmed ones
+    /// are marked published by the next transaction. A row that the broker did not confirm
+    /// keeps its lease only until it expires, then goes out again with the same CloudEvents id:
+    /// downstream deduplicates by id, so a repeat is harmless and a loss is not.
+    /// Returns false when the broker nacked some rows.
+    @discardableResult
+    private func publish(_ rows: [OutboxRow]) async throws -> Bool {
+        guard let publisher, !rows.isEmpty else { return true }
+        let messages = rows.map {
+            OutgoingMessage(exchange: settings.eventsExchange, routingKey: $0.type, body: $0.body, headers: [:],
+                            messageId: $0.eventId, contentType: "application/cloudevents+json",
+                            persistent: true, mandatory: false)
+        }
+        let outcomes: [PublishOutcome]
+        do {
+            outcomes = try await publisher.publish(messages)
+        } catch {
+            // Not waiting for the lease to end: the next relay pass retries them at once.
+            _ = try? await db?.run { c in try Store.releaseLease(c, seqs: rows.map(\.seq)) }
+            throw error
+        }
+        failpoint.hit(.afterPublish)
+        let confirmed = zip(rows, outcomes).filter { $0.1 != .nacked }.map(\.0.seq)
+        unmarked += confirmed
+        if confirmed.count < rows.count {
+            logger.warning("broker nacked outbox rows; retried after the lease",
+                           metadata: ["outbox.nacked": "\(rows.count - confirmed.count)"])
+            return false
+        }
+        return true
+    }
+
+    /// Marks the confirmed rows published in a statement of their own, when no transaction is
+    /// coming to carry them (idle, relay, shutdown).
+    private func flushMarks() async throws {
+        guard let db, !unmarked.isEmpty else { return }
+        let marks = unmarked
+        try await db.run { c in try Store.markPublished(c, seqs: marks) }
+        unmarked.removeFirst(marks.count)
+    }
+
+    /// Publishes rows nobody holds a lease on: left by a crashed instance, nacked by the broker,
+    /// or enqueued by `referrald enroll`.
     private func relayOutbox() async throws {
-        guard let db, let publisher else { return }
+        guard let db else { return }
         lastRelay = clock.now()
+        try await flushMarks()
         while true {
             let rows = try await db.run { c in try Store.leaseOutbox(c, limit: 512, leaseSeconds: 60) }
             if rows.isEmpty { return }
-            let messages = rows.map {
-                OutgoingMessage(exchange: settings.eventsExchange, routingKey: $0.type, body: $0.body, headers: [:],
-                                messageId: $0.eventId, contentType: "application/cloudevents+json",
-                                persistent: true, mandatory: false)
-            }
-            let outcomes: [PublishOutcome]
-            do {
-                outcomes = try await publisher.publish(messages)
-            } catch {
-                _ = try? await db.run { c in try Store.releaseLease(c, seqs: rows.map(\.seq)) }
-                throw error
-            }
-            failpoint.hit(.afterPublish)
-            let confirmed = zip(rows, outcomes).filter { $0.1 != .nacked }.map(\.0.seq)
-            try await db.run { c in try Store.markPublished(c, seqs: confirmed) }
-            if confirmed.count < rows.count {
-                logger.warning("broker nacked outbox rows; retried after the lease",
-                               metadata: ["outbox.nacked": "\(rows.count - confirmed.count)"])
-                return
-            }
-            if rows.count < 512 { return }
+            let allConfirmed = try await publish(rows)
+            try await flushMarks()
+            if !allConfirmed || rows.count < 512 { return }
         }
     }
 }
