@@ -92,6 +92,10 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible, CustomDeb
     /// A failed connect counts as transient although a wrong password never heals: libpq gives
     /// no SQLSTATE for it, and treating a server that is still starting as permanent would be
     /// worse. Callers retry with backoff either way.
+    /// A deadlock or serialisation failure: the transaction rolled back because of another
+    /// one, and the same work retried on the same connection will most likely succeed.
+    public var isLockConflict: Bool { sqlState == "40P01" || sqlState == "40001" }
+
     public var isTransient: Bool {
         if code == .connectionFailed || code == .connectionLost { return true }
         guard let state = sqlState else { return false }

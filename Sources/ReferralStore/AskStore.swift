@@ -58,14 +58,21 @@ extension Store {
         return out
     }
 
-    /// Records an ask about to be published; false when its key was already recorded (another
-    /// instance or an earlier delivery sent it), and then nothing must be published.
-    public static func recordAsk(_ c: isolated PostgresConnection, _ ask: SentAsk, accountId: String, programId: String) throws -> Bool {
-        try c.execute("""
+    /// Records asks about to be published, in one statement; returns the keys recorded now. A
+    /// key already recorded (another instance or an earlier delivery sent it) is left out, and
+    /// then nothing must be published for it.
+    public static func recordAsks(_ c: isolated PostgresConnection,
+                                  _ asks: [(ask: SentAsk, accountId: String, programId: String)]) throws -> Set<String> {
+        if asks.isEmpty { return [] }
+        return Set(try c.query("""
             INSERT INTO asks (ask_key, account_id, moment, program_id, due_at, sent_at)
-            VALUES ($1, $2, $3, $4, $5::timestamptz, $6::timestamptz) ON CONFLICT (ask_key) DO NOTHING
-            """, [.text(ask.key), .text(accountId), .text(ask.moment.rawValue), .text(programId),
-                  .text(ask.dueAt.rfc3339), .text(ask.sentAt.rfc3339)]) == 1
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[])
+            ON CONFLICT (ask_key) DO NOTHING
+            RETURNING ask_key
+            """, [.textArray(asks.map(\.ask.key)), .textArray(asks.map(\.accountId)),
+                  .textArray(asks.map(\.ask.moment.rawValue)), .textArray(asks.map(\.programId)),
+                  .textArray(asks.map(\.ask.dueAt.rfc3339)), .textArray(asks.map(\.ask.sentAt.rfc3339))])
+            .map { try $0.decode("ask_key", as: String.self) })
     }
 
     /// Sets each account's next wake-up, or clears it (nil), in two statements for the lot.
@@ -77,6 +84,7 @@ extension Store {
                 INSERT INTO account_timers (account_id, due_at)
                 SELECT * FROM unnest($1::text[], $2::timestamptz[])
                 ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at
+                WHERE account_timers.due_at IS DISTINCT FROM excluded.due_at
                 """, [.textArray(set.map(\.0)), .textArray(set.map { $0.1.rfc3339 })])
         }
         if !cleared.isEmpty {

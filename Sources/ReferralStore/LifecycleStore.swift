@@ -38,20 +38,37 @@ extension Store {
     /// activation, found no referral for the account yet (the link was not committed), and
     /// nobody re-decided the referral, which stayed `installed` with its rewards never issued
     /// (the three-instance fault run). Leads and accounts already linked by a committed order
-    /// are locked together, so a fact about either waits for the other. Locks are taken in hash
-    /// order in one statement (no two batches wait on each other in a cycle) and end with the
-    /// transaction.
-    public static func lockFactKeys(_ c: isolated PostgresConnection, leads: [String], accounts: [String]) throws {
-        if leads.isEmpty && accounts.isEmpty { return }
+    /// are locked together, so a fact about either waits for the other.
+    ///
+    /// The referrers whose referrals the batch touches (by lead, friend account, the code a new
+    /// lead carries, reward, or the account being the referrer) are locked too. A batch writes
+    /// its own referrals' rows (the friend account, links that reference them) before it knows
+    /// and locks their whole cluster in id order, so two batches each holding one referral of
+    /// the same referrer and wanting the other's deadlocked: with two pipelines, six times in
+    /// 20 s of the realistic mix, each costing a second of `deadlock_timeout` and a retry.
+    /// Clusters are mostly a referrer's referrals, so both now queue here instead, before
+    /// holding any row. The timer path passes its `referrals` for the same reason.
+    ///
+    /// Locks are taken in hash order in one statement (no two batches wait on each other in a
+    /// cycle) and end with the transaction.
+    public static func lockFactKeys(_ c: isolated PostgresConnection, leads: [String], accounts: [String],
+                                    codes: [String] = [], rewards: [String] = [], referrals: [String] = []) throws {
+        if leads.isEmpty && accounts.isEmpty && referrals.isEmpty { return }
         _ = try c.query("""
             WITH keys AS (
                 SELECT 'l:' || unnest($1::text[]) AS k
                 UNION SELECT 'a:' || unnest($2::text[])
                 UNION SELECT 'a:' || account_id FROM facts WHERE kind = 'order' AND lead_id = ANY($1::text[])
                 UNION SELECT 'l:' || lead_id FROM facts WHERE kind = 'order' AND account_id = ANY($2::text[])
+                UNION SELECT 'r:' || unnest($2::text[])
+                UNION SELECT 'r:' || referrer_account_id FROM referrals
+                      WHERE lead_id = ANY($1::text[]) OR friend_account_id = ANY($2::text[]) OR referral_id = ANY($5::text[])
+                UNION SELECT 'r:' || account_id FROM referral_codes WHERE code = ANY($3::text[])
+                UNION SELECT 'r:' || r.referrer_account_id FROM rewards w JOIN referrals r USING (referral_id)
+                      WHERE w.reward_id = ANY($4::text[])
             )
             SELECT pg_advisory_xact_lock(1, h) FROM (SELECT DISTINCT hashtext(k) AS h FROM keys ORDER BY h) s
-            """, [.textArray(leads), .textArray(accounts)])
+            """, [.textArray(leads), .textArray(accounts), .textArray(codes), .textArray(rewards), .textArray(referrals)])
     }
 
     public static func insertFacts(_ c: isolated PostgresConnection, _ facts: [Fact]) throws {
@@ -274,13 +291,20 @@ extension Store {
 
     // MARK: effects
 
-    /// Every effect recorded for these referrals, and the codes of these accounts, in recording order.
-    public static func loadEffects(_ c: isolated PostgresConnection, referrals: [String], accounts: [String]) throws -> [Effect] {
-        let decoder = JSONDecoder()
-        var effects = try c.query("""
-            SELECT effect::text AS effect FROM effects WHERE referral_id = ANY($1::text[]) ORDER BY seq
-            """, [.textArray(referrals)]).map {
-            try decoder.decode(Effect.self, from: Data(try $0.decode("effect", as: String.self).utf8))
+    /// Every effect recorded for these referrals (each referral's in recording order), and the
+    /// codes of these accounts. With a cache, the caller must hold the referrals' locks.
+    public static func loadEffects(_ c: isolated PostgresConnection, referrals: [String], accounts: [String],
+                                   cache: EffectCache? = nil) throws -> [Effect] {
+        var effects: [Effect]
+        if let cache {
+            effects = try loadEffects(c, referrals: referrals, cache: cache)
+        } else {
+            let decoder = JSONDecoder()
+            effects = try c.query("""
+                SELECT effect::text AS effect FROM effects WHERE referral_id = ANY($1::text[]) ORDER BY seq
+                """, [.textArray(referrals)]).map {
+                try decoder.decode(Effect.self, from: Data(try $0.decode("effect", as: String.self).utf8))
+            }
         }
         for row in try c.query("SELECT account_id, code, program_id FROM referral_codes WHERE account_id = ANY($1::text[])",
                                [.textArray(accounts)]) {
@@ -289,6 +313,31 @@ extension Store {
                                        programId: try row.decode("program_id", as: String.self)))
         }
         return effects
+    }
+
+    /// Reads only the effects recorded after the last one the cache saw of each referral (see
+    /// `EffectCache` for why that is all there is), decodes those, and keeps them. The LATERAL
+    /// subquery, fenced with OFFSET 0, keeps the plan an index lookup per referral: as a plain
+    /// join of the unnested pairs, the planner chose a sequential scan of all of `effects`.
+    static func loadEffects(_ c: isolated PostgresConnection, referrals: [String], cache: EffectCache) throws -> [Effect] {
+        var known = cache.snapshot(referrals)
+        var changed: Set<String> = []
+        let decoder = JSONDecoder()
+        for row in try c.query("""
+            SELECT k.referral_id, e.seq, e.effect::text AS effect
+            FROM unnest($1::text[], $2::int8[]) AS k(referral_id, seen)
+            CROSS JOIN LATERAL (SELECT seq, effect FROM effects
+                                WHERE referral_id = k.referral_id AND seq > k.seen OFFSET 0) e
+            ORDER BY e.seq
+            """, [.textArray(referrals), .int8Array(referrals.map { known[$0]?.lastSeq ?? 0 })]) {
+            let id = try row.decode("referral_id", as: String.self)
+            let effect = try decoder.decode(Effect.self, from: Data(try row.decode("effect", as: String.self).utf8))
+            known[id, default: (0, [])].effects.append(effect)
+            known[id]!.lastSeq = try row.decode("seq", as: Int64.self)
+            changed.insert(id)
+        }
+        cache.store(known.filter { changed.contains($0.key) })
+        return referrals.flatMap { known[$0]?.effects ?? [] }
     }
 
     /// Records effects; returns those that were new. An effect whose key is already recorded (a
@@ -373,13 +422,16 @@ extension Store {
 
     // MARK: timers
 
-    /// Sets (or clears, with nil) the wake-up of these referrals.
+    /// Sets (or clears, with nil) the wake-up of these referrals. A timer already due then is
+    /// not rewritten: most of a cluster's timers are unchanged by a batch, and an upsert that
+    /// writes anyway costs a new row version and index entries for each.
     public static func setTimers(_ c: isolated PostgresConnection, referrals: [String], due: Instant?) throws {
         if referrals.isEmpty { return }
         if let due {
             try c.execute("""
                 INSERT INTO timers (referral_id, due_at) SELECT unnest($1::text[]), $2::timestamptz
                 ON CONFLICT (referral_id) DO UPDATE SET due_at = excluded.due_at
+                WHERE timers.due_at IS DISTINCT FROM excluded.due_at
                 """, [.textArray(referrals), .text(due.rfc3339)])
         } else {
             try c.execute("DELETE FROM timers WHERE referral_id = ANY($1::text[])", [.textArray(referrals)])
@@ -551,14 +603,16 @@ extension Store {
 
     /// Everything a decision over this cluster needs: its bindings, every fact of its leads,
     /// accounts (referrers, friends and `extraAccounts`) and rewards, and the recorded effects.
-    public static func clusterInput(_ c: isolated PostgresConnection, cluster: [String], extraAccounts: [String] = [])
+    /// With a cache, the cluster must be locked (`lockCluster`).
+    public static func clusterInput(_ c: isolated PostgresConnection, cluster: [String], extraAccounts: [String] = [],
+                                    cache: EffectCache? = nil)
         throws -> (bound: [BoundReferral], facts: [Fact], recorded: [Effect]) {
         let bound = try loadBindings(c, cluster)
         let accounts = Array(Set(bound.flatMap { [$0.binding.referrerAccountId] + ($0.friendAccountId.map { [$0] } ?? []) }
                                  + extraAccounts))
         let rewardIds = bound.flatMap { b in Beneficiary.allCases.map { rewardId(referralId: b.binding.referralId, beneficiary: $0) } }
         let facts = try loadFacts(c, leads: bound.map(\.binding.leadId), accounts: accounts, rewards: rewardIds)
-        return (bound, facts, try loadEffects(c, referrals: cluster, accounts: accounts))
+        return (bound, facts, try loadEffects(c, referrals: cluster, accounts: accounts, cache: cache))
     }
 
     /// The input of `explain`: the clusters of these referrals, read without locking.

@@ -221,6 +221,14 @@ public enum Schema {
             -- Asks of the period, by moment.
             CREATE INDEX asks_sent ON asks (sent_at);
             """),
+        Migration(version: 5, name: "effects by referral and seq", sql: """
+            -- The worker reads a referral's effects recorded after the last one it has cached
+            -- (`EffectCache`): (referral_id, seq) finds exactly those; (referral_id) alone
+            -- visited every effect of the referral to filter them. It also serves every lookup
+            -- by referral the old index served.
+            CREATE INDEX effects_referral_seq ON effects (referral_id, seq) WHERE referral_id IS NOT NULL;
+            DROP INDEX effects_referral;
+            """),
     ]
 
     public static var latestVersion: Int { migrations.last?.version ?? 0 }

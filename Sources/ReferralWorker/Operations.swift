@@ -101,9 +101,11 @@ public struct Daemon: Sendable {
         let metrics = WorkerMetrics()
         metrics.started(at: Date())
         let status = ServiceStatus(metrics: metrics)
+        let effects = EffectCache()
         let workers = (1...settings.workers).map { n in
             Worker(settings: settings, programs: programs, logger: logger.with(worker: n, of: settings.workers),
-                   instanceName: settings.workers == 1 ? "referrald" : "referrald-\(n)", status: status, metrics: metrics)
+                   instanceName: settings.workers == 1 ? "referrald" : "referrald-\(n)", status: status, metrics: metrics,
+                   effectCache: effects)
         }
         // Shut down in reverse order: the reporter first (STOPPING=1, /readyz says draining),
         // then the worker drains, then the HTTP endpoint, which answers until the drain is over.

@@ -64,6 +64,13 @@ public struct WorkerMetrics: Sendable {
         Counter(label: "referrald_dead_letters_total", dimensions: [("code", code)], factory: factory).increment()
     }
 
+    /// A batch rolled back by a deadlock or serialisation failure and retried: a few are the
+    /// price of running several pipelines or instances; a steady rate means they fight over
+    /// the same referrers.
+    func lockConflict() {
+        Counter(label: "referrald_lock_conflicts_total", dimensions: [], factory: factory).increment()
+    }
+
     func batch(size: Int, duration: Duration) {
         batchSize.record(size)
         batchSeconds.recordNanoseconds(duration.nanoseconds)

@@ -62,14 +62,13 @@ enum Apply {
                           mismatches: inout [Effect], rewards: inout [RewardChange]) throws -> [OutgoingEvent] {
         let leads = Array(Set(facts.compactMap(\.leadId)))
         let accounts = Array(Set(facts.compactMap(\.accountId)))
-        try Store.lockFactKeys(c, leads: leads, accounts: accounts)
-        try Store.insertFacts(c, facts)
-
         let rewardIds = Array(Set(facts.compactMap(\.rewardId)))
+        let codes = Array(Set(facts.compactMap { if case .leadCreated(_, _, let code?, _, _, _) = $0 { code } else { nil } }))
+        try Store.lockFactKeys(c, leads: leads, accounts: accounts, codes: codes, rewards: rewardIds)
+        try Store.insertFacts(c, facts)
         try Store.scrubErased(c, accounts: accounts)
 
         // Leads carrying a known code become referrals, bound to the program version in force now.
-        let codes = Array(Set(facts.compactMap { if case .leadCreated(_, _, let code?, _, _, _) = $0 { code } else { nil } }))
         if !codes.isEmpty {
             let owners = try Store.codeOwners(c, codes: codes)
             let bound = try Store.boundLeads(c, leads)
@@ -92,7 +91,7 @@ enum Apply {
         let facts = try Store.loadAskFacts(c, accounts: accounts)
         let sent = try Store.sentAsks(c, accounts: accounts)
         let codes = try Store.codes(c, accounts: accounts)
-        var events: [OutgoingEvent] = []
+        var due: [(ask: PlannedAsk, programId: String)] = []
         var timers: [(account: String, due: Instant?)] = []
         for account in accounts {
             let known = facts[account] ?? []
@@ -100,15 +99,13 @@ enum Apply {
             let decision = ReferralAsks.decide(AskInput(
                 accountId: account, facts: known, program: program, code: codes[account].flatMap(ReferralCode.parse),
                 sent: sent[account] ?? [], now: context.now))
-            // The key is unique: if another instance recorded this ask first, nothing is published.
-            if let ask = decision.send, let program,
-               try Store.recordAsk(c, ask.record, accountId: account, programId: program.id) {
-                events.append(ask.event(id: newEventId()))
-            }
+            if let ask = decision.send, let program { due.append((ask, program.id)) }
             timers.append((account, decision.nextWakeup))
         }
+        // The key is unique: if another instance recorded an ask first, it is not published.
+        let recorded = try Store.recordAsks(c, due.map { ($0.ask.record, $0.ask.accountId, $0.programId) })
         try Store.setAccountTimers(c, timers)
-        return events
+        return due.filter { recorded.contains($0.ask.key) }.map { $0.ask.event(id: newEventId()) }
     }
 
     /// `referrald enroll`: existing customers become customers of the program — an activation
@@ -149,6 +146,8 @@ enum Apply {
         var rewards: [RewardChange] = []
         var published: [OutgoingEvent] = []
         if !claimed.referrals.isEmpty {
+            // Referrers first, as batches take them (see `Store.lockFactKeys`).
+            try Store.lockFactKeys(c, leads: [], accounts: [], referrals: claimed.referrals)
             published = try decide(c, seeds: claimed.referrals, extraAccounts: [], context: context,
                                    mismatches: &mismatches, rewards: &rewards)
         }
@@ -161,7 +160,7 @@ enum Apply {
     static func decide(_ c: isolated PostgresConnection, seeds: [String], extraAccounts: [String], context: Context,
                        mismatches: inout [Effect], rewards: inout [RewardChange]) throws -> [OutgoingEvent] {
         let cluster = try Store.lockCluster(c, seeds: seeds)
-        let input = try Store.clusterInput(c, cluster: cluster, extraAccounts: extraAccounts)
+        let input = try Store.clusterInput(c, cluster: cluster, extraAccounts: extraAccounts, cache: context.effects)
         let decision = Lifecycle.decide(LifecycleInput(
             facts: input.facts, referrals: input.bound.map(\.binding), recorded: input.recorded, now: context.now,
             policy: context.policy, explain: false))
@@ -308,6 +307,8 @@ enum Apply {
         /// How long rows enqueued for the committing worker stay out of other relays' reach.
         /// Publishing them takes milliseconds; after a crash they wait this long for a relay.
         var publishLeaseSeconds = 10
+        /// Recorded effects already read, shared by the process's pipelines; nil reads them all.
+        var effects: EffectCache?
     }
 }
 

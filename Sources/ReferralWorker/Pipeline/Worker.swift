@@ -21,6 +21,7 @@ public actor Worker {
     let instanceName: String
     let status: ServiceStatus
     let metrics: WorkerMetrics
+    let effectCache: EffectCache
 
     private var consumer: AMQPConnection?
     private var publisher: AMQPConnection?
@@ -32,6 +33,11 @@ public actor Worker {
     /// per batch was a third of the pipeline's commits. Lost in a crash, they are published
     /// again after their lease with the same CloudEvents id, which downstream deduplicates.
     private var unmarked: [Int64] = []
+    /// The publication of the last batch's outbox rows, running while the next batch is read
+    /// and applied, so that waiting for the broker's confirms (a quorum queue replicates and
+    /// syncs each message first) no longer holds up the pipeline. At most one runs: every
+    /// other use of the publisher settles it first, which also keeps batches' events in order.
+    private var publication: Task<Void, any Error>?
     private let failpoint = Failpoint.fromEnvironment()
     /// Current version of each program, registered at connect (a changed file makes a new one).
     private var versions: [String: Int] = [:]
@@ -40,7 +46,8 @@ public actor Worker {
 
     public init(settings: Settings, programs: ProgramBook, logger: Logger,
                 clock: any ReferralCore.Clock = SystemClock(), instanceName: String = "referrald",
-                status: ServiceStatus = ServiceStatus(), metrics: WorkerMetrics = WorkerMetrics()) {
+                status: ServiceStatus = ServiceStatus(), metrics: WorkerMetrics = WorkerMetrics(),
+                effectCache: EffectCache = EffectCache()) {
         self.settings = settings
         self.programs = programs
         self.logger = logger
@@ -48,6 +55,7 @@ public actor Worker {
         self.instanceName = instanceName
         self.status = status
         self.metrics = metrics
+        self.effectCache = effectCache
     }
 
     /// Runs until the task is cancelled. Connection failures are retried with back-off; the
@@ -60,6 +68,7 @@ public actor Worker {
                 backoff.reset()
                 try await consumeLoop()
             } catch is CancellationError {
+                try? await settlePublication()
                 try? await flushMarks()
                 break
             } catch let error as SchemaError {
@@ -67,10 +76,12 @@ public actor Worker {
             } catch {
                 logger.warning("worker loop failed; reconnecting", metadata: ["error": "\(error)"])
                 status.failed(error)
+                try? await settlePublication()
                 await disconnect()
                 try? await Task.sleep(for: backoff.next(using: &rng))
             }
         }
+        try? await settlePublication()
         try? await flushMarks()
         await disconnect()
     }
@@ -79,6 +90,7 @@ public actor Worker {
         if db == nil || publisher == nil || consumer == nil { status.connecting() }
         if db == nil {
             let connection = try await settings.connectPostgres(name: instanceName, logger: logger)
+            try await connection.run { c in try Store.configureWorkerSession(c) }
             let version = try await Schema.currentVersion(connection)
             guard version >= Schema.latestVersion else {
                 await connection.close()
@@ -125,7 +137,10 @@ public actor Worker {
             if clock.now() - lastTimerScan > .seconds(1) { try await fireTimers() }
             if clock.now() - lastRelay > .seconds(1) { try await relayOutbox() }
             // Idle: marks wait for no next batch.
-            if batch.isEmpty, !unmarked.isEmpty { try await flushMarks() }
+            if batch.isEmpty {
+                try await settlePublication()
+                try await flushMarks()
+            }
             if clock.now() - lastBacklogSample > .seconds(5) { try await sampleBacklog() }
             status.loopProgressed()
         }
@@ -147,19 +162,23 @@ public actor Worker {
         }
         var settled = Set<UInt64>()
         var outbox: [OutboxRow] = []
-        if !bad.isEmpty { settled.formUnion(try await deadLetter(bad)) }
+        if !bad.isEmpty {
+            try await settlePublication()
+            settled.formUnion(try await deadLetter(bad))
+        }
         if !good.isEmpty {
             let applied = try await applyWithRetry(good)
             settled.formUnion(applied.settled)
             outbox = applied.outbox
         }
-        // Committed: the ack and the publication of the outbox rows go out together, on their
-        // two connections. One ack with `multiple` for the rest; its tag must be one not yet
-        // settled: acking a tag twice makes the broker close the channel (406 unknown delivery tag).
-        let tag = deliveries.last(where: { !settled.contains($0.deliveryTag) })?.deliveryTag
-        async let ack: Void = { if let tag { try await consumer.ack(tag, multiple: true) } }()
-        try await publish(outbox)
-        try await ack
+        // Committed: ack, and publish the outbox rows while the next batch is applied. One ack
+        // with `multiple` for the rest; its tag must be one not yet settled: acking a tag twice
+        // makes the broker close the channel (406 unknown delivery tag).
+        if let tag = deliveries.last(where: { !settled.contains($0.deliveryTag) })?.deliveryTag {
+            try await consumer.ack(tag, multiple: true)
+        }
+        try await settlePublication()
+        if !outbox.isEmpty { publication = Task { try await self.publish(outbox) } }
         let acked = clock.now()
         for (_, event) in good { metrics.endToEnd(from: event.time, to: acked) }
         metrics.batch(size: deliveries.count, duration: ContinuousClock.now - started)
@@ -173,9 +192,18 @@ public actor Worker {
     private func applyWithRetry(_ events: [(Delivery, InboundEvent)]) async throws
         -> (settled: Set<UInt64>, outbox: [OutboxRow]) {
         var backoff = Backoff()
+        var conflicts = 0
         while true {
             do {
                 return ([], try await apply(events.map { .init(event: $0.1, body: $0.0.body) }))
+            } catch let error as PostgresError where error.isLockConflict && conflicts < 5 {
+                // Another instance's transaction won a deadlock or a serialisation conflict: the
+                // database is fine and so is the connection. Retry at once on it; reconnecting
+                // and backing off as for an outage cost seconds per conflict.
+                conflicts += 1
+                metrics.lockConflict()
+                logger.notice("batch lost a lock conflict; retried", metadata: [
+                    "db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)", "attempt": "\(conflicts)"])
             } catch let error as PostgresError where error.isTransient {
                 logger.warning("database unavailable; batch held for retry",
                                metadata: ["db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)"])
@@ -223,7 +251,8 @@ public actor Worker {
     }
 
     private func context() -> Apply.Context {
-        Apply.Context(programs: programs, versions: versions, policy: settings.lifecyclePolicy, now: clock.now())
+        Apply.Context(programs: programs, versions: versions, policy: settings.lifecyclePolicy, now: clock.now(),
+                      effects: effectCache)
     }
 
     /// Applies events in one transaction that also marks the rows published since the last
@@ -274,6 +303,7 @@ public actor Worker {
             }
             metrics.rewards(fired.rewards)
             logger.debug("timers fired", metadata: ["timers.fired": "\(count)", "events": "\(fired.outbox.count)"])
+            try await settlePublication()
             try await publish(fired.outbox)
             if count < 100 { return }
         }
@@ -358,6 +388,13 @@ public actor Worker {
         return true
     }
 
+    /// Waits for the last batch's publication; its error (the broker went away) is this call's.
+    private func settlePublication() async throws {
+        guard let task = publication else { return }
+        publication = nil
+        try await task.value
+    }
+
     /// Marks the confirmed rows published in a statement of their own, when no transaction is
     /// coming to carry them (idle, relay, shutdown).
     private func flushMarks() async throws {
@@ -372,6 +409,7 @@ public actor Worker {
     private func relayOutbox() async throws {
         guard let db else { return }
         lastRelay = clock.now()
+        try await settlePublication()
         try await flushMarks()
         while true {
             let rows = try await db.run { c in try Store.leaseOutbox(c, limit: 512, leaseSeconds: 60) }

@@ -1,0 +1,69 @@
+import ReferralCore
+import Synchronization
+
+/// Decoded recorded effects per referral, shared by a process's pipelines, so that a batch
+/// reads from `effects` only what was recorded since the cache last saw the referral.
+///
+/// Every decision re-reads the recorded effects of every referral in its clusters. Reading and
+/// JSON-decoding all of them again was a sixth of the daemon's CPU and the fourth costliest
+/// statement on the realistic mix (perf, pg_stat_statements), although effects never change
+/// once recorded.
+///
+/// Why `seq > last seen` cannot miss an effect: effects of a referral are only recorded by a
+/// transaction that holds the referral's row lock (`lockCluster`), and the cache is only read
+/// and filled under that lock. So when we read, every effect of the referral with a lower seq
+/// has committed. Only rows read from the table enter the cache, never the effects our own
+/// transaction records (it could still roll back); they are read back, once, next time.
+public final class EffectCache: Sendable {
+    struct Entry {
+        var lastSeq: Int64
+        var effects: [Effect]
+        var used: UInt64
+    }
+
+    struct State {
+        var entries: [String: Entry] = [:]
+        var clock: UInt64 = 0
+    }
+
+    /// Referrals kept; about 2 KiB each on the realistic mix (8 effects), so the default
+    /// bounds the cache near 20 MiB whatever the size of the table.
+    public let capacity: Int
+    private let state = Mutex(State())
+
+    public init(capacity: Int = 10_000) {
+        self.capacity = capacity
+    }
+
+    public var count: Int { state.withLock { $0.entries.count } }
+
+    /// What the cache holds for these referrals: the last seq seen and the effects up to it.
+    func snapshot(_ referrals: [String]) -> [String: (lastSeq: Int64, effects: [Effect])] {
+        state.withLock { s in
+            s.clock += 1
+            var found: [String: (lastSeq: Int64, effects: [Effect])] = [:]
+            for id in referrals {
+                guard var entry = s.entries[id] else { continue }
+                entry.used = s.clock
+                s.entries[id] = entry
+                found[id] = (entry.lastSeq, entry.effects)
+            }
+            return found
+        }
+    }
+
+    /// Stores what a read under the referrals' locks returned. Past the capacity, the least
+    /// recently used tenth goes.
+    func store(_ updated: [String: (lastSeq: Int64, effects: [Effect])]) {
+        state.withLock { s in
+            s.clock += 1
+            for (id, value) in updated {
+                s.entries[id] = Entry(lastSeq: value.lastSeq, effects: value.effects, used: s.clock)
+            }
+            guard s.entries.count > capacity else { return }
+            let keep = capacity - capacity / 10
+            let victims = s.entries.sorted { $0.value.used < $1.value.used }.prefix(s.entries.count - keep)
+            for (id, _) in victims { s.entries[id] = nil }
+        }
+    }
+}
