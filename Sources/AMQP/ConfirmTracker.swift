@@ -65,11 +65,13 @@ struct ConfirmTracker {
         var completed: [BatchID] = []
         for sequence in range {
             guard let slot = slots.removeValue(forKey: sequence) else { continue }
-            guard var batch = batches[slot.batch] else { continue }
-            batch.outcomes[slot.index] = ack ? (slot.returned ?? .confirmed) : .nacked
-            batch.remaining -= 1
-            batches[slot.batch] = batch
-            if batch.remaining == 0 { completed.append(slot.batch) }
+            // Mutated in place through the dictionary: a copy of the batch taken out and put back
+            // copied its outcome array on every confirm, quadratic in the batch size (a tenth of
+            // the daemon's CPU with batches of 512, perf).
+            guard batches[slot.batch] != nil else { continue }
+            batches[slot.batch]!.outcomes[slot.index] = ack ? (slot.returned ?? .confirmed) : .nacked
+            batches[slot.batch]!.remaining -= 1
+            if batches[slot.batch]!.remaining == 0 { completed.append(slot.batch) }
         }
         while lowWater < nextSequence, slots[lowWater] == nil { lowWater += 1 }
         return completed

@@ -221,13 +221,19 @@ public enum Schema {
             -- Asks of the period, by moment.
             CREATE INDEX asks_sent ON asks (sent_at);
             """),
-        Migration(version: 5, name: "effects by referral and seq", sql: """
+        Migration(version: 5, name: "effects by referral and seq; published outbox rows deleted", sql: """
             -- The worker reads a referral's effects recorded after the last one it has cached
             -- (`EffectCache`): (referral_id, seq) finds exactly those; (referral_id) alone
             -- visited every effect of the referral to filter them. It also serves every lookup
             -- by referral the old index served.
             CREATE INDEX effects_referral_seq ON effects (referral_id, seq) WHERE referral_id IS NOT NULL;
             DROP INDEX effects_referral;
+            -- From this version the worker deletes outbox rows once the broker confirmed them
+            -- instead of setting `published_at`: the rows published before go too. The column
+            -- stays, and the relay still skips rows that have it, so that an instance of the
+            -- previous version still running during a rolling upgrade cannot make this one
+            -- publish its rows again.
+            DELETE FROM outbox WHERE published_at IS NOT NULL;
             """),
     ]
 

@@ -334,6 +334,12 @@ struct Runner {
         let usage = cpu.stop()
         let peak = Proc.memoryKiB(process.processIdentifier, "VmHWM")
         await stop(process)
+        // Named, so that a run can tell a legitimately skipped one (a status that went straight
+        // past `ordered` because the install was applied with the order) from a lost one.
+        let unmatched = observer.pendingKeys
+        if !unmatched.isEmpty {
+            say("  unmatched keys (\(unmatched.count)): \(unmatched.prefix(10).joined(separator: " "))")
+        }
         return LatencyResult(rate: rate, published: messages.count, expected: expected,
                              histogram: observer.latencyHistogram, usage: usage, peakRSSKiB: peak)
     }

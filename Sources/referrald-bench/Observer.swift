@@ -89,6 +89,8 @@ final class Observer: @unchecked Sendable {
     }
 
     var pendingCount: Int { lock.lock(); defer { lock.unlock() }; return sendTimes.count }
+    /// Keys still waiting for their downstream event, sorted (for the report of a run).
+    var pendingKeys: [String] { lock.lock(); defer { lock.unlock() }; return sendTimes.keys.sorted() }
 
     func resetLatency() {
         lock.lock(); defer { lock.unlock() }

@@ -34,11 +34,11 @@ enum Apply {
         case failed(program: String)
     }
 
-    /// `published` are outbox rows the worker published since its last commit: marking them
+    /// `published` are outbox rows the worker published since its last commit: deleting them
     /// rides in this transaction instead of costing a commit of its own.
     static func batch(_ c: isolated PostgresConnection, events: [Received], published: [Int64] = [],
                       context: Context) throws -> Outcome {
-        try Store.markPublished(c, seqs: published)
+        try Store.removePublished(c, seqs: published)
         let freshIndexes = try Store.recordInbox(c, events.map(inboxEntry))
         var outcome = Outcome(fresh: freshIndexes.count, duplicates: events.count - freshIndexes.count,
                               freshIndexes: freshIndexes)

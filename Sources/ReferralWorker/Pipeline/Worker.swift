@@ -7,7 +7,7 @@ import ServiceLifecycle
 
 /// The consume loop: inbox → classify → dead-letter bad input → deduplicate and apply in one
 /// transaction that also writes the outbox → ack, and publish the batch's outbox rows with
-/// confirms from memory at the same time → mark them published in the next transaction.
+/// confirms from memory while the next batch is applied → delete them in the next transaction.
 ///
 /// A crash at any point is safe: before the commit nothing happened and the broker redelivers;
 /// after it, the inbox row makes the redelivery a no-op and the outbox row, once its short lease
@@ -28,11 +28,11 @@ public actor Worker {
     private var db: PostgresConnection?
     private var rng = SystemRandomNumberGenerator()
     private var lastRelay = Instant(microseconds: 0)
-    /// Outbox rows the broker confirmed that the database does not yet know are published. The
-    /// next transaction marks them (a batch's, or the relay's when idle): a commit of their own
+    /// Outbox rows the broker confirmed that the database still holds. The next transaction
+    /// deletes them (a batch's, or a statement of their own when idle): a commit of their own
     /// per batch was a third of the pipeline's commits. Lost in a crash, they are published
     /// again after their lease with the same CloudEvents id, which downstream deduplicates.
-    private var unmarked: [Int64] = []
+    private var published: [Int64] = []
     /// The publication of the last batch's outbox rows, running while the next batch is read
     /// and applied, so that waiting for the broker's confirms (a quorum queue replicates and
     /// syncs each message first) no longer holds up the pipeline. At most one runs: every
@@ -69,7 +69,7 @@ public actor Worker {
                 try await consumeLoop()
             } catch is CancellationError {
                 try? await settlePublication()
-                try? await flushMarks()
+                try? await flushPublished()
                 break
             } catch let error as SchemaError {
                 throw error
@@ -82,7 +82,7 @@ public actor Worker {
             }
         }
         try? await settlePublication()
-        try? await flushMarks()
+        try? await flushPublished()
         await disconnect()
     }
 
@@ -136,10 +136,10 @@ public actor Worker {
             // crashed instance or a broker outage go out while a backlog drains too.
             if clock.now() - lastTimerScan > .seconds(1) { try await fireTimers() }
             if clock.now() - lastRelay > .seconds(1) { try await relayOutbox() }
-            // Idle: marks wait for no next batch.
+            // Idle: confirmed rows wait for no next batch.
             if batch.isEmpty {
                 try await settlePublication()
-                try await flushMarks()
+                try await flushPublished()
             }
             if clock.now() - lastBacklogSample > .seconds(5) { try await sampleBacklog() }
             status.loopProgressed()
@@ -255,14 +255,14 @@ public actor Worker {
                       effects: effectCache)
     }
 
-    /// Applies events in one transaction that also marks the rows published since the last
+    /// Applies events in one transaction that also deletes the rows published since the last
     /// commit; returns the committed outbox rows to publish.
     private func apply(_ events: [Apply.Received]) async throws -> [OutboxRow] {
         guard let db else { throw NotConnected() }
         let context = self.context()
-        let marks = unmarked
-        let outcome = try await db.transaction { c in try Apply.batch(c, events: events, published: marks, context: context) }
-        unmarked.removeFirst(marks.count)
+        let done = published
+        let outcome = try await db.transaction { c in try Apply.batch(c, events: events, published: done, context: context) }
+        published.removeFirst(done.count)
         status.databaseRoundTripSucceeded()
         failpoint.hit(.afterCommit)
         metrics.consumed(events, freshIndexes: outcome.freshIndexes)
@@ -357,7 +357,7 @@ public actor Worker {
     }
 
     /// Publishes committed outbox rows leased to this worker, with confirms. The confirmed ones
-    /// are marked published by the next transaction. A row that the broker did not confirm
+    /// are deleted by the next transaction. A row that the broker did not confirm
     /// keeps its lease only until it expires, then goes out again with the same CloudEvents id:
     /// downstream deduplicates by id, so a repeat is harmless and a loss is not.
     /// Returns false when the broker nacked some rows.
@@ -379,7 +379,7 @@ public actor Worker {
         }
         failpoint.hit(.afterPublish)
         let confirmed = zip(rows, outcomes).filter { $0.1 != .nacked }.map(\.0.seq)
-        unmarked += confirmed
+        published += confirmed
         if confirmed.count < rows.count {
             logger.warning("broker nacked outbox rows; retried after the lease",
                            metadata: ["outbox.nacked": "\(rows.count - confirmed.count)"])
@@ -395,13 +395,13 @@ public actor Worker {
         try await task.value
     }
 
-    /// Marks the confirmed rows published in a statement of their own, when no transaction is
+    /// Deletes the confirmed rows in a statement of their own, when no transaction is
     /// coming to carry them (idle, relay, shutdown).
-    private func flushMarks() async throws {
-        guard let db, !unmarked.isEmpty else { return }
-        let marks = unmarked
-        try await db.run { c in try Store.markPublished(c, seqs: marks) }
-        unmarked.removeFirst(marks.count)
+    private func flushPublished() async throws {
+        guard let db, !published.isEmpty else { return }
+        let done = published
+        try await db.run { c in try Store.removePublished(c, seqs: done) }
+        published.removeFirst(done.count)
     }
 
     /// Publishes rows nobody holds a lease on: left by a crashed instance, nacked by the broker,
@@ -410,12 +410,12 @@ public actor Worker {
         guard let db else { return }
         lastRelay = clock.now()
         try await settlePublication()
-        try await flushMarks()
+        try await flushPublished()
         while true {
             let rows = try await db.run { c in try Store.leaseOutbox(c, limit: 512, leaseSeconds: 60) }
             if rows.isEmpty { return }
             let allConfirmed = try await publish(rows)
-            try await flushMarks()
+            try await flushPublished()
             if !allConfirmed || rows.count < 512 { return }
         }
     }
