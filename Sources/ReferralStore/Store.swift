@@ -39,8 +39,13 @@ extension Store {
     /// about 58 ms compiling a query that runs in 3 ms — in 65 of 160 batches of the realistic
     /// mix (auto_explain), a quarter of the run. The worker's statements are all short; JIT
     /// never pays for itself on them.
+    ///
+    /// No parallel query: on a 200,000-event database the planner chose parallel sequential
+    /// scans for a batch's loads (facts, ask facts), starting background workers for a few
+    /// milliseconds of work each time, on a machine whose cores the pipeline already uses.
     public static func configureWorkerSession(_ c: isolated PostgresConnection) throws {
         try c.execute("SET jit = off")
+        try c.execute("SET max_parallel_workers_per_gather = 0")
     }
 
     /// Records the batch's events in the inbox and returns the indexes of those seen for the

@@ -27,13 +27,13 @@ struct Bench: AsyncParsableCommand {
     var batch1Events = 0
 
     @Option(help: "REFERRALD_BATCH_SIZE of the daemon (and the ceiling loop's batch).")
-    var batchSize = 128
+    var batchSize = 512
 
     @Option(help: "REFERRALD_BATCH_WAIT_MS of the daemon (and the ceiling loop's).")
     var batchWaitMs = 20
 
     @Option(help: "REFERRALD_WORKERS of the daemon: pipelines in the process (every daemon phase).")
-    var workers = 2
+    var workers = 1
 
     @Option(help: "Open-loop rate of the latency phase in events/s (0: half the measured mix throughput).")
     var rate = 0.0

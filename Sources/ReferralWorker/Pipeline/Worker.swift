@@ -42,6 +42,8 @@ public actor Worker {
     /// Current version of each program, registered at connect (a changed file makes a new one).
     private var versions: [String: Int] = [:]
     private var lastTimerScan = Instant(microseconds: 0)
+    /// The last timer round was full: more are due, and the next loop pass fires another round.
+    private var timersBehind = false
     private var lastBacklogSample = Instant(microseconds: 0)
 
     public init(settings: Settings, programs: ProgramBook, logger: Logger,
@@ -134,7 +136,7 @@ public actor Worker {
             if !batch.isEmpty { try await handle(batch) }
             // Timers and the relay run every second, busy or idle: holds end, and rows left by a
             // crashed instance or a broker outage go out while a backlog drains too.
-            if clock.now() - lastTimerScan > .seconds(1) { try await fireTimers() }
+            if timersBehind || clock.now() - lastTimerScan > .seconds(1) { try await fireTimers() }
             if clock.now() - lastRelay > .seconds(1) { try await relayOutbox() }
             // Idle: confirmed rows wait for no next batch.
             if batch.isEmpty {
@@ -279,11 +281,15 @@ public actor Worker {
         return outcome.outbox
     }
 
-    /// Fires due timers (hold ends, windows, retries) in batches until none is due.
+    /// Fires one round of due timers (hold ends, windows, retries, asks). When more are due,
+    /// the loop alternates rounds with batches of deliveries: firing them all at once starved
+    /// consumption while thousands fell due together (after a backlog dated in the past was
+    /// drained, the latency phase of the benchmark saw p50 0.5 s and p99 1.2 s).
     private func fireTimers() async throws {
         guard let db else { return }
         lastTimerScan = clock.now()
-        while true {
+        timersBehind = false
+        do {
             let context = self.context()
             let claimed = try await db.transaction { c in try Apply.claimTimers(c, context: context, limit: 100) }
             status.databaseRoundTripSucceeded()
@@ -305,7 +311,7 @@ public actor Worker {
             logger.debug("timers fired", metadata: ["timers.fired": "\(count)", "events": "\(fired.outbox.count)"])
             try await settlePublication()
             try await publish(fired.outbox)
-            if count < 100 { return }
+            timersBehind = count == 100
         }
     }
 
