@@ -99,20 +99,6 @@ extension Store {
             """, [.textArray(accounts)]).map { try $0.decode("account_id", as: String.self) })
     }
 
-    /// Claims due account timers by leasing them, like `claimDueTimers` and for the same reason
-    /// (the batch path takes the account locks before the timer rows).
-    public static func claimDueAccountTimers(_ c: isolated PostgresConnection, now: Instant, limit: Int,
-                                             leaseSeconds: Int = 30) throws -> [String] {
-        try c.query("""
-            UPDATE account_timers t SET due_at = $1::timestamptz + make_interval(secs => $3)
-            FROM (SELECT account_id FROM account_timers WHERE due_at <= $1::timestamptz
-                  ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED) d
-            WHERE t.account_id = d.account_id
-            RETURNING t.account_id
-            """, [.text(now.rfc3339), .int(Int64(limit)), .int(Int64(leaseSeconds))])
-            .map { try $0.decode("account_id", as: String.self) }
-    }
-
     // MARK: follow-ups
 
     public static func followupKeys(_ c: isolated PostgresConnection, referrals: [String]) throws -> Set<String> {

@@ -438,23 +438,32 @@ extension Store {
         }
     }
 
-    /// Claims up to `limit` due timers by leasing them: their due time moves `leaseSeconds`
-    /// ahead, in the caller's short transaction, and the caller decides them in a second one
-    /// that sets their real next due time. Holding the timer rows locked while deciding would
-    /// take the locks in the order timers → referrals, against the batch path's referrals →
-    /// timers, and two instances would deadlock (40P01, seen in the three-instance fault run).
-    /// SKIP LOCKED lets instances claim disjoint timers; a claimer that dies leaves its timers
-    /// to fire again when the lease ends.
-    public static func claimDueTimers(_ c: isolated PostgresConnection, now: Instant, limit: Int,
+    /// The two tables of durable timers: a referral's (its cluster is re-decided) and an
+    /// account's (its asks are re-decided).
+    public enum TimerTable: Sendable {
+        case referrals, accounts
+
+        var table: String { self == .referrals ? "timers" : "account_timers" }
+        var key: String { self == .referrals ? "referral_id" : "account_id" }
+    }
+
+    /// Claims up to `limit` due timers of `table` by leasing them: their due time moves
+    /// `leaseSeconds` ahead, in the caller's short transaction, and the caller decides them in a
+    /// second one that sets their real next due time. Holding the timer rows locked while
+    /// deciding would take the locks in the order timers → referrals (or accounts), against the
+    /// batch path's referrals → timers, and two instances would deadlock (40P01, seen in the
+    /// three-instance fault run). SKIP LOCKED lets instances claim disjoint timers; a claimer
+    /// that dies leaves its timers to fire again when the lease ends. Returns the claimed keys.
+    public static func claimDueTimers(_ c: isolated PostgresConnection, _ table: TimerTable, now: Instant, limit: Int,
                                       leaseSeconds: Int = 30) throws -> [String] {
         try c.query("""
-            UPDATE timers t SET due_at = $1::timestamptz + make_interval(secs => $3)
-            FROM (SELECT referral_id FROM timers WHERE due_at <= $1::timestamptz
+            UPDATE \(table.table) t SET due_at = $1::timestamptz + make_interval(secs => $3)
+            FROM (SELECT \(table.key) FROM \(table.table) WHERE due_at <= $1::timestamptz
                   ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED) d
-            WHERE t.referral_id = d.referral_id
-            RETURNING t.referral_id
+            WHERE t.\(table.key) = d.\(table.key)
+            RETURNING t.\(table.key) AS key
             """, [.text(now.rfc3339), .int(Int64(limit)), .int(Int64(leaseSeconds))])
-            .map { try $0.decode("referral_id", as: String.self) }
+            .map { try $0.decode("key", as: String.self) }
     }
 
     /// Timers due now and how late the oldest is, for metrics.

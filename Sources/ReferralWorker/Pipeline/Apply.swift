@@ -134,8 +134,8 @@ enum Apply {
     /// Due timers, leased in a short transaction of their own (see `Store.claimDueTimers`).
     static func claimTimers(_ c: isolated PostgresConnection, context: Context, limit: Int)
         throws -> (referrals: [String], accounts: [String]) {
-        (try Store.claimDueTimers(c, now: context.now, limit: limit),
-         try Store.claimDueAccountTimers(c, now: context.now, limit: limit))
+        (try Store.claimDueTimers(c, .referrals, now: context.now, limit: limit),
+         try Store.claimDueTimers(c, .accounts, now: context.now, limit: limit))
     }
 
     /// Claimed timers: re-decide their clusters and accounts at `now`, which also sets each
