@@ -168,6 +168,7 @@ public actor Worker {
             try await settlePublication()
             settled.formUnion(try await deadLetter(bad))
         }
+        let applyStarted = ContinuousClock.now
         if !good.isEmpty {
             let applied = try await applyWithRetry(good)
             settled.formUnion(applied.settled)
@@ -179,11 +180,21 @@ public actor Worker {
         if let tag = deliveries.last(where: { !settled.contains($0.deliveryTag) })?.deliveryTag {
             try await consumer.ack(tag, multiple: true)
         }
+        let applyTime = ContinuousClock.now - applyStarted
+        let settleStarted = ContinuousClock.now
         try await settlePublication()
+        let settleTime = ContinuousClock.now - settleStarted
         if !outbox.isEmpty { publication = Task { try await self.publish(outbox) } }
         let acked = clock.now()
         for (_, event) in good { metrics.endToEnd(from: event.time, to: acked) }
-        metrics.batch(size: deliveries.count, duration: ContinuousClock.now - started)
+        let duration = ContinuousClock.now - started
+        metrics.batch(size: deliveries.count, duration: duration)
+        // Where a slow pipeline's time goes: in the transaction and ack (apply.ms), or waiting
+        // for the broker to confirm the previous batch's events (publish_wait.ms).
+        logger.debug("batch handled", metadata: [
+            "batch.size": "\(deliveries.count)", "batch.dead_lettered": "\(bad.count)", "outbox": "\(outbox.count)",
+            "batch.ms": "\(duration.nanoseconds / 1_000_000)", "apply.ms": "\(applyTime.nanoseconds / 1_000_000)",
+            "publish_wait.ms": "\(settleTime.nanoseconds / 1_000_000)"])
     }
 
     /// Transient database errors (server restart, lost connection, serialisation failure)
