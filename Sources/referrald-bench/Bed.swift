@@ -34,7 +34,9 @@ struct Bed: Sendable {
         let worldURL = IsolatedWorld.databaseURL(databaseURL, database: name)
         var environment = IsolatedWorld.environment(name: name, amqpURL: amqpURL, databaseURL: worldURL,
                                                     programsFile: programsFile)
-        environment["REFERRALD_LOG_LEVEL"] = "warning"
+        // The daemon writes to the bench's stderr: quiet unless the caller asks for its log
+        // (REFERRALD_LOG_LEVEL=debug logs every batch's size and time).
+        environment["REFERRALD_LOG_LEVEL"] = ProcessInfo.processInfo.environment["REFERRALD_LOG_LEVEL"] ?? "warning"
         let settings = try await Settings.load(configFile: nil, environment: environment)
         let db = try await PostgresConnection.connect(try PostgresURL(parsing: worldURL),
                                                       applicationName: "referrald-bench", logger: benchLogger)
