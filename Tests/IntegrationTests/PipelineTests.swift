@@ -7,7 +7,10 @@ import Testing
 
 /// The walking skeleton end to end: real RabbitMQ, real PostgreSQL, the real worker.
 @Suite(.serialized) struct PipelineTests {
-    static func activation(id: String, account: String, at: String = "2026-11-23T10:31:07Z") -> [UInt8] {
+    /// Dated now by default: an ask not sent within 7 days of its moment is skipped as stale, so
+    /// a fixed date silently stopped these activations from earning their post_activation ask
+    /// once the calendar passed it (and failed the stop-under-load test, which counts asks).
+    static func activation(id: String, account: String, at: String = Scenario.time()) -> [UInt8] {
         Array("""
             {"specversion":"1.0","id":"\(id)","source":"provisioning","type":"provisioning.service.activated",
              "time":"\(at)","subject":"\(account)","datacontenttype":"application/json",
@@ -27,7 +30,7 @@ import Testing
         try await bed.publish(body, type: "provisioning.service.activated")
         try await bed.publish(body, type: "provisioning.service.activated")
         // A reactivation of the same account, another event: still no second code.
-        try await bed.publish(Self.activation(id: "act-2", account: "acct-7001", at: "2026-12-01T08:00:00Z"),
+        try await bed.publish(Self.activation(id: "act-2", account: "acct-7001", at: Scenario.time(3_600)),
                               type: "provisioning.service.activated")
         // The activation also earns the new customer a post_activation ask: count codes only.
         let observed = try await bed.take(from: bed.observerQueue, count: 2).filter { $0.routingKey == "referral.code.issued" }
