@@ -10,7 +10,7 @@ import Synchronization
 /// once recorded.
 ///
 /// Why `seq > last seen` cannot miss an effect: effects of a referral are only recorded by a
-/// transaction that holds the referral's row lock (`lockCluster`), and the cache is only read
+/// transaction that holds the referral's row lock (`lockReferrals`), and the cache is only read
 /// and filled under that lock. So when we read, every effect of the referral with a lower seq
 /// has committed. Only rows read from the table enter the cache, never the effects our own
 /// transaction records (it could still roll back); they are read back, once, next time.

@@ -135,6 +135,26 @@ extension Store {
             """, [.textArray(leads), .textArray(accounts), .textArray(rewards)]).compactMap(FactRow.fact)
     }
 
+    /// Every fact a decision of these referrals reads: their leads' (versions, orders), their
+    /// friends' and referrers' accounts, and billing's answers about their rewards. Billing's
+    /// answers are read by reward, never by account: the beneficiary of most of them is a
+    /// referrer, and reading them by account would read every answer about every reward it was
+    /// ever paid. `accounts` adds accounts decided for a code of their own.
+    public static func loadFacts(_ c: isolated PostgresConnection, referrals: [BoundReferral], accounts: [String]) throws -> [Fact] {
+        let all = Array(Set(referrals.flatMap { [$0.binding.referrerAccountId] + ($0.friendAccountId.map { [$0] } ?? []) }
+                            + accounts))
+        let rewardIds = referrals.flatMap { b in Beneficiary.allCases.map { rewardId(referralId: b.binding.referralId, beneficiary: $0) } }
+        if all.isEmpty && referrals.isEmpty { return [] }
+        return try c.query("""
+            SELECT kind, at, lead_id, account_id, invoice_id, reward_id, code, household_id, contact_hash,
+                   segment, sequence::int8 AS sequence, amount_minor, currency, reason
+            FROM facts
+            WHERE lead_id = ANY($1::text[])
+               OR (account_id = ANY($2::text[]) AND kind NOT IN ('credit_applied', 'credit_rejected'))
+               OR reward_id = ANY($3::text[])
+            """, [.textArray(referrals.map(\.binding.leadId)), .textArray(all), .textArray(rewardIds)]).compactMap(FactRow.fact)
+    }
+
     // MARK: referrals and clusters
 
     /// Creates referrals for leads with a known code that have none yet; the program version is
@@ -165,63 +185,45 @@ extension Store {
             .map { try $0.decode("lead_id", as: String.self) })
     }
 
-    /// Refreshes, for referrals of these leads or friend accounts, the friend account (the
-    /// earliest order of the lead) and the links that tie competing referrals together.
-    public static func refreshLinks(_ c: isolated PostgresConnection, leads: [String], accounts: [String]) throws {
+    /// Sets, for referrals of these leads or friend accounts, the friend account: the account
+    /// of the lead's earliest order (an earlier order to another account moves it).
+    public static func refreshFriendAccounts(_ c: isolated PostgresConnection, leads: [String], accounts: [String]) throws {
         try c.execute("""
             UPDATE referrals r SET friend_account_id = o.account_id
             FROM (SELECT DISTINCT ON (lead_id) lead_id, account_id FROM facts
                   WHERE kind = 'order' AND (lead_id = ANY($1::text[]) OR account_id = ANY($2::text[]))
-                  ORDER BY lead_id, at, account_id) o
+                  ORDER BY lead_id, at, account_id COLLATE "C") o
             WHERE r.lead_id = o.lead_id AND r.friend_account_id IS DISTINCT FROM o.account_id
-            """, [.textArray(leads), .textArray(accounts)])
-        // Links: r:<referrer>, a:<friend account>, h:<household of the lead or of the friend's
-        // activation>. Links only accumulate (erasure aside), so a cluster never shrinks under a
-        // decision that once saw a competitor.
-        try c.execute("""
-            INSERT INTO referral_links (referral_id, link)
-            SELECT DISTINCT r.referral_id, x.link
-            FROM referrals r
-            CROSS JOIN LATERAL (
-                SELECT 'r:' || r.referrer_account_id
-                UNION ALL SELECT 'a:' || r.friend_account_id WHERE r.friend_account_id IS NOT NULL
-                UNION ALL SELECT 'h:' || f.household_id FROM facts f
-                    WHERE f.household_id IS NOT NULL
-                      AND ((f.kind = 'lead' AND f.lead_id = r.lead_id)
-                        OR (f.kind = 'activated' AND f.account_id = r.friend_account_id))
-            ) AS x(link)
-            WHERE r.lead_id = ANY($1::text[]) OR r.friend_account_id = ANY($2::text[])
-            ON CONFLICT DO NOTHING
             """, [.textArray(leads), .textArray(accounts)])
     }
 
-    /// The referrals a batch's facts touch directly: by lead, by friend or referrer account, by
-    /// reward.
+    /// The referrals a batch's facts touch directly: by lead, by friend account, by reward. Not
+    /// by referrer account: a fact about a referrer's own account changes only the referrals
+    /// `Lifecycle.referrerBoundaries` names, never all of them.
     public static func referralsTouched(_ c: isolated PostgresConnection, leads: [String], accounts: [String],
                                         rewards: [String]) throws -> [String] {
         try c.query("""
             SELECT referral_id FROM referrals
             WHERE lead_id = ANY($1::text[]) OR friend_account_id = ANY($2::text[])
-               OR referrer_account_id = ANY($2::text[])
             UNION
             SELECT referral_id FROM rewards WHERE reward_id = ANY($3::text[])
             """, [.textArray(leads), .textArray(accounts), .textArray(rewards)])
             .map { try $0.decode("referral_id", as: String.self) }
     }
 
-    /// The connected cluster of these referrals over shared links, locked in a fixed order
-    /// (referral id) so that two instances deciding overlapping clusters queue instead of
-    /// deadlocking, and the second sees the first's committed facts and effects.
-    public static func lockCluster(_ c: isolated PostgresConnection, seeds: [String]) throws -> [String] {
-        if seeds.isEmpty { return [] }
-        let ids = try cluster(c, seeds: seeds)
+    /// Locks the rows of the referrals a transaction decides, in id order, so that two
+    /// instances deciding the same referral queue instead of deadlocking, and the second sees the
+    /// first's committed facts and effects (the effect cache relies on it).
+    public static func lockReferrals(_ c: isolated PostgresConnection, _ ids: [String]) throws {
+        if ids.isEmpty { return }
         _ = try c.query("SELECT 1 FROM referrals WHERE referral_id = ANY($1::text[]) ORDER BY referral_id FOR UPDATE",
                         [.textArray(ids)])
-        return ids
     }
 
-    /// Referrals connected to `seeds` through shared links (referrer, friend account, household),
-    /// transitively: UNION (not UNION ALL) makes the recursion stop once no new id appears.
+    /// Referrals connected to `seeds` through shared links (referrer, friend account, household,
+    /// contact), transitively: UNION (not UNION ALL) makes the recursion stop once no new id
+    /// appears. The oracle's neighbourhood, for `explain`: never on the worker's path, where it
+    /// grew as N² for a referrer with N referrals.
     ///
     /// The two lookups are LATERAL subqueries fenced with OFFSET 0 so that each step is an index
     /// lookup per cluster member. Written as plain joins, the planner (which cannot estimate a
@@ -422,19 +424,21 @@ extension Store {
 
     // MARK: timers
 
-    /// Sets (or clears, with nil) the wake-up of these referrals. A timer already due then is
-    /// not rewritten: most of a cluster's timers are unchanged by a batch, and an upsert that
-    /// writes anyway costs a new row version and index entries for each.
-    public static func setTimers(_ c: isolated PostgresConnection, referrals: [String], due: Instant?) throws {
-        if referrals.isEmpty { return }
-        if let due {
+    /// Sets (or clears, with nil) each referral's wake-up. A timer already due then is not
+    /// rewritten: an upsert that writes anyway costs a new row version and index entries.
+    public static func setTimers(_ c: isolated PostgresConnection, _ timers: [(referralId: String, due: Instant?)]) throws {
+        if timers.isEmpty { return }
+        let set = timers.filter { $0.due != nil }
+        let cleared = timers.filter { $0.due == nil }.map(\.referralId)
+        if !set.isEmpty {
             try c.execute("""
-                INSERT INTO timers (referral_id, due_at) SELECT unnest($1::text[]), $2::timestamptz
+                INSERT INTO timers (referral_id, due_at) SELECT * FROM unnest($1::text[], $2::timestamptz[])
                 ON CONFLICT (referral_id) DO UPDATE SET due_at = excluded.due_at
                 WHERE timers.due_at IS DISTINCT FROM excluded.due_at
-                """, [.textArray(referrals), .text(due.rfc3339)])
-        } else {
-            try c.execute("DELETE FROM timers WHERE referral_id = ANY($1::text[])", [.textArray(referrals)])
+                """, [.textArray(set.map(\.referralId)), .textArray(set.map { $0.due?.rfc3339 })])
+        }
+        if !cleared.isEmpty {
+            try c.execute("DELETE FROM timers WHERE referral_id = ANY($1::text[])", [.textArray(cleared)])
         }
     }
 
@@ -612,7 +616,7 @@ extension Store {
 
     /// Everything a decision over this cluster needs: its bindings, every fact of its leads,
     /// accounts (referrers, friends and `extraAccounts`) and rewards, and the recorded effects.
-    /// With a cache, the cluster must be locked (`lockCluster`).
+    /// The oracle's input: read without locks; with a cache, the caller holds the referrals' locks.
     public static func clusterInput(_ c: isolated PostgresConnection, cluster: [String], extraAccounts: [String] = [],
                                     cache: EffectCache? = nil)
         throws -> (bound: [BoundReferral], facts: [Fact], recorded: [Effect]) {

@@ -7,6 +7,14 @@ public struct Migration: Sendable {
     public let version: Int
     public let name: String
     public let sql: String
+    /// A data migration in Swift, run in chunks of their own transactions after `sql`: the
+    /// version is recorded only once it finished, so `run` refuses a half-filled database and a
+    /// `migrate` that stopped midway resumes where it was.
+    public let backfill: (@Sendable (PostgresConnection, Logger) async throws -> Void)?
+
+    init(version: Int, name: String, sql: String, backfill: (@Sendable (PostgresConnection, Logger) async throws -> Void)? = nil) {
+        self.version = version; self.name = name; self.sql = sql; self.backfill = backfill
+    }
 }
 
 public enum Schema {
@@ -240,6 +248,37 @@ public enum Schema {
             -- (5.8 ms a batch and growing; pg_stat_statements).
             CREATE INDEX followups_referral ON followups (referral_id);
             """),
+        Migration(version: 6, name: "incremental competition state: standings, claims and ranking sizes", sql: """
+            -- A referral's standing (Competition.swift): its lead's time and code, and its
+            -- milestone when inside the window (its cap slot). NULL lead_at: not computed yet;
+            -- `referrald migrate` fills those from the stored facts before the daemon runs.
+            ALTER TABLE referrals ADD COLUMN lead_at timestamptz, ADD COLUMN lead_code text,
+                                  ADD COLUMN milestone_at timestamptz;
+            -- Ranks by bounded index scans: "how many leads of this code came before it that
+            -- day", "how many of the referrer's milestones came before it that year", counted up
+            -- to the limit. Without them each decision read the referrer's whole history.
+            CREATE INDEX referrals_code_day ON referrals (lead_code, lead_at, lead_id COLLATE "C")
+                WHERE lead_code = code;
+            CREATE INDEX referrals_cap ON referrals (referrer_account_id, milestone_at, lead_id COLLATE "C")
+                WHERE milestone_at IS NOT NULL;
+            -- A referrer's cancellation rejects its leads from then on: found by lead time.
+            CREATE INDEX referrals_referrer_lead_at ON referrals (referrer_account_id, lead_at);
+            DROP INDEX referrals_referrer;
+            -- Friend keys carry their lead's time: the first claimant of a key is one index row.
+            ALTER TABLE referral_links ADD COLUMN lead_at timestamptz, ADD COLUMN lead_id text COLLATE "C";
+            CREATE INDEX referral_links_claim ON referral_links (link, lead_at, lead_id);
+            DROP INDEX referral_links_link;
+            -- How many entries each ranking has ('cd:<day>:<code>', 'cap:<year>:<referrer>'): a
+            -- ranking no larger than its limit needs no rank at all.
+            CREATE TABLE ranking_sizes (
+                ranking text PRIMARY KEY,
+                size    bigint NOT NULL
+            );
+            -- What the backfill (version 7) still has to fill.
+            CREATE INDEX referrals_without_standing ON referrals (referral_id) WHERE lead_at IS NULL;
+            """),
+        Migration(version: 7, name: "standings of the referrals bound before version 6, from their facts", sql: "",
+                  backfill: { db, logger in try await Store.backfillStandings(db, logger: logger) }),
     ]
 
     public static var latestVersion: Int { migrations.last?.version ?? 0 }
@@ -279,8 +318,9 @@ public enum Schema {
         let current = try await currentVersion(db)
         var applied: [Int] = []
         for m in migrations where m.version > current {
+            if let backfill = m.backfill { try await backfill(db, logger) }
             try await db.transaction { c in
-                try c.executeScript(m.sql)
+                if !m.sql.isEmpty { try c.executeScript(m.sql) }
                 try c.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                               [.int(Int64(m.version)), .text(m.name)])
             }

@@ -21,7 +21,7 @@ import Testing
                 """, [.text(program), .int(Int64(version))])
         }
         try await checkClaims(bed, .referrals, keys: ["ref-a", "ref-b", "ref-c"]) { c, key, due in
-            try Store.setTimers(c, referrals: [key], due: due)
+            try Store.setTimers(c, [(key, due)])
         }
         await bed.tearDown()
     }

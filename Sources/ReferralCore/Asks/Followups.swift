@@ -39,6 +39,8 @@ public struct FollowupDecision: Sendable {
     public var due: [FollowupDue]
     /// The earliest instant another of the given referrals stalls, strictly after `now`.
     public var nextWakeup: Instant?
+    /// The same, per referral.
+    public var wakeups: [String: Instant] = [:]
 }
 
 /// Follow-ups on stalled referrals, as a pure function of each referral's current stage and the
@@ -85,7 +87,7 @@ public enum Followups {
     ///   - sent: keys of the follow-ups already recorded for them.
     public static func decide(_ entries: [StageEntry], sent: Set<String>, now: Instant) -> FollowupDecision {
         var due: [FollowupDue] = []
-        var wake: Instant?
+        var wakeups: [String: Instant] = [:]
         var taken = sent
         for e in entries where e.stage.isInFlight {
             let key = key(referralId: e.referralId, stage: e.stage)
@@ -97,10 +99,10 @@ public enum Followups {
                 due.append(FollowupDue(key: key, referralId: e.referralId, leadId: e.leadId, stage: e.stage,
                                        stalledSince: e.enteredAt, dueAt: at, sentAt: now))
             } else {
-                wake = min(wake ?? at, at)
+                wakeups[e.referralId] = min(wakeups[e.referralId] ?? at, at)
             }
         }
         due.sort { $0.referralId < $1.referralId }
-        return FollowupDecision(due: due, nextWakeup: wake)
+        return FollowupDecision(due: due, nextWakeup: wakeups.values.min(), wakeups: wakeups)
     }
 }

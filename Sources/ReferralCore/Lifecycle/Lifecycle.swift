@@ -35,11 +35,15 @@ public struct LifecycleInput: Sendable {
     /// Build explanation texts and inputs (`ReferralView.explanation`, `.inputs`). Off on the hot
     /// path; the stage, reason and rule are always set.
     public var explain: Bool
+    /// The competition ranks of `referrals`, read from the incremental state (the worker). When
+    /// nil, the oracle: they are derived from the standings of `referrals` themselves, which
+    /// must then be the whole neighbourhood of every referral judged.
+    public var competition: Competition?
 
     public init(facts: [Fact], referrals: [ReferralBinding], recorded: [Effect], now: Instant,
-                policy: LifecyclePolicy = .init(), explain: Bool = true) {
+                policy: LifecyclePolicy = .init(), explain: Bool = true, competition: Competition? = nil) {
         self.facts = facts; self.referrals = referrals; self.recorded = recorded; self.now = now
-        self.policy = policy; self.explain = explain
+        self.policy = policy; self.explain = explain; self.competition = competition
     }
 }
 
@@ -101,6 +105,8 @@ public struct Decision: Sendable {
     /// The next instant at which time passing alone can change the outcome (hold end, window end,
     /// arrears deadline, retry); strictly after `now`. The worker keeps it as a durable timer.
     public var nextWakeup: Instant?
+    /// The same, per referral: each referral's durable timer.
+    public var wakeups: [String: Instant]
 }
 
 /// The lifecycle rules as one pure function. See `Lifecycle/Lifecycle.docc/LifecycleRules.md` for the rules and the
@@ -250,18 +256,6 @@ struct Index {
     }
 }
 
-private func utcDay(_ t: Instant) -> Int64 { t.microseconds.floorDivided(by: 86_400_000_000).quotient }
-/// The proleptic Gregorian year of a UTC instant (Hinnant's civil_from_days, year part only).
-private func utcYear(_ t: Instant) -> Int64 {
-    let z = utcDay(t) + 719_468
-    let era = (z >= 0 ? z : z - 146_096) / 146_097
-    let doe = z - era * 146_097
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-    let mp = (5 * doy + 2) / 153
-    return yoe + era * 400 + (mp >= 10 ? 1 : 0)
-}
-
 // MARK: - The decision
 
 /// What the facts say about one referral, before looking at what was already published.
@@ -299,15 +293,13 @@ private struct Decider {
     let input: LifecycleInput
     let idx: Index
     let now: Instant
-    /// Per friend key ("a:<account>" / "h:<household>"): the winning lead (earliest time, then id).
-    var claims: [String: (at: Instant, leadId: String)] = [:]
-    /// Per (code, UTC day): the leads carrying it, in (time, id) order.
-    var leadsPerCodeDay: [String: [(at: Instant, leadId: String)]] = [:]
-    /// Per (referrer, year): the referrals that reached their milestone in the window, in order.
-    var capSlots: [String: [(at: Instant, leadId: String)]] = [:]
+    /// Ranks in the code's day, claims of friend keys, and slots in the referrer's year.
+    let competition: Competition
 
     var effects: [Effect] = []
+    /// The wake-up of the referral being decided, then of each.
     var wake: Instant?
+    var wakeups: [String: Instant] = [:]
 
     // What was recorded, by referral and by reward.
     var lastStatus: [String: (stage: Stage, reason: String?, count: Int)] = [:]
@@ -335,34 +327,9 @@ private struct Decider {
             case .rewardApplied, .rewardMismatch, .rewardFailed: break
             }
         }
-        for (id, lead) in idx.leads {
-            guard let code = lead.code else { continue }
-            leadsPerCodeDay["\(code)/\(utcDay(lead.at))", default: []].append((lead.at, id))
-        }
-        for key in leadsPerCodeDay.keys { leadsPerCodeDay[key]!.sort { ($0.at, $0.leadId) < ($1.at, $1.leadId) } }
-        for b in input.referrals {
-            guard let lead = idx.leads[b.leadId] else { continue }
-            for key in friendKeys(b.leadId) {
-                if let c = claims[key], (c.at, c.leadId) <= (lead.at, b.leadId) { continue }
-                claims[key] = (lead.at, b.leadId)
-            }
-            let p = b.program
-            if let m = idx.milestone(p.qualify.milestone, of: idx.friendAccount(of: b.leadId)), m <= lead.at + p.attributionWindow {
-                capSlots["\(b.referrerAccountId)/\(utcYear(m))", default: []].append((m, b.leadId))
-            }
-        }
-        for key in capSlots.keys { capSlots[key]!.sort { ($0.at, $0.leadId) < ($1.at, $1.leadId) } }
-    }
-
-    /// Who the friend is: their account once an order links it, and every household seen for them.
-    func friendKeys(_ leadId: String) -> [String] {
-        var keys: [String] = []
-        if let a = idx.friendAccount(of: leadId) {
-            keys.append("a:\(a)")
-            keys += idx.households(of: a).sorted().map { "h:\($0)" }
-        }
-        if let hh = idx.leadPersonal(leadId).household { keys.append("h:\(hh)") }
-        return keys
+        let idx = self.idx
+        competition = input.competition
+            ?? StandingTable(input.referrals.compactMap { idx.standing(of: $0) }).competition(for: input.referrals)
     }
 
     mutating func noteWake(_ t: Instant?) {
@@ -378,14 +345,17 @@ private struct Decider {
     mutating func run() -> Decision {
         var views: [ReferralView] = []
         for b in input.referrals.sorted(by: { $0.referralId < $1.referralId }) {
+            wake = nil
             if let view = referral(b) { views.append(view) }
+            if let w = wake { wakeups[b.referralId] = w }
         }
         var requests: [CodeRequest] = []
         for (account, info) in idx.accounts.sorted(by: { $0.key < $1.key }) where !codedAccounts.contains(account) {
             guard let at = info.activatedAt else { continue }
             requests.append(CodeRequest(accountId: account, segment: info.segment ?? .consumer, activatedAt: at))
         }
-        return Decision(effects: effects, codeRequests: requests, referrals: views, nextWakeup: wake)
+        return Decision(effects: effects, codeRequests: requests, referrals: views, nextWakeup: wakeups.values.min(),
+                        wakeups: wakeups)
     }
 
     // MARK: One referral
@@ -578,13 +548,12 @@ private struct Decider {
                 return .rejected(reason: "same_contact")
             }
         }
-        if let sameDay = leadsPerCodeDay["\(b.code)/\(utcDay(lead.at))"],
-           let rank = sameDay.firstIndex(where: { $0.leadId == b.leadId }), rank >= p.limits.maxLeadsPerCodePerDay {
-            why.say("limits.max_leads_per_code_per_day", "This was lead \(rank + 1) with this code on its UTC day (by lead time); the limit is \(p.limits.maxLeadsPerCodePerDay).")
+        if let rank = competition.codeDayEarlier[b.leadId], rank >= p.limits.maxLeadsPerCodePerDay {
+            why.say("limits.max_leads_per_code_per_day", "This lead came after \(p.limits.maxLeadsPerCodePerDay) others with this code on its UTC day (by lead time); the limit is \(p.limits.maxLeadsPerCodePerDay).")
             return .rejected(reason: "too_many_leads")
         }
-        for key in friendKeys(b.leadId) {
-            if let winner = claims[key], winner.leadId != b.leadId {
+        for key in idx.friendKeys(b.leadId) {
+            if let winner = competition.claimWinners[key], winner.leadId != b.leadId {
                 why.say("one_referrer_per_friend", "An earlier lead (\(winner.leadId)) reached the same friend (\(key.hasPrefix("a:") ? "account" : "household")); the earliest lead by time claims the friend, whatever becomes of it.")
                 why.add("winning_lead", winner.leadId)
                 why.add("winning_lead_at", winner.at)
@@ -672,10 +641,10 @@ private struct Decider {
         // lead id) — whatever became of them afterwards. That set only grows as facts arrive, so
         // a late fact can take a slot away (compensated by a reversal) but never hand it back,
         // which would need a second reward id for the same (referral, beneficiary).
-        let slots = capSlots["\(referrer)/\(utcYear(m))"] ?? []
-        let slot = (slots.firstIndex { $0.leadId == b.leadId } ?? 0) + 1
-        let capped = slot > p.limits.maxRewardsPerReferrerPerYear
-        why.add("referrer_slot_in_year", "\(slot) of \(p.limits.maxRewardsPerReferrerPerYear)")
+        let earlier = competition.capEarlier[b.leadId] ?? 0
+        let capped = earlier >= p.limits.maxRewardsPerReferrerPerYear
+        why.add("referrer_slot_in_year", capped ? "past \(p.limits.maxRewardsPerReferrerPerYear)"
+                                                : "\(earlier + 1) of \(p.limits.maxRewardsPerReferrerPerYear)")
         let clawed = cancelled.map { $0 > qualifiesAt && $0 <= qualifiesAt + p.clawbackWindow } ?? false
         if clawed {
             why.say("clawback", "The friend cancelled within the \(p.clawbackWindow) clawback window after qualifying; clawback mode \(p.clawback.rawValue).")

@@ -1,10 +1,15 @@
 /// The lifecycle in memory: stores facts, binds referrals, records effects and fires timers,
-/// calling `Lifecycle.decide` exactly as the worker does with PostgreSQL behind it. Used by the
-/// property tests and by `referrald simulate` (replaying recorded facts under candidate programs).
+/// calling `Lifecycle.decide` as the worker does with PostgreSQL behind it. Used by the property
+/// tests and by `referrald simulate` (replaying recorded facts under candidate programs).
 ///
-/// It keeps no state the decision function does not see: facts, bindings and recorded effects in,
-/// decisions out. So a replay here and the worker's run agree on the same inputs.
+/// Two modes. `.oracle` re-decides every referral on every event from all facts: the reference.
+/// `.incremental` does what the worker does: it keeps each referral's standing, re-decides only
+/// the referrals an event touches and those at a boundary the event moved, with the competition
+/// ranks read from the standings, and keeps a timer per referral. The differential property
+/// test runs both over the same streams and requires the same published effects.
 public struct ReferralEngine: Sendable {
+    public enum Mode: Sendable { case oracle, incremental }
+
     public struct Published: Hashable, Sendable {
         public var at: Instant
         public var effect: Effect
@@ -26,6 +31,10 @@ public struct ReferralEngine: Sendable {
     private var versions: [String: Int] = [:]
     private var nextReferralNumber: Int
     private let codeFor: @Sendable (String) -> String
+    public let mode: Mode
+    /// Incremental mode: the standings and each referral's timer.
+    private var table = StandingTable()
+    private var wakeups: [String: Instant] = [:]
 
     /// - Parameters:
     ///   - codeFor: the code an account gets at first activation. Production codes are random; a
@@ -33,7 +42,8 @@ public struct ReferralEngine: Sendable {
     ///   - firstReferralNumber: referral ids are `ref-<n>` in order of first sight, as the store's
     ///     sequence gives them.
     public init(programs: [Program], start: Instant, policy: LifecyclePolicy = .init(), firstReferralNumber: Int = 3001,
-                codeFor: @escaping @Sendable (String) -> String) {
+                mode: Mode = .oracle, codeFor: @escaping @Sendable (String) -> String) {
+        self.mode = mode
         self.now = start
         self.policy = policy
         self.nextReferralNumber = firstReferralNumber
@@ -65,8 +75,24 @@ public struct ReferralEngine: Sendable {
     /// (a duplicate changes nothing) and everything it touches is re-decided.
     @discardableResult
     public mutating func receive(_ fact: Fact, at arrival: Instant) -> [Effect] {
+        receive(batch: [fact], at: arrival)
+    }
+
+    /// Facts that arrive together, as one batch of the worker: stored, then decided once.
+    @discardableResult
+    public mutating func receive(batch: [Fact], at arrival: Instant) -> [Effect] {
         var out = advance(to: arrival)
-        guard delivered.insert(fact).inserted else { return out }
+        var fresh: [Fact] = []
+        for fact in batch where delivered.insert(fact).inserted {
+            store(fact)
+            fresh.append(fact)
+        }
+        if fresh.isEmpty { return out }
+        out += settle(fresh)
+        return out
+    }
+
+    private mutating func store(_ fact: Fact) {
         if case .customerErased(let account, _) = fact {
             // Right to erasure: household and contact go; ids, times and amounts are the ledger.
             erased.insert(account)
@@ -82,8 +108,6 @@ public struct ReferralEngine: Sendable {
             }
         }
         facts.append(erased.contains(fact.accountId ?? "") ? fact.withoutPersonalData : fact)
-        out += settle()
-        return out
     }
 
     /// Moves the clock forward, firing every timer due on the way at its own instant.
@@ -92,7 +116,7 @@ public struct ReferralEngine: Sendable {
         var out: [Effect] = []
         while let w = nextWakeup, w <= t {
             now = max(now, w)
-            out += settle()
+            out += settle([])
         }
         now = max(now, t)
         return out
@@ -109,14 +133,22 @@ public struct ReferralEngine: Sendable {
 
     /// Decide and record until nothing new follows: issuing a code can bind a lead that arrived
     /// before its referrer's activation, which then needs its own decision.
-    private mutating func settle() -> [Effect] {
+    private mutating func settle(_ fresh: [Fact]) -> [Effect] {
         var out: [Effect] = []
+        var fresh = fresh
         for _ in 0..<8 {
-            bindNewReferrals()
-            let d = Lifecycle.decide(LifecycleInput(facts: facts, referrals: referrals, recorded: recorded, now: now,
+            let bound = bindNewReferrals()
+            let d: Decision
+            switch mode {
+            case .oracle:
+                d = Lifecycle.decide(LifecycleInput(facts: facts, referrals: referrals, recorded: recorded, now: now,
                                                     policy: policy, explain: false))
+                nextWakeup = d.nextWakeup
+            case .incremental:
+                d = decideIncrementally(fresh: fresh, bound: bound)
+                fresh = []
+            }
             record(d.effects, into: &out)
-            nextWakeup = d.nextWakeup
             var issuedCode = false
             for request in d.codeRequests {
                 guard let program = current[request.segment]?.program else { continue }
@@ -136,13 +168,40 @@ public struct ReferralEngine: Sendable {
         }
     }
 
-    private mutating func bindNewReferrals() {
+    @discardableResult
+    private mutating func bindNewReferrals() -> [ReferralBinding] {
         let bound = Set(referrals.map(\.leadId))
+        var fresh: [ReferralBinding] = []
         for lead in Lifecycle.leadsToBind(facts: facts, codes: Lifecycle.codes(in: recorded), bound: bound) {
             guard let (program, version) = current.values.first(where: { $0.program.id == lead.programId }) else { continue }
-            referrals.append(ReferralBinding(referralId: "ref-\(nextReferralNumber)", leadId: lead.leadId, code: lead.code,
-                                             referrerAccountId: lead.referrerAccountId, program: program, programVersion: version))
+            fresh.append(ReferralBinding(referralId: "ref-\(nextReferralNumber)", leadId: lead.leadId, code: lead.code,
+                                         referrerAccountId: lead.referrerAccountId, program: program, programVersion: version))
             nextReferralNumber += 1
         }
+        referrals += fresh
+        return fresh
+    }
+
+    /// The worker's way: the referrals the fresh facts touch get new standings; the boundaries
+    /// those moved, and the timers due now, add the referrals to re-decide; only those are
+    /// decided, with ranks from the standings.
+    private mutating func decideIncrementally(fresh: [Fact], bound: [ReferralBinding]) -> Decision {
+        let byId = Dictionary(referrals.map { ($0.referralId, $0) }, uniquingKeysWith: { a, _ in a })
+        let touched = Lifecycle.touched(by: fresh, in: referrals, standings: table).union(bound.map(\.referralId))
+        let standings = Lifecycle.standings(facts: facts, referrals: touched.sorted().compactMap { byId[$0] })
+        let changes = standings.map { (old: table.upsert($0), new: $0) }
+        let programs = referrals.map(\.program)
+        var targets = touched
+        let queries = Lifecycle.boundaries(changes: changes, leadLimits: Set(programs.map(\.limits.maxLeadsPerCodePerDay)),
+                                           capLimits: Set(programs.map(\.limits.maxRewardsPerReferrerPerYear)))
+            + Lifecycle.referrerBoundaries(fresh)
+        for q in queries { targets.formUnion(table.resolve(q)) }
+        for (id, w) in wakeups where w <= now { targets.insert(id) }
+        let deciding = targets.sorted().compactMap { byId[$0] }
+        let d = Lifecycle.decide(LifecycleInput(facts: facts, referrals: deciding, recorded: recorded, now: now, policy: policy,
+                                                explain: false, competition: table.competition(for: deciding)))
+        for id in targets { wakeups[id] = d.wakeups[id] }
+        nextWakeup = wakeups.values.min()
+        return d
     }
 }

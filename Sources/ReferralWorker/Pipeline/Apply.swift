@@ -4,8 +4,9 @@ import ReferralCore
 import ReferralStore
 
 /// Applies one batch of valid events inside the caller's transaction: record them in the inbox
-/// (deduplication), store their facts, decide every referral cluster they touch with the core,
-/// and write the effects, the ledger, the timers and the outbox.
+/// (deduplication), store their facts, update the standings of the referrals they touch, decide
+/// those and the referrals at a boundary they moved, and write the effects, the ledger, the
+/// timers and the outbox.
 enum Apply {
     /// A valid event with the exact bytes it arrived as, which the inbox keeps.
     struct Received: Sendable {
@@ -57,7 +58,7 @@ enum Apply {
         return outcome
     }
 
-    /// Stores the batch's lifecycle facts and decides every referral cluster they touch.
+    /// Stores the batch's lifecycle facts and decides the referrals they touch.
     static func lifecycle(_ c: isolated PostgresConnection, facts: [Fact], context: Context,
                           mismatches: inout [Effect], rewards: inout [RewardChange]) throws -> [OutgoingEvent] {
         let leads = Array(Set(facts.compactMap(\.leadId)))
@@ -74,11 +75,12 @@ enum Apply {
             let bound = try Store.boundLeads(c, leads)
             try Store.bindLeads(c, Lifecycle.leadsToBind(facts: facts, codes: owners, bound: bound), versions: context.versions)
         }
-        try Store.refreshLinks(c, leads: leads, accounts: accounts)
-        let seeds = try Store.referralsTouched(c, leads: leads, accounts: accounts, rewards: rewardIds)
+        try Store.refreshFriendAccounts(c, leads: leads, accounts: accounts)
+        let touched = try Store.referralsTouched(c, leads: leads, accounts: Array(Set(facts.compactMap(\.friendAccountTouched))),
+                                                 rewards: rewardIds)
         // Activated accounts are decided even without referrals: their first activation issues a code.
         let activated = facts.compactMap { if case .serviceActivated(let a, _, _, _, _) = $0 { a } else { nil } }
-        return try decide(c, seeds: seeds, extraAccounts: activated, context: context,
+        return try decide(c, touched: touched, referrerFacts: facts, extraAccounts: activated, context: context,
                           mismatches: &mismatches, rewards: &rewards)
     }
 
@@ -123,7 +125,7 @@ enum Apply {
         var mismatches: [Effect] = []
         var rewards: [RewardChange] = []
         let accounts = fresh.map(\.accountId)
-        var published = try decide(c, seeds: [], extraAccounts: accounts, context: context,
+        var published = try decide(c, touched: [], extraAccounts: accounts, context: context,
                                    mismatches: &mismatches, rewards: &rewards)
         published += try decideAsks(c, accounts: accounts, context: context)
         // Not leased: `enroll` does not publish, the daemon's relay does.
@@ -138,8 +140,9 @@ enum Apply {
          try Store.claimDueTimers(c, .accounts, now: context.now, limit: limit))
     }
 
-    /// Claimed timers: re-decide their clusters and accounts at `now`, which also sets each
-    /// timer's next due time (or removes it).
+    /// Claimed timers: re-decide their referrals and accounts at `now`, which also sets each
+    /// timer's next due time (or removes it). Time passing changes no standing, so a timer
+    /// re-decides its own referral and nothing else.
     static func timers(_ c: isolated PostgresConnection, claimed: (referrals: [String], accounts: [String]),
                        context: Context) throws -> (outbox: [OutboxRow], rewards: [RewardChange]) {
         var mismatches: [Effect] = []
@@ -148,28 +151,68 @@ enum Apply {
         if !claimed.referrals.isEmpty {
             // Referrers first, as batches take them (see `Store.lockFactKeys`).
             try Store.lockFactKeys(c, leads: [], accounts: [], referrals: claimed.referrals)
-            published = try decide(c, seeds: claimed.referrals, extraAccounts: [], context: context,
+            published = try decide(c, touched: [], due: claimed.referrals, extraAccounts: [], context: context,
                                    mismatches: &mismatches, rewards: &rewards)
         }
         published += try decideAsks(c, accounts: claimed.accounts, context: context)
         return (try Store.enqueue(c, published, leaseSeconds: context.publishLeaseSeconds), rewards)
     }
 
-    /// Loads the clusters of `seeds` (locked), decides them, records the new effects and
-    /// returns the events to publish; the caller enqueues them.
-    static func decide(_ c: isolated PostgresConnection, seeds: [String], extraAccounts: [String], context: Context,
+    /// Decides referrals incrementally. `touched` get their standings recomputed from their
+    /// facts; the boundaries those changes moved (and `referrerFacts` about referrers' own
+    /// accounts) add the referrals to re-decide with them; `due` are re-decided as they stand.
+    /// Every referral decided is locked, its effects recorded, and the events to publish
+    /// returned; the caller enqueues them.
+    ///
+    /// Lock order, the same on every path so that instances queue instead of deadlocking: the
+    /// fact keys and referrers (`lockFactKeys`, by the caller), then the friend keys whose claims
+    /// change (`lockFriendKeys`), then the rows of the referrals decided, by id.
+    static func decide(_ c: isolated PostgresConnection, touched: [String], due: [String] = [], referrerFacts: [Fact] = [],
+                       extraAccounts: [String], context: Context,
                        mismatches: inout [Effect], rewards: inout [RewardChange]) throws -> [OutgoingEvent] {
-        let cluster = try Store.lockCluster(c, seeds: seeds)
-        let input = try Store.clusterInput(c, cluster: cluster, extraAccounts: extraAccounts, cache: context.effects)
+        var bound = Dictionary(try Store.loadBindings(c, touched).map { ($0.binding.referralId, $0) },
+                               uniquingKeysWith: { a, _ in a })
+        var facts = try Store.loadFacts(c, referrals: Array(bound.values), accounts: extraAccounts)
+        var targets = Set(touched).union(due)
+        if !touched.isEmpty || !referrerFacts.isEmpty {
+            let old = try Store.loadStandings(c, touched)
+            let fresh = Lifecycle.standings(facts: facts, referrals: bound.values.map(\.binding))
+            let changes = fresh.map { (old: old[$0.referralId], new: $0) }.filter { $0.old != $0.new }
+            let queries: [BoundaryQuery]
+            if changes.isEmpty {
+                queries = Lifecycle.referrerBoundaries(referrerFacts)
+            } else {
+                let limits = try Store.rankingLimits(c)
+                queries = Lifecycle.boundaries(changes: changes, leadLimits: limits.leads, capLimits: limits.caps)
+                    + Lifecycle.referrerBoundaries(referrerFacts)
+            }
+            try Store.lockFriendKeys(c, changes.flatMap { ($0.old?.claimKeys ?? []) + $0.new.claimKeys })
+            try Store.saveStandings(c, changes)
+            if !queries.isEmpty { targets.formUnion(try Store.resolveBoundaries(c, queries)) }
+        }
+        try Store.lockReferrals(c, Array(targets))
+        let more = targets.filter { bound[$0] == nil }
+        if !more.isEmpty {
+            let extra = try Store.loadBindings(c, Array(more))
+            for b in extra { bound[b.binding.referralId] = b }
+            facts += try Store.loadFacts(c, referrals: extra, accounts: [])
+        }
+        let deciding = targets.sorted().compactMap { bound[$0] }
+        let standings = try Store.loadStandings(c, deciding.map(\.binding.referralId))
+        let competition = try Store.competition(c, deciding.compactMap { b in standings[b.binding.referralId].map { (b.binding, $0) } },
+                                                now: context.now)
+        let accounts = Array(Set(deciding.flatMap { [$0.binding.referrerAccountId] + ($0.friendAccountId.map { [$0] } ?? []) }
+                                 + extraAccounts))
+        let recorded = try Store.loadEffects(c, referrals: deciding.map(\.binding.referralId), accounts: accounts,
+                                             cache: context.effects)
         let decision = Lifecycle.decide(LifecycleInput(
-            facts: input.facts, referrals: input.bound.map(\.binding), recorded: input.recorded, now: context.now,
-            policy: context.policy, explain: false))
+            facts: facts, referrals: deciding.map(\.binding), recorded: recorded, now: context.now,
+            policy: context.policy, explain: false, competition: competition))
 
-        var effects = decision.effects
         var events: [OutgoingEvent] = []
         events += try issueCodes(c, decision.codeRequests, context: context)
-        effects = try Store.recordEffects(c, effects, at: context.now)
-        let programOfReward = Dictionary(input.bound.flatMap { b in
+        let effects = try Store.recordEffects(c, decision.effects, at: context.now)
+        let programOfReward = Dictionary(deciding.flatMap { b in
             Beneficiary.allCases.map { (rewardId(referralId: b.binding.referralId, beneficiary: $0), b.binding.program.id) }
         }, uniquingKeysWith: { first, _ in first })
         for effect in effects {
@@ -178,12 +221,15 @@ enum Apply {
             if let change = rewardChange(effect, programOfReward: programOfReward) { rewards.append(change) }
         }
         // Follow-ups on referrals stalled in a stage, one per stall.
+        let ids = deciding.map(\.binding.referralId)
         let followups = Followups.decide(
-            Followups.entries(views: decision.referrals, referrals: input.bound.map(\.binding), facts: input.facts),
-            sent: try Store.followupKeys(c, referrals: cluster), now: context.now)
+            Followups.entries(views: decision.referrals, referrals: deciding.map(\.binding), facts: facts),
+            sent: try Store.followupKeys(c, referrals: ids), now: context.now)
         for due in try Store.recordFollowups(c, followups.due) { events.append(due.event(id: newEventId())) }
         try Store.saveViews(c, decision.referrals)
-        try Store.setTimers(c, referrals: cluster, due: [decision.nextWakeup, followups.nextWakeup].compactMap { $0 }.min())
+        try Store.setTimers(c, ids.map { id in
+            (id, [decision.wakeups[id], followups.wakeups[id]].compactMap { $0 }.min())
+        })
         return events
     }
 
@@ -309,21 +355,5 @@ enum Apply {
         var publishLeaseSeconds = 10
         /// Recorded effects already read, shared by the process's pipelines; nil reads them all.
         var effects: EffectCache?
-    }
-}
-
-extension Fact {
-    var leadId: String? {
-        switch self {
-        case .leadCreated(let l, _, _, _, _, _), .orderPlaced(let l, _, _): return l
-        default: return nil
-        }
-    }
-
-    var rewardId: String? {
-        switch self {
-        case .creditApplied(let r, _, _, _, _), .creditRejected(let r, _, _): return r
-        default: return nil
-        }
     }
 }
