@@ -291,3 +291,16 @@ extension ReferralStanding.CodeDay {
 extension ReferralStanding.CapYear {
     public var rankingKey: String { "cap:\(year):\(referrer)" }
 }
+
+extension Store {
+    /// The next `limit` referral ids after `after` (keyset paging, so a long run never rescans
+    /// what it did), of one referrer or of all.
+    public static func referralPage(_ c: isolated PostgresConnection, referrer: String?, after: String,
+                                    limit: Int) throws -> [String] {
+        try c.query("""
+            SELECT referral_id FROM referrals
+            WHERE referral_id > $1 AND ($2::text IS NULL OR referrer_account_id = $2)
+            ORDER BY referral_id LIMIT $3
+            """, [.text(after), PostgresValue(referrer), .int(Int64(limit))]).map { try $0.decode("referral_id", as: String.self) }
+    }
+}

@@ -44,8 +44,14 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Seconds of the same open-loop load before the latency phase starts recording.")
     var warmupSeconds = 5.0
 
-    @Option(help: "Phases to run, comma-separated: ceiling, mix, batch1, latency.")
-    var modes = "ceiling,mix,batch1,latency"
+    @Option(help: "Phases to run, comma-separated: ceiling, mix, hot, batch1, latency.")
+    var modes = "ceiling,mix,hot,batch1,latency"
+
+    @Option(help: "Hot phase: the share of friends that carry one popular referrer's code.")
+    var hotShare = 0.3
+
+    @Option(help: "Hot phase: referrals that popular referrer already has stored when the phase starts.")
+    var hotHistory = 100_000
 
     @Option(help: "The referrald binary (default: beside this one).")
     var daemon: String?
@@ -65,8 +71,15 @@ struct Bench: AsyncParsableCommand {
         let databaseURL = env["REFERRALD_TEST_DATABASE_URL"] ?? "postgres://referrald:referrald@127.0.0.1:54329/referrald"
         let binary = daemon ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
             .appendingPathComponent("referrald").path
-        let programsFile = URL(fileURLWithPath: programs).standardizedFileURL.path
         let phases = Set(modes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        var programsFile = URL(fileURLWithPath: programs).standardizedFileURL.path
+        if phases.contains("hot") {
+            // A popular referrer's leads would otherwise end as `too_many_leads` after the fifth
+            // of the day, and the phase would measure the cheap rejection path. Every phase of
+            // the run uses the same lifted file, so that hot and plain mix compare like with like.
+            programsFile = try liftedLimits(programsFile)
+            say("programs: \(programs) with max_leads_per_code_per_day and max_rewards_per_referrer_per_year lifted to 1000000 (hot phase)")
+        }
 
         say("machine: \(machineDescription())")
         say("options: events=\(events) batch-size=\(batchSize) batch-wait-ms=\(batchWaitMs) workers=\(workers) modes=\(modes)")
@@ -79,8 +92,9 @@ struct Bench: AsyncParsableCommand {
             let now = Instant(microseconds: Int64(Date().timeIntervalSince1970 * 1_000_000))
             let codes = try await runner.seedReferrers(count: max(200, events / 25), now: now, batchSize: batchSize)
             say("seeded \(codes.count) referrers with codes")
-            func mix(_ prefix: String) -> MixGenerator {
-                MixGenerator(prefix: "\(bed.name)\(prefix)", referrerCodes: codes, now: now, seed: seed)
+            func mix(_ prefix: String, hotCode: String? = nil) -> MixGenerator {
+                MixGenerator(prefix: "\(bed.name)\(prefix)", referrerCodes: codes, now: now, seed: seed, hotCode: hotCode,
+                             hotShare: hotShare)
             }
             if phases.contains("ceiling") {
                 var generator = mix("c")
@@ -91,6 +105,16 @@ struct Bench: AsyncParsableCommand {
                 var generator = mix("m")
                 report.mix = try await runner.backlog(&generator, count: events, batchSize: batchSize)
                 say(report.mix!.line("mix, batch \(batchSize)"))
+            }
+            if phases.contains("hot"), let hotCode = codes.first {
+                let seeded = try await runner.seedHistory(code: hotCode, count: hotHistory, now: now)
+                report.hotBackfillSeconds = seeded
+                say(String(format: "seeded %d stored referrals of the referrer of %@; standings backfilled in %.1f s (%.0f s per million referrals)",
+                           hotHistory, hotCode, seeded, hotHistory > 0 ? seeded * 1_000_000 / Double(hotHistory) : 0))
+                var generator = mix("h", hotCode: hotCode)
+                report.hot = try await runner.backlog(&generator, count: events, batchSize: batchSize)
+                say(report.hot!.line(String(format: "hot mix (%.0f %% of friends on one referrer with %d referrals stored), batch %d",
+                                            hotShare * 100, hotHistory, batchSize)))
             }
             if phases.contains("batch1") {
                 var generator = mix("b")
@@ -124,6 +148,17 @@ struct Bench: AsyncParsableCommand {
             .flatMap { Int($0) }.map { "\($0 / 1024 / 1024) GiB" } ?? "?"
         let load = Proc.read("/proc/loadavg")?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
         return "\(ProcessInfo.processInfo.activeProcessorCount) cores, \(cpu), \(memory), load average \(load)"
+    }
+
+    /// A copy of the programs file with both per-referrer limits lifted.
+    func liftedLimits(_ path: String) throws -> String {
+        var text = try String(contentsOfFile: path, encoding: .utf8)
+        for key in ["max_leads_per_code_per_day", "max_rewards_per_referrer_per_year"] {
+            text = text.replacingOccurrences(of: "\(key): [0-9]+", with: "\(key): 1000000", options: .regularExpression)
+        }
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("referrald-bench-programs-\(getpid()).yaml").path
+        try text.write(toFile: out, atomically: true, encoding: .utf8)
+        return out
     }
 }
 
@@ -168,6 +203,8 @@ struct Report {
     var mix: DrainResult?
     var batch1: DrainResult?
     var latency: LatencyResult?
+    var hot: DrainResult?
+    var hotBackfillSeconds: Double?
 
     func table(batchSize: Int) -> String {
         var rows = ["| measure | value |", "|---|---|"]
@@ -177,6 +214,8 @@ struct Report {
         if let batch1 { rows.append("| realistic mix, batch 1 (events/s) | \(f(batch1.eventsPerSecond)) |") }
         if let mix, let ceiling { rows.append(String(format: "| mix / ceiling | %.2f |", mix.eventsPerSecond / ceiling.eventsPerSecond)) }
         if let mix, let batch1 { rows.append(String(format: "| mix / batch 1 | %.1f |", mix.eventsPerSecond / batch1.eventsPerSecond)) }
+        if let hot { rows.append("| hot mix (events/s) | \(f(hot.eventsPerSecond)) |") }
+        if let mix, let hot { rows.append(String(format: "| hot mix / mix | %.2f |", hot.eventsPerSecond / mix.eventsPerSecond)) }
         if let latency {
             rows.append(String(format: "| latency at %.0f events/s (after %.0f s of warm-up): p50 / p99 / p99.9 (ms) | %.1f / %.1f / %.1f |",
                                latency.rate, latency.warmupSeconds, latency.ms(50), latency.ms(99), latency.ms(99.9)))
@@ -238,6 +277,35 @@ struct Runner {
         await stop(process)
         observer.collectCodes(false)
         return observer.collectedCodes.filter { $0.key.hasPrefix("\(bed.name)-r") }.map(\.value).sorted()
+    }
+
+    /// A popular referrer's history, written straight into the store as the daemon would have
+    /// left it (lead, order and activation facts, the referral bound to the current program
+    /// version), then its standings filled by the same backfill `referrald migrate` runs (the
+    /// returned seconds). Leads and milestones fall in the 300 days before `now`, inside this
+    /// year's cap ranking where they can: the rankings the hot phase's decisions read.
+    func seedHistory(code: String, count: Int, now: Instant) async throws -> Double {
+        if count == 0 { return 0 }
+        try await bed.db.run { c in
+            try c.execute("""
+                WITH owner AS (SELECT account_id, program_id FROM referral_codes WHERE code = $1),
+                     version AS (SELECT max(version) AS v FROM program_versions WHERE program_id = (SELECT program_id FROM owner)),
+                     n AS (SELECT g, $3::timestamptz - make_interval(secs => (g % 300) * 86400 + g % 86400) AS t
+                           FROM generate_series(1, $2) g),
+                     f AS (INSERT INTO facts (kind, at, lead_id, account_id, code, household_id, contact_hash, segment)
+                           SELECT 'lead', t, 'hist-l' || g, NULL, $1, 'hist-h' || g, 'sha256:hist' || g, 'consumer' FROM n
+                           UNION ALL SELECT 'order', t + interval '1 day', 'hist-l' || g, 'hist-a' || g, NULL, NULL, NULL, NULL FROM n
+                           UNION ALL SELECT 'activated', t + interval '6 days', NULL, 'hist-a' || g, NULL, 'hist-h' || g,
+                                            'sha256:hist' || g, 'consumer' FROM n)
+                INSERT INTO referrals (referral_id, lead_id, code, referrer_account_id, program_id, program_version, friend_account_id)
+                SELECT 'ref-hist-' || g, 'hist-l' || g, $1, (SELECT account_id FROM owner), (SELECT program_id FROM owner),
+                       (SELECT v FROM version), 'hist-a' || g
+                FROM n
+                """, [.text(code), .int(Int64(count)), .text(now.rfc3339)])
+        }
+        let start = monotonicNanos()
+        try await Store.backfillStandings(bed.db, logger: benchLogger)
+        return Double(monotonicNanos() - start) / 1e9
     }
 
     /// The daemon drains a backlog of `count` messages plus the sentinel.

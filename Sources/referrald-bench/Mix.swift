@@ -22,12 +22,17 @@ struct MixGenerator {
     let prefix: String
     let referrerCodes: [String]
     let now: Instant
+    /// The popular referrer's code, and the share of friends' stories that carry it.
+    let hotCode: String?
+    let hotShare: Double
     var rng: SeededGenerator
 
-    init(prefix: String, referrerCodes: [String], now: Instant, seed: UInt64) {
+    init(prefix: String, referrerCodes: [String], now: Instant, seed: UInt64, hotCode: String? = nil, hotShare: Double = 0) {
         self.prefix = prefix
         self.referrerCodes = referrerCodes
         self.now = now
+        self.hotCode = hotCode
+        self.hotShare = hotShare
         rng = SeededGenerator(state: seed)
     }
 
@@ -83,7 +88,8 @@ struct MixGenerator {
 
     private mutating func newStory() -> Story {
         storyNumber += 1
-        let code = Int.random(in: 0..<100, using: &rng) < 85 ? referrerCodes.randomElement(using: &rng) : nil
+        var code = Int.random(in: 0..<100, using: &rng) < 85 ? referrerCodes.randomElement(using: &rng) : nil
+        if code != nil, let hotCode, Double.random(in: 0..<1, using: &rng) < hotShare / 0.85 { code = hotCode }
         var steps: [Step] = [.lead, .order, .scheduled, .installed, .activated, .speedtest, .paid]
         let roll = Int.random(in: 0..<100, using: &rng)
         if roll < 30 { steps += [.ticketOpened, .ticketResolved] }

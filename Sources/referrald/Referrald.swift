@@ -16,7 +16,8 @@ struct Referrald: AsyncParsableCommand {
             \(Settings.keys.map { "  \($0.name)\($0.defaultValue.map { " (default \($0))" } ?? " (required)")\n      \($0.help)" }.joined(separator: "\n"))
             """,
         subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
-                      ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self],
+                      ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self,
+                      ReconcileCommand.self],
         defaultSubcommand: nil)
 }
 
@@ -258,5 +259,41 @@ struct EnrollCommand: AsyncParsableCommand {
             progress: terminal ? bar : nil)
         for e in summary.badRows { print("line \(e)") }
         print(summary)
+    }
+}
+
+struct ReconcileCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reconcile",
+        abstract: "Re-derive referrals from their facts, compare with the stored state, and repair what differs.",
+        discussion: """
+            For each referral: its standing (lead time, friend keys, cap slot) is derived again from
+            the stored facts and compared with the stored one, then the referral is decided as the
+            worker decides it. A reward that should stand and is missing is issued; one that must
+            not stand is reversed; a published effect is never edited. Safe while daemons run (200
+            referrals per transaction); the events are published by the daemons' outbox relay.
+            Exits 1 when anything had to be fixed, 0 when nothing did.
+            """)
+
+    @OptionGroup var options: CommonOptions
+
+    @Option(help: "Only the referrals of this referrer account.")
+    var referrer: String?
+
+    @Flag(help: "Every referral.")
+    var all = false
+
+    func validate() throws {
+        guard (referrer != nil) != all else { throw ValidationError("give either --referrer ID or --all") }
+    }
+
+    func run() async throws {
+        let settings = try await options.settings()
+        let logger = options.logger(settings)
+        let programs = try ProgramBook.load(path: settings.programsFile)
+        let summary = try await Reconcile.run(settings: settings, scope: referrer.map { .referrer($0) } ?? .all,
+                                              programs: programs, logger: logger)
+        print(summary)
+        if summary.fixes > 0 { throw ExitCode.failure }
     }
 }
