@@ -44,15 +44,17 @@ struct HostileInput: Sendable {
             HostileInput(label: "body 300 KiB", body: envelope("{\"account_id\":\"a\",\"pad\":\"\(String(repeating: "x", count: 300 * 1024))\"}", id: "h-big"),
                          routingKey: key, code: "too_large"),
             HostileInput(label: "nesting 65", body: envelope(String(repeating: "[", count: 65) + String(repeating: "]", count: 65), id: "h-deep65"),
+                         routingKey: key, code: "not_json"),
+            HostileInput(label: "nesting 200,000 (unclosed, over the size limit)", body: envelope(String(repeating: "[", count: 200_000), id: "h-deep"),
+                         routingKey: key, code: "not_json"),
+            HostileInput(label: "nesting 300,000 (over the size limit)", body: envelope(String(repeating: "[", count: 300_000), id: "h-deeper"),
                          routingKey: key, code: "too_large"),
-            HostileInput(label: "nesting 200,000 (unclosed)", body: envelope(String(repeating: "[", count: 200_000), id: "h-deep"),
-                         routingKey: key, code: "too_large"),
-            HostileInput(label: "string 16 KiB + 1", body: envelope("{\"account_id\":\"\(String(repeating: "a", count: 16_385))\"}", id: "h-str"),
-                         routingKey: key, code: "too_large"),
-            HostileInput(label: "100,001 values", body: envelope("[" + Array(repeating: "0", count: 100_001).joined(separator: ",") + "]", id: "h-many"),
-                         routingKey: key, code: "too_large"),
+            // Long strings and many values inside the size limit are data, not a fault: a
+            // ticket with a 200 KB description is a legitimate event (contract, "Bad input").
+            HostileInput(label: "data with 100,001 values (not an object)", body: envelope("[" + Array(repeating: "0", count: 100_001).joined(separator: ",") + "]", id: "h-many"),
+                         routingKey: key, code: "invalid_data"),
             HostileInput(label: "number 16 KiB + 1 digits", body: envelope("{\"n\":1\(String(repeating: "0", count: 16_384))}", id: "h-num"),
-                         routingKey: key, code: "too_large"),
+                         routingKey: key, code: "invalid_data"),
         ]
     }
 

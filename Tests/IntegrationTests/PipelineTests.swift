@@ -119,7 +119,7 @@ import Testing
             ("unknown_type", Array(#"{"specversion":"1.0","id":"x","source":"s","type":"provisioning.modem.rebooted","time":"2026-11-23T10:00:00Z","data":{}}"#.utf8)),
             ("invalid_data", Array(#"{"specversion":"1.0","id":"x","source":"s","type":"provisioning.service.activated","time":"2026-11-23T10:00:00Z","data":{"account_id":"a"}}"#.utf8)),
             ("too_large", Array(repeating: UInt8(ascii: " "), count: 300_000)),
-            ("too_large", Array(repeating: UInt8(ascii: "["), count: 10_000)),  // nesting past the depth limit
+            ("not_json", Array(repeating: UInt8(ascii: "["), count: 10_000)),  // nesting past the depth limit
         ]
         for (_, body) in cases { try await bed.publish(body, type: "provisioning.service.activated") }
         let dead = try await bed.take(from: bed.settings.deadLetterQueue, count: cases.count)

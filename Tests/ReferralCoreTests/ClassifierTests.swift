@@ -58,11 +58,23 @@ import Testing
         ("not_json-bom.json", "byte-order mark before the JSON value at byte 0"),
         ("not_json-whitespace-only.json", "no JSON value, only whitespace at byte 4"),
         ("not_json-duplicate-key.json", "duplicate object key \"currency\" at byte 349"),
-        ("too_large-nesting-65.json", "nesting deeper than 64 levels at byte 447"),
+        ("not_json-nesting-65.json", "nesting deeper than 64 levels at byte 447"),
     ])
     func detailsNameTheFieldAndTheReason(file: String, detail: String) throws {
         let result = classify(body: try Fixtures.bytes("invalid/\(file)"))
         #expect(result.failure?.detail == detail)
+    }
+
+    /// The contract's "Bad input": `too_large` is the size check alone. A ticket whose
+    /// description fills the body up to the limit is an event; one byte more is `too_large`.
+    @Test func aLongFreeTextIsAnEventUpToTheSizeLimit() throws {
+        let tooLarge = try Fixtures.bytes("invalid/too_large-long-description.json")
+        #expect(tooLarge.count == 262_145)
+        #expect(classify(body: tooLarge).failure?.code == .tooLarge)
+        // The same event one byte shorter: 262,144 bytes, a 262 KB string in one member.
+        var atLimit = tooLarge
+        atLimit.remove(at: atLimit.firstIndex(of: UInt8(ascii: "x"))!)
+        #expect((try? classify(body: atLimit).get())?.type == .ticketOpened)
     }
 
     @Test func emptyAndOversizedBodies() {

@@ -88,6 +88,8 @@ import Testing
 
     @Test func stringsAndValuesAreLimited() {
         let limits = JSONLimits(maxStringBytes: 8, maxValues: 4)
+        // The defaults are the body limit: nothing inside a 256 KiB body is too long or too many.
+        #expect(Self.parse(Array(("\"" + String(repeating: "x", count: 200_000) + "\"").utf8)).failure == nil)
         #expect(Self.parse(Array("\"12345678\"".utf8), limits).failure == nil)
         #expect(Self.parse(Array("\"123456789\"".utf8), limits).failure?.kind == .limit)
         #expect(Self.parse(Array("\"\\u00e9\\u00e9\\u00e9\\u00e9\"".utf8), limits).failure == nil)  // 8 bytes decoded

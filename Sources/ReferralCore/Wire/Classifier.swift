@@ -31,8 +31,8 @@ public struct BadInput: Error, Sendable, Equatable, CustomStringConvertible {
 public struct InputLimits: Sendable, Hashable {
     /// Bodies longer than this are `too_large` without being parsed (contract: 256 KiB).
     public var maxBodyBytes: Int
-    /// A body within `maxBodyBytes` that breaks one of these is also `too_large`: it is
-    /// well-formed JSON, just beyond what the worker agrees to hold, so `not_json` would lie.
+    /// A body within `maxBodyBytes` that breaks one of these is `not_json`, its detail naming
+    /// the limit (nesting deeper than 64 levels): `too_large` is the size check alone.
     public var json: JSONLimits
 
     public init(maxBodyBytes: Int = 262_144, json: JSONLimits = JSONLimits()) {
@@ -54,7 +54,7 @@ public func classify(body: [UInt8], limits: InputLimits = InputLimits()) -> Resu
     do {
         root = try JSONValue.parse(body, limits: limits.json)
     } catch {
-        return .failure(BadInput(code: error.kind == .limit ? .tooLarge : .notJSON, detail: error.description))
+        return .failure(BadInput(code: .notJSON, detail: error.description))
     }
     // 3. An object with a specversion.
     guard case .object(let event) = root else {

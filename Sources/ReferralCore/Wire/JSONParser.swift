@@ -8,9 +8,11 @@ public struct JSONLimits: Sendable, Hashable {
     /// Most values in one document (every scalar, array and object counts once).
     public var maxValues: Int
 
-    /// 64 levels; 16 KiB per string; 100,000 values, more than a 256 KiB body of short numbers
-    /// can hold, so that the body size limit, not this one, is what a large valid event meets.
-    public init(maxDepth: Int = 64, maxStringBytes: Int = 16_384, maxValues: Int = 100_000) {
+    /// 64 levels (it bounds the parser's recursion); strings and values up to the contract's
+    /// body limit, which a body within that limit cannot exceed: the contract makes `too_large`
+    /// the size check alone, so a 200 KB ticket description is a legitimate event, and memory is
+    /// already bounded by the body size.
+    public init(maxDepth: Int = 64, maxStringBytes: Int = 262_144, maxValues: Int = 262_144) {
         self.maxDepth = maxDepth
         self.maxStringBytes = maxStringBytes
         self.maxValues = maxValues
