@@ -26,4 +26,9 @@ if [ "${REFERRALD_SKIP_FAULTS:-0}" != 1 ]; then
   scripts/fault-suite.sh
   scripts/services.sh start   # everything back up and reachable before the tests
 fi
-swift test --skip-build "$@"
+# The pure core's suites first, alone: their property, differential and fuzz tests keep both
+# cores busy for a minute, and beside them the integration tests that time responsiveness
+# (a ticker while queries block, a TLS refusal, a forced close) waited seconds for one of the
+# cooperative pool's two threads and failed. The integration suites' summary is the last word.
+swift test --skip-build --filter ReferralCoreTests "$@"
+swift test --skip-build --skip ReferralCoreTests "$@"

@@ -40,35 +40,41 @@ extension Store {
     /// (the three-instance fault run). Leads and accounts already linked by a committed order
     /// are locked together, so a fact about either waits for the other.
     ///
-    /// The referrers whose referrals the batch touches (by lead, friend account, the code a new
-    /// lead carries, reward, or the account being the referrer) are locked too. A batch writes
-    /// its own referrals' rows (the friend account, links that reference them) before it knows
-    /// and locks their whole cluster in id order, so two batches each holding one referral of
-    /// the same referrer and wanting the other's deadlocked: with two pipelines, six times in
-    /// 20 s of the realistic mix, each costing a second of `deadlock_timeout` and a retry.
-    /// Clusters are mostly a referrer's referrals, so both now queue here instead, before
-    /// holding any row. The timer path passes its `referrals` for the same reason.
+    /// A referral decided on the timer or repair path (`referrals`), or through billing's answer
+    /// about its reward, is locked by its lead, as a batch with a fact about that lead locks it.
+    ///
+    /// A referrer is locked (`r:`) only where a fact about it can change referrals other
+    /// batches decide without touching it: the owner of the code a new lead carries, and an
+    /// account whose cancellation arrives; a referrer's new household or contact locks that
+    /// pair (`p:<account>/<key>`), which a batch giving a friend the same key locks too
+    /// (`Lifecycle.personalLockKeys`). These come as `referrerKeys`. Without them, a lead
+    /// decided beside its referrer's cancellation would see neither the other's fact nor the
+    /// other's referral, and be attributed. Not the
+    /// referrers of every referral touched: with the cluster gone nothing needs them, and two
+    /// pipelines queued on them (a referrer in common is likely between two batches of 512).
+    /// The rankings a changed standing moves are locked later, by key (`lockCompetitionKeys`).
     ///
     /// Locks are taken in hash order in one statement (no two batches wait on each other in a
     /// cycle) and end with the transaction.
     public static func lockFactKeys(_ c: isolated PostgresConnection, leads: [String], accounts: [String],
-                                    codes: [String] = [], rewards: [String] = [], referrals: [String] = []) throws {
-        if leads.isEmpty && accounts.isEmpty && referrals.isEmpty { return }
+                                    referrerKeys: [String] = [], codes: [String] = [], rewards: [String] = [],
+                                    referrals: [String] = []) throws {
+        if leads.isEmpty && accounts.isEmpty && referrals.isEmpty && rewards.isEmpty { return }
         _ = try c.query("""
             WITH keys AS (
                 SELECT 'l:' || unnest($1::text[]) AS k
                 UNION SELECT 'a:' || unnest($2::text[])
                 UNION SELECT 'a:' || account_id FROM facts WHERE kind = 'order' AND lead_id = ANY($1::text[])
                 UNION SELECT 'l:' || lead_id FROM facts WHERE kind = 'order' AND account_id = ANY($2::text[])
-                UNION SELECT 'r:' || unnest($2::text[])
-                UNION SELECT 'r:' || referrer_account_id FROM referrals
-                      WHERE lead_id = ANY($1::text[]) OR friend_account_id = ANY($2::text[]) OR referral_id = ANY($5::text[])
-                UNION SELECT 'r:' || account_id FROM referral_codes WHERE code = ANY($3::text[])
-                UNION SELECT 'r:' || r.referrer_account_id FROM rewards w JOIN referrals r USING (referral_id)
+                UNION SELECT 'l:' || lead_id FROM referrals WHERE referral_id = ANY($5::text[])
+                UNION SELECT 'l:' || r.lead_id FROM rewards w JOIN referrals r USING (referral_id)
                       WHERE w.reward_id = ANY($4::text[])
+                UNION SELECT unnest($6::text[])
+                UNION SELECT 'r:' || account_id FROM referral_codes WHERE code = ANY($3::text[])
             )
             SELECT pg_advisory_xact_lock(1, h) FROM (SELECT DISTINCT hashtext(k) AS h FROM keys ORDER BY h) s
-            """, [.textArray(leads), .textArray(accounts), .textArray(codes), .textArray(rewards), .textArray(referrals)])
+            """, [.textArray(leads), .textArray(accounts), .textArray(codes), .textArray(rewards), .textArray(referrals),
+                  .textArray(referrerKeys)])
     }
 
     public static func insertFacts(_ c: isolated PostgresConnection, _ facts: [Fact]) throws {
@@ -220,26 +226,23 @@ extension Store {
                         [.textArray(ids)])
     }
 
-    /// Referrals connected to `seeds` through shared links (referrer, friend account, household,
-    /// contact), transitively: UNION (not UNION ALL) makes the recursion stop once no new id
-    /// appears. The oracle's neighbourhood, for `explain`: never on the worker's path, where it
-    /// grew as N² for a referrer with N referrals.
-    ///
-    /// The two lookups are LATERAL subqueries fenced with OFFSET 0 so that each step is an index
-    /// lookup per cluster member. Written as plain joins, the planner (which cannot estimate a
-    /// recursive work table) hashed the whole of `referral_links` twice per batch: the costliest
-    /// statement of the pipeline (pg_stat_statements: 30 % of the database time on the
-    /// realistic mix), growing with the table rather than with the cluster.
-    static func cluster(_ c: isolated PostgresConnection, seeds: [String]) throws -> [String] {
+    /// The oracle's neighbourhood of `seeds`, for `explain`: everything that decides them
+    /// exactly and nothing more — the seeds, every referral of their referrers (the code's day
+    /// and the yearly cap rank among those), and every referral sharing a friend key or contact
+    /// with a seed (who claims the friend). One level, not the transitive closure: the others
+    /// are context for the seeds' ranks, and their own decisions are not shown. Never on the
+    /// worker's path.
+    static func neighbourhood(_ c: isolated PostgresConnection, seeds: [String]) throws -> [String] {
         try c.query("""
-            WITH RECURSIVE cluster(referral_id) AS (
-                SELECT unnest($1::text[])
-                UNION
-                SELECT l2.referral_id FROM cluster k
-                CROSS JOIN LATERAL (SELECT link FROM referral_links WHERE referral_id = k.referral_id OFFSET 0) l1
-                CROSS JOIN LATERAL (SELECT referral_id FROM referral_links WHERE link = l1.link OFFSET 0) l2
-            )
-            SELECT referral_id FROM cluster ORDER BY referral_id
+            WITH s AS (SELECT unnest($1::text[]) AS referral_id)
+            SELECT referral_id FROM s
+            UNION
+            SELECT r2.referral_id FROM referrals r1 JOIN referrals r2 ON r2.referrer_account_id = r1.referrer_account_id
+            WHERE r1.referral_id IN (SELECT referral_id FROM s)
+            UNION
+            SELECT l2.referral_id FROM referral_links l1 JOIN referral_links l2 ON l2.link = l1.link
+            WHERE l1.referral_id IN (SELECT referral_id FROM s) AND l1.link NOT LIKE 'r:%'
+            ORDER BY 1
             """, [.textArray(seeds)]).map { try $0.decode("referral_id", as: String.self) }
     }
 
@@ -631,6 +634,6 @@ extension Store {
     /// The input of `explain`: the clusters of these referrals, read without locking.
     public static func explainInput(_ c: isolated PostgresConnection, referrals ids: [String]) throws
         -> (bound: [BoundReferral], facts: [Fact], recorded: [Effect]) {
-        try clusterInput(c, cluster: try cluster(c, seeds: ids))
+        try clusterInput(c, cluster: try neighbourhood(c, seeds: ids))
     }
 }

@@ -45,20 +45,23 @@ extension Store {
         Instant(microseconds: try row.decode(column, as: PostgresTimestamp.self).microsecondsSinceEpoch)
     }
 
-    /// Serialises decisions that change who claims the same friend key: the referrals sharing a
-    /// household may belong to referrers that two instances handle at once, and each would
-    /// otherwise see itself as the first claimant. Taken before any standing is written, in
-    /// hash order, after the batch's fact-key locks (`lockFactKeys`), always in that order.
-    public static func lockFriendKeys(_ c: isolated PostgresConnection, _ keys: [String]) throws {
+    /// Serialises decisions that change the same ranking: who claims a friend key (referrals
+    /// sharing a household may belong to referrers that two instances handle at once, and each
+    /// would otherwise see itself as the first claimant), a code's day, a referrer's year (two
+    /// batches each adding a milestone one short of the cap would each see itself inside it,
+    /// and neither would re-decide the other). Taken before any standing is written, in hash
+    /// order, after the batch's fact-key locks (`lockFactKeys`), always in that order.
+    public static func lockCompetitionKeys(_ c: isolated PostgresConnection, _ keys: [String]) throws {
         if keys.isEmpty { return }
         _ = try c.query("""
             SELECT pg_advisory_xact_lock(2, h) FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) k ORDER BY h) s
             """, [.textArray(keys)])
     }
 
-    /// Writes changed standings: the referral's columns, its links (rewritten whole: keys leave
-    /// as well as arrive, after an earlier order to another account or an erasure), and the
-    /// sizes of the rankings it left and joined.
+    /// Writes changed standings: the referral's columns, its links (keys leave as well as
+    /// arrive, after an earlier order to another account or an erasure: the links that went are
+    /// deleted and the new ones inserted; all of them when the lead's time moved, which every
+    /// link carries), and the sizes of the rankings it left and joined.
     public static func saveStandings(_ c: isolated PostgresConnection,
                                      _ changes: [(old: ReferralStanding?, new: ReferralStanding)], countSizes: Bool = true) throws {
         let changed = changes.filter { $0.old != $0.new }.map(\.new)
@@ -70,17 +73,31 @@ extension Store {
             """, [.textArray(changed.map(\.referralId)), .textArray(changed.map { $0.leadAt.rfc3339 }),
                   .textArray(changed.map(\.leadCode)), .textArray(changed.map { $0.milestoneAt?.rfc3339 })])
         var ids: [String] = [], links: [String] = [], leadAt: [String] = [], leads: [String] = []
-        for s in changed {
-            for link in ["r:\(s.referrerAccountId)"] + s.claimKeys + s.contactKeys {
-                ids.append(s.referralId); links.append(link); leadAt.append(s.leadAt.rfc3339); leads.append(s.leadId)
+        var goneIds: [String] = [], gone: [String] = []
+        for (old, new) in changes where old != new {
+            let keep = old.map { $0.leadAt == new.leadAt ? Set($0.claimKeys + $0.contactKeys) : [] } ?? []
+            let now = Set(new.claimKeys + new.contactKeys)
+            for link in now.subtracting(keep).sorted() {
+                ids.append(new.referralId); links.append(link); leadAt.append(new.leadAt.rfc3339); leads.append(new.leadId)
             }
+            // A standing without its old one (first computed, or by a release that also kept an
+            // `r:` link) or whose lead time moved: every old link goes.
+            if keep.isEmpty { goneIds.append(new.referralId); gone.append("*") }
+            for link in keep.subtracting(now).sorted() { goneIds.append(new.referralId); gone.append(link) }
         }
-        try c.execute("DELETE FROM referral_links WHERE referral_id = ANY($1::text[])", [.textArray(changed.map(\.referralId))])
-        try c.execute("""
-            INSERT INTO referral_links (referral_id, link, lead_at, lead_id)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
-            ON CONFLICT DO NOTHING
-            """, [.textArray(ids), .textArray(links), .textArray(leadAt), .textArray(leads)])
+        if !goneIds.isEmpty {
+            try c.execute("""
+                DELETE FROM referral_links l USING unnest($1::text[], $2::text[]) AS g(referral_id, link)
+                WHERE l.referral_id = g.referral_id AND (g.link = '*' OR l.link = g.link)
+                """, [.textArray(goneIds), .textArray(gone)])
+        }
+        if !ids.isEmpty {
+            try c.execute("""
+                INSERT INTO referral_links (referral_id, link, lead_at, lead_id)
+                SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
+                ON CONFLICT DO NOTHING
+                """, [.textArray(ids), .textArray(links), .textArray(leadAt), .textArray(leads)])
+        }
         if !countSizes { return }
         var delta: [String: Int64] = [:]
         for (old, new) in changes where old != new {

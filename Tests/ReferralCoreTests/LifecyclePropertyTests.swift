@@ -145,15 +145,13 @@ func checkLedger(_ e: ReferralEngine, seed: UInt64) {
     /// arrears deadline processed in between, ends `reversed_before_late_fact` — the reward was
     /// reversed on the facts known then and its id cannot be issued again. Such leads are
     /// counted, must be entitled in the in-order run, and are left out of the comparison.
-    /// It yields the cooperative pool after every scenario (see the differential test).
-    @Test func outcomesDoNotDependOnArrivalOrder() async {
+    @Test func outcomesDoNotDependOnArrivalOrder() {
         var compared = 0
         var excepted = 0
         var rewarded = 0
         var ended: [String: Int] = [:]
         for n in 0..<Self.scenarios {
             let seed = UInt64(n) &* 2_654_435_761 &+ 17
-            await Task.yield()
             let scenario = makeScenario(seed: seed)
             var rng = SeededGenerator(state: seed ^ 0xDEAD_BEEF)
             let inOrder = scenario.facts.sorted { $0.at < $1.at }

@@ -154,19 +154,54 @@ extension Lifecycle {
     /// Boundaries that facts about a referrer's own account open: its cancellation rejects the
     /// leads from then on; a household or contact of its own rejects friends that share it.
     public static func referrerBoundaries(_ facts: [Fact]) -> [BoundaryQuery] {
-        var out: Set<BoundaryQuery> = []
+        var seen: Set<BoundaryQuery> = []
+        var out: [BoundaryQuery] = []
         for fact in facts {
+            let query: BoundaryQuery
             switch fact {
             case .serviceCancelled(let account, let at):
-                out.insert(.referrerCancelled(referrer: account, since: at))
+                query = .referrerCancelled(referrer: account, since: at)
             case .serviceActivated(let account, _, let household, let contact, _):
                 let keys = [household.map { "h:\($0)" }, contact.map { "c:\($0)" }].compactMap { $0 }
-                if !keys.isEmpty { out.insert(.referrerPersonal(referrer: account, keys: keys)) }
+                if keys.isEmpty { continue }
+                query = .referrerPersonal(referrer: account, keys: keys)
+            default:
+                continue
+            }
+            if seen.insert(query).inserted { out.append(query) }
+        }
+        return out
+    }
+}
+
+extension Lifecycle {
+    /// Lock keys for facts about referrers' own accounts (see `referrerBoundaries`): a
+    /// cancellation locks the referrer (`r:`), as a new lead with its code does; a household or
+    /// contact locks the pair (`p:<account>/<key>`), as a friend gaining that key under that
+    /// referrer does (`personalLockKeys`). Two batches that could each miss the other's fact
+    /// then queue; unrelated ones do not.
+    public static func referrerLockKeys(_ facts: [Fact]) -> [String] {
+        var out: Set<String> = []
+        for fact in facts {
+            switch fact {
+            case .serviceCancelled(let a, _):
+                out.insert("r:\(a)")
+            case .serviceActivated(let a, _, let hh, let contact, _):
+                if let hh { out.insert("p:\(a)/h:\(hh)") }
+                if let contact { out.insert("p:\(a)/c:\(contact)") }
             default:
                 break
             }
         }
-        return out.sorted { "\($0)" < "\($1)" }
+        return out.sorted()
+    }
+
+    /// The `p:` keys of a standing's new household and contact keys under its referrer.
+    public static func personalLockKeys(_ change: (old: ReferralStanding?, new: ReferralStanding)) -> [String] {
+        let old = Set((change.old?.claimKeys ?? []) + (change.old?.contactKeys ?? []))
+        return (change.new.claimKeys + change.new.contactKeys)
+            .filter { !$0.hasPrefix("a:") && !old.contains($0) }
+            .map { "p:\(change.new.referrerAccountId)/\($0)" }
     }
 }
 

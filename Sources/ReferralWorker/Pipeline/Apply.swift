@@ -65,7 +65,8 @@ enum Apply {
         let accounts = Array(Set(facts.compactMap(\.accountId)))
         let rewardIds = Array(Set(facts.compactMap(\.rewardId)))
         let codes = Array(Set(facts.compactMap { if case .leadCreated(_, _, let code?, _, _, _) = $0 { code } else { nil } }))
-        try Store.lockFactKeys(c, leads: leads, accounts: accounts, codes: codes, rewards: rewardIds)
+        try Store.lockFactKeys(c, leads: leads, accounts: accounts, referrerKeys: Lifecycle.referrerLockKeys(facts),
+                               codes: codes, rewards: rewardIds)
         try Store.insertFacts(c, facts)
         try Store.scrubErased(c, accounts: accounts)
 
@@ -149,7 +150,7 @@ enum Apply {
         var rewards: [RewardChange] = []
         var published: [OutgoingEvent] = []
         if !claimed.referrals.isEmpty {
-            // Referrers first, as batches take them (see `Store.lockFactKeys`).
+            // Their leads first, as batches take them (see `Store.lockFactKeys`).
             try Store.lockFactKeys(c, leads: [], accounts: [], referrals: claimed.referrals)
             published = try decide(c, touched: [], due: claimed.referrals, extraAccounts: [], context: context,
                                    mismatches: &mismatches, rewards: &rewards)
@@ -165,8 +166,8 @@ enum Apply {
     /// returned; the caller enqueues them.
     ///
     /// Lock order, the same on every path so that instances queue instead of deadlocking: the
-    /// fact keys and referrers (`lockFactKeys`, by the caller), then the friend keys whose claims
-    /// change (`lockFriendKeys`), then the rows of the referrals decided, by id.
+    /// fact keys (`lockFactKeys`, by the caller), then the friend keys and rankings that changed
+    /// standings move (`lockCompetitionKeys`), then the rows of the referrals decided, by id.
     static func decide(_ c: isolated PostgresConnection, touched: [String], due: [String] = [], referrerFacts: [Fact] = [],
                        extraAccounts: [String], context: Context,
                        mismatches: inout [Effect], rewards: inout [RewardChange]) throws -> [OutgoingEvent] {
@@ -174,9 +175,11 @@ enum Apply {
                                uniquingKeysWith: { a, _ in a })
         var facts = try Store.loadFacts(c, referrals: Array(bound.values), accounts: extraAccounts)
         var targets = Set(touched).union(due)
+        var standings: [String: ReferralStanding] = [:]
         if !touched.isEmpty || !referrerFacts.isEmpty {
             let old = try Store.loadStandings(c, touched)
             let fresh = Lifecycle.standings(facts: facts, referrals: bound.values.map(\.binding))
+            for s in fresh { standings[s.referralId] = s }
             let changes = fresh.map { (old: old[$0.referralId], new: $0) }.filter { $0.old != $0.new }
             let queries: [BoundaryQuery]
             if changes.isEmpty {
@@ -186,7 +189,11 @@ enum Apply {
                 queries = Lifecycle.boundaries(changes: changes, leadLimits: limits.leads, capLimits: limits.caps)
                     + Lifecycle.referrerBoundaries(referrerFacts)
             }
-            try Store.lockFriendKeys(c, changes.flatMap { ($0.old?.claimKeys ?? []) + $0.new.claimKeys })
+            try Store.lockCompetitionKeys(c, changes.flatMap { change in
+                [change.old, change.new].compactMap { $0 }.flatMap { s in
+                    s.claimKeys + [s.codeDay?.rankingKey, s.capYear?.rankingKey].compactMap { $0 }
+                } + Lifecycle.personalLockKeys(change)
+            })
             try Store.saveStandings(c, changes)
             if !queries.isEmpty { targets.formUnion(try Store.resolveBoundaries(c, queries)) }
         }
@@ -198,7 +205,8 @@ enum Apply {
             facts += try Store.loadFacts(c, referrals: extra, accounts: [])
         }
         let deciding = targets.sorted().compactMap { bound[$0] }
-        let standings = try Store.loadStandings(c, deciding.map(\.binding.referralId))
+        standings.merge(try Store.loadStandings(c, deciding.map(\.binding.referralId).filter { standings[$0] == nil }),
+                        uniquingKeysWith: { fresh, _ in fresh })
         let competition = try Store.competition(c, deciding.compactMap { b in standings[b.binding.referralId].map { (b.binding, $0) } },
                                                 now: context.now)
         let accounts = Array(Set(deciding.flatMap { [$0.binding.referrerAccountId] + ($0.friendAccountId.map { [$0] } ?? []) }
