@@ -191,16 +191,18 @@ extension Store {
             .map { try $0.decode("lead_id", as: String.self) })
     }
 
-    /// Sets, for referrals of these leads or friend accounts, the friend account: the account
-    /// of the lead's earliest order (an earlier order to another account moves it).
-    public static func refreshFriendAccounts(_ c: isolated PostgresConnection, leads: [String], accounts: [String]) throws {
+    /// Sets, for referrals of these leads, the friend account: the account of the lead's
+    /// earliest order (an earlier order to another account moves it). Only a fact about the
+    /// lead can change it: its order, or the lead itself, bound after its order arrived.
+    public static func refreshFriendAccounts(_ c: isolated PostgresConnection, leads: [String]) throws {
+        if leads.isEmpty { return }
         try c.execute("""
             UPDATE referrals r SET friend_account_id = o.account_id
             FROM (SELECT DISTINCT ON (lead_id) lead_id, account_id FROM facts
-                  WHERE kind = 'order' AND (lead_id = ANY($1::text[]) OR account_id = ANY($2::text[]))
+                  WHERE kind = 'order' AND lead_id = ANY($1::text[])
                   ORDER BY lead_id, at, account_id COLLATE "C") o
             WHERE r.lead_id = o.lead_id AND r.friend_account_id IS DISTINCT FROM o.account_id
-            """, [.textArray(leads), .textArray(accounts)])
+            """, [.textArray(leads)])
     }
 
     /// The referrals a batch's facts touch directly: by lead, by friend account, by reward. Not

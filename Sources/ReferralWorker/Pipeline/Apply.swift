@@ -76,7 +76,7 @@ enum Apply {
             let bound = try Store.boundLeads(c, leads)
             try Store.bindLeads(c, Lifecycle.leadsToBind(facts: facts, codes: owners, bound: bound), versions: context.versions)
         }
-        try Store.refreshFriendAccounts(c, leads: leads, accounts: accounts)
+        try Store.refreshFriendAccounts(c, leads: leads)
         let touched = try Store.referralsTouched(c, leads: leads, accounts: Array(Set(facts.compactMap(\.friendAccountTouched))),
                                                  rewards: rewardIds)
         // Activated accounts are decided even without referrals: their first activation issues a code.
