@@ -37,6 +37,13 @@ public final class EffectCache: Sendable {
 
     public var count: Int { state.withLock { $0.entries.count } }
 
+    /// Forgets everything; called on every new database connection. After a failover to a
+    /// standby or a point-in-time restore, the database may have lost effects the cache still
+    /// holds, and a decision would then take them as recorded: a reward never issued again.
+    public func removeAll() {
+        state.withLock { $0.entries.removeAll() }
+    }
+
     /// What the cache holds for these referrals: the last seq seen and the effects up to it.
     func snapshot(_ referrals: [String]) -> [String: (lastSeq: Int64, effects: [Effect])] {
         state.withLock { s in

@@ -15,6 +15,7 @@ struct Referrald: AsyncParsableCommand {
 
             \(Settings.keys.map { "  \($0.name)\($0.defaultValue.map { " (default \($0))" } ?? " (required)")\n      \($0.help)" }.joined(separator: "\n"))
             """,
+        version: BuildInfo.version,
         subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
                       ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self,
                       ReconcileCommand.self],
@@ -41,17 +42,53 @@ struct CommonOptions: ParsableArguments {
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Consume the inbox and publish referral events until SIGTERM or SIGINT.",
-        discussion: "Refuses to start while the database schema is older than this binary: run `referrald migrate` first.")
+        discussion: """
+            Refuses to start while the database schema is older than this binary: run `referrald
+            migrate` first. Exit codes: 0 stopped by a signal; 78 (EX_CONFIG) an error in the
+            configuration or the programs file, which a restart cannot mend (the unit's
+            RestartPreventExitStatus); 75 (EX_TEMPFAIL) a schema older than the binary, which
+            `referrald migrate` mends (so the unit restarts it until then); 1 anything else.
+            """)
 
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
-        let settings = try await options.settings()
-        let logger = options.logger(settings)
-        let programs = try ProgramBook.load(path: settings.programsFile)
-        logger.info("starting", metadata: ["programs": "\(programs.summary)"])
-        try await Daemon(settings: settings, programs: programs, logger: logger).run()
+        do {
+            let settings = try await options.settings()
+            let logger = options.logger(settings)
+            let programs = try ProgramBook.load(path: settings.programsFile)
+            logger.info("starting", metadata: ["programs": "\(programs.summary)", "version": "\(BuildInfo.version)"])
+            try await Daemon(settings: settings, programs: programs, logger: logger).run()
+        } catch let error as SettingsError {
+            throw ExitStatus.config.exit(error)
+        } catch let error as ProgramError {
+            throw ExitStatus.config.exit(error)
+        } catch let error as SchemaError {
+            throw ExitStatus.schemaBehind.exit(error)
+        }
     }
+}
+
+/// The exit codes systemd tells apart (sysexits.h): a configuration error stops the restart
+/// loop (`RestartPreventExitStatus=78`), a schema behind the binary does not.
+enum ExitStatus: Int32 {
+    case config = 78
+    case schemaBehind = 75
+
+    func exit(_ error: any Error) -> ExitCode {
+        FileHandle.standardError.write(Data("referrald: \(error)\n".utf8))
+        return ExitCode(rawValue)
+    }
+}
+
+/// `referrald report --format`.
+enum ReportFormat: String, CaseIterable, ExpressibleByArgument {
+    case table, json, html
+}
+
+/// `referrald simulate --format`.
+enum SimulateFormat: String, CaseIterable, ExpressibleByArgument {
+    case table, json
 }
 
 struct Migrate: AsyncParsableCommand {
@@ -159,12 +196,12 @@ struct ReportCommand: AsyncParsableCommand {
     var to: String?
     @Option(help: "Only this program id. Default: every program.")
     var program: String?
-    @Option(help: "table, json or html.")
-    var format: String = "table"
+    @Option(help: "Output format.")
+    var format: ReportFormat = .table
 
     func run() async throws {
         let settings = try await options.settings(requireAll: false)
-        print(try await ReportCommands.report(settings: settings, from: from, to: to, program: program, format: format,
+        print(try await ReportCommands.report(settings: settings, from: from, to: to, program: program, format: format.rawValue,
                                               logger: options.logger(settings)), terminator: "")
     }
 }
@@ -182,13 +219,13 @@ struct SimulateCommand: AsyncParsableCommand {
     var events: String
     @Option(help: "Run the replay clock until this time (YYYY-MM-DD or RFC 3339). Default: the last event's time.")
     var until: String?
-    @Option(help: "table or json.")
-    var format: String = "table"
+    @Option(help: "Output format.")
+    var format: SimulateFormat = .table
 
     func run() async throws {
         let settings = try await options.settings(requireAll: false)
         print(try ReportCommands.simulate(currentPrograms: settings.programsFile, candidatePrograms: programs, events: events,
-                                          until: until, format: format), terminator: "")
+                                          until: until, format: format.rawValue), terminator: "")
     }
 }
 

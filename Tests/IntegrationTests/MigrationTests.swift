@@ -50,9 +50,35 @@ import Testing
                 URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("referrald"),
                 ["run"], environment: env)
             let text = result.errors
-            #expect(result.status != 0)
+            // EX_TEMPFAIL: the unit restarts it until `referrald migrate` has run.
+            #expect(result.status == 75)
             #expect(text.contains("referrald migrate"), "\(text)")
             #expect(!text.contains("referrald:referrald@"), "the password must not be logged")
         }
+    }
+
+    /// A configuration or programs-file error exits 78 (EX_CONFIG), which the unit's
+    /// RestartPreventExitStatus stops restarting; `--version` answers without configuration.
+    @Test func configurationErrorsExit78AndTheVersionIsShown() async throws {
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("referrald")
+        let programs = FileManager.default.temporaryDirectory.appendingPathComponent("bad-programs-\(UInt32.random(in: 0...UInt32.max)).yaml")
+        try "programs:\n  - id: consumer\n    segment: martian\n".write(to: programs, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: programs) }
+        var env = ProcessInfo.processInfo.environment
+        env["REFERRALD_AMQP_URL"] = TestServices.amqpURL
+        env["REFERRALD_DATABASE_URL"] = TestServices.databaseURL
+        env["REFERRALD_HTTP_PORT"] = "0"
+        env["REFERRALD_PROGRAMS_FILE"] = programs.path
+        let badPrograms = try await Subprocess.run(binary, ["run"], environment: env)
+        #expect(badPrograms.status == 78, "\(badPrograms.errors)")
+        #expect(badPrograms.errors.contains(programs.path), "\(badPrograms.errors)")
+        env["REFERRALD_PROGRAMS_FILE"] = TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path
+        env["REFERRALD_BATCH_SIZE"] = "many"
+        let badKey = try await Subprocess.run(binary, ["run"], environment: env)
+        #expect(badKey.status == 78, "\(badKey.errors)")
+        #expect(badKey.errors.contains("REFERRALD_BATCH_SIZE"), "\(badKey.errors)")
+        let version = try await Subprocess.run(binary, ["--version"], environment: [:])
+        #expect(version.status == 0)
+        #expect(version.output.trimmingCharacters(in: .whitespacesAndNewlines) == BuildInfo.version)
     }
 }

@@ -92,6 +92,7 @@ public actor Worker {
         if db == nil || publisher == nil || consumer == nil { status.connecting() }
         if db == nil {
             let connection = try await settings.connectPostgres(name: instanceName, logger: logger)
+            effectCache.removeAll()
             try await connection.run { c in try Store.configureWorkerSession(c) }
             let version = try await Schema.currentVersion(connection)
             guard version >= Schema.latestVersion else {

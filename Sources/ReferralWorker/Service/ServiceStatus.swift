@@ -114,13 +114,15 @@ public final class ServiceStatus: Sendable {
     // MARK: read by /readyz and the notifier
 
     /// nil when ready to take work: broker and database connected, schema current, not draining.
-    /// Otherwise one line saying why not.
+    /// Otherwise a fixed reason: `/readyz` answers anyone who reaches the port, and the error's
+    /// own text (libpq's names the host, its address and the user) stays in the log and in
+    /// systemd's STATUS=, which only the machine's administrators read.
     public func notReadyReason() -> String? {
         state.withLock { s in
             if s.phase == .draining { return "draining" }
-            if !s.databaseUp { return "database not connected" + (s.detail.map { ": \($0)" } ?? "") }
+            if !s.databaseUp { return "database not connected" }
             if !s.schemaCurrent { return "database schema not current" }
-            if !s.brokerUp { return "broker not connected" + (s.detail.map { ": \($0)" } ?? "") }
+            if !s.brokerUp { return "broker not connected" }
             return nil
         }
     }
@@ -142,8 +144,8 @@ public final class ServiceStatus: Sendable {
         state.withLock { s in s.phase.rawValue + (s.detail.map { ": \($0)" } ?? "") }
     }
 
-    /// One line for STATUS= and /readyz: error descriptions are redacted by their types, but
-    /// the server's text may span lines.
+    /// One line for STATUS=: error descriptions are redacted by their types, but the server's
+    /// text may span lines.
     private static func reason(_ error: any Error) -> String {
         let text = "\(error)".split(whereSeparator: \.isNewline).joined(separator: " ")
         return text.count > 200 ? String(text.prefix(197)) + "..." : text
