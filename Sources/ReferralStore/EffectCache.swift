@@ -4,7 +4,7 @@ import Synchronization
 /// Decoded recorded effects per referral, shared by a process's pipelines, so that a batch
 /// reads from `effects` only what was recorded since the cache last saw the referral.
 ///
-/// Every decision re-reads the recorded effects of every referral in its clusters. Reading and
+/// Every decision re-reads the recorded effects of every referral it decides. Reading and
 /// JSON-decoding all of them again was a sixth of the daemon's CPU and the fourth costliest
 /// statement on the realistic mix (perf, pg_stat_statements), although effects never change
 /// once recorded.

@@ -2,7 +2,7 @@ import Foundation
 import Postgres
 import ReferralCore
 
-/// The lifecycle's persistence: facts, referral bindings, the clusters decisions run over,
+/// The lifecycle's persistence: facts, referral bindings, the neighbourhoods the oracle runs over,
 /// recorded effects, the reward ledger and durable timers.
 extension Store {
     // MARK: programs
@@ -82,16 +82,17 @@ extension Store {
         let rows = facts.map(FactRow.init)
         try c.execute("""
             INSERT INTO facts (kind, at, lead_id, account_id, invoice_id, reward_id, code, household_id,
-                               contact_hash, segment, sequence, amount_minor, currency, reason)
+                               contact_hash, segment, sequence, amount_minor, currency, reason, plan_id)
             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                 $7::text[], $8::text[], $9::text[], $10::text[], $11::int4[], $12::int8[],
-                                 $13::text[], $14::text[])
+                                 $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[],
+                                 $13::text[], $14::text[], $15::text[])
             """, [
                 .textArray(rows.map(\.kind)), .textArray(rows.map { $0.at.rfc3339 }), .textArray(rows.map(\.lead)),
                 .textArray(rows.map(\.account)), .textArray(rows.map(\.invoice)), .textArray(rows.map(\.reward)),
                 .textArray(rows.map(\.code)), .textArray(rows.map(\.household)), .textArray(rows.map(\.contact)),
                 .textArray(rows.map(\.segment)), .textArray(rows.map { $0.sequence.map(String.init) }),
                 .int8Array(rows.map(\.amount)), .textArray(rows.map(\.currency)), .textArray(rows.map(\.reason)),
+                .textArray(rows.map(\.plan)),
             ])
     }
 
@@ -134,7 +135,7 @@ extension Store {
                                  rewards: [String]) throws -> [Fact] {
         try c.query("""
             SELECT kind, at, lead_id, account_id, invoice_id, reward_id, code, household_id, contact_hash,
-                   segment, sequence::int8 AS sequence, amount_minor, currency, reason
+                   segment, sequence::int8 AS sequence, amount_minor, currency, reason, plan_id
             FROM facts
             WHERE lead_id = ANY($1::text[]) OR account_id = ANY($2::text[]) OR reward_id = ANY($3::text[])
             ORDER BY seq
@@ -153,7 +154,7 @@ extension Store {
         if all.isEmpty && referrals.isEmpty { return [] }
         return try c.query("""
             SELECT kind, at, lead_id, account_id, invoice_id, reward_id, code, household_id, contact_hash,
-                   segment, sequence::int8 AS sequence, amount_minor, currency, reason
+                   segment, sequence::int8 AS sequence, amount_minor, currency, reason, plan_id
             FROM facts
             WHERE lead_id = ANY($1::text[])
                OR (account_id = ANY($2::text[]) AND kind NOT IN ('credit_applied', 'credit_rejected'))
@@ -161,7 +162,7 @@ extension Store {
             """, [.textArray(referrals.map(\.binding.leadId)), .textArray(all), .textArray(rewardIds)]).compactMap(FactRow.fact)
     }
 
-    // MARK: referrals and clusters
+    // MARK: referrals
 
     /// Creates referrals for leads with a known code that have none yet; the program version is
     /// the one in force now. Returns the new referral ids.
@@ -447,7 +448,7 @@ extension Store {
         }
     }
 
-    /// The two tables of durable timers: a referral's (its cluster is re-decided) and an
+    /// The two tables of durable timers: a referral's (it is re-decided) and an
     /// account's (its asks are re-decided).
     public enum TimerTable: Sendable {
         case referrals, accounts
@@ -504,7 +505,7 @@ struct FactRow {
     var at: Instant
     var lead: String?, account: String?, invoice: String?, reward: String?, code: String?
     var household: String?, contact: String?, segment: String?
-    var sequence: Int?, amount: Int64?, currency: String?, reason: String?
+    var sequence: Int?, amount: Int64?, currency: String?, reason: String?, plan: String?
 
     init(_ fact: Fact) {
         at = fact.at
@@ -522,6 +523,7 @@ struct FactRow {
             kind = "credit_applied"; reward = r; account = a; amount = m; currency = cur
         case .creditRejected(let r, let why, _): kind = "credit_rejected"; reward = r; reason = why
         case .customerErased(let a, _): kind = "erased"; account = a
+        case .planChosen(let a, let p, _): kind = "plan"; account = a; plan = p
         }
     }
 
@@ -549,6 +551,7 @@ struct FactRow {
                                   amountMinor: try row.decode("amount_minor", as: Int64.self), currency: try req("currency"), at: at)
         case "credit_rejected": return .creditRejected(rewardId: try req("reward_id"), reason: try req("reason"), at: at)
         case "erased": return .customerErased(accountId: try req("account_id"), at: at)
+        case "plan": return .planChosen(accountId: try req("account_id"), planId: try req("plan_id"), at: at)
         default: return nil
         }
     }
@@ -619,23 +622,21 @@ extension Store {
         }
     }
 
-    /// Everything a decision over this cluster needs: its bindings, every fact of its leads,
-    /// accounts (referrers, friends and `extraAccounts`) and rewards, and the recorded effects.
-    /// The oracle's input: read without locks; with a cache, the caller holds the referrals' locks.
-    public static func clusterInput(_ c: isolated PostgresConnection, cluster: [String], extraAccounts: [String] = [],
-                                    cache: EffectCache? = nil)
+    /// Everything the oracle needs over these referrals: their bindings, every fact of their
+    /// leads, accounts (referrers and friends) and rewards, and the recorded effects; read
+    /// without locks.
+    static func neighbourhoodInput(_ c: isolated PostgresConnection, _ ids: [String])
         throws -> (bound: [BoundReferral], facts: [Fact], recorded: [Effect]) {
-        let bound = try loadBindings(c, cluster)
-        let accounts = Array(Set(bound.flatMap { [$0.binding.referrerAccountId] + ($0.friendAccountId.map { [$0] } ?? []) }
-                                 + extraAccounts))
+        let bound = try loadBindings(c, ids)
+        let accounts = Array(Set(bound.flatMap { [$0.binding.referrerAccountId] + ($0.friendAccountId.map { [$0] } ?? []) }))
         let rewardIds = bound.flatMap { b in Beneficiary.allCases.map { rewardId(referralId: b.binding.referralId, beneficiary: $0) } }
         let facts = try loadFacts(c, leads: bound.map(\.binding.leadId), accounts: accounts, rewards: rewardIds)
-        return (bound, facts, try loadEffects(c, referrals: cluster, accounts: accounts, cache: cache))
+        return (bound, facts, try loadEffects(c, referrals: ids, accounts: accounts))
     }
 
-    /// The input of `explain`: the clusters of these referrals, read without locking.
+    /// The input of `explain`: the oracle's neighbourhood of these referrals, read without locking.
     public static func explainInput(_ c: isolated PostgresConnection, referrals ids: [String]) throws
         -> (bound: [BoundReferral], facts: [Fact], recorded: [Effect]) {
-        try clusterInput(c, cluster: try neighbourhood(c, seeds: ids))
+        try neighbourhoodInput(c, try neighbourhood(c, seeds: ids))
     }
 }

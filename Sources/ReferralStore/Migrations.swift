@@ -276,6 +276,11 @@ public enum Schema {
             );
             -- What the backfill (version 7) still has to fill.
             CREATE INDEX referrals_without_standing ON referrals (referral_id) WHERE lead_at IS NULL;
+            -- An invoice's `sequence` is any integer >= 1 in the contract: beyond int4 it failed
+            -- its batch on every delivery (22003) until it was dead-lettered as processing_failed.
+            ALTER TABLE facts ALTER COLUMN sequence TYPE bigint;
+            -- The plan an activation named (kind 'plan'): rewards `by_plan` follow the friend's first.
+            ALTER TABLE facts ADD COLUMN plan_id text;
             """),
         Migration(version: 7, name: "standings of the referrals bound before version 6, from their facts", sql: "",
                   backfill: { db, logger in try await Store.backfillStandings(db, logger: logger) }),

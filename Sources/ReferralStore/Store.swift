@@ -34,11 +34,10 @@ public struct OutboxRow: Sendable, Equatable {
 extension Store {
     /// Session settings of a worker's connection.
     ///
-    /// JIT off: the planner cannot estimate the recursive cluster query (millions of rows
-    /// expected, a few hundred found), so its cost passed `jit_above_cost` and PostgreSQL spent
-    /// about 58 ms compiling a query that runs in 3 ms — in 65 of 160 batches of the realistic
-    /// mix (auto_explain), a quarter of the run. The worker's statements are all short; JIT
-    /// never pays for itself on them.
+    /// JIT off: a statement whose rows the planner cannot estimate (a recursive query did this,
+    /// millions of rows expected for a few hundred found) passes `jit_above_cost`, and
+    /// compiling it costs tens of milliseconds for a query that runs in a few (BENCHMARKS.md).
+    /// The worker's statements are all short; JIT never pays for itself on them.
     ///
     /// No parallel query: on a 200,000-event database the planner chose parallel sequential
     /// scans for a batch's loads (facts, ask facts), starting background workers for a few

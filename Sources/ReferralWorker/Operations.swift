@@ -130,7 +130,7 @@ public struct Daemon: Sendable {
 
 /// The process's pipelines. They share nothing but the metrics and the status: each consumes
 /// from the inbox on its own channel and commits on its own connection, as separate instances
-/// would, so the locks that make instances safe side by side (fact keys, clusters, accounts)
+/// would, so the locks that make instances safe side by side (fact keys, rankings, referrals)
 /// make them safe too. A pipeline that ends with an error (a schema too old) ends them all.
 struct WorkerService: Service {
     let workers: [Worker]

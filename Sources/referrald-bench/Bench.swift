@@ -168,14 +168,53 @@ struct DrainResult {
     var seconds: Double
     var usage: CPUWindow.Usage
     var peakRSSKiB: Int64?
+    /// Drain rates of the first and the last 10 % of the backlog (from the inbox's depth):
+    /// whether throughput holds as the tables grow.
+    var firstTenth: Double?
+    var lastTenth: Double?
 
     var eventsPerSecond: Double { Double(messages) / seconds }
 
     func line(_ label: String) -> String {
         let rss = peakRSSKiB.map { String(format: "%.1f MiB", Double($0) / 1024) } ?? "-"
-        return String(format: "%@: %d messages in %.2f s = %.0f events/s; peak RSS %@; CPU (cores) process %.2f, rabbitmq %.2f, postgres %.2f, machine busy %.0f %%",
-                      label, messages, seconds, eventsPerSecond, rss, usage.process, usage.services["beam.smp"] ?? 0,
-                      usage.services["postgres"] ?? 0, usage.machineBusy * 100)
+        var out = String(format: "%@: %d messages in %.2f s = %.0f events/s; peak RSS %@; CPU (cores) process %.2f, rabbitmq %.2f, postgres %.2f, machine busy %.0f %%",
+                         label, messages, seconds, eventsPerSecond, rss, usage.process, usage.services["beam.smp"] ?? 0,
+                         usage.services["postgres"] ?? 0, usage.machineBusy * 100)
+        if let firstTenth, let lastTenth {
+            out += String(format: "; first 10 %% %.0f/s, last 10 %% %.0f/s (last / first %.2f)", firstTenth, lastTenth, lastTenth / firstTenth)
+        }
+        return out
+    }
+}
+
+/// The inbox's depth over a drain, sampled twice a second.
+final class DepthSampler: @unchecked Sendable {
+    // Confined: `samples` is appended by the sampling task only and read after it ended.
+    private var samples: [(nanos: UInt64, depth: UInt32)] = []
+    private var task: Task<Void, Never>?
+
+    func start(_ bed: Bed) {
+        let queue = bed.settings.inboxQueue
+        task = Task { [self] in
+            while !Task.isCancelled {
+                if let depth = try? await bed.producer.declareQueue(queue, durable: true, passive: true).messageCount {
+                    samples.append((monotonicNanos(), depth))
+                }
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+        }
+    }
+
+    /// Stops sampling; the rates at which the first and the last tenth of `total` drained.
+    func stop(total: Int) async -> (first: Double, last: Double)? {
+        task?.cancel()
+        await task?.value
+        func time(atDepth d: Double) -> UInt64? { samples.first { Double($0.depth) <= d }?.nanos }
+        let n = Double(total)
+        guard let start = samples.first(where: { Double($0.depth) < n * 0.999 })?.nanos ?? samples.first?.nanos,
+              let t90 = time(atDepth: n * 0.9), let t10 = time(atDepth: n * 0.1), let t0 = time(atDepth: 0),
+              t90 > start, t0 > t10 else { return nil }
+        return (n * 0.1 / (Double(t90 - start) / 1e9), n * 0.1 / (Double(t0 - t10) / 1e9))
     }
 }
 
@@ -315,13 +354,17 @@ struct Runner {
         try await bed.publish([last])
         observer.expectSentinel(account: sentinel)
         let start = monotonicNanos()
+        let depth = DepthSampler()
+        depth.start(bed)
         let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers)
         let cpu = CPUWindow(process: process.processIdentifier)
         let arrival = try await waitForSentinel(process, timeout: Double(count) / 100 + 120)
         let usage = cpu.stop()
         let peak = Proc.memoryKiB(process.processIdentifier, "VmHWM")
         await stop(process)
-        return DrainResult(messages: count + 1, seconds: Double(arrival - start) / 1e9, usage: usage, peakRSSKiB: peak)
+        let tenths = await depth.stop(total: count + 1)
+        return DrainResult(messages: count + 1, seconds: Double(arrival - start) / 1e9, usage: usage, peakRSSKiB: peak,
+                           firstTenth: tenths?.first, lastTenth: tenths?.last)
     }
 
     /// The ceiling: consume a batch, insert its inbox rows set-based in one transaction,

@@ -108,6 +108,33 @@ import Testing
         await bed.tearDown()
     }
 
+    /// A NUL in free text and an invoice sequence past int4 are valid input: stored, not
+    /// failed on every delivery until dead-lettered as `processing_failed`.
+    @Test func aNulInFreeTextAndALargeSequenceAreStored() async throws {
+        let bed = try await TestBed.make()
+        let worker = bed.startWorker()
+        let at = Scenario.time()
+        func event(_ id: String, _ type: String, _ data: String) -> [UInt8] {
+            Array(#"{"specversion":"1.0","id":"\#(id)","source":"billing","type":"\#(type)","time":"\#(at)","data":{\#(data)}}"#.utf8)
+        }
+        try await bed.publish(event("nul-1", "billing.credit.rejected", #""reward_id":"rwd-ref-1-friend","reason":"closed\u0000account""#),
+                              type: "billing.credit.rejected")
+        try await bed.publish(event("seq-1", "billing.invoice.paid",
+                                    #""account_id":"acct-big","invoice_id":"i-1","amount_minor":100,"currency":"USD","sequence":3000000000"#),
+                              type: "billing.invoice.paid")
+        try await bed.publish(event("nul-2", "provisioning.service.cancelled",
+                                    #""account_id":"acct-big","cancelled_at":"\#(at)","reason":"moving\u0000out""#),
+                              type: "provisioning.service.cancelled")
+        #expect(try await bed.eventually { try await bed.count("SELECT count(*) FROM inbox") == 3 })
+        #expect(try await bed.count("SELECT count(*) FROM facts WHERE kind = 'paid' AND sequence = 3000000000") == 1)
+        #expect(try await bed.count("SELECT count(*) FROM facts WHERE kind = 'credit_rejected' AND reason = 'closed\u{FFFD}account'") == 1)
+        #expect(try await bed.count("SELECT count(*) FROM facts WHERE kind = 'cancelled' AND account_id = 'acct-big'") == 1)
+        #expect(try await bed.queueDepth(bed.settings.deadLetterQueue) == 0)
+        worker.cancel()
+        _ = await worker.result
+        await bed.tearDown()
+    }
+
     @Test func hostileBodiesAreDeadLetteredWithTheirCodes() async throws {
         let bed = try await TestBed.make()
         let worker = bed.startWorker()

@@ -77,6 +77,32 @@ import Testing
         #expect((try? classify(body: atLimit).get())?.type == .ticketOpened)
     }
 
+    /// Values that are valid JSON and valid for the contract but that PostgreSQL cannot hold:
+    /// each failed its batch on every delivery until it was dead-lettered `processing_failed`.
+    @Test func valuesTheStoreCannotHoldAreMendedOrRefusedOnce() throws {
+        func event(_ type: String, _ data: String, time: String = "2027-04-22T06:00:01Z") -> [UInt8] {
+            Array(#"{"specversion":"1.0","id":"e-1","source":"billing","type":"\#(type)","time":"\#(time)","data":{\#(data)}}"#.utf8)
+        }
+        // Free text: the NUL is replaced, the event kept (a cancellation must never be lost).
+        let rejected = try classify(body: event("billing.credit.rejected", #""reward_id":"rwd-1-friend","reason":"closed\u0000account""#)).get()
+        guard case .creditRejected(let r) = rejected.payload else { Issue.record("\(rejected.payload)"); return }
+        #expect(r.reason == "closed\u{FFFD}account")
+        let cancelled = try classify(body: event("provisioning.service.cancelled",
+                                                 #""account_id":"a-1","cancelled_at":"2027-04-22T06:00:00Z","reason":"\u0000""#)).get()
+        guard case .serviceCancelled(let c) = cancelled.payload else { Issue.record("\(cancelled.payload)"); return }
+        #expect(c.reason == "\u{FFFD}")
+        // A sequence past int4 is an invoice like any other.
+        let paid = try classify(body: event("billing.invoice.paid",
+            #""account_id":"a-1","invoice_id":"i-1","amount_minor":100,"currency":"USD","sequence":3000000000"#)).get()
+        guard case .invoicePaid(let p) = paid.payload else { Issue.record("\(paid.payload)"); return }
+        #expect(p.sequence == 3_000_000_000)
+        // Year 0000 is RFC 3339 but no store holds it: refused once, with the reason.
+        let year0 = classify(body: event("provisioning.service.cancelled", #""account_id":"a-1","cancelled_at":"0000-06-01T00:00:00Z""#))
+        #expect(year0.failure == BadInput(code: .invalidData,
+                                          detail: "data.cancelled_at: \"0000-06-01T00:00:00Z\" is before 0001-01-01T00:00:00Z, the earliest time that can be stored"))
+        #expect(classify(body: event("provisioning.service.cancelled", #""account_id":"a-1","cancelled_at":"2027-01-01T00:00:00Z""#, time: "0001-01-01T00:30:00+01:00")).failure?.code == .invalidData)
+    }
+
     @Test func emptyAndOversizedBodies() {
         #expect(classify(body: []).failure == BadInput(code: .notJSON, detail: "empty document at byte 0"))
         // Size is checked first: an oversized body of garbage is too_large, not not_json.

@@ -48,6 +48,7 @@ private func shifted(_ f: Fact, by d: Span) -> Fact {
     case .creditApplied(let r, let a, let m, let c, let t): return .creditApplied(rewardId: r, accountId: a, amountMinor: m, currency: c, at: t + d)
     case .creditRejected(let r, let why, let t): return .creditRejected(rewardId: r, reason: why, at: t + d)
     case .customerErased(let a, let t): return .customerErased(accountId: a, at: t + d)
+    case .planChosen(let a, let p, let t): return .planChosen(accountId: a, planId: p, at: t + d)
     }
 }
 

@@ -57,6 +57,28 @@ private func set(_ key: String, _ value: ConfigNode) -> @Sendable (inout [(key: 
         #expect(p.shareURL(code: "K7QM-42XD-E") == "https://example.net/r/K7QM-42XD-E")
     }
 
+    /// The contract's program with `by_plan` and `budget` (README, "Programs"): loaded, kept
+    /// through the store's JSON, and a new version only when they are set.
+    @Test func loadsRewardsByPlanAndABudget() throws {
+        let plain = try #require(try loadPrograms(contractProgramNode(), file: "p.yaml").first)
+        let node = contractProgramNode {
+            set("referrer_reward.by_plan", .mapping([(key: "fiber-1000", value: .scalar("15000")), (key: "fiber-500", value: .scalar("8000"))]))(&$0)
+            set("friend_reward.by_plan", .mapping([(key: "fiber-1000", value: .scalar("7500"))]))(&$0)
+            set("budget", .mapping([(key: "monthly_minor", value: .scalar("2000000")), (key: "pause_asks_at", value: .scalar("0.9"))]))(&$0)
+        }
+        let p = try #require(try loadPrograms(node, file: "p.yaml").first)
+        #expect(p.referrerReward.byPlan == ["fiber-1000": 15000, "fiber-500": 8000])
+        #expect(p.friendReward.byPlan == ["fiber-1000": 7500])
+        #expect(p.budget == .init(monthlyMinor: 2_000_000, pauseAsksAt: 0.9))
+        #expect(p.referrerReward.amount(plans: ["fiber-500"]) == 8000 && p.referrerReward.amount(plans: [nil]) == 5000)
+        let back = try JSONDecoder().decode(Program.self, from: try JSONEncoder().encode(p))
+        #expect(back == p)
+        #expect(p.canonicalForm != plain.canonicalForm && p.canonicalForm.hasPrefix(plain.canonicalForm))
+        // A version stored before by_plan existed decodes with an empty map.
+        let old = #"{"kind":"bill_credit","amount_minor":5000}"#
+        #expect(try JSONDecoder().decode(Program.Reward.self, from: Data(old.utf8)) == .init(kind: .billCredit, amountMinor: 5000))
+    }
+
     @Test func canonicalFormIgnoresKeyOrderAndUnitSpelling() throws {
         let base = try #require(try loadPrograms(contractProgramNode(), file: "p.yaml").first)
         let reordered = try #require(try loadPrograms(contractProgramNode { $0.reverse(); set("qualify.hold", .scalar("720h"))(&$0) }, file: "p.yaml").first)
@@ -91,7 +113,7 @@ private func set(_ key: String, _ value: ConfigNode) -> @Sendable (inout [(key: 
         Mistake(name: "bad currency", edit: set("currency", .scalar("usd")), field: "programs[0].currency",
                 described: #"programs.yaml: program "consumer": currency: "usd" is not an ISO 4217 code (three upper-case letters, e.g. USD)"#),
         Mistake(name: "typo key", edit: { $0.append((key: "clawbak", value: .scalar("none"))) }, field: "programs[0].clawbak",
-                described: #"programs.yaml: program "consumer": clawbak: unknown key (expected one of: id, segment, currency, share_url, friend_offer_text, referrer_reward, friend_reward, qualify, attribution_window, clawback_window, clawback, limits, fraud, asks, followup)"#),
+                described: #"programs.yaml: program "consumer": clawbak: unknown key (expected one of: id, segment, currency, share_url, friend_offer_text, referrer_reward, friend_reward, qualify, attribution_window, clawback_window, clawback, limits, fraud, asks, followup, budget)"#),
         Mistake(name: "zero amount", edit: set("referrer_reward.amount_minor", .scalar("0")), field: "programs[0].referrer_reward.amount_minor",
                 described: #"programs.yaml: program "consumer": referrer_reward.amount_minor: must be positive, got 0"#),
         Mistake(name: "bad enum", edit: set("clawback", .scalar("friend")), field: "programs[0].clawback",
@@ -106,6 +128,15 @@ private func set(_ key: String, _ value: ConfigNode) -> @Sendable (inout [(key: 
                 described: #"programs.yaml: program "consumer": asks.moments[1]: "birthday" is not one of post_install, post_activation, speed_test, support_win, bill_savings, periodic"#),
         Mistake(name: "missing id", edit: { $0.removeAll { $0.key == "id" } }, field: "programs[0].id",
                 described: #"programs.yaml: programs[0].id: is required"#),
+        Mistake(name: "plan amount zero", edit: set("referrer_reward.by_plan", .mapping([(key: "fiber-1000", value: .scalar("0"))])),
+                field: "programs[0].referrer_reward.by_plan.fiber-1000",
+                described: #"programs.yaml: program "consumer": referrer_reward.by_plan.fiber-1000: must be positive, got 0"#),
+        Mistake(name: "plan id not printable", edit: set("friend_reward.by_plan", .mapping([(key: "fibre\u{7}", value: .scalar("100"))])),
+                field: "programs[0].friend_reward.by_plan.fibre\u{7}",
+                described: "programs.yaml: program \"consumer\": friend_reward.by_plan.fibre\u{7}: plan id \"fibre\u{7}\" is not 1-128 printable ASCII characters"),
+        Mistake(name: "budget share over 1", edit: set("budget", .mapping([(key: "monthly_minor", value: .scalar("100000")), (key: "pause_asks_at", value: .scalar("1.5"))])),
+                field: "programs[0].budget.pause_asks_at",
+                described: #"programs.yaml: program "consumer": budget.pause_asks_at: must be above 0 and at most 1, got 1.5"#),
         Mistake(name: "bool typo", edit: set("fraud.reject_same_contact", .scalar("yes please")), field: "programs[0].fraud.reject_same_contact",
                 described: #"programs.yaml: program "consumer": fraud.reject_same_contact: "yes please" is not true or false"#),
     ]

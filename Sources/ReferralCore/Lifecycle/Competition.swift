@@ -324,27 +324,11 @@ extension Index {
 
 func utcDay(_ t: Instant) -> Int64 { t.microseconds.floorDivided(by: 86_400_000_000).quotient }
 
-/// The proleptic Gregorian year of a UTC instant (Hinnant's civil_from_days, year part only).
-func utcYear(_ t: Instant) -> Int64 {
-    let z = utcDay(t) + 719_468
-    let era = (z >= 0 ? z : z - 146_096) / 146_097
-    let doe = z - era * 146_097
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-    let mp = (5 * doy + 2) / 153
-    return yoe + era * 400 + (mp >= 10 ? 1 : 0)
-}
+/// The UTC calendar year of an instant.
+func utcYear(_ t: Instant) -> Int64 { civil(fromDays: utcDay(t)).0 }
 
-/// 1 January of `year`, 00:00 UTC (Hinnant's days_from_civil).
-func yearStart(_ year: Int64) -> Instant {
-    let y = year - 1   // January counts in the previous March-based year
-    let era = (y >= 0 ? y : y - 399) / 400
-    let yoe = y - era * 400
-    let doy: Int64 = 306   // 1 January is day 306 of the March-based year
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-    return Instant(microseconds: (era * 146_097 + doe - 719_468) * 86_400_000_000)
-}
-
+/// 1 January of `year`, 00:00 UTC.
+func yearStart(_ year: Int64) -> Instant { Instant(microseconds: days(fromCivil: year, 1, 1) * 86_400_000_000) }
 extension Fact {
     /// The lead a fact is about (a lead's versions and its order).
     public var leadId: String? {

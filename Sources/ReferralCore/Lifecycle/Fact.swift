@@ -18,13 +18,17 @@ public enum Fact: Sendable, Hashable {
     case creditApplied(rewardId: String, accountId: String, amountMinor: Int64, currency: String, at: Instant)
     case creditRejected(rewardId: String, reason: String, at: Instant)
     case customerErased(accountId: String, at: Instant)
+    /// The `plan_id` an activation named, dated as the activation: the friend's plan is that of
+    /// their first activation, and rewards paid `by_plan` follow it. A fact of its own, beside the
+    /// activation, so that activations stored before plans were (and their effects) stay equal.
+    case planChosen(accountId: String, planId: String, at: Instant)
 
     public var at: Instant {
         switch self {
         case .leadCreated(_, let at, _, _, _, _), .orderPlaced(_, _, let at), .installCompleted(_, let at),
              .serviceActivated(_, let at, _, _, _), .serviceCancelled(_, let at), .invoiceOverdue(_, _, let at),
              .invoicePaid(_, _, _, let at), .creditApplied(_, _, _, _, let at), .creditRejected(_, _, let at),
-             .customerErased(_, let at):
+             .customerErased(_, let at), .planChosen(_, _, let at):
             return at
         }
     }
@@ -34,7 +38,7 @@ public enum Fact: Sendable, Hashable {
         switch self {
         case .orderPlaced(_, let a, _), .installCompleted(let a, _), .serviceActivated(let a, _, _, _, _),
              .serviceCancelled(let a, _), .invoiceOverdue(let a, _, _), .invoicePaid(let a, _, _, _),
-             .creditApplied(_, let a, _, _, _), .customerErased(let a, _):
+             .creditApplied(_, let a, _, _, _), .customerErased(let a, _), .planChosen(let a, _, _):
             return a
         case .leadCreated, .creditRejected:
             return nil

@@ -174,6 +174,15 @@ struct AccountInfo {
     var overdue: [String: Instant] = [:]
     var paid: [String: Instant] = [:]
     var erased = false
+    /// The plans named at the earliest instant any activation named one.
+    var plansAt: Instant?
+    var plans: Set<String> = []
+
+    /// The plans of the first activation (empty when it named none): what `by_plan` reads.
+    var firstPlans: Set<String?> {
+        guard let first = activatedAt else { return [] }
+        return plansAt == first ? Set(plans.map { Optional($0) }) : [nil]
+    }
 }
 
 struct Index {
@@ -222,6 +231,11 @@ struct Index {
                 rejections[reward, default: []].insert(.init(at: at, reason: reason))
             case .customerErased(let a, _):
                 accounts[a, default: .init()].erased = true
+            case .planChosen(let a, let plan, let at):
+                var info = accounts[a, default: .init()]
+                if info.plansAt.map({ at < $0 }) ?? true { info.plansAt = at; info.plans = [] }
+                if info.plansAt == at { info.plans.insert(plan) }
+                accounts[a] = info
             }
         }
     }
@@ -367,6 +381,10 @@ private struct Decider {
         var why = Why(enabled: input.explain)
         why.add("lead_at", lead.at)
         why.add("program", "\(p.id) v\(b.programVersion)")
+        if !p.referrerReward.byPlan.isEmpty || !p.friendReward.byPlan.isEmpty,
+           let plans = friend.flatMap({ idx.accounts[$0] })?.firstPlans, !plans.isEmpty {
+            why.add("friend_plan", plans.map { $0 ?? "none named" }.sorted().joined(separator: ", "))
+        }
         var verdict = judge(b, lead: lead, friend: friend, why: &why)
         // A published rejection is never revived: only erasure can remove the data behind it, and
         // the right to erasure must not turn a fraud rejection into a reward.
@@ -503,10 +521,14 @@ private struct Decider {
         lastStatus[b.referralId] = (to, reason, seq)
     }
 
+    /// The reward a beneficiary should get: its amount follows the plan of the friend's first
+    /// activation when the program pays `by_plan`. Once issued, a reward keeps the amount it
+    /// was issued at (a reward id is issued once), whatever activation arrives later.
     func grant(_ b: ReferralBinding, _ who: Beneficiary, friend: String?) -> RewardGrant {
         let p = b.program
-        let (kind, amount) = who == .referrer ? (p.referrerReward.kind, p.referrerReward.amountMinor)
-                                              : (p.friendReward.kind, p.friendReward.amountMinor)
+        let rule = who == .referrer ? p.referrerReward : p.friendReward.asReward
+        let plans = friend.flatMap { idx.accounts[$0] }?.firstPlans ?? []
+        let (kind, amount) = (rule.kind, rule.amount(plans: plans))
         return RewardGrant(rewardId: rewardId(referralId: b.referralId, beneficiary: who), referralId: b.referralId,
                            accountId: who == .referrer ? b.referrerAccountId : (friend ?? ""), beneficiary: who,
                            kind: kind, amountMinor: amount, currency: p.currency, programId: p.id)

@@ -22,36 +22,75 @@ public struct Program: Hashable, Sendable, Codable {
     public var fraud: Fraud
     public var asks: Asks
     public var followup: Followup
+    /// The monthly budget (contract: asks held past `pause_asks_at`, rewards always paid).
+    /// Parsed and validated; not enforced by this release (the daemon says so at start).
+    public var budget: Budget?
 
     public init(id: String, segment: Segment, currency: String, shareURL: String, friendOfferText: String,
                 referrerReward: Reward, friendReward: FriendReward, qualify: Qualify,
                 attributionWindow: Span, clawbackWindow: Span, clawback: ClawbackMode,
-                limits: Limits, fraud: Fraud, asks: Asks, followup: Followup) {
+                limits: Limits, fraud: Fraud, asks: Asks, followup: Followup, budget: Budget? = nil) {
         self.id = id; self.segment = segment; self.currency = currency; self.shareURL = shareURL
         self.friendOfferText = friendOfferText; self.referrerReward = referrerReward
         self.friendReward = friendReward; self.qualify = qualify
         self.attributionWindow = attributionWindow; self.clawbackWindow = clawbackWindow
         self.clawback = clawback; self.limits = limits; self.fraud = fraud; self.asks = asks
-        self.followup = followup
+        self.followup = followup; self.budget = budget
     }
 
     public struct Reward: Hashable, Sendable, Codable {
         public var kind: RewardKind
         public var amountMinor: Int64
-        public init(kind: RewardKind, amountMinor: Int64) { self.kind = kind; self.amountMinor = amountMinor }
-        enum CodingKeys: String, CodingKey { case kind, amountMinor = "amount_minor" }
+        /// The friend's `plan_id` (of their first activation) → amount; any other plan, or none,
+        /// gets `amountMinor`.
+        public var byPlan: [String: Int64]
+        public init(kind: RewardKind, amountMinor: Int64, byPlan: [String: Int64] = [:]) {
+            self.kind = kind; self.amountMinor = amountMinor; self.byPlan = byPlan
+        }
+        enum CodingKeys: String, CodingKey { case kind, amountMinor = "amount_minor", byPlan = "by_plan" }
+        // Versions stored before `by_plan` existed have no such key.
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            kind = try c.decode(RewardKind.self, forKey: .kind)
+            amountMinor = try c.decode(Int64.self, forKey: .amountMinor)
+            byPlan = try c.decodeIfPresent([String: Int64].self, forKey: .byPlan) ?? [:]
+        }
+
+        /// The amount for a friend whose first activations (at one instant) named these plans:
+        /// the highest, so that the result does not depend on their order and favours the
+        /// customer; no plan, or a plan not in the map, gets `amountMinor`.
+        public func amount(plans: Set<String?>) -> Int64 {
+            plans.isEmpty ? amountMinor : plans.map { $0.flatMap { byPlan[$0] } ?? amountMinor }.max()!
+        }
     }
 
     public struct FriendReward: Hashable, Sendable, Codable {
         public var kind: RewardKind
         public var amountMinor: Int64
         public var priorityInstall: Bool
-        public init(kind: RewardKind, amountMinor: Int64, priorityInstall: Bool) {
-            self.kind = kind; self.amountMinor = amountMinor; self.priorityInstall = priorityInstall
+        public var byPlan: [String: Int64]
+        public init(kind: RewardKind, amountMinor: Int64, priorityInstall: Bool, byPlan: [String: Int64] = [:]) {
+            self.kind = kind; self.amountMinor = amountMinor; self.priorityInstall = priorityInstall; self.byPlan = byPlan
         }
         enum CodingKeys: String, CodingKey {
-            case kind, amountMinor = "amount_minor", priorityInstall = "priority_install"
+            case kind, amountMinor = "amount_minor", priorityInstall = "priority_install", byPlan = "by_plan"
         }
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            kind = try c.decode(RewardKind.self, forKey: .kind)
+            amountMinor = try c.decode(Int64.self, forKey: .amountMinor)
+            priorityInstall = try c.decode(Bool.self, forKey: .priorityInstall)
+            byPlan = try c.decodeIfPresent([String: Int64].self, forKey: .byPlan) ?? [:]
+        }
+
+        public var asReward: Reward { Reward(kind: kind, amountMinor: amountMinor, byPlan: byPlan) }
+    }
+
+    public struct Budget: Hashable, Sendable, Codable {
+        public var monthlyMinor: Int64
+        public var pauseAsksAt: Double
+        public init(monthlyMinor: Int64, pauseAsksAt: Double) { self.monthlyMinor = monthlyMinor; self.pauseAsksAt = pauseAsksAt }
+        enum CodingKeys: String, CodingKey { case monthlyMinor = "monthly_minor", pauseAsksAt = "pause_asks_at" }
     }
 
     public struct Qualify: Hashable, Sendable, Codable {
@@ -146,7 +185,7 @@ public struct Program: Hashable, Sendable, Codable {
         case id, segment, currency, shareURL = "share_url", friendOfferText = "friend_offer_text"
         case referrerReward = "referrer_reward", friendReward = "friend_reward", qualify
         case attributionWindow = "attribution_window", clawbackWindow = "clawback_window", clawback
-        case limits, fraud, asks, followup
+        case limits, fraud, asks, followup, budget
     }
 
     public init(from decoder: any Decoder) throws {
@@ -166,6 +205,7 @@ public struct Program: Hashable, Sendable, Codable {
         fraud = try c.decode(Fraud.self, forKey: .fraud)
         asks = try c.decode(Asks.self, forKey: .asks)
         followup = try c.decode(Followup.self, forKey: .followup)
+        budget = try c.decodeIfPresent(Budget.self, forKey: .budget)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -185,6 +225,7 @@ public struct Program: Hashable, Sendable, Codable {
         try c.encode(fraud, forKey: .fraud)
         try c.encode(asks, forKey: .asks)
         try c.encode(followup, forKey: .followup)
+        try c.encodeIfPresent(budget, forKey: .budget)
     }
 
     /// The share URL for a referrer's canonical code.
@@ -211,6 +252,15 @@ public struct Program: Hashable, Sendable, Codable {
             }
             return out + "\""
         }
+        func plans(_ map: [String: Int64]) -> String {
+            "{" + map.sorted { $0.key < $1.key }.map { "\(q($0.key)):\($0.value)" }.joined(separator: ",") + "}"
+        }
+        // A key that did not exist before is written only when set, so that the programs of
+        // existing files keep their canonical form (and their version) across the upgrade.
+        var added: [String] = []
+        if !referrerReward.byPlan.isEmpty { added.append("referrer_reward.by_plan=\(plans(referrerReward.byPlan))") }
+        if !friendReward.byPlan.isEmpty { added.append("friend_reward.by_plan=\(plans(friendReward.byPlan))") }
+        if let budget { added.append("budget.monthly_minor=\(budget.monthlyMinor)\nbudget.pause_asks_at=\(budget.pauseAsksAt)") }
         let lines = [
             "id=\(q(id))",
             "segment=\(segment.rawValue)",
@@ -237,7 +287,7 @@ public struct Program: Hashable, Sendable, Codable {
             "asks.max_per_year=\(asks.maxPerYear)",
             "asks.periodic_every=\(asks.periodicEvery)",
             "followup.stalled_after=\(followup.stalledAfter)",
-        ]
+        ] + added
         return lines.joined(separator: "\n") + "\n"
     }
 }

@@ -69,7 +69,7 @@ public func loadPrograms(_ root: ConfigNode, file: String) throws -> [Program] {
 
 private let programKeys = ["id", "segment", "currency", "share_url", "friend_offer_text", "referrer_reward",
                            "friend_reward", "qualify", "attribution_window", "clawback_window", "clawback",
-                           "limits", "fraud", "asks", "followup"]
+                           "limits", "fraud", "asks", "followup", "budget"]
 
 private func readProgram(_ node: ConfigNode, path: String, file: String) throws -> Program {
     // The id is read first so that every later error can name the program.
@@ -95,14 +95,23 @@ private func readProgram(_ node: ConfigNode, path: String, file: String) throws 
     }
     let offerText = try f.required("friend_offer_text").string()
 
-    let rr = try Fields(f.required("referrer_reward"), allowed: ["kind", "amount_minor"], in: f)
+    let rr = try Fields(f.required("referrer_reward"), allowed: ["kind", "amount_minor", "by_plan"], in: f)
     let referrerReward = Program.Reward(kind: try rr.required("kind").choice(),
-                                        amountMinor: try rr.required("amount_minor").amount())
+                                        amountMinor: try rr.required("amount_minor").amount(),
+                                        byPlan: try rr.optional("by_plan")?.byPlan() ?? [:])
 
-    let fr = try Fields(f.required("friend_reward"), allowed: ["kind", "amount_minor", "priority_install"], in: f)
+    let fr = try Fields(f.required("friend_reward"), allowed: ["kind", "amount_minor", "priority_install", "by_plan"], in: f)
     let friendReward = Program.FriendReward(kind: try fr.required("kind").choice(),
                                             amountMinor: try fr.required("amount_minor").amount(),
-                                            priorityInstall: try fr.required("priority_install").bool())
+                                            priorityInstall: try fr.required("priority_install").bool(),
+                                            byPlan: try fr.optional("by_plan")?.byPlan() ?? [:])
+
+    var budget: Program.Budget?
+    if let b = f.optional("budget") {
+        let bf = try Fields(b, allowed: ["monthly_minor", "pause_asks_at"], in: f)
+        budget = Program.Budget(monthlyMinor: try bf.required("monthly_minor").amount(),
+                                pauseAsksAt: try bf.required("pause_asks_at").fraction())
+    }
 
     let qf = try Fields(f.required("qualify"), allowed: ["milestone", "hold"], in: f)
     let qualify = Program.Qualify(milestone: try qf.required("milestone").choice(), hold: try qf.required("hold").span())
@@ -143,7 +152,7 @@ private func readProgram(_ node: ConfigNode, path: String, file: String) throws 
     return Program(id: id, segment: segment, currency: currency, shareURL: shareURL, friendOfferText: offerText,
                    referrerReward: referrerReward, friendReward: friendReward, qualify: qualify,
                    attributionWindow: attribution, clawbackWindow: clawbackWindow, clawback: clawback,
-                   limits: limits, fraud: fraud, asks: asks, followup: followup)
+                   limits: limits, fraud: fraud, asks: asks, followup: followup, budget: budget)
 }
 
 private func isId(_ s: String) -> Bool {
@@ -203,6 +212,30 @@ private struct Field {
         return v
     }
 
+    /// `by_plan`: plan ids (printable ASCII, as the contract's ids) to positive amounts; an
+    /// error names the plan.
+    func byPlan() throws -> [String: Int64] {
+        guard case .mapping(let pairs) = node else { throw fail("expected a mapping of plan id to amount, got \(kindName(node))") }
+        var out: [String: Int64] = [:]
+        for pair in pairs {
+            let field = Field(node: pair.value, path: "\(path).\(pair.key)", file: file, program: program)
+            guard isId(pair.key) else {
+                throw field.fail("plan id \"\(pair.key)\" is not 1-128 printable ASCII characters")
+            }
+            guard out[pair.key] == nil else { throw field.fail("appears twice") }
+            out[pair.key] = try field.amount()
+        }
+        return out
+    }
+
+    /// A share in (0, 1].
+    func fraction() throws -> Double {
+        let s = try string()
+        guard let v = Double(s), v.isFinite else { throw fail("\"\(s)\" is not a number") }
+        guard v > 0, v <= 1 else { throw fail("must be above 0 and at most 1, got \(s)") }
+        return v
+    }
+
     func count(min: Int) throws -> Int {
         let s = try string()
         guard s.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let v = Int(s) else {
@@ -259,7 +292,12 @@ private struct Fields {
     }
 
     func required(_ key: String) throws -> Field {
-        guard let node = pairs.first(where: { $0.key == key })?.value else { throw error(key, "is required") }
+        guard let field = optional(key) else { throw error(key, "is required") }
+        return field
+    }
+
+    func optional(_ key: String) -> Field? {
+        guard let node = pairs.first(where: { $0.key == key })?.value else { return nil }
         return Field(node: node, path: path.isEmpty ? key : "\(path).\(key)", file: file, program: program)
     }
 }

@@ -28,6 +28,10 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
         return s + "Z"
     }
 
+    /// 0001-01-01T00:00:00Z: PostgreSQL's `timestamptz` holds no year 0 (nor, before it, a year
+    /// its proleptic calendar would call 1 BC).
+    public static let earliestStorable = Instant(microseconds: days(fromCivil: 1, 1, 1) * 86_400_000_000)
+
     /// Parses the contract's timestamp shape: `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, `T` and
     /// `Z` in either case. Fractions beyond microseconds are truncated. Returns nil for anything
     /// else, including impossible dates such as February 30th or an hour of 24.
@@ -136,7 +140,7 @@ private func daysIn(month m: Int64, year y: Int64) -> Int64 {
 }
 
 // Howard Hinnant's days_from_civil / civil_from_days: exact proleptic Gregorian arithmetic.
-private func days(fromCivil y0: Int64, _ m: Int64, _ d: Int64) -> Int64 {
+func days(fromCivil y0: Int64, _ m: Int64, _ d: Int64) -> Int64 {
     let y = m <= 2 ? y0 - 1 : y0
     let era = (y >= 0 ? y : y - 399) / 400
     let yoe = y - era * 400
@@ -145,7 +149,7 @@ private func days(fromCivil y0: Int64, _ m: Int64, _ d: Int64) -> Int64 {
     return era * 146_097 + doe - 719_468
 }
 
-private func civil(fromDays z0: Int64) -> (Int64, Int64, Int64) {
+func civil(fromDays z0: Int64) -> (Int64, Int64, Int64) {
     let z = z0 + 719_468
     let era = (z >= 0 ? z : z - 146_096) / 146_097
     let doe = z - era * 146_097

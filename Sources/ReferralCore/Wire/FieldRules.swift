@@ -44,11 +44,18 @@ extension Rule where T == String {
     /// The envelope `source`: 1-256 visible ASCII characters (U+0021-U+007E).
     static var source: Rule { .string { (s) throws(Invalid) in try ascii(s, 0x21...0x7E, maxLength: 256) } }
 
-    /// `Reason` and the envelope `subject`: any non-empty string.
+    /// `Reason` and the envelope `subject`: any non-empty string. Free text, so a NUL in it
+    /// (valid JSON, `\u0000`) is replaced by U+FFFD rather than refused: PostgreSQL's text and
+    /// jsonb cannot hold it, the batch failed on every delivery until the event was dead-lettered
+    /// as `processing_failed`, and refusing a `service.cancelled` for its reason would drop the
+    /// cancellation and miss a clawback.
     static var nonEmpty: Rule {
         .string { (s) throws(Invalid) in
             guard !s.isEmpty else { throw Invalid("empty string") }
-            return s
+            guard s.unicodeScalars.contains("\u{0}") else { return s }
+            var mended = String.UnicodeScalarView()
+            for u in s.unicodeScalars { mended.append(u == "\u{0}" ? "\u{FFFD}" : u) }
+            return String(mended)
         }
     }
 
@@ -98,6 +105,11 @@ extension Rule where T == Instant {
         .string { (s) throws(Invalid) in
             guard let t = Instant(rfc3339: s) else {
                 throw Invalid("\(quoted(s)) is not an RFC 3339 date-time with an offset")
+            }
+            // Valid RFC 3339, but PostgreSQL stores no year 0: accepted, it failed its batch on
+            // every delivery instead of being refused once.
+            guard t >= Instant.earliestStorable else {
+                throw Invalid("\(quoted(s)) is before 0001-01-01T00:00:00Z, the earliest time that can be stored")
             }
             return t
         }

@@ -48,14 +48,20 @@ extension OutgoingEvent {
     public static func friendOfferGranted(id: String, time: Instant, referralId: String, leadId: String,
                                           referralCode: ReferralCode, priorityInstall: Bool,
                                           friendRewardKind: RewardKind, friendRewardAmountMinor: Int64,
-                                          currency: String) -> OutgoingEvent {
-        OutgoingEvent(id: id, type: .friendOfferGranted, time: time, subject: referralId, data: [
+                                          currency: String, friendRewardByPlan: [String: Int64] = [:]) -> OutgoingEvent {
+        // Sent when the lead arrives, before any plan is known: `amount_minor` is the program's
+        // amount and `by_plan` the map, so that a CRM can say "up to".
+        var reward: [(String, JSONValue)] = [
+            ("kind", .string(friendRewardKind.rawValue)), ("amount_minor", .integer(friendRewardAmountMinor)),
+            ("currency", .string(currency)),
+        ]
+        if !friendRewardByPlan.isEmpty {
+            reward.append(("by_plan", .object(JSONObject(friendRewardByPlan.sorted { $0.key < $1.key }.map { ($0.key, .integer($0.value)) }))))
+        }
+        return OutgoingEvent(id: id, type: .friendOfferGranted, time: time, subject: referralId, data: [
             "referral_id": .string(referralId), "lead_id": .string(leadId),
             "referral_code": .string(referralCode.canonical), "priority_install": .bool(priorityInstall),
-            "friend_reward": .object([
-                "kind": .string(friendRewardKind.rawValue), "amount_minor": .integer(friendRewardAmountMinor),
-                "currency": .string(currency),
-            ]),
+            "friend_reward": .object(JSONObject(reward)),
         ])
     }
 

@@ -46,7 +46,7 @@ enum Apply {
         let fresh = freshIndexes.map { events[$0].event }
         let askFacts = fresh.compactMap(AskFact.from)
         try Store.insertAskFacts(c, askFacts)
-        let facts = fresh.compactMap(fact)
+        let facts = fresh.flatMap(Self.facts)
         if !facts.isEmpty {
             outcome.published = try lifecycle(c, facts: facts, context: context,
                                               mismatches: &outcome.mismatches, rewards: &outcome.rewards)
@@ -223,8 +223,9 @@ enum Apply {
         let programOfReward = Dictionary(deciding.flatMap { b in
             Beneficiary.allCases.map { (rewardId(referralId: b.binding.referralId, beneficiary: $0), b.binding.program.id) }
         }, uniquingKeysWith: { first, _ in first })
+        let programs = Dictionary(deciding.map { ($0.binding.referralId, $0.binding.program) }, uniquingKeysWith: { a, _ in a })
         for effect in effects {
-            if let event = outgoing(effect, context: context) { events.append(event) }
+            if let event = outgoing(effect, context: context, programs: programs) { events.append(event) }
             if case .rewardMismatch = effect { mismatches.append(effect) }
             if let change = rewardChange(effect, programOfReward: programOfReward) { rewards.append(change) }
         }
@@ -284,13 +285,15 @@ enum Apply {
     }
 
     /// The published event of an effect; nil for effects that only change the ledger.
-    static func outgoing(_ effect: Effect, context: Context) -> OutgoingEvent? {
+    /// `programs`: the program each decided referral is bound to (the offer names its `by_plan`).
+    static func outgoing(_ effect: Effect, context: Context, programs: [String: Program] = [:]) -> OutgoingEvent? {
         switch effect {
         case .friendOfferGranted(let referral, let lead, let code, let priority, let kind, let amount, let currency):
             guard let parsed = ReferralCode.parse(code) else { return nil }
             return .friendOfferGranted(id: newEventId(), time: context.now, referralId: referral, leadId: lead,
                                        referralCode: parsed, priorityInstall: priority, friendRewardKind: kind,
-                                       friendRewardAmountMinor: amount, currency: currency)
+                                       friendRewardAmountMinor: amount, currency: currency,
+                                       friendRewardByPlan: programs[referral]?.friendReward.byPlan ?? [:])
         case .statusChanged(let s):
             return .statusChanged(id: newEventId(), time: context.now, referralId: s.referralId,
                                   referrerAccountId: s.referrerAccountId, leadId: s.leadId,
@@ -309,6 +312,16 @@ enum Apply {
     }
 
     static func newEventId() -> String { UUID().uuidString.lowercased() }
+
+    /// The lifecycle facts an event carries: its fact, and for an activation that names a plan,
+    /// the plan (`Fact.planChosen`); none for types the lifecycle does not use.
+    static func facts(_ e: InboundEvent) -> [Fact] {
+        guard let f = fact(e) else { return [] }
+        if case .serviceActivated(let p) = e.payload, let plan = p.planId {
+            return [f, .planChosen(accountId: p.accountId, planId: plan, at: p.activatedAt)]
+        }
+        return [f]
+    }
 
     /// The lifecycle fact an event carries; nil for types the lifecycle does not use.
     static func fact(_ e: InboundEvent) -> Fact? {
