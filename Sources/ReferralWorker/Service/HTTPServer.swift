@@ -6,13 +6,16 @@ import Darwin
 import Foundation
 import Logging
 
-/// A minimal HTTP/1.1 server for a few GET endpoints, on one thread of its own with blocking
-/// POSIX sockets: the responses come from locked state and need no async work, and a thread
-/// keeps the cooperative pool (2 threads here) free of socket waits.
+/// A minimal HTTP/1.1 server for a few GET endpoints, with blocking POSIX sockets on threads of
+/// its own: the responses come from locked state and need no async work, and threads keep the
+/// cooperative pool (2 threads here) free of socket waits.
 ///
-/// One connection at a time, `Connection: close`. A client gets `requestDeadline` to send its
-/// request head (at most `maxRequestBytes`) and as long to read the answer, so a slow or
-/// malformed client delays a scrape by at most that, and can never hold the thread for good.
+/// An accepting thread hands each connection to a thread of its own, `Connection: close`, at
+/// most `maxConnections` at once (beyond that a connection is closed at once rather than queued
+/// behind the others). Served one at a time, a few idle connections delayed every probe and
+/// scrape by their deadlines in turn: tens of seconds. A client gets `requestDeadline` to send
+/// its request head (at most `maxRequestBytes`) and as long to read the answer, so a slow or
+/// malformed client holds its own thread for at most that, and never the others.
 final class HTTPServer: Sendable {
     struct Response: Sendable {
         var status: Int
@@ -30,11 +33,13 @@ final class HTTPServer: Sendable {
 
     static let maxRequestBytes = 8192
     static let requestDeadline: Duration = .seconds(2)
+    static let maxConnections = 64
 
     /// The bound port (the one asked for, or the kernel's pick for port 0).
     let port: Int
     private let listener: Int32
     private let stopping = Locked(false)
+    private let active = Locked(0)
 
     private init(listener: Int32, port: Int) {
         self.listener = listener
@@ -56,7 +61,7 @@ final class HTTPServer: Sendable {
 
     // MARK: the thread
 
-    private func serve(handler: Handler, logger: Logger) {
+    private func serve(handler: @escaping Handler, logger: Logger) {
         defer { close(listener) }
         while !stopping.withLock({ $0 }) {
             var p = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
@@ -66,8 +71,19 @@ final class HTTPServer: Sendable {
             // Darwin's accept inherits the listener's O_NONBLOCK; the per-call timeouts below
             // need a blocking socket.
             _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) & ~O_NONBLOCK)
-            Self.handle(client, handler: handler, logger: logger)
-            close(client)
+            let admitted = active.withLock { n -> Bool in
+                guard n < Self.maxConnections else { return false }
+                n += 1
+                return true
+            }
+            guard admitted else { close(client); continue }
+            let connection = Thread { [self] in
+                Self.handle(client, handler: handler, logger: logger)
+                close(client)
+                active.withLock { $0 -= 1 }
+            }
+            connection.name = "referrald-http-conn"
+            connection.start()
         }
     }
 
@@ -157,7 +173,7 @@ final class HTTPServer: Sendable {
         _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        guard bind(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == 0, listen(fd, 16) == 0 else {
+        guard bind(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == 0, listen(fd, Int32(maxConnections)) == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
             throw HTTPServerError(message: "cannot listen on \(host):\(port) (REFERRALD_HTTP_HOST/REFERRALD_HTTP_PORT): \(reason)")
