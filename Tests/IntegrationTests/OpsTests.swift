@@ -110,6 +110,15 @@ import Testing
         #expect(Ops.metric(text, "referrald_outbox_backlog") != nil)
         #expect(Ops.metric(text, "referrald_timers_due") != nil)
         #expect((Ops.metric(text, "referrald_start_time_seconds") ?? 0) > 1_700_000_000)
+        #expect(Ops.metric(text, "referrald_build_info", ["version": BuildInfo.version]) == 1)
+        #expect((Ops.metric(text, "process_resident_memory_bytes") ?? 0) > 1_000_000)
+        #expect((Ops.metric(text, "process_open_fds") ?? 0) > 3)
+        #expect((Ops.metric(text, "process_cpu_seconds_total") ?? 0) > 0)
+        #expect((Ops.metric(text, "referrald_loop_iterations_total") ?? 0) > 0)
+        // Every metric says what it is.
+        let typed = text.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.map { $0.split(separator: " ")[2] }
+        let helped = Set(text.split(separator: "\n").filter { $0.hasPrefix("# HELP ") }.map { $0.split(separator: " ")[2] })
+        #expect(!typed.isEmpty && typed.allSatisfy(helped.contains), "no HELP for \(typed.filter { !helped.contains($0) })")
 
         proxy.cut()
         var notReady = ""

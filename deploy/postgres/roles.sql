@@ -50,3 +50,23 @@ ALTER DEFAULT PRIVILEGES FOR ROLE referrald_migrate IN SCHEMA public
 -- Tables that already exist (a database migrated before this file was first run).
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO referrald_app;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO referrald_app;
+
+-- Guard rails on the runtime role, whatever a session asks for. A connection limit: each
+-- pipeline holds one connection, `reconcile`, `report` and `explain` one each; 40 leaves room
+-- for several instances and an operator, and stops a reconnect storm from taking every slot of
+-- the server. Timeouts: far above anything legitimate (a batch takes a fraction of a second;
+-- a statement of the worker never more than a few), so they end only what is stuck — a session
+-- left idle in a transaction holds its row locks and stalls every other instance.
+-- ALTER ROLE needs CREATEROLE (or a superuser): a run by the database owner alone says so
+-- instead of failing, so that the rest of this file stays runnable by the owner.
+DO $$
+BEGIN
+    IF (SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user) THEN
+        ALTER ROLE referrald_app CONNECTION LIMIT 40;
+        ALTER ROLE referrald_app SET statement_timeout = '120s';
+        ALTER ROLE referrald_app SET lock_timeout = '60s';
+        ALTER ROLE referrald_app SET idle_in_transaction_session_timeout = '120s';
+    ELSE
+        RAISE NOTICE 'referrald_app: connection limit and timeouts not set (run this file as a role with CREATEROLE)';
+    END IF;
+END $$;

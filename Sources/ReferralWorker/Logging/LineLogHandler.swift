@@ -6,6 +6,10 @@ import ReferralCore
 ///
 /// Lines are written with one `write(2)` each, so lines from different threads never interleave
 /// (a buffered `print` could split a line under load and break the journal's parsing).
+///
+/// Under systemd, with stderr connected to the journal, each line starts with its syslog
+/// priority (`<3>` error, `<4>` warning, `<6>` info…, sd-daemon(3)): without it every line is
+/// stored at the unit's default priority and `journalctl -p warning` shows nothing.
 public struct LineLogHandler: LogHandler {
     public enum Format: String, Sendable { case logfmt, json }
 
@@ -14,14 +18,42 @@ public struct LineLogHandler: LogHandler {
     public var logLevel: Logger.Level
     private let label: String
     private let format: Format
+    private let journal: Bool
     private let write: @Sendable (String) -> Void
 
-    public init(label: String, level: Logger.Level, format: Format,
+    public init(label: String, level: Logger.Level, format: Format, journal: Bool = LineLogHandler.stderrIsJournal,
                 write: @escaping @Sendable (String) -> Void = LineLogHandler.standardError) {
         self.label = label
         self.logLevel = level
         self.format = format
+        self.journal = journal
         self.write = write
+    }
+
+    /// Whether stderr is the journal stream systemd connected (`JOURNAL_STREAM` is
+    /// `<device>:<inode>` of it). The variable alone is not enough: a child of the service whose
+    /// stderr was redirected to a file inherits it, and its file would fill with prefixes.
+    public static let stderrIsJournal = isJournal(stream: ProcessInfo.processInfo.environment["JOURNAL_STREAM"], fd: 2)
+
+    /// Whether `fd` is the stream `JOURNAL_STREAM` names.
+    public static func isJournal(stream: String?, fd: Int32) -> Bool {
+        guard let parts = stream?.split(separator: ":"), parts.count == 2,
+              let device = UInt64(parts[0]), let inode = UInt64(parts[1]) else { return false }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return false }
+        return UInt64(st.st_dev) == device && UInt64(st.st_ino) == inode
+    }
+
+    /// sd-daemon(3)'s priority of a level.
+    static func priority(_ level: Logger.Level) -> Int {
+        switch level {
+        case .critical: 2
+        case .error: 3
+        case .warning: 4
+        case .notice: 5
+        case .info: 6
+        case .debug, .trace: 7
+        }
     }
 
     public static let standardError: @Sendable (String) -> Void = { line in
@@ -45,7 +77,8 @@ public struct LineLogHandler: LogHandler {
             ("logger", label),
             ("msg", event.message.description),
         ] + all.sorted { $0.key < $1.key }.map { ($0.key, "\($0.value)") }
-        write(format == .json ? Self.json(fields) : Self.logfmt(fields))
+        let line = format == .json ? Self.json(fields) : Self.logfmt(fields)
+        write(journal ? "<\(Self.priority(event.level))>" + line : line)
     }
 
     static func logfmt(_ fields: [(String, String)]) -> String {

@@ -67,6 +67,10 @@ public struct WorkerMetrics: Sendable {
     /// A batch rolled back by a deadlock or serialisation failure and retried: a few are the
     /// price of running several pipelines or instances; a steady rate means they fight over
     /// the same referrers.
+    func loopIteration() {
+        Counter(label: "referrald_loop_iterations_total", dimensions: [], factory: factory).increment()
+    }
+
     func lockConflict() {
         Counter(label: "referrald_lock_conflicts_total", dimensions: [], factory: factory).increment()
     }

@@ -40,7 +40,7 @@ struct HTTPService: Service {
             return .text(200, "OK", "ready")
         default:
             return HTTPServer.Response(status: 200, reason: "OK", contentType: "text/plain; version=0.0.4; charset=utf-8",
-                                       body: registry.emitToBuffer())
+                                       body: Exposition.render(registry))
         }
     }
 }

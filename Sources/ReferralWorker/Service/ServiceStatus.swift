@@ -77,6 +77,7 @@ public final class ServiceStatus: Sendable {
     func loopProgressed() {
         let now = ContinuousClock.now
         state.withLock { $0.lastLoopProgress = now }
+        metrics.loopIteration()
     }
 
     /// The database failed while the broker connection stays (a batch held for retry).
