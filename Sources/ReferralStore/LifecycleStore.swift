@@ -130,27 +130,13 @@ extension Store {
             """, [.textArray(erased), .textArray(leads)])
     }
 
-    /// Every stored fact about these leads, accounts or rewards.
-    public static func loadFacts(_ c: isolated PostgresConnection, leads: [String], accounts: [String],
-                                 rewards: [String]) throws -> [Fact] {
-        try c.query("""
-            SELECT kind, at, lead_id, account_id, invoice_id, reward_id, code, household_id, contact_hash,
-                   segment, sequence::int8 AS sequence, amount_minor, currency, reason, plan_id
-            FROM facts
-            WHERE lead_id = ANY($1::text[]) OR account_id = ANY($2::text[]) OR reward_id = ANY($3::text[])
-            ORDER BY seq
-            """, [.textArray(leads), .textArray(accounts), .textArray(rewards)]).compactMap(FactRow.fact)
-    }
-
     /// Every fact a decision of these referrals reads: their leads' (versions, orders), their
     /// friends' and referrers' accounts, and billing's answers about their rewards. Billing's
     /// answers are read by reward, never by account: the beneficiary of most of them is a
     /// referrer, and reading them by account would read every answer about every reward it was
     /// ever paid. `accounts` adds accounts decided for a code of their own.
     public static func loadFacts(_ c: isolated PostgresConnection, referrals: [BoundReferral], accounts: [String]) throws -> [Fact] {
-        let all = Array(Set(referrals.flatMap { [$0.binding.referrerAccountId] + ($0.friendAccountId.map { [$0] } ?? []) }
-                            + accounts))
-        let rewardIds = referrals.flatMap { b in Beneficiary.allCases.map { rewardId(referralId: b.binding.referralId, beneficiary: $0) } }
+        let all = Array(Set(referrals.flatMap(\.accounts) + accounts))
         if all.isEmpty && referrals.isEmpty { return [] }
         return try c.query("""
             SELECT kind, at, lead_id, account_id, invoice_id, reward_id, code, household_id, contact_hash,
@@ -159,7 +145,8 @@ extension Store {
             WHERE lead_id = ANY($1::text[])
                OR (account_id = ANY($2::text[]) AND kind NOT IN ('credit_applied', 'credit_rejected'))
                OR reward_id = ANY($3::text[])
-            """, [.textArray(referrals.map(\.binding.leadId)), .textArray(all), .textArray(rewardIds)]).compactMap(FactRow.fact)
+            """, [.textArray(referrals.map(\.binding.leadId)), .textArray(all), .textArray(referrals.flatMap(\.rewardIds))])
+            .compactMap(FactRow.fact)
     }
 
     // MARK: referrals
@@ -244,7 +231,7 @@ extension Store {
             WHERE r1.referral_id IN (SELECT referral_id FROM s)
             UNION
             SELECT l2.referral_id FROM referral_links l1 JOIN referral_links l2 ON l2.link = l1.link
-            WHERE l1.referral_id IN (SELECT referral_id FROM s) AND l1.link NOT LIKE 'r:%'
+            WHERE l1.referral_id IN (SELECT referral_id FROM s)
             ORDER BY 1
             """, [.textArray(seeds)]).map { try $0.decode("referral_id", as: String.self) }
     }
@@ -252,6 +239,11 @@ extension Store {
     public struct BoundReferral: Sendable {
         public var binding: ReferralBinding
         public var friendAccountId: String?
+
+        /// The accounts whose facts decide it: its referrer's, and its friend's once ordered.
+        public var accounts: [String] { [binding.referrerAccountId] + (friendAccountId.map { [$0] } ?? []) }
+        /// Its rewards' ids, one per beneficiary.
+        public var rewardIds: [String] { Beneficiary.allCases.map { rewardId(referralId: binding.referralId, beneficiary: $0) } }
     }
 
     public static func loadBindings(_ c: isolated PostgresConnection, _ ids: [String]) throws -> [BoundReferral] {
@@ -628,10 +620,8 @@ extension Store {
     static func neighbourhoodInput(_ c: isolated PostgresConnection, _ ids: [String])
         throws -> (bound: [BoundReferral], facts: [Fact], recorded: [Effect]) {
         let bound = try loadBindings(c, ids)
-        let accounts = Array(Set(bound.flatMap { [$0.binding.referrerAccountId] + ($0.friendAccountId.map { [$0] } ?? []) }))
-        let rewardIds = bound.flatMap { b in Beneficiary.allCases.map { rewardId(referralId: b.binding.referralId, beneficiary: $0) } }
-        let facts = try loadFacts(c, leads: bound.map(\.binding.leadId), accounts: accounts, rewards: rewardIds)
-        return (bound, facts, try loadEffects(c, referrals: ids, accounts: accounts))
+        return (bound, try loadFacts(c, referrals: bound, accounts: []),
+                try loadEffects(c, referrals: ids, accounts: Array(Set(bound.flatMap(\.accounts)))))
     }
 
     /// The input of `explain`: the oracle's neighbourhood of these referrals, read without locking.

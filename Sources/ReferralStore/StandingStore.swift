@@ -22,7 +22,7 @@ extension Store {
             SELECT r.referral_id, r.lead_id, r.referrer_account_id, r.code, r.lead_at, r.lead_code,
                    r.friend_account_id, r.milestone_at,
                    coalesce((SELECT string_agg(link, E'\\n' ORDER BY link COLLATE "C") FROM referral_links l
-                             WHERE l.referral_id = r.referral_id AND l.link NOT LIKE 'r:%'), '') AS links
+                             WHERE l.referral_id = r.referral_id), '') AS links
             FROM referrals r WHERE r.referral_id = ANY($1::text[]) AND r.lead_at IS NOT NULL
             """, [.textArray(ids)]) {
             let links = try row.decode("links", as: String.self).split(separator: "\n").map(String.init)
@@ -51,7 +51,16 @@ extension Store {
     /// batches each adding a milestone one short of the cap would each see itself inside it,
     /// and neither would re-decide the other). Taken before any standing is written, in hash
     /// order, after the batch's fact-key locks (`lockFactKeys`), always in that order.
-    public static func lockCompetitionKeys(_ c: isolated PostgresConnection, _ keys: [String]) throws {
+    ///
+    /// The keys of a change: the friend keys and rankings of its old and new standing, and the
+    /// household/contact pairs it newly gives its referrer (`Lifecycle.personalLockKeys`).
+    public static func lockCompetitionKeys(_ c: isolated PostgresConnection,
+                                           _ changes: [(old: ReferralStanding?, new: ReferralStanding)]) throws {
+        let keys = changes.flatMap { change in
+            [change.old, change.new].compactMap { $0 }.flatMap { s in
+                s.claimKeys + [s.codeDay?.rankingKey, s.capYear?.rankingKey].compactMap { $0 }
+            } + Lifecycle.personalLockKeys(change)
+        }
         if keys.isEmpty { return }
         _ = try c.query("""
             SELECT pg_advisory_xact_lock(2, h) FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) k ORDER BY h) s
@@ -80,8 +89,8 @@ extension Store {
             for link in now.subtracting(keep).sorted() {
                 ids.append(new.referralId); links.append(link); leadAt.append(new.leadAt.rfc3339); leads.append(new.leadId)
             }
-            // A standing without its old one (first computed, or by a release that also kept an
-            // `r:` link) or whose lead time moved: every old link goes.
+            // A standing computed for the first time (the backfill: the previous release's links,
+            // `r:<referrer>` among them, go) or whose lead time moved: every old link goes.
             if keep.isEmpty { goneIds.append(new.referralId); gone.append("*") }
             for link in keep.subtracting(now).sorted() { goneIds.append(new.referralId); gone.append(link) }
         }
@@ -290,8 +299,7 @@ extension Store {
                 FROM referrals WHERE milestone_at IS NOT NULL GROUP BY 1
                 """)
         }
-        let seconds = Double((ContinuousClock.now - started).components.attoseconds) / 1e18
-            + Double((ContinuousClock.now - started).components.seconds)
+        let seconds = (ContinuousClock.now - started).inSeconds
         logger.info("standings backfilled", metadata: [
             "referrals": "\(filled)", "seconds": "\(String(format: "%.1f", seconds))",
             "seconds_per_million": "\(filled > 0 ? String(format: "%.0f", seconds * 1_000_000 / Double(filled)) : "0")",

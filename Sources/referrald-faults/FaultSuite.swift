@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ReferralCore
 import ReferralTestKit
 
 /// The fault suite: drives a referral load with known rewards through the real `referrald run`,
@@ -135,5 +136,5 @@ struct FaultSuite: AsyncParsableCommand {
 func say(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
 
 func seconds(_ d: Duration) -> String {
-    String(format: "%.1f s", Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18)
+    String(format: "%.1f s", d.inSeconds)
 }

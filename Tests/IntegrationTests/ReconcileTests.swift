@@ -40,8 +40,7 @@ import Testing
 
         let started = ContinuousClock.now
         _ = try await Schema.migrate(db, logger: TestServices.logger)
-        let seconds = Double((ContinuousClock.now - started).components.attoseconds) / 1e18
-            + Double((ContinuousClock.now - started).components.seconds)
+        let seconds = (ContinuousClock.now - started).inSeconds
         print(String(format: "migration of %d referrals to version %d: %.2f s (%.0f s per million referrals)",
                      referrals, Schema.latestVersion, seconds, seconds * 1_000_000 / Double(referrals)))
         #expect(try await Schema.currentVersion(db) == Schema.latestVersion)

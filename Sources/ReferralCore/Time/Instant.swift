@@ -168,3 +168,8 @@ extension Int64 {
         return r < 0 ? (q - 1, r + d) : (q, r)
     }
 }
+
+extension Duration {
+    /// The duration in seconds, with its fraction: for figures printed and logged.
+    public var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

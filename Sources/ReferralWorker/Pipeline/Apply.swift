@@ -181,19 +181,11 @@ enum Apply {
             let fresh = Lifecycle.standings(facts: facts, referrals: bound.values.map(\.binding))
             for s in fresh { standings[s.referralId] = s }
             let changes = fresh.map { (old: old[$0.referralId], new: $0) }.filter { $0.old != $0.new }
-            let queries: [BoundaryQuery]
-            if changes.isEmpty {
-                queries = Lifecycle.referrerBoundaries(referrerFacts)
-            } else {
-                let limits = try Store.rankingLimits(c)
-                queries = Lifecycle.boundaries(changes: changes, leadLimits: limits.leads, capLimits: limits.caps)
-                    + Lifecycle.referrerBoundaries(referrerFacts)
-            }
-            try Store.lockCompetitionKeys(c, changes.flatMap { change in
-                [change.old, change.new].compactMap { $0 }.flatMap { s in
-                    s.claimKeys + [s.codeDay?.rankingKey, s.capYear?.rankingKey].compactMap { $0 }
-                } + Lifecycle.personalLockKeys(change)
-            })
+            // The limits are read only when a ranking can have moved.
+            let limits = changes.isEmpty ? (leads: [], caps: []) : try Store.rankingLimits(c)
+            let queries = Lifecycle.boundaries(changes: changes, leadLimits: limits.leads, capLimits: limits.caps)
+                + Lifecycle.referrerBoundaries(referrerFacts)
+            try Store.lockCompetitionKeys(c, changes)
             try Store.saveStandings(c, changes)
             if !queries.isEmpty { targets.formUnion(try Store.resolveBoundaries(c, queries)) }
         }
@@ -209,8 +201,7 @@ enum Apply {
                         uniquingKeysWith: { fresh, _ in fresh })
         let competition = try Store.competition(c, deciding.compactMap { b in standings[b.binding.referralId].map { (b.binding, $0) } },
                                                 now: context.now)
-        let accounts = Array(Set(deciding.flatMap { [$0.binding.referrerAccountId] + ($0.friendAccountId.map { [$0] } ?? []) }
-                                 + extraAccounts))
+        let accounts = Array(Set(deciding.flatMap(\.accounts) + extraAccounts))
         let recorded = try Store.loadEffects(c, referrals: deciding.map(\.binding.referralId), accounts: accounts,
                                              cache: context.effects)
         let decision = Lifecycle.decide(LifecycleInput(
@@ -220,9 +211,8 @@ enum Apply {
         var events: [OutgoingEvent] = []
         events += try issueCodes(c, decision.codeRequests, context: context)
         let effects = try Store.recordEffects(c, decision.effects, at: context.now)
-        let programOfReward = Dictionary(deciding.flatMap { b in
-            Beneficiary.allCases.map { (rewardId(referralId: b.binding.referralId, beneficiary: $0), b.binding.program.id) }
-        }, uniquingKeysWith: { first, _ in first })
+        let programOfReward = Dictionary(deciding.flatMap { b in b.rewardIds.map { ($0, b.binding.program.id) } },
+                                         uniquingKeysWith: { first, _ in first })
         let programs = Dictionary(deciding.map { ($0.binding.referralId, $0.binding.program) }, uniquingKeysWith: { a, _ in a })
         for effect in effects {
             if let event = outgoing(effect, context: context, programs: programs) { events.append(event) }

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Metrics
 import Prometheus
+import ReferralCore
 import ServiceLifecycle
 import UnixSignals
 
@@ -86,7 +87,7 @@ struct DrainingGroup {
             if took >= drainTimeout {
                 throw Escalated(description: "drain took longer than REFERRALD_DRAIN_TIMEOUT_SECONDS (\(drainTimeout.components.seconds) s); cancelled")
             }
-            logger.notice("stopped", metadata: ["drain.seconds": "\(Double(took.components.attoseconds) / 1e18 + Double(took.components.seconds))"])
+            logger.notice("stopped", metadata: ["drain.seconds": "\(took.inSeconds)"])
         }
     }
 }

@@ -57,8 +57,7 @@ public enum Enroll {
             progress?(done, rows.count)
         }
         await db.close()
-        summary.seconds = Double((ContinuousClock.now - began).components.attoseconds) / 1e18
-            + Double((ContinuousClock.now - began).components.seconds)
+        summary.seconds = (ContinuousClock.now - began).inSeconds
         return summary
     }
 }

@@ -66,8 +66,7 @@ public enum Reconcile {
                 logger.warning("standing differed from the facts; fixed", metadata: ["referral.id": "\(id)"])
             }
         }
-        summary.seconds = Double((ContinuousClock.now - began).components.attoseconds) / 1e18
-            + Double((ContinuousClock.now - began).components.seconds)
+        summary.seconds = (ContinuousClock.now - began).inSeconds
         return summary
     }
 }
