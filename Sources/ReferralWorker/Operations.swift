@@ -100,18 +100,19 @@ public struct Daemon: Sendable {
         let registry = MetricsBootstrap.registry
         let metrics = WorkerMetrics()
         metrics.started(at: Date())
-        let status = ServiceStatus(metrics: metrics)
+        let status = ServiceStatus(metrics: metrics, pipelines: settings.workers)
         let effects = EffectCache()
         let workers = (1...settings.workers).map { n in
             Worker(settings: settings, programs: programs, logger: logger.with(worker: n, of: settings.workers),
-                   instanceName: settings.workers == 1 ? "referrald" : "referrald-\(n)", status: status, metrics: metrics,
-                   effectCache: effects)
+                   instanceName: settings.workers == 1 ? "referrald" : "referrald-\(n)", status: status,
+                   pipeline: n - 1, metrics: metrics, effectCache: effects)
         }
         // Shut down in reverse order: the reporter first (STOPPING=1, /readyz says draining),
         // then the worker drains, then the HTTP endpoint, which answers until the drain is over.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if settings.httpPort != 0 {
             services.append(.init(service: HTTPService(host: settings.httpHost, port: settings.httpPort, status: status,
+                                                       stallWindow: .seconds(settings.healthStallSeconds),
                                                        registry: registry, logger: logger)))
         }
         services.append(.init(service: WorkerService(workers: workers)))

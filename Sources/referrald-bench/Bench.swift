@@ -325,7 +325,7 @@ struct Runner {
     /// year's cap ranking where they can: the rankings the hot phase's decisions read.
     func seedHistory(code: String, count: Int, now: Instant) async throws -> Double {
         if count == 0 { return 0 }
-        try await bed.db.run { c in
+        _ = try await bed.db.run { c in
             try c.execute("""
                 WITH owner AS (SELECT account_id, program_id FROM referral_codes WHERE code = $1),
                      version AS (SELECT max(version) AS v FROM program_versions WHERE program_id = (SELECT program_id FROM owner)),

@@ -36,7 +36,7 @@ struct FaultSuite: AsyncParsableCommand {
         ?? "/usr/lib/postgresql/15/bin"
     @Option(help: "The referrald binary (default: beside this one).")
     var daemon = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("referrald").path
-    @Option(help: "Comma-separated scenarios, or 'all'; 'memory' is the RSS check.")
+    @Option(help: "Comma-separated scenarios, or 'all'; 'memory' is the RSS check, 'poison' the failing-event check.")
     var scenarios = "all"
     @Option(help: "Events of the kill -9 scenario.")
     var events = 10_000
@@ -52,6 +52,8 @@ struct FaultSuite: AsyncParsableCommand {
     var rate = 400
     @Option(help: "Seconds a scenario may take to deliver everything after its last fault.")
     var drainTimeout = 180
+    @Option(help: "Good events around the poison in the poison check.")
+    var poisonGood = 500
     @Option(help: "Messages waiting in the queue for the memory check.")
     var queuedMessages = 1_000_000
     @Option(help: "Seed of the plans and fault moments (printed; a failure replays with it).")
@@ -107,8 +109,22 @@ struct FaultSuite: AsyncParsableCommand {
                 say("memory: FAILED: \(error)")
             }
         }
+        var poisonPassed = true
+        if wanted.contains("all") || wanted.contains("poison") {
+            say("poison: \(poisonGood) good events and 1 that no transaction can apply, in one backlog …")
+            do {
+                let p = try await PoisonCheck.run(config: config, good: poisonGood)
+                // Event by event, the batch around the poison cost a transaction per event.
+                poisonPassed = p.applied == Int64(p.good) && p.deadLettered == 1 && p.transactions < Int64(p.good / 2)
+                say("poison: \(p.applied) of \(p.good) applied, \(p.deadLettered) dead-lettered, \(p.transactions) transactions, "
+                    + "in \(seconds(p.took)) \(poisonPassed ? "ok" : "FAILED (needs all applied, 1 dead-lettered, < \(p.good / 2) transactions)")")
+            } catch {
+                poisonPassed = false
+                say("poison: FAILED: \(error)")
+            }
+        }
         printTable(verdicts)
-        let failed = verdicts.filter { !$0.passed }.count + (memoryPassed ? 0 : 1)
+        let failed = verdicts.filter { !$0.passed }.count + (memoryPassed ? 0 : 1) + (poisonPassed ? 0 : 1)
         say("fault suite: \(verdicts.count - verdicts.filter { !$0.passed }.count) passed, \(failed) failed in \(seconds(ContinuousClock.now - began))")
         if failed > 0 { throw ExitCode(1) }
     }

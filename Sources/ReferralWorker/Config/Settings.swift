@@ -45,6 +45,7 @@ public struct Settings: Sendable {
     }
     public var drainTimeoutSeconds: Int
     public var stopTimeoutSeconds: Int
+    public var healthStallSeconds: Int
 
     /// One documented key. `defaultValue` nil means the key is required.
     public struct Key: Sendable {
@@ -109,6 +110,8 @@ public struct Settings: Sendable {
             help: "After SIGTERM, how long the batch in hand may take to commit, publish and ack before the worker is cancelled (its unacked deliveries are then redelivered). Must be below REFERRALD_STOP_TIMEOUT_SECONDS.", secret: false),
         Key(name: "REFERRALD_STOP_TIMEOUT_SECONDS", defaultValue: "30",
             help: "The unit's TimeoutStopSec, after which systemd sends SIGKILL; only used to check the drain timeout against it.", secret: false),
+        Key(name: "REFERRALD_HEALTH_STALL_SECONDS", defaultValue: "30",
+            help: "/healthz answers 503 when a pipeline's consume loop has not completed an iteration (with its database and broker up) for this long: the unit's WatchdogSec, so that a container's liveness probe restarts what systemd would.", secret: false),
     ]
 
     /// Reads the settings from the environment and an optional `KEY=VALUE` file.
@@ -202,7 +205,8 @@ public struct Settings: Sendable {
             rewardRetryBackoff: try span("REFERRALD_REWARD_RETRY_BACKOFF"),
             rewardRetryBackoffMax: try span("REFERRALD_REWARD_RETRY_BACKOFF_MAX"),
             drainTimeoutSeconds: try int("REFERRALD_DRAIN_TIMEOUT_SECONDS", 1...3600),
-            stopTimeoutSeconds: try int("REFERRALD_STOP_TIMEOUT_SECONDS", 1...3600))
+            stopTimeoutSeconds: try int("REFERRALD_STOP_TIMEOUT_SECONDS", 1...3600),
+            healthStallSeconds: try int("REFERRALD_HEALTH_STALL_SECONDS", 5...3600))
         try settings.validate(source: source)
         return settings
     }

@@ -2,8 +2,11 @@ import Foundation
 
 /// Crash points for the fault tests: with `REFERRALD_FAILPOINT=after-commit` (or
 /// `after-publish`) the process exits abruptly at that point, as a `kill -9` would stop it
-/// there, so the tests can show that a restart neither loses nor doubles an effect.
-/// Unset in production, where `hit` is a comparison and nothing else.
+/// there, so the tests can show that a restart neither loses nor doubles an effect. With
+/// `poison-event:<id>`, every transaction that applies the event with that CloudEvents id fails
+/// after its writes, as an event the database cannot store would: the fault suite's poison
+/// check shows that the batch around it is still applied and the event alone dead-lettered.
+/// Unset in production, where `hit` and `poison` are a comparison and nothing else.
 struct Failpoint: Sendable {
     enum Point: String, Sendable {
         /// After the batch's transaction committed, before its outbox is published or it is acked.
@@ -13,9 +16,23 @@ struct Failpoint: Sendable {
     }
 
     let armed: Point?
+    let poisonEventId: String?
 
     static func fromEnvironment() -> Failpoint {
-        Failpoint(armed: ProcessInfo.processInfo.environment["REFERRALD_FAILPOINT"].flatMap(Point.init(rawValue:)))
+        let text = ProcessInfo.processInfo.environment["REFERRALD_FAILPOINT"]
+        let poison = text.flatMap { $0.hasPrefix("poison-event:") ? String($0.dropFirst("poison-event:".count)) : nil }
+        return Failpoint(armed: text.flatMap(Point.init(rawValue:)), poisonEventId: poison)
+    }
+
+    struct Poisoned: Error, CustomStringConvertible {
+        let eventId: String
+        var description: String { "failpoint poison-event: event \(eventId) cannot be applied" }
+    }
+
+    /// Throws when the poisoned event is among these.
+    func poison(_ eventIds: some Sequence<String>) throws {
+        guard let poisonEventId, eventIds.contains(poisonEventId) else { return }
+        throw Poisoned(eventId: poisonEventId)
     }
 
     func hit(_ point: Point) {

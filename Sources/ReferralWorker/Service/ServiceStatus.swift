@@ -16,27 +16,41 @@ public final class ServiceStatus: Sendable {
         case draining
     }
 
-    struct State {
-        var phase = Phase.starting
-        var detail: String?
+    /// What one pipeline (one consume loop with its own connections) last reported. Kept per
+    /// pipeline because a shared flag let a wedged pipeline hide behind a healthy one: the
+    /// healthy loop kept the watchdog fed and `/healthz` green while the other held its batch
+    /// unacked forever.
+    struct Pipeline {
         var brokerUp = false
         var databaseUp = false
-        /// Set once the connected database's schema was found current; the worker refuses an
-        /// older schema, so this only stays false until the first database connect.
-        var schemaCurrent = false
         /// Outcome of the latest database round trip: a loop that keeps polling the broker while
         /// its database calls fail must not look healthy.
         var lastDatabaseRoundTripSucceeded = false
         /// When the consume loop last finished an iteration (poll, batch, due timers, relay).
         var lastLoopProgress: ContinuousClock.Instant?
-        var everConnected: Set<WorkerMetrics.Peer> = []
     }
 
-    private let state = Locked(State())
-    private let metrics: WorkerMetrics
+    struct State {
+        var phase = Phase.starting
+        var detail: String?
+        var pipelines: [Pipeline]
+        /// Set once the connected database's schema was found current; the worker refuses an
+        /// older schema, so this only stays false until the first database connect.
+        var schemaCurrent = false
+        var everConnected: Set<WorkerMetrics.Peer> = []
+        var brokerUp: Bool { pipelines.allSatisfy(\.brokerUp) }
+        var databaseUp: Bool { pipelines.allSatisfy(\.databaseUp) }
+    }
 
-    public init(metrics: WorkerMetrics = WorkerMetrics()) {
+    private let state: Locked<State>
+    private let metrics: WorkerMetrics
+    private let started: ContinuousClock.Instant
+
+    /// `pipelines`: the consume loops that report (REFERRALD_WORKERS), numbered from 0.
+    public init(metrics: WorkerMetrics = WorkerMetrics(), pipelines: Int = 1, started: ContinuousClock.Instant = .now) {
         self.metrics = metrics
+        self.started = started
+        state = Locked(State(pipelines: Array(repeating: Pipeline(), count: max(1, pipelines))))
         for peer in WorkerMetrics.Peer.allCases { metrics.connection(peer, up: false) }
     }
 
@@ -49,53 +63,52 @@ public final class ServiceStatus: Sendable {
     }
 
     /// Counts a reconnect when a peer comes back after having been up before.
-    func databaseConnected() {
+    func databaseConnected(pipeline: Int = 0) {
         let reconnected = state.withLock { s in
-            defer { s.databaseUp = true }
+            defer { s.pipelines[pipeline].databaseUp = true }
             s.schemaCurrent = true
-            s.lastDatabaseRoundTripSucceeded = true
-            return !s.everConnected.insert(.postgres).inserted && !s.databaseUp
+            s.pipelines[pipeline].lastDatabaseRoundTripSucceeded = true
+            return !s.everConnected.insert(.postgres).inserted && !s.pipelines[pipeline].databaseUp
         }
         metrics.connection(.postgres, up: true)
         if reconnected { metrics.reconnected(.postgres) }
     }
 
-    func brokerConnected() {
+    func brokerConnected(pipeline: Int = 0) {
         let reconnected = state.withLock { s in
-            defer { s.brokerUp = true }
-            if s.phase != .draining, s.databaseUp { s.phase = .consuming; s.detail = nil }
-            return !s.everConnected.insert(.amqp).inserted && !s.brokerUp
+            defer { s.pipelines[pipeline].brokerUp = true }
+            if s.phase != .draining, s.pipelines[pipeline].databaseUp { s.phase = .consuming; s.detail = nil }
+            return !s.everConnected.insert(.amqp).inserted && !s.pipelines[pipeline].brokerUp
         }
         metrics.connection(.amqp, up: true)
         if reconnected { metrics.reconnected(.amqp) }
     }
 
-    func databaseRoundTripSucceeded() {
-        state.withLock { $0.lastDatabaseRoundTripSucceeded = true }
+    func databaseRoundTripSucceeded(pipeline: Int = 0) {
+        state.withLock { $0.pipelines[pipeline].lastDatabaseRoundTripSucceeded = true }
     }
 
-    func loopProgressed() {
-        let now = ContinuousClock.now
-        state.withLock { $0.lastLoopProgress = now }
+    func loopProgressed(pipeline: Int = 0, now: ContinuousClock.Instant = .now) {
+        state.withLock { $0.pipelines[pipeline].lastLoopProgress = now }
         metrics.loopIteration()
     }
 
     /// The database failed while the broker connection stays (a batch held for retry).
-    func databaseLost(_ error: any Error) {
+    func databaseLost(_ error: any Error, pipeline: Int = 0) {
         state.withLock { s in
-            s.databaseUp = false
-            s.lastDatabaseRoundTripSucceeded = false
+            s.pipelines[pipeline].databaseUp = false
+            s.pipelines[pipeline].lastDatabaseRoundTripSucceeded = false
             if s.phase != .draining { s.phase = .databaseUnavailable; s.detail = Self.reason(error) }
         }
         metrics.connection(.postgres, up: false)
     }
 
     /// The loop failed and the worker drops every connection before it reconnects.
-    func failed(_ error: any Error) {
+    func failed(_ error: any Error, pipeline: Int = 0) {
         state.withLock { s in
-            s.brokerUp = false
-            s.databaseUp = false
-            if error is PostgresError || error is NotConnected { s.lastDatabaseRoundTripSucceeded = false }
+            s.pipelines[pipeline].brokerUp = false
+            s.pipelines[pipeline].databaseUp = false
+            if error is PostgresError || error is NotConnected { s.pipelines[pipeline].lastDatabaseRoundTripSucceeded = false }
             guard s.phase != .draining else { return }
             switch error {
             case is PostgresError, is NotConnected: s.phase = .databaseUnavailable
@@ -128,17 +141,40 @@ public final class ServiceStatus: Sendable {
         }
     }
 
-    /// The watchdog condition: the consume loop finished an iteration within `window` (a loop
-    /// stuck in a call, on a hung socket or a lock, stops advancing it) and the latest database
-    /// round trip succeeded with both connections up (a loop spinning on failing calls or
-    /// waiting out a back-off does not count). The loop touches the database at least once a
-    /// second (the timer scan), so a dead database turns this false within about a second.
+    /// The watchdog condition, met only when *every* pipeline meets it: its consume loop
+    /// finished an iteration within `window` (a loop stuck in a call, on a hung socket or a
+    /// lock, stops advancing it) and its latest database round trip succeeded with both its
+    /// connections up (a loop spinning on failing calls or waiting out a back-off does not
+    /// count). The loop touches the database at least once a second (the timer scan), so a dead
+    /// database turns this false within about a second.
     public func isMakingProgress(within window: Duration, now: ContinuousClock.Instant = .now) -> Bool {
         state.withLock { s in
-            guard let last = s.lastLoopProgress, now - last <= window else { return false }
-            return s.lastDatabaseRoundTripSucceeded && s.databaseUp && s.brokerUp
+            s.pipelines.allSatisfy { p in
+                guard let last = p.lastLoopProgress, now - last <= window else { return false }
+                return p.lastDatabaseRoundTripSucceeded && p.databaseUp && p.brokerUp
+            }
         }
     }
+
+    /// `/healthz`: nil when live, else why not. What the watchdog sees, so that Docker's
+    /// HEALTHCHECK and a Kubernetes liveness probe restart what systemd would restart. For the
+    /// first `window` after start, a process still connecting counts as live (systemd's watchdog
+    /// is not armed before READY=1 either); after that, a pipeline that never got going is as
+    /// stuck as one that stopped.
+    public func notLiveReason(within window: Duration, now: ContinuousClock.Instant = .now) -> String? {
+        let stuck = state.withLock { s in
+            s.pipelines.indices.filter { i in
+                let p = s.pipelines[i]
+                guard let last = p.lastLoopProgress else { return now - started > window }
+                return now - last > window || !(p.lastDatabaseRoundTripSucceeded && p.databaseUp && p.brokerUp)
+            }
+        }
+        if stuck.isEmpty { return nil }
+        let names = stuck.map { "\($0 + 1)" }.joined(separator: ", ")
+        return "consume loop not progressing within \(Int(window.inSeconds)) s (pipeline \(names) of \(pipelineCount))"
+    }
+
+    var pipelineCount: Int { state.withLock { $0.pipelines.count } }
 
     /// The line for systemd's STATUS=: the phase, and the reason for an unavailable one.
     public func statusLine() -> String {
