@@ -32,6 +32,7 @@ public enum IsolatedWorld {
             "REFERRALD_INBOX_QUEUE": "\(name).inbox",
             "REFERRALD_DLX": "\(name).dlx",
             "REFERRALD_DLQ": "\(name).dlq",
+            "REFERRALD_PARKED_QUEUE": "\(name).parked",
             "REFERRALD_EVENTS_EXCHANGE": "\(name).referral.events",
             "REFERRALD_UPSTREAM_EXCHANGES": "\(name).provisioning,\(name).billing,\(name).crm",
             "REFERRALD_HTTP_PORT": "0",

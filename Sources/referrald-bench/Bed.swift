@@ -90,7 +90,7 @@ struct Bed: Sendable {
     }
 
     func tearDown() async {
-        for q in [settings.inboxQueue, settings.deadLetterQueue, observerQueue] { try? await producer.deleteQueue(q) }
+        for q in [settings.inboxQueue, settings.deadLetterQueue, settings.parkedQueue, observerQueue] { try? await producer.deleteQueue(q) }
         for x in settings.upstreamExchanges + [settings.eventsExchange, settings.deadLetterExchange] {
             try? await producer.deleteExchange(x)
         }

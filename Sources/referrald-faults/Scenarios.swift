@@ -227,6 +227,49 @@ enum Scenarios {
                 return terminated
             },
             Scenario(name: "three-instances", events: baseEvents * 2, instances: 3) { _ in 0 },
+            // The DLQ deleted under load (and with it its binding): the broker returns every dead
+            // letter. Valid events must keep flowing, the refused dead letters wait in the parked
+            // queue, and once the DLQ is back every one of them reaches it with its reason
+            // (HostileInput.check, as in hostile-input).
+            Scenario(name: "dlq-deleted", events: baseEvents, hostile: true) { ctx in
+                let world = ctx.world
+                let settings = world.settings
+                let amqp = try await AMQPConnection.connect(try AMQPURL(parsing: world.services.amqpURL), heartbeatSeconds: 30,
+                                                            connectionName: "referrald-faults dlq", logger: quietLogger)
+                defer { Task { await amqp.close() } }
+                // Deleted before the paced load, in which the hostile input travels: a dead letter
+                // already in the DLQ would go with it, and the check would count it as lost.
+                try await amqp.deleteQueue(settings.deadLetterQueue)
+                try await ctx.at(0.05)
+                let inboxBefore = try await world.count("SELECT count(*) FROM inbox")
+                var parkedPeak: UInt32 = 0
+                let sampler = Task {
+                    var peak: UInt32 = 0
+                    while !Task.isCancelled {
+                        peak = max(peak, await world.queueDepth(settings.parkedQueue) ?? 0)
+                        try? await Task.sleep(for: .milliseconds(200))
+                    }
+                    return peak
+                }
+                try await ctx.at(0.5)
+                sampler.cancel()
+                parkedPeak = await sampler.value
+                let applied = try await world.count("SELECT count(*) FROM inbox") - inboxBefore
+                _ = try await amqp.declareQueue(settings.deadLetterQueue, durable: true, arguments: ["x-queue-type": .string("quorum")])
+                try await amqp.bindQueue(settings.deadLetterQueue, exchange: settings.deadLetterExchange, routingKey: "")
+                let restoredAt = ContinuousClock.now
+                var drained = false
+                while ContinuousClock.now < restoredAt + .seconds(120) {
+                    if await world.queueDepth(settings.parkedQueue) == 0 { drained = true; break }
+                    try await Task.sleep(for: .milliseconds(200))
+                }
+                ctx.notes.append("DLQ gone for the first half of the load: \(applied) valid events applied meanwhile, \(parkedPeak) dead letters parked; "
+                                 + "parked queue empty \(ContinuousClock.now - restoredAt) after the DLQ was back")
+                if applied == 0 { ctx.failures.append("no valid event was applied while the DLQ was gone") }
+                if parkedPeak == 0 { ctx.failures.append("no dead letter was parked while the DLQ was gone") }
+                if !drained { ctx.failures.append("parked dead letters did not reach the DLQ within 120 s") }
+                return 1
+            },
             Scenario(name: "sigterm", events: baseEvents) { ctx in
                 for moment in [0.2, 0.5, 0.8] {
                     try await ctx.at(moment)

@@ -90,7 +90,7 @@ final class World: Sendable {
     func tearDown() async {
         if let amqp = try? await AMQPConnection.connect(try AMQPURL(parsing: services.amqpURL), heartbeatSeconds: 30,
                                                         connectionName: "referrald-faults teardown", logger: quietLogger) {
-            for q in [settings.inboxQueue, settings.deadLetterQueue, observerQueue] { try? await amqp.deleteQueue(q) }
+            for q in [settings.inboxQueue, settings.deadLetterQueue, settings.parkedQueue, observerQueue] { try? await amqp.deleteQueue(q) }
             for x in settings.upstreamExchanges + [settings.eventsExchange, settings.deadLetterExchange] {
                 try? await amqp.deleteExchange(x)
             }

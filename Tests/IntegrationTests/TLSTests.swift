@@ -185,6 +185,7 @@ struct TLSSettingsTests {
             "REFERRALD_INBOX_QUEUE": "\(prefix).inbox",
             "REFERRALD_DLX": "\(prefix).dlx",
             "REFERRALD_DLQ": "\(prefix).dlq",
+            "REFERRALD_PARKED_QUEUE": "\(prefix).parked",
             "REFERRALD_EVENTS_EXCHANGE": "\(prefix).events",
             "REFERRALD_UPSTREAM_EXCHANGES": "\(prefix).provisioning,\(prefix).billing,\(prefix).crm",
         ])

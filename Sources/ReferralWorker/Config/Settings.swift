@@ -23,6 +23,7 @@ public struct Settings: Sendable {
     public var inboxQueue: String
     public var deadLetterExchange: String
     public var deadLetterQueue: String
+    public var parkedQueue: String
     public var eventsExchange: String
     public var upstreamExchanges: [String]
     public var batchSize: Int
@@ -78,6 +79,8 @@ public struct Settings: Sendable {
             help: "Fanout exchange for messages the worker cannot process.", secret: false),
         Key(name: "REFERRALD_DLQ", defaultValue: "referrald.dlq",
             help: "Quorum queue bound to the dead-letter exchange.", secret: false),
+        Key(name: "REFERRALD_PARKED_QUEUE", defaultValue: "referrald.parked",
+            help: "Quorum queue where a dead letter the broker refused (DLQ deleted, unbound or full) waits, published through the default exchange; retried into the dead-letter exchange with back-off.", secret: false),
         Key(name: "REFERRALD_EVENTS_EXCHANGE", defaultValue: "referral.events",
             help: "Topic exchange the worker publishes on.", secret: false),
         Key(name: "REFERRALD_UPSTREAM_EXCHANGES", defaultValue: "provisioning.events,billing.events,crm.events",
@@ -190,6 +193,7 @@ public struct Settings: Sendable {
             inboxQueue: try value("REFERRALD_INBOX_QUEUE"),
             deadLetterExchange: try value("REFERRALD_DLX"),
             deadLetterQueue: try value("REFERRALD_DLQ"),
+            parkedQueue: try value("REFERRALD_PARKED_QUEUE"),
             eventsExchange: try value("REFERRALD_EVENTS_EXCHANGE"),
             upstreamExchanges: upstream,
             batchSize: try int("REFERRALD_BATCH_SIZE", 1...4096),

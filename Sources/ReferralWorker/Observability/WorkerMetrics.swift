@@ -21,6 +21,7 @@ public struct WorkerMetrics: Sendable {
     private let outboxOldestAge: Gauge
     private let timersDue: Gauge
     private let timerLag: Gauge
+    private let parkedWaiting: Gauge
 
     /// `factory` defaults to the one bootstrapped in `Daemon.run` (a no-op one in-process in tests).
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
@@ -32,6 +33,7 @@ public struct WorkerMetrics: Sendable {
         outboxOldestAge = Gauge(label: "referrald_outbox_oldest_age_seconds", dimensions: [], factory: factory)
         timersDue = Gauge(label: "referrald_timers_due", dimensions: [], factory: factory)
         timerLag = Gauge(label: "referrald_timer_lag_seconds", dimensions: [], factory: factory)
+        parkedWaiting = Gauge(label: "referrald_parked_messages", dimensions: [], factory: factory)
     }
 
     // MARK: events
@@ -62,6 +64,17 @@ public struct WorkerMetrics: Sendable {
         let type = ConsumedType(rawValue: routingKey)?.rawValue ?? "unknown"
         consumed(type: type, .deadLettered)
         Counter(label: "referrald_dead_letters_total", dimensions: [("code", code)], factory: factory).increment()
+    }
+
+    /// A dead letter the broker refused (no DLQ bound, DLQ full), parked instead: the original
+    /// is acked once the parked copy is confirmed. Not counted as dead-lettered until a retry
+    /// moves it to the DLQ.
+    func parked(code: String) {
+        Counter(label: "referrald_dead_letters_parked_total", dimensions: [("code", code)], factory: factory).increment()
+    }
+
+    func parked(waiting: Int64) {
+        parkedWaiting.record(waiting)
     }
 
     /// A batch rolled back by a deadlock or serialisation failure and retried: a few are the

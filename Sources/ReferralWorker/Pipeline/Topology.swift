@@ -3,7 +3,7 @@ import Logging
 import ReferralCore
 
 /// The contract's broker objects: upstream exchanges, the inbox quorum queue and its bindings,
-/// the dead-letter exchange and queue, and the exchange the worker publishes on.
+/// the dead-letter exchange and queue, the parked queue, and the exchange the worker publishes on.
 public struct Topology: Sendable {
     public var settings: Settings
 
@@ -48,13 +48,15 @@ public struct Topology: Sendable {
         _ = try await amqp.declareQueue(settings.deadLetterQueue, durable: true,
                                         arguments: ["x-queue-type": .string("quorum")])
         try await amqp.bindQueue(settings.deadLetterQueue, exchange: settings.deadLetterExchange, routingKey: "")
+        // Reached through the default exchange, so no binding a deleted DLQ could take with it.
+        _ = try await amqp.declareQueue(settings.parkedQueue, durable: true, arguments: ["x-queue-type": .string("quorum")])
         _ = try await amqp.declareQueue(settings.inboxQueue, durable: true, arguments: inboxArguments)
         for b in bindings() {
             try await amqp.bindQueue(settings.inboxQueue, exchange: b.exchange, routingKey: b.routingKey)
         }
         logger.info("topology declared", metadata: [
             "amqp.queue": "\(settings.inboxQueue)", "amqp.bindings": "\(bindings().count)",
-            "amqp.dlq": "\(settings.deadLetterQueue)",
+            "amqp.dlq": "\(settings.deadLetterQueue)", "amqp.parked": "\(settings.parkedQueue)",
         ])
     }
 }

@@ -47,6 +47,10 @@ public actor Worker {
     /// The last timer round was full: more are due, and the next loop pass fires another round.
     private var timersBehind = false
     private var lastBacklogSample = Instant(microseconds: 0)
+    /// When to next look at the parked queue and move what waits there into the DLQ.
+    private var parkedRetryDue: Instant?
+    /// Doubling up to 5 minutes while the dead-letter exchange keeps refusing them.
+    private var parkedBackoff = Backoff(base: .seconds(5), cap: .seconds(300))
 
     public init(settings: Settings, programs: ProgramBook, logger: Logger,
                 clock: any ReferralCore.Clock = SystemClock(), instanceName: String = "referrald",
@@ -107,6 +111,8 @@ public actor Worker {
             db = connection
             status.databaseConnected(pipeline: pipeline)
         }
+        // Dead letters parked before this process started wait for a look at the parked queue.
+        if parkedRetryDue == nil { parkedRetryDue = clock.now() + .seconds(5) }
         if publisher == nil {
             let p = try await settings.connectAMQP(name: "\(instanceName) publisher", logger: logger)
             try await p.enableConfirms()
@@ -148,6 +154,7 @@ public actor Worker {
                 try await flushPublished()
             }
             if clock.now() - lastBacklogSample > .seconds(5) { try await sampleBacklog() }
+            if let due = parkedRetryDue, clock.now() >= due { await retryParkedLogged() }
             status.loopProgressed(pipeline: pipeline)
         }
     }
@@ -405,10 +412,11 @@ public actor Worker {
                 persistent: true, mandatory: true, timestamp: delivery.timestamp)
         }
         let outcomes = try await publisher.publish(messages)
-        for ((delivery, reason), outcome) in zip(items, outcomes) {
+        var refused: [(Delivery, BadInput, OutgoingMessage, PublishOutcome)] = []
+        for (((delivery, reason), message), outcome) in zip(zip(items, messages), outcomes) {
             guard outcome == .confirmed else {
-                // Not in the DLQ (no queue bound, or the broker refused it): keep the original.
-                throw DeadLetterError(outcome: outcome, code: reason.code.rawValue)
+                refused.append((delivery, reason, message, outcome))
+                continue
             }
             metrics.deadLettered(code: reason.code.rawValue, routingKey: delivery.routingKey)
             logger.notice("dead-lettered", metadata: [
@@ -416,7 +424,106 @@ public actor Worker {
                 "amqp.routing_key": "\(delivery.routingKey)", "amqp.message_id": "\(delivery.messageId ?? "-")"])
             try await consumer.ack(delivery.deliveryTag, multiple: false)
         }
+        if !refused.isEmpty { try await park(refused) }
         return Set(items.map(\.0.deliveryTag))
+    }
+
+    /// Dead letters the broker refused (returned: no queue bound to the DLX, the DLQ deleted;
+    /// nacked: the DLQ full with `reject-publish`). Retrying them in the pipeline held back the
+    /// valid events of the batch, and requeueing them raised their delivery count until the
+    /// broker dropped them, at 20, into that same broken exchange. So each is published to the
+    /// parked queue through the default exchange (nothing to unbind there), and its original is
+    /// acked once the broker confirmed the copy; `retryParked` moves it on later. Only when the
+    /// parked queue refuses it too does the error end the loop, with the original still unacked.
+    private func park(_ refused: [(Delivery, BadInput, OutgoingMessage, PublishOutcome)]) async throws {
+        guard let publisher, let consumer else { return }
+        let copies = refused.map { _, _, message, outcome in
+            var copy = message
+            copy.exchange = ""
+            copy.routingKey = settings.parkedQueue
+            copy.headers["x-referrald-parked"] = .string("dead letter \(outcome) by the broker")
+            return copy
+        }
+        let outcomes = try await publisher.publish(copies)
+        for ((delivery, reason, _, refusal), outcome) in zip(refused, outcomes) {
+            guard outcome == .confirmed else {
+                throw DeadLetterError(outcome: refusal, code: reason.code.rawValue)
+            }
+            metrics.parked(code: reason.code.rawValue)
+            logger.error("dead letter refused by the broker; parked", metadata: [
+                "dlq.error": "\(reason.code.rawValue)", "amqp.outcome": "\(refusal)", "amqp.queue": "\(settings.parkedQueue)",
+                "amqp.routing_key": "\(delivery.routingKey)", "amqp.message_id": "\(delivery.messageId ?? "-")"])
+            try await consumer.ack(delivery.deliveryTag, multiple: false)
+        }
+        if parkedRetryDue == nil { parkedRetryDue = clock.now() + .seconds(5) }
+    }
+
+    /// A failing look at the parked queue (not declared yet on a broker whose topology predates
+    /// it, a refused permission) must not take the pipeline down with it: valid events go on.
+    private func retryParkedLogged() async {
+        do {
+            try await retryParked()
+        } catch {
+            logger.warning("parked queue not reachable; looked at again in a minute",
+                           metadata: ["amqp.queue": "\(settings.parkedQueue)", "error": "\(error)"])
+            parkedRetryDue = clock.now() + .seconds(60)
+        }
+    }
+
+    /// Moves parked dead letters to the dead-letter exchange, up to 256 a round, each acked in
+    /// the parked queue once the broker confirmed it in the DLX. One the DLX still refuses is
+    /// parked again (a new copy, then the ack) rather than requeued, which would raise its
+    /// delivery count; the rounds then back off up to 5 minutes. Any instance may move any
+    /// parked message: the parked queue is shared.
+    private func retryParked() async throws {
+        guard let publisher else { return }
+        let reader = try await settings.connectAMQP(name: "\(instanceName) parked", logger: logger)
+        defer { Task { await reader.close() } }
+        let waiting = try await reader.declareQueue(settings.parkedQueue, durable: true, passive: true).messageCount
+        metrics.parked(waiting: Int64(waiting))
+        guard waiting > 0 else {
+            // Looked at once a minute: another instance, or this one before a crash, may park.
+            parkedRetryDue = clock.now() + .seconds(60)
+            parkedBackoff.reset()
+            return
+        }
+        try await reader.consume(queue: settings.parkedQueue, prefetch: UInt16(min(waiting, 256)))
+        let batch = try await reader.nextDeliveries(max: Int(min(waiting, 256)), wait: .seconds(2))
+        let toDLX = batch.map { d in
+            let key: String = if case .string(let k)? = d.headers["x-referrald-original-routing-key"] { k } else { d.routingKey }
+            return OutgoingMessage(exchange: settings.deadLetterExchange, routingKey: key, body: d.body,
+                                   headers: d.headers.filter { $0.key != "x-referrald-parked" && $0.key != "x-delivery-count" },
+                                   messageId: d.messageId, contentType: d.contentType, persistent: true, mandatory: true,
+                                   timestamp: d.timestamp)
+        }
+        let outcomes = try await publisher.publish(toDLX)
+        var stillRefused: [Delivery] = []
+        for ((d, message), outcome) in zip(zip(batch, toDLX), outcomes) {
+            if outcome == .confirmed {
+                let code: String = if case .string(let c)? = d.headers["x-referrald-error"] { c } else { "unknown" }
+                metrics.deadLettered(code: code, routingKey: message.routingKey)
+                try await reader.ack(d.deliveryTag)
+            } else {
+                stillRefused.append(d)
+            }
+        }
+        if !stillRefused.isEmpty {
+            let again = try await publisher.publish(stillRefused.map { d in
+                OutgoingMessage(exchange: "", routingKey: settings.parkedQueue, body: d.body,
+                                headers: d.headers.filter { $0.key != "x-delivery-count" }, messageId: d.messageId,
+                                contentType: d.contentType, persistent: true, mandatory: true, timestamp: d.timestamp)
+            })
+            for (d, outcome) in zip(stillRefused, again) where outcome == .confirmed { try await reader.ack(d.deliveryTag) }
+            logger.warning("parked dead letters still refused by the dead-letter exchange; retried later",
+                           metadata: ["parked.refused": "\(stillRefused.count)", "amqp.dlx": "\(settings.deadLetterExchange)"])
+            let wait = parkedBackoff.next(using: &rng)
+            parkedRetryDue = clock.now() + .seconds(5) + Span(microseconds: Int64(wait.inSeconds * 1_000_000))
+        } else {
+            logger.notice("parked dead letters moved to the dead-letter exchange", metadata: ["parked.moved": "\(batch.count)"])
+            parkedBackoff.reset()
+            // More may wait (another instance's, or past this round's 256): look again soon.
+            parkedRetryDue = clock.now() + .seconds(1)
+        }
     }
 
     /// Publishes committed outbox rows leased to this worker, with confirms. The confirmed ones

@@ -166,7 +166,7 @@ final class TestBed: Sendable {
     }
 
     func tearDown() async {
-        for q in [settings.inboxQueue, settings.deadLetterQueue, observerQueue] { try? await amqp.deleteQueue(q) }
+        for q in [settings.inboxQueue, settings.deadLetterQueue, settings.parkedQueue, observerQueue] { try? await amqp.deleteQueue(q) }
         for x in settings.upstreamExchanges + [settings.eventsExchange, settings.deadLetterExchange] {
             try? await amqp.deleteExchange(x)
         }
