@@ -97,6 +97,8 @@ let package = Package(
                 "ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore", "ReferralTestKit",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
+                // A registry of its own for an in-process worker's metrics (ReferralMetricsTests).
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             // The legacy database dump is restored with psql from its path, not bundled.
             exclude: ["Fixtures"],

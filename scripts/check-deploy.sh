@@ -143,7 +143,7 @@ check_files() {
   local out
   if out="$(python3 - 2>&1 <<'PY'
 
-import json, pathlib, sys, yaml
+import json, pathlib, re, sys, yaml
 errors = []
 files = sorted(p for p in pathlib.Path("deploy").rglob("*") if p.suffix in (".json", ".yaml", ".yml"))
 for p in files:
@@ -180,13 +180,20 @@ try:
     import re
     slug = lambda h: re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
     anchors = {slug(h) for h in re.findall(r"^#+ (.*)$", pathlib.Path("deploy/README.md").read_text(), re.M)}
+    # runbook_url: absolute (Alertmanager and pagers link it as it is), one prefix for all (the
+    # one `sed` in alerts.yaml's header changes), and an anchor that is a heading of deploy/README.md.
+    prefixes = set()
     for group in yaml.safe_load(pathlib.Path("deploy/prometheus/alerts.yaml").read_text())["groups"]:
         for r in group["rules"]:
             a = r.get("annotations", {})
-            missing = [k for k in ("summary", "description", "runbook") if not a.get(k)]
-            if missing: errors.append(f"alert {r.get('alert')}: no {', '.join(missing)} annotation")
-            elif not a["runbook"].startswith("deploy/README.md#") or a["runbook"].split("#", 1)[1] not in anchors:
-                errors.append(f"alert {r.get('alert')}: runbook {a['runbook']} is not a heading of deploy/README.md")
+            missing = [k for k in ("summary", "description", "runbook_url") if not a.get(k)]
+            if missing: errors.append(f"alert {r.get('alert')}: no {', '.join(missing)} annotation"); continue
+            m = re.fullmatch(r"(https://[^\s#]+/)deploy/README\.md#([a-z0-9-]+)", a["runbook_url"])
+            if not m or m[2] not in anchors:
+                errors.append(f"alert {r.get('alert')}: runbook_url {a['runbook_url']} is not an absolute link to a heading of deploy/README.md")
+            else:
+                prefixes.add(m[1])
+    if len(prefixes) > 1: errors.append(f"runbook_url prefixes differ: {sorted(prefixes)}")
 except Exception as e:
     errors.append(f"deploy/prometheus/alerts.yaml: {type(e).__name__}: {e}")
 try:
@@ -196,16 +203,32 @@ try:
               "referrald_end_to_end_seconds_bucket", "referrald_outbox_backlog", "referrald_outbox_oldest_age_seconds", "referrald_timers_due",
               "referrald_timer_lag_seconds", "referrald_rewards_issued_total", "referrald_rewards_issued_amount_minor_total",
               "referrald_rewards_reversed_total", "referrald_rewards_reversed_amount_minor_total", "referrald_reward_failures_total",
-              "referrald_reconnects_total", "referrald_connection_up", "referrald_start_time_seconds"]:
+              "referrald_reconnects_total", "referrald_connection_up", "referrald_start_time_seconds",
+              "referrald_rewards_unapplied", "referrald_reward_unapplied_oldest_age_seconds",
+              "referrald_referrals_rejected_total", "referrald_leads_unattributed_total"]:
         if m not in exprs: errors.append(f"dashboard has no panel for {m}")
     ids = [p["id"] for p in g["panels"]]
     if len(ids) != len(set(ids)): errors.append("dashboard panel ids are not unique")
+    # The `job` variable: every query selects it (two jobs scraping referrald, staging and
+    # production in one Prometheus, would otherwise be summed together).
+    variables = {v["name"]: v for v in g["templating"]["list"]}
+    if "job" not in variables: errors.append("dashboard has no `job` variable")
+    queries = [(f"panel {p['id']} ({p['title']})", t["expr"]) for p in g["panels"] for t in p.get("targets", [])]
+    queries += [(f"annotation {a['name']}", a["expr"]) for a in g["annotations"]["list"] if "expr" in a]
+    queries += [(f"variable {v['name']}", v["definition"]) for v in g["templating"]["list"]
+                if v.get("type") == "query" and v["name"] != "job"]
+    for where, e in queries:
+        if 'job=~"$job"' not in e: errors.append(f"dashboard {where}: does not select job=~\"$job\": {e}")
+        # Amounts stay in minor units by currency: dividing by 100 is wrong for JPY (0 decimals)
+        # and KWD (3), and a sum across currencies adds yen to cents.
+        if not where.startswith("variable") and "amount_minor" in e and (not re.search(r"by \([^)]*currency", e) or re.search(r"[/*]\s*[0-9]", e)):
+            errors.append(f"dashboard {where}: an amount not kept by currency in minor units: {e}")
 except Exception as e:
     errors.append(f"deploy/grafana/referrald.json: {type(e).__name__}: {e}")
 for e in errors: print(e)
 sys.exit(1 if errors else 0)
 PY
-)"; then pass "json/yaml syntax+content" "$(find deploy -name '*.json' -o -name '*.yaml' | wc -l) files parse; definitions.json, alert annotations/runbooks, dashboard contents"
+)"; then pass "json/yaml syntax+content" "$(find deploy -name '*.json' -o -name '*.yaml' | wc -l) files parse; definitions.json, alert annotations/runbook_url, dashboard contents, \$job in every query, amounts by currency"
   else fail "json/yaml syntax+content" "$(printf '%s\n' "$out" | grep -c .) problem(s)"; printf '%s\n' "$out" | indent; fi
 }
 
@@ -219,12 +242,15 @@ check_prometheus() {
   if out="$(cd deploy/prometheus && promtool test rules alerts.test.yaml 2>&1)"; then
     pass "promtool test rules" "alerts.test.yaml"
   else fail "promtool test rules" ""; printf '%s\n' "$out" | indent; fi
+  if out="$(promtool check config deploy/prometheus/prometheus.example.yaml 2>&1)"; then
+    pass "promtool check config" "prometheus.example.yaml (scrape jobs, rule_files)"
+  else fail "promtool check config" ""; printf '%s\n' "$out" | indent; fi
   # The dashboard's queries, with Grafana's variables replaced, parsed as recording rules.
   python3 - "$WORK/dashboard-rules.yaml" <<'PY'
 import json, sys, yaml
 g = json.load(open("deploy/grafana/referrald.json"))
 exprs = [t["expr"] for p in g["panels"] for t in p.get("targets", [])] + [a["expr"] for a in g["annotations"]["list"] if "expr" in a]
-subst = lambda e: e.replace("$__rate_interval", "5m").replace("$instance", ".*")
+subst = lambda e: e.replace("$__rate_interval", "5m").replace("$instance", ".*").replace("$job", "referrald").replace("$currency", ".*")
 rules = [{"record": f"dashboard:expr_{i}", "expr": subst(e)} for i, e in enumerate(exprs)]
 yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(sys.argv[1], "w"))
 PY

@@ -284,6 +284,14 @@ public enum Schema {
             """),
         Migration(version: 7, name: "standings of the referrals bound before version 6, from their facts", sql: "",
                   backfill: { db, logger in try await Store.backfillStandings(db, logger: logger) }),
+        Migration(version: 8, name: "rewards awaiting billing, by issue time", sql: """
+            -- Every instance samples the rewards billing has not applied yet every few seconds
+            -- (`referrald_rewards_unapplied`, `Store.unappliedRewards`). Without this index each
+            -- sample read the whole ledger, which keeps every reward for years; with it, the count
+            -- and the oldest come from the rewards awaiting billing alone. The price: a reward's
+            -- state change (issued -> applied, once per reward) is no longer a HOT update.
+            CREATE INDEX rewards_unapplied ON rewards (issued_at) WHERE state = 'issued';
+            """),
     ]
 
     public static var latestVersion: Int { migrations.last?.version ?? 0 }

@@ -162,6 +162,22 @@ extension Store {
             """).first
         return (try row?.decode("n", as: Int64.self) ?? 0, try row?.decode("age", as: Double.self) ?? 0)
     }
+
+    /// Rewards issued that billing has not applied yet (state `issued`: awaiting its answer, a
+    /// retry re-issued after a rejection, or a mismatched credit), and how long ago the oldest
+    /// was first issued, at `now`, for metrics. Every instance samples it every few seconds:
+    /// the partial index `rewards_unapplied` (migration 8) holds only these rows, so the count
+    /// and the minimum are read from it alone instead of from the whole ledger, which keeps
+    /// every reward for years. Measured from the first issue: a reward rejected and re-issued
+    /// is still one the customer has been waiting for since then.
+    public static func unappliedRewards(_ c: isolated PostgresConnection, now: Instant) throws
+        -> (count: Int64, oldestAgeSeconds: Double) {
+        let row = try c.query("""
+            SELECT count(*)::int8 AS n, coalesce(extract(epoch FROM $1::timestamptz - min(issued_at)), 0)::float8 AS age
+            FROM rewards WHERE state = 'issued'
+            """, [.text(now.rfc3339)]).first
+        return (try row?.decode("n", as: Int64.self) ?? 0, try row?.decode("age", as: Double.self) ?? 0)
+    }
 }
 
 extension Store {

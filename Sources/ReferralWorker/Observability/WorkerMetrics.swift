@@ -13,6 +13,19 @@ public struct WorkerMetrics: Sendable {
 
     public enum Outcome: String, Sendable { case applied, duplicate, deadLettered = "dead_lettered", failed }
 
+    /// Why a lead became no referral (the contract: "Unknown or missing code: counted as
+    /// unattributed"). A malformed code is told apart from a missing one: a share link that
+    /// mangles the code shows as a rise of `malformed_code`, leads that never had one do not.
+    enum Unattributed: String, Sendable, CaseIterable {
+        case missingCode = "missing_code", malformedCode = "malformed_code", unknownCode = "unknown_code"
+    }
+
+    /// The core's rejection reasons (LifecycleRules.md, "Rules, in order of precedence"), whose
+    /// series start at 0. A reason added to the core without being added here is still counted,
+    /// from its first rejection on.
+    static let rejectionReasons = ["referrer_cancelled", "self_referral", "same_household", "same_contact",
+                                   "too_many_leads", "already_referred"]
+
     private let factory: any MetricsFactory
     private let batchSize: Recorder
     private let batchSeconds: CoreMetrics.Timer
@@ -22,6 +35,8 @@ public struct WorkerMetrics: Sendable {
     private let timersDue: Gauge
     private let timerLag: Gauge
     private let parkedWaiting: Gauge
+    private let rewardsUnapplied: Gauge
+    private let rewardUnappliedOldestAge: Gauge
 
     /// `factory` defaults to the one bootstrapped in `Daemon.run` (a no-op one in-process in tests).
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
@@ -34,6 +49,14 @@ public struct WorkerMetrics: Sendable {
         timersDue = Gauge(label: "referrald_timers_due", dimensions: [], factory: factory)
         timerLag = Gauge(label: "referrald_timer_lag_seconds", dimensions: [], factory: factory)
         parkedWaiting = Gauge(label: "referrald_parked_messages", dimensions: [], factory: factory)
+        rewardsUnapplied = Gauge(label: "referrald_rewards_unapplied", dimensions: [], factory: factory)
+        rewardUnappliedOldestAge = Gauge(label: "referrald_reward_unapplied_oldest_age_seconds", dimensions: [], factory: factory)
+        // Every reason's series exists from the start, at 0: a series born at its first
+        // increment hides that increment from increase() (there is no earlier sample), and the
+        // spike alerts compare with the same hour yesterday, which a reason never seen before
+        // would not have, so a leaked code's first burst of rejections would go unseen.
+        for reason in Self.rejectionReasons { rejected(reason: reason, count: 0) }
+        for reason in Unattributed.allCases { unattributed(reason, count: 0) }
     }
 
     // MARK: events
@@ -109,6 +132,53 @@ public struct WorkerMetrics: Sendable {
     func timers(due: Int64, lagSeconds: Double) {
         timersDue.record(due)
         timerLag.record(max(0, lagSeconds))
+    }
+
+    /// Every instance reads the same database, so every instance reports the same figures: the
+    /// alert takes the max across instances, and keeps working while any one of them runs.
+    func unappliedRewards(count: Int64, oldestAgeSeconds: Double) {
+        rewardsUnapplied.record(count)
+        rewardUnappliedOldestAge.record(max(0, oldestAgeSeconds))
+    }
+
+    // MARK: referrals and leads
+
+    /// Rejections among a committed batch's published events: a rejection is published once,
+    /// as the referral's status change to `rejected` (its effect key is unique), and a
+    /// redelivered event is a duplicate that decides nothing, so none is counted twice. The
+    /// reason label is one of the core's own reasons, never a value from input. Timers are
+    /// not read: every rejection rule reads facts and standings, which only batches change,
+    /// and a timer re-decides its referral as it stands.
+    func rejections(_ published: [OutgoingEvent]) {
+        var counts: [String: Int] = [:]
+        for e in published where e.type == .statusChanged && e.data["to"] == .string(Stage.rejected.rawValue) {
+            guard case .string(let reason) = e.data["reason"] else { continue }
+            counts[reason, default: 0] += 1
+        }
+        for (reason, n) in counts { rejected(reason: reason, count: n) }
+    }
+
+    private func rejected(reason: String, count: Int) {
+        Counter(label: "referrald_referrals_rejected_total", dimensions: [("reason", reason)], factory: factory)
+            .increment(by: count)
+    }
+
+    /// A committed batch's fresh leads, of which `bound` became referrals: the others are
+    /// unattributed. A duplicate delivery is not fresh, so a lead is counted once per event.
+    func unattributed(_ leads: [LeadCreated], bound: Set<String>) {
+        var counts: [Unattributed: Int] = [:]
+        for lead in leads where !bound.contains(lead.leadId) {
+            // A valid code that bound nothing is one no account was issued: leads bind by any known code.
+            let reason: Unattributed = lead.code != nil ? .unknownCode
+                : (lead.referralCode ?? "").allSatisfy(\.isWhitespace) ? .missingCode : .malformedCode
+            counts[reason, default: 0] += 1
+        }
+        for (reason, n) in counts { unattributed(reason, count: n) }
+    }
+
+    private func unattributed(_ reason: Unattributed, count: Int) {
+        Counter(label: "referrald_leads_unattributed_total", dimensions: [("reason", reason.rawValue)], factory: factory)
+            .increment(by: count)
     }
 
     // MARK: rewards

@@ -323,16 +323,23 @@ public actor Worker {
         let context = self.context()
         let done = published
         let failpoint = self.failpoint
-        let outcome = try await db.transaction { c in
+        let (outcome, leads, bound) = try await db.transaction { c in
             let outcome = try Apply.batch(c, events: events, published: done, context: context)
             try failpoint.poison(events.lazy.map(\.event.id))
-            return outcome
+            let leads = outcome.freshIndexes.compactMap { i -> LeadCreated? in
+                if case .leadCreated(let lead) = events[i].event.payload { lead } else { nil }
+            }
+            // Which fresh leads became referrals, read in the batch's transaction so that the
+            // unattributed count is what committed.
+            return (outcome, leads, leads.isEmpty ? [] : try Store.boundLeads(c, leads.map(\.leadId)))
         }
         published.removeFirst(done.count)
         status.databaseRoundTripSucceeded(pipeline: pipeline)
         failpoint.hit(.afterCommit)
         metrics.consumed(events, freshIndexes: outcome.freshIndexes)
         metrics.rewards(outcome.rewards)
+        metrics.rejections(outcome.published)
+        metrics.unattributed(leads, bound: bound)
         for e in outcome.published {
             logger.info("decided", metadata: ["event.type": "\(e.type.rawValue)", "event.id": "\(e.id)",
                                               "referral.id": "\(e.subject ?? "-")"])
@@ -379,15 +386,18 @@ public actor Worker {
         }
     }
 
-    /// Backlog gauges, sampled every few seconds on the worker's own connection: two cheap
+    /// Backlog gauges, sampled every few seconds on the worker's own connection: three cheap
     /// aggregate queries, not worth a connection of their own.
     private func sampleBacklog() async throws {
         guard let db else { return }
         lastBacklogSample = clock.now()
         let now = clock.now()
-        let (outbox, timers) = try await db.run { c in (try Store.outboxBacklog(c), try Store.timerBacklog(c, now: now)) }
+        let (outbox, timers, unapplied) = try await db.run { c in
+            (try Store.outboxBacklog(c), try Store.timerBacklog(c, now: now), try Store.unappliedRewards(c, now: now))
+        }
         metrics.outbox(count: outbox.count, oldestAgeSeconds: outbox.oldestAgeSeconds)
         metrics.timers(due: timers.due, lagSeconds: timers.lagSeconds)
+        metrics.unappliedRewards(count: unapplied.count, oldestAgeSeconds: unapplied.oldestAgeSeconds)
     }
 
     // MARK: broker
