@@ -1,16 +1,51 @@
 import AMQP
 import Logging
 import Postgres
+import Synchronization
 
 /// The one way the daemon's commands connect, so every connection gets the same URL parsing,
 /// TLS files and heartbeat (a command that forgot the TLS files would fail only on amqps://).
 extension Settings {
+    /// With several nodes in REFERRALD_AMQP_URL, each connect starts at the node after the one
+    /// the process connected to last, and tries every node once before it fails (the caller's
+    /// back-off then applies): a lost connection moves on to the next node of the cluster
+    /// instead of waiting for the one that went away.
     public func connectAMQP(name: String, logger: Logger) async throws -> AMQPConnection {
-        try await AMQPConnection.connect(try AMQPURL(parsing: amqpURL), tls: amqpTLS, heartbeatSeconds: heartbeatSeconds,
-                                         connectionName: name, logger: logger)
+        let nodes = try AMQPURL.parseList(amqpURL)
+        let start = amqpNodes.next(count: nodes.count)
+        var lastError: (any Error)?
+        for offset in 0..<nodes.count {
+            let index = (start + offset) % nodes.count
+            do {
+                let connection = try await AMQPConnection.connect(nodes[index], tls: amqpTLS, heartbeatSeconds: heartbeatSeconds,
+                                                                  connectionName: name, logger: logger)
+                amqpNodes.connected(index)
+                return connection
+            } catch {
+                if nodes.count > 1 {
+                    logger.warning("broker node unreachable; trying the next", metadata: [
+                        "amqp.node": "\(nodes[index].host):\(nodes[index].port)", "error": "\(error)"])
+                }
+                lastError = error
+            }
+        }
+        throw lastError!
     }
 
     public func connectPostgres(name: String, logger: Logger) async throws -> PostgresConnection {
         try await PostgresConnection.connect(try PostgresURL(parsing: databaseURL), applicationName: name, logger: logger)
     }
+}
+
+/// Which node of REFERRALD_AMQP_URL a process's next connection tries first: the one after the
+/// node it connected to last. Shared by every copy of the settings (a class), so all the
+/// pipelines and commands of a process move on together.
+public final class AMQPNodeRotation: Sendable {
+    private let last = Atomic<Int>(-1)
+
+    public init() {}
+
+    func next(count: Int) -> Int { (last.load(ordering: .relaxed) + 1) % max(count, 1) }
+
+    func connected(_ index: Int) { last.store(index, ordering: .relaxed) }
 }

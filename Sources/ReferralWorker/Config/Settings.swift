@@ -12,6 +12,8 @@ import SystemPackage
 /// environment names (`REFERRALD_AMQP_URL`); the README's configuration reference is this table.
 public struct Settings: Sendable {
     public var amqpURL: String
+    /// Where the next connection starts among the nodes of `amqpURL`.
+    public let amqpNodes = AMQPNodeRotation()
     /// PEM files for `amqps://`; nil when not set. See `amqpTLS`.
     public var amqpCAFile: String?
     public var amqpCertFile: String?
@@ -58,7 +60,7 @@ public struct Settings: Sendable {
 
     public static let keys: [Key] = [
         Key(name: "REFERRALD_AMQP_URL", defaultValue: nil,
-            help: "amqp:// or amqps:// URL of the broker: user, password, host, port, vhost.", secret: true),
+            help: "amqp:// or amqps:// URL of the broker: user, password, host, port, vhost. Several nodes of one cluster go comma-separated in place of the host (amqp://u:p@node1,node2:5673,node3/vhost); a connection starts at the node after the last one used and tries each in turn.", secret: true),
         Key(name: "REFERRALD_AMQP_CA_FILE", defaultValue: "",
             help: "PEM file of the CA(s) that sign the broker's certificate; required with amqps:// (for a public CA, the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt). The certificate and the URL's host name are always verified.", secret: false),
         Key(name: "REFERRALD_AMQP_CERT_FILE", defaultValue: "",
@@ -236,7 +238,7 @@ public struct Settings: Sendable {
         // URLs are checked here so that every command, `check` included, names the key of a
         // bad one. Their errors never echo the URL: it carries the password.
         if !amqpURL.isEmpty {
-            do { _ = try AMQPURL(parsing: amqpURL) } catch {
+            do { _ = try AMQPURL.parseList(amqpURL) } catch {
                 throw SettingsError(key: "REFERRALD_AMQP_URL", source: source, message: "is not a valid URL: \(error)")
             }
         }
