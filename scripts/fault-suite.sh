@@ -13,6 +13,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/services.sh start
 eval "$(scripts/services.sh env)"
+# The three-node cluster of the cluster-node-down scenario (about 25 s to start the first time).
+scripts/rabbit-cluster.sh start
+eval "$(scripts/rabbit-cluster.sh env)"
 # REFERRALD_PG_CTL is "<bin>/pg_ctl -D <data dir>": the suite restarts that cluster.
 read -r pg_ctl _ pg_data <<<"$REFERRALD_PG_CTL"
 swift build --product referrald
@@ -22,5 +25,6 @@ exec timeout --signal=TERM --kill-after=30 "${REFERRALD_FAULTS_TIMEOUT:-1500}" \
   "$bin/referrald-faults" \
   --amqp-url "$REFERRALD_AMQP_URL" --database-url "$REFERRALD_DATABASE_URL" \
   --rabbitmqctl-node "$REFERRALD_RABBITMQ_NODE" \
+  --cluster-amqp-url "$REFERRALD_CLUSTER_AMQP_URL" --cluster-node "${REFERRALD_CLUSTER_NODES%%,*}" \
   --pg-bin "$(dirname "$pg_ctl")" --pg-data "$pg_data" \
   --daemon "$bin/referrald" "$@"

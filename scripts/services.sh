@@ -272,7 +272,7 @@ ENV
 
 case "${1:-start}" in
   start) install_packages; tls_material; pg_start; rmq_start ;;
-  stop) rmq_stop; pg_stop ;;
+  stop) [ -d "$STATE/cluster" ] && "$ROOT/scripts/rabbit-cluster.sh" stop; rmq_stop; pg_stop ;;
   status)
     rmq_env
     "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q status >/dev/null 2>&1 && log "RabbitMQ up" || log "RabbitMQ down"

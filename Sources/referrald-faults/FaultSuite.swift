@@ -52,6 +52,10 @@ struct FaultSuite: AsyncParsableCommand {
     var rate = 400
     @Option(help: "Seconds a scenario may take to deliver everything after its last fault.")
     var drainTimeout = 180
+    @Option(help: "AMQP URL of a three-node RabbitMQ cluster, nodes comma-separated (scripts/rabbit-cluster.sh env); without it the cluster-node-down scenario is skipped.")
+    var clusterAmqpURL = env["REFERRALD_CLUSTER_AMQP_URL"] ?? ""
+    @Option(help: "One node of that cluster, for rabbitmqctl.")
+    var clusterNode = env["REFERRALD_CLUSTER_NODES"]?.split(separator: ",").first.map(String.init) ?? ""
     @Option(help: "Good events around the poison in the poison check.")
     var poisonGood = 500
     @Option(help: "Messages waiting in the queue for the memory check.")
@@ -78,8 +82,16 @@ struct FaultSuite: AsyncParsableCommand {
                                  fixturesDirectory: FaultSuite.packageRoot + "/Tests/ReferralCoreTests/Fixtures/invalid",
                                  keepFailed: keepFailed)
         let wanted = Set(scenarios.split(separator: ",").map(String.init))
+        var cluster: Services?
+        if !clusterAmqpURL.isEmpty, !clusterNode.isEmpty {
+            cluster = services
+            cluster?.amqpURL = clusterAmqpURL
+            cluster?.node = clusterNode
+        } else {
+            say("cluster-node-down: skipped (no --cluster-amqp-url: start one with scripts/rabbit-cluster.sh)")
+        }
         let chosen = Scenarios.all(events: events, baseEvents: baseEvents, kills: kills, crashes: crashes,
-                                   outage: .seconds(outageSeconds), services: services)
+                                   outage: .seconds(outageSeconds), services: services, cluster: cluster)
             .filter { wanted.contains("all") || wanted.contains($0.name) }
         say("fault suite: seed \(seed), rate \(rate)/s, \(chosen.count) scenario(s), daemon logs in \(logDir)")
         let began = ContinuousClock.now

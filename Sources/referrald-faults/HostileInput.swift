@@ -74,7 +74,7 @@ struct HostileInput: Sendable {
         var got: [[UInt8]: [String]] = [:]
         var total = 0
         do {
-            let amqp = try await AMQPConnection.connect(try AMQPURL(parsing: world.services.amqpURL), heartbeatSeconds: 30,
+            let amqp = try await world.services.connectBroker(heartbeatSeconds: 30,
                                                         connectionName: "referrald-faults dlq", logger: quietLogger)
             try await amqp.consume(queue: world.settings.deadLetterQueue, prefetch: 500)
             let deadline = ContinuousClock.now + .seconds(20)

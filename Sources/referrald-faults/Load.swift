@@ -137,8 +137,7 @@ actor UpstreamPublisher {
         while true {
             do {
                 if connection == nil || connection?.isOpen == false {
-                    connection = try await AMQPConnection.connect(
-                        try AMQPURL(parsing: world.services.amqpURL), heartbeatSeconds: 10,
+                    connection = try await world.services.connectBroker(heartbeatSeconds: 10,
                         connectionName: "referrald-faults upstream", logger: quietLogger)
                     try await connection!.enableConfirms()
                 }

@@ -34,8 +34,7 @@ func observe(world: World, into ledger: BillingLedger) -> Task<Void, Never> {
     Task {
         while !Task.isCancelled {
             do {
-                let amqp = try await AMQPConnection.connect(
-                    try AMQPURL(parsing: world.services.amqpURL), heartbeatSeconds: 10,
+                let amqp = try await world.services.connectBroker(heartbeatSeconds: 10,
                     connectionName: "referrald-faults billing", logger: quietLogger)
                 defer { Task { await amqp.close() } }
                 try await amqp.consume(queue: world.observerQueue, prefetch: 1000)

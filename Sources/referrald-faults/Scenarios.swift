@@ -51,6 +51,8 @@ struct Scenario {
     let events: Int
     var instances = 1
     var hostile = false
+    /// Services other than the suite's own (the three-node cluster's broker).
+    var services: Services? = nil
     /// Injects the faults while the load runs; returns how many it injected.
     let inject: (inout FaultContext) async throws -> Int
 }
@@ -60,7 +62,7 @@ func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
                           redelivered: 0, unexpected: 0, recovery: nil)
     let world: World
     do {
-        world = try await World.make(services: config.services, scenario: scenario.name,
+        world = try await World.make(services: scenario.services ?? config.services, scenario: scenario.name,
                                      programsFile: config.programsFile, logDirectory: config.logDirectory)
     } catch {
         verdict.failures.append("setup: \(error)")
@@ -145,8 +147,8 @@ extension String {
 // MARK: the scenarios of the issue
 
 enum Scenarios {
-    static func all(events: Int, baseEvents: Int, kills: Int, crashes: Int, outage: Duration, services: Services)
-        -> [Scenario] {
+    static func all(events: Int, baseEvents: Int, kills: Int, crashes: Int, outage: Duration, services: Services,
+                    cluster: Services?) -> [Scenario] {
         [
             Scenario(name: "hostile-input", events: baseEvents, hostile: true) { _ in 0 },
             Scenario(name: "kill-9", events: events) { ctx in
@@ -227,6 +229,8 @@ enum Scenarios {
                 return terminated
             },
             Scenario(name: "three-instances", events: baseEvents * 2, instances: 3) { _ in 0 },
+        ] + (cluster.map { [clusterNodeDown($0, events: baseEvents)] } ?? []) + [
+
             // The DLQ deleted under load (and with it its binding): the broker returns every dead
             // letter. Valid events must keep flowing, the refused dead letters wait in the parked
             // queue, and once the DLQ is back every one of them reaches it with its reason
@@ -234,7 +238,7 @@ enum Scenarios {
             Scenario(name: "dlq-deleted", events: baseEvents, hostile: true) { ctx in
                 let world = ctx.world
                 let settings = world.settings
-                let amqp = try await AMQPConnection.connect(try AMQPURL(parsing: world.services.amqpURL), heartbeatSeconds: 30,
+                let amqp = try await world.services.connectBroker(heartbeatSeconds: 30,
                                                             connectionName: "referrald-faults dlq", logger: quietLogger)
                 defer { Task { await amqp.close() } }
                 // Deleted before the paced load, in which the hostile input travels: a dead letter
@@ -284,6 +288,30 @@ enum Scenarios {
                 return 3
             },
         ]
+    }
+
+    /// A three-node RabbitMQ cluster, the daemon given all three nodes: the node that leads the
+    /// inbox's quorum queue is stopped under load and started again 10 s later. The queue elects
+    /// another leader among the two left (a majority), the daemon's connections to the stopped
+    /// node break and reconnect to the next node of its URL, and nothing is lost or doubled.
+    static func clusterNodeDown(_ cluster: Services, events: Int) -> Scenario {
+        Scenario(name: "cluster-node-down", events: events, services: cluster) { ctx in
+            try await ctx.at(0.4)
+            let queue = ctx.world.settings.inboxQueue
+            let vhost = try AMQPURL.parseList(cluster.amqpURL)[0].vhost
+            let leaders = try cluster.rabbitmqctl(["list_queues", "-p", vhost, "--no-table-headers", "name", "leader"])
+            guard let line = leaders.split(separator: "\n").first(where: { $0.split(separator: "\t").first.map(String.init) == queue }),
+                  let leader = line.split(separator: "\t").last.map(String.init)
+            else { throw SuiteError("no leader found for \(queue) in: \(leaders)") }
+            var node = cluster
+            node.node = leader
+            let stoppedAt = ContinuousClock.now
+            _ = try node.rabbitmqctl(["stop_app"])
+            try await Task.sleep(for: .seconds(10))
+            _ = try node.rabbitmqctl(["start_app"])
+            ctx.notes.append("stopped \(leader), the inbox's leader, for \(ContinuousClock.now - stoppedAt)")
+            return 1
+        }
     }
 
     /// At `crashes` random moments of the load the running instance is stopped and one with the

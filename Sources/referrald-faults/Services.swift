@@ -1,4 +1,6 @@
+import AMQP
 import Foundation
+import Logging
 
 /// Where the real services are and how to disturb them: `rabbitmqctl` against one named node and
 /// `pg_ctl` against one data directory. The suite restarts and stops these, so they must be
@@ -11,6 +13,22 @@ struct Services: Sendable {
     var node: String
     var pgBin: String
     var pgData: String
+
+    /// A connection to the broker: to the first node of `amqpURL` that answers, when it names
+    /// several (the three-node cluster), so the suite's own publisher and observer outlive the
+    /// node a scenario stops.
+    func connectBroker(heartbeatSeconds: Int, connectionName: String, logger: Logger) async throws -> AMQPConnection {
+        var lastError: (any Error)?
+        for url in try AMQPURL.parseList(amqpURL) {
+            do {
+                return try await AMQPConnection.connect(url, heartbeatSeconds: heartbeatSeconds, connectionName: connectionName,
+                                                        logger: logger)
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError!
+    }
 
     func rabbitmqctl(_ arguments: [String], timeout: Duration = .seconds(120)) throws -> String {
         try Shell.run(rabbitmqctl, ["-n", node, "-q"] + arguments, timeout: timeout)

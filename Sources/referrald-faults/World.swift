@@ -39,7 +39,7 @@ final class World: Sendable {
                                                       applicationName: "referrald-faults", logger: quietLogger)
         _ = try await Schema.migrate(db, logger: quietLogger)
         await db.close()
-        let amqp = try await AMQPConnection.connect(try AMQPURL(parsing: services.amqpURL), heartbeatSeconds: 30,
+        let amqp = try await services.connectBroker(heartbeatSeconds: 30,
                                                     connectionName: "referrald-faults setup", logger: quietLogger)
         try await Topology(settings: settings).declare(on: amqp, passiveUpstream: false, logger: quietLogger)
         let observer = "\(name).billing"
@@ -80,7 +80,7 @@ final class World: Sendable {
 
     /// Messages in a queue, ready and unacknowledged; nil while the broker is away.
     func queueDepth(_ queue: String) async -> UInt32? {
-        guard let amqp = try? await AMQPConnection.connect(try AMQPURL(parsing: services.amqpURL), heartbeatSeconds: 30,
+        guard let amqp = try? await services.connectBroker(heartbeatSeconds: 30,
                                                            connectionName: "referrald-faults probe", logger: quietLogger)
         else { return nil }
         defer { Task { await amqp.close() } }
@@ -88,7 +88,7 @@ final class World: Sendable {
     }
 
     func tearDown() async {
-        if let amqp = try? await AMQPConnection.connect(try AMQPURL(parsing: services.amqpURL), heartbeatSeconds: 30,
+        if let amqp = try? await services.connectBroker(heartbeatSeconds: 30,
                                                         connectionName: "referrald-faults teardown", logger: quietLogger) {
             for q in [settings.inboxQueue, settings.deadLetterQueue, settings.parkedQueue, observerQueue] { try? await amqp.deleteQueue(q) }
             for x in settings.upstreamExchanges + [settings.eventsExchange, settings.deadLetterExchange] {
