@@ -134,12 +134,14 @@ public final class AMQPConnection: Sendable {
         }
     }
 
-    /// Returns up to `max` deliveries. Waits up to `wait` for the first one, then returns at once
-    /// with whatever else has already arrived (it does not wait to fill the batch). Returns an
-    /// empty array when nothing came in time. Throws `consumerCancelled` once the buffered
+    /// Returns up to `max` deliveries whose bodies total at most `maxBytes`. Waits up to `wait`
+    /// for the first one, then returns at once with whatever else has already arrived (it does
+    /// not wait to fill the batch). A delivery that would take the total over `maxBytes` ends the
+    /// batch and starts the next one; a single body larger than `maxBytes` comes alone. Returns
+    /// an empty array when nothing came in time. Throws `consumerCancelled` once the buffered
     /// deliveries of a cancelled consumer are handed out, `channelClosed`, `connectionLost`, or
     /// `CancellationError` when the task is cancelled while waiting.
-    public func nextDeliveries(max: Int, wait: Duration) async throws -> [Delivery] {
+    public func nextDeliveries(max: Int, maxBytes: Int = .max, wait: Duration) async throws -> [Delivery] {
         guard max > 0 else {
             throw AMQPError(.invalidUsage, operation: "nextDeliveries", detail: "max must be positive")
         }
@@ -147,7 +149,7 @@ public final class AMQPConnection: Sendable {
         return try await withTaskCancellationHandler {
             try Task.checkCancellation()
             return try await performAsync("nextDeliveries") { core, continuation in
-                core.nextDeliveries(id: id, max: max, wait: wait, continuation: continuation)
+                core.nextDeliveries(id: id, max: max, maxBytes: maxBytes, wait: wait, continuation: continuation)
             }
         } onCancel: {
             _ = thread.submit { core in core.cancelWaiter(id: id) }

@@ -37,6 +37,13 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         default: throw invalid("unsupported scheme; expected amqp or amqps")
         }
         let rest = text[schemeEnd.upperBound...]
+        // An '@' after the first '/' or '?' means the user or password holds one of them
+        // unencoded (amqp://u:pa/ss@host): split there, the end of the password would become the
+        // host, port or vhost, and reach the connect attempt and its error text. Refused whole;
+        // an '@' in the vhost is written %40. The message never quotes the URL.
+        if let end = rest.firstIndex(where: { $0 == "/" || $0 == "?" }), rest[end...].contains("@") {
+            throw invalid("an '@' follows a '/' or '?': a user or password must percent-encode '/' as %2F and '?' as %3F (and an '@' in the vhost is written %40)")
+        }
         if rest.contains("?") || rest.contains("#") {
             throw invalid("query parameters and fragments are not supported")
         }

@@ -55,6 +55,7 @@ final class ConnectionCore {
     private struct DeliveryWaiter {
         var id: UInt64
         var max: Int
+        var maxBytes: Int
         var deadline: ContinuousClock.Instant
         var continuation: CheckedContinuation<[Delivery], any Error>
     }
@@ -322,7 +323,7 @@ final class ConnectionCore {
     private func serveWaiters() {
         while !waiters.isEmpty, !deliveries.isEmpty {
             let waiter = waiters.removeFirst()
-            waiter.continuation.resume(returning: takeDeliveries(max: waiter.max))
+            waiter.continuation.resume(returning: takeDeliveries(max: waiter.max, maxBytes: waiter.maxBytes))
         }
         guard deliveries.isEmpty, !waiters.isEmpty else { return }
         let error: AMQPError
@@ -334,8 +335,19 @@ final class ConnectionCore {
         waiters.removeAll()
     }
 
-    private func takeDeliveries(max: Int) -> [Delivery] {
-        let count = min(max, deliveries.count)
+    /// The oldest deliveries, up to `max` of them and `maxBytes` of bodies: a batch's memory
+    /// downstream (its parsed events, the inbox statement's parameter, libpq's send buffer) is a
+    /// few times its bodies, so it is bounded by bytes, not only by count. At least one is taken,
+    /// so a body larger than the cap still goes, alone.
+    private func takeDeliveries(max: Int, maxBytes: Int) -> [Delivery] {
+        var count = 0
+        var bytes = 0
+        while count < min(max, deliveries.count) {
+            let size = deliveries[count].body.count
+            if count > 0 && size > maxBytes - bytes { break }
+            bytes += size
+            count += 1
+        }
         let taken = Array(deliveries.prefix(count))
         deliveries.removeFirst(count)
         return taken
@@ -794,7 +806,7 @@ final class ConnectionCore {
     }
 
     func nextDeliveries(
-        id: UInt64, max: Int, wait: Duration, continuation: CheckedContinuation<[Delivery], any Error>
+        id: UInt64, max: Int, maxBytes: Int, wait: Duration, continuation: CheckedContinuation<[Delivery], any Error>
     ) {
         highestWaiterID = Swift.max(highestWaiterID, id)
         if cancelledWaiters.remove(id) != nil {
@@ -819,7 +831,7 @@ final class ConnectionCore {
         // Pick up whatever already sits in the socket so the batch is as full as it can be.
         if deliveries.count < max { pumpFrames() }
         if !deliveries.isEmpty {
-            continuation.resume(returning: takeDeliveries(max: max))
+            continuation.resume(returning: takeDeliveries(max: max, maxBytes: maxBytes))
             return
         }
         if let failure {
@@ -832,7 +844,7 @@ final class ConnectionCore {
         case .idle, .active:
             if wait > .zero {
                 waiters.append(DeliveryWaiter(
-                    id: id, max: max, deadline: ContinuousClock.now + wait, continuation: continuation))
+                    id: id, max: max, maxBytes: maxBytes, deadline: ContinuousClock.now + wait, continuation: continuation))
             } else {
                 continuation.resume(returning: [])
             }

@@ -1,6 +1,10 @@
 import CLibPQ
 import Logging
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// One libpq connection, confined to its own OS thread.
 ///
 /// The actor runs on a `ThreadExecutor`: every method, and every closure passed to
@@ -20,14 +24,25 @@ public actor PostgresConnection {
     private var logger: Logger
     /// Receives libpq's notices; kept here because libpq holds only an unretained pointer to it.
     private var noticeSink: NoticeSink?
+    /// How long a statement may go without an answer before the connection is given up as
+    /// lost; nil waits as long as the socket lives. Keepalives and `tcp_user_timeout` end a
+    /// socket whose peer vanished, but not one whose peer's kernel still answers while nothing
+    /// behind it does: a proxy or pooler (pgbouncer, HAProxy, a cloud load balancer) cut off
+    /// from the server, or a frozen server. A statement sent then would wait for ever, holding
+    /// its batch.
+    private let answerTimeout: Duration?
+    /// Why the connection was given up (an answer deadline), for every later statement: the
+    /// handle is gone, but the caller must still see a transient loss, not a close it never did.
+    private var lost: PostgresError?
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor {
         executor.asUnownedSerialExecutor()
     }
 
-    private init(logger: Logger) {
+    private init(logger: Logger, answerTimeout: Duration?) {
         self.executor = ThreadExecutor(name: "postgres")
         self.logger = logger
+        self.answerTimeout = answerTimeout
     }
 
     isolated deinit {
@@ -39,10 +54,13 @@ public actor PostgresConnection {
     /// `TimeZone = 'UTC'`, `DateStyle = 'ISO, MDY'` and `bytea_output = 'hex'`.
     ///
     /// `applicationName` shows in `pg_stat_activity`; an `application_name` in the URL wins.
+    /// With `answerTimeout`, a statement unanswered for that long fails with `.connectionLost`
+    /// and closes the connection (see `answerTimeout`): set it above the session's
+    /// `statement_timeout`, which ends every statement the server is still working on sooner.
     public static func connect(
-        _ url: PostgresURL, applicationName: String, logger: Logger
+        _ url: PostgresURL, applicationName: String, logger: Logger, answerTimeout: Duration? = nil
     ) async throws(PostgresError) -> PostgresConnection {
-        let connection = PostgresConnection(logger: logger)
+        let connection = PostgresConnection(logger: logger, answerTimeout: answerTimeout)
         try await connection.open(url.connectionParameters(applicationName: applicationName))
         return connection
     }
@@ -59,6 +77,13 @@ public actor PostgresConnection {
             throw PostgresError(code: .connectionFailed, context: "connect", message: "libpq could not allocate a connection")
         }
         guard PQstatus(connection) == CONNECTION_OK else {
+            let message = Self.errorMessage(connection)
+            PQfinish(connection)
+            throw PostgresError(code: .connectionFailed, context: "connect", message: message)
+        }
+        // Non-blocking sends: a statement's parameters are written as the socket takes them,
+        // under the answer deadline, instead of inside a send() that a stalled peer blocks.
+        guard PQsetnonblocking(connection, 1) == 0 else {
             let message = Self.errorMessage(connection)
             PQfinish(connection)
             throw PostgresError(code: .connectionFailed, context: "connect", message: message)
@@ -84,6 +109,7 @@ public actor PostgresConnection {
 
     /// Closes the connection. Later statements throw `.connectionClosed`.
     public func close() {
+        lost = nil
         guard let handle else { return }
         PQfinish(handle)
         self.handle = nil
@@ -103,24 +129,42 @@ public actor PostgresConnection {
 
     // MARK: Statements
 
-    /// Runs one statement with text-format parameters (`$1`, `$2`, ...) and returns its rows.
+    /// Runs one statement with parameters (`$1`, `$2`, ...) and returns its rows.
     ///
     /// Uses the extended protocol even without parameters, so a string holding two statements
     /// is rejected by the server instead of running both; use `executeScript` for those.
     public func query(_ sql: String, _ parameters: [PostgresValue] = []) throws(PostgresError) -> PostgresRows {
         let handle = try liveHandle(context: "query")
         var types: [UInt32] = []
-        var values: [String?] = []
+        var texts: [String?] = []
+        var lengths: [Int32] = []
+        var formats: [Int32] = []
+        var binaries: [(index: Int, bytes: [UInt8])] = []
         types.reserveCapacity(parameters.count)
-        values.reserveCapacity(parameters.count)
+        texts.reserveCapacity(parameters.count)
         for (index, parameter) in parameters.enumerated() {
             types.append(parameter.typeOID)
-            values.append(try parameter.encoded(index: index))
+            switch try parameter.encoded(index: index) {
+            case .null:
+                texts.append(nil); lengths.append(0); formats.append(0)
+            case .text(let text):
+                texts.append(text); lengths.append(0); formats.append(0)
+            case .binary(let bytes):
+                guard bytes.count <= Int(Int32.max) else {
+                    throw PostgresError(code: .invalidParameter, context: "parameter $\(index + 1)",
+                                        message: "bytea of \(bytes.count) bytes is over the protocol's 2 GiB")
+                }
+                texts.append(nil); lengths.append(Int32(bytes.count)); formats.append(1)
+                binaries.append((index, bytes))
+            }
         }
-        let result = withCStrings(values) { values in
-            // Text format in both directions: nil lengths and formats.
-            PQexecParams(handle, sql, Int32(parameters.count), types, values, nil, nil, 0)
+        let sent = withCStrings(texts) { values in
+            withBinaryValues(binaries[...], values) { values in
+                // Results in text format (resultFormat 0); each parameter in its own format.
+                PQsendQueryParams(handle, sql, Int32(parameters.count), types, values, lengths, formats, 0)
+            }
         }
+        let result = try awaitResult(sent: sent, handle: handle, context: "query")
         return try consume(result, handle: handle, context: "query")
     }
 
@@ -135,8 +179,7 @@ public actor PostgresConnection {
     /// as one implicit transaction unless the script has its own `BEGIN`/`COMMIT`. Stops at the
     /// first failing statement.
     public func executeScript(_ sql: String) throws(PostgresError) {
-        let handle = try liveHandle(context: "script")
-        _ = try consume(PQexec(handle, sql), handle: handle, context: "script")
+        _ = try simple(sql, context: "script")
     }
 
     // MARK: Batches
@@ -156,14 +199,13 @@ public actor PostgresConnection {
     /// method rolls back and throws `.transactionAborted` instead of reporting success for work
     /// that was discarded.
     public func transaction<T: Sendable>(_ body: @Sendable (isolated PostgresConnection) throws -> T) throws -> T {
-        let handle = try liveHandle(context: "transaction.begin")
-        guard PQtransactionStatus(handle) == PQTRANS_IDLE else {
+        guard PQtransactionStatus(try liveHandle(context: "transaction.begin")) == PQTRANS_IDLE else {
             // A nested BEGIN is only a warning, and the inner COMMIT would commit the outer
             // transaction's work halfway through.
             throw PostgresError(
                 code: .misuse, context: "transaction.begin", message: "a transaction is already open on this connection")
         }
-        _ = try consume(PQexec(handle, "BEGIN"), handle: handle, context: "transaction.begin")
+        _ = try simple("BEGIN", context: "transaction.begin")
         let value: T
         do {
             value = try body(self)
@@ -171,9 +213,13 @@ public actor PostgresConnection {
             rollback(context: "transaction.rollback")
             throw error
         }
+        // The body may have lost the connection (an answer deadline closes it) and carried on.
+        guard let handle = self.handle else {
+            throw lost ?? PostgresError(code: .connectionClosed, context: "transaction.commit")
+        }
         switch PQtransactionStatus(handle) {
         case PQTRANS_INTRANS:
-            _ = try consume(PQexec(handle, "COMMIT"), handle: handle, context: "transaction.commit")
+            _ = try simple("COMMIT", context: "transaction.commit")
             return value
         case PQTRANS_INERROR:
             rollback(context: "transaction.rollback")
@@ -199,7 +245,7 @@ public actor PostgresConnection {
     private func rollback(context: String) {
         guard let handle, PQstatus(handle) == CONNECTION_OK, PQtransactionStatus(handle) != PQTRANS_IDLE else { return }
         do {
-            _ = try consume(PQexec(handle, "ROLLBACK"), handle: handle, context: context)
+            _ = try simple("ROLLBACK", context: context)
         } catch {
             logger.debug("postgres rollback failed", metadata: ["postgres.error": "\(error)"])
         }
@@ -207,8 +253,85 @@ public actor PostgresConnection {
 
     // MARK: libpq plumbing
 
+    /// One statement or script through the simple query protocol, under the answer deadline.
+    private func simple(_ sql: String, context: String) throws(PostgresError) -> PostgresRows {
+        let handle = try liveHandle(context: context)
+        let result = try awaitResult(sent: PQsendQuery(handle, sql), handle: handle, context: context)
+        return try consume(result, handle: handle, context: context)
+    }
+
+    /// What `PQexec` does after sending, with a deadline: flushes the statement as the socket
+    /// takes it, then collects its results. Returns the first error result, else the last
+    /// result (as `PQexec` does for a script), or stops at a COPY, which `consume` ends. Past
+    /// the deadline the connection is closed and the statement fails as `.connectionLost`: its
+    /// transaction, if the server ever got it, ends by the server's own timeouts.
+    private func awaitResult(sent: Int32, handle: OpaquePointer, context: String) throws(PostgresError) -> OpaquePointer? {
+        guard sent == 1 else { return nil }
+        let deadline = answerTimeout.map { ContinuousClock.now + $0 }
+        while true {
+            let flushed = PQflush(handle)
+            if flushed == 0 { break }
+            if flushed < 0 { return nil }
+            try waitForSocket(handle, writable: true, deadline: deadline, context: context)
+        }
+        var kept: OpaquePointer?
+        while true {
+            while PQisBusy(handle) == 1 {
+                try waitForSocket(handle, writable: false, deadline: deadline, context: context)
+                guard PQconsumeInput(handle) == 1 else {
+                    if let kept { PQclear(kept) }
+                    return nil
+                }
+            }
+            guard let result = PQgetResult(handle) else { return kept }
+            switch PQresultStatus(result) {
+            case PGRES_COPY_IN, PGRES_COPY_OUT, PGRES_COPY_BOTH:
+                if let kept { PQclear(kept) }
+                return result
+            default:
+                // PQexec's rule: the first error wins, otherwise the last result.
+                if let kept, PQresultStatus(kept) == PGRES_FATAL_ERROR {
+                    PQclear(result)
+                } else {
+                    if let kept { PQclear(kept) }
+                    kept = result
+                }
+            }
+        }
+    }
+
+    /// Sleeps in poll() until the socket is ready or the deadline passes. Past the deadline the
+    /// connection is finished here: its state is unknown (a half-sent message, an answer that
+    /// may still come), and only a new connection is safe.
+    private func waitForSocket(_ handle: OpaquePointer, writable: Bool, deadline: ContinuousClock.Instant?,
+                               context: String) throws(PostgresError) {
+        var descriptor = pollfd(fd: PQsocket(handle), events: Int16(writable ? POLLOUT : POLLIN), revents: 0)
+        while true {
+            var wait: Int32 = -1
+            if let deadline {
+                let left = deadline - ContinuousClock.now
+                if left <= .zero {
+                    PQfinish(handle)
+                    self.handle = nil
+                    noticeSink = nil
+                    let error = PostgresError(
+                        code: .connectionLost, context: context,
+                        message: "no answer from the server within \(answerTimeout!); the connection was closed")
+                    lost = error
+                    throw error
+                }
+                wait = Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
+            }
+            let ready = poll(&descriptor, 1, wait)
+            if ready > 0 { return }
+            if ready < 0 && errno != EINTR {
+                throw PostgresError(code: .connectionLost, context: context, message: "poll failed: errno \(errno)")
+            }
+        }
+    }
+
     private func liveHandle(context: String) throws(PostgresError) -> OpaquePointer {
-        guard let handle else { throw PostgresError(code: .connectionClosed, context: context) }
+        guard let handle else { throw lost ?? PostgresError(code: .connectionClosed, context: context) }
         guard PQstatus(handle) == CONNECTION_OK else {
             throw PostgresError(code: .connectionLost, context: context, message: Self.errorMessage(handle))
         }
@@ -301,6 +424,22 @@ final class NoticeSink: Sendable {
         var metadata: Logger.Metadata = ["postgres.severity": "\(severity)"]
         if let sqlState = field("C") { metadata["postgres.sqlstate"] = "\(sqlState)" }
         logger.log(level: level, "\(field("M") ?? "postgres notice")", metadata: metadata)
+    }
+}
+
+/// Calls `body` with `values` where each binary parameter's slot points into its own bytes,
+/// without copying them: libpq copies every parameter into its send buffer during the call.
+/// An empty `bytea` gets a pointer to static memory: a NULL pointer would send SQL NULL.
+private func withBinaryValues<R>(
+    _ binaries: ArraySlice<(index: Int, bytes: [UInt8])>, _ values: [UnsafePointer<CChar>?],
+    _ body: ([UnsafePointer<CChar>?]) -> R
+) -> R {
+    guard let first = binaries.first else { return body(values) }
+    return first.bytes.withUnsafeBufferPointer { buffer in
+        var values = values
+        let start = buffer.baseAddress ?? ("" as StaticString).utf8Start
+        values[first.index] = UnsafeRawPointer(start).assumingMemoryBound(to: CChar.self)
+        return withBinaryValues(binaries.dropFirst(), values, body)
     }
 }
 

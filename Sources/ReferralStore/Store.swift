@@ -48,10 +48,31 @@ extension Store {
     /// sequential scans once a table held some 10,000 rows (the view update of 570 referrals:
     /// 8.5 ms by seq scan and hash join, 4.5 ms by index), and their cost grew with the table —
     /// on a 1,000,000-event drain the view update alone averaged 19 ms a batch.
-    public static func configureWorkerSession(_ c: isolated PostgresConnection) throws {
+    ///
+    /// The timeouts bound what the server holds for a client that went quiet: a statement
+    /// stuck behind something (`statement_timeout`), a wait for another transaction's locks
+    /// (`lock_timeout`: a transient error, the batch is retried), and a transaction whose client
+    /// vanished mid-way (`idle_in_transaction_session_timeout`: without it a partitioned
+    /// pipeline's transaction kept its row locks, and every later batch touching them waited,
+    /// until the server's TCP noticed, hours later).
+    public static func configureWorkerSession(_ c: isolated PostgresConnection, timeouts: SessionTimeouts) throws {
         try c.execute("SET jit = off")
         try c.execute("SET max_parallel_workers_per_gather = 0")
         try c.execute("SET random_page_cost = 1.1")
+        // SET takes no parameters; the values are whole milliseconds formatted here.
+        try c.execute("SET statement_timeout = \(timeouts.statement.microseconds / 1000)")
+        try c.execute("SET lock_timeout = \(timeouts.lock.microseconds / 1000)")
+        try c.execute("SET idle_in_transaction_session_timeout = \(timeouts.idleInTransaction.microseconds / 1000)")
+    }
+
+    /// The worker session's timeouts (REFERRALD_DB_*_TIMEOUT).
+    public struct SessionTimeouts: Sendable {
+        public var statement: Span
+        public var lock: Span
+        public var idleInTransaction: Span
+        public init(statement: Span, lock: Span, idleInTransaction: Span) {
+            self.statement = statement; self.lock = lock; self.idleInTransaction = idleInTransaction
+        }
     }
 
     /// Records the batch's events in the inbox and returns the indexes of those seen for the

@@ -36,7 +36,7 @@ struct FaultSuite: AsyncParsableCommand {
         ?? "/usr/lib/postgresql/15/bin"
     @Option(help: "The referrald binary (default: beside this one).")
     var daemon = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("referrald").path
-    @Option(help: "Comma-separated scenarios, or 'all'; 'memory' is the RSS check, 'poison' the failing-event check.")
+    @Option(help: "Comma-separated scenarios, or 'all'; 'memory' and 'memory-large' are the RSS checks, 'poison' the failing-event check.")
     var scenarios = "all"
     @Option(help: "Events of the kill -9 scenario.")
     var events = 10_000
@@ -60,6 +60,8 @@ struct FaultSuite: AsyncParsableCommand {
     var poisonGood = 500
     @Option(help: "Messages waiting in the queue for the memory check.")
     var queuedMessages = 1_000_000
+    @Option(help: "Events of about 250 KiB for the large-body memory check.")
+    var largeEvents = 2_000
     @Option(help: "Seed of the plans and fault moments (printed; a failure replays with it).")
     var seed: UInt64 = 2026
     @Option(help: "The shared contract (its invalid examples join the hostile input).")
@@ -133,6 +135,20 @@ struct FaultSuite: AsyncParsableCommand {
             } catch {
                 poisonPassed = false
                 say("poison: FAILED: \(error)")
+            }
+        }
+        if wanted.contains("all") || wanted.contains("memory-large") {
+            say("memory-large: \(largeEvents) valid events of 250 KiB waiting in the inbox, default settings …")
+            do {
+                let m = try await LargeBodyCheck.run(config: config, count: largeEvents)
+                let ok = m.peakRSS <= LargeBodyCheck.limit && m.peakRSS > 0 && m.deadLetters == 0
+                memoryPassed = memoryPassed && ok
+                say(String(format: "memory-large: %d events of %d bytes drained in %@, %u dead letters, peak RSS (VmHWM) %.1f MiB %@",
+                           m.events, m.bodyBytes, seconds(m.drained), m.deadLetters, Double(m.peakRSS) / 1_048_576,
+                           ok ? "ok (≤ 256 MiB)" : "FAILED (limit 256 MiB, no dead letters)"))
+            } catch {
+                memoryPassed = false
+                say("memory-large: FAILED: \(error)")
             }
         }
         printTable(verdicts)

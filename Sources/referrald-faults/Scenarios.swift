@@ -33,6 +33,9 @@ struct FaultContext {
     var rng: SeededGenerator
     var notes: [String] = []
     var failures: [String] = []
+    /// A scenario's own recovery figure (e.g. from a cut to the next commit), reported instead
+    /// of the drain after the load.
+    var recovery: Duration?
 
     /// Sleeps until `fraction` of the paced load has gone by.
     func at(_ fraction: Double) async throws {
@@ -53,6 +56,10 @@ struct Scenario {
     var hostile = false
     /// Services other than the suite's own (the three-node cluster's broker).
     var services: Services? = nil
+    /// Settings of the daemons over the world's, decided once the world exists.
+    var daemonEnvironment: (World) throws -> [String: String] = { _ in [:] }
+    /// Runs after the scenario, passed or not.
+    var finish: () -> Void = {}
     /// Injects the faults while the load runs; returns how many it injected.
     let inject: (inout FaultContext) async throws -> Int
 }
@@ -77,7 +84,7 @@ func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
     let hostile = scenario.hostile ? HostileInput.all(contractDirectory: config.contractDirectory, fixturesDirectory: config.fixturesDirectory) : []
     var started: Daemons?
     do {
-        let daemons = try Daemons(world: world, executable: config.daemon)
+        let daemons = try Daemons(world: world, executable: config.daemon, environment: try scenario.daemonEnvironment(world))
         started = daemons
         for _ in 0..<scenario.instances { try daemons.spawn() }
         let rate = config.rate
@@ -120,6 +127,7 @@ func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
         var judged = try await Oracle.judge(scenario: scenario.name, plan: plan, world: world, ledger: ledger,
                                             faults: verdict.faults, recovery: recovery, deadLettersExpected: scenario.hostile)
         judged.events = plan.eventCount + hostile.count
+        if let measured = context.recovery, judged.recovery != nil { judged.recovery = measured }
         judged.notes += context.notes
         judged.failures += context.failures
         if scenario.hostile { judged.failures += await HostileInput.check(hostile, world: world, notes: &judged.notes) }
@@ -130,6 +138,7 @@ func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
     }
     // Also after a failed fault: a daemon left running would retry against a dropped database.
     await started?.stopAll()
+    scenario.finish()
     if !verdict.passed {
         let log = (try? String(contentsOfFile: world.logPath, encoding: .utf8)) ?? ""
         verdict.notes.append("daemon log \(world.logPath), last lines:\n" +
@@ -228,6 +237,7 @@ enum Scenarios {
                 }
                 return terminated
             },
+            partitionScenario(events: baseEvents, services: services),
             Scenario(name: "three-instances", events: baseEvents * 2, instances: 3) { _ in 0 },
         ] + (cluster.map { [clusterNodeDown($0, events: baseEvents)] } ?? []) + [
 
@@ -336,6 +346,98 @@ enum Scenarios {
         }
     }
 
+    /// Timeouts of the partition scenario, short so that it runs in seconds: the answer
+    /// deadline is the statement timeout + 10 s.
+    static let partitionTimeouts = (statement: 5, lock: 5, idleInTransaction: 5)
+
+    /// A silent partition between the daemon and PostgreSQL, mid-transaction: the daemon reaches
+    /// the database through a proxy, which black-holes the daemon's connection while it holds a
+    /// transaction open. Nothing is reset or closed: the daemon's statement hangs until its
+    /// answer deadline, it reconnects (new connections pass) and retries the batch, whose locks
+    /// the stranded transaction holds until the server's idle-in-transaction timeout ends it.
+    /// The recovery figure runs from the cut to the first commit after it.
+    static func partitionScenario(events: Int, services: Services) -> Scenario {
+        let proxy = ProxyHolder()
+        var scenario = Scenario(name: "pg-partition", events: events) { ctx in
+            guard let proxy = proxy.proxy else { throw SuiteError("the proxy did not start") }
+            var attempts = 0
+            let world = ctx.world
+            while attempts < 3 {
+                attempts += 1
+                try await ctx.at(0.2 + 0.25 * Double(attempts - 1))
+                // Cut when the daemon's session is inside a transaction: polled on one
+                // connection of the suite's own (not through the proxy).
+                let open = try await world.db { c in
+                    let deadline = ContinuousClock.now + .seconds(20)
+                    while ContinuousClock.now < deadline {
+                        let inTransaction = try c.query("""
+                            SELECT count(*)::int8 AS n FROM pg_stat_activity
+                            WHERE datname = current_database() AND application_name = 'referrald' AND xact_start IS NOT NULL
+                            """).first?.decode("n", as: Int64.self) ?? 0
+                        if inTransaction > 0 {
+                            proxy.blackHole()
+                            return true
+                        }
+                        usleep(2_000)
+                    }
+                    return false
+                }
+                let cut = ContinuousClock.now
+                let committed = try await world.count("SELECT count(*) FROM inbox")
+                // Half a second on, a stranded transaction shows as the daemon's session idle
+                // in one (the answer to its last statement went into the void).
+                try await Task.sleep(for: .milliseconds(500))
+                let stranded = try await world.count("""
+                    SELECT count(*) FROM pg_stat_activity
+                    WHERE datname = current_database() AND application_name = 'referrald' AND state = 'idle in transaction'
+                    """)
+                // Recovered once a batch commits again: the load keeps events coming.
+                while try await world.count("SELECT count(*) FROM inbox") <= committed {
+                    guard ContinuousClock.now - cut < .seconds(120) else {
+                        ctx.failures.append("no commit within 120 s of the cut")
+                        return attempts
+                    }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                let recovered = ContinuousClock.now - cut
+                ctx.notes.append("cut \(attempts): caught \(open && stranded > 0 ? "mid-transaction" : "between transactions"), "
+                                 + "first commit after \(seconds(recovered))")
+                if open && stranded > 0 {
+                    ctx.recovery = recovered
+                    let t = partitionTimeouts
+                    let bound = Duration.seconds(t.statement + 10 + t.idleInTransaction + 10)
+                    if recovered > bound {
+                        ctx.failures.append("recovery \(seconds(recovered)) is past the configured bound \(seconds(bound))")
+                    }
+                    return attempts
+                }
+            }
+            ctx.failures.append("no cut caught a transaction in \(attempts) attempts")
+            return attempts
+        }
+        scenario.daemonEnvironment = { world in
+            let direct = try PostgresURL(parsing: world.databaseURL)
+            let started = try TCPProxy(targetPort: direct.port)
+            proxy.proxy = started
+            var url = URLComponents(string: world.databaseURL)!
+            url.host = "127.0.0.1"
+            url.port = started.port
+            // What production sets against a real partition (they cannot fire through a local
+            // proxy, whose kernel answers for the cut flow; see TCPProxy).
+            url.queryItems = (url.queryItems ?? []) + [
+                URLQueryItem(name: "keepalives", value: "1"), URLQueryItem(name: "keepalives_idle", value: "5"),
+                URLQueryItem(name: "keepalives_interval", value: "2"), URLQueryItem(name: "keepalives_count", value: "3"),
+                URLQueryItem(name: "tcp_user_timeout", value: "10000"),
+            ]
+            let t = partitionTimeouts
+            return ["REFERRALD_DATABASE_URL": url.string!,
+                    "REFERRALD_DB_STATEMENT_TIMEOUT": "\(t.statement)s", "REFERRALD_DB_LOCK_TIMEOUT": "\(t.lock)s",
+                    "REFERRALD_DB_IDLE_IN_TRANSACTION_TIMEOUT": "\(t.idleInTransaction)s"]
+        }
+        scenario.finish = { proxy.proxy?.stop() }
+        return scenario
+    }
+
     /// Closes every broker connection named by the daemon (`referrald consumer|publisher`),
     /// as an operator's `close_connection` or a load balancer's idle cut would.
     static func closeDaemonConnections(_ services: Services) throws -> Int {
@@ -351,4 +453,10 @@ enum Scenarios {
         }
         return closed
     }
+}
+
+/// The partition scenario's proxy, started when its world exists and stopped after it.
+final class ProxyHolder: @unchecked Sendable {
+    /// Set once, before the load starts, and read by the fault script and `finish` after.
+    var proxy: TCPProxy?
 }

@@ -127,9 +127,15 @@ enum Shell {
 }
 
 /// Resident set size of a process in bytes, from /proc (Linux).
-func residentBytes(pid: Int32) -> Int? {
+func residentBytes(pid: Int32) -> Int? { statusBytes(pid: pid, field: "VmRSS:") }
+
+/// The peak of the resident set over the process's life (VmHWM): a spike between two samples
+/// is not missed.
+func peakResidentBytes(pid: Int32) -> Int? { statusBytes(pid: pid, field: "VmHWM:") }
+
+private func statusBytes(pid: Int32, field: String) -> Int? {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-    for line in text.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+    for line in text.split(separator: "\n") where line.hasPrefix(field) {
         let kb = line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first.flatMap { Int($0) }
         return kb.map { $0 * 1024 }
     }

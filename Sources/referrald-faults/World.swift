@@ -112,9 +112,13 @@ final class Daemons {
     private(set) var processes: [Process] = []
     private let log: FileHandle
 
-    init(world: World, executable: String) throws {
+    /// Settings over the world's, for every instance.
+    let environment: [String: String]
+
+    init(world: World, executable: String, environment: [String: String] = [:]) throws {
         self.world = world
         self.executable = executable
+        self.environment = environment
         _ = FileManager.default.createFile(atPath: world.logPath, contents: nil)
         log = try FileHandle(forWritingTo: URL(fileURLWithPath: world.logPath))
     }
@@ -127,6 +131,7 @@ final class Daemons {
         process.arguments = ["run"]
         var env = ProcessInfo.processInfo.environment
         env.merge(world.environment) { _, new in new }
+        env.merge(environment) { _, new in new }
         env["REFERRALD_FAILPOINT"] = failpoint
         process.environment = env
         process.standardOutput = log

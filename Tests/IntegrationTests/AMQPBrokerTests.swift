@@ -42,6 +42,33 @@ struct AMQPBrokerTests {
         }
     }
 
+    @Test func batchesAreCappedByBodyBytesAndAnOversizedBodyComesAlone() async throws {
+        let queue = Broker.unique("bytes")
+        try await Broker.withConnection(Broker.unique("publisher"), queues: [queue]) { publisher in
+            try await publisher.declareQueue(queue, arguments: quorum)
+            // 400, 400, 400, 2500 (over the cap: alone), 400 bytes; cap 1000.
+            let sizes = [400, 400, 400, 2500, 400]
+            let messages = sizes.enumerated().map { i, n in
+                OutgoingMessage(exchange: "", routingKey: queue, body: Array(repeating: UInt8(ascii: "a") + UInt8(i), count: n))
+            }
+            #expect(try await publisher.publish(messages).allSatisfy { $0 == .confirmed })
+            let consumer = try await Broker.connect(Broker.unique("consumer"))
+            try await consumer.consume(queue: queue, prefetch: 10)
+            // Wait until all five sit in the consumer's buffer, so the cap and not the arrival
+            // times cut the batches.
+            #expect(try await Broker.eventually { try await publisher.declareQueue(queue, passive: true).messageCount == 0 })
+            try await Task.sleep(for: .milliseconds(300))
+            var batches: [[Int]] = []
+            let deadline = ContinuousClock.now + .seconds(15)
+            while batches.flatMap({ $0 }).count < 5, ContinuousClock.now < deadline {
+                let batch = try await consumer.nextDeliveries(max: 10, maxBytes: 1000, wait: .seconds(1))
+                if !batch.isEmpty { batches.append(batch.map(\.body.count)) }
+            }
+            #expect(batches == [[400, 400], [400], [2500], [400]])
+            await consumer.close()
+        }
+    }
+
     @Test func publishesFiveHundredWithConfirmsAndConsumesThemInOrder() async throws {
         let queue = Broker.unique("order")
         try await Broker.withConnection(Broker.unique("publisher"), queues: [queue]) { publisher in

@@ -78,6 +78,33 @@ struct AMQPURLTests {
         }
     }
 
+    /// An unencoded '/' or '?' in the password once put the rest of it in the host, port or vhost
+    /// (`amqp://u:5672/secret@h`: host "u", vhost "secret@h"), from where it reached error text.
+    @Test(arguments: [
+        "amqp://u:pa/topsecret@broker/v",
+        "amqp://u:5672/topsecret@broker",
+        "amqp://u:pa?topsecret@broker/v",
+        "amqps://u:pa/top?secret@broker:5671/v",
+        "amqp://u/topsecret:pw@broker/v",
+    ])
+    func refusesAnUnencodedSlashOrQuestionMarkInTheUserinfo(text: String) {
+        do {
+            let url = try AMQPURL(parsing: text)
+            Issue.record("accepted, host \(url.host), vhost \(url.vhost)")
+        } catch {
+            #expect(error.code == .invalidURL)
+            #expect("\(error)".contains("%2F"))
+            #expect(!"\(error)".contains("secret"))
+        }
+    }
+
+    @Test func anEncodedSlashAndQuestionMarkInThePasswordParse() throws {
+        let url = try AMQPURL(parsing: "amqp://u:pa%2Fs%3Fs@broker/v%40x")
+        #expect(url.password == "pa/s?s")
+        #expect(url.host == "broker")
+        #expect(url.vhost == "v@x")
+    }
+
     @Test func errorsNeverEchoThePassword() {
         do {
             _ = try AMQPURL(parsing: "amqp://u:topsecret@h:notaport/v")

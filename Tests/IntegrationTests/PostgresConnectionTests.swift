@@ -190,6 +190,29 @@ struct PostgresConnectionTests {
         }
     }
 
+    /// A statement whose answer never comes (a proxy cut off from the server, a frozen server:
+    /// the socket stays healthy, so keepalives never fire) fails after the answer deadline as a
+    /// transient loss, instead of holding its caller for ever. pg_sleep stands in for the silence.
+    @Test func aStatementUnansweredPastTheDeadlineIsATransientLoss() async throws {
+        let db = try await PostgresConnection.connect(
+            postgresTestURL(), applicationName: "referrald-postgres-tests", logger: Logger(label: "deadline"),
+            answerTimeout: .seconds(1))
+        // Under the deadline, a slow answer is just slow.
+        #expect(try await db.query("SELECT 1 AS one FROM pg_sleep(0.2)").first?.decode("one", as: Int.self) == 1)
+        let started = ContinuousClock.now
+        let error = await #expect(throws: PostgresError.self) {
+            try await db.transaction { db in try db.execute("SELECT pg_sleep(5)") }
+        }
+        let waited = ContinuousClock.now - started
+        #expect(error?.code == .connectionLost)
+        #expect(error?.isTransient == true)
+        #expect(waited >= .milliseconds(900) && waited < .seconds(3), "gave up after \(waited)")
+        #expect(await db.isConnected == false)
+        let again = await #expect(throws: PostgresError.self) { try await db.query("SELECT 1") }
+        #expect(again?.code == .connectionLost)
+        await db.close()
+    }
+
     @Test func blockingQueryDoesNotStallTheCooperativePool() async throws {
         try await withTestConnection { db in
             let ticker = Task {

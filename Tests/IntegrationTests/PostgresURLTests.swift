@@ -64,7 +64,6 @@ struct PostgresURLTests {
         "postgres://u:p@h:99999/db",                 // port out of range
         "postgres://u:p@h:abc/db",                   // port not a number
         "postgres://u:p@/db",                        // no host
-        "postgres://u:p@h1,h2/db",                   // several hosts
         "postgres://u:p@[::1/db",                    // unterminated IPv6
         "postgres://u:p%zz@h/db",                    // bad escape
         "postgres://u:p%4@h/db",                     // truncated escape
@@ -75,6 +74,63 @@ struct PostgresURLTests {
         "postgres://u:p@h/db?sslmode",               // no '='
     ])
     func rejectsMalformedURLs(_ text: String) {
+        #expect(throws: PostgresError.self) { try PostgresURL(parsing: text) }
+    }
+
+    /// An unencoded '/' or '?' in the password once put the rest of it in the database or a
+    /// query key (`postgres://u:pa?topsecret=1@h/db` said "unsupported query parameter
+    /// 'topsecret'").
+    @Test(arguments: [
+        "postgres://u:pa/topsecret@h/db",
+        "postgres://u:pa?topsecret=1@h/db",
+        "postgresql://u:pa?topsecret@h:5432/db?sslmode=require",
+        "postgres://u:5432/topsecret@h",
+    ])
+    func refusesAnUnencodedSlashOrQuestionMarkInTheUserinfo(_ text: String) {
+        do {
+            let url = try PostgresURL(parsing: text)
+            Issue.record("accepted, host \(url.host), database \(url.database ?? "-")")
+        } catch {
+            #expect(error.code == .invalidURL)
+            #expect(error.description.contains("%2F") || error.debugDescription.contains("%2F"))
+            #expect(!error.description.contains("secret"))
+            #expect(!error.debugDescription.contains("secret"))
+        }
+    }
+
+    @Test func encodedDelimitersInThePasswordParse() throws {
+        let url = try PostgresURL(parsing: "postgres://u:pa%2Fs%3Fs@h/db?application_name=a%40b")
+        #expect(url.password == "pa/s?s")
+        #expect(url.host == "h")
+        #expect(url.applicationName == "a@b")
+    }
+
+    @Test func severalHostsAndNetworkParameters() throws {
+        let url = try PostgresURL(parsing:
+            "postgres://u:pw@db1:5432,[::1]:5433,db3/referrald?target_session_attrs=read-write"
+            + "&keepalives=1&keepalives_idle=5&keepalives_interval=2&keepalives_count=3&tcp_user_timeout=9000"
+            + "&options=-c%20search_path%3Dreferral")
+        #expect(url.hosts == [.init(host: "db1", port: 5432), .init(host: "::1", port: 5433), .init(host: "db3", port: 5432)])
+        #expect(url.host == "db1")
+        #expect(url.networkParameters == [
+            "target_session_attrs": "read-write", "keepalives": "1", "keepalives_idle": "5",
+            "keepalives_interval": "2", "keepalives_count": "3", "tcp_user_timeout": "9000",
+            "options": "-c search_path=referral",
+        ])
+        #expect(url.description == "postgres://u:***@db1:5432,[::1]:5433,db3:5432/referrald?keepalives=1&keepalives_count=3"
+                    + "&keepalives_idle=5&keepalives_interval=2&options=-c search_path=referral"
+                    + "&target_session_attrs=read-write&tcp_user_timeout=9000")
+    }
+
+    @Test(arguments: [
+        "postgres://u:p@h/db?keepalives=2",
+        "postgres://u:p@h/db?keepalives_idle=-1",
+        "postgres://u:p@h/db?tcp_user_timeout=soon",
+        "postgres://u:p@h/db?target_session_attrs=writable",
+        "postgres://u:p@h1,/db",
+        "postgres://u:p@h1,h2:0/db",
+    ])
+    func rejectsBadNetworkParameters(_ text: String) {
         #expect(throws: PostgresError.self) { try PostgresURL(parsing: text) }
     }
 

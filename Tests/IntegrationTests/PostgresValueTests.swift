@@ -154,6 +154,10 @@ struct PostgresValueTests {
             let bytes = try #require(try await db.query("SELECT $1 AS v, length($1) AS n", [.bytes(allBytes)]).first)
             #expect(try bytes.decode("v", as: [UInt8].self) == allBytes)
             #expect(try bytes.decode("n", as: Int.self) == 256)
+            // bytea goes in binary format: an empty one must arrive empty, not as NULL.
+            let empty = try #require(try await db.query("SELECT $1 AS v, $1 IS NULL AS isnull", [.bytes([])]).first)
+            #expect(try empty.decode("v", as: [UInt8].self) == [])
+            #expect(try empty.decode("isnull", as: Bool.self) == false)
         }
     }
 

@@ -42,10 +42,59 @@ import Testing
         let error = await #expect(throws: SettingsError.self) { try await Settings.load(configFile: nil, environment: env) }
         #expect(error?.key == "REFERRALD_PREFETCH")
         #expect(error.map { "\($0)".contains("hunter2") } == false)
+        env["REFERRALD_PREFETCH"] = "4096"
+        let overBudget = await #expect(throws: SettingsError.self) { try await Settings.load(configFile: nil, environment: env) }
+        #expect(overBudget?.key == "REFERRALD_MEMORY_BUDGET_BYTES")
+        #expect(overBudget.map { "\($0)".contains("hunter2") } == false)
+    }
+
+    /// The defaults fit the memory budget they document; so does a prefetch below the batch
+    /// size (batches are bounded by bytes too); prefetch × max body past the budget is refused,
+    /// for each pipeline (REFERRALD_WORKERS).
+    @Test func prefetchTimesMaxBodyMustFitTheMemoryBudget() async throws {
+        var env = base
+        env["REFERRALD_AMQP_URL"] = "amqp://u:p@broker/referrald"
+        env["REFERRALD_DATABASE_URL"] = "postgres://app:p@db/referrald"
+        let defaults = try await Settings.load(configFile: nil, environment: env)
+        #expect(defaults.workers * defaults.prefetch * defaults.maxBodyBytes <= defaults.memoryBudgetBytes)
+        #expect(defaults.batchMaxBytes == 8 << 20)
         env["REFERRALD_PREFETCH"] = "16"
         env["REFERRALD_BATCH_SIZE"] = "64"
-        let mismatch = await #expect(throws: SettingsError.self) { try await Settings.load(configFile: nil, environment: env) }
-        #expect(mismatch?.key == "REFERRALD_PREFETCH")
+        #expect(try await Settings.load(configFile: nil, environment: env).prefetch == 16)
+        env["REFERRALD_PREFETCH"] = "512"
+        env["REFERRALD_WORKERS"] = "3"
+        let error = await #expect(throws: SettingsError.self) { try await Settings.load(configFile: nil, environment: env) }
+        #expect(error?.key == "REFERRALD_MEMORY_BUDGET_BYTES")
+        env["REFERRALD_MEMORY_BUDGET_BYTES"] = "\(3 * 512 * 262_144)"
+        #expect(try await Settings.load(configFile: nil, environment: env).workers == 3)
+    }
+
+    /// A password with an unencoded '/' or '?' is refused under its key (exit 78), without
+    /// echoing it: split there, its end used to become the host or vhost.
+    @Test func aURLWithAnUnencodedSlashInThePasswordIsAConfigErrorThatHidesIt() async throws {
+        for (key, url) in [("REFERRALD_AMQP_URL", "amqp://u:hun/ter2@broker/referrald"),
+                           ("REFERRALD_DATABASE_URL", "postgres://app:hun?ter2@db/referrald")] {
+            var env = base
+            env["REFERRALD_AMQP_URL"] = "amqp://u:p@broker/referrald"
+            env["REFERRALD_DATABASE_URL"] = "postgres://app:p@db/referrald"
+            env[key] = url
+            let error = await #expect(throws: SettingsError.self) { try await Settings.load(configFile: nil, environment: env) }
+            #expect(error?.key == key)
+            #expect(error.map { "\($0)".contains("ter2") || "\($0)".contains("hun") } == false)
+        }
+    }
+
+    @Test func databaseTimeoutsHaveDefaultsAndBounds() async throws {
+        var env = base
+        env["REFERRALD_AMQP_URL"] = "amqp://u:p@broker/referrald"
+        env["REFERRALD_DATABASE_URL"] = "postgres://app:p@db/referrald"
+        let s = try await Settings.load(configFile: nil, environment: env)
+        #expect(s.statementTimeout.microseconds == 60_000_000)
+        #expect(s.lockTimeout.microseconds == 30_000_000)
+        #expect(s.idleInTransactionTimeout.microseconds == 60_000_000)
+        env["REFERRALD_DB_LOCK_TIMEOUT"] = "30d"
+        let error = await #expect(throws: SettingsError.self) { try await Settings.load(configFile: nil, environment: env) }
+        #expect(error?.key == "REFERRALD_DB_LOCK_TIMEOUT")
     }
 
     @Test func aMissingRequiredKeySaysWhatItIsFor() async throws {

@@ -29,10 +29,15 @@ public struct Settings: Sendable {
     public var eventsExchange: String
     public var upstreamExchanges: [String]
     public var batchSize: Int
+    public var batchMaxBytes: Int
     public var batchWaitMilliseconds: Int
     public var prefetch: Int
     public var workers: Int
     public var maxBodyBytes: Int
+    public var memoryBudgetBytes: Int
+    public var statementTimeout: Span
+    public var lockTimeout: Span
+    public var idleInTransactionTimeout: Span
     public var heartbeatSeconds: Int
     public var deliveryLimit: Int
     public var logLevel: String
@@ -89,14 +94,24 @@ public struct Settings: Sendable {
             help: "Upstream topic exchanges, in the order provisioning, billing, crm.", secret: false),
         Key(name: "REFERRALD_BATCH_SIZE", defaultValue: "512",
             help: "Deliveries per database transaction; larger batches trade latency for throughput.", secret: false),
+        Key(name: "REFERRALD_BATCH_MAX_BYTES", defaultValue: "8388608",
+            help: "Body bytes per batch (8 MiB): a delivery that would pass it ends the batch and starts the next (a larger body goes alone). A batch takes a few times its bodies in memory while it is applied; everyday events (about 1 KiB) never reach it.", secret: false),
         Key(name: "REFERRALD_BATCH_WAIT_MS", defaultValue: "20",
             help: "How long a partial batch waits for more deliveries before it is processed.", secret: false),
-        Key(name: "REFERRALD_PREFETCH", defaultValue: "1024",
-            help: "Unacknowledged deliveries the broker may push to each pipeline; at least the batch size.", secret: false),
+        Key(name: "REFERRALD_PREFETCH", defaultValue: "512",
+            help: "Unacknowledged deliveries the broker may push to each pipeline: what it holds, up to REFERRALD_MAX_BODY_BYTES each (RabbitMQ has no byte-based prefetch). REFERRALD_WORKERS × this × REFERRALD_MAX_BODY_BYTES must fit REFERRALD_MEMORY_BUDGET_BYTES. Below the batch size, batches hold at most this many.", secret: false),
         Key(name: "REFERRALD_WORKERS", defaultValue: "1",
             help: "Pipelines in this process, each with its own consumer, publisher and database connection; one batch's database round trips overlap another's work.", secret: false),
         Key(name: "REFERRALD_MAX_BODY_BYTES", defaultValue: "262144",
             help: "Bodies longer than this are dead-lettered as too_large before parsing.", secret: false),
+        Key(name: "REFERRALD_MEMORY_BUDGET_BYTES", defaultValue: "268435456",
+            help: "Bytes of message bodies the pipelines may hold at once (256 MiB): REFERRALD_WORKERS × REFERRALD_PREFETCH × REFERRALD_MAX_BODY_BYTES must not exceed it, or the daemon refuses to start. The defaults take 128 MiB of it; with the batch copies (about 3 × REFERRALD_BATCH_MAX_BYTES per pipeline) and the daemon's own 50-100 MiB, it fits the unit's MemoryMax=1G with room to spare.", secret: false),
+        Key(name: "REFERRALD_DB_STATEMENT_TIMEOUT", defaultValue: "60s",
+            help: "statement_timeout of the worker's sessions. A batch's slowest statement takes tens of milliseconds (a hot referrer's batch before the incremental state, seconds): a minute never fails a legitimate batch, and ends one stuck behind something else. A statement also gives up waiting for an answer 10 s after this (a network that swallows it silently).", secret: false),
+        Key(name: "REFERRALD_DB_LOCK_TIMEOUT", defaultValue: "30s",
+            help: "lock_timeout of the worker's sessions: a batch waiting this long for another's locks (another instance's batch takes under a second; a vanished connection's until the server ends it) is retried with back-off instead of waiting on.", secret: false),
+        Key(name: "REFERRALD_DB_IDLE_IN_TRANSACTION_TIMEOUT", defaultValue: "60s",
+            help: "idle_in_transaction_session_timeout of the worker's sessions: the server ends a transaction whose client fell silent (a partition, a frozen process) and releases its locks. The worker never pauses inside a transaction for more than the decisions' few milliseconds.", secret: false),
         Key(name: "REFERRALD_HEARTBEAT_SECONDS", defaultValue: "30",
             help: "AMQP heartbeat; a silent broker is detected after about twice this.", secret: false),
         Key(name: "REFERRALD_DELIVERY_LIMIT", defaultValue: "5",
@@ -199,10 +214,15 @@ public struct Settings: Sendable {
             eventsExchange: try value("REFERRALD_EVENTS_EXCHANGE"),
             upstreamExchanges: upstream,
             batchSize: try int("REFERRALD_BATCH_SIZE", 1...4096),
+            batchMaxBytes: try int("REFERRALD_BATCH_MAX_BYTES", 1024...1_073_741_824),
             batchWaitMilliseconds: try int("REFERRALD_BATCH_WAIT_MS", 0...60_000),
             prefetch: try int("REFERRALD_PREFETCH", 1...65535),
             workers: try int("REFERRALD_WORKERS", 1...16),
             maxBodyBytes: try int("REFERRALD_MAX_BODY_BYTES", 1024...16_777_216),
+            memoryBudgetBytes: try int("REFERRALD_MEMORY_BUDGET_BYTES", 1_048_576...1 << 40),
+            statementTimeout: try span("REFERRALD_DB_STATEMENT_TIMEOUT"),
+            lockTimeout: try span("REFERRALD_DB_LOCK_TIMEOUT"),
+            idleInTransactionTimeout: try span("REFERRALD_DB_IDLE_IN_TRANSACTION_TIMEOUT"),
             heartbeatSeconds: try int("REFERRALD_HEARTBEAT_SECONDS", 0...600),
             deliveryLimit: try int("REFERRALD_DELIVERY_LIMIT", 1...19),
             logLevel: try value("REFERRALD_LOG_LEVEL"),
@@ -219,11 +239,23 @@ public struct Settings: Sendable {
 
     /// Checks fields against each other: each is plausible alone, some pairs are not.
     func validate(source: String) throws {
-        // A prefetch below the batch size would make every batch wait out its deadline
-        // half-empty: the broker never sends more than `prefetch` unacknowledged deliveries.
-        if prefetch < batchSize {
-            throw SettingsError(key: "REFERRALD_PREFETCH", source: source,
-                                message: "\(prefetch) is below REFERRALD_BATCH_SIZE (\(batchSize))")
+        // Every delivered body is held until its batch is acked, and the broker sends up to
+        // `prefetch` of them per pipeline whatever their size (AMQP has no byte-based prefetch):
+        // this product is what the daemon may hold. Past MemoryMax that is an OOM kill, then a
+        // restart that receives the same bodies again: a crash loop. A prefetch below the batch
+        // size is allowed (once the only way a batch stayed small): batches then hold at most
+        // `prefetch` deliveries, and are bounded by REFERRALD_BATCH_MAX_BYTES anyway.
+        let held = workers * prefetch * maxBodyBytes
+        if held > memoryBudgetBytes {
+            throw SettingsError(key: "REFERRALD_MEMORY_BUDGET_BYTES", source: source,
+                                message: "\(memoryBudgetBytes) is below REFERRALD_WORKERS × REFERRALD_PREFETCH × REFERRALD_MAX_BODY_BYTES (\(workers) × \(prefetch) × \(maxBodyBytes) = \(held)): lower the prefetch or raise the budget (and MemoryMax with it)")
+        }
+        // PostgreSQL refuses these past about 24 days (whole milliseconds in an int4), which
+        // would surface as a reconnect loop rather than a refusal to start.
+        for (key, span) in [("REFERRALD_DB_STATEMENT_TIMEOUT", statementTimeout), ("REFERRALD_DB_LOCK_TIMEOUT", lockTimeout),
+                            ("REFERRALD_DB_IDLE_IN_TRANSACTION_TIMEOUT", idleInTransactionTimeout)]
+        where span.microseconds > 86_400_000_000 {
+            throw SettingsError(key: key, source: source, message: "must be at most 1d")
         }
         if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(logLevel) {
             throw SettingsError(key: "REFERRALD_LOG_LEVEL", source: source, message: "unknown level \"\(logLevel)\"")

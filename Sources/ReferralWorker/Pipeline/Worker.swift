@@ -98,9 +98,8 @@ public actor Worker {
     private func connect() async throws {
         if db == nil || publisher == nil || consumer == nil { status.connecting() }
         if db == nil {
-            let connection = try await settings.connectPostgres(name: instanceName, logger: logger)
+            let connection = try await settings.connectWorkerPostgres(name: instanceName, logger: logger)
             effectCache.removeAll()
-            try await connection.run { c in try Store.configureWorkerSession(c) }
             let version = try await Schema.currentVersion(connection)
             guard version >= Schema.latestVersion else {
                 await connection.close()
@@ -142,7 +141,7 @@ public actor Worker {
         // finished, committed, published and acked first.
         while !Task.isCancelled, !Task.isShuttingDownGracefully {
             let batch = try await consumer.nextDeliveries(
-                max: settings.batchSize, wait: .milliseconds(settings.batchWaitMilliseconds))
+                max: settings.batchSize, maxBytes: settings.batchMaxBytes, wait: .milliseconds(settings.batchWaitMilliseconds))
             if !batch.isEmpty { try await handle(batch) }
             // Timers and the relay run every second, busy or idle: holds end, and rows left by a
             // crashed instance or a broker outage go out while a backlog drains too.
