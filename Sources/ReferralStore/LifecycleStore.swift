@@ -96,40 +96,6 @@ extension Store {
             ])
     }
 
-    /// Right to erasure: household and contact of every fact of these (erased) accounts and of
-    /// the leads their orders link to are set to NULL, the household links go, and the raw inbox
-    /// bodies lose the same fields. Ids, times and amounts stay: they are the reward ledger.
-    /// Runs for every batch that touches an erased account, so late facts are scrubbed too.
-    public static func scrubErased(_ c: isolated PostgresConnection, accounts: [String]) throws {
-        if accounts.isEmpty { return }
-        let erased = try c.query("""
-            SELECT DISTINCT account_id FROM facts WHERE kind = 'erased' AND account_id = ANY($1::text[])
-            """, [.textArray(accounts)]).map { try $0.decode("account_id", as: String.self) }
-        if erased.isEmpty { return }
-        let leads = try c.query("""
-            SELECT DISTINCT lead_id FROM facts WHERE kind = 'order' AND account_id = ANY($1::text[])
-            """, [.textArray(erased)]).map { try $0.decode("lead_id", as: String.self) }
-        try c.execute("""
-            UPDATE facts SET household_id = NULL, contact_hash = NULL
-            WHERE (account_id = ANY($1::text[]) OR lead_id = ANY($2::text[]))
-              AND (household_id IS NOT NULL OR contact_hash IS NOT NULL)
-            """, [.textArray(erased), .textArray(leads)])
-        try c.execute("""
-            DELETE FROM referral_links l USING referrals r
-            WHERE l.referral_id = r.referral_id AND l.link LIKE 'h:%'
-              AND (r.friend_account_id = ANY($1::text[]) OR r.lead_id = ANY($2::text[]))
-            """, [.textArray(erased), .textArray(leads)])
-        // The raw bodies are kept for replays (export-events): they lose the same fields. A body
-        // jsonb cannot parse (a \\u0000 in free text) is left as is rather than fail the batch.
-        try c.execute("""
-            UPDATE inbox SET body = convert_to(
-                (convert_from(body, 'UTF8')::jsonb #- '{data,household_id}' #- '{data,contact_hash}')::text, 'UTF8')
-            WHERE (account_id = ANY($1::text[]) OR lead_id = ANY($2::text[]))
-              AND type IN ('provisioning.lead.created', 'provisioning.service.activated')
-              AND position('\\u0000' in convert_from(body, 'UTF8')) = 0
-            """, [.textArray(erased), .textArray(leads)])
-    }
-
     /// Every fact a decision of these referrals reads: their leads' (versions, orders), their
     /// friends' and referrers' accounts, and billing's answers about their rewards. Billing's
     /// answers are read by reward, never by account: the beneficiary of most of them is a
@@ -331,8 +297,10 @@ extension Store {
             ORDER BY e.seq
             """, [.textArray(referrals), .int8Array(referrals.map { known[$0]?.lastSeq ?? 0 })]) {
             let id = try row.decode("referral_id", as: String.self)
+            // Without free text: the cache outlives an erasure that rewrites the row in place (in
+            // this process and in every other), and decisions read a recorded failure by its key.
             let effect = try decoder.decode(Effect.self, from: Data(try row.decode("effect", as: String.self).utf8))
-            known[id, default: (0, [])].effects.append(effect)
+            known[id, default: (0, [])].effects.append(effect.withoutFreeText)
             known[id]!.lastSeq = try row.decode("seq", as: Int64.self)
             changed.insert(id)
         }

@@ -292,6 +292,33 @@ public enum Schema {
             -- state change (issued -> applied, once per reward) is no longer a HOT update.
             CREATE INDEX rewards_unapplied ON rewards (issued_at) WHERE state = 'issued';
             """),
+        Migration(version: 9, name: "erasure: pending body scrubs, inbox bodies by reward, scrubbed bodies marked", sql: """
+            -- Erasures whose raw inbox bodies are still to be rewritten (ErasureStore.swift). The
+            -- batch that stores the erasure, or any later fact of the erased account, writes the
+            -- row; the worker's follow-up scrubs the bodies in chunks and deletes it. Durable, so
+            -- that a scrub interrupted by a crash or a failover is finished by any instance, and
+            -- the erasure itself never waits for it. `generation` moves with each batch that
+            -- stores another body, so the follow-up never deletes a row for work it did not see.
+            CREATE TABLE erasure_scrubs (
+                account_id  text    PRIMARY KEY,
+                generation  bigint  NOT NULL DEFAULT 1
+            );
+            -- A billing.credit.rejected names the reward only, and its reason is free text: the
+            -- erasure finds the body by the erased account's rewards.
+            ALTER TABLE inbox ADD COLUMN reward_id text;
+            CREATE INDEX inbox_reward ON inbox (reward_id) WHERE reward_id IS NOT NULL;
+            -- Bodies already rewritten: an erased account that keeps receiving events (billing
+            -- goes on) costs each follow-up its new bodies only, not its whole history again.
+            ALTER TABLE inbox ADD COLUMN scrubbed boolean NOT NULL DEFAULT false;
+            """),
+        Migration(version: 10, name: "reward ids of stored credit rejections; erasures before version 9 scrubbed again",
+                  sql: """
+            -- Erasures stored before version 9: the old SQL scrub left free text, producers'
+            -- extra members and the bodies it could not cast. The follow-up scrubs them again.
+            INSERT INTO erasure_scrubs (account_id)
+            SELECT DISTINCT account_id FROM facts WHERE kind = 'erased' AND account_id IS NOT NULL
+            ON CONFLICT DO NOTHING;
+            """, backfill: { db, logger in try await Store.backfillInboxRewards(db, logger: logger) }),
     ]
 
     public static var latestVersion: Int { migrations.last?.version ?? 0 }

@@ -13,13 +13,17 @@ public struct InboxEntry: Sendable {
     public var type: String
     public var accountId: String?
     public var leadId: String?
+    /// The reward billing answered about: a `billing.credit.rejected` names no account, and an
+    /// erasure finds its body (with its free-text reason) by the erased account's rewards.
+    public var rewardId: String?
     public var factTime: Instant
     public var body: [UInt8]
 
     public init(source: String, eventId: String, type: String, accountId: String?, leadId: String?,
-                factTime: Instant, body: [UInt8]) {
+                rewardId: String? = nil, factTime: Instant, body: [UInt8]) {
         self.source = source; self.eventId = eventId; self.type = type
-        self.accountId = accountId; self.leadId = leadId; self.factTime = factTime; self.body = body
+        self.accountId = accountId; self.leadId = leadId; self.rewardId = rewardId; self.factTime = factTime
+        self.body = body
     }
 }
 
@@ -83,10 +87,10 @@ extension Store {
         if entries.isEmpty { return [] }
         let bodies = PackedBytes(entries.map(\.body))
         let rows = try c.query("""
-            INSERT INTO inbox (source, event_id, type, account_id, lead_id, fact_time, body)
-            SELECT s, e, t, a, l, f, substring($7::bytea FROM o::int4 FOR n::int4)
+            INSERT INTO inbox (source, event_id, type, account_id, lead_id, fact_time, body, reward_id)
+            SELECT s, e, t, a, l, f, substring($7::bytea FROM o::int4 FOR n::int4), r
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                        $8::int8[], $9::int8[]) AS u(s, e, t, a, l, f, o, n)
+                        $8::int8[], $9::int8[], $10::text[]) AS u(s, e, t, a, l, f, o, n, r)
             ON CONFLICT (source, event_id) DO NOTHING
             RETURNING source, event_id
             """, [
@@ -94,7 +98,7 @@ extension Store {
                 .textArray(entries.map(\.type)), .textArray(entries.map(\.accountId)),
                 .textArray(entries.map(\.leadId)),
                 .textArray(entries.map { $0.factTime.rfc3339 }),
-                bodies.blob, bodies.offsets, bodies.lengths,
+                bodies.blob, bodies.offsets, bodies.lengths, .textArray(entries.map(\.rewardId)),
             ])
         var fresh = Set<[String]>()
         for row in rows { fresh.insert([try row.decode("source", as: String.self), try row.decode("event_id", as: String.self)]) }

@@ -54,6 +54,10 @@ enum Apply {
         // Asks after the lifecycle: a first activation's code, issued just above, is what the
         // account's first ask shares.
         outcome.published += try decideAsks(c, accounts: askFacts.map(\.accountId), context: context)
+        // Right to erasure: what this batch stored about an erased customer (a late lead after
+        // its order, a rejection's reason, a ticket's extra members) is scrubbed before it commits.
+        try Store.scrubErased(c, accounts: facts.compactMap(\.accountId) + askFacts.map(\.accountId),
+                              leads: facts.compactMap(\.leadId), rewards: facts.compactMap(\.rewardId))
         outcome.outbox = try Store.enqueue(c, outcome.published, leaseSeconds: context.publishLeaseSeconds)
         return outcome
     }
@@ -68,7 +72,6 @@ enum Apply {
         try Store.lockFactKeys(c, leads: leads, accounts: accounts, referrerKeys: Lifecycle.referrerLockKeys(facts),
                                codes: codes, rewards: rewardIds)
         try Store.insertFacts(c, facts)
-        try Store.scrubErased(c, accounts: accounts)
 
         // Leads carrying a known code become referrals, bound to the program version in force now.
         if !codes.isEmpty {
@@ -352,7 +355,7 @@ enum Apply {
         default: break
         }
         return InboxEntry(source: e.source, eventId: e.id, type: e.type.rawValue, accountId: account,
-                          leadId: f?.leadId, factTime: f?.at ?? e.time, body: received.body)
+                          leadId: f?.leadId, rewardId: f?.rewardId, factTime: f?.at ?? e.time, body: received.body)
     }
 
     /// What every decision of one transaction shares.

@@ -51,6 +51,7 @@ public actor Worker {
     private var parkedRetryDue: Instant?
     /// Doubling up to 5 minutes while the dead-letter exchange keeps refusing them.
     private var parkedBackoff = Backoff(base: .seconds(5), cap: .seconds(300))
+    private var lastErasureScrub = Instant(microseconds: 0)
 
     public init(settings: Settings, programs: ProgramBook, logger: Logger,
                 clock: any ReferralCore.Clock = SystemClock(), instanceName: String = "referrald",
@@ -147,6 +148,15 @@ public actor Worker {
             // crashed instance or a broker outage go out while a backlog drains too.
             if timersBehind || clock.now() - lastTimerScan > .seconds(1) { try await fireTimers() }
             if clock.now() - lastRelay > .seconds(1) { try await relayOutbox() }
+            // Erasures' stored bodies, after the erasure committed (`Store.scrubPendingErasures`).
+            // A failed pass is logged and retried on the next one, never thrown: it must not
+            // stop consumption (a broken connection fails the next batch, which reconnects).
+            if clock.now() - lastErasureScrub > .seconds(1), let db {
+                lastErasureScrub = clock.now()
+                do { try await Store.scrubPendingErasures(db) } catch {
+                    logger.warning("erasure scrub failed; retried next pass", metadata: ["error": "\(error)"])
+                }
+            }
             // Idle: confirmed rows wait for no next batch.
             if batch.isEmpty {
                 try await settlePublication()
