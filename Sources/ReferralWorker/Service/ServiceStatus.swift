@@ -28,6 +28,9 @@ public final class ServiceStatus: Sendable {
         var lastDatabaseRoundTripSucceeded = false
         /// When the consume loop last finished an iteration (poll, batch, due timers, relay).
         var lastLoopProgress: ContinuousClock.Instant?
+        /// The last such iteration with both connections up and the database answering.
+        var lastHealthyProgress: ContinuousClock.Instant?
+        var isHealthy: Bool { lastDatabaseRoundTripSucceeded && databaseUp && brokerUp }
     }
 
     struct State {
@@ -89,7 +92,10 @@ public final class ServiceStatus: Sendable {
     }
 
     func loopProgressed(pipeline: Int = 0, now: ContinuousClock.Instant = .now) {
-        state.withLock { $0.pipelines[pipeline].lastLoopProgress = now }
+        state.withLock { s in
+            s.pipelines[pipeline].lastLoopProgress = now
+            if s.pipelines[pipeline].isHealthy { s.pipelines[pipeline].lastHealthyProgress = now }
+        }
         metrics.loopIteration()
     }
 
@@ -151,22 +157,24 @@ public final class ServiceStatus: Sendable {
         state.withLock { s in
             s.pipelines.allSatisfy { p in
                 guard let last = p.lastLoopProgress, now - last <= window else { return false }
-                return p.lastDatabaseRoundTripSucceeded && p.databaseUp && p.brokerUp
+                return p.isHealthy
             }
         }
     }
 
-    /// `/healthz`: nil when live, else why not. What the watchdog sees, so that Docker's
-    /// HEALTHCHECK and a Kubernetes liveness probe restart what systemd would restart. For the
-    /// first `window` after start, a process still connecting counts as live (systemd's watchdog
-    /// is not armed before READY=1 either); after that, a pipeline that never got going is as
-    /// stuck as one that stopped.
+    /// `/healthz`: nil when live, else why not. Live while every pipeline's loop completed a
+    /// healthy iteration (both connections up, the database answering) within `window`: what
+    /// systemd's watchdog sees, pings withheld for WatchdogSec, so that Docker's HEALTHCHECK
+    /// and a Kubernetes liveness probe restart what systemd would restart, and no sooner (a
+    /// database blip shorter than the window restarts nothing; `/readyz` reports it at once).
+    /// For the first `window` after start, a process still connecting counts as live (systemd's
+    /// watchdog is not armed before READY=1 either); after that, a pipeline that never got going
+    /// is as stuck as one that stopped.
     public func notLiveReason(within window: Duration, now: ContinuousClock.Instant = .now) -> String? {
         let stuck = state.withLock { s in
             s.pipelines.indices.filter { i in
-                let p = s.pipelines[i]
-                guard let last = p.lastLoopProgress else { return now - started > window }
-                return now - last > window || !(p.lastDatabaseRoundTripSucceeded && p.databaseUp && p.brokerUp)
+                guard let last = s.pipelines[i].lastHealthyProgress else { return now - started > window }
+                return now - last > window
             }
         }
         if stuck.isEmpty { return nil }
