@@ -59,6 +59,44 @@ public final class EffectCache: Sendable {
         }
     }
 
+    /// An effect a transaction recorded for a referral whose cache entry it read under the
+    /// referral's lock, held until that transaction commits.
+    public struct Recorded: Sendable {
+        let referralId: String
+        /// Where the referral's entry ended when the transaction read it.
+        let seenSeq: Int64
+        let seq: Int64
+        let effect: Effect
+    }
+
+    /// The last seq each of these referrals' entries holds, for those the cache has.
+    func lastSeqs(_ referrals: [String]) -> [String: Int64] {
+        state.withLock { s in
+            var found: [String: Int64] = [:]
+            for id in referrals { if let entry = s.entries[id] { found[id] = entry.lastSeq } }
+            return found
+        }
+    }
+
+    /// Adds what a transaction recorded, once it committed, so that the next decision of these
+    /// referrals does not read back and decode the effects this process just wrote: that read
+    /// was a sixth of a busy batch's rows from `effects` and its JSON decoding a twentieth of
+    /// the daemon's CPU (perf, realistic mix). Added only to an entry that still ends where the
+    /// transaction read it: if it was evicted, emptied by a reconnect or moved on by a later
+    /// read, the next read fills it from the table as before. Nothing can have been recorded
+    /// for the referral in between: recording takes its row lock, which the transaction held.
+    public func appendCommitted(_ recorded: [Recorded]) {
+        if recorded.isEmpty { return }
+        state.withLock { s in
+            for (id, group) in Dictionary(grouping: recorded, by: \.referralId) {
+                guard var entry = s.entries[id], let seen = group.first?.seenSeq, entry.lastSeq == seen else { continue }
+                for r in group.sorted(by: { $0.seq < $1.seq }) { entry.effects.append(r.effect.withoutFreeText) }
+                entry.lastSeq = group.map(\.seq).max() ?? seen
+                s.entries[id] = entry
+            }
+        }
+    }
+
     /// Stores what a read under the referrals' locks returned. Past the capacity, the least
     /// recently used tenth goes.
     func store(_ updated: [String: (lastSeq: Int64, effects: [Effect])]) {

@@ -304,34 +304,52 @@ extension Store {
             known[id]!.lastSeq = try row.decode("seq", as: Int64.self)
             changed.insert(id)
         }
+        // A referral with no effects yet is kept too, as an empty entry: the effects its first
+        // decision records can then join it after the commit (`appendCommitted`).
+        for id in referrals where known[id] == nil {
+            known[id] = (0, [])
+            changed.insert(id)
+        }
         cache.store(known.filter { changed.contains($0.key) })
         return referrals.flatMap { known[$0]?.effects ?? [] }
     }
 
     /// Records effects; returns those that were new. An effect whose key is already recorded (a
-    /// concurrent instance, a replay) is dropped here and so never published twice.
-    public static func recordEffects(_ c: isolated PostgresConnection, _ effects: [Effect], at: Instant) throws -> [Effect] {
+    /// concurrent instance, a replay) is dropped here and so never published twice. With a
+    /// cache, also returns the new ones of referrals it holds, for `EffectCache.appendCommitted`
+    /// once the transaction commits.
+    public static func recordEffects(_ c: isolated PostgresConnection, _ effects: [Effect], at: Instant,
+                                     cache: EffectCache? = nil) throws -> (fresh: [Effect], recorded: [EffectCache.Recorded]) {
         let rows = effects.filter { if case .codeIssued = $0 { return false } else { return true } }
-        if rows.isEmpty { return [] }
+        if rows.isEmpty { return ([], []) }
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         let keys = rows.map { $0.key.storageKey }
         let json = PackedBytes(try rows.map { Array(try encoder.encode($0)) })
-        let inserted = Set(try c.query("""
+        let inserted = try c.query("""
             INSERT INTO effects (effect_key, referral_id, account_id, kind, effect, recorded_at)
             SELECT k, r, a, kd, convert_from(substring($5::bytea FROM o::int4 FOR n::int4), 'UTF8')::jsonb, $6::timestamptz
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $7::int8[], $8::int8[])
                  WITH ORDINALITY AS t(k, r, a, kd, o, n, i)
             ORDER BY i
             ON CONFLICT (effect_key) DO NOTHING
-            RETURNING effect_key
+            RETURNING effect_key, seq
             """, [
                 .textArray(keys), .textArray(rows.map(\.referralId)), .textArray(rows.map(\.accountId)),
                 .textArray(rows.map(\.kindName)), json.blob, .text(at.rfc3339), json.offsets, json.lengths,
-            ]).map { try $0.decode("effect_key", as: String.self) })
-        let fresh = rows.filter { inserted.contains($0.key.storageKey) }
+            ]).map { (try $0.decode("effect_key", as: String.self), try $0.decode("seq", as: Int64.self)) }
+        let seqOf = Dictionary(inserted, uniquingKeysWith: { a, _ in a })
+        let fresh = rows.filter { seqOf[$0.key.storageKey] != nil }
         try updateLedger(c, fresh, at: at)
-        return fresh
+        var recorded: [EffectCache.Recorded] = []
+        if let cache {
+            let seen = cache.lastSeqs(Array(Set(fresh.compactMap(\.referralId))))
+            for effect in fresh {
+                guard let id = effect.referralId, let seenSeq = seen[id], let seq = seqOf[effect.key.storageKey] else { continue }
+                recorded.append(EffectCache.Recorded(referralId: id, seenSeq: seenSeq, seq: seq, effect: effect))
+            }
+        }
+        return (fresh, recorded)
     }
 
     /// Keeps the `rewards` ledger in step with the recorded effects. Issued rewards, most of a

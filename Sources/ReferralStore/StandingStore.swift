@@ -75,12 +75,20 @@ extension Store {
                                      _ changes: [(old: ReferralStanding?, new: ReferralStanding)], countSizes: Bool = true) throws {
         let changed = changes.filter { $0.old != $0.new }.map(\.new)
         if changed.isEmpty { return }
-        try c.execute("""
-            UPDATE referrals r SET lead_at = v.lead_at, lead_code = v.lead_code, milestone_at = v.milestone_at
-            FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::timestamptz[]) AS v(id, lead_at, lead_code, milestone_at)
-            WHERE r.referral_id = v.id
-            """, [.textArray(changed.map(\.referralId)), .textArray(changed.map { $0.leadAt.rfc3339 }),
-                  .textArray(changed.map(\.leadCode)), .textArray(changed.map { $0.milestoneAt?.rfc3339 })])
+        // The row itself only when its indexed columns moved: a change of friend keys alone
+        // (an order, an activation) touches the links, and rewriting the row anyway was a
+        // non-HOT update with an entry in each of its eight indexes.
+        let rowsMoved = changes.filter { old, new in
+            old?.leadAt != new.leadAt || old?.leadCode != new.leadCode || old?.milestoneAt != new.milestoneAt
+        }.map(\.new)
+        if !rowsMoved.isEmpty {
+            try c.execute("""
+                UPDATE referrals r SET lead_at = v.lead_at, lead_code = v.lead_code, milestone_at = v.milestone_at
+                FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::timestamptz[]) AS v(id, lead_at, lead_code, milestone_at)
+                WHERE r.referral_id = v.id
+                """, [.textArray(rowsMoved.map(\.referralId)), .textArray(rowsMoved.map { $0.leadAt.rfc3339 }),
+                      .textArray(rowsMoved.map(\.leadCode)), .textArray(rowsMoved.map { $0.milestoneAt?.rfc3339 })])
+        }
         var ids: [String] = [], links: [String] = [], leadAt: [String] = [], leads: [String] = []
         var goneIds: [String] = [], gone: [String] = []
         for (old, new) in changes where old != new {

@@ -25,6 +25,9 @@ enum Apply {
         var outbox: [OutboxRow] = []
         var mismatches: [Effect] = []
         var rewards: [RewardChange] = []
+        /// Effects recorded for referrals the effect cache holds: the worker adds them to the
+        /// cache once the transaction committed (`EffectCache.appendCommitted`).
+        var recorded: [EffectCache.Recorded] = []
     }
 
     /// A reward effect recorded in the batch, with the program it belongs to, for metrics.
@@ -48,8 +51,8 @@ enum Apply {
         try Store.insertAskFacts(c, askFacts)
         let facts = fresh.flatMap(Self.facts)
         if !facts.isEmpty {
-            outcome.published = try lifecycle(c, facts: facts, context: context,
-                                              mismatches: &outcome.mismatches, rewards: &outcome.rewards)
+            outcome.published = try lifecycle(c, facts: facts, context: context, mismatches: &outcome.mismatches,
+                                              rewards: &outcome.rewards, recorded: &outcome.recorded)
         }
         // Asks after the lifecycle: a first activation's code, issued just above, is what the
         // account's first ask shares.
@@ -64,7 +67,8 @@ enum Apply {
 
     /// Stores the batch's lifecycle facts and decides the referrals they touch.
     static func lifecycle(_ c: isolated PostgresConnection, facts: [Fact], context: Context,
-                          mismatches: inout [Effect], rewards: inout [RewardChange]) throws -> [OutgoingEvent] {
+                          mismatches: inout [Effect], rewards: inout [RewardChange],
+                          recorded: inout [EffectCache.Recorded]) throws -> [OutgoingEvent] {
         let leads = Array(Set(facts.compactMap(\.leadId)))
         let accounts = Array(Set(facts.compactMap(\.accountId)))
         let rewardIds = Array(Set(facts.compactMap(\.rewardId)))
@@ -85,7 +89,7 @@ enum Apply {
         // Activated accounts are decided even without referrals: their first activation issues a code.
         let activated = facts.compactMap { if case .serviceActivated(let a, _, _, _, _) = $0 { a } else { nil } }
         return try decide(c, touched: touched, referrerFacts: facts, extraAccounts: activated, context: context,
-                          mismatches: &mismatches, rewards: &rewards)
+                          mismatches: &mismatches, rewards: &rewards, recorded: &recorded)
     }
 
     /// Decides the asks of these accounts, one account at a time, under per-account locks.
@@ -128,9 +132,11 @@ enum Apply {
         try Store.insertAskFacts(c, fresh.flatMap { $0.askFacts(start: start, span: span) })
         var mismatches: [Effect] = []
         var rewards: [RewardChange] = []
+        // `enroll` runs without the worker's effect cache: nothing to add after its commit.
+        var recorded: [EffectCache.Recorded] = []
         let accounts = fresh.map(\.accountId)
         var published = try decide(c, touched: [], extraAccounts: accounts, context: context,
-                                   mismatches: &mismatches, rewards: &rewards)
+                                   mismatches: &mismatches, rewards: &rewards, recorded: &recorded)
         published += try decideAsks(c, accounts: accounts, context: context)
         // Not leased: `enroll` does not publish, the daemon's relay does.
         try Store.enqueue(c, published)
@@ -148,18 +154,19 @@ enum Apply {
     /// timer's next due time (or removes it). Time passing changes no standing, so a timer
     /// re-decides its own referral and nothing else.
     static func timers(_ c: isolated PostgresConnection, claimed: (referrals: [String], accounts: [String]),
-                       context: Context) throws -> (outbox: [OutboxRow], rewards: [RewardChange]) {
+                       context: Context) throws -> (outbox: [OutboxRow], rewards: [RewardChange], recorded: [EffectCache.Recorded]) {
         var mismatches: [Effect] = []
         var rewards: [RewardChange] = []
+        var recorded: [EffectCache.Recorded] = []
         var published: [OutgoingEvent] = []
         if !claimed.referrals.isEmpty {
             // Their leads first, as batches take them (see `Store.lockFactKeys`).
             try Store.lockFactKeys(c, leads: [], accounts: [], referrals: claimed.referrals)
             published = try decide(c, touched: [], due: claimed.referrals, extraAccounts: [], context: context,
-                                   mismatches: &mismatches, rewards: &rewards)
+                                   mismatches: &mismatches, rewards: &rewards, recorded: &recorded)
         }
         published += try decideAsks(c, accounts: claimed.accounts, context: context)
-        return (try Store.enqueue(c, published, leaseSeconds: context.publishLeaseSeconds), rewards)
+        return (try Store.enqueue(c, published, leaseSeconds: context.publishLeaseSeconds), rewards, recorded)
     }
 
     /// Decides referrals incrementally. `touched` get their standings recomputed from their
@@ -173,7 +180,8 @@ enum Apply {
     /// standings move (`lockCompetitionKeys`), then the rows of the referrals decided, by id.
     static func decide(_ c: isolated PostgresConnection, touched: [String], due: [String] = [], referrerFacts: [Fact] = [],
                        extraAccounts: [String], context: Context,
-                       mismatches: inout [Effect], rewards: inout [RewardChange]) throws -> [OutgoingEvent] {
+                       mismatches: inout [Effect], rewards: inout [RewardChange],
+                       recorded cacheAdditions: inout [EffectCache.Recorded]) throws -> [OutgoingEvent] {
         var bound = Dictionary(try Store.loadBindings(c, touched).map { ($0.binding.referralId, $0) },
                                uniquingKeysWith: { a, _ in a })
         var facts = try Store.loadFacts(c, referrals: Array(bound.values), accounts: extraAccounts)
@@ -213,7 +221,8 @@ enum Apply {
 
         var events: [OutgoingEvent] = []
         events += try issueCodes(c, decision.codeRequests, context: context)
-        let effects = try Store.recordEffects(c, decision.effects, at: context.now)
+        let (effects, newlyRecorded) = try Store.recordEffects(c, decision.effects, at: context.now, cache: context.effects)
+        cacheAdditions += newlyRecorded
         let programOfReward = Dictionary(deciding.flatMap { b in b.rewardIds.map { ($0, b.binding.program.id) } },
                                          uniquingKeysWith: { first, _ in first })
         let programs = Dictionary(deciding.map { ($0.binding.referralId, $0.binding.program) }, uniquingKeysWith: { a, _ in a })

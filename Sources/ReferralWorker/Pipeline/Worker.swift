@@ -343,6 +343,7 @@ public actor Worker {
             return (outcome, leads, leads.isEmpty ? [] : try Store.boundLeads(c, leads.map(\.leadId)))
         }
         published.removeFirst(done.count)
+        effectCache.appendCommitted(outcome.recorded)
         status.databaseRoundTripSucceeded(pipeline: pipeline)
         failpoint.hit(.afterCommit)
         metrics.consumed(events, freshIndexes: outcome.freshIndexes)
@@ -375,7 +376,7 @@ public actor Worker {
             status.databaseRoundTripSucceeded(pipeline: pipeline)
             let count = max(claimed.referrals.count, claimed.accounts.count)
             if count == 0 { return }
-            let fired: (outbox: [OutboxRow], rewards: [Apply.RewardChange])
+            let fired: (outbox: [OutboxRow], rewards: [Apply.RewardChange], recorded: [EffectCache.Recorded])
             do {
                 fired = try await db.transaction { c in try Apply.timers(c, claimed: claimed, context: context) }
             } catch let error as PostgresError where error.sqlState == "40P01" || error.sqlState == "40001" {
@@ -387,6 +388,7 @@ public actor Worker {
                               metadata: ["db.sqlstate": "\(error.sqlState ?? "-")"])
                 return
             }
+            effectCache.appendCommitted(fired.recorded)
             metrics.rewards(fired.rewards)
             logger.debug("timers fired", metadata: ["timers.fired": "\(count)", "events": "\(fired.outbox.count)"])
             try await settlePublication()

@@ -92,8 +92,10 @@ extension Apply {
         let fixed = derived.filter { stored[$0.referralId] != $0 }.map(\.referralId).sorted()
         var mismatches: [Effect] = []
         var rewards: [RewardChange] = []
+        // `reconcile` runs without the worker's effect cache: nothing to add after its commit.
+        var recorded: [EffectCache.Recorded] = []
         let published = try decide(c, touched: ids, extraAccounts: [], context: context,
-                                   mismatches: &mismatches, rewards: &rewards)
+                                   mismatches: &mismatches, rewards: &rewards, recorded: &recorded)
         try Store.enqueue(c, published)
         return (fixed, published)
     }
