@@ -18,7 +18,7 @@ struct Referrald: AsyncParsableCommand {
         version: BuildInfo.version,
         subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
                       ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self,
-                      ReconcileCommand.self],
+                      ReconcileCommand.self, DemoCommand.self],
         defaultSubcommand: nil)
 }
 
