@@ -166,7 +166,9 @@ try:
         if key.split(".")[0] + ".events" != src: errors.append(f"binding {key} on {src}: wrong exchange")
     if ("referrald.dlx", "") not in [(b["source"], b["routing_key"]) for b in d["bindings"] if b["destination"] == "referrald.dlq"]: errors.append("dlq not bound to dlx")
     if {b["vhost"] for b in d["bindings"]} | {x["vhost"] for x in d["queues"] + d["exchanges"]} != {"referrald"}: errors.append("objects outside vhost referrald")
-    if not any(p["user"] == "referrald" for p in d["permissions"]): errors.append("no permissions for user referrald")
+    perms = {p["user"]: p for p in d["permissions"]}
+    if set(perms) != {"referrald", "referrald-topology"}: errors.append(f"permissions for {sorted(perms)}, want referrald (run) and referrald-topology")
+    elif perms["referrald"]["configure"] != "^$": errors.append("the daemon's user referrald must have configure ^$ (only referrald-topology declares)")
     if d.get("users"): errors.append("definitions.json must not carry users (password hashes)")
     contract = pathlib.Path("../shared/contract/README.md")
     if contract.exists():
@@ -261,7 +263,7 @@ PY
 
 # ---- optional: import into the local test broker -----------------------------------------------
 # Only into a throw-away vhost `deploycheck` (never referrald or referrald_test, where tests
-# run), with a throw-away user, both deleted afterwards.
+# run), with throw-away users (the daemon's and the topology one), all deleted afterwards.
 check_broker() {
   if [ "${CHECK_DEPLOY_BROKER:-0}" != 1 ]; then skip "rabbitmq import" "set CHECK_DEPLOY_BROKER=1 to import into a throw-away vhost"; return; fi
   local port="${REFERRALD_AMQP_PORT:-5672}" services="${REFERRALD_SERVICES_DIR:-$ROOT/.services}"
@@ -272,10 +274,15 @@ check_broker() {
     if ! "${ctl[@]}" status >/dev/null 2>&1; then fail "rabbitmq import" "no local broker (scripts/services.sh start)"; return; fi
   fi
   sed -e 's/"vhost": "referrald"/"vhost": "deploycheck"/' -e 's/"name": "referrald",/"name": "deploycheck",/' \
-      -e 's/"user": "referrald"/"user": "deploycheck"/' deploy/rabbitmq/definitions.json > "$WORK/defs.json"
-  if grep -q '"referrald"' "$WORK/defs.json"; then fail "rabbitmq import" "temp copy still names vhost/user referrald"; return; fi
-  "${ctl[@]}" delete_vhost deploycheck >/dev/null 2>&1; "${ctl[@]}" delete_user deploycheck >/dev/null 2>&1
-  "${ctl[@]}" add_user deploycheck "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >/dev/null
+      -e 's/"user": "referrald"/"user": "deploycheck"/' -e 's/"user": "referrald-topology"/"user": "deploycheck-topology"/' \
+      deploy/rabbitmq/definitions.json > "$WORK/defs.json"
+  if grep -Eq '"referrald(-topology)?"' "$WORK/defs.json"; then fail "rabbitmq import" "temp copy still names vhost/user referrald"; return; fi
+  local user
+  for user in deploycheck deploycheck-topology; do
+    "${ctl[@]}" delete_user "$user" >/dev/null 2>&1
+    "${ctl[@]}" add_user "$user" "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >/dev/null
+  done
+  "${ctl[@]}" delete_vhost deploycheck >/dev/null 2>&1
   local out ok=1
   out="$("${ctl[@]}" import_definitions "$WORK/defs.json" 2>&1)" || ok=0
   local queues bindings policy perms
@@ -284,11 +291,12 @@ check_broker() {
     [ "$(printf '%s\n' "$queues" | grep -c quorum)" = 2 ] && break; sleep 1
   done
   bindings="$("${ctl[@]}" list_bindings -p deploycheck source_name destination_name 2>/dev/null | grep -c referrald)"
-  perms="$("${ctl[@]}" list_user_permissions deploycheck 2>/dev/null | grep -c deploycheck)"
-  "${ctl[@]}" delete_vhost deploycheck >/dev/null 2>&1; "${ctl[@]}" delete_user deploycheck >/dev/null 2>&1
+  perms="$("${ctl[@]}" list_permissions -p deploycheck 2>/dev/null | grep -c '^deploycheck')"
+  "${ctl[@]}" delete_vhost deploycheck >/dev/null 2>&1
+  for user in deploycheck deploycheck-topology; do "${ctl[@]}" delete_user "$user" >/dev/null 2>&1; done
   if [ $ok = 1 ] && printf '%s\n' "$queues" | grep -q 'referrald.inbox.*quorum.*x-delivery-limit",20' \
-     && printf '%s\n' "$queues" | grep -q 'referrald.dlq.*quorum.*referrald-dlq-bound' && [ "$bindings" -ge 16 ] && [ "$perms" = 1 ]; then
-    pass "rabbitmq import" "vhost deploycheck: 2 quorum queues, $bindings bindings, policy, permissions (vhost deleted)"
+     && printf '%s\n' "$queues" | grep -q 'referrald.dlq.*quorum.*referrald-dlq-bound' && [ "$bindings" -ge 16 ] && [ "$perms" = 2 ]; then
+    pass "rabbitmq import" "vhost deploycheck: 2 quorum queues, $bindings bindings, policy, 2 users' permissions (vhost deleted)"
   else
     fail "rabbitmq import" "import rc ok=$ok, bindings=$bindings, permissions=$perms"; printf '%s\n%s\n' "$out" "$queues" | indent
   fi

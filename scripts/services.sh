@@ -132,9 +132,13 @@ CONF
   if [ "$("${psql[@]}" -c "select 1 from pg_roles where rolname='referrald'")" != 1 ]; then
     "${psql[@]}" -c "create role referrald login password 'referrald' createdb"
   fi
-  if [ "$("${psql[@]}" -c "select 1 from pg_database where datname='referrald'")" != 1 ]; then
-    "${psql[@]}" -c "create database referrald owner referrald"
-  fi
+  # referrald_demo: scripts/demo.sh's own database, so the demo never touches run-local's data.
+  local db
+  for db in referrald referrald_demo; do
+    if [ "$("${psql[@]}" -c "select 1 from pg_database where datname='$db'")" != 1 ]; then
+      "${psql[@]}" -c "create database $db owner referrald"
+    fi
+  done
   pg_least_privilege_roles "${psql[@]}"
 }
 
@@ -239,8 +243,13 @@ CONF
   "${ctl[@]}" list_vhosts | grep -qx referrald || "${ctl[@]}" add_vhost referrald >/dev/null
   "${ctl[@]}" list_users | grep -q '^referrald\b' || "${ctl[@]}" add_user referrald referrald >/dev/null
   "${ctl[@]}" set_permissions -p referrald referrald '.*' '.*' '.*' >/dev/null
-  "${ctl[@]}" list_vhosts | grep -qx referrald_test || "${ctl[@]}" add_vhost referrald_test >/dev/null
-  "${ctl[@]}" set_permissions -p referrald_test referrald '.*' '.*' '.*' >/dev/null
+  # referrald_test for the tests, referrald_demo for scripts/demo.sh (its events never mix with
+  # those of a daemon of scripts/run-local.sh).
+  local vhost
+  for vhost in referrald_test referrald_demo; do
+    "${ctl[@]}" list_vhosts | grep -qx "$vhost" || "${ctl[@]}" add_vhost "$vhost" >/dev/null
+    "${ctl[@]}" set_permissions -p "$vhost" referrald '.*' '.*' '.*' >/dev/null
+  done
   # Tests force-close the daemon's connections and inspect queues: they need the tag.
   "${ctl[@]}" set_user_tags referrald administrator >/dev/null
 }
@@ -255,6 +264,8 @@ print_env() {
 export REFERRALD_AMQP_URL=amqp://referrald:referrald@127.0.0.1:$AMQP_PORT/referrald
 export REFERRALD_DATABASE_URL=postgres://referrald:referrald@127.0.0.1:$PG_PORT/referrald
 export REFERRALD_TEST_AMQP_URL=amqp://referrald:referrald@127.0.0.1:$AMQP_PORT/referrald_test
+export REFERRALD_DEMO_AMQP_URL=amqp://referrald:referrald@127.0.0.1:$AMQP_PORT/referrald_demo
+export REFERRALD_DEMO_DATABASE_URL=postgres://referrald:referrald@127.0.0.1:$PG_PORT/referrald_demo
 export REFERRALD_TEST_DATABASE_URL=postgres://referrald:referrald@127.0.0.1:$PG_PORT/referrald
 export REFERRALD_RABBITMQ_NODE=$NODE
 export REFERRALD_PG_CTL="$PG_BIN/pg_ctl -D $STATE/postgres"

@@ -19,7 +19,21 @@ fi
 # The deploy/ checks first: seconds, and they catch a unit or alert rule gone stale.
 scripts/check-deploy.sh
 python3 scripts/check-asyncapi.py
+# The container image, built as `docker build` would (no Docker engine here): a fresh static
+# release build: 7 min measured here with two other builds sharing the 2 cores (5 CPU-minutes).
+# REFERRALD_SKIP_IMAGE=1 skips it while iterating.
+if [ "${REFERRALD_SKIP_IMAGE:-0}" != 1 ]; then
+  scripts/check-image.sh
+fi
 swift build --build-tests "$@"
+# The README's first five minutes: the demo must end with both rewards. It gives up by itself
+# after REFERRALD_DEMO_TIMEOUT (120 s); the outer timeout catches a hang anywhere else.
+demo_log="$(mktemp)"
+timeout 300 scripts/demo.sh | tee "$demo_log"
+if ! tail -n 1 "$demo_log" | grep -q '^both rewards issued'; then
+  echo "test: the demo did not end with both rewards" >&2; exit 1
+fi
+rm -f "$demo_log"
 # The fault suite kills and restarts the services under load (about 8 minutes): it runs alone,
 # before the tests, so that swift test's summary is the last word. REFERRALD_SKIP_FAULTS=1 skips it.
 if [ "${REFERRALD_SKIP_FAULTS:-0}" != 1 ]; then

@@ -18,7 +18,7 @@ struct Referrald: AsyncParsableCommand {
         version: BuildInfo.version,
         subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
                       ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self,
-                      ReconcileCommand.self],
+                      ReconcileCommand.self, DemoCommand.self],
         defaultSubcommand: nil)
 }
 
@@ -46,8 +46,10 @@ struct Run: AsyncParsableCommand {
             Refuses to start while the database schema is older than this binary: run `referrald
             migrate` first. Exit codes: 0 stopped by a signal; 78 (EX_CONFIG) an error in the
             configuration or the programs file, which a restart cannot mend (the unit's
-            RestartPreventExitStatus); 75 (EX_TEMPFAIL) a schema older than the binary, which
-            `referrald migrate` mends (so the unit restarts it until then); 1 anything else.
+            RestartPreventExitStatus); 75 (EX_TEMPFAIL) a schema older than the binary, or the
+            inbox queue or an exchange it publishes to missing on the broker, which `referrald
+            migrate` or `referrald topology` mend (so the unit restarts it until then); 1 anything
+            else. `run` declares nothing on the broker (the runtime user needs no configure right).
             """)
 
     @OptionGroup var options: CommonOptions
@@ -69,16 +71,19 @@ struct Run: AsyncParsableCommand {
         } catch let error as ProgramError {
             throw ExitStatus.config.exit(error)
         } catch let error as SchemaError {
-            throw ExitStatus.schemaBehind.exit(error)
+            throw ExitStatus.notDeployedYet.exit(error)
+        } catch let error as TopologyError {
+            throw ExitStatus.notDeployedYet.exit(error)
         }
     }
 }
 
 /// The exit codes systemd tells apart (sysexits.h): a configuration error stops the restart
-/// loop (`RestartPreventExitStatus=78`), a schema behind the binary does not.
+/// loop (`RestartPreventExitStatus=78`); a schema behind the binary or broker objects not yet
+/// declared do not, as `referrald migrate` / `referrald topology` mend them while it restarts.
 enum ExitStatus: Int32 {
     case config = 78
-    case schemaBehind = 75
+    case notDeployedYet = 75
 
     func exit(_ error: any Error) -> ExitCode {
         FileHandle.standardError.write(Data("referrald: \(error)\n".utf8))

@@ -72,6 +72,11 @@ import Testing
         let badPrograms = try await Subprocess.run(binary, ["run"], environment: env)
         #expect(badPrograms.status == 78, "\(badPrograms.errors)")
         #expect(badPrograms.errors.contains(programs.path), "\(badPrograms.errors)")
+        // No file at all (a container with none mounted): 78 too, saying to mount one.
+        env["REFERRALD_PROGRAMS_FILE"] = programs.path + ".absent"
+        let absent = try await Subprocess.run(binary, ["run"], environment: env)
+        #expect(absent.status == 78, "\(absent.errors)")
+        #expect(absent.errors.contains(programs.path + ".absent") && absent.errors.contains("mount one"), "\(absent.errors)")
         env["REFERRALD_PROGRAMS_FILE"] = TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path
         env["REFERRALD_BATCH_SIZE"] = "many"
         let badKey = try await Subprocess.run(binary, ["run"], environment: env)

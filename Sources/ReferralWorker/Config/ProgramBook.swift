@@ -15,6 +15,12 @@ public struct ProgramBook: Sendable {
     /// Reads and validates the YAML programs file. Errors name the file, the program and the
     /// field; a YAML syntax error names the line.
     public static func load(path: String) throws -> ProgramBook {
+        // The container image carries no programs file on purpose (a default one would pay real
+        // rewards under example amounts): say what to do rather than show ENOENT's bare text.
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw ProgramError(file: path, program: nil, field: "",
+                               message: "no programs file here: mount one at this path (in a container: -v /etc/referrald/programs.yaml:\(path):ro) or set REFERRALD_PROGRAMS_FILE to its path")
+        }
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)

@@ -37,6 +37,30 @@ public struct Topology: Sendable {
         }
     }
 
+    /// What `referrald run` checks before it consumes, passively: a passive declare needs no
+    /// permission, so the runtime user keeps `configure ^$`. Without it a missing queue showed
+    /// only as a 404 in a reconnect loop that never ended, and a missing exchange only at the
+    /// first publish, after a batch was committed. Bindings cannot be checked passively.
+    public func verify(on amqp: AMQPConnection) async throws {
+        let objects: [(kind: String, name: String, key: String)] = [
+            ("queue", settings.inboxQueue, "REFERRALD_INBOX_QUEUE"),
+            ("exchange", settings.eventsExchange, "REFERRALD_EVENTS_EXCHANGE"),
+            ("exchange", settings.deadLetterExchange, "REFERRALD_DLX"),
+        ]
+        let vhost = (try? AMQPURL(parsing: settings.amqpURL).vhost) ?? ""
+        for object in objects {
+            do {
+                if object.kind == "queue" {
+                    try await amqp.declareQueue(object.name, passive: true)
+                } else {
+                    try await amqp.declareExchange(object.name, type: "topic", passive: true)
+                }
+            } catch let error as AMQPError where error.replyCode == 404 {
+                throw TopologyError(kind: object.kind, name: object.name, key: object.key, vhost: vhost)
+            }
+        }
+    }
+
     /// Declares everything idempotently. With `passiveUpstream`, the upstream exchanges are only
     /// checked, for brokers where referrald has no configure permission on them.
     public func declare(on amqp: AMQPConnection, passiveUpstream: Bool, logger: Logger) async throws {
@@ -58,5 +82,20 @@ public struct Topology: Sendable {
             "amqp.queue": "\(settings.inboxQueue)", "amqp.bindings": "\(bindings().count)",
             "amqp.dlq": "\(settings.deadLetterQueue)", "amqp.parked": "\(settings.parkedQueue)",
         ])
+    }
+}
+
+/// A broker object `referrald run` needs is missing: `referrald topology` (run by a user with
+/// configure rights) declares it. Not a configuration error: the unit restarts the daemon (exit
+/// 75, EX_TEMPFAIL) until the topology exists, as it does for a schema behind the binary.
+public struct TopologyError: Error, CustomStringConvertible {
+    public let kind: String
+    public let name: String
+    public let key: String
+    public let vhost: String
+
+    public var description: String {
+        "the broker has no \(kind) \(name) (\(key)) in vhost \(vhost): run `referrald topology` "
+            + "(as a user with configure rights: deploy/rabbitmq/README.md) before `referrald run`"
     }
 }

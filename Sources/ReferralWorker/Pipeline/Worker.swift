@@ -52,6 +52,10 @@ public actor Worker {
     /// Doubling up to 5 minutes while the dead-letter exchange keeps refusing them.
     private var parkedBackoff = Backoff(base: .seconds(5), cap: .seconds(300))
     private var lastErasureScrub = Instant(microseconds: 0)
+    /// The broker objects were found once, at start. Reconnects do not check again: a quorum
+    /// queue whose node is still recovering after a broker restart must be waited for (the
+    /// reconnect back-off), not taken for a missing topology that ends the process.
+    private var topologyVerified = false
 
     public init(settings: Settings, programs: ProgramBook, logger: Logger,
                 clock: any ReferralCore.Clock = SystemClock(), instanceName: String = "referrald",
@@ -82,6 +86,9 @@ public actor Worker {
                 try? await flushPublished()
                 break
             } catch let error as SchemaError {
+                throw error
+            } catch let error as TopologyError {
+                await disconnect()
                 throw error
             } catch {
                 logger.warning("worker loop failed; reconnecting", metadata: ["error": "\(error)"])
@@ -115,6 +122,15 @@ public actor Worker {
         if parkedRetryDue == nil { parkedRetryDue = clock.now() + .seconds(5) }
         if publisher == nil {
             let p = try await settings.connectAMQP(name: "\(instanceName) publisher", logger: logger)
+            if !topologyVerified {
+                do {
+                    try await Topology(settings: settings).verify(on: p)
+                } catch {
+                    await p.close()
+                    throw error
+                }
+                topologyVerified = true
+            }
             try await p.enableConfirms()
             publisher = p
         }
