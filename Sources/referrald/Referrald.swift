@@ -165,7 +165,7 @@ struct Check: AsyncParsableCommand {
 
 struct DeadLetters: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "dlq", abstract: "Dead letters.", subcommands: [Replay.self])
+        commandName: "dlq", abstract: "Dead letters.", subcommands: [Replay.self, Erase.self])
 
     struct Replay: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -185,6 +185,36 @@ struct DeadLetters: AsyncParsableCommand {
             let result = try await DeadLetterReplay.run(settings: settings, onlyError: error, limit: limit,
                                                         logger: options.logger(settings))
             print("replayed \(result.replayed), kept \(result.kept)")
+        }
+    }
+
+    struct Erase: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Remove an erased customer's personal data from the dead letters (crm.customer.erased does not reach the DLQ).",
+            discussion: """
+                Reads every dead letter waiting now, once. One that concerns the account (its
+                account id, or one of the leads it ordered or rewards it was paid, as the database
+                knows them) is replaced by a scrubbed copy, which keeps ids, times and amounts and
+                can still be replayed; one that is not a JSON object and names any of those ids is
+                dropped. The others go back to the DLQ unchanged (republished at its tail). Each
+                original is acked only after the broker confirmed its copy. Needs write on
+                amq.default, as `dlq replay`. Exits 0 with a summary; 1 when the broker refused a
+                copy (the originals stay: run it again).
+                """)
+
+        @OptionGroup var options: CommonOptions
+
+        @Option(help: "The erased account's id.")
+        var account: String
+
+        func validate() throws {
+            if account.isEmpty { throw ValidationError("--account needs an account id") }
+        }
+
+        func run() async throws {
+            let settings = try await options.settings(requireAll: false)
+            let result = try await DeadLetterErase.run(settings: settings, account: account, logger: options.logger(settings))
+            print(result)
         }
     }
 }
