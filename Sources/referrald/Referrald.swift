@@ -18,7 +18,7 @@ struct Referrald: AsyncParsableCommand {
         version: BuildInfo.version,
         subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
                       ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self,
-                      ReconcileCommand.self],
+                      ReconcileCommand.self, PruneCommand.self],
         defaultSubcommand: nil)
 }
 
@@ -367,5 +367,32 @@ struct ReconcileCommand: AsyncParsableCommand {
                                               programs: programs, logger: logger)
         print(summary)
         if summary.fixes > 0 { throw ExitCode.failure }
+    }
+}
+
+struct PruneCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune",
+        abstract: "Apply the retention settings (REFERRALD_RETENTION_*) once: empty old inbox bodies, delete old inbox keys and long-ended referrals.",
+        discussion: """
+            With every retention at 0 (the default) it deletes nothing. Works in short
+            transactions (1,000 inbox rows, 200 referrals), safe while daemons run; meant for a
+            daily systemd timer (deploy/systemd/referrald-prune.timer). Exit codes: 0 done, with
+            a summary; 75 the schema is older than the binary (run `referrald migrate`); 78 an
+            error in the configuration; 1 anything else.
+            """)
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        do {
+            // The database alone: the prune unit is given no broker credential.
+            let settings = try await options.settings(requireAll: false)
+            print(try await Prune.run(settings: settings, now: SystemClock().now(), logger: options.logger(settings)))
+        } catch let error as SettingsError {
+            throw ExitStatus.config.exit(error)
+        } catch let error as SchemaError {
+            throw ExitStatus.schemaBehind.exit(error)
+        }
     }
 }
