@@ -14,7 +14,9 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 THRESHOLD="${SECURITY_THRESHOLD:-2.0}"
-UNITS=(deploy/systemd/referrald.service deploy/systemd/referrald-migrate.service)
+UNITS=(deploy/systemd/referrald.service deploy/systemd/referrald-migrate.service deploy/systemd/referrald-prune.service)
+# Timers have no exposure to rate: verified only.
+TIMERS=(deploy/systemd/referrald-prune.timer)
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 FAILED=0
@@ -62,13 +64,13 @@ check_verify() {
   local dir="$WORK/units"; mkdir -p "$dir"
   printf '#!/bin/sh\nexit 0\n' > "$dir/referrald"; chmod +x "$dir/referrald"
   local copies=()
-  for u in "${UNITS[@]}"; do
+  for u in "${UNITS[@]}" "${TIMERS[@]}"; do
     sed "s#/usr/local/bin/referrald#$dir/referrald#g" "$u" > "$dir/$(basename "$u")"
     copies+=("$dir/$(basename "$u")")
   done
   local out; out="$(SYSTEMD_LOG_COLOR=0 systemd-analyze verify --man=no "${copies[@]}" 2>&1)"; local rc=$?
   if [ $rc -eq 0 ] && [ -z "$out" ]; then
-    pass "systemd verify" "${#UNITS[@]} units, no warnings"
+    pass "systemd verify" "$(( ${#UNITS[@]} + ${#TIMERS[@]} )) units, no warnings"
   else
     fail "systemd verify" "rc=$rc"; printf '%s\n' "$out" | sed "s#$dir/##g" | indent
   fi

@@ -50,6 +50,12 @@ extension Store {
         return (leads, rewards)
     }
 
+    /// The leads an account ordered and the rewards it was paid: `referrald dlq erase` matches
+    /// dead letters by them too (a lead and a credit rejection do not name the account).
+    public static func accountKeys(_ c: isolated PostgresConnection, account: String) throws -> (leads: [String], rewards: [String]) {
+        try erasedKeys(c, [account])
+    }
+
     /// The typed rows: household and contact of the accounts' facts and of their leads' facts
     /// go; billing's rejection reasons of their rewards become `Erasure.redacted` in `facts`, in
     /// `rewards.note` and in the recorded `reward_failed` effects. Idempotent, and each

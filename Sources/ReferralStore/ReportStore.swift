@@ -235,7 +235,8 @@ public struct ExportedEvent: Sendable {
 
 extension Store {
     /// Inbox bodies in the order the worker received them (`received_at`, then fact time, then
-    /// id: the rows of one batch share a `received_at`), with fact time in [from, to).
+    /// id: the rows of one batch share a `received_at`), with fact time in [from, to). Bodies
+    /// dropped by retention (empty: `RetentionStore`) are left out: an empty line is no event.
     ///
     /// Received order, not fact order, because a replay must feed the core what the worker saw
     /// when it saw it: referral numbers follow first sight, and a late fact has to arrive late.
@@ -249,7 +250,8 @@ extension Store {
                        to_char(received_at, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS rk,
                        to_char(fact_time, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS fk
                 FROM inbox
-                WHERE ($1::timestamptz IS NULL OR fact_time >= $1::timestamptz)
+                WHERE octet_length(body) > 0
+                  AND ($1::timestamptz IS NULL OR fact_time >= $1::timestamptz)
                   AND ($2::timestamptz IS NULL OR fact_time < $2::timestamptz)
                   AND ($3::timestamptz IS NULL
                        OR (received_at, fact_time, source, event_id) > ($3::timestamptz, $4::timestamptz, $5, $6))

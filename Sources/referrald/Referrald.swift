@@ -18,7 +18,7 @@ struct Referrald: AsyncParsableCommand {
         version: BuildInfo.version,
         subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
                       ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self,
-                      ReconcileCommand.self, DemoCommand.self],
+                      ReconcileCommand.self, PruneCommand.self, DemoCommand.self],
         defaultSubcommand: nil)
 }
 
@@ -170,7 +170,7 @@ struct Check: AsyncParsableCommand {
 
 struct DeadLetters: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "dlq", abstract: "Dead letters.", subcommands: [Replay.self])
+        commandName: "dlq", abstract: "Dead letters.", subcommands: [Replay.self, Erase.self])
 
     struct Replay: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -190,6 +190,36 @@ struct DeadLetters: AsyncParsableCommand {
             let result = try await DeadLetterReplay.run(settings: settings, onlyError: error, limit: limit,
                                                         logger: options.logger(settings))
             print("replayed \(result.replayed), kept \(result.kept)")
+        }
+    }
+
+    struct Erase: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Remove an erased customer's personal data from the dead letters (crm.customer.erased does not reach the DLQ).",
+            discussion: """
+                Reads every dead letter waiting now, once. One that concerns the account (its
+                account id, or one of the leads it ordered or rewards it was paid, as the database
+                knows them) is replaced by a scrubbed copy, which keeps ids, times and amounts and
+                can still be replayed; one that is not a JSON object and names any of those ids is
+                dropped. The others go back to the DLQ unchanged (republished at its tail). Each
+                original is acked only after the broker confirmed its copy. Needs write on
+                amq.default, as `dlq replay`. Exits 0 with a summary; 1 when the broker refused a
+                copy (the originals stay: run it again).
+                """)
+
+        @OptionGroup var options: CommonOptions
+
+        @Option(help: "The erased account's id.")
+        var account: String
+
+        func validate() throws {
+            if account.isEmpty { throw ValidationError("--account needs an account id") }
+        }
+
+        func run() async throws {
+            let settings = try await options.settings(requireAll: false)
+            let result = try await DeadLetterErase.run(settings: settings, account: account, logger: options.logger(settings))
+            print(result)
         }
     }
 }
@@ -342,5 +372,32 @@ struct ReconcileCommand: AsyncParsableCommand {
                                               programs: programs, logger: logger)
         print(summary)
         if summary.fixes > 0 { throw ExitCode.failure }
+    }
+}
+
+struct PruneCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune",
+        abstract: "Apply the retention settings (REFERRALD_RETENTION_*) once: empty old inbox bodies, delete old inbox keys and long-ended referrals.",
+        discussion: """
+            With every retention at 0 (the default) it deletes nothing. Works in short
+            transactions (1,000 inbox rows, 200 referrals), safe while daemons run; meant for a
+            daily systemd timer (deploy/systemd/referrald-prune.timer). Exit codes: 0 done, with
+            a summary; 75 the schema is older than the binary (run `referrald migrate`); 78 an
+            error in the configuration; 1 anything else.
+            """)
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        do {
+            // The database alone: the prune unit is given no broker credential.
+            let settings = try await options.settings(requireAll: false)
+            print(try await Prune.run(settings: settings, now: SystemClock().now(), logger: options.logger(settings)))
+        } catch let error as SettingsError {
+            throw ExitStatus.config.exit(error)
+        } catch let error as SchemaError {
+            throw ExitStatus.schemaBehind.exit(error)
+        }
     }
 }

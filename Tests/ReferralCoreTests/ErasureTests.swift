@@ -78,4 +78,42 @@ import Testing
         let applied = Effect.rewardApplied(rewardId: "rwd-1-friend")
         #expect(applied.withoutFreeText == applied)
     }
+
+    // `referrald dlq erase`: which dead letters concern the erased account, and what becomes of them.
+
+    @Test func deadLetterOfTheAccountIsScrubbedAndAScrubbedOneIsLeftAlone() throws {
+        let body = Array(Self.envelope("provisioning.service.activated",
+            #"{"account_id":"acct-1","activated_at":"2030-01-01T00:00:00Z","household_id":"hh-secret","crm_score":"x"}"#).utf8)
+        guard case .scrub(let copy) = Erasure.deadLetter(body: body, account: "acct-1") else {
+            Issue.record("not scrubbed"); return
+        }
+        let text = String(decoding: copy, as: UTF8.self)
+        #expect(text.contains(#""account_id":"acct-1""#) && !text.contains("hh-secret") && !text.contains("Jane"))
+        #expect(Erasure.deadLetter(body: copy, account: "acct-1") == .alreadyScrubbed)
+    }
+
+    @Test func leadsAndRewardsOfTheAccountAreFoundByTheirIds() {
+        let lead = Array(Self.envelope("provisioning.lead.created", #"{"lead_id":"lead-9","household_id":"hh-secret"}"#).utf8)
+        let rejected = Array(Self.envelope("billing.credit.rejected", #"{"reward_id":"rwd-9-friend","reason":"J. Doe"}"#).utf8)
+        #expect(Erasure.deadLetter(body: lead, account: "acct-1") == .unrelated)
+        #expect(Erasure.deadLetter(body: lead, account: "acct-1", leads: ["lead-9"]) != .unrelated)
+        #expect(Erasure.deadLetter(body: rejected, account: "acct-1", rewards: ["rwd-9-friend"]) != .unrelated)
+    }
+
+    @Test func anotherAccountWhoseIdStartsTheSameIsUnrelated() {
+        let other = Array(Self.envelope("crm.ticket.opened", #"{"account_id":"acct-10","ticket_id":"t-1"}"#).utf8)
+        #expect(Erasure.deadLetter(body: other, account: "acct-1") == .unrelated)
+        #expect(Erasure.deadLetter(body: Array("{broken acct-10".utf8), account: "acct-1") == .unrelated)
+    }
+
+    @Test func unreadableBodyThatNamesTheAccountIsDropped() {
+        #expect(Erasure.deadLetter(body: Array(#"{"account_id":"acct-1","household_id":"hh-secret""#.utf8), account: "acct-1") == .drop)
+        #expect(Erasure.deadLetter(body: Array(#"["acct-1"]"#.utf8), account: "acct-1") == .drop)
+        // An extra member naming the account in a valid object is scrubbed, not dropped.
+        let extra = Array(Self.envelope("crm.ticket.opened", #"{"account_id":"acct-2","ticket_id":"t-1","note":"see acct-1"}"#).utf8)
+        guard case .scrub(let copy) = Erasure.deadLetter(body: extra, account: "acct-1") else {
+            Issue.record("not scrubbed"); return
+        }
+        #expect(!String(decoding: copy, as: UTF8.self).contains("acct-1"))
+    }
 }

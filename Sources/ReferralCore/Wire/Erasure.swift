@@ -76,6 +76,60 @@ public enum Erasure {
         return scrubbed == body ? body : scrubbed
     }
 
+    /// What `referrald dlq erase` does with one dead letter of the DLQ (`deadLetter`).
+    public enum DeadLetterAction: Sendable, Equatable {
+        /// Not about the erased customer: put back unchanged.
+        case unrelated
+        /// About the customer and readable: this scrubbed copy replaces it, so that an operator
+        /// can still replay the event (its ids, times and amounts are intact).
+        case scrub([UInt8])
+        /// About the customer, and already what `scrub` leaves (a second run): put back unchanged.
+        case alreadyScrubbed
+        /// About the customer and not a JSON object: nothing in it can be told apart from
+        /// personal data, and no replay could apply it, so it goes.
+        case drop
+    }
+
+    /// Decides a dead letter's fate for the erasure of `account`. A JSON object concerns the
+    /// account when its data names the account, one of its leads or one of its rewards (a lead
+    /// or a credit rejection does not carry the account), or when the account id appears
+    /// anywhere in it as a whole id (a producer's extra member, a `subject`); a body that is not
+    /// a JSON object concerns it when any of those ids appears in its bytes as a whole id.
+    public static func deadLetter(body: [UInt8], account: String, leads: Set<String> = [],
+                                  rewards: Set<String> = []) -> DeadLetterAction {
+        let parsed = try? JSONValue.parse(body, limits: JSONLimits(maxDepth: 64, maxStringBytes: body.count,
+                                                                   maxValues: body.count))
+        guard case .object(let event)? = parsed else {
+            let ids = [account] + leads.sorted() + rewards.sorted()
+            return ids.contains { mentions(body, id: Array($0.utf8)) } ? .drop : .unrelated
+        }
+        let data = event["data"]?.objectValue
+        let named = data?["account_id"]?.stringValue == account
+            || data?["lead_id"]?.stringValue.map(leads.contains) == true
+            || data?["reward_id"]?.stringValue.map(rewards.contains) == true
+        guard named || mentions(body, id: Array(account.utf8)) else { return .unrelated }
+        let scrubbed = scrub(body: body)
+        return scrubbed == body ? .alreadyScrubbed : .scrub(scrubbed)
+    }
+
+    /// Whether `id` occurs in `body` with no id character on either side: erasing `acct-1`
+    /// must not touch a message about `acct-10`.
+    static func mentions(_ body: [UInt8], id: [UInt8]) -> Bool {
+        guard !id.isEmpty, body.count >= id.count else { return false }
+        func idByte(_ b: UInt8) -> Bool {
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x2D || b == 0x5F
+        }
+        var i = 0
+        while i + id.count <= body.count {
+            if body[i] == id[0], body[i..<i + id.count].elementsEqual(id),
+               i == 0 || !idByte(body[i - 1]), i + id.count == body.count || !idByte(body[i + id.count]) {
+                return true
+            }
+            i += 1
+        }
+        return false
+    }
+
     /// A kept member's value as it may stay: a scalar, and a string only of printable ASCII (the
     /// contract's ids, times and codes are). `referral_code` is free-form (a malformed code is
     /// unattributed, not invalid), so whatever a producer put there — an object, a NUL, a

@@ -54,6 +54,11 @@ public struct Settings: Sendable {
     public var drainTimeoutSeconds: Int
     public var stopTimeoutSeconds: Int
     public var healthStallSeconds: Int
+    /// Retention in days (0: kept for ever), applied by `referrald prune`.
+    public var retentionInboxBodyDays: Int
+    public var retentionInboxKeyDays: Int
+    public var retentionReferralDays: Int
+    public var retentionLedgerDays: Int
 
     /// One documented key. `defaultValue` nil means the key is required.
     public struct Key: Sendable {
@@ -132,6 +137,14 @@ public struct Settings: Sendable {
             help: "The unit's TimeoutStopSec, after which systemd sends SIGKILL; only used to check the drain timeout against it.", secret: false),
         Key(name: "REFERRALD_HEALTH_STALL_SECONDS", defaultValue: "30",
             help: "/healthz answers 503 when a pipeline's consume loop has not completed an iteration (with its database and broker up) for this long: the unit's WatchdogSec, so that a container's liveness probe restarts what systemd would.", secret: false),
+        Key(name: "REFERRALD_RETENTION_INBOX_BODY_DAYS", defaultValue: "0",
+            help: "referrald prune empties inbox bodies received more than this many days ago (0: kept for ever). export-events and simulate then see only the bodies retained; the (source, id) key stays for deduplication.", secret: false),
+        Key(name: "REFERRALD_RETENTION_INBOX_KEY_DAYS", defaultValue: "0",
+            help: "referrald prune deletes inbox rows (the deduplication keys) received more than this many days ago (0: kept for ever). A redelivery or a DLQ replay of an event older than this is applied a second time. At least REFERRALD_RETENTION_INBOX_BODY_DAYS, which must be set with it.", secret: false),
+        Key(name: "REFERRALD_RETENTION_REFERRAL_DAYS", defaultValue: "0",
+            help: "referrald prune deletes referrals that ended (rejected, expired, lost, reversed) more than this many days ago, with their leads' facts, effects, follow-ups, timers and links, once every referral ranked against them may go too (0: kept for ever). reconcile and explain no longer know them.", secret: false),
+        Key(name: "REFERRALD_RETENTION_LEDGER_DAYS", defaultValue: "0",
+            help: "The reward ledger's retention: a pruned referral's rewards go only when none changed within this many days (0: kept for ever, and so is every referral that has a reward). Keep it at what billing and tax rules require (often 7-10 years).", secret: false),
     ]
 
     /// Reads the settings from the environment and an optional `KEY=VALUE` file.
@@ -232,7 +245,11 @@ public struct Settings: Sendable {
             rewardRetryBackoffMax: try span("REFERRALD_REWARD_RETRY_BACKOFF_MAX"),
             drainTimeoutSeconds: try int("REFERRALD_DRAIN_TIMEOUT_SECONDS", 1...3600),
             stopTimeoutSeconds: try int("REFERRALD_STOP_TIMEOUT_SECONDS", 1...3600),
-            healthStallSeconds: try int("REFERRALD_HEALTH_STALL_SECONDS", 5...3600))
+            healthStallSeconds: try int("REFERRALD_HEALTH_STALL_SECONDS", 5...3600),
+            retentionInboxBodyDays: try int("REFERRALD_RETENTION_INBOX_BODY_DAYS", 0...36_500),
+            retentionInboxKeyDays: try int("REFERRALD_RETENTION_INBOX_KEY_DAYS", 0...36_500),
+            retentionReferralDays: try int("REFERRALD_RETENTION_REFERRAL_DAYS", 0...36_500),
+            retentionLedgerDays: try int("REFERRALD_RETENTION_LEDGER_DAYS", 0...36_500))
         try settings.validate(source: source)
         return settings
     }
@@ -278,6 +295,12 @@ public struct Settings: Sendable {
             do { _ = try PostgresURL(parsing: databaseURL) } catch {
                 throw SettingsError(key: "REFERRALD_DATABASE_URL", source: source, message: "is not a valid URL: \(error)")
             }
+        }
+        // Deleting a key deletes its body: keys kept for less time than bodies, or deleted while
+        // bodies are kept for ever, would be a body retention the operator did not set.
+        if retentionInboxKeyDays > 0 && (retentionInboxBodyDays == 0 || retentionInboxKeyDays < retentionInboxBodyDays) {
+            throw SettingsError(key: "REFERRALD_RETENTION_INBOX_KEY_DAYS", source: source,
+                                message: "\(retentionInboxKeyDays) needs REFERRALD_RETENTION_INBOX_BODY_DAYS set, and at most this many days (it is \(retentionInboxBodyDays))")
         }
         if !["logfmt", "json"].contains(logFormat) {
             throw SettingsError(key: "REFERRALD_LOG_FORMAT", source: source, message: "must be logfmt or json")
