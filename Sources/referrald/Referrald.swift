@@ -397,7 +397,7 @@ struct PruneCommand: AsyncParsableCommand {
         } catch let error as SettingsError {
             throw ExitStatus.config.exit(error)
         } catch let error as SchemaError {
-            throw ExitStatus.schemaBehind.exit(error)
+            throw ExitStatus.notDeployedYet.exit(error)
         }
     }
 }
