@@ -45,6 +45,66 @@ extension Store {
         return out
     }
 
+    /// The ask facts of these accounts that can still change a decision at `now`: the rows
+    /// `ReferralAsks.relevantFacts` keeps (see there why they are enough), selected by index
+    /// ranges so that an account's old speed tests are never read. The worker's decisions use
+    /// this; `explain` reads every fact (`loadAskFacts`), to list old skipped asks too.
+    /// Ranges on (account_id, kind, at): each branch reads its own kinds; tickets and invoices
+    /// are read per account and kind (few tickets; invoices grow by one a month) to find the
+    /// open ones and those with a fact in the window.
+    public static func loadRelevantAskFacts(_ c: isolated PostgresConnection, accounts: [String], now: Instant,
+                                            freshness: Span) throws -> [String: [AskFact]] {
+        if accounts.isEmpty { return [:] }
+        var out: [String: [AskFact]] = [:]
+        for row in try c.query("""
+            WITH acc AS (SELECT DISTINCT unnest($1::text[]) AS account_id),
+            picked AS (
+                -- Everything in the window or ahead of now.
+                SELECT f.seq FROM acc CROSS JOIN LATERAL (
+                    SELECT seq FROM ask_facts f WHERE f.account_id = acc.account_id AND f.kind = ANY($3::text[]) AND f.at >= $2::timestamptz
+                ) f
+                UNION
+                -- The once-per-account facts.
+                SELECT f.seq FROM ask_facts f
+                WHERE f.account_id = ANY($1::text[]) AND f.kind IN ('installed', 'activated', 'cancelled', 'erased', 'enrolled')
+                UNION
+                -- Tickets with a fact in the window, and tickets never resolved.
+                SELECT f.seq FROM ask_facts f
+                WHERE f.account_id = ANY($1::text[]) AND f.kind IN ('ticket_opened', 'ticket_resolved')
+                  AND (EXISTS (SELECT 1 FROM ask_facts r WHERE r.account_id = f.account_id AND r.ticket_id = f.ticket_id
+                                 AND r.kind IN ('ticket_opened', 'ticket_resolved') AND r.at >= $2::timestamptz)
+                       OR (f.kind = 'ticket_opened'
+                           AND NOT EXISTS (SELECT 1 FROM ask_facts r WHERE r.account_id = f.account_id AND r.ticket_id = f.ticket_id
+                                             AND r.kind = 'ticket_resolved')))
+                UNION
+                -- Invoices with a fact in the window, and invoices overdue and never paid.
+                SELECT f.seq FROM ask_facts f
+                WHERE f.account_id = ANY($1::text[]) AND f.kind = 'overdue'
+                  AND NOT EXISTS (SELECT 1 FROM ask_facts r WHERE r.account_id = f.account_id AND r.invoice_id = f.invoice_id
+                                    AND r.kind = 'paid')
+                UNION
+                SELECT f.seq FROM ask_facts f
+                JOIN (SELECT DISTINCT account_id, invoice_id FROM ask_facts
+                      WHERE account_id = ANY($1::text[]) AND kind IN ('overdue', 'paid') AND at >= $2::timestamptz) w
+                  ON w.account_id = f.account_id AND w.invoice_id = f.invoice_id
+                WHERE f.kind IN ('overdue', 'paid')
+                UNION
+                -- The latest preference before the window (all of those at that instant).
+                SELECT f.seq FROM acc CROSS JOIN LATERAL (
+                    SELECT p.seq FROM ask_facts p WHERE p.account_id = acc.account_id AND p.kind = 'preferences'
+                      AND p.at = (SELECT max(q.at) FROM ask_facts q WHERE q.account_id = acc.account_id
+                                    AND q.kind = 'preferences' AND q.at < $2::timestamptz)
+                ) f
+            )
+            SELECT account_id, at, kind, segment, ticket_id, csat::int8 AS csat, measured_mbps, plan_mbps, prompts,
+                   invoice_id, credits_minor, first_ask_at
+            FROM ask_facts WHERE seq IN (SELECT seq FROM picked) ORDER BY seq
+            """, [.textArray(accounts), .text((now - freshness).rfc3339), .textArray(AskFactRow.kinds)]) {
+            if let fact = try AskFactRow.fact(row) { out[fact.accountId, default: []].append(fact) }
+        }
+        return out
+    }
+
     public static func sentAsks(_ c: isolated PostgresConnection, accounts: [String]) throws -> [String: [SentAsk]] {
         var out: [String: [SentAsk]] = [:]
         for row in try c.query("""
@@ -146,6 +206,10 @@ struct AskFactRow {
         case .enrolled(let at): kind = "enrolled"; firstAsk = at
         }
     }
+
+    /// Every kind this binary stores, for queries that range over all of them by index.
+    static let kinds = ["installed", "activated", "cancelled", "speed_test", "ticket_opened", "ticket_resolved",
+                        "preferences", "overdue", "paid", "erased", "enrolled"]
 
     /// nil for a kind this binary does not know (a newer release's row).
     static func fact(_ row: PostgresRow) throws -> AskFact? {

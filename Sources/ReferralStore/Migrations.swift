@@ -339,6 +339,14 @@ public enum Schema {
             -- eight indexes). Applies to pages written from now on.
             ALTER TABLE referrals SET (fillfactor = 80);
             """),
+        Migration(version: 12, name: "ask facts by account, kind and time", sql: """
+            -- The worker reads an account's ask facts by ranges of kind and time (the facts that can
+            -- still change a decision: `Store.loadRelevantAskFacts`), so that an account with a
+            -- daily automated speed test costs the same in its third year as on its first day.
+            -- It replaces the index by account alone, whose lookups it serves as well.
+            CREATE INDEX ask_facts_account_kind_at ON ask_facts (account_id, kind, at);
+            DROP INDEX IF EXISTS ask_facts_account;
+            """),
     ]
 
     public static var latestVersion: Int { migrations.last?.version ?? 0 }

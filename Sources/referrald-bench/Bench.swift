@@ -35,6 +35,9 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "REFERRALD_WORKERS of the daemon: pipelines in the process (every daemon phase).")
     var workers = 1
 
+    @Option(help: "Daemon processes that drain the mix and hot backlogs together (instances against one broker and database).")
+    var instances = 1
+
     @Option(help: "Open-loop rate of the latency phase in events/s (0: half the measured mix throughput).")
     var rate = 0.0
 
@@ -82,11 +85,12 @@ struct Bench: AsyncParsableCommand {
         }
 
         say("machine: \(machineDescription())")
-        say("options: events=\(events) batch-size=\(batchSize) batch-wait-ms=\(batchWaitMs) workers=\(workers) modes=\(modes)")
+        say("options: events=\(events) batch-size=\(batchSize) batch-wait-ms=\(batchWaitMs) workers=\(workers) instances=\(instances) modes=\(modes)")
         let bed = try await Bed.make(amqpURL: amqpURL, databaseURL: databaseURL, programsFile: programsFile)
         let observer = Observer()
         try await observer.start(url: bed.amqpURL, queue: bed.observerQueue)
-        let runner = Runner(bed: bed, observer: observer, binary: binary, batchWaitMs: batchWaitMs, workers: workers)
+        let runner = Runner(bed: bed, observer: observer, binary: binary, batchWaitMs: batchWaitMs, workers: workers,
+                            instances: instances)
         var report = Report()
         do {
             let now = Instant(microseconds: Int64(Date().timeIntervalSince1970 * 1_000_000))
@@ -277,6 +281,8 @@ struct Runner {
     let binary: String
     let batchWaitMs: Int
     let workers: Int
+    /// Daemons that drain the mix and hot backlogs together.
+    let instances: Int
 
     /// Publishes `count` messages of the generator in confirmed chunks, never holding more
     /// than one chunk in memory (a 1,000,000-message backlog would otherwise cost the bench
@@ -356,12 +362,14 @@ struct Runner {
         let start = monotonicNanos()
         let depth = DepthSampler()
         depth.start(bed)
-        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers)
-        let cpu = CPUWindow(process: process.processIdentifier)
-        let arrival = try await waitForSentinel(process, timeout: Double(count) / 100 + 120)
+        let processes = try (0..<max(1, instances)).map { _ in
+            try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers)
+        }
+        let cpu = CPUWindow(processes: processes.map(\.processIdentifier))
+        let arrival = try await waitForSentinel(processes[0], timeout: Double(count) / 100 + 120)
         let usage = cpu.stop()
-        let peak = Proc.memoryKiB(process.processIdentifier, "VmHWM")
-        await stop(process)
+        let peak = processes.compactMap { Proc.memoryKiB($0.processIdentifier, "VmHWM") }.max()
+        for process in processes { await stop(process) }
         let tenths = await depth.stop(total: count + 1)
         return DrainResult(messages: count + 1, seconds: Double(arrival - start) / 1e9, usage: usage, peakRSSKiB: peak,
                            firstTenth: tenths?.first, lastTenth: tenths?.last)

@@ -72,15 +72,18 @@ enum Proc {
 /// PostgreSQL and the whole machine. The services are shared with other engineers' tests, so
 /// their figures include whatever else ran on them meanwhile.
 struct CPUWindow {
-    private var process: Int32
+    /// The measured processes: the daemons of a phase (their CPU summed), or the bench itself.
+    private var processes: [Int32]
     private var processStart: Int64 = 0
     private var servicesStart: [String: [Int32: Int64]] = [:]
     private var machineStart = (busy: Int64(0), total: Int64(0))
     private var startTime: UInt64 = 0
 
-    init(process: Int32) {
-        self.process = process
-        processStart = Proc.cpuTicks(process) ?? 0
+    init(process: Int32) { self.init(processes: [process]) }
+
+    init(processes: [Int32]) {
+        self.processes = processes
+        processStart = processes.reduce(0) { $0 + (Proc.cpuTicks($1) ?? 0) }
         for (name, pids) in Proc.servicePids() {
             servicesStart[name] = Dictionary(uniqueKeysWithValues: pids.compactMap { pid in Proc.cpuTicks(pid).map { (pid, $0) } })
         }
@@ -110,7 +113,8 @@ struct CPUWindow {
         }
         let machine = Proc.machineTicks()
         let busy = Double(machine.busy - machineStart.busy) / Double(max(1, machine.total - machineStart.total))
-        return Usage(seconds: seconds, process: cores((Proc.cpuTicks(process) ?? processStart) - processStart),
+        let now = processes.reduce(Int64(0)) { $0 + (Proc.cpuTicks($1) ?? 0) }
+        return Usage(seconds: seconds, process: cores(max(0, now - processStart)),
                      services: services, machineBusy: busy)
     }
 }

@@ -98,7 +98,8 @@ enum Apply {
         let accounts = Array(Set(accounts)).sorted()
         if accounts.isEmpty { return [] }
         try Store.lockAccounts(c, accounts)
-        let facts = try Store.loadAskFacts(c, accounts: accounts)
+        let policy = AskPolicy()
+        let facts = try Store.loadRelevantAskFacts(c, accounts: accounts, now: context.now, freshness: policy.freshness)
         let sent = try Store.sentAsks(c, accounts: accounts)
         let codes = try Store.codes(c, accounts: accounts)
         var due: [(ask: PlannedAsk, programId: String)] = []
@@ -108,7 +109,7 @@ enum Apply {
             let program = context.programs.program(forSegment: ReferralAsks.segment(of: known).rawValue)
             let decision = ReferralAsks.decide(AskInput(
                 accountId: account, facts: known, program: program, code: codes[account].flatMap(ReferralCode.parse),
-                sent: sent[account] ?? [], now: context.now))
+                sent: sent[account] ?? [], now: context.now, policy: policy))
             if let ask = decision.send, let program { due.append((ask, program.id)) }
             timers.append((account, decision.nextWakeup))
         }
