@@ -8,15 +8,8 @@ enum MemoryCheck {
     struct Result { let queued: Int; let peakRSS: Int; let stillWaiting: UInt32; let publishTook: Duration }
 
     static func run(config: SuiteConfig, count: Int, sample: Duration) async throws -> Result {
-        let world = try await World.make(services: config.services, scenario: "memory",
-                                         programsFile: config.programsFile, logDirectory: config.logDirectory)
-        do {
-            let result = try await measure(world: world, config: config, count: count, sample: sample)
-            await world.tearDown()
-            return result
-        } catch {
-            await world.tearDown()
-            throw error
+        try await World.with(config: config, scenario: "memory") { world in
+            try await measure(world: world, config: config, count: count, sample: sample)
         }
     }
 
@@ -67,15 +60,8 @@ enum LargeBodyCheck {
     static let limit = 256 * 1_048_576
 
     static func run(config: SuiteConfig, count: Int) async throws -> Result {
-        let world = try await World.make(services: config.services, scenario: "memory-large",
-                                         programsFile: config.programsFile, logDirectory: config.logDirectory)
-        do {
-            let result = try await measure(world: world, config: config, count: count)
-            await world.tearDown()
-            return result
-        } catch {
-            await world.tearDown()
-            throw error
+        try await World.with(config: config, scenario: "memory-large") { world in
+            try await measure(world: world, config: config, count: count)
         }
     }
 

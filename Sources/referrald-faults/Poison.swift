@@ -16,15 +16,8 @@ enum PoisonCheck {
     }
 
     static func run(config: SuiteConfig, good: Int) async throws -> Result {
-        let world = try await World.make(services: config.services, scenario: "poison",
-                                         programsFile: config.programsFile, logDirectory: config.logDirectory)
-        do {
-            let result = try await measure(world: world, config: config, good: good)
-            await world.tearDown()
-            return result
-        } catch {
-            await world.tearDown()
-            throw error
+        try await World.with(config: config, scenario: "poison") { world in
+            try await measure(world: world, config: config, good: good)
         }
     }
 

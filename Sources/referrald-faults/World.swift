@@ -50,6 +50,21 @@ final class World: Sendable {
                      environment: environment, observerQueue: observer, logPath: "\(logDirectory)/\(scenario).log")
     }
 
+    /// A world of its own for `body`, torn down after it whether it throws or not: the checks
+    /// outside the scenarios (memory, large bodies, poison) run in one each.
+    static func with<T>(config: SuiteConfig, scenario: String, _ body: (World) async throws -> T) async throws -> T {
+        let world = try await World.make(services: config.services, scenario: scenario,
+                                         programsFile: config.programsFile, logDirectory: config.logDirectory)
+        do {
+            let result = try await body(world)
+            await world.tearDown()
+            return result
+        } catch {
+            await world.tearDown()
+            throw error
+        }
+    }
+
     private init(name: String, services: Services, databaseURL: String, settings: Settings,
                  environment: [String: String], observerQueue: String, logPath: String) {
         self.name = name; self.services = services; self.databaseURL = databaseURL; self.settings = settings
