@@ -40,7 +40,9 @@ public enum DeadLetterErase {
     /// delivery limit on the DLQ (RabbitMQ 4 sets 20 by default) would drop a dead letter after
     /// that many runs. A crash between a confirm and its ack leaves the original and its copy
     /// both in the DLQ: a duplicate, which the inbox deduplicates on replay; a re-run finishes
-    /// the job.
+    /// the job. So does an ack the broker dropped with the reader's channel as it closed
+    /// (RabbitMQ does not confirm acks; `dlq replay` saw it under load): run the command until
+    /// it reports nothing scrubbed.
     public static func run(settings: Settings, account: String, logger: Logger) async throws -> Result {
         // Leads and rewards of the account, when the database is configured: without them a
         // lead or a credit rejection of the account (which do not name it) would be kept.

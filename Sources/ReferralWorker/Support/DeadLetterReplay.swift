@@ -20,11 +20,35 @@ public enum DeadLetterReplay {
     /// upstream exchange, which would hand a second copy to every other consumer of that
     /// exchange — with its body and properties unchanged and the `x-referrald-*` headers
     /// removed, and acked in the DLQ only after the broker confirmed the copy.
-    /// `onlyError` replays only dead letters with that `x-referrald-error`.
+    /// `onlyError` replays only dead letters with that `x-referrald-error`; the others go back
+    /// to the tail of the DLQ unchanged (a confirmed copy, then the ack), as `dlq erase` keeps
+    /// them. Rejected with requeue, they went back to their old place at the head of the queue
+    /// and were handed out again first: on a DLQ larger than the prefetch (256) a filtered run
+    /// read the same kept messages until its count ran out and never reached the matching ones
+    /// behind them. RabbitMQ does not confirm acks: one sent just before the reader closes can
+    /// be dropped with its channel (seen under load: 29 of 340 in one test run), and that dead
+    /// letter comes back beside its copy. A duplicate either way, which the inbox deduplicates.
     public static func run(settings: Settings, onlyError: String?, limit: Int?, logger: Logger) async throws -> Result {
         let reader = try await settings.connectAMQP(name: "referrald dlq replay (reader)", logger: logger)
         let writer = try await settings.connectAMQP(name: "referrald dlq replay (writer)", logger: logger)
-        defer { Task { await reader.close(); await writer.close() } }
+        // Closed before returning, not after: the deliveries the broker pushed beyond the count
+        // (copies at the tail) go back to the DLQ only when the reader closes, and a caller that
+        // looks at the DLQ next must find them there.
+        do {
+            let result = try await replay(reader: reader, writer: writer, settings: settings, onlyError: onlyError,
+                                          limit: limit, logger: logger)
+            await reader.close()
+            await writer.close()
+            return result
+        } catch {
+            await reader.close()
+            await writer.close()
+            throw error
+        }
+    }
+
+    static func replay(reader: AMQPConnection, writer: AMQPConnection, settings: Settings, onlyError: String?, limit: Int?,
+                       logger: Logger) async throws -> Result {
         try await writer.enableConfirms()
         let waiting = Int(try await reader.declareQueue(settings.deadLetterQueue, durable: true, passive: true).messageCount)
         let budget = min(waiting, limit ?? waiting)
@@ -36,31 +60,29 @@ public enum DeadLetterReplay {
             let batch = try await reader.nextDeliveries(max: min(256, waiting - seen), wait: .seconds(2))
             if batch.isEmpty { break }
             seen += batch.count
-            var matching: [Delivery] = []
+            var moves: [(delivery: Delivery, message: OutgoingMessage, replayed: Bool)] = []
             for d in batch {
                 let code: String? = if case .string(let c)? = d.headers["x-referrald-error"] { c } else { nil }
-                if (onlyError == nil || code == onlyError) && result.replayed + matching.count < budget {
-                    matching.append(d)
+                if (onlyError == nil || code == onlyError) && result.replayed + moves.filter(\.replayed).count < budget {
+                    moves.append((d, OutgoingMessage(
+                        exchange: "", routingKey: settings.inboxQueue, body: d.body,
+                        headers: d.headers.filter { !$0.key.hasPrefix("x-referrald-") && $0.key != "x-delivery-count" },
+                        messageId: d.messageId, contentType: d.contentType, persistent: true, mandatory: true,
+                        timestamp: d.timestamp), true))
                 } else {
-                    // Requeued at once would be read again in this run: the count of messages
-                    // waiting at the start (`seen < waiting`) stops that.
-                    try await reader.reject(d.deliveryTag, requeue: true)
-                    result.kept += 1
+                    // Back to the tail: the count of messages waiting at the start (`seen <
+                    // waiting`) keeps this run from reading the copy again.
+                    moves.append((d, DeadLetterErase.copy(of: d, body: d.body, scrubbed: false, queue: settings.deadLetterQueue),
+                                  false))
                 }
             }
-            if matching.isEmpty { continue }
-            let outcomes = try await writer.publish(matching.map { d in
-                OutgoingMessage(exchange: "", routingKey: settings.inboxQueue, body: d.body,
-                                headers: d.headers.filter { !$0.key.hasPrefix("x-referrald-") && $0.key != "x-delivery-count" },
-                                messageId: d.messageId, contentType: d.contentType, persistent: true, mandatory: true,
-                                timestamp: d.timestamp)
-            })
-            for (d, outcome) in zip(matching, outcomes) {
+            let outcomes = try await writer.publish(moves.map(\.message))
+            for (move, outcome) in zip(moves, outcomes) {
                 if outcome == .confirmed {
-                    try await reader.ack(d.deliveryTag)
-                    result.replayed += 1
+                    try await reader.ack(move.delivery.deliveryTag)
+                    if move.replayed { result.replayed += 1 } else { result.kept += 1 }
                 } else {
-                    try await reader.reject(d.deliveryTag, requeue: true)
+                    try await reader.reject(move.delivery.deliveryTag, requeue: true)
                     result.kept += 1
                     logger.warning("replay not accepted by the broker; dead letter kept", metadata: ["outcome": "\(outcome)"])
                 }
