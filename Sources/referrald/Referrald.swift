@@ -218,8 +218,16 @@ struct DeadLetters: AsyncParsableCommand {
 
         func run() async throws {
             let settings = try await options.settings(requireAll: false)
-            let result = try await DeadLetterErase.run(settings: settings, account: account, logger: options.logger(settings))
-            print(result)
+            // Pass after pass until one scrubs and drops nothing: RabbitMQ does not confirm acks,
+            // and an original whose ack was dropped as the reader closed is back in the DLQ, its
+            // personal data with it. Bounded, so a broker that keeps dropping acks ends in an error.
+            for n in 1...5 {
+                let result = try await DeadLetterErase.run(settings: settings, account: account, logger: options.logger(settings))
+                print("pass \(n): \(result)")
+                if result.scrubbed == 0 && result.dropped == 0 { return }
+            }
+            FileHandle.standardError.write(Data("referrald: the account's dead letters were still found after 5 passes: run the command again\n".utf8))
+            throw ExitCode.failure
         }
     }
 }

@@ -86,4 +86,28 @@ import Testing
         #expect(copies.contains { String(decoding: $0.body, as: UTF8.self).contains(#""reason":"[erased]""#) })
         await bed.tearDown()
     }
+
+    /// The command, as an operator runs it: passes until one finds nothing of the account, each
+    /// pass's summary on its own line, exit 0.
+    @Test func theCommandPassesUntilNothingOfTheAccountIsLeft() async throws {
+        let bed = try await TestBed.make()
+        let letters = (0..<3).map { i in
+            Self.event("provisioning.service.activated", id: "z\(i)",
+                       #"{"account_id":"acct-Z","activated_at":"2030-03-01T00:00:00Z","household_id":"hh-Zsecret\u00e9"}"#)
+        }
+        let outcome = try await bed.amqp.publish(letters.map { body in
+            OutgoingMessage(exchange: "", routingKey: bed.settings.deadLetterQueue, body: body,
+                            headers: ["x-referrald-error": .string("invalid_data")],
+                            contentType: "application/cloudevents+json", persistent: true, mandatory: true)
+        })
+        #expect(outcome.allSatisfy { $0 == .confirmed })
+        let (status, out, err) = try await Ops.runBinary(["dlq", "erase", "--account", "acct-Z"], environment: bed.environment)
+        let lines = out.split(separator: "\n").map(String.init)
+        #expect(status == 0, "\(err)")
+        #expect(lines.first == "pass 1: scanned 3, scrubbed 3, dropped 0, kept 0", "\(out)")
+        #expect(lines.last?.hasSuffix("scrubbed 0, dropped 0, kept 3") == true, "\(out)")
+        let left = try await bed.take(from: bed.settings.deadLetterQueue, count: 3, timeout: .seconds(5))
+        #expect(left.count == 3 && left.allSatisfy { !String(decoding: $0.body, as: UTF8.self).contains("Zsecret") })
+        await bed.tearDown()
+    }
 }

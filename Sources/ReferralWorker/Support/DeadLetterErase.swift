@@ -41,8 +41,8 @@ public enum DeadLetterErase {
     /// that many runs. A crash between a confirm and its ack leaves the original and its copy
     /// both in the DLQ: a duplicate, which the inbox deduplicates on replay; a re-run finishes
     /// the job. So does an ack the broker dropped with the reader's channel as it closed
-    /// (RabbitMQ does not confirm acks; `dlq replay` saw it under load): run the command until
-    /// it reports nothing scrubbed.
+    /// (RabbitMQ does not confirm acks; `dlq replay` saw it under load): the command runs pass
+    /// after pass until one scrubs nothing.
     public static func run(settings: Settings, account: String, logger: Logger) async throws -> Result {
         // Leads and rewards of the account, when the database is configured: without them a
         // lead or a credit rejection of the account (which do not name it) would be kept.
@@ -57,7 +57,23 @@ public enum DeadLetterErase {
         }
         let reader = try await settings.connectAMQP(name: "referrald dlq erase (reader)", logger: logger)
         let writer = try await settings.connectAMQP(name: "referrald dlq erase (writer)", logger: logger)
-        defer { Task { await reader.close(); await writer.close() } }
+        // Closed before returning: what the reader still holds is back in the DLQ when the
+        // next pass (`referrald dlq erase` runs until one scrubs nothing) counts it.
+        do {
+            let result = try await pass(reader: reader, writer: writer, settings: settings, account: account, leads: leads,
+                                        rewards: rewards)
+            await reader.close()
+            await writer.close()
+            return result
+        } catch {
+            await reader.close()
+            await writer.close()
+            throw error
+        }
+    }
+
+    static func pass(reader: AMQPConnection, writer: AMQPConnection, settings: Settings, account: String,
+                     leads: Set<String>, rewards: Set<String>) async throws -> Result {
         try await writer.enableConfirms()
         let waiting = Int(try await reader.declareQueue(settings.deadLetterQueue, durable: true, passive: true).messageCount)
         var result = Result()
