@@ -1,3 +1,5 @@
+import Logging
+
 extension AMQPURL {
     /// Parses an AMQP URL that may name several nodes of one cluster, comma-separated in the
     /// authority, as libpq does for PostgreSQL: `amqp://user:pass@node1:5672,node2,node3:5673/vhost`.
@@ -28,5 +30,28 @@ extension AMQPURL {
             urls.append(try AMQPURL(parsing: String(scheme + userinfo + host + path)))
         }
         return urls
+    }
+}
+
+extension AMQPConnection {
+    /// Connects to the first of `nodes` that answers, trying each once in order from
+    /// `startingAt`; returns the connection and the index of the node. `failed` hears of each
+    /// node that did not answer. Throws the last node's error when none did.
+    public static func connect(
+        anyOf nodes: [AMQPURL], startingAt start: Int = 0, tls: AMQPTLS? = nil, heartbeatSeconds: Int = 30,
+        connectionName: String, logger: Logger, failed: (AMQPURL, any Error) -> Void = { _, _ in }
+    ) async throws -> (connection: AMQPConnection, node: Int) {
+        var lastError: (any Error)?
+        for offset in 0..<nodes.count {
+            let index = (start + offset) % nodes.count
+            do {
+                return (try await connect(nodes[index], tls: tls, heartbeatSeconds: heartbeatSeconds,
+                                          connectionName: connectionName, logger: logger), index)
+            } catch {
+                failed(nodes[index], error)
+                lastError = error
+            }
+        }
+        throw lastError ?? AMQPError(.invalidURL, operation: "connect", detail: "no broker node given")
     }
 }

@@ -18,16 +18,8 @@ struct Services: Sendable {
     /// several (the three-node cluster), so the suite's own publisher and observer outlive the
     /// node a scenario stops.
     func connectBroker(heartbeatSeconds: Int, connectionName: String, logger: Logger) async throws -> AMQPConnection {
-        var lastError: (any Error)?
-        for url in try AMQPURL.parseList(amqpURL) {
-            do {
-                return try await AMQPConnection.connect(url, heartbeatSeconds: heartbeatSeconds, connectionName: connectionName,
-                                                        logger: logger)
-            } catch {
-                lastError = error
-            }
-        }
-        throw lastError!
+        try await AMQPConnection.connect(anyOf: try AMQPURL.parseList(amqpURL), heartbeatSeconds: heartbeatSeconds,
+                                         connectionName: connectionName, logger: logger).connection
     }
 
     func rabbitmqctl(_ arguments: [String], timeout: Duration = .seconds(120)) throws -> String {

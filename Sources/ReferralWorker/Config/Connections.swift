@@ -14,24 +14,16 @@ extension Settings {
     /// instead of waiting for the one that went away.
     public func connectAMQP(name: String, logger: Logger) async throws -> AMQPConnection {
         let nodes = try AMQPURL.parseList(amqpURL)
-        let start = amqpNodes.next(count: nodes.count)
-        var lastError: (any Error)?
-        for offset in 0..<nodes.count {
-            let index = (start + offset) % nodes.count
-            do {
-                let connection = try await AMQPConnection.connect(nodes[index], tls: amqpTLS, heartbeatSeconds: heartbeatSeconds,
-                                                                  connectionName: name, logger: logger)
-                amqpNodes.connected(index)
-                return connection
-            } catch {
-                if nodes.count > 1 {
-                    logger.warning("broker node unreachable; trying the next", metadata: [
-                        "amqp.node": "\(nodes[index].host):\(nodes[index].port)", "error": "\(error)"])
-                }
-                lastError = error
-            }
+        let (connection, node) = try await AMQPConnection.connect(
+            anyOf: nodes, startingAt: amqpNodes.next(count: nodes.count), tls: amqpTLS, heartbeatSeconds: heartbeatSeconds,
+            connectionName: name, logger: logger
+        ) { url, error in
+            guard nodes.count > 1 else { return }
+            logger.warning("broker node unreachable; trying the next",
+                           metadata: ["amqp.node": "\(url.host):\(url.port)", "error": "\(error)"])
         }
-        throw lastError!
+        amqpNodes.connected(node)
+        return connection
     }
 
     public func connectPostgres(name: String, logger: Logger) async throws -> PostgresConnection {

@@ -55,26 +55,15 @@ public enum DeadLetterErase {
         } else {
             logger.warning("REFERRALD_DATABASE_URL not set: dead letters are matched by account id only, not by its leads and rewards")
         }
-        let reader = try await settings.connectAMQP(name: "referrald dlq erase (reader)", logger: logger)
-        let writer = try await settings.connectAMQP(name: "referrald dlq erase (writer)", logger: logger)
         // Closed before returning: what the reader still holds is back in the DLQ when the
         // next pass (`referrald dlq erase` runs until one scrubs nothing) counts it.
-        do {
-            let result = try await pass(reader: reader, writer: writer, settings: settings, account: account, leads: leads,
-                                        rewards: rewards)
-            await reader.close()
-            await writer.close()
-            return result
-        } catch {
-            await reader.close()
-            await writer.close()
-            throw error
+        return try await QueueTransfer.withConnections(settings, name: "referrald dlq erase", logger: logger) { reader, writer in
+            try await pass(reader: reader, writer: writer, settings: settings, account: account, leads: leads, rewards: rewards)
         }
     }
 
     static func pass(reader: AMQPConnection, writer: AMQPConnection, settings: Settings, account: String,
                      leads: Set<String>, rewards: Set<String>) async throws -> Result {
-        try await writer.enableConfirms()
         let waiting = Int(try await reader.declareQueue(settings.deadLetterQueue, durable: true, passive: true).messageCount)
         var result = Result()
         if waiting == 0 { return result }
@@ -117,21 +106,18 @@ public enum DeadLetterErase {
         return result
     }
 
-    /// The message as it goes back to the DLQ. `x-delivery-count` is the broker's count for the
-    /// original, not a property of the message. A scrubbed copy's `x-referrald-detail` keeps
+    /// The message as it goes back to the DLQ. A scrubbed copy's `x-referrald-detail` keeps
     /// its field path and loses its reason, which quotes the offending value (a household id,
     /// a reason's text); `x-referrald-erased` tells an operator why.
     static func copy(of d: Delivery, body: [UInt8], scrubbed: Bool, queue: String) -> OutgoingMessage {
-        var headers = d.headers.filter { $0.key != "x-delivery-count" }
-        if scrubbed {
+        .copy(of: d, to: queue, body: body) { headers in
+            guard scrubbed else { return }
             if case .string(let detail)? = headers["x-referrald-detail"] {
                 let path = detail.split(separator: ":", maxSplits: 1).first.map(String.init) ?? ""
                 headers["x-referrald-detail"] = .string("\(path): \(Erasure.redacted)")
             }
             headers["x-referrald-erased"] = .string("scrubbed by referrald dlq erase")
         }
-        return OutgoingMessage(exchange: "", routingKey: queue, body: body, headers: headers, messageId: d.messageId,
-                               contentType: d.contentType, persistent: true, mandatory: true, timestamp: d.timestamp)
     }
 }
 

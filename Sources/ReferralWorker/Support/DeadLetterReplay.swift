@@ -29,27 +29,14 @@ public enum DeadLetterReplay {
     /// be dropped with its channel (seen under load: 29 of 340 in one test run), and that dead
     /// letter comes back beside its copy. A duplicate either way, which the inbox deduplicates.
     public static func run(settings: Settings, onlyError: String?, limit: Int?, logger: Logger) async throws -> Result {
-        let reader = try await settings.connectAMQP(name: "referrald dlq replay (reader)", logger: logger)
-        let writer = try await settings.connectAMQP(name: "referrald dlq replay (writer)", logger: logger)
-        // Closed before returning, not after: the deliveries the broker pushed beyond the count
-        // (copies at the tail) go back to the DLQ only when the reader closes, and a caller that
-        // looks at the DLQ next must find them there.
-        do {
-            let result = try await replay(reader: reader, writer: writer, settings: settings, onlyError: onlyError,
-                                          limit: limit, logger: logger)
-            await reader.close()
-            await writer.close()
-            return result
-        } catch {
-            await reader.close()
-            await writer.close()
-            throw error
+        try await QueueTransfer.withConnections(settings, name: "referrald dlq replay", logger: logger) { reader, writer in
+            try await replay(reader: reader, writer: writer, settings: settings, onlyError: onlyError, limit: limit,
+                             logger: logger)
         }
     }
 
     static func replay(reader: AMQPConnection, writer: AMQPConnection, settings: Settings, onlyError: String?, limit: Int?,
                        logger: Logger) async throws -> Result {
-        try await writer.enableConfirms()
         let waiting = Int(try await reader.declareQueue(settings.deadLetterQueue, durable: true, passive: true).messageCount)
         let budget = min(waiting, limit ?? waiting)
         var result = Result()
@@ -64,16 +51,13 @@ public enum DeadLetterReplay {
             for d in batch {
                 let code: String? = if case .string(let c)? = d.headers["x-referrald-error"] { c } else { nil }
                 if (onlyError == nil || code == onlyError) && result.replayed + moves.filter(\.replayed).count < budget {
-                    moves.append((d, OutgoingMessage(
-                        exchange: "", routingKey: settings.inboxQueue, body: d.body,
-                        headers: d.headers.filter { !$0.key.hasPrefix("x-referrald-") && $0.key != "x-delivery-count" },
-                        messageId: d.messageId, contentType: d.contentType, persistent: true, mandatory: true,
-                        timestamp: d.timestamp), true))
+                    moves.append((d, .copy(of: d, to: settings.inboxQueue) { headers in
+                        headers = headers.filter { !$0.key.hasPrefix("x-referrald-") }
+                    }, true))
                 } else {
                     // Back to the tail: the count of messages waiting at the start (`seen <
                     // waiting`) keeps this run from reading the copy again.
-                    moves.append((d, DeadLetterErase.copy(of: d, body: d.body, scrubbed: false, queue: settings.deadLetterQueue),
-                                  false))
+                    moves.append((d, .copy(of: d, to: settings.deadLetterQueue), false))
                 }
             }
             let outcomes = try await writer.publish(moves.map(\.message))
