@@ -118,8 +118,7 @@ extension Store {
     // MARK: referrals
 
     /// Creates referrals for leads with a known code that have none yet; the program version is
-    /// the one in force now. Returns the new referral ids.
-    @discardableResult
+    /// the one in force now. Returns the leads bound now.
     public static func bindLeads(_ c: isolated PostgresConnection,
                                  _ leads: [(leadId: String, code: String, referrerAccountId: String, programId: String)],
                                  versions: [String: Int]) throws -> [String] {
@@ -131,12 +130,12 @@ extension Store {
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[]) AS t(l, cd, ra, p, v)
             ORDER BY l
             ON CONFLICT (lead_id) DO NOTHING
-            RETURNING referral_id
+            RETURNING lead_id
             """, [
                 .textArray(bindable.map(\.leadId)), .textArray(bindable.map(\.code)),
                 .textArray(bindable.map(\.referrerAccountId)), .textArray(bindable.map(\.programId)),
                 .textArray(bindable.map { String(versions[$0.programId]!) }),
-            ]).map { try $0.decode("referral_id", as: String.self) }
+            ]).map { try $0.decode("lead_id", as: String.self) }
     }
 
     /// Lead ids that already have a referral.

@@ -28,6 +28,8 @@ enum Apply {
         /// Effects recorded for referrals the effect cache holds: the worker adds them to the
         /// cache once the transaction committed (`EffectCache.appendCommitted`).
         var recorded: [EffectCache.Recorded] = []
+        /// The batch's leads that have a referral once it committed (for the unattributed-lead metric).
+        var boundLeads: Set<String> = []
     }
 
     /// A reward effect recorded in the batch, with the program it belongs to, for metrics.
@@ -52,7 +54,8 @@ enum Apply {
         let facts = fresh.flatMap(Self.facts)
         if !facts.isEmpty {
             outcome.published = try lifecycle(c, facts: facts, context: context, mismatches: &outcome.mismatches,
-                                              rewards: &outcome.rewards, recorded: &outcome.recorded)
+                                              rewards: &outcome.rewards, recorded: &outcome.recorded,
+                                              boundLeads: &outcome.boundLeads)
         }
         // Asks after the lifecycle: a first activation's code, issued just above, is what the
         // account's first ask shares.
@@ -68,7 +71,7 @@ enum Apply {
     /// Stores the batch's lifecycle facts and decides the referrals they touch.
     static func lifecycle(_ c: isolated PostgresConnection, facts: [Fact], context: Context,
                           mismatches: inout [Effect], rewards: inout [RewardChange],
-                          recorded: inout [EffectCache.Recorded]) throws -> [OutgoingEvent] {
+                          recorded: inout [EffectCache.Recorded], boundLeads: inout Set<String>) throws -> [OutgoingEvent] {
         let leads = Array(Set(facts.compactMap(\.leadId)))
         let accounts = Array(Set(facts.compactMap(\.accountId)))
         let rewardIds = Array(Set(facts.compactMap(\.rewardId)))
@@ -78,10 +81,15 @@ enum Apply {
         try Store.insertFacts(c, facts)
 
         // Leads carrying a known code become referrals, bound to the program version in force now.
+        // Which leads are bound is read whenever the batch has a lead (a version without a code
+        // of a lead bound before is attributed: the unattributed-lead metric reads it).
+        if facts.contains(where: { if case .leadCreated = $0 { true } else { false } }) {
+            boundLeads = try Store.boundLeads(c, leads)
+        }
         if !codes.isEmpty {
             let owners = try Store.codeOwners(c, codes: codes)
-            let bound = try Store.boundLeads(c, leads)
-            try Store.bindLeads(c, Lifecycle.leadsToBind(facts: facts, codes: owners, bound: bound), versions: context.versions)
+            boundLeads.formUnion(try Store.bindLeads(c, Lifecycle.leadsToBind(facts: facts, codes: owners, bound: boundLeads),
+                                                     versions: context.versions))
         }
         try Store.refreshFriendAccounts(c, leads: leads)
         let touched = try Store.referralsTouched(c, leads: leads, accounts: Array(Set(facts.compactMap(\.friendAccountTouched))),

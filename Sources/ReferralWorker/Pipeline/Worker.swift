@@ -348,15 +348,13 @@ public actor Worker {
         let context = self.context()
         let done = published
         let failpoint = self.failpoint
-        let (outcome, leads, bound) = try await db.transaction { c in
+        let outcome = try await db.transaction { c in
             let outcome = try Apply.batch(c, events: events, published: done, context: context)
             try failpoint.poison(events.lazy.map(\.event.id))
-            let leads = outcome.freshIndexes.compactMap { i -> LeadCreated? in
-                if case .leadCreated(let lead) = events[i].event.payload { lead } else { nil }
-            }
-            // Which fresh leads became referrals, read in the batch's transaction so that the
-            // unattributed count is what committed.
-            return (outcome, leads, leads.isEmpty ? [] : try Store.boundLeads(c, leads.map(\.leadId)))
+            return outcome
+        }
+        let leads = outcome.freshIndexes.compactMap { i -> LeadCreated? in
+            if case .leadCreated(let lead) = events[i].event.payload { lead } else { nil }
         }
         published.removeFirst(done.count)
         effectCache.appendCommitted(outcome.recorded)
@@ -365,7 +363,7 @@ public actor Worker {
         metrics.consumed(events, freshIndexes: outcome.freshIndexes)
         metrics.rewards(outcome.rewards)
         metrics.rejections(outcome.published)
-        metrics.unattributed(leads, bound: bound)
+        metrics.unattributed(leads, bound: outcome.boundLeads)
         for e in outcome.published {
             logger.info("decided", metadata: ["event.type": "\(e.type.rawValue)", "event.id": "\(e.id)",
                                               "referral.id": "\(e.subject ?? "-")"])
@@ -545,11 +543,7 @@ public actor Worker {
             }
         }
         if !stillRefused.isEmpty {
-            let again = try await publisher.publish(stillRefused.map { d in
-                OutgoingMessage(exchange: "", routingKey: settings.parkedQueue, body: d.body,
-                                headers: d.headers.filter { $0.key != "x-delivery-count" }, messageId: d.messageId,
-                                contentType: d.contentType, persistent: true, mandatory: true, timestamp: d.timestamp)
-            })
+            let again = try await publisher.publish(stillRefused.map { .copy(of: $0, to: settings.parkedQueue) })
             for (d, outcome) in zip(stillRefused, again) where outcome == .confirmed { try await reader.ack(d.deliveryTag) }
             logger.warning("parked dead letters still refused by the dead-letter exchange; retried later",
                            metadata: ["parked.refused": "\(stillRefused.count)", "amqp.dlx": "\(settings.deadLetterExchange)"])
