@@ -34,15 +34,23 @@ public actor PostgresConnection {
     /// Why the connection was given up (an answer deadline), for every later statement: the
     /// handle is gone, but the caller must still see a transient loss, not a close it never did.
     private var lost: PostgresError?
+    /// Statements prepared on this session, by text and parameter types, up to
+    /// `statementCacheCapacity`: the server then plans each once instead of on every call.
+    /// Planning was 14 % of the server's time on the daemon's batches (its statements join
+    /// unnested arrays through CTEs; the ask query planned for 3.8 ms and ran for 5). Not
+    /// rolled back with a transaction, and gone with the session, as prepared statements are.
+    private var prepared: [String: String] = [:]
+    private let statementCacheCapacity: Int
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor {
         executor.asUnownedSerialExecutor()
     }
 
-    private init(logger: Logger, answerTimeout: Duration?) {
+    private init(logger: Logger, answerTimeout: Duration?, statementCache: Int) {
         self.executor = ThreadExecutor(name: "postgres")
         self.logger = logger
         self.answerTimeout = answerTimeout
+        self.statementCacheCapacity = statementCache
     }
 
     isolated deinit {
@@ -57,10 +65,14 @@ public actor PostgresConnection {
     /// With `answerTimeout`, a statement unanswered for that long fails with `.connectionLost`
     /// and closes the connection (see `answerTimeout`): set it above the session's
     /// `statement_timeout`, which ends every statement the server is still working on sooner.
+    /// With `statementCache` above 0, up to that many distinct statements are prepared on the
+    /// session and reused; leave it at 0 behind a pooler that hands a session's statements to
+    /// other sessions (PgBouncer in transaction mode before 1.21).
     public static func connect(
-        _ url: PostgresURL, applicationName: String, logger: Logger, answerTimeout: Duration? = nil
+        _ url: PostgresURL, applicationName: String, logger: Logger, answerTimeout: Duration? = nil,
+        statementCache: Int = 0
     ) async throws(PostgresError) -> PostgresConnection {
-        let connection = PostgresConnection(logger: logger, answerTimeout: answerTimeout)
+        let connection = PostgresConnection(logger: logger, answerTimeout: answerTimeout, statementCache: statementCache)
         try await connection.open(url.connectionParameters(applicationName: applicationName))
         return connection
     }
@@ -158,14 +170,36 @@ public actor PostgresConnection {
                 binaries.append((index, bytes))
             }
         }
+        let name = try preparedName(sql, types: types, handle: handle)
         let sent = withCStrings(texts) { values in
             withBinaryValues(binaries[...], values) { values in
                 // Results in text format (resultFormat 0); each parameter in its own format.
-                PQsendQueryParams(handle, sql, Int32(parameters.count), types, values, lengths, formats, 0)
+                if let name {
+                    PQsendQueryPrepared(handle, name, Int32(parameters.count), values, lengths, formats, 0)
+                } else {
+                    PQsendQueryParams(handle, sql, Int32(parameters.count), types, values, lengths, formats, 0)
+                }
             }
         }
         let result = try awaitResult(sent: sent, handle: handle, context: "query")
         return try consume(result, handle: handle, context: "query")
+    }
+
+    /// The name `sql` is prepared under on this session, preparing it on first use; nil when
+    /// the cache is off or full (the statement is then sent unnamed, planned each time).
+    /// The key holds the parameter types too: a statement prepared for a NULL (type left to the
+    /// server) must not be reused for a value of a type the server did not infer.
+    private func preparedName(_ sql: String, types: [UInt32], handle: OpaquePointer) throws(PostgresError) -> String? {
+        guard statementCacheCapacity > 0 else { return nil }
+        let key = types.map(String.init).joined(separator: ",") + "|" + sql
+        if let name = prepared[key] { return name }
+        guard prepared.count < statementCacheCapacity else { return nil }
+        let name = "referrald_\(prepared.count + 1)"
+        let sent = PQsendPrepare(handle, name, sql, Int32(types.count), types)
+        let result = try awaitResult(sent: sent, handle: handle, context: "prepare")
+        _ = try consume(result, handle: handle, context: "prepare")
+        prepared[key] = name
+        return name
     }
 
     /// Runs one statement and returns the number of rows it affected.

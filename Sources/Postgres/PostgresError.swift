@@ -104,6 +104,10 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible, CustomDeb
              "40001", "40P01",           // serialization_failure, deadlock_detected
              "55P03":                    // lock_not_available (lock_timeout fired)
             return true
+        case "0A000" where message?.contains("cached plan") == true:
+            // A migration changed a table under a statement this session prepared: a new
+            // session prepares it again.
+            return true
         default:
             // Class 08 connection_exception, class 53 insufficient_resources (too many
             // connections, disk full, out of memory).

@@ -102,10 +102,11 @@ public struct Daemon: Sendable {
         metrics.started(at: Date())
         let status = ServiceStatus(metrics: metrics, pipelines: settings.workers)
         let effects = EffectCache()
+        let intake = Intake(settings: settings, logger: logger, name: "referrald")
         let workers = (1...settings.workers).map { n in
             Worker(settings: settings, programs: programs, logger: logger.with(worker: n, of: settings.workers),
                    instanceName: settings.workers == 1 ? "referrald" : "referrald-\(n)", status: status,
-                   pipeline: n - 1, metrics: metrics, effectCache: effects)
+                   pipeline: n - 1, metrics: metrics, effectCache: effects, intake: intake)
         }
         // Shut down in reverse order: the reporter first (STOPPING=1, /readyz says draining),
         // then the worker drains, then the HTTP endpoint, which answers until the drain is over.
@@ -115,7 +116,7 @@ public struct Daemon: Sendable {
                                                        stallWindow: .seconds(settings.healthStallSeconds),
                                                        registry: registry, logger: logger)))
         }
-        services.append(.init(service: WorkerService(workers: workers)))
+        services.append(.init(service: WorkerService(workers: workers, intake: intake)))
         services.append(.init(service: StatusReporter(
             status: status, notifier: SystemdNotifier(environment: environment),
             watchdog: Watchdog(environment: environment), logger: logger)))
@@ -129,17 +130,25 @@ public struct Daemon: Sendable {
     }
 }
 
-/// The process's pipelines. They share nothing but the metrics and the status: each consumes
-/// from the inbox on its own channel and commits on its own connection, as separate instances
-/// would, so the locks that make instances safe side by side (fact keys, rankings, referrals)
-/// make them safe too. A pipeline that ends with an error (a schema too old) ends them all.
+/// The process's lanes. They share the intake (one consumer, batches that share no key), the
+/// effect cache, the metrics and the status; each commits on its own connection and publishes
+/// on its own channel. The locks that make instances safe side by side (fact keys, rankings,
+/// referrals) make lanes safe too. A lane that ends with an error (a schema too old) ends them
+/// all; the consumer closes after the last lane has acked its batch.
 struct WorkerService: Service {
     let workers: [Worker]
+    let intake: Intake
     func run() async throws {
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for worker in workers { group.addTask { try await worker.run() } }
-            try await group.waitForAll()
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for worker in workers { group.addTask { try await worker.run() } }
+                try await group.waitForAll()
+            }
+        } catch {
+            await intake.close()
+            throw error
         }
+        await intake.close()
     }
 }
 

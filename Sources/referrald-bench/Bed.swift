@@ -82,7 +82,11 @@ struct Bed: Sendable {
         env.merge(environment) { _, new in new }
         env["REFERRALD_BATCH_SIZE"] = String(batchSize)
         env["REFERRALD_BATCH_WAIT_MS"] = String(batchWaitMs)
-        env["REFERRALD_PREFETCH"] = String(max(256, 2 * batchSize))
+        // Room for every lane's batch and the next one read ahead; the mix's bodies are under
+        // 1 KiB, so the memory budget follows the prefetch rather than capping it.
+        let prefetch = max(256, (workers + 1) * batchSize)
+        env["REFERRALD_PREFETCH"] = String(prefetch)
+        env["REFERRALD_MEMORY_BUDGET_BYTES"] = String(max(268_435_456, prefetch * 262_144))
         env["REFERRALD_WORKERS"] = String(workers)
         process.environment = env
         try process.run()

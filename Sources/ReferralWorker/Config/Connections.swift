@@ -41,7 +41,7 @@ extension Settings {
         if url.connectTimeout == nil { url.connectTimeout = 10 }
         let connection = try await PostgresConnection.connect(
             url, applicationName: name, logger: logger,
-            answerTimeout: .microseconds(statementTimeout.microseconds) + .seconds(10))
+            answerTimeout: .microseconds(statementTimeout.microseconds) + .seconds(10), statementCache: statementCache)
         let timeouts = Store.SessionTimeouts(statement: statementTimeout, lock: lockTimeout,
                                              idleInTransaction: idleInTransactionTimeout)
         try await connection.run { c in try Store.configureWorkerSession(c, timeouts: timeouts) }

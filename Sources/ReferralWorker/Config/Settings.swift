@@ -35,6 +35,8 @@ public struct Settings: Sendable {
     public var workers: Int
     public var maxBodyBytes: Int
     public var memoryBudgetBytes: Int
+    /// Statements a worker connection prepares and reuses (0: none).
+    public var statementCache: Int
     public var statementTimeout: Span
     public var lockTimeout: Span
     public var idleInTransactionTimeout: Span
@@ -111,6 +113,8 @@ public struct Settings: Sendable {
             help: "Bodies longer than this are dead-lettered as too_large before parsing.", secret: false),
         Key(name: "REFERRALD_MEMORY_BUDGET_BYTES", defaultValue: "268435456",
             help: "Bytes of message bodies the pipelines may hold at once (256 MiB): REFERRALD_WORKERS × REFERRALD_PREFETCH × REFERRALD_MAX_BODY_BYTES must not exceed it, or the daemon refuses to start. The defaults take 128 MiB of it; with the batch copies (about 3 × REFERRALD_BATCH_MAX_BYTES per pipeline) and the daemon's own 50-100 MiB, it fits the unit's MemoryMax=1G with room to spare.", secret: false),
+        Key(name: "REFERRALD_DB_STATEMENT_CACHE", defaultValue: "256",
+            help: "Statements each worker connection prepares once and reuses, so the server plans them once (planning was 14 % of its time). 0 sends every statement unnamed: needed behind PgBouncer in transaction mode before 1.21, which hands a session's prepared statements to other clients.", secret: false),
         Key(name: "REFERRALD_DB_STATEMENT_TIMEOUT", defaultValue: "60s",
             help: "statement_timeout of the worker's sessions. A batch's slowest statement takes tens of milliseconds (a hot referrer's batch before the incremental state, seconds): a minute never fails a legitimate batch, and ends one stuck behind something else. A statement also gives up waiting for an answer 10 s after this (a network that swallows it silently).", secret: false),
         Key(name: "REFERRALD_DB_LOCK_TIMEOUT", defaultValue: "30s",
@@ -233,6 +237,7 @@ public struct Settings: Sendable {
             workers: try int("REFERRALD_WORKERS", 1...16),
             maxBodyBytes: try int("REFERRALD_MAX_BODY_BYTES", 1024...16_777_216),
             memoryBudgetBytes: try int("REFERRALD_MEMORY_BUDGET_BYTES", 1_048_576...1 << 40),
+            statementCache: try int("REFERRALD_DB_STATEMENT_CACHE", 0...4096),
             statementTimeout: try span("REFERRALD_DB_STATEMENT_TIMEOUT"),
             lockTimeout: try span("REFERRALD_DB_LOCK_TIMEOUT"),
             idleInTransactionTimeout: try span("REFERRALD_DB_IDLE_IN_TRANSACTION_TIMEOUT"),
@@ -257,15 +262,15 @@ public struct Settings: Sendable {
     /// Checks fields against each other: each is plausible alone, some pairs are not.
     func validate(source: String) throws {
         // Every delivered body is held until its batch is acked, and the broker sends up to
-        // `prefetch` of them per pipeline whatever their size (AMQP has no byte-based prefetch):
-        // this product is what the daemon may hold. Past MemoryMax that is an OOM kill, then a
-        // restart that receives the same bodies again: a crash loop. A prefetch below the batch
-        // size is allowed (once the only way a batch stayed small): batches then hold at most
-        // `prefetch` deliveries, and are bounded by REFERRALD_BATCH_MAX_BYTES anyway.
-        let held = workers * prefetch * maxBodyBytes
+        // `prefetch` of them to the process's one consumer whatever their size (AMQP has no
+        // byte-based prefetch): this product is what the daemon may hold. Past MemoryMax that is
+        // an OOM kill, then a restart that receives the same bodies again: a crash loop. A
+        // prefetch below the batch size is allowed: batches then hold at most what is unacked,
+        // and are bounded by REFERRALD_BATCH_MAX_BYTES anyway.
+        let held = prefetch * maxBodyBytes
         if held > memoryBudgetBytes {
             throw SettingsError(key: "REFERRALD_MEMORY_BUDGET_BYTES", source: source,
-                                message: "\(memoryBudgetBytes) is below REFERRALD_WORKERS × REFERRALD_PREFETCH × REFERRALD_MAX_BODY_BYTES (\(workers) × \(prefetch) × \(maxBodyBytes) = \(held)): lower the prefetch or raise the budget (and MemoryMax with it)")
+                                message: "\(memoryBudgetBytes) is below REFERRALD_PREFETCH × REFERRALD_MAX_BODY_BYTES (\(prefetch) × \(maxBodyBytes) = \(held)): lower the prefetch or raise the budget (and MemoryMax with it)")
         }
         // PostgreSQL refuses these past about 24 days (whole milliseconds in an int4), which
         // would surface as a reconnect loop rather than a refusal to start.

@@ -1,0 +1,125 @@
+import ReferralCore
+
+/// Which of a consumer channel's deliveries can be acknowledged, when several lanes settle them
+/// out of order. Kept free of IO so that its rules are tested without a broker.
+///
+/// An ack with `multiple` settles every unacknowledged tag up to it, so it may only name a tag
+/// once every earlier delivery is settled: acking past one still being applied would drop it in
+/// a crash. And the tag it names must still be outstanding at the broker: one already settled on
+/// its own (a requeue) makes the broker close the channel (406 unknown delivery tag).
+struct AckLedger {
+    /// Tags received, in the order the broker sent them (increasing on one channel).
+    private var outstanding: [UInt64] = []
+    private var head = 0
+    /// Settled tags not yet passed by the acked prefix: true when it still needs the broker's ack,
+    /// false when it was settled on its own (requeued).
+    private var settled: [UInt64: Bool] = [:]
+
+    /// Deliveries received and not yet covered by an ack or settled on their own.
+    var unsettled: Int { outstanding.count - head }
+
+    mutating func received(_ tags: some Sequence<UInt64>) { outstanding.append(contentsOf: tags) }
+
+    /// Settles tags: `acked` need the broker's ack, `individually` were settled on their own.
+    /// Returns the tag to ack with `multiple` when the settled prefix grew past one that needs it.
+    mutating func settle(acked: some Sequence<UInt64>, individually: some Sequence<UInt64> = [UInt64]()) -> UInt64? {
+        for tag in acked { settled[tag] = true }
+        for tag in individually { settled[tag] = false }
+        var target: UInt64?
+        while head < outstanding.count, let needsAck = settled.removeValue(forKey: outstanding[head]) {
+            if needsAck { target = outstanding[head] }
+            head += 1
+        }
+        // Drop the passed prefix now and then: the array would otherwise grow with every delivery.
+        if head > 4096 {
+            outstanding.removeFirst(head)
+            head = 0
+        }
+        return target
+    }
+}
+
+/// Picks a lane's next batch from the deliveries waiting, so that no two lanes apply events
+/// with a key in common at the same time.
+///
+/// Two lanes whose batches share a story (a lead, an account, a code) queue on that story's
+/// locks in PostgreSQL: the second waits for the first's commit, and the lanes run one after
+/// the other again. Events of a key another lane holds therefore wait, and so does every later
+/// event sharing a key with one that waits: the events of one key are applied in the order
+/// they arrived, as with one lane. Correctness does not rest on this (the locks still order
+/// whatever meets in the database); throughput does.
+enum LaneSelection {
+    struct Candidate {
+        /// The keys of the event; empty for bad input, which touches no state.
+        var keys: [String]
+        var bytes: Int
+    }
+
+    /// The indexes (increasing) of `candidates` to take, at most `max` whose bytes total at most
+    /// `maxBytes` (a single larger one comes alone), skipping those that meet `blocked`.
+    static func take(_ candidates: [Candidate], blocked: Set<String>, max: Int, maxBytes: Int) -> [Int] {
+        var blocked = blocked
+        var taken: [Int] = []
+        var bytes = 0
+        for (i, c) in candidates.enumerated() {
+            if c.keys.contains(where: blocked.contains) {
+                blocked.formUnion(c.keys)
+                continue
+            }
+            if taken.count == max { break }
+            if !taken.isEmpty, bytes + c.bytes > maxBytes { break }
+            taken.append(i)
+            bytes += c.bytes
+        }
+        return taken
+    }
+}
+
+/// The referral code each story in flight was referred with, learnt from the deliveries in the
+/// order they arrive: a lead names its code, an order joins the lead to the friend's account.
+///
+/// A friend's later events (install, activation, invoice) name only the account, yet they move
+/// their referrer's rankings (the cap of the year, the leads of the day), which the transaction
+/// locks. Two lanes each holding a friend of one referrer, about every other batch with 4,000
+/// referrers, queued on those locks. With the code as a dispatch key they go to one lane.
+/// A story whose lead came before this process started has no entry: it is only applied
+/// without that help (the locks still order it). Bounded: two generations of `capacity`
+/// entries, the older dropped when the newer fills.
+struct StoryCodes {
+    let capacity: Int
+    private var current: [String: String] = [:]
+    private var previous: [String: String] = [:]
+
+    init(capacity: Int = 20_000) { self.capacity = capacity }
+
+    /// Learns from one event's facts and returns the code keys (`c:<code>`) of its story.
+    mutating func keys(for facts: [Fact]) -> [String] {
+        var codes: [String] = []
+        for fact in facts {
+            switch fact {
+            case .leadCreated(let lead, _, let code?, _, _, _):
+                remember("l:\(lead)", code)
+                codes.append(code)
+            case .orderPlaced(let lead, let account, _):
+                if let code = lookup("l:\(lead)") {
+                    remember("a:\(account)", code)
+                    codes.append(code)
+                }
+            default:
+                if let lead = fact.leadId, let code = lookup("l:\(lead)") { codes.append(code) }
+                if let account = fact.accountId, let code = lookup("a:\(account)") { codes.append(code) }
+            }
+        }
+        return codes.map { "c:\($0)" }
+    }
+
+    private func lookup(_ key: String) -> String? { current[key] ?? previous[key] }
+
+    private mutating func remember(_ key: String, _ code: String) {
+        if current.count >= capacity {
+            previous = current
+            current = [:]
+        }
+        current[key] = code
+    }
+}
