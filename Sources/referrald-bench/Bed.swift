@@ -74,7 +74,7 @@ struct Bed: Sendable {
     }
 
     /// Starts the built `referrald run` with this bed's configuration.
-    func spawnDaemon(binary: String, batchSize: Int, batchWaitMs: Int, workers: Int) throws -> Process {
+    func spawnDaemon(binary: String, batchSize: Int, batchWaitMs: Int, workers: Int, prefetch: Int = 0) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["run"]
@@ -84,7 +84,7 @@ struct Bed: Sendable {
         env["REFERRALD_BATCH_WAIT_MS"] = String(batchWaitMs)
         // Room for every lane's batch and the next one read ahead; the mix's bodies are under
         // 1 KiB, so the memory budget follows the prefetch rather than capping it.
-        let prefetch = max(256, (workers + 1) * batchSize)
+        let prefetch = prefetch > 0 ? prefetch : max(256, (workers + 1) * batchSize)
         env["REFERRALD_PREFETCH"] = String(prefetch)
         env["REFERRALD_MEMORY_BUDGET_BYTES"] = String(max(268_435_456, prefetch * 262_144))
         env["REFERRALD_WORKERS"] = String(workers)

@@ -32,8 +32,11 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "REFERRALD_BATCH_WAIT_MS of the daemon (and the ceiling loop's).")
     var batchWaitMs = 20
 
-    @Option(help: "REFERRALD_WORKERS of the daemon: pipelines in the process (every daemon phase).")
-    var workers = 1
+    @Option(help: "REFERRALD_WORKERS of the daemon: lanes in the process (every daemon phase).")
+    var workers = 2
+
+    @Option(help: "REFERRALD_PREFETCH of the daemon; 0 gives room for every lane's batch and one read ahead, (workers + 1) × batch size.")
+    var prefetch = 0
 
     @Option(help: "Daemon processes that drain the mix and hot backlogs together (instances against one broker and database).")
     var instances = 1
@@ -85,12 +88,12 @@ struct Bench: AsyncParsableCommand {
         }
 
         say("machine: \(machineDescription())")
-        say("options: events=\(events) batch-size=\(batchSize) batch-wait-ms=\(batchWaitMs) workers=\(workers) instances=\(instances) modes=\(modes)")
+        say("options: events=\(events) batch-size=\(batchSize) batch-wait-ms=\(batchWaitMs) workers=\(workers) prefetch=\(prefetch == 0 ? (workers + 1) * batchSize : prefetch) instances=\(instances) modes=\(modes)")
         let bed = try await Bed.make(amqpURL: amqpURL, databaseURL: databaseURL, programsFile: programsFile)
         let observer = Observer()
         try await observer.start(url: bed.amqpURL, queue: bed.observerQueue)
         let runner = Runner(bed: bed, observer: observer, binary: binary, batchWaitMs: batchWaitMs, workers: workers,
-                            instances: instances)
+                            prefetch: prefetch, instances: instances)
         var report = Report()
         do {
             let now = Instant(microseconds: Int64(Date().timeIntervalSince1970 * 1_000_000))
@@ -281,6 +284,8 @@ struct Runner {
     let binary: String
     let batchWaitMs: Int
     let workers: Int
+    /// REFERRALD_PREFETCH; 0 for (workers + 1) × batch size.
+    let prefetch: Int
     /// Daemons that drain the mix and hot backlogs together.
     let instances: Int
 
@@ -317,7 +322,7 @@ struct Runner {
         }
         try await bed.publish([last])
         observer.expectSentinel(account: sentinel)
-        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers)
+        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers, prefetch: prefetch)
         try await waitForSentinel(process, timeout: 300)
         await stop(process)
         observer.collectCodes(false)
@@ -363,7 +368,7 @@ struct Runner {
         let depth = DepthSampler()
         depth.start(bed)
         let processes = try (0..<max(1, instances)).map { _ in
-            try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers)
+            try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers, prefetch: prefetch)
         }
         let cpu = CPUWindow(processes: processes.map(\.processIdentifier))
         let arrival = try await waitForSentinel(processes[0], timeout: Double(count) / 100 + 120)
@@ -424,7 +429,7 @@ struct Runner {
     /// and the queue that built would otherwise be reported as the steady state's tail.
     func latency(_ generator: inout MixGenerator, rate: Double, seconds: Double, warmup: Double,
                  batchSize: Int) async throws -> LatencyResult {
-        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers)
+        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers, prefetch: prefetch)
         // Warm-up: the daemon is connected and consuming once a first activation went through.
         let (warm, warmMessage) = MixGenerator(prefix: "\(bed.name)w", referrerCodes: [], now: generator.now, seed: 0).sentinel()
         observer.expectSentinel(account: warm)

@@ -49,24 +49,27 @@ import Testing
     }
 
     /// The defaults fit the memory budget they document; so does a prefetch below the batch
-    /// size (batches are bounded by bytes too); prefetch × max body past the budget is refused,
-    /// for each pipeline (REFERRALD_WORKERS).
+    /// size (batches are bounded by bytes too); prefetch × max body past the budget is refused.
+    /// The process has one consumer whatever REFERRALD_WORKERS is, so lanes do not multiply it.
     @Test func prefetchTimesMaxBodyMustFitTheMemoryBudget() async throws {
         var env = base
         env["REFERRALD_AMQP_URL"] = "amqp://u:p@broker/referrald"
         env["REFERRALD_DATABASE_URL"] = "postgres://app:p@db/referrald"
         let defaults = try await Settings.load(configFile: nil, environment: env)
-        #expect(defaults.workers * defaults.prefetch * defaults.maxBodyBytes <= defaults.memoryBudgetBytes)
+        #expect(defaults.prefetch * defaults.maxBodyBytes <= defaults.memoryBudgetBytes)
         #expect(defaults.batchMaxBytes == 8 << 20)
         env["REFERRALD_PREFETCH"] = "16"
         env["REFERRALD_BATCH_SIZE"] = "64"
         #expect(try await Settings.load(configFile: nil, environment: env).prefetch == 16)
-        env["REFERRALD_PREFETCH"] = "512"
-        env["REFERRALD_WORKERS"] = "3"
+        env["REFERRALD_PREFETCH"] = "1025"
         let error = await #expect(throws: SettingsError.self) { try await Settings.load(configFile: nil, environment: env) }
         #expect(error?.key == "REFERRALD_MEMORY_BUDGET_BYTES")
-        env["REFERRALD_MEMORY_BUDGET_BYTES"] = "\(3 * 512 * 262_144)"
+        env["REFERRALD_PREFETCH"] = "1024"
+        env["REFERRALD_WORKERS"] = "3"
         #expect(try await Settings.load(configFile: nil, environment: env).workers == 3)
+        env["REFERRALD_PREFETCH"] = "1536"
+        env["REFERRALD_MEMORY_BUDGET_BYTES"] = "\(1536 * 262_144)"
+        #expect(try await Settings.load(configFile: nil, environment: env).prefetch == 1536)
     }
 
     /// A password with an unencoded '/' or '?' is refused under its key (exit 78), without
