@@ -321,10 +321,8 @@ extension Store {
                                      cache: EffectCache? = nil) throws -> (fresh: [Effect], recorded: [EffectCache.Recorded]) {
         let rows = effects.filter { if case .codeIssued = $0 { return false } else { return true } }
         if rows.isEmpty { return ([], []) }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
         let keys = rows.map { $0.key.storageKey }
-        let json = PackedBytes(try rows.map { Array(try encoder.encode($0)) })
+        let json = PackedBytes(rows.map { $0.storedJSON() })
         let inserted = try c.query("""
             INSERT INTO effects (effect_key, referral_id, account_id, kind, effect, recorded_at)
             SELECT k, r, a, kd, convert_from(substring($5::bytea FROM o::int4 FOR n::int4), 'UTF8')::jsonb, $6::timestamptz

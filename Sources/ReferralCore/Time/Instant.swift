@@ -23,9 +23,30 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
         let (y, m, d) = civil(fromDays: days)
         let secs = micros / 1_000_000
         let frac = micros % 1_000_000
-        var s = "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(secs / 3600, 2)):\(pad(secs / 60 % 60, 2)):\(pad(secs % 60, 2))"
-        if frac != 0 { s += "." + pad(frac, 6) }
-        return s + "Z"
+        guard (0...9999).contains(y) else {
+            var s = "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(secs / 3600, 2)):\(pad(secs / 60 % 60, 2)):\(pad(secs % 60, 2))"
+            if frac != 0 { s += "." + pad(frac, 6) }
+            return s + "Z"
+        }
+        // Every timestamp the daemon stores or publishes goes through here (several per event):
+        // digits written into one buffer cost a tenth of the interpolated, padded strings.
+        var b = [UInt8](repeating: 0, count: frac == 0 ? 20 : 27)
+        func put(_ v: Int64, at: Int, width: Int) {
+            var v = v
+            for i in stride(from: at + width - 1, through: at, by: -1) {
+                b[i] = UInt8(truncatingIfNeeded: 48 + v % 10)
+                v /= 10
+            }
+        }
+        put(y, at: 0, width: 4); b[4] = 45; put(m, at: 5, width: 2); b[7] = 45; put(d, at: 8, width: 2); b[10] = 84
+        put(secs / 3600, at: 11, width: 2); b[13] = 58; put(secs / 60 % 60, at: 14, width: 2); b[16] = 58
+        put(secs % 60, at: 17, width: 2)
+        if frac != 0 {
+            b[19] = 46
+            put(frac, at: 20, width: 6)
+        }
+        b[b.count - 1] = 90
+        return String(decoding: b, as: UTF8.self)
     }
 
     /// 0001-01-01T00:00:00Z: PostgreSQL's `timestamptz` holds no year 0 (nor, before it, a year
