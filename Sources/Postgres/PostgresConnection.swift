@@ -41,6 +41,12 @@ public actor PostgresConnection {
     /// rolled back with a transaction, and gone with the session, as prepared statements are.
     private var prepared: [String: String] = [:]
     private let statementCacheCapacity: Int
+    /// Names handed out so far: a name is never reused, even for a preparation the server refused.
+    private var preparedNames = 0
+    /// What was sent in pipeline mode and not read yet (`executeDeferred`), in the order sent:
+    /// statements, and the preparations of statements first met in the pipeline (with their
+    /// cache key, forgotten if the server refuses them).
+    private var deferred: [(context: String, preparing: String?)] = []
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor {
         executor.asUnownedSerialExecutor()
@@ -146,7 +152,115 @@ public actor PostgresConnection {
     /// Uses the extended protocol even without parameters, so a string holding two statements
     /// is rejected by the server instead of running both; use `executeScript` for those.
     public func query(_ sql: String, _ parameters: [PostgresValue] = []) throws(PostgresError) -> PostgresRows {
+        if !deferred.isEmpty {
+            // Rides in the pipeline: the deferred statements and this one cost one round trip.
+            try send(sql, parameters, context: "query")
+            let result = try syncPipeline(keepingLast: true)
+            let handle = try liveHandle(context: "query")
+            return try consume(result, handle: handle, context: "query")
+        }
         let handle = try liveHandle(context: "query")
+        let sent = try send(sql, parameters, context: "query")
+        let result = try awaitResult(sent: sent, handle: handle, context: "query")
+        return try consume(result, handle: handle, context: "query")
+    }
+
+    /// Sends a statement whose result nobody reads (an insert, an update, a lock) without waiting
+    /// for it: libpq's pipeline mode. It runs on the server in order, before anything sent after
+    /// it, and its answer is read with the next `query`'s, by `syncDeferred`, or before the next
+    /// simple statement (`COMMIT`, `ROLLBACK`). An error it meets is thrown there, and aborts the
+    /// rest of the pipeline, as it would abort the transaction anyway. A batch's write-only
+    /// statements each cost a round trip of their own, a third of its time in the small batches
+    /// of a quiet hour, waiting on a busy machine for two processes to be scheduled in turn.
+    /// Outside a transaction it runs at once: nothing would read its answer.
+    public func executeDeferred(_ sql: String, _ parameters: [PostgresValue] = []) throws(PostgresError) {
+        guard PQtransactionStatus(try liveHandle(context: "deferred")) != PQTRANS_IDLE || !deferred.isEmpty else {
+            _ = try query(sql, parameters)
+            return
+        }
+        try send(sql, parameters, context: "deferred")
+        deferred.append(("deferred", nil))
+        // Hands the socket what it takes now; the rest goes with the sync.
+        if let handle, PQflush(handle) < 0 {
+            throw PostgresError(code: .connectionLost, context: "deferred", message: Self.errorMessage(handle))
+        }
+    }
+
+    /// Reads the answers of the deferred statements; throws the first error among them.
+    public func syncDeferred() throws(PostgresError) {
+        guard !deferred.isEmpty else { return }
+        _ = try syncPipeline(keepingLast: false)
+    }
+
+    /// Ends the pipeline: a sync, then each statement's results in order, then the sync's. With
+    /// `keepingLast`, returns the last statement's result (a `query` that joined the pipeline)
+    /// for the caller to consume; an earlier statement's error wins over it.
+    private func syncPipeline(keepingLast: Bool) throws(PostgresError) -> OpaquePointer? {
+        let handle = try liveHandle(context: "pipeline")
+        let sent = deferred + (keepingLast ? [("query", nil)] : [])
+        let statements = sent.count
+        deferred = []
+        let deadline = answerTimeout.map { ContinuousClock.now + $0 }
+        guard PQpipelineSync(handle) == 1 else {
+            throw PostgresError(code: .connectionLost, context: "pipeline", message: Self.errorMessage(handle))
+        }
+        while true {
+            let flushed = PQflush(handle)
+            if flushed == 0 { break }
+            if flushed < 0 { throw PostgresError(code: .connectionLost, context: "pipeline", message: Self.errorMessage(handle)) }
+            try waitForSocket(handle, writable: true, deadline: deadline, context: "pipeline")
+        }
+        var firstError: PostgresError?
+        var last: OpaquePointer?
+        for index in 0..<statements {
+            // Each statement's results end with a NULL.
+            while let result = try nextResult(handle, deadline: deadline) {
+                let status = PQresultStatus(result)
+                if status == PGRES_FATAL_ERROR || status == PGRES_PIPELINE_ABORTED, let key = sent[index].preparing {
+                    prepared.removeValue(forKey: key)
+                }
+                if status == PGRES_FATAL_ERROR, firstError == nil {
+                    firstError = Self.error(from: result, handle: handle, context: "pipeline")
+                }
+                if keepingLast, index == statements - 1, status != PGRES_PIPELINE_ABORTED, last == nil {
+                    last = result
+                } else {
+                    PQclear(result)
+                }
+            }
+        }
+        // The sync's own result closes the segment.
+        while let result = try nextResult(handle, deadline: deadline) {
+            let status = PQresultStatus(result)
+            PQclear(result)
+            if status == PGRES_PIPELINE_SYNC { break }
+        }
+        _ = PQexitPipelineMode(handle)
+        if let firstError {
+            if let last { PQclear(last) }
+            throw firstError
+        }
+        return last
+    }
+
+    /// The next result in pipeline mode, waiting for the socket under the deadline.
+    private func nextResult(_ handle: OpaquePointer, deadline: ContinuousClock.Instant?) throws(PostgresError) -> OpaquePointer? {
+        while PQisBusy(handle) == 1 {
+            try waitForSocket(handle, writable: false, deadline: deadline, context: "pipeline")
+            guard PQconsumeInput(handle) == 1 else {
+                throw PostgresError(code: .connectionLost, context: "pipeline", message: Self.errorMessage(handle))
+            }
+        }
+        return PQgetResult(handle)
+    }
+
+    /// Encodes and sends one statement with the extended protocol: prepared when the statement
+    /// cache holds it (or, outside a pipeline, has room for it), unnamed otherwise. Inside a
+    /// pipeline (`deferred` not empty), or when `pipelined` asks for one, it is sent in
+    /// pipeline mode. Returns libpq's send status.
+    @discardableResult
+    private func send(_ sql: String, _ parameters: [PostgresValue], context: String) throws(PostgresError) -> Int32 {
+        let handle = try liveHandle(context: context)
         var types: [UInt32] = []
         var texts: [String?] = []
         var lengths: [Int32] = []
@@ -170,7 +284,15 @@ public actor PostgresConnection {
                 binaries.append((index, bytes))
             }
         }
-        let name = try preparedName(sql, types: types, handle: handle)
+        let pipelining = !deferred.isEmpty || context == "deferred"
+        if pipelining, PQpipelineStatus(handle) == PQ_PIPELINE_OFF, PQenterPipelineMode(handle) != 1 {
+            throw PostgresError(code: .misuse, context: context, message: Self.errorMessage(handle))
+        }
+        // In a pipeline the preparation is sent ahead of the statement, unanswered like it: a
+        // statement first met there (most write-only ones, which always follow another) would
+        // otherwise go unnamed, and be planned, every time.
+        let name = pipelining ? try preparedNameInPipeline(sql, types: types, handle: handle)
+                              : try preparedName(sql, types: types, handle: handle)
         let sent = withCStrings(texts) { values in
             withBinaryValues(binaries[...], values) { values in
                 // Results in text format (resultFormat 0); each parameter in its own format.
@@ -181,8 +303,28 @@ public actor PostgresConnection {
                 }
             }
         }
-        let result = try awaitResult(sent: sent, handle: handle, context: "query")
-        return try consume(result, handle: handle, context: "query")
+        guard sent == 1 else {
+            // As `consume` tells a send that failed: a broken connection, or libpq's refusal.
+            throw PostgresError(code: PQstatus(handle) == CONNECTION_BAD ? .connectionLost : .server, context: context,
+                                message: Self.errorMessage(handle))
+        }
+        return sent
+    }
+
+    private func preparedNameInPipeline(_ sql: String, types: [UInt32], handle: OpaquePointer) throws(PostgresError) -> String? {
+        guard statementCacheCapacity > 0 else { return nil }
+        let key = types.map(String.init).joined(separator: ",") + "|" + sql
+        if let name = prepared[key] { return name }
+        guard prepared.count < statementCacheCapacity else { return nil }
+        preparedNames += 1
+        let name = "referrald_\(preparedNames)"
+        guard PQsendPrepare(handle, name, sql, Int32(types.count), types) == 1 else {
+            throw PostgresError(code: PQstatus(handle) == CONNECTION_BAD ? .connectionLost : .server, context: "prepare",
+                                message: Self.errorMessage(handle))
+        }
+        deferred.append(("prepare", key))
+        prepared[key] = name
+        return name
     }
 
     /// The name `sql` is prepared under on this session, preparing it on first use; nil when
@@ -194,7 +336,8 @@ public actor PostgresConnection {
         let key = types.map(String.init).joined(separator: ",") + "|" + sql
         if let name = prepared[key] { return name }
         guard prepared.count < statementCacheCapacity else { return nil }
-        let name = "referrald_\(prepared.count + 1)"
+        preparedNames += 1
+        let name = "referrald_\(preparedNames)"
         let sent = PQsendPrepare(handle, name, sql, Int32(types.count), types)
         let result = try awaitResult(sent: sent, handle: handle, context: "prepare")
         _ = try consume(result, handle: handle, context: "prepare")
@@ -243,6 +386,7 @@ public actor PostgresConnection {
         let value: T
         do {
             value = try body(self)
+            try syncDeferred()
         } catch {
             rollback(context: "transaction.rollback")
             throw error
@@ -277,6 +421,8 @@ public actor PostgresConnection {
     /// Best effort: when the connection is gone the server has rolled back already, and the
     /// caller gets the body's error, which says more than a failed ROLLBACK.
     private func rollback(context: String) {
+        // The pipeline's own error (if it failed) is the body's, already thrown.
+        if !deferred.isEmpty { _ = try? syncDeferred() }
         guard let handle, PQstatus(handle) == CONNECTION_OK, PQtransactionStatus(handle) != PQTRANS_IDLE else { return }
         do {
             _ = try simple("ROLLBACK", context: context)
@@ -289,6 +435,7 @@ public actor PostgresConnection {
 
     /// One statement or script through the simple query protocol, under the answer deadline.
     private func simple(_ sql: String, context: String) throws(PostgresError) -> PostgresRows {
+        try syncDeferred()
         let handle = try liveHandle(context: context)
         let result = try awaitResult(sent: PQsendQuery(handle, sql), handle: handle, context: context)
         return try consume(result, handle: handle, context: context)

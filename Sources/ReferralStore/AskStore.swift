@@ -7,7 +7,7 @@ extension Store {
     public static func insertAskFacts(_ c: isolated PostgresConnection, _ facts: [AskFact]) throws {
         if facts.isEmpty { return }
         let rows = facts.map(AskFactRow.init)
-        try c.execute("""
+        try c.executeDeferred("""
             INSERT INTO ask_facts (account_id, at, kind, segment, ticket_id, csat, measured_mbps, plan_mbps, prompts,
                                    invoice_id, credits_minor, first_ask_at)
             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::int4[],
@@ -28,7 +28,7 @@ extension Store {
     public static func lockAccounts(_ c: isolated PostgresConnection, _ accounts: [String]) throws {
         if accounts.isEmpty { return }
         // The sort is in a subquery: in `SELECT f(x) ... ORDER BY`, f runs before the sort.
-        _ = try c.query("""
+        try c.executeDeferred("""
             SELECT pg_advisory_xact_lock(2, h) FROM (SELECT DISTINCT hashtext(a) AS h FROM unnest($1::text[]) AS a ORDER BY h) s
             """, [.textArray(Array(Set(accounts)))])
     }
@@ -140,7 +140,7 @@ extension Store {
         let set = timers.compactMap { t in t.due.map { (t.account, $0) } }
         let cleared = timers.filter { $0.due == nil }.map(\.account)
         if !set.isEmpty {
-            try c.execute("""
+            try c.executeDeferred("""
                 INSERT INTO account_timers (account_id, due_at)
                 SELECT * FROM unnest($1::text[], $2::timestamptz[])
                 ON CONFLICT (account_id) DO UPDATE SET due_at = excluded.due_at
@@ -148,7 +148,7 @@ extension Store {
                 """, [.textArray(set.map(\.0)), .textArray(set.map { $0.1.rfc3339 })])
         }
         if !cleared.isEmpty {
-            try c.execute("DELETE FROM account_timers WHERE account_id = ANY($1::text[])", [.textArray(cleared)])
+            try c.executeDeferred("DELETE FROM account_timers WHERE account_id = ANY($1::text[])", [.textArray(cleared)])
         }
     }
 

@@ -60,7 +60,7 @@ extension Store {
                                     referrerKeys: [String] = [], codes: [String] = [], rewards: [String] = [],
                                     referrals: [String] = []) throws {
         if leads.isEmpty && accounts.isEmpty && referrals.isEmpty && rewards.isEmpty { return }
-        _ = try c.query("""
+        try c.executeDeferred("""
             WITH keys AS (
                 SELECT 'l:' || unnest($1::text[]) AS k
                 UNION SELECT 'a:' || unnest($2::text[])
@@ -80,7 +80,7 @@ extension Store {
     public static func insertFacts(_ c: isolated PostgresConnection, _ facts: [Fact]) throws {
         if facts.isEmpty { return }
         let rows = facts.map(FactRow.init)
-        try c.execute("""
+        try c.executeDeferred("""
             INSERT INTO facts (kind, at, lead_id, account_id, invoice_id, reward_id, code, household_id,
                                contact_hash, segment, sequence, amount_minor, currency, reason, plan_id)
             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -149,7 +149,7 @@ extension Store {
     /// lead can change it: its order, or the lead itself, bound after its order arrived.
     public static func refreshFriendAccounts(_ c: isolated PostgresConnection, leads: [String]) throws {
         if leads.isEmpty { return }
-        try c.execute("""
+        try c.executeDeferred("""
             UPDATE referrals r SET friend_account_id = o.account_id
             FROM (SELECT DISTINCT ON (lead_id) lead_id, account_id FROM facts
                   WHERE kind = 'order' AND lead_id = ANY($1::text[])
@@ -177,7 +177,7 @@ extension Store {
     /// first's committed facts and effects (the effect cache relies on it).
     public static func lockReferrals(_ c: isolated PostgresConnection, _ ids: [String]) throws {
         if ids.isEmpty { return }
-        _ = try c.query("SELECT 1 FROM referrals WHERE referral_id = ANY($1::text[]) ORDER BY referral_id FOR UPDATE",
+        try c.executeDeferred("SELECT 1 FROM referrals WHERE referral_id = ANY($1::text[]) ORDER BY referral_id FOR UPDATE",
                         [.textArray(ids)])
     }
 
@@ -245,7 +245,7 @@ extension Store {
     /// Where each referral stands, for `explain`, reports and follow-ups.
     public static func saveViews(_ c: isolated PostgresConnection, _ views: [ReferralView]) throws {
         if views.isEmpty { return }
-        try c.execute("""
+        try c.executeDeferred("""
             UPDATE referrals r SET stage = v.stage, reason = v.reason, rule = v.rule, updated_at = now()
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS v(id, stage, reason, rule)
             WHERE r.referral_id = v.id
@@ -356,7 +356,7 @@ extension Store {
     static func updateLedger(_ c: isolated PostgresConnection, _ effects: [Effect], at: Instant) throws {
         let issued = effects.compactMap { if case .rewardIssued(let g) = $0 { g } else { nil } }
         if !issued.isEmpty {
-            try c.execute("""
+            try c.executeDeferred("""
                 INSERT INTO rewards (reward_id, referral_id, beneficiary, account_id, kind, amount_minor, currency,
                                      program_id, state, issued_at, updated_at)
                 SELECT r, rf, b, a, k, m, cu, p, 'issued', $9::timestamptz, $9::timestamptz
@@ -378,11 +378,11 @@ extension Store {
             case .rewardApplied(let id):
                 try setRewardState(c, id, state: "applied", note: nil, at: at, onlyFrom: ["issued", "failed"])
             case .rewardMismatch(let id, let account, let amount, let currency):
-                try c.execute("UPDATE rewards SET note = $2, updated_at = $3::timestamptz WHERE reward_id = $1",
+                try c.executeDeferred("UPDATE rewards SET note = $2, updated_at = $3::timestamptz WHERE reward_id = $1",
                               [.text(id), .text("billing applied \(amount) \(currency) to \(account): mismatch, not applied"),
                                .text(at.rfc3339)])
             case .rewardFailed(let id, let failure, let reason, let final):
-                try c.execute("""
+                try c.executeDeferred("""
                     UPDATE rewards SET state = 'failed', failures = greatest(failures, $2), note = $3,
                                        updated_at = $4::timestamptz
                     WHERE reward_id = $1 AND state IN ('issued', 'failed')
@@ -397,7 +397,7 @@ extension Store {
     /// reward backwards (a reversed reward is never "applied" again).
     static func setRewardState(_ c: isolated PostgresConnection, _ id: String, state: String, note: String?,
                                at: Instant, onlyFrom: [String]) throws {
-        try c.execute("""
+        try c.executeDeferred("""
             UPDATE rewards SET state = $2, note = coalesce($3, note), updated_at = $4::timestamptz
             WHERE reward_id = $1 AND state = ANY($5::text[])
             """, [.text(id), .text(state), PostgresValue(note), .text(at.rfc3339), .textArray(onlyFrom)])
@@ -412,14 +412,14 @@ extension Store {
         let set = timers.filter { $0.due != nil }
         let cleared = timers.filter { $0.due == nil }.map(\.referralId)
         if !set.isEmpty {
-            try c.execute("""
+            try c.executeDeferred("""
                 INSERT INTO timers (referral_id, due_at) SELECT * FROM unnest($1::text[], $2::timestamptz[])
                 ON CONFLICT (referral_id) DO UPDATE SET due_at = excluded.due_at
                 WHERE timers.due_at IS DISTINCT FROM excluded.due_at
                 """, [.textArray(set.map(\.referralId)), .textArray(set.map { $0.due?.rfc3339 })])
         }
         if !cleared.isEmpty {
-            try c.execute("DELETE FROM timers WHERE referral_id = ANY($1::text[])", [.textArray(cleared)])
+            try c.executeDeferred("DELETE FROM timers WHERE referral_id = ANY($1::text[])", [.textArray(cleared)])
         }
     }
 

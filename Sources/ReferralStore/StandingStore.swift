@@ -62,7 +62,7 @@ extension Store {
             } + Lifecycle.personalLockKeys(change)
         }
         if keys.isEmpty { return }
-        _ = try c.query("""
+        try c.executeDeferred("""
             SELECT pg_advisory_xact_lock(2, h) FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) k ORDER BY h) s
             """, [.textArray(keys)])
     }
@@ -82,7 +82,7 @@ extension Store {
             old?.leadAt != new.leadAt || old?.leadCode != new.leadCode || old?.milestoneAt != new.milestoneAt
         }.map(\.new)
         if !rowsMoved.isEmpty {
-            try c.execute("""
+            try c.executeDeferred("""
                 UPDATE referrals r SET lead_at = v.lead_at, lead_code = v.lead_code, milestone_at = v.milestone_at
                 FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::timestamptz[]) AS v(id, lead_at, lead_code, milestone_at)
                 WHERE r.referral_id = v.id
@@ -103,13 +103,13 @@ extension Store {
             for link in keep.subtracting(now).sorted() { goneIds.append(new.referralId); gone.append(link) }
         }
         if !goneIds.isEmpty {
-            try c.execute("""
+            try c.executeDeferred("""
                 DELETE FROM referral_links l USING unnest($1::text[], $2::text[]) AS g(referral_id, link)
                 WHERE l.referral_id = g.referral_id AND (g.link = '*' OR l.link = g.link)
                 """, [.textArray(goneIds), .textArray(gone)])
         }
         if !ids.isEmpty {
-            try c.execute("""
+            try c.executeDeferred("""
                 INSERT INTO referral_links (referral_id, link, lead_at, lead_id)
                 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
                 ON CONFLICT DO NOTHING
@@ -125,7 +125,7 @@ extension Store {
         }
         let moved = delta.filter { $0.value != 0 }.sorted { $0.key < $1.key }
         if moved.isEmpty { return }
-        try c.execute("""
+        try c.executeDeferred("""
             INSERT INTO ranking_sizes (ranking, size) SELECT * FROM unnest($1::text[], $2::int8[])
             ON CONFLICT (ranking) DO UPDATE SET size = ranking_sizes.size + excluded.size
             """, [.textArray(moved.map(\.key)), .int8Array(moved.map(\.value))])

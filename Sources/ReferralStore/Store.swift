@@ -168,7 +168,7 @@ extension Store {
     /// `rewards` and `asks`.
     public static func removePublished(_ c: isolated PostgresConnection, seqs: [Int64]) throws {
         if seqs.isEmpty { return }
-        try c.execute("DELETE FROM outbox WHERE seq = ANY($1::int8[])", [.int8Array(seqs.map { Optional($0) })])
+        try c.executeDeferred("DELETE FROM outbox WHERE seq = ANY($1::int8[])", [.int8Array(seqs.map { Optional($0) })])
     }
 
     /// Gives a lease back so that the rows are retried at once rather than after the lease.

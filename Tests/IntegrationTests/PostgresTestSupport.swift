@@ -50,11 +50,11 @@ struct CapturingLogHandler: LogHandler {
 /// Runs `body` with a connection whose `search_path` is a fresh schema, dropped afterwards, so
 /// tests running in parallel on the same database never see each other's tables.
 func withTestConnection<T>(
-    logs: CapturedLogs = CapturedLogs(),
+    logs: CapturedLogs = CapturedLogs(), statementCache: Int = 0,
     _ body: (PostgresConnection) async throws -> T
 ) async throws -> T {
     let connection = try await PostgresConnection.connect(
-        postgresTestURL(), applicationName: "referrald-postgres-tests", logger: logs.logger())
+        postgresTestURL(), applicationName: "referrald-postgres-tests", logger: logs.logger(), statementCache: statementCache)
     // Generated here from hex digits only, so it is safe to place in the SQL as an identifier.
     let schema = "t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
     try await connection.executeScript("CREATE SCHEMA \(schema); SET search_path TO \(schema)")
