@@ -291,8 +291,7 @@ public actor PostgresConnection {
         // In a pipeline the preparation is sent ahead of the statement, unanswered like it: a
         // statement first met there (most write-only ones, which always follow another) would
         // otherwise go unnamed, and be planned, every time.
-        let name = pipelining ? try preparedNameInPipeline(sql, types: types, handle: handle)
-                              : try preparedName(sql, types: types, handle: handle)
+        let name = try preparedName(sql, types: types, handle: handle, pipelined: pipelining)
         let sent = withCStrings(texts) { values in
             withBinaryValues(binaries[...], values) { values in
                 // Results in text format (resultFormat 0); each parameter in its own format.
@@ -303,35 +302,17 @@ public actor PostgresConnection {
                 }
             }
         }
-        guard sent == 1 else {
-            // As `consume` tells a send that failed: a broken connection, or libpq's refusal.
-            throw PostgresError(code: PQstatus(handle) == CONNECTION_BAD ? .connectionLost : .server, context: context,
-                                message: Self.errorMessage(handle))
-        }
+        try checkSent(sent, handle: handle, context: context)
         return sent
-    }
-
-    private func preparedNameInPipeline(_ sql: String, types: [UInt32], handle: OpaquePointer) throws(PostgresError) -> String? {
-        guard statementCacheCapacity > 0 else { return nil }
-        let key = types.map(String.init).joined(separator: ",") + "|" + sql
-        if let name = prepared[key] { return name }
-        guard prepared.count < statementCacheCapacity else { return nil }
-        preparedNames += 1
-        let name = "referrald_\(preparedNames)"
-        guard PQsendPrepare(handle, name, sql, Int32(types.count), types) == 1 else {
-            throw PostgresError(code: PQstatus(handle) == CONNECTION_BAD ? .connectionLost : .server, context: "prepare",
-                                message: Self.errorMessage(handle))
-        }
-        deferred.append(("prepare", key))
-        prepared[key] = name
-        return name
     }
 
     /// The name `sql` is prepared under on this session, preparing it on first use; nil when
     /// the cache is off or full (the statement is then sent unnamed, planned each time).
     /// The key holds the parameter types too: a statement prepared for a NULL (type left to the
-    /// server) must not be reused for a value of a type the server did not infer.
-    private func preparedName(_ sql: String, types: [UInt32], handle: OpaquePointer) throws(PostgresError) -> String? {
+    /// server) must not be reused for a value of a type the server did not infer. In a pipeline
+    /// the preparation is sent ahead of the statement and answered with it (its key forgotten if
+    /// the server refuses it); outside one it is answered at once.
+    private func preparedName(_ sql: String, types: [UInt32], handle: OpaquePointer, pipelined: Bool) throws(PostgresError) -> String? {
         guard statementCacheCapacity > 0 else { return nil }
         let key = types.map(String.init).joined(separator: ",") + "|" + sql
         if let name = prepared[key] { return name }
@@ -339,10 +320,23 @@ public actor PostgresConnection {
         preparedNames += 1
         let name = "referrald_\(preparedNames)"
         let sent = PQsendPrepare(handle, name, sql, Int32(types.count), types)
-        let result = try awaitResult(sent: sent, handle: handle, context: "prepare")
-        _ = try consume(result, handle: handle, context: "prepare")
+        if pipelined {
+            try checkSent(sent, handle: handle, context: "prepare")
+            deferred.append(("prepare", key))
+        } else {
+            let result = try awaitResult(sent: sent, handle: handle, context: "prepare")
+            _ = try consume(result, handle: handle, context: "prepare")
+        }
         prepared[key] = name
         return name
+    }
+
+    /// As `consume` tells a send that failed: a broken connection, or libpq's refusal.
+    private func checkSent(_ sent: Int32, handle: OpaquePointer, context: String) throws(PostgresError) {
+        guard sent == 1 else {
+            throw PostgresError(code: PQstatus(handle) == CONNECTION_BAD ? .connectionLost : .server, context: context,
+                                message: Self.errorMessage(handle))
+        }
     }
 
     /// Runs one statement and returns the number of rows it affected.

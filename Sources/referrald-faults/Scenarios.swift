@@ -232,7 +232,7 @@ enum Scenarios {
                     try await ctx.at(moment)
                     terminated += Int(try await ctx.world.count("""
                         SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                        WHERE datname = current_database() AND application_name = 'referrald') t
+                        WHERE datname = current_database() AND application_name ~ '^referrald(-[0-9]+)?$') t
                         """))
                 }
                 return terminated
@@ -372,7 +372,7 @@ enum Scenarios {
                     while ContinuousClock.now < deadline {
                         let inTransaction = try c.query("""
                             SELECT count(*)::int8 AS n FROM pg_stat_activity
-                            WHERE datname = current_database() AND application_name = 'referrald' AND xact_start IS NOT NULL
+                            WHERE datname = current_database() AND application_name ~ '^referrald(-[0-9]+)?$' AND xact_start IS NOT NULL
                             """).first?.decode("n", as: Int64.self) ?? 0
                         if inTransaction > 0 {
                             proxy.blackHole()
@@ -389,7 +389,7 @@ enum Scenarios {
                 try await Task.sleep(for: .milliseconds(500))
                 let stranded = try await world.count("""
                     SELECT count(*) FROM pg_stat_activity
-                    WHERE datname = current_database() AND application_name = 'referrald' AND state = 'idle in transaction'
+                    WHERE datname = current_database() AND application_name ~ '^referrald(-[0-9]+)?$' AND state = 'idle in transaction'
                     """)
                 // Recovered once a batch commits again: the load keeps events coming.
                 while try await world.count("SELECT count(*) FROM inbox") <= committed {
@@ -447,7 +447,9 @@ enum Scenarios {
         for row in rows {
             guard let name = row["name"] as? String else { continue }
             let properties = "\(row["client_properties"] ?? "")"
-            guard properties.contains("referrald consumer") || properties.contains("referrald publisher") else { continue }
+            // The consumer is the process's; each lane has a publisher (`referrald-N publisher`).
+            guard properties.contains("referrald consumer")
+                || properties.range(of: #"referrald(-[0-9]+)? publisher"#, options: .regularExpression) != nil else { continue }
             _ = try? services.rabbitmqctl(["close_connection", name, "fault suite: forced close"])
             closed += 1
         }
