@@ -257,7 +257,8 @@ extension Store {
     // MARK: effects
 
     /// Every effect recorded for these referrals (each referral's in recording order), and the
-    /// codes of these accounts. With a cache, the caller must hold the referrals' locks.
+    /// codes issued to these accounts (`codeIssued`, recorded like any effect, under the account).
+    /// With a cache, the caller must hold the referrals' locks.
     public static func loadEffects(_ c: isolated PostgresConnection, referrals: [String], accounts: [String],
                                    cache: EffectCache? = nil) throws -> [Effect] {
         var effects: [Effect]
@@ -271,11 +272,11 @@ extension Store {
                 try decoder.decode(Effect.self, from: Data(try $0.decode("effect", as: String.self).utf8))
             }
         }
-        for row in try c.query("SELECT account_id, code, program_id FROM referral_codes WHERE account_id = ANY($1::text[])",
-                               [.textArray(accounts)]) {
-            effects.append(.codeIssued(accountId: try row.decode("account_id", as: String.self),
-                                       code: try row.decode("code", as: String.self),
-                                       programId: try row.decode("program_id", as: String.self)))
+        let decoder = JSONDecoder()
+        for row in try c.query("""
+            SELECT effect::text AS effect FROM effects WHERE kind = 'code_issued' AND account_id = ANY($1::text[]) ORDER BY seq
+            """, [.textArray(accounts)]) {
+            effects.append(try decoder.decode(Effect.self, from: Data(try row.decode("effect", as: String.self).utf8)))
         }
         return effects
     }
@@ -319,7 +320,7 @@ extension Store {
     /// once the transaction commits.
     public static func recordEffects(_ c: isolated PostgresConnection, _ effects: [Effect], at: Instant,
                                      cache: EffectCache? = nil) throws -> (fresh: [Effect], recorded: [EffectCache.Recorded]) {
-        let rows = effects.filter { if case .codeIssued = $0 { return false } else { return true } }
+        let rows = effects
         if rows.isEmpty { return ([], []) }
         let keys = rows.map { $0.key.storageKey }
         let json = PackedBytes(rows.map { $0.storedJSON() })

@@ -370,6 +370,21 @@ public enum Schema {
             END
             $$;
             """),
+        Migration(version: 14, name: "code issuance recorded as an effect", sql: """
+            -- A code issued is an effect like the others: recorded in `effects` under the key
+            -- `code:<account>` when the worker draws it, read back with the account's decisions.
+            -- Until now decisions rebuilt it from `referral_codes`, a special case every reader of
+            -- recorded effects had to know. `referral_codes` stays what finds a code's owner and
+            -- refuses a second account the same code. The JSON is `Effect.storedJSON`'s shape.
+            INSERT INTO effects (effect_key, referral_id, account_id, kind, effect, recorded_at)
+            SELECT 'code:' || account_id, NULL, account_id, 'code_issued',
+                   jsonb_build_object('codeIssued', jsonb_build_object('accountId', account_id, 'code', code,
+                                                                       'programId', program_id)),
+                   issued_at
+            FROM referral_codes ORDER BY issued_at, account_id
+            ON CONFLICT (effect_key) DO NOTHING;
+            CREATE INDEX effects_code_account ON effects (account_id) WHERE kind = 'code_issued';
+            """),
     ]
 
     public static var latestVersion: Int { migrations.last?.version ?? 0 }

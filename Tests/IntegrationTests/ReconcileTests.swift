@@ -50,6 +50,20 @@ import Testing
         #expect(try await count("SELECT coalesce(sum(size), 0)::int8 FROM ranking_sizes WHERE ranking LIKE 'cap:%'")
                 == (try await count("SELECT count(*)::int8 FROM referrals WHERE milestone_at IS NOT NULL")))
         #expect(try await count("SELECT count(*)::int8 FROM referrals WHERE milestone_at IS NOT NULL") > 1000)
+        // Version 14: every code the old release issued is a recorded effect, with its program.
+        let codes = try await count("SELECT count(*)::int8 FROM referral_codes")
+        #expect(codes > 1000)
+        #expect(try await count("""
+            SELECT count(*)::int8 FROM referral_codes rc JOIN effects e ON e.effect_key = 'code:' || rc.account_id
+            WHERE e.kind = 'code_issued' AND e.account_id = rc.account_id AND e.referral_id IS NULL
+              AND e.effect -> 'codeIssued' ->> 'code' = rc.code AND e.effect -> 'codeIssued' ->> 'programId' = rc.program_id
+            """) == codes)
+        // Version 13: no text column is left to the database's collation.
+        #expect(try await count("""
+            SELECT count(*)::int8 FROM information_schema.columns
+            WHERE table_schema = current_schema() AND data_type = 'text' AND coalesce(collation_name, '') <> 'C'
+              AND table_name <> 'schema_migrations'
+            """) == 0)
 
         // Decided at the moment the old release last decided, so timers it left for later do
         // not fire here: what reconcile finds is a difference, never the passing of time.

@@ -253,9 +253,12 @@ enum Apply {
         return events
     }
 
-    /// Draws a code for each newly activated account. A drawn code can collide with another
-    /// account's (about 1 in 10^12 per draw while the table is small): the unique constraint
-    /// catches it and only those accounts draw again.
+    /// Draws a code for each newly activated account and records its `codeIssued` effect, read
+    /// back like any other effect by the account's next decisions. A drawn code can collide with
+    /// another account's (about 1 in 10^12 per draw while the table is small): the unique
+    /// constraint of `referral_codes` catches it and only those accounts draw again. The draw is
+    /// the worker's, not the core's: the core asks (`CodeRequest`) because a random code is not
+    /// a function of the facts.
     static func issueCodes(_ c: isolated PostgresConnection, _ requests: [CodeRequest], context: Context) throws -> [OutgoingEvent] {
         var pending = requests
         var rng = SystemRandomNumberGenerator()
@@ -270,11 +273,14 @@ enum Apply {
                 rows.append((r.accountId, code.canonical, program.id, r.activatedAt))
             }
             let collided = try Store.insertCodes(c, rows)
+            var issued: [Effect] = []
             for r in pending where !collided.contains(r.accountId) {
                 guard let (code, program) = drawn[r.accountId] else { continue }
+                issued.append(.codeIssued(accountId: r.accountId, code: code.canonical, programId: program.id))
                 events.append(.codeIssued(id: newEventId(), time: context.now, accountId: r.accountId, code: code,
                                           shareURL: program.shareURL(code: code.canonical), programId: program.id))
             }
+            _ = try Store.recordEffects(c, issued, at: context.now)
             pending = pending.filter { collided.contains($0.accountId) }
         }
         return events

@@ -163,14 +163,18 @@ public actor Worker {
             let batch = try await intake.next(lane: pipeline, max: settings.batchSize, maxBytes: settings.batchMaxBytes,
                                               wait: .milliseconds(settings.batchWaitMilliseconds))
             if !batch.isEmpty { try await handle(batch) }
+            // One reading of the clock decides what this pass does: read once per check, a clock
+            // that moved between the timer check and the backlog sample let the sample run
+            // before the timers it should count had fired, and not again for 5 s.
+            let now = clock.now()
             // Timers and the relay run every second, busy or idle: holds end, and rows left by a
             // crashed instance or a broker outage go out while a backlog drains too.
-            if timersBehind || clock.now() - lastTimerScan > .seconds(1) { try await fireTimers() }
-            if clock.now() - lastRelay > .seconds(1) { try await relayOutbox() }
+            if timersBehind || now - lastTimerScan > .seconds(1) { try await fireTimers() }
+            if now - lastRelay > .seconds(1) { try await relayOutbox() }
             // Erasures' stored bodies, after the erasure committed (`Store.scrubPendingErasures`).
             // A failed pass is logged and retried on the next one, never thrown: it must not
             // stop consumption (a broken connection fails the next batch, which reconnects).
-            if clock.now() - lastErasureScrub > .seconds(1), let db {
+            if now - lastErasureScrub > .seconds(1), let db {
                 lastErasureScrub = clock.now()
                 do { try await Store.scrubPendingErasures(db) } catch {
                     logger.warning("erasure scrub failed; retried next pass", metadata: ["error": "\(error)"])
@@ -181,8 +185,8 @@ public actor Worker {
                 try await settlePublication()
                 try await flushPublished()
             }
-            if clock.now() - lastBacklogSample > .seconds(5) { try await sampleBacklog() }
-            if let due = parkedRetryDue, clock.now() >= due { await retryParkedLogged() }
+            if now - lastBacklogSample > .seconds(5) { try await sampleBacklog() }
+            if let due = parkedRetryDue, now >= due { await retryParkedLogged() }
             status.loopProgressed(pipeline: pipeline)
         }
     }
