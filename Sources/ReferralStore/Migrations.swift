@@ -353,7 +353,7 @@ public enum Schema {
             -- initdb was given) each index comparison went through strcoll: 13 % of the server's
             -- time on the daemon's batches. "C" compares bytes. The tables are not rewritten;
             -- their indexes on text columns are rebuilt, under this migration's lock (about
-            -- the time of a REINDEX of those tables: see the README's upgrade notes).
+            -- the time of a REINDEX of those tables: the README's `referrald migrate` row).
             DO $$
             DECLARE col record;
             BEGIN

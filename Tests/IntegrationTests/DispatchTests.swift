@@ -86,6 +86,15 @@ struct DispatchTests {
         #expect(LaneSelection.take(huge, blocked: [], max: 10, maxBytes: 1000) == [0])
     }
 
+    /// The first lane always takes what waits; the others only a backlog of a quarter batch.
+    @Test func laterLanesJoinOnlyABacklog() {
+        #expect(LaneSelection.joins(lane: 0, waiting: 1, batchSize: 512))
+        #expect(!LaneSelection.joins(lane: 1, waiting: 127, batchSize: 512))
+        #expect(LaneSelection.joins(lane: 1, waiting: 128, batchSize: 512))
+        #expect(LaneSelection.joins(lane: 3, waiting: 1, batchSize: 1))
+        #expect(!LaneSelection.joins(lane: 1, waiting: 0, batchSize: 1))
+    }
+
     // MARK: StoryCodes and dispatch keys
 
     private let at = Instant(microseconds: 1_700_000_000_000_000)

@@ -55,6 +55,15 @@ enum LaneSelection {
         var bytes: Int
     }
 
+    /// Whether a lane takes a batch now. Lanes after the first join only while a backlog waits
+    /// (a quarter of a batch or more): at 1,000 events/s two lanes split the stream into
+    /// batches of a few events, each paying a transaction's 36 statements, and p99 went from
+    /// 34 ms with one lane to 134 ms with two (PostgreSQL 0.47 cores against 0.89). One lane
+    /// keeps up there; the second joins when deliveries pile up.
+    static func joins(lane: Int, waiting: Int, batchSize: Int) -> Bool {
+        lane == 0 || waiting >= max(1, batchSize / 4)
+    }
+
     /// The indexes (increasing) of `candidates` to take, at most `max` whose bytes total at most
     /// `maxBytes` (a single larger one comes alone), skipping those that meet `blocked`.
     static func take(_ candidates: [Candidate], blocked: Set<String>, max: Int, maxBytes: Int) -> [Int] {

@@ -70,12 +70,15 @@ public actor Intake {
     /// another lane's batch. Waits up to `wait` for deliveries when none can be taken; returns
     /// an empty batch when none came. The lane must `finish` or `giveBack` a batch before it
     /// asks for the next.
+    /// Lanes after the first wait for a backlog (`LaneSelection.joins`).
     func next(lane: Int, max: Int, maxBytes: Int, wait: Duration) async throws -> [Item] {
         try await read(wait: .zero)
-        var batch = select(lane: lane, max: max, maxBytes: maxBytes)
+        var batch = LaneSelection.joins(lane: lane, waiting: waiting.count, batchSize: max)
+            ? select(lane: lane, max: max, maxBytes: maxBytes) : []
         if batch.isEmpty {
             try await read(wait: wait)
-            batch = select(lane: lane, max: max, maxBytes: maxBytes)
+            batch = LaneSelection.joins(lane: lane, waiting: waiting.count, batchSize: max)
+                ? select(lane: lane, max: max, maxBytes: maxBytes) : []
         }
         return batch
     }
