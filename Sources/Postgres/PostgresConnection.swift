@@ -46,7 +46,7 @@ public actor PostgresConnection {
     /// What was sent in pipeline mode and not read yet (`executeDeferred`), in the order sent:
     /// statements, and the preparations of statements first met in the pipeline (with their
     /// cache key, forgotten if the server refuses them).
-    private var deferred: [(context: String, preparing: String?)] = []
+    private var deferred: [(context: String, preparing: String?, synced: Bool)] = []
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor {
         executor.asUnownedSerialExecutor()
@@ -168,8 +168,8 @@ public actor PostgresConnection {
     /// Sends a statement whose result nobody reads (an insert, an update, a lock) without waiting
     /// for it: libpq's pipeline mode. It runs on the server in order, before anything sent after
     /// it, and its answer is read with the next `query`'s, by `syncDeferred`, or before the next
-    /// simple statement (`COMMIT`, `ROLLBACK`). An error it meets is thrown there, and aborts the
-    /// rest of the pipeline, as it would abort the transaction anyway. A batch's write-only
+    /// simple statement (`COMMIT`, `ROLLBACK`). An error it meets is thrown there, the first one
+    /// if several (the statements after it fail on the aborted transaction). A batch's write-only
     /// statements each cost a round trip of their own, a third of its time in the small batches
     /// of a quiet hour, waiting on a busy machine for two processes to be scheduled in turn.
     /// Outside a transaction it runs at once: nothing would read its answer.
@@ -179,9 +179,18 @@ public actor PostgresConnection {
             return
         }
         try send(sql, parameters, context: "deferred")
-        deferred.append(("deferred", nil))
-        // Hands the socket what it takes now; the rest goes with the sync.
-        if let handle, PQflush(handle) < 0 {
+        // A sync after each statement, not one for the pipeline: until a sync the server counts
+        // the transaction as running, not idle in one, so `idle_in_transaction_session_timeout`
+        // never ends it. A connection cut mid-pipeline (the fault suite's partition) then left a
+        // backend waiting for the rest of the pipeline for ever, holding the batch's locks, and
+        // every retry of those events timed out behind them until they were dead-lettered.
+        let handle = try liveHandle(context: "deferred")
+        guard PQpipelineSync(handle) == 1 else {
+            throw PostgresError(code: .connectionLost, context: "deferred", message: Self.errorMessage(handle))
+        }
+        deferred.append(("deferred", nil, true))
+        // Hands the socket what it takes now; the rest goes with the next flush.
+        if PQflush(handle) < 0 {
             throw PostgresError(code: .connectionLost, context: "deferred", message: Self.errorMessage(handle))
         }
     }
@@ -192,16 +201,16 @@ public actor PostgresConnection {
         _ = try syncPipeline(keepingLast: false)
     }
 
-    /// Ends the pipeline: a sync, then each statement's results in order, then the sync's. With
+    /// Ends the pipeline: each statement's results in order, each followed by its sync's. With
     /// `keepingLast`, returns the last statement's result (a `query` that joined the pipeline)
     /// for the caller to consume; an earlier statement's error wins over it.
     private func syncPipeline(keepingLast: Bool) throws(PostgresError) -> OpaquePointer? {
         let handle = try liveHandle(context: "pipeline")
-        let sent = deferred + (keepingLast ? [("query", nil)] : [])
+        let sent = deferred + (keepingLast ? [("query", nil, true)] : [])
         let statements = sent.count
         deferred = []
         let deadline = answerTimeout.map { ContinuousClock.now + $0 }
-        guard PQpipelineSync(handle) == 1 else {
+        if keepingLast, PQpipelineSync(handle) != 1 {
             throw PostgresError(code: .connectionLost, context: "pipeline", message: Self.errorMessage(handle))
         }
         while true {
@@ -228,12 +237,13 @@ public actor PostgresConnection {
                     PQclear(result)
                 }
             }
-        }
-        // The sync's own result closes the segment.
-        while let result = try nextResult(handle, deadline: deadline) {
-            let status = PQresultStatus(result)
-            PQclear(result)
-            if status == PGRES_PIPELINE_SYNC { break }
+            // A statement's sync answers after it.
+            guard sent[index].synced else { continue }
+            while let result = try nextResult(handle, deadline: deadline) {
+                let status = PQresultStatus(result)
+                PQclear(result)
+                if status == PGRES_PIPELINE_SYNC { break }
+            }
         }
         _ = PQexitPipelineMode(handle)
         if let firstError {
@@ -322,7 +332,7 @@ public actor PostgresConnection {
         let sent = PQsendPrepare(handle, name, sql, Int32(types.count), types)
         if pipelined {
             try checkSent(sent, handle: handle, context: "prepare")
-            deferred.append(("prepare", key))
+            deferred.append(("prepare", key, false))
         } else {
             let result = try awaitResult(sent: sent, handle: handle, context: "prepare")
             _ = try consume(result, handle: handle, context: "prepare")
