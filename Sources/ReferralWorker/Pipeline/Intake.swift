@@ -83,27 +83,43 @@ public actor Intake {
         return batch
     }
 
-    /// The lane settled its batch: acks what it committed or dead-lettered (`requeued` were
-    /// settled on their own) and frees its keys. An ack the broker cannot take (the connection
-    /// went away) is not the lane's failure: its events are committed, their redelivery on the
-    /// next channel is a duplicate the inbox drops, and the next read reconnects.
-    func finish(lane: Int, requeued: Set<UInt64> = []) async {
+    /// The lane settled its batch: acks what it committed (`settled` were settled on their own:
+    /// dead-lettered or requeued) and frees its keys. An ack the broker cannot take (the
+    /// connection went away) is not the lane's failure: its events are committed, their
+    /// redelivery on the next channel is a duplicate the inbox drops, and the next read
+    /// reconnects.
+    func finish(lane: Int, settled: Set<UInt64> = []) async {
         guard let items = taken.removeValue(forKey: lane), let first = items.first else { return }
         guard first.generation == generation, let consumer else { return }
-        let tags = items.map(\.delivery.deliveryTag)
-        guard let target = ledger.settle(acked: tags.filter { !requeued.contains($0) }, individually: requeued) else { return }
-        do {
-            try await consumer.ack(target, multiple: true)
-        } catch {
-            logger.warning("ack failed; the consumer reconnects", metadata: ["error": "\(error)"])
-            await drop(consumer)
-        }
+        let tags = items.map(\.delivery.deliveryTag).filter { !settled.contains($0) }
+        await ack(ledger.settle(acked: tags), on: consumer)
+    }
+
+    /// Acks one delivery now, on its own: a dead letter's original once the broker confirmed the
+    /// copy. Waiting for the batch's ack instead left it unacked for the whole transaction (and
+    /// behind other lanes' batches): a channel lost meanwhile redelivered it, and it was
+    /// dead-lettered twice.
+    func ackNow(_ delivery: Delivery, generation: Int) async throws {
+        guard generation == self.generation, let consumer else { return }
+        try await consumer.ack(delivery.deliveryTag, multiple: false)
+        await ack(ledger.settle(acked: [UInt64](), individually: [delivery.deliveryTag]), on: consumer)
     }
 
     /// Requeues one delivery on its own (an event that failed alone, before its delivery limit).
     func requeue(_ delivery: Delivery, generation: Int) async throws {
         guard generation == self.generation, let consumer else { return }
         try await consumer.nack(delivery.deliveryTag, requeue: true)
+        await ack(ledger.settle(acked: [UInt64](), individually: [delivery.deliveryTag]), on: consumer)
+    }
+
+    private func ack(_ target: UInt64?, on consumer: AMQPConnection) async {
+        guard let target else { return }
+        do {
+            try await consumer.ack(target, multiple: true)
+        } catch {
+            logger.warning("ack failed; the consumer reconnects", metadata: ["error": "\(error)"])
+            await drop(consumer)
+        }
     }
 
     /// The lane could not settle its batch (the database or its publisher went away): the

@@ -205,22 +205,19 @@ public actor Worker {
         }
         generation = items.first?.generation ?? generation
         var outbox: [OutboxRow] = []
-        // Bad input is dead-lettered while the valid events are applied: waiting for the dead
-        // letters' confirms first (a quorum DLQ replicates each) took 27 ms of a 200 ms batch.
-        // Both finish before anything is acked, so a message is never in neither queue.
-        let deadLetters = bad
-        async let deadLettered: Void = deadLetters.isEmpty ? () : deadLetter(deadLetters)
+        // Each original is acked once the broker confirmed its dead letter, so a message is
+        // never in neither queue.
+        if !bad.isEmpty { try await deadLetter(bad) }
         let applyStarted = ContinuousClock.now
-        var requeued = Set<UInt64>()
+        var settled = Set(bad.map(\.0.deliveryTag))
         if !good.isEmpty {
             let applied = try await applyWithRetry(good)
-            requeued = applied.requeued
+            settled.formUnion(applied.requeued)
             outbox = applied.outbox
         }
-        try await deadLettered
         // Committed: ack through the intake, and publish the outbox rows while the next batch
         // is applied.
-        await intake.finish(lane: pipeline, requeued: requeued)
+        await intake.finish(lane: pipeline, settled: settled)
         let applyTime = ContinuousClock.now - applyStarted
         let settleStarted = ContinuousClock.now
         try await settlePublication()
@@ -330,6 +327,7 @@ public actor Worker {
         if deliveries >= settings.deliveryLimit {
             try await deadLetter([(delivery, BadInput(code: .processingFailed,
                 detail: "\(event.type.rawValue): failed on \(deliveries) deliveries: \(error)"))])
+            requeued.insert(delivery.deliveryTag)  // acked on its own by `deadLetter`
         } else {
             logger.warning("event failed; requeued", metadata: [
                 "event.id": "\(event.id)", "event.type": "\(event.type.rawValue)", "error": "\(error)",
@@ -431,8 +429,8 @@ public actor Worker {
 
     // MARK: broker
 
-    /// Publishes bad input to the dead-letter exchange, body unchanged; returns once the broker
-    /// confirmed every copy (or its parked copy), and only then may the batch ack the originals.
+    /// Publishes bad input to the dead-letter exchange, body unchanged, and acks each original
+    /// once the broker confirmed its copy (or its parked copy).
     private func deadLetter(_ items: [(Delivery, BadInput)]) async throws {
         guard let publisher else { throw NotConnected(what: "the broker") }
         // The producer's headers and properties travel with the body, so the dead letter is the
@@ -460,6 +458,7 @@ public actor Worker {
             logger.notice("dead-lettered", metadata: [
                 "dlq.error": "\(reason.code.rawValue)", "dlq.detail": "\(reason.detail)",
                 "amqp.routing_key": "\(delivery.routingKey)", "amqp.message_id": "\(delivery.messageId ?? "-")"])
+            try await intake.ackNow(delivery, generation: generation)
         }
         if !refused.isEmpty { try await park(refused) }
     }
@@ -489,6 +488,7 @@ public actor Worker {
             logger.error("dead letter refused by the broker; parked", metadata: [
                 "dlq.error": "\(reason.code.rawValue)", "amqp.outcome": "\(refusal)", "amqp.queue": "\(settings.parkedQueue)",
                 "amqp.routing_key": "\(delivery.routingKey)", "amqp.message_id": "\(delivery.messageId ?? "-")"])
+            try await intake.ackNow(delivery, generation: generation)
         }
         if parkedRetryDue == nil { parkedRetryDue = clock.now() + .seconds(5) }
     }
