@@ -43,10 +43,16 @@ public actor PostgresConnection {
     private let statementCacheCapacity: Int
     /// Names handed out so far: a name is never reused, even for a preparation the server refused.
     private var preparedNames = 0
-    /// What was sent in pipeline mode and not read yet (`executeDeferred`), in the order sent:
-    /// statements, and the preparations of statements first met in the pipeline (with their
-    /// cache key, forgotten if the server refuses them).
-    private var deferred: [(context: String, preparing: String?, synced: Bool)] = []
+    /// What was sent in pipeline mode and not read yet (`executeDeferred`), in the order sent.
+    private var deferred: [Pipelined] = []
+
+    private enum Pipelined {
+        /// A statement, followed by a sync of its own.
+        case statement
+        /// The preparation of a statement first met in the pipeline, with its cache key,
+        /// forgotten if the server refuses it. No sync: its statement comes right after it.
+        case preparation(key: String)
+    }
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor {
         executor.asUnownedSerialExecutor()
@@ -154,13 +160,13 @@ public actor PostgresConnection {
     public func query(_ sql: String, _ parameters: [PostgresValue] = []) throws(PostgresError) -> PostgresRows {
         if !deferred.isEmpty {
             // Rides in the pipeline: the deferred statements and this one cost one round trip.
-            try send(sql, parameters, context: "query")
+            try send(sql, parameters, context: "query", pipelined: true)
             let result = try syncPipeline(keepingLast: true)
             let handle = try liveHandle(context: "query")
             return try consume(result, handle: handle, context: "query")
         }
         let handle = try liveHandle(context: "query")
-        let sent = try send(sql, parameters, context: "query")
+        let sent = try send(sql, parameters, context: "query", pipelined: false)
         let result = try awaitResult(sent: sent, handle: handle, context: "query")
         return try consume(result, handle: handle, context: "query")
     }
@@ -178,7 +184,7 @@ public actor PostgresConnection {
             _ = try query(sql, parameters)
             return
         }
-        try send(sql, parameters, context: "deferred")
+        try send(sql, parameters, context: "deferred", pipelined: true)
         // A sync after each statement, not one for the pipeline: until a sync the server counts
         // the transaction as running, not idle in one, so `idle_in_transaction_session_timeout`
         // never ends it. A connection cut mid-pipeline (the fault suite's partition) then left a
@@ -188,7 +194,7 @@ public actor PostgresConnection {
         guard PQpipelineSync(handle) == 1 else {
             throw PostgresError(code: .connectionLost, context: "deferred", message: Self.errorMessage(handle))
         }
-        deferred.append(("deferred", nil, true))
+        deferred.append(.statement)
         // Hands the socket what it takes now; the rest goes with the next flush.
         if PQflush(handle) < 0 {
             throw PostgresError(code: .connectionLost, context: "deferred", message: Self.errorMessage(handle))
@@ -206,18 +212,15 @@ public actor PostgresConnection {
     /// for the caller to consume; an earlier statement's error wins over it.
     private func syncPipeline(keepingLast: Bool) throws(PostgresError) -> OpaquePointer? {
         let handle = try liveHandle(context: "pipeline")
-        let sent = deferred + (keepingLast ? [("query", nil, true)] : [])
+        let sent = deferred + (keepingLast ? [.statement] : [])
         let statements = sent.count
         deferred = []
         let deadline = answerTimeout.map { ContinuousClock.now + $0 }
         if keepingLast, PQpipelineSync(handle) != 1 {
             throw PostgresError(code: .connectionLost, context: "pipeline", message: Self.errorMessage(handle))
         }
-        while true {
-            let flushed = PQflush(handle)
-            if flushed == 0 { break }
-            if flushed < 0 { throw PostgresError(code: .connectionLost, context: "pipeline", message: Self.errorMessage(handle)) }
-            try waitForSocket(handle, writable: true, deadline: deadline, context: "pipeline")
+        guard try flushAll(handle, deadline: deadline, context: "pipeline") else {
+            throw PostgresError(code: .connectionLost, context: "pipeline", message: Self.errorMessage(handle))
         }
         var firstError: PostgresError?
         var last: OpaquePointer?
@@ -225,7 +228,7 @@ public actor PostgresConnection {
             // Each statement's results end with a NULL.
             while let result = try nextResult(handle, deadline: deadline) {
                 let status = PQresultStatus(result)
-                if status == PGRES_FATAL_ERROR || status == PGRES_PIPELINE_ABORTED, let key = sent[index].preparing {
+                if status == PGRES_FATAL_ERROR || status == PGRES_PIPELINE_ABORTED, case .preparation(let key) = sent[index] {
                     prepared.removeValue(forKey: key)
                 }
                 if status == PGRES_FATAL_ERROR, firstError == nil {
@@ -238,7 +241,7 @@ public actor PostgresConnection {
                 }
             }
             // A statement's sync answers after it.
-            guard sent[index].synced else { continue }
+            guard case .statement = sent[index] else { continue }
             while let result = try nextResult(handle, deadline: deadline) {
                 let status = PQresultStatus(result)
                 PQclear(result)
@@ -265,11 +268,11 @@ public actor PostgresConnection {
     }
 
     /// Encodes and sends one statement with the extended protocol: prepared when the statement
-    /// cache holds it (or, outside a pipeline, has room for it), unnamed otherwise. Inside a
-    /// pipeline (`deferred` not empty), or when `pipelined` asks for one, it is sent in
-    /// pipeline mode. Returns libpq's send status.
+    /// cache holds it or has room for it, unnamed otherwise. `pipelined` sends it in pipeline
+    /// mode (entered here if it is not yet). Returns libpq's send status.
     @discardableResult
-    private func send(_ sql: String, _ parameters: [PostgresValue], context: String) throws(PostgresError) -> Int32 {
+    private func send(_ sql: String, _ parameters: [PostgresValue], context: String,
+                      pipelined: Bool) throws(PostgresError) -> Int32 {
         let handle = try liveHandle(context: context)
         var types: [UInt32] = []
         var texts: [String?] = []
@@ -294,14 +297,13 @@ public actor PostgresConnection {
                 binaries.append((index, bytes))
             }
         }
-        let pipelining = !deferred.isEmpty || context == "deferred"
-        if pipelining, PQpipelineStatus(handle) == PQ_PIPELINE_OFF, PQenterPipelineMode(handle) != 1 {
+        if pipelined, PQpipelineStatus(handle) == PQ_PIPELINE_OFF, PQenterPipelineMode(handle) != 1 {
             throw PostgresError(code: .misuse, context: context, message: Self.errorMessage(handle))
         }
         // In a pipeline the preparation is sent ahead of the statement, unanswered like it: a
         // statement first met there (most write-only ones, which always follow another) would
         // otherwise go unnamed, and be planned, every time.
-        let name = try preparedName(sql, types: types, handle: handle, pipelined: pipelining)
+        let name = try preparedName(sql, types: types, handle: handle, pipelined: pipelined)
         let sent = withCStrings(texts) { values in
             withBinaryValues(binaries[...], values) { values in
                 // Results in text format (resultFormat 0); each parameter in its own format.
@@ -332,7 +334,7 @@ public actor PostgresConnection {
         let sent = PQsendPrepare(handle, name, sql, Int32(types.count), types)
         if pipelined {
             try checkSent(sent, handle: handle, context: "prepare")
-            deferred.append(("prepare", key, false))
+            deferred.append(.preparation(key: key))
         } else {
             let result = try awaitResult(sent: sent, handle: handle, context: "prepare")
             _ = try consume(result, handle: handle, context: "prepare")
@@ -453,12 +455,7 @@ public actor PostgresConnection {
     private func awaitResult(sent: Int32, handle: OpaquePointer, context: String) throws(PostgresError) -> OpaquePointer? {
         guard sent == 1 else { return nil }
         let deadline = answerTimeout.map { ContinuousClock.now + $0 }
-        while true {
-            let flushed = PQflush(handle)
-            if flushed == 0 { break }
-            if flushed < 0 { return nil }
-            try waitForSocket(handle, writable: true, deadline: deadline, context: context)
-        }
+        guard try flushAll(handle, deadline: deadline, context: context) else { return nil }
         var kept: OpaquePointer?
         while true {
             while PQisBusy(handle) == 1 {
@@ -482,6 +479,17 @@ public actor PostgresConnection {
                     kept = result
                 }
             }
+        }
+    }
+
+    /// Writes what libpq holds for the socket as the socket takes it, under the deadline. False
+    /// when libpq cannot write (the connection broke).
+    private func flushAll(_ handle: OpaquePointer, deadline: ContinuousClock.Instant?, context: String) throws(PostgresError) -> Bool {
+        while true {
+            let flushed = PQflush(handle)
+            if flushed == 0 { return true }
+            if flushed < 0 { return false }
+            try waitForSocket(handle, writable: true, deadline: deadline, context: context)
         }
     }
 

@@ -262,17 +262,16 @@ extension Store {
     public static func loadEffects(_ c: isolated PostgresConnection, referrals: [String], accounts: [String],
                                    cache: EffectCache? = nil) throws -> [Effect] {
         var effects: [Effect]
+        let decoder = JSONDecoder()
         if let cache {
             effects = try loadEffects(c, referrals: referrals, cache: cache)
         } else {
-            let decoder = JSONDecoder()
             effects = try c.query("""
                 SELECT effect::text AS effect FROM effects WHERE referral_id = ANY($1::text[]) ORDER BY seq
                 """, [.textArray(referrals)]).map {
                 try decoder.decode(Effect.self, from: Data(try $0.decode("effect", as: String.self).utf8))
             }
         }
-        let decoder = JSONDecoder()
         for row in try c.query("""
             SELECT effect::text AS effect FROM effects WHERE kind = 'code_issued' AND account_id = ANY($1::text[]) ORDER BY seq
             """, [.textArray(accounts)]) {
@@ -320,10 +319,9 @@ extension Store {
     /// once the transaction commits.
     public static func recordEffects(_ c: isolated PostgresConnection, _ effects: [Effect], at: Instant,
                                      cache: EffectCache? = nil) throws -> (fresh: [Effect], recorded: [EffectCache.Recorded]) {
-        let rows = effects
-        if rows.isEmpty { return ([], []) }
-        let keys = rows.map { $0.key.storageKey }
-        let json = PackedBytes(rows.map { $0.storedJSON() })
+        if effects.isEmpty { return ([], []) }
+        let keys = effects.map { $0.key.storageKey }
+        let json = PackedBytes(effects.map { $0.storedJSON() })
         let inserted = try c.query("""
             INSERT INTO effects (effect_key, referral_id, account_id, kind, effect, recorded_at)
             SELECT k, r, a, kd, convert_from(substring($5::bytea FROM o::int4 FOR n::int4), 'UTF8')::jsonb, $6::timestamptz
@@ -333,11 +331,11 @@ extension Store {
             ON CONFLICT (effect_key) DO NOTHING
             RETURNING effect_key, seq
             """, [
-                .textArray(keys), .textArray(rows.map(\.referralId)), .textArray(rows.map(\.accountId)),
-                .textArray(rows.map(\.kindName)), json.blob, .text(at.rfc3339), json.offsets, json.lengths,
+                .textArray(keys), .textArray(effects.map(\.referralId)), .textArray(effects.map(\.accountId)),
+                .textArray(effects.map(\.kindName)), json.blob, .text(at.rfc3339), json.offsets, json.lengths,
             ]).map { (try $0.decode("effect_key", as: String.self), try $0.decode("seq", as: Int64.self)) }
         let seqOf = Dictionary(inserted, uniquingKeysWith: { a, _ in a })
-        let fresh = rows.filter { seqOf[$0.key.storageKey] != nil }
+        let fresh = effects.filter { seqOf[$0.key.storageKey] != nil }
         try updateLedger(c, fresh, at: at)
         var recorded: [EffectCache.Recorded] = []
         if let cache {

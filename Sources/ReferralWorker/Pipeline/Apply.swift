@@ -385,7 +385,7 @@ enum Apply {
             }
         }
         keys += stories.keys(for: facts)
-        if let account = inboxEntry(.init(event: e, body: [])).accountId { keys.append("a:\(account)") }
+        if let account = accountId(of: e, fact: facts.first) { keys.append("a:\(account)") }
         keys += Lifecycle.referrerLockKeys(facts)
         return Array(Set(keys))
     }
@@ -394,17 +394,21 @@ enum Apply {
     static func inboxEntry(_ received: Received) -> InboxEntry {
         let e = received.event
         let f = fact(e)
-        var account = f?.accountId
-        switch e.payload {
-        case .installScheduled(let p): account = p.accountId
-        case .speedtestCompleted(let p): account = p.accountId
-        case .ticketResolved(let p): account = p.accountId
-        case .preferencesChanged(let p): account = p.accountId
-        case .ticketOpened(let p): account = p.accountId
-        default: break
-        }
-        return InboxEntry(source: e.source, eventId: e.id, type: e.type.rawValue, accountId: account,
+        return InboxEntry(source: e.source, eventId: e.id, type: e.type.rawValue, accountId: accountId(of: e, fact: f),
                           leadId: f?.leadId, rewardId: f?.rewardId, factTime: f?.at ?? e.time, body: received.body)
+    }
+
+    /// The account an event is about: its lifecycle fact's (`fact`, already derived by the
+    /// caller), or for the types the lifecycle does not use, the account they name.
+    static func accountId(of e: InboundEvent, fact: Fact?) -> String? {
+        switch e.payload {
+        case .installScheduled(let p): p.accountId
+        case .speedtestCompleted(let p): p.accountId
+        case .ticketResolved(let p): p.accountId
+        case .preferencesChanged(let p): p.accountId
+        case .ticketOpened(let p): p.accountId
+        default: fact?.accountId
+        }
     }
 
     /// What every decision of one transaction shares.

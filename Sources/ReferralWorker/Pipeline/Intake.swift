@@ -72,15 +72,15 @@ public actor Intake {
     /// asks for the next.
     /// Lanes after the first wait for a backlog (`LaneSelection.joins`).
     func next(lane: Int, max: Int, maxBytes: Int, wait: Duration) async throws -> [Item] {
-        try await read(wait: .zero)
-        var batch = LaneSelection.joins(lane: lane, waiting: waiting.count, batchSize: max)
-            ? select(lane: lane, max: max, maxBytes: maxBytes) : []
-        if batch.isEmpty {
-            try await read(wait: wait)
-            batch = LaneSelection.joins(lane: lane, waiting: waiting.count, batchSize: max)
+        func take() -> [Item] {
+            LaneSelection.joins(lane: lane, waiting: waiting.count, batchSize: max)
                 ? select(lane: lane, max: max, maxBytes: maxBytes) : []
         }
-        return batch
+        try await read(wait: .zero)
+        let batch = take()
+        if !batch.isEmpty { return batch }
+        try await read(wait: wait)
+        return take()
     }
 
     /// The lane settled its batch: acks what it committed (`settled` were settled on their own:
@@ -102,14 +102,19 @@ public actor Intake {
     func ackNow(_ delivery: Delivery, generation: Int) async throws {
         guard generation == self.generation, let consumer else { return }
         try await consumer.ack(delivery.deliveryTag, multiple: false)
-        await ack(ledger.settle(acked: [UInt64](), individually: [delivery.deliveryTag]), on: consumer)
+        await settledAlone(delivery.deliveryTag, on: consumer)
     }
 
     /// Requeues one delivery on its own (an event that failed alone, before its delivery limit).
     func requeue(_ delivery: Delivery, generation: Int) async throws {
         guard generation == self.generation, let consumer else { return }
         try await consumer.nack(delivery.deliveryTag, requeue: true)
-        await ack(ledger.settle(acked: [UInt64](), individually: [delivery.deliveryTag]), on: consumer)
+        await settledAlone(delivery.deliveryTag, on: consumer)
+    }
+
+    /// A delivery the broker already had settled on its own: it may let the acked prefix grow.
+    private func settledAlone(_ tag: UInt64, on consumer: AMQPConnection) async {
+        await ack(ledger.settle(acked: [UInt64](), individually: [tag]), on: consumer)
     }
 
     private func ack(_ target: UInt64?, on consumer: AMQPConnection) async {
@@ -132,9 +137,6 @@ public actor Intake {
     func close() async {
         if let consumer { await drop(consumer) }
     }
-
-    /// Deliveries the process holds: waiting and being applied (for tests and the drain).
-    var held: Int { waiting.count + taken.values.reduce(0) { $0 + $1.count } }
 
     // MARK: private
 

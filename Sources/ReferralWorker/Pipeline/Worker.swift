@@ -212,7 +212,7 @@ public actor Worker {
         var settled = Set(bad.map(\.0.deliveryTag))
         if !good.isEmpty {
             let applied = try await applyWithRetry(good)
-            settled.formUnion(applied.requeued)
+            settled.formUnion(applied.settled)
             outbox = applied.outbox
         }
         // Committed: ack through the intake, and publish the outbox rows while the next batch
@@ -238,9 +238,10 @@ public actor Worker {
     /// Transient database errors (server restart, lost connection, serialisation failure)
     /// retry the same deliveries on a fresh connection while the consumer keeps them unacked:
     /// they are neither acked nor dead-lettered while the database is away.
-    /// Returns the deliveries it requeued one by one and the committed outbox rows to publish.
+    /// Returns the deliveries it settled on their own (requeued, or dead-lettered at the delivery
+    /// limit) and the committed outbox rows to publish.
     private func applyWithRetry(_ events: [(Delivery, InboundEvent)]) async throws
-        -> (requeued: Set<UInt64>, outbox: [OutboxRow]) {
+        -> (settled: Set<UInt64>, outbox: [OutboxRow]) {
         var backoff = Backoff()
         var conflicts = 0
         while true {
@@ -276,21 +277,21 @@ public actor Worker {
     /// REFERRALD_DELIVERY_LIMIT deliveries, and requeued before that. Halves keep the batch's
     /// order, so the events of one account are still applied in the order they arrived.
     private func isolate(_ events: [(Delivery, InboundEvent)], firstError: any Error) async throws
-        -> (requeued: Set<UInt64>, outbox: [OutboxRow]) {
+        -> (settled: Set<UInt64>, outbox: [OutboxRow]) {
         logger.warning("batch failed; isolating the failing event by halves",
                        metadata: ["error": "\(firstError)", "batch.size": "\(events.count)"])
-        var requeued = Set<UInt64>()
+        var settled = Set<UInt64>()
         var outbox: [OutboxRow] = []
-        try await bisect(events, failedWith: firstError, requeued: &requeued, outbox: &outbox)
-        return (requeued, outbox)
+        try await bisect(events, failedWith: firstError, settled: &settled, outbox: &outbox)
+        return (settled, outbox)
     }
 
     /// `events` failed together in one transaction with `error`: apply each half, splitting a
     /// failing half until the failing event stands alone.
-    private func bisect(_ events: [(Delivery, InboundEvent)], failedWith error: any Error, requeued: inout Set<UInt64>,
+    private func bisect(_ events: [(Delivery, InboundEvent)], failedWith error: any Error, settled: inout Set<UInt64>,
                         outbox: inout [OutboxRow]) async throws {
         guard events.count > 1 else {
-            if let only = events.first { try await giveUp(only, error: error, requeued: &requeued) }
+            if let only = events.first { try await giveUp(only, error: error, settled: &settled) }
             return
         }
         let middle = events.count / 2
@@ -300,7 +301,7 @@ public actor Worker {
             } catch let error as PostgresError where error.isTransient {
                 throw error
             } catch {
-                try await bisect(half, failedWith: error, requeued: &requeued, outbox: &outbox)
+                try await bisect(half, failedWith: error, settled: &settled, outbox: &outbox)
             }
         }
     }
@@ -319,22 +320,22 @@ public actor Worker {
         }
     }
 
-    /// The event failed alone: dead-letter it at the delivery limit (acked with the batch once
-    /// confirmed), requeue it before.
-    private func giveUp(_ item: (Delivery, InboundEvent), error: any Error, requeued: inout Set<UInt64>) async throws {
+    /// The event failed alone: dead-letter it at the delivery limit, requeue it before. Either
+    /// way it is settled on its own, not by the batch's ack.
+    private func giveUp(_ item: (Delivery, InboundEvent), error: any Error, settled: inout Set<UInt64>) async throws {
         let (delivery, event) = item
         let deliveries = (delivery.deliveryCount ?? 0) + 1
         if deliveries >= settings.deliveryLimit {
             try await deadLetter([(delivery, BadInput(code: .processingFailed,
                 detail: "\(event.type.rawValue): failed on \(deliveries) deliveries: \(error)"))])
-            requeued.insert(delivery.deliveryTag)  // acked on its own by `deadLetter`
+            settled.insert(delivery.deliveryTag)
         } else {
             logger.warning("event failed; requeued", metadata: [
                 "event.id": "\(event.id)", "event.type": "\(event.type.rawValue)", "error": "\(error)",
                 "amqp.delivery_count": "\(deliveries)"])
             try await intake.requeue(delivery, generation: generation)
             metrics.consumed(type: event.type.rawValue, .failed)
-            requeued.insert(delivery.deliveryTag)
+            settled.insert(delivery.deliveryTag)
         }
     }
 
