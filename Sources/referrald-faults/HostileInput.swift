@@ -64,6 +64,13 @@ struct HostileInput: Sendable {
         return type.flatMap { ConsumedType(rawValue: $0)?.rawValue } ?? "provisioning.install.completed"
     }
 
+    /// The headers that tell a copy's path: parked and moved, retried at the delivery limit.
+    private static func trace(_ d: Delivery) -> String {
+        let keys = ["x-referrald-error", "x-referrald-detail", "x-delivery-count", "x-referrald-original-routing-key"]
+        let parts = keys.compactMap { key in d.headers[key].map { "\(key)=\($0)" } }
+        return "{redelivered=\(d.redelivered) " + parts.joined(separator: " ") + "}"
+    }
+
     private static func readObject(_ path: String) -> [String: Any]? {
         FileManager.default.contents(atPath: path).flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }
     }
@@ -73,6 +80,8 @@ struct HostileInput: Sendable {
         var failures: [String] = []
         var got: [[UInt8]: [String]] = [:]
         var total = 0
+        // How each copy reached the DLQ, to tell a duplicate's path when one appears.
+        var seen: [[UInt8]: [String]] = [:]
         do {
             let amqp = try await world.services.connectBroker(heartbeatSeconds: 30,
                                                         connectionName: "referrald-faults dlq", logger: quietLogger)
@@ -83,6 +92,7 @@ struct HostileInput: Sendable {
                 for d in batch {
                     if case .string(let code) = d.headers["x-referrald-error"] { got[d.body, default: []].append(code) }
                     else { got[d.body, default: []].append("(no x-referrald-error)") }
+                    seen[d.body, default: []].append(Self.trace(d))
                 }
                 total += batch.count
                 if let last = batch.last { try await amqp.ack(last.deliveryTag, multiple: true) }
@@ -100,7 +110,13 @@ struct HostileInput: Sendable {
             got[input.body] = codes.isEmpty ? nil : codes
         }
         let extra = got.values.reduce(0) { $0 + $1.count }
-        if extra > 0 { failures.append("\(extra) unexpected dead letter(s): \(got.values.flatMap { $0 }.prefix(5))") }
+        if extra > 0 {
+            failures.append("\(extra) unexpected dead letter(s): \(got.values.flatMap { $0 }.prefix(5))")
+            for body in got.keys.prefix(5) {
+                let label = inputs.first { $0.body == body }?.label ?? "not a hostile input"
+                notes.append("unexpected dead letter of \(label): copies \(seen[body] ?? [])")
+            }
+        }
         notes.append("hostile inputs: \(inputs.count) sent, \(total) dead-lettered, \(inputs.count - failures.count) with the right code")
         return failures
     }

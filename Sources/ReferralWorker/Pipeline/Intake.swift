@@ -112,8 +112,16 @@ public actor Intake {
         await settledAlone(delivery.deliveryTag, on: consumer)
     }
 
-    /// A delivery the broker already had settled on its own: it may let the acked prefix grow.
+    /// A delivery the broker already had settled on its own: it may let the acked prefix grow,
+    /// and it leaves its lane's batch. A batch given back after a later failure (the publisher
+    /// lost mid-batch) otherwise took it back too: the dead letter already in the DLQ was
+    /// published a second time (the clean-clone CI's dlq-deleted: 82 dead letters for 81
+    /// hostile inputs), and a requeued event was applied by the next lane while the broker
+    /// redelivered it.
     private func settledAlone(_ tag: UInt64, on consumer: AMQPConnection) async {
+        for (lane, items) in taken where items.contains(where: { $0.delivery.deliveryTag == tag }) {
+            taken[lane] = items.filter { $0.delivery.deliveryTag != tag }
+        }
         await ack(ledger.settle(acked: [UInt64](), individually: [tag]), on: consumer)
     }
 
