@@ -2,6 +2,7 @@ import AMQP
 import Foundation
 import Logging
 import Postgres
+import ReferralCore
 import ReferralStore
 import ServiceLifecycle
 

@@ -130,7 +130,7 @@ struct DispatchTests {
         var stories = StoryCodes()
         func keys(_ json: String) throws -> Set<String> {
             let event = try classify(body: Array(json.utf8)).get()
-            return Set(Apply.dispatchKeys(event, stories: &stories))
+            return Set(DispatchKeys.of(event, stories: &stories))
         }
         let lead = try keys(#"{"specversion":"1.0","id":"e1","source":"provisioning","type":"provisioning.lead.created","time":"2026-01-05T10:00:00Z","data":{"lead_id":"L1","referral_code":"k7qm-42xd-e","household_id":"H1"}}"#)
         let otherLead = try keys(#"{"specversion":"1.0","id":"e2","source":"provisioning","type":"provisioning.lead.created","time":"2026-01-05T10:00:00Z","data":{"lead_id":"L2","household_id":"H1"}}"#)

@@ -1,6 +1,7 @@
 import AMQP
 import Foundation
 import Postgres
+import ReferralCore
 import ReferralStore
 import ReferralWorker
 import Testing

@@ -1,6 +1,7 @@
 import CoreMetrics
 import Foundation
 import ReferralCore
+import ReferralStore
 
 /// Every metric the daemon exports, by the names alert rules and the dashboard use. The worker
 /// calls one method per thing that happened; the names, labels and units live only here.
@@ -68,7 +69,7 @@ public struct WorkerMetrics: Sendable {
     }
 
     /// A batch's events after its transaction: the fresh ones applied, the others duplicates.
-    func consumed(_ events: [Apply.Received], freshIndexes: [Int]) {
+    func consumed(_ events: [ReceivedEvent], freshIndexes: [Int]) {
         let fresh = Set(freshIndexes)
         var counts: [String: (applied: Int, duplicate: Int)] = [:]
         for (i, received) in events.enumerated() {
@@ -183,7 +184,7 @@ public struct WorkerMetrics: Sendable {
 
     // MARK: rewards
 
-    func rewards(_ changes: [Apply.RewardChange]) {
+    func rewards(_ changes: [RewardChange]) {
         for change in changes {
             switch change {
             case .issued(let program, let amount, let currency):

@@ -132,3 +132,30 @@ struct StoryCodes {
         current[key] = code
     }
 }
+
+enum DispatchKeys {
+    /// The keys that decide which lane may apply an event (`LaneSelection`): what its
+    /// transaction locks or claims. The event's id (a redelivered duplicate waits on the inbox's
+    /// unique index), its lead, its accounts, the reward it settles, its story's code
+    /// (`StoryCodes`: the referrer's rankings), the friend's household and contact (claims that
+    /// any referrer's friends may share), and the referrer keys its facts lock.
+    static func of(_ e: InboundEvent, stories: inout StoryCodes) -> [String] {
+        var keys = ["e:\(e.source)/\(e.id)"]
+        let facts = e.lifecycleFacts
+        for f in facts {
+            if let lead = f.leadId { keys.append("l:\(lead)") }
+            if let account = f.accountId { keys.append("a:\(account)") }
+            if let reward = f.rewardId { keys.append("w:\(reward)") }
+            switch f {
+            case .leadCreated(_, _, _, let household, let contact, _), .serviceActivated(_, _, let household, let contact, _):
+                if let household { keys.append("h:\(household)") }
+                if let contact { keys.append("k:\(contact)") }
+            default: break
+            }
+        }
+        keys += stories.keys(for: facts)
+        if let account = e.accountId(fact: facts.first) { keys.append("a:\(account)") }
+        keys += Lifecycle.referrerLockKeys(facts)
+        return Array(Set(keys))
+    }
+}

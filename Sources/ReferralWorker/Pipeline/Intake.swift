@@ -166,7 +166,7 @@ public actor Intake {
         let limits = InputLimits(maxBodyBytes: settings.maxBodyBytes)
         let items = deliveries.map { d in
             let classified = classify(body: d.body, limits: limits)
-            let keys = (try? classified.get()).map { Apply.dispatchKeys($0, stories: &stories) } ?? []
+            let keys = (try? classified.get()).map { DispatchKeys.of($0, stories: &stories) } ?? []
             return Item(delivery: d, classified: classified, keys: keys, generation: generation)
         }
         ledger.received(deliveries.map(\.deliveryTag))

@@ -339,22 +339,19 @@ public actor Worker {
         }
     }
 
-    private func context() -> Apply.Context {
-        Apply.Context(programs: programs, versions: versions, policy: settings.lifecyclePolicy, now: clock.now(),
+    private func context() -> DecisionContext {
+        DecisionContext(programs: programs, versions: versions, policy: settings.lifecyclePolicy, now: clock.now(),
                       effects: effectCache)
     }
 
     /// Applies events in one transaction that also deletes the rows published since the last
     /// commit; returns the committed outbox rows to publish.
-    private func apply(_ events: [Apply.Received]) async throws -> [OutboxRow] {
+    private func apply(_ events: [ReceivedEvent]) async throws -> [OutboxRow] {
         guard let db else { throw NotConnected() }
-        let context = self.context()
-        let done = published
         let failpoint = self.failpoint
-        let outcome = try await db.transaction { c in
-            let outcome = try Apply.batch(c, events: events, published: done, context: context)
+        let done = published
+        let outcome = try await DecisionStore(db).applyBatch(events, published: done, context: context()) { events in
             try failpoint.poison(events.lazy.map(\.event.id))
-            return outcome
         }
         let leads = outcome.freshIndexes.compactMap { i -> LeadCreated? in
             if case .leadCreated(let lead) = events[i].event.payload { lead } else { nil }
@@ -389,13 +386,14 @@ public actor Worker {
         timersBehind = false
         do {
             let context = self.context()
-            let claimed = try await db.transaction { c in try Apply.claimTimers(c, context: context, limit: 100) }
+            let store = DecisionStore(db)
+            let claimed = try await store.claimTimers(context: context, limit: 100)
             status.databaseRoundTripSucceeded(pipeline: pipeline)
-            let count = max(claimed.referrals.count, claimed.accounts.count)
+            let count = claimed.count
             if count == 0 { return }
-            let fired: (outbox: [OutboxRow], rewards: [Apply.RewardChange], recorded: [EffectCache.Recorded])
+            let fired: FiredTimers
             do {
-                fired = try await db.transaction { c in try Apply.timers(c, claimed: claimed, context: context) }
+                fired = try await store.fireTimers(claimed, context: context)
             } catch let error as PostgresError where error.sqlState == "40P01" || error.sqlState == "40001" {
                 // Another instance's batch holds the same referrals. The transaction rolled back
                 // and the timers fire again when their lease ends; rethrowing would drop both

@@ -112,7 +112,7 @@ public enum Simulate {
             // happened yet (feeding them would also push the clock past `until`).
             if let until, event.time > until { break }
             clock = max(clock, event.time)
-            engine.receive(batch: Apply.facts(event), at: clock)
+            engine.receive(batch: event.lifecycleFacts, at: clock)
         }
         engine.advance(to: until ?? clock)
         return outcome(engine)

@@ -43,13 +43,11 @@ public enum Enroll {
         let db = try await settings.connectPostgres(name: "referrald enroll", logger: logger)
         let programList = programs.programs
         let versions = try await db.transaction { c in try Store.registerPrograms(c, programList) }
-        let context = Apply.Context(programs: programs, versions: versions, policy: settings.lifecyclePolicy,
+        let context = DecisionContext(programs: programs, versions: versions, policy: settings.lifecyclePolicy,
                                     now: SystemClock().now())
         var done = 0
         for chunk in stride(from: 0, to: rows.count, by: batchSize).map({ Array(rows[$0..<min($0 + batchSize, rows.count)]) }) {
-            let result = try await db.transaction { c in
-                try Apply.enroll(c, rows: chunk, start: start, span: span, context: context)
-            }
+            let result = try await DecisionStore(db).enroll(chunk, start: start, span: span, context: context)
             summary.enrolled += result.enrolled
             summary.alreadyEnrolled += chunk.count - result.enrolled
             summary.codesIssued += result.published.filter { $0.type == .codeIssued }.count

@@ -47,7 +47,7 @@ public enum Reconcile {
         defer { Task { await db.close() } }
         let programList = programs.programs
         let versions = try await db.transaction { c in try Store.registerPrograms(c, programList) }
-        let context = Apply.Context(programs: programs, versions: versions, policy: settings.lifecyclePolicy,
+        let context = DecisionContext(programs: programs, versions: versions, policy: settings.lifecyclePolicy,
                                     now: now ?? SystemClock().now())
         var summary = Summary()
         var after = ""
@@ -58,7 +58,7 @@ public enum Reconcile {
             }
             guard let last = ids.last else { break }
             after = last
-            let result = try await db.transaction { c in try Apply.reconcile(c, referrals: ids, context: context) }
+            let result = try await DecisionStore(db).reconcile(ids, context: context)
             summary.referrals += ids.count
             summary.standingsFixed += result.standingsFixed
             for e in result.published { summary.events[e.type.rawValue, default: 0] += 1 }
@@ -75,28 +75,5 @@ extension Reconcile.Scope {
     var referrer: String? {
         if case .referrer(let id) = self { return id }
         return nil
-    }
-}
-
-extension Apply {
-    /// One chunk of `reconcile`: standings compared with the facts, then the worker's decision
-    /// (which saves the corrected standings, re-decides the boundaries they move and records
-    /// whatever is missing). The events go to the outbox for the daemons' relay.
-    static func reconcile(_ c: isolated PostgresConnection, referrals ids: [String],
-                          context: Context) throws -> (standingsFixed: [String], published: [OutgoingEvent]) {
-        try Store.lockFactKeys(c, leads: [], accounts: [], referrals: ids)
-        let bound = try Store.loadBindings(c, ids)
-        let stored = try Store.loadStandings(c, ids)
-        let derived = Lifecycle.standings(facts: try Store.loadFacts(c, referrals: bound, accounts: []),
-                                          referrals: bound.map(\.binding))
-        let fixed = derived.filter { stored[$0.referralId] != $0 }.map(\.referralId).sorted()
-        var mismatches: [Effect] = []
-        var rewards: [RewardChange] = []
-        // `reconcile` runs without the worker's effect cache: nothing to add after its commit.
-        var recorded: [EffectCache.Recorded] = []
-        let published = try decide(c, touched: ids, extraAccounts: [], context: context,
-                                   mismatches: &mismatches, rewards: &rewards, recorded: &recorded)
-        try Store.enqueue(c, published)
-        return (fixed, published)
     }
 }

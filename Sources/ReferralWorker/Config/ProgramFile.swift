@@ -2,16 +2,8 @@ import Foundation
 import ReferralCore
 import Yams
 
-/// The programs file, parsed and validated, with the lookups the pipeline needs.
-public struct ProgramBook: Sendable {
-    public let file: String
-    public let programs: [Program]
-
-    public init(file: String, programs: [Program]) {
-        self.file = file
-        self.programs = programs
-    }
-
+/// The programs file, read and validated.
+extension ProgramBook {
     /// Reads and validates the YAML programs file. Errors name the file, the program and the
     /// field; a YAML syntax error names the line.
     public static func load(path: String) throws -> ProgramBook {
@@ -42,17 +34,7 @@ public struct ProgramBook: Sendable {
         }
         return ProgramBook(file: file, programs: try loadPrograms(configNode(node), file: file))
     }
-
-    public var summary: String { programs.map(\.id).joined(separator: ",") }
-
-    /// The program for a customer of this segment; accounts without a segment fall under the
-    /// first program of the file, as the operator listed it first.
-    public func program(forSegment segment: String?) -> Program? {
-        if let segment, let p = programs.first(where: { $0.segment.rawValue == segment }) { return p }
-        return programs.first
-    }
 }
-
 /// Yams' node tree to the core's neutral tree: the core validates programs without a YAML
 /// dependency, and tests can build trees directly.
 func configNode(_ node: Node) -> ConfigNode {

@@ -1,57 +1,24 @@
 import Foundation
 import Postgres
 import ReferralCore
-import ReferralStore
 
-/// Applies one batch of valid events inside the caller's transaction: record them in the inbox
-/// (deduplication), store their facts, update the standings of the referrals they touch, decide
-/// those and the referrals at a boundary they moved, and write the effects, the ledger, the
-/// timers and the outbox.
-enum Apply {
-    /// A valid event with the exact bytes it arrived as, which the inbox keeps.
-    struct Received: Sendable {
-        var event: InboundEvent
-        var body: [UInt8]
-    }
-
-    /// What a batch changed, for logs and metrics.
-    struct Outcome: Sendable {
-        var fresh = 0
-        var duplicates = 0
-        /// Indexes (into the batch) of the events seen for the first time; the rest were duplicates.
-        var freshIndexes: [Int] = []
-        var published: [OutgoingEvent] = []
-        /// The outbox rows of `published`, committed and leased to this worker, for it to publish.
-        var outbox: [OutboxRow] = []
-        var mismatches: [Effect] = []
-        var rewards: [RewardChange] = []
-        /// Effects recorded for referrals the effect cache holds: the worker adds them to the
-        /// cache once the transaction committed (`EffectCache.appendCommitted`).
-        var recorded: [EffectCache.Recorded] = []
-        /// The batch's leads that have a referral once it committed (for the unattributed-lead metric).
-        var boundLeads: Set<String> = []
-    }
-
-    /// A reward effect recorded in the batch, with the program it belongs to, for metrics.
-    /// (Reversals and failures do not carry the program; their referral's binding does.)
-    enum RewardChange: Sendable, Equatable {
-        case issued(program: String, amountMinor: Int64, currency: String)
-        case reversed(program: String, amountMinor: Int64, currency: String)
-        case failed(program: String)
-    }
-
+/// The bodies of the decision transactions (`DecisionStore`): each function runs inside the
+/// caller's transaction, takes its locks in the order written at `decide`, and returns what it
+/// enqueued or recorded. The SQL is `Store`'s; these functions only sequence it around the core's
+/// decisions.
+enum Decisions {
     /// `published` are outbox rows the worker published since its last commit: deleting them
     /// rides in this transaction instead of costing a commit of its own.
-    static func batch(_ c: isolated PostgresConnection, events: [Received], published: [Int64] = [],
-                      context: Context) throws -> Outcome {
+    static func batch(_ c: isolated PostgresConnection, events: [ReceivedEvent], published: [Int64] = [],
+                      context: DecisionContext) throws -> BatchOutcome {
         try Store.removePublished(c, seqs: published)
         let freshIndexes = try Store.recordInbox(c, events.map(inboxEntry))
-        var outcome = Outcome(fresh: freshIndexes.count, duplicates: events.count - freshIndexes.count,
+        var outcome = BatchOutcome(fresh: freshIndexes.count, duplicates: events.count - freshIndexes.count,
                               freshIndexes: freshIndexes)
         let fresh = freshIndexes.map { events[$0].event }
         let askFacts = fresh.compactMap(AskFact.from)
         try Store.insertAskFacts(c, askFacts)
-        let facts = fresh.flatMap(Self.facts)
+        let facts = fresh.flatMap(\.lifecycleFacts)
         if !facts.isEmpty {
             outcome.published = try lifecycle(c, facts: facts, context: context, mismatches: &outcome.mismatches,
                                               rewards: &outcome.rewards, recorded: &outcome.recorded,
@@ -69,7 +36,7 @@ enum Apply {
     }
 
     /// Stores the batch's lifecycle facts and decides the referrals they touch.
-    static func lifecycle(_ c: isolated PostgresConnection, facts: [Fact], context: Context,
+    static func lifecycle(_ c: isolated PostgresConnection, facts: [Fact], context: DecisionContext,
                           mismatches: inout [Effect], rewards: inout [RewardChange],
                           recorded: inout [EffectCache.Recorded], boundLeads: inout Set<String>) throws -> [OutgoingEvent] {
         let leads = Array(Set(facts.compactMap(\.leadId)))
@@ -102,7 +69,7 @@ enum Apply {
 
     /// Decides the asks of these accounts, one account at a time, under per-account locks.
     /// Returns the events to publish; the caller enqueues them.
-    static func decideAsks(_ c: isolated PostgresConnection, accounts: [String], context: Context) throws -> [OutgoingEvent] {
+    static func decideAsks(_ c: isolated PostgresConnection, accounts: [String], context: DecisionContext) throws -> [OutgoingEvent] {
         let accounts = Array(Set(accounts)).sorted()
         if accounts.isEmpty { return [] }
         try Store.lockAccounts(c, accounts)
@@ -132,7 +99,7 @@ enum Apply {
     /// spread first-ask time. Rows of accounts enrolled before are skipped, so a re-run of the
     /// same file changes nothing. Returns the accounts enrolled now.
     static func enroll(_ c: isolated PostgresConnection, rows: [EnrolmentRow], start: Instant, span: Span,
-                       context: Context) throws -> (enrolled: Int, published: [OutgoingEvent]) {
+                       context: DecisionContext) throws -> (enrolled: Int, published: [OutgoingEvent]) {
         try Store.lockAccounts(c, rows.map(\.accountId))
         let already = try Store.enrolledAccounts(c, rows.map(\.accountId))
         let fresh = rows.filter { !already.contains($0.accountId) }
@@ -153,7 +120,7 @@ enum Apply {
     }
 
     /// Due timers, leased in a short transaction of their own (see `Store.claimDueTimers`).
-    static func claimTimers(_ c: isolated PostgresConnection, context: Context, limit: Int)
+    static func claimTimers(_ c: isolated PostgresConnection, context: DecisionContext, limit: Int)
         throws -> (referrals: [String], accounts: [String]) {
         (try Store.claimDueTimers(c, .referrals, now: context.now, limit: limit),
          try Store.claimDueTimers(c, .accounts, now: context.now, limit: limit))
@@ -163,7 +130,7 @@ enum Apply {
     /// timer's next due time (or removes it). Time passing changes no standing, so a timer
     /// re-decides its own referral and nothing else.
     static func timers(_ c: isolated PostgresConnection, claimed: (referrals: [String], accounts: [String]),
-                       context: Context) throws -> (outbox: [OutboxRow], rewards: [RewardChange], recorded: [EffectCache.Recorded]) {
+                       context: DecisionContext) throws -> (outbox: [OutboxRow], rewards: [RewardChange], recorded: [EffectCache.Recorded]) {
         var mismatches: [Effect] = []
         var rewards: [RewardChange] = []
         var recorded: [EffectCache.Recorded] = []
@@ -188,7 +155,7 @@ enum Apply {
     /// fact keys (`lockFactKeys`, by the caller), then the friend keys and rankings that changed
     /// standings move (`lockCompetitionKeys`), then the rows of the referrals decided, by id.
     static func decide(_ c: isolated PostgresConnection, touched: [String], due: [String] = [], referrerFacts: [Fact] = [],
-                       extraAccounts: [String], context: Context,
+                       extraAccounts: [String], context: DecisionContext,
                        mismatches: inout [Effect], rewards: inout [RewardChange],
                        recorded cacheAdditions: inout [EffectCache.Recorded]) throws -> [OutgoingEvent] {
         var bound = Dictionary(try Store.loadBindings(c, touched).map { ($0.binding.referralId, $0) },
@@ -259,7 +226,7 @@ enum Apply {
     /// constraint of `referral_codes` catches it and only those accounts draw again. The draw is
     /// the worker's, not the core's: the core asks (`CodeRequest`) because a random code is not
     /// a function of the facts.
-    static func issueCodes(_ c: isolated PostgresConnection, _ requests: [CodeRequest], context: Context) throws -> [OutgoingEvent] {
+    static func issueCodes(_ c: isolated PostgresConnection, _ requests: [CodeRequest], context: DecisionContext) throws -> [OutgoingEvent] {
         var pending = requests
         var rng = SystemRandomNumberGenerator()
         var events: [OutgoingEvent] = []
@@ -303,7 +270,7 @@ enum Apply {
 
     /// The published event of an effect; nil for effects that only change the ledger.
     /// `programs`: the program each decided referral is bound to (the offer names its `by_plan`).
-    static func outgoing(_ effect: Effect, context: Context, programs: [String: Program] = [:]) -> OutgoingEvent? {
+    static func outgoing(_ effect: Effect, context: DecisionContext, programs: [String: Program] = [:]) -> OutgoingEvent? {
         switch effect {
         case .friendOfferGranted(let referral, let lead, let code, let priority, let kind, let amount, let currency):
             guard let parsed = ReferralCode.parse(code) else { return nil }
@@ -330,97 +297,32 @@ enum Apply {
 
     static func newEventId() -> String { UUID().uuidString.lowercased() }
 
-    /// The lifecycle facts an event carries: its fact, and for an activation that names a plan,
-    /// the plan (`Fact.planChosen`); none for types the lifecycle does not use.
-    static func facts(_ e: InboundEvent) -> [Fact] {
-        guard let f = fact(e) else { return [] }
-        if case .serviceActivated(let p) = e.payload, let plan = p.planId {
-            return [f, .planChosen(accountId: p.accountId, planId: plan, at: p.activatedAt)]
-        }
-        return [f]
-    }
-
-    /// The lifecycle fact an event carries; nil for types the lifecycle does not use.
-    static func fact(_ e: InboundEvent) -> Fact? {
-        switch e.payload {
-        case .leadCreated(let p):
-            return .leadCreated(leadId: p.leadId, at: e.time, code: p.code?.canonical, householdId: p.householdId,
-                                contactHash: p.contactHash, segment: p.segment)
-        case .orderPlaced(let p): return .orderPlaced(leadId: p.leadId, accountId: p.accountId, at: e.time)
-        case .installCompleted(let p): return .installCompleted(accountId: p.accountId, at: p.completedAt)
-        case .serviceActivated(let p):
-            return .serviceActivated(accountId: p.accountId, at: p.activatedAt, householdId: p.householdId,
-                                     contactHash: p.contactHash, segment: p.segment)
-        case .serviceCancelled(let p): return .serviceCancelled(accountId: p.accountId, at: p.cancelledAt)
-        case .invoiceOverdue(let p): return .invoiceOverdue(accountId: p.accountId, invoiceId: p.invoiceId, at: e.time)
-        case .invoicePaid(let p):
-            return .invoicePaid(accountId: p.accountId, invoiceId: p.invoiceId, sequence: p.sequence, at: e.time)
-        case .creditApplied(let p):
-            return .creditApplied(rewardId: p.rewardId, accountId: p.accountId, amountMinor: p.amountMinor,
-                                  currency: p.currency, at: e.time)
-        case .creditRejected(let p): return .creditRejected(rewardId: p.rewardId, reason: p.reason, at: e.time)
-        case .customerErased(let p): return .customerErased(accountId: p.accountId, at: e.time)
-        case .installScheduled, .speedtestCompleted, .ticketResolved, .preferencesChanged, .ticketOpened:
-            return nil
-        }
-    }
-
-    /// The keys that decide which lane may apply an event (`LaneSelection`): what its
-    /// transaction locks or claims. The event's id (a redelivered duplicate waits on the inbox's
-    /// unique index), its lead, its accounts, the reward it settles, its story's code
-    /// (`StoryCodes`: the referrer's rankings), the friend's household and contact (claims that
-    /// any referrer's friends may share), and the referrer keys its facts lock.
-    static func dispatchKeys(_ e: InboundEvent, stories: inout StoryCodes) -> [String] {
-        var keys = ["e:\(e.source)/\(e.id)"]
-        let facts = facts(e)
-        for f in facts {
-            if let lead = f.leadId { keys.append("l:\(lead)") }
-            if let account = f.accountId { keys.append("a:\(account)") }
-            if let reward = f.rewardId { keys.append("w:\(reward)") }
-            switch f {
-            case .leadCreated(_, _, _, let household, let contact, _), .serviceActivated(_, _, let household, let contact, _):
-                if let household { keys.append("h:\(household)") }
-                if let contact { keys.append("k:\(contact)") }
-            default: break
-            }
-        }
-        keys += stories.keys(for: facts)
-        if let account = accountId(of: e, fact: facts.first) { keys.append("a:\(account)") }
-        keys += Lifecycle.referrerLockKeys(facts)
-        return Array(Set(keys))
-    }
-
     /// The keys the fact queries look an event up by, and the time the fact happened.
-    static func inboxEntry(_ received: Received) -> InboxEntry {
+    static func inboxEntry(_ received: ReceivedEvent) -> InboxEntry {
         let e = received.event
-        let f = fact(e)
-        return InboxEntry(source: e.source, eventId: e.id, type: e.type.rawValue, accountId: accountId(of: e, fact: f),
+        let f = e.lifecycleFact
+        return InboxEntry(source: e.source, eventId: e.id, type: e.type.rawValue, accountId: e.accountId(fact: f),
                           leadId: f?.leadId, rewardId: f?.rewardId, factTime: f?.at ?? e.time, body: received.body)
     }
 
-    /// The account an event is about: its lifecycle fact's (`fact`, already derived by the
-    /// caller), or for the types the lifecycle does not use, the account they name.
-    static func accountId(of e: InboundEvent, fact: Fact?) -> String? {
-        switch e.payload {
-        case .installScheduled(let p): p.accountId
-        case .speedtestCompleted(let p): p.accountId
-        case .ticketResolved(let p): p.accountId
-        case .preferencesChanged(let p): p.accountId
-        case .ticketOpened(let p): p.accountId
-        default: fact?.accountId
-        }
-    }
-
-    /// What every decision of one transaction shares.
-    struct Context: Sendable {
-        var programs: ProgramBook
-        var versions: [String: Int]
-        var policy: LifecyclePolicy
-        var now: Instant
-        /// How long rows enqueued for the committing worker stay out of other relays' reach.
-        /// Publishing them takes milliseconds; after a crash they wait this long for a relay.
-        var publishLeaseSeconds = 10
-        /// Recorded effects already read, shared by the process's pipelines; nil reads them all.
-        var effects: EffectCache?
+    /// One chunk of `reconcile`: standings compared with the facts, then the worker's decision
+    /// (which saves the corrected standings, re-decides the boundaries they move and records
+    /// whatever is missing). The events go to the outbox for the daemons' relay.
+    static func reconcile(_ c: isolated PostgresConnection, referrals ids: [String],
+                          context: DecisionContext) throws -> (standingsFixed: [String], published: [OutgoingEvent]) {
+        try Store.lockFactKeys(c, leads: [], accounts: [], referrals: ids)
+        let bound = try Store.loadBindings(c, ids)
+        let stored = try Store.loadStandings(c, ids)
+        let derived = Lifecycle.standings(facts: try Store.loadFacts(c, referrals: bound, accounts: []),
+                                          referrals: bound.map(\.binding))
+        let fixed = derived.filter { stored[$0.referralId] != $0 }.map(\.referralId).sorted()
+        var mismatches: [Effect] = []
+        var rewards: [RewardChange] = []
+        // `reconcile` runs without the worker's effect cache: nothing to add after its commit.
+        var recorded: [EffectCache.Recorded] = []
+        let published = try decide(c, touched: ids, extraAccounts: [], context: context,
+                                   mismatches: &mismatches, rewards: &rewards, recorded: &recorded)
+        try Store.enqueue(c, published)
+        return (fixed, published)
     }
 }
