@@ -119,6 +119,11 @@ public actor Intake {
     /// hostile inputs), and a requeued event was applied by the next lane while the broker
     /// redelivered it.
     private func settledAlone(_ tag: UInt64, on consumer: AMQPConnection) async {
+        // The ack above suspended this actor: a read that failed meanwhile replaced the channel
+        // and its ledger. Tags restart on the new channel, so this tag marked settled there
+        // would let a later `multiple` ack cover a new delivery with the same number before it
+        // was applied (lost in a crash).
+        guard self.consumer === consumer else { return }
         for (lane, items) in taken where items.contains(where: { $0.delivery.deliveryTag == tag }) {
             taken[lane] = items.filter { $0.delivery.deliveryTag != tag }
         }
