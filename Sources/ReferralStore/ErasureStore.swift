@@ -22,14 +22,19 @@ extension Store {
     public static func scrubErased(_ c: isolated PostgresConnection, accounts: [String], leads: [String] = [],
                                    rewards: [String] = []) throws {
         if accounts.isEmpty && leads.isEmpty && rewards.isEmpty { return }
+        var keys = KeyUnion()
+        if !accounts.isEmpty { keys.add("SELECT unnest(\(keys.parameter(Array(Set(accounts))))) AS a") }
+        if !leads.isEmpty {
+            keys.add("SELECT account_id AS a FROM facts WHERE kind = 'order' AND lead_id = ANY(\(keys.parameter(Array(Set(leads)))))")
+        }
+        if !rewards.isEmpty {
+            keys.add("SELECT account_id AS a FROM rewards WHERE reward_id = ANY(\(keys.parameter(Array(Set(rewards)))))")
+        }
         let erased = try c.query("""
-            WITH k AS (SELECT unnest($1::text[]) AS a
-                       UNION SELECT account_id FROM facts WHERE kind = 'order' AND lead_id = ANY($2::text[])
-                       UNION SELECT account_id FROM rewards WHERE reward_id = ANY($3::text[]))
+            WITH k AS (\(keys.sql))
             SELECT DISTINCT f.account_id FROM facts f JOIN k ON f.account_id = k.a WHERE f.kind = 'erased'
             ORDER BY 1
-            """, [.textArray(Array(Set(accounts))), .textArray(Array(Set(leads))), .textArray(Array(Set(rewards)))])
-            .map { try $0.decode("account_id", as: String.self) }
+            """, keys.parameters).map { try $0.decode("account_id", as: String.self) }
         if erased.isEmpty { return }
         try scrubRows(c, erased: erased)
         // A new generation tells a follow-up that is finishing this account's bodies right now

@@ -60,43 +60,36 @@ extension Store {
                                     referrerKeys: [String] = [], codes: [String] = [], rewards: [String] = [],
                                     referrals: [String] = []) throws {
         if leads.isEmpty && accounts.isEmpty && referrals.isEmpty && rewards.isEmpty { return }
-        // Only the branches this batch needs: the server plans the statement on every call while
-        // batches are small, and the eight-way union cost 345 µs of planning a call with one
-        // event (more than running it). Each combination is prepared once per connection. Every
-        // branch names its column `k`: the first one present names the union's.
-        var branches: [String] = []
-        var parameters: [PostgresValue] = []
-        func parameter(_ keys: [String]) -> String {
-            parameters.append(.textArray(keys))
-            return "$\(parameters.count)::text[]"
-        }
+        // Only the branches this batch needs (`KeyUnion`): planned on every call while batches
+        // are small, the full union cost more than it ran.
+        var keys = KeyUnion()
         if !leads.isEmpty {
-            let p = parameter(leads)
-            branches.append("SELECT 'l:' || unnest(\(p)) AS k")
-            branches.append("SELECT 'a:' || account_id AS k FROM facts WHERE kind = 'order' AND lead_id = ANY(\(p))")
+            let p = keys.parameter(leads)
+            keys.add("SELECT 'l:' || unnest(\(p)) AS k")
+            keys.add("SELECT 'a:' || account_id AS k FROM facts WHERE kind = 'order' AND lead_id = ANY(\(p))")
         }
         if !accounts.isEmpty {
-            let p = parameter(accounts)
-            branches.append("SELECT 'a:' || unnest(\(p)) AS k")
-            branches.append("SELECT 'l:' || lead_id AS k FROM facts WHERE kind = 'order' AND account_id = ANY(\(p))")
+            let p = keys.parameter(accounts)
+            keys.add("SELECT 'a:' || unnest(\(p)) AS k")
+            keys.add("SELECT 'l:' || lead_id AS k FROM facts WHERE kind = 'order' AND account_id = ANY(\(p))")
         }
         if !referrals.isEmpty {
-            branches.append("SELECT 'l:' || lead_id AS k FROM referrals WHERE referral_id = ANY(\(parameter(referrals)))")
+            keys.add("SELECT 'l:' || lead_id AS k FROM referrals WHERE referral_id = ANY(\(keys.parameter(referrals)))")
         }
         if !rewards.isEmpty {
-            branches.append("""
+            keys.add("""
                 SELECT 'l:' || r.lead_id AS k FROM rewards w JOIN referrals r USING (referral_id)
-                WHERE w.reward_id = ANY(\(parameter(rewards)))
+                WHERE w.reward_id = ANY(\(keys.parameter(rewards)))
                 """)
         }
-        if !referrerKeys.isEmpty { branches.append("SELECT unnest(\(parameter(referrerKeys))) AS k") }
+        if !referrerKeys.isEmpty { keys.add("SELECT unnest(\(keys.parameter(referrerKeys))) AS k") }
         if !codes.isEmpty {
-            branches.append("SELECT 'r:' || account_id AS k FROM referral_codes WHERE code = ANY(\(parameter(codes)))")
+            keys.add("SELECT 'r:' || account_id AS k FROM referral_codes WHERE code = ANY(\(keys.parameter(codes)))")
         }
         try c.executeDeferred("""
-            WITH keys AS (\(branches.joined(separator: "\nUNION ")))
+            WITH keys AS (\(keys.sql))
             SELECT pg_advisory_xact_lock(1, h) FROM (SELECT DISTINCT hashtext(k) AS h FROM keys ORDER BY h) s
-            """, parameters)
+            """, keys.parameters)
     }
 
     public static func insertFacts(_ c: isolated PostgresConnection, _ facts: [Fact]) throws {
@@ -185,13 +178,14 @@ extension Store {
     /// `Lifecycle.referrerBoundaries` names, never all of them.
     public static func referralsTouched(_ c: isolated PostgresConnection, leads: [String], accounts: [String],
                                         rewards: [String]) throws -> [String] {
-        try c.query("""
-            SELECT referral_id FROM referrals
-            WHERE lead_id = ANY($1::text[]) OR friend_account_id = ANY($2::text[])
-            UNION
-            SELECT referral_id FROM rewards WHERE reward_id = ANY($3::text[])
-            """, [.textArray(leads), .textArray(accounts), .textArray(rewards)])
-            .map { try $0.decode("referral_id", as: String.self) }
+        var touched = KeyUnion()
+        if !leads.isEmpty { touched.add("SELECT referral_id FROM referrals WHERE lead_id = ANY(\(touched.parameter(leads)))") }
+        if !accounts.isEmpty {
+            touched.add("SELECT referral_id FROM referrals WHERE friend_account_id = ANY(\(touched.parameter(accounts)))")
+        }
+        if !rewards.isEmpty { touched.add("SELECT referral_id FROM rewards WHERE reward_id = ANY(\(touched.parameter(rewards)))") }
+        if touched.isEmpty { return [] }
+        return try c.query(touched.sql, touched.parameters).map { try $0.decode("referral_id", as: String.self) }
     }
 
     /// Locks the rows of the referrals a transaction decides, in id order, so that two
