@@ -79,14 +79,17 @@ public struct DecisionContext: Sendable {
     public var publishLeaseSeconds = 10
     /// Recorded effects already read, shared by the process's pipelines; nil reads them all.
     public var effects: EffectCache?
+    /// Program versions already read (`Store.loadBindings`).
+    public var programVersions: ProgramVersionCache
 
     public init(programs: ProgramBook, versions: [String: Int], policy: LifecyclePolicy, now: Instant,
-                effects: EffectCache? = nil) {
+                effects: EffectCache? = nil, programVersions: ProgramVersionCache = ProgramVersionCache()) {
         self.programs = programs
         self.versions = versions
         self.policy = policy
         self.now = now
         self.effects = effects
+        self.programVersions = programVersions
     }
 }
 

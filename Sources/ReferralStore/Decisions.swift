@@ -158,7 +158,7 @@ enum Decisions {
                        extraAccounts: [String], context: DecisionContext,
                        mismatches: inout [Effect], rewards: inout [RewardChange],
                        recorded cacheAdditions: inout [EffectCache.Recorded]) throws -> [OutgoingEvent] {
-        var bound = Dictionary(try Store.loadBindings(c, touched).map { ($0.binding.referralId, $0) },
+        var bound = Dictionary(try Store.loadBindings(c, touched, cache: context.programVersions).map { ($0.binding.referralId, $0) },
                                uniquingKeysWith: { a, _ in a })
         var facts = try Store.loadFacts(c, referrals: Array(bound.values), accounts: extraAccounts)
         var targets = Set(touched).union(due)
@@ -179,7 +179,7 @@ enum Decisions {
         try Store.lockReferrals(c, Array(targets))
         let more = targets.filter { bound[$0] == nil }
         if !more.isEmpty {
-            let extra = try Store.loadBindings(c, Array(more))
+            let extra = try Store.loadBindings(c, Array(more), cache: context.programVersions)
             for b in extra { bound[b.binding.referralId] = b }
             facts += try Store.loadFacts(c, referrals: extra, accounts: [])
         }

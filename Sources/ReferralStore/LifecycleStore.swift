@@ -227,34 +227,47 @@ extension Store {
         public var rewardIds: [String] { Beneficiary.allCases.map { rewardId(referralId: binding.referralId, beneficiary: $0) } }
     }
 
-    public static func loadBindings(_ c: isolated PostgresConnection, _ ids: [String]) throws -> [BoundReferral] {
-        let decoder = JSONDecoder()
-        // Every referral of a program version carries the same program: decode each version
-        // once. Decoding it per row was a sixth of the daemon's CPU on the realistic mix (perf).
-        var programs: [String: Program] = [:]
-        return try c.query("""
-            SELECT r.referral_id, r.lead_id, r.code, r.referrer_account_id, r.program_version::int8 AS version,
-                   r.friend_account_id, r.program_id, p.program::text AS program
-            FROM referrals r JOIN program_versions p USING (program_id)
-            WHERE p.version = r.program_version AND r.referral_id = ANY($1::text[])
-            ORDER BY r.referral_id
+    /// The referrals' bindings, in id order. Their programs come from `cache` (a new one per
+    /// call when nil), and only the versions it lacks are read.
+    public static func loadBindings(_ c: isolated PostgresConnection, _ ids: [String],
+                                    cache: ProgramVersionCache = ProgramVersionCache()) throws -> [BoundReferral] {
+        let rows = try c.query("""
+            SELECT referral_id, lead_id, code, referrer_account_id, program_version::int8 AS version,
+                   friend_account_id, program_id
+            FROM referrals WHERE referral_id = ANY($1::text[])
+            ORDER BY referral_id
             """, [.textArray(ids)]).map { row in
-            let version = try row.decode("version", as: Int64.self)
-            let programKey = "\(try row.decode("program_id", as: String.self))@\(version)"
-            let program: Program
-            if let known = programs[programKey] {
-                program = known
-            } else {
-                program = try decoder.decode(Program.self, from: Data(try row.decode("program", as: String.self).utf8))
-                programs[programKey] = program
+            (referralId: try row.decode("referral_id", as: String.self), leadId: try row.decode("lead_id", as: String.self),
+             code: try row.decode("code", as: String.self),
+             referrerAccountId: try row.decode("referrer_account_id", as: String.self),
+             programId: try row.decode("program_id", as: String.self), version: Int(try row.decode("version", as: Int64.self)),
+             friendAccountId: try row.decodeIfPresent("friend_account_id", as: String.self))
+        }
+        var missing: [String: (programId: String, version: Int)] = [:]
+        for r in rows where cache.program(r.programId, version: r.version) == nil {
+            missing[ProgramVersionCache.key(r.programId, r.version)] = (r.programId, r.version)
+        }
+        if !missing.isEmpty {
+            let decoder = JSONDecoder()
+            let wanted = Array(missing.values)
+            for row in try c.query("""
+                SELECT p.program_id, p.version::int8 AS version, p.program::text AS program
+                FROM program_versions p JOIN unnest($1::text[], $2::int8[]) AS w(program_id, version)
+                  ON p.program_id = w.program_id AND p.version = w.version
+                """, [.textArray(wanted.map(\.programId)), .int8Array(wanted.map { Int64($0.version) })]) {
+                let program = try decoder.decode(Program.self, from: Data(try row.decode("program", as: String.self).utf8))
+                cache.insert(program, programId: try row.decode("program_id", as: String.self),
+                             version: Int(try row.decode("version", as: Int64.self)))
             }
+        }
+        return rows.compactMap { r in
+            // The foreign key to `program_versions` keeps every version read; a row without one
+            // (a damaged database) is left out, as the inner join that read them did.
+            guard let program = cache.program(r.programId, version: r.version) else { return nil }
             return BoundReferral(
-                binding: ReferralBinding(
-                    referralId: try row.decode("referral_id", as: String.self), leadId: try row.decode("lead_id", as: String.self),
-                    code: try row.decode("code", as: String.self),
-                    referrerAccountId: try row.decode("referrer_account_id", as: String.self),
-                    program: program, programVersion: Int(version)),
-                friendAccountId: try row.decodeIfPresent("friend_account_id", as: String.self))
+                binding: ReferralBinding(referralId: r.referralId, leadId: r.leadId, code: r.code,
+                                         referrerAccountId: r.referrerAccountId, program: program, programVersion: r.version),
+                friendAccountId: r.friendAccountId)
         }
     }
 

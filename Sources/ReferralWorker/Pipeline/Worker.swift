@@ -26,6 +26,8 @@ public actor Worker {
     let pipeline: Int
     let metrics: WorkerMetrics
     let effectCache: EffectCache
+    /// Program versions read by this lane's decisions; emptied with the effect cache.
+    private let programVersions = ProgramVersionCache()
 
     /// The process's consumer, shared by its lanes; a worker made alone has one of its own.
     let intake: Intake
@@ -119,6 +121,7 @@ public actor Worker {
         if db == nil {
             let connection = try await settings.connectWorkerPostgres(name: instanceName, logger: logger)
             effectCache.removeAll()
+            programVersions.removeAll()
             let version = try await Schema.currentVersion(connection)
             guard version >= Schema.latestVersion else {
                 await connection.close()
@@ -341,7 +344,7 @@ public actor Worker {
 
     private func context() -> DecisionContext {
         DecisionContext(programs: programs, versions: versions, policy: settings.lifecyclePolicy, now: clock.now(),
-                      effects: effectCache)
+                      effects: effectCache, programVersions: programVersions)
     }
 
     /// Applies events in one transaction that also deletes the rows published since the last
