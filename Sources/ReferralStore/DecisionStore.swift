@@ -29,18 +29,12 @@ public struct DecisionStore: Sendable {
 
     /// Leases due timers in a short transaction of their own (see `Store.claimDueTimers`).
     public func claimTimers(context: DecisionContext, limit: Int) async throws -> ClaimedTimers {
-        try await connection.transaction { c in
-            let (referrals, accounts) = try Decisions.claimTimers(c, context: context, limit: limit)
-            return ClaimedTimers(referrals: referrals, accounts: accounts)
-        }
+        try await connection.transaction { c in try Decisions.claimTimers(c, context: context, limit: limit) }
     }
 
     /// Re-decides claimed timers' referrals and accounts at the context's time.
     public func fireTimers(_ claimed: ClaimedTimers, context: DecisionContext) async throws -> FiredTimers {
-        try await connection.transaction { c in
-            let fired = try Decisions.timers(c, claimed: (claimed.referrals, claimed.accounts), context: context)
-            return FiredTimers(outbox: fired.outbox, rewards: fired.rewards, recorded: fired.recorded)
-        }
+        try await connection.transaction { c in try Decisions.timers(c, claimed: claimed, context: context) }
     }
 
     /// `referrald enroll`: one chunk of existing customers enrolled (see `Decisions.enroll`).

@@ -14,7 +14,7 @@ enum Decisions {
         try Store.removePublished(c, seqs: published)
         let freshIndexes = try Store.recordInbox(c, events.map(inboxEntry))
         var outcome = BatchOutcome(fresh: freshIndexes.count, duplicates: events.count - freshIndexes.count,
-                              freshIndexes: freshIndexes)
+                                   freshIndexes: freshIndexes)
         let fresh = freshIndexes.map { events[$0].event }
         let askFacts = fresh.compactMap(AskFact.from)
         try Store.insertAskFacts(c, askFacts)
@@ -120,17 +120,15 @@ enum Decisions {
     }
 
     /// Due timers, leased in a short transaction of their own (see `Store.claimDueTimers`).
-    static func claimTimers(_ c: isolated PostgresConnection, context: DecisionContext, limit: Int)
-        throws -> (referrals: [String], accounts: [String]) {
-        (try Store.claimDueTimers(c, .referrals, now: context.now, limit: limit),
-         try Store.claimDueTimers(c, .accounts, now: context.now, limit: limit))
+    static func claimTimers(_ c: isolated PostgresConnection, context: DecisionContext, limit: Int) throws -> ClaimedTimers {
+        ClaimedTimers(referrals: try Store.claimDueTimers(c, .referrals, now: context.now, limit: limit),
+                      accounts: try Store.claimDueTimers(c, .accounts, now: context.now, limit: limit))
     }
 
     /// Claimed timers: re-decide their referrals and accounts at `now`, which also sets each
     /// timer's next due time (or removes it). Time passing changes no standing, so a timer
     /// re-decides its own referral and nothing else.
-    static func timers(_ c: isolated PostgresConnection, claimed: (referrals: [String], accounts: [String]),
-                       context: DecisionContext) throws -> (outbox: [OutboxRow], rewards: [RewardChange], recorded: [EffectCache.Recorded]) {
+    static func timers(_ c: isolated PostgresConnection, claimed: ClaimedTimers, context: DecisionContext) throws -> FiredTimers {
         var mismatches: [Effect] = []
         var rewards: [RewardChange] = []
         var recorded: [EffectCache.Recorded] = []
@@ -142,7 +140,8 @@ enum Decisions {
                                    mismatches: &mismatches, rewards: &rewards, recorded: &recorded)
         }
         published += try decideAsks(c, accounts: claimed.accounts, context: context)
-        return (try Store.enqueue(c, published, leaseSeconds: context.publishLeaseSeconds), rewards, recorded)
+        return FiredTimers(outbox: try Store.enqueue(c, published, leaseSeconds: context.publishLeaseSeconds),
+                           rewards: rewards, recorded: recorded)
     }
 
     /// Decides referrals incrementally. `touched` get their standings recomputed from their

@@ -227,8 +227,8 @@ extension Store {
         public var rewardIds: [String] { Beneficiary.allCases.map { rewardId(referralId: binding.referralId, beneficiary: $0) } }
     }
 
-    /// The referrals' bindings, in id order. Their programs come from `cache` (a new one per
-    /// call when nil), and only the versions it lacks are read.
+    /// The referrals' bindings, in id order. Their programs come from `cache` (by default a new
+    /// one for this call), and only the versions it lacks are read.
     public static func loadBindings(_ c: isolated PostgresConnection, _ ids: [String],
                                     cache: ProgramVersionCache = ProgramVersionCache()) throws -> [BoundReferral] {
         let rows = try c.query("""

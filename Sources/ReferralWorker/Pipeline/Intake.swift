@@ -83,16 +83,15 @@ public actor Intake {
         return take()
     }
 
-    /// The lane settled its batch: acks what it committed (`settled` were settled on their own:
-    /// dead-lettered or requeued) and frees its keys. An ack the broker cannot take (the
-    /// connection went away) is not the lane's failure: its events are committed, their
-    /// redelivery on the next channel is a duplicate the inbox drops, and the next read
-    /// reconnects.
-    func finish(lane: Int, settled: Set<UInt64> = []) async {
+    /// The lane settled its batch: acks what it committed (what was dead-lettered or requeued
+    /// on its own left the batch then, `settledAlone`) and frees its keys. An ack the broker
+    /// cannot take (the connection went away) is not the lane's failure: its events are
+    /// committed, their redelivery on the next channel is a duplicate the inbox drops, and the
+    /// next read reconnects.
+    func finish(lane: Int) async {
         guard let items = taken.removeValue(forKey: lane), let first = items.first else { return }
         guard first.generation == generation, let consumer else { return }
-        let tags = items.map(\.delivery.deliveryTag).filter { !settled.contains($0) }
-        await ack(ledger.settle(acked: tags), on: consumer)
+        await ack(ledger.settle(acked: items.map(\.delivery.deliveryTag)), on: consumer)
     }
 
     /// Acks one delivery now, on its own: a dead letter's original once the broker confirmed the

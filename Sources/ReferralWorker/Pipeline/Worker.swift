@@ -212,15 +212,10 @@ public actor Worker {
         // never in neither queue.
         if !bad.isEmpty { try await deadLetter(bad) }
         let applyStarted = ContinuousClock.now
-        var settled = Set(bad.map(\.0.deliveryTag))
-        if !good.isEmpty {
-            let applied = try await applyWithRetry(good)
-            settled.formUnion(applied.settled)
-            outbox = applied.outbox
-        }
-        // Committed: ack through the intake, and publish the outbox rows while the next batch
-        // is applied.
-        await intake.finish(lane: pipeline, settled: settled)
+        if !good.isEmpty { outbox = try await applyWithRetry(good) }
+        // Committed: ack through the intake (what was dead-lettered or requeued on its own has
+        // left the batch there), and publish the outbox rows while the next batch is applied.
+        await intake.finish(lane: pipeline)
         let applyTime = ContinuousClock.now - applyStarted
         let settleStarted = ContinuousClock.now
         try await settlePublication()
@@ -241,15 +236,13 @@ public actor Worker {
     /// Transient database errors (server restart, lost connection, serialisation failure)
     /// retry the same deliveries on a fresh connection while the consumer keeps them unacked:
     /// they are neither acked nor dead-lettered while the database is away.
-    /// Returns the deliveries it settled on their own (requeued, or dead-lettered at the delivery
-    /// limit) and the committed outbox rows to publish.
-    private func applyWithRetry(_ events: [(Delivery, InboundEvent)]) async throws
-        -> (settled: Set<UInt64>, outbox: [OutboxRow]) {
+    /// Returns the committed outbox rows to publish.
+    private func applyWithRetry(_ events: [(Delivery, InboundEvent)]) async throws -> [OutboxRow] {
         var backoff = Backoff()
         var conflicts = 0
         while true {
             do {
-                return ([], try await apply(events.map { .init(event: $0.1, body: $0.0.body) }))
+                return try await apply(events.map { .init(event: $0.1, body: $0.0.body) })
             } catch let error as PostgresError where error.isLockConflict && conflicts < 5 {
                 // Another instance's transaction won a deadlock or a serialisation conflict: the
                 // database is fine and so is the connection. Retry at once on it; reconnecting
@@ -279,22 +272,20 @@ public actor Worker {
     /// delivery of the poison. The event that fails alone is dead-lettered once it has failed on
     /// REFERRALD_DELIVERY_LIMIT deliveries, and requeued before that. Halves keep the batch's
     /// order, so the events of one account are still applied in the order they arrived.
-    private func isolate(_ events: [(Delivery, InboundEvent)], firstError: any Error) async throws
-        -> (settled: Set<UInt64>, outbox: [OutboxRow]) {
+    private func isolate(_ events: [(Delivery, InboundEvent)], firstError: any Error) async throws -> [OutboxRow] {
         logger.warning("batch failed; isolating the failing event by halves",
                        metadata: ["error": "\(firstError)", "batch.size": "\(events.count)"])
-        var settled = Set<UInt64>()
         var outbox: [OutboxRow] = []
-        try await bisect(events, failedWith: firstError, settled: &settled, outbox: &outbox)
-        return (settled, outbox)
+        try await bisect(events, failedWith: firstError, outbox: &outbox)
+        return outbox
     }
 
     /// `events` failed together in one transaction with `error`: apply each half, splitting a
     /// failing half until the failing event stands alone.
-    private func bisect(_ events: [(Delivery, InboundEvent)], failedWith error: any Error, settled: inout Set<UInt64>,
+    private func bisect(_ events: [(Delivery, InboundEvent)], failedWith error: any Error,
                         outbox: inout [OutboxRow]) async throws {
         guard events.count > 1 else {
-            if let only = events.first { try await giveUp(only, error: error, settled: &settled) }
+            if let only = events.first { try await giveUp(only, error: error) }
             return
         }
         let middle = events.count / 2
@@ -304,7 +295,7 @@ public actor Worker {
             } catch let error as PostgresError where error.isTransient {
                 throw error
             } catch {
-                try await bisect(half, failedWith: error, settled: &settled, outbox: &outbox)
+                try await bisect(half, failedWith: error, outbox: &outbox)
             }
         }
     }
@@ -324,27 +315,25 @@ public actor Worker {
     }
 
     /// The event failed alone: dead-letter it at the delivery limit, requeue it before. Either
-    /// way it is settled on its own, not by the batch's ack.
-    private func giveUp(_ item: (Delivery, InboundEvent), error: any Error, settled: inout Set<UInt64>) async throws {
+    /// way it is settled on its own, and leaves the batch the intake acks.
+    private func giveUp(_ item: (Delivery, InboundEvent), error: any Error) async throws {
         let (delivery, event) = item
         let deliveries = (delivery.deliveryCount ?? 0) + 1
         if deliveries >= settings.deliveryLimit {
             try await deadLetter([(delivery, BadInput(code: .processingFailed,
                 detail: "\(event.type.rawValue): failed on \(deliveries) deliveries: \(error)"))])
-            settled.insert(delivery.deliveryTag)
         } else {
             logger.warning("event failed; requeued", metadata: [
                 "event.id": "\(event.id)", "event.type": "\(event.type.rawValue)", "error": "\(error)",
                 "amqp.delivery_count": "\(deliveries)"])
             try await intake.requeue(delivery, generation: generation)
             metrics.consumed(type: event.type.rawValue, .failed)
-            settled.insert(delivery.deliveryTag)
         }
     }
 
     private func context() -> DecisionContext {
         DecisionContext(programs: programs, versions: versions, policy: settings.lifecyclePolicy, now: clock.now(),
-                      effects: effectCache, programVersions: programVersions)
+                        effects: effectCache, programVersions: programVersions)
     }
 
     /// Applies events in one transaction that also deletes the rows published since the last

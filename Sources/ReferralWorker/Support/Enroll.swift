@@ -44,7 +44,7 @@ public enum Enroll {
         let programList = programs.programs
         let versions = try await db.transaction { c in try Store.registerPrograms(c, programList) }
         let context = DecisionContext(programs: programs, versions: versions, policy: settings.lifecyclePolicy,
-                                    now: SystemClock().now())
+                                      now: SystemClock().now())
         var done = 0
         for chunk in stride(from: 0, to: rows.count, by: batchSize).map({ Array(rows[$0..<min($0 + batchSize, rows.count)]) }) {
             let result = try await DecisionStore(db).enroll(chunk, start: start, span: span, context: context)

@@ -48,7 +48,7 @@ public enum Reconcile {
         let programList = programs.programs
         let versions = try await db.transaction { c in try Store.registerPrograms(c, programList) }
         let context = DecisionContext(programs: programs, versions: versions, policy: settings.lifecyclePolicy,
-                                    now: now ?? SystemClock().now())
+                                      now: now ?? SystemClock().now())
         var summary = Summary()
         var after = ""
         while true {
