@@ -76,7 +76,9 @@ struct HostileInput: Sendable {
     }
 
     /// Every hostile body is in the dead-letter queue, unchanged, with its code; nothing else is.
-    static func check(_ inputs: [HostileInput], world: World, notes: inout [String]) async -> [String] {
+    /// A body the load published again (`UpstreamPublisher.resent`) reached the daemon again,
+    /// and each of its copies is owed a dead letter of the same code.
+    static func check(_ inputs: [HostileInput], resent: [[UInt8]: Int], world: World, notes: inout [String]) async -> [String] {
         var failures: [String] = []
         var got: [[UInt8]: [String]] = [:]
         var total = 0
@@ -87,7 +89,8 @@ struct HostileInput: Sendable {
                                                         connectionName: "referrald-faults dlq", logger: quietLogger)
             try await amqp.consume(queue: world.settings.deadLetterQueue, prefetch: 500)
             let deadline = ContinuousClock.now + .seconds(20)
-            while total < inputs.count, ContinuousClock.now < deadline {
+            let expected = inputs.reduce(0) { $0 + 1 + (resent[$1.body] ?? 0) }
+            while total < expected, ContinuousClock.now < deadline {
                 let batch = try await amqp.nextDeliveries(max: 500, wait: .milliseconds(200))
                 for d in batch {
                     if case .string(let code) = d.headers["x-referrald-error"] { got[d.body, default: []].append(code) }
@@ -107,7 +110,20 @@ struct HostileInput: Sendable {
                 continue
             }
             codes.remove(at: i)
+            // The copies of a body published again: as many more dead letters, of its code.
+            for _ in 0..<(resent[input.body] ?? 0) {
+                guard let j = codes.firstIndex(of: input.code) else {
+                    failures.append("\(input.label): published again but its copy not dead-lettered as \(input.code)")
+                    break
+                }
+                codes.remove(at: j)
+            }
             got[input.body] = codes.isEmpty ? nil : codes
+        }
+        let resentInputs = inputs.filter { resent[$0.body] != nil }
+        if !resentInputs.isEmpty {
+            notes.append("the load published \(resentInputs.count) hostile input(s) again (a chunk not confirmed in full): "
+                         + resentInputs.prefix(5).map(\.label).joined(separator: ", "))
         }
         let extra = got.values.reduce(0) { $0 + $1.count }
         if extra > 0 {

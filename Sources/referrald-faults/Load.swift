@@ -118,6 +118,10 @@ struct UpstreamEvent: Sendable {
 actor UpstreamPublisher {
     let world: World
     private var connection: AMQPConnection?
+    /// Bodies published more than once, with how many extra times: a chunk the broker did not
+    /// confirm in full goes out again whole. A valid event's repeat is a duplicate the inbox
+    /// drops; bad input has no id to drop it by, so each copy is dead-lettered.
+    private(set) var resent: [[UInt8]: Int] = [:]
 
     init(world: World) { self.world = world }
 
@@ -134,7 +138,10 @@ actor UpstreamPublisher {
             return OutgoingMessage(exchange: exchange, routingKey: e.type, body: e.body, headers: [:], messageId: nil,
                                    contentType: "application/cloudevents+json", persistent: true, mandatory: true)
         }
+        var attempt = 0
         while true {
+            if attempt > 0 { for e in events { resent[e.body, default: 0] += 1 } }
+            attempt += 1
             do {
                 if connection == nil || connection?.isOpen == false {
                     connection = try await world.services.connectBroker(heartbeatSeconds: 10,

@@ -130,7 +130,9 @@ func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
         if let measured = context.recovery, judged.recovery != nil { judged.recovery = measured }
         judged.notes += context.notes
         judged.failures += context.failures
-        if scenario.hostile { judged.failures += await HostileInput.check(hostile, world: world, notes: &judged.notes) }
+        if scenario.hostile {
+            judged.failures += await HostileInput.check(hostile, resent: await publisher.resent, world: world, notes: &judged.notes)
+        }
         verdict = judged
     } catch {
         observer.cancel()
