@@ -66,7 +66,7 @@ struct HostileInput: Sendable {
 
     /// The headers that tell a copy's path: parked and moved, retried at the delivery limit.
     private static func trace(_ d: Delivery) -> String {
-        let keys = ["x-referrald-error", "x-referrald-detail", "x-delivery-count", "x-referrald-original-routing-key"]
+        let keys = ["x-referrald-error", "x-referrald-detail", "x-delivery-count", "x-referrald-original-routing-key", "x-referrald-moved"]
         let parts = keys.compactMap { key in d.headers[key].map { "\(key)=\($0)" } }
         return "{redelivered=\(d.redelivered) " + parts.joined(separator: " ") + "}"
     }
