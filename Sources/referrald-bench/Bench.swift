@@ -50,6 +50,9 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Seconds of the same open-loop load before the latency phase starts recording.")
     var warmupSeconds = 5.0
 
+    @Option(help: "Seconds of idle before the latency phase, with the services' CPU over them printed: what the broker and the database still do after the drains.")
+    var settleSeconds = 0.0
+
     @Option(help: "Phases to run, comma-separated: ceiling, mix, hot, batch1, latency.")
     var modes = "ceiling,mix,hot,batch1,latency"
 
@@ -131,6 +134,13 @@ struct Bench: AsyncParsableCommand {
             }
             if phases.contains("latency") {
                 let target = rate > 0 ? rate : (report.mix.map { $0.eventsPerSecond / 2 } ?? 2000)
+                if settleSeconds > 0 {
+                    let cpu = CPUWindow(processes: [])
+                    try await Task.sleep(for: .milliseconds(Int(settleSeconds * 1000)))
+                    let idle = cpu.stop()
+                    say(String(format: "settled %.0f s after the drains: CPU (cores) rabbitmq %.2f, postgres %.2f, machine %.0f %% busy",
+                               settleSeconds, idle.services["beam.smp"] ?? 0, idle.services["postgres"] ?? 0, idle.machineBusy * 100))
+                }
                 var generator = mix("l")
                 report.latency = try await runner.latency(&generator, rate: target, seconds: latencySeconds,
                                                               warmup: warmupSeconds, batchSize: batchSize)

@@ -528,21 +528,21 @@ public actor Worker {
         }
         let outcomes = try await publisher.publish(toDLX)
         var stillRefused: [Delivery] = []
-        var settled: [UInt64] = []
         for ((d, message), outcome) in zip(zip(batch, toDLX), outcomes) {
             if outcome == .confirmed {
                 let code: String = if case .string(let c)? = d.headers["x-referrald-error"] { c } else { "unknown" }
                 metrics.deadLettered(code: code, routingKey: message.routingKey)
-                settled.append(d.deliveryTag)
             } else {
                 stillRefused.append(d)
             }
         }
+        var unplaced: [Delivery] = []
         if !stillRefused.isEmpty {
             let again = try await publisher.publish(stillRefused.map { .copy(of: $0, to: settings.parkedQueue) })
-            for (d, outcome) in zip(stillRefused, again) where outcome == .confirmed { settled.append(d.deliveryTag) }
+            unplaced = zip(stillRefused, again).filter { $0.1 != .confirmed }.map(\.0)
         }
-        try await ackBeforeClosing(settled, batch: batch, on: reader)
+        // Settled in as few frames as possible: the reader closes right after (QueueTransfer.settle).
+        try await QueueTransfer.settle(batch, requeue: unplaced, on: reader)
         if !stillRefused.isEmpty {
             logger.warning("parked dead letters still refused by the dead-letter exchange; retried later",
                            metadata: ["parked.refused": "\(stillRefused.count)", "amqp.dlx": "\(settings.deadLetterExchange)"])
@@ -553,24 +553,6 @@ public actor Worker {
             parkedBackoff.reset()
             // More may wait (another instance's, or past this round's 256): look again soon.
             parkedRetryDue = clock.now() + .seconds(1)
-        }
-    }
-
-    /// Acks what a parked round moved, in as few frames as it can, because the reader is closed
-    /// right after. A quorum queue's client in the broker sends at most 32 settle commands ahead
-    /// of the queue's replies and keeps the rest for later; when the channel closes first, those
-    /// kept are dropped and their messages go back to the queue (rabbitmq-server#10327, open).
-    /// Acked one frame each, the last of a round of 39 came back and were moved to the DLQ a
-    /// second time (the `dlq-deleted` fault scenario, about one run in seven). One `multiple`
-    /// ack is one settle command: when the whole batch moved, which is every round but one whose
-    /// re-park was refused too, nothing is kept back. The batch holds the channel's first
-    /// deliveries in order, so `multiple` covers exactly it.
-    private func ackBeforeClosing(_ settled: [UInt64], batch: [Delivery], on reader: AMQPConnection) async throws {
-        guard let last = batch.last?.deliveryTag else { return }
-        if settled.count == batch.count {
-            try await reader.ack(last, multiple: true)
-        } else {
-            for tag in settled { try await reader.ack(tag) }
         }
     }
 

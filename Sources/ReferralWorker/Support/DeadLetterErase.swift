@@ -41,8 +41,9 @@ public enum DeadLetterErase {
     /// that many runs. A crash between a confirm and its ack leaves the original and its copy
     /// both in the DLQ: a duplicate, which the inbox deduplicates on replay; a re-run finishes
     /// the job. So does an ack the broker dropped with the reader's channel as it closed
-    /// (RabbitMQ does not confirm acks; `dlq replay` saw it under load): the command runs pass
-    /// after pass until one scrubs nothing.
+    /// (RabbitMQ does not confirm acks; each batch is settled with one `multiple` ack, which
+    /// `QueueTransfer.settle` explains): the command runs pass after pass until one scrubs
+    /// nothing.
     public static func run(settings: Settings, account: String, logger: Logger) async throws -> Result {
         // Leads and rewards of the account, when the database is configured: without them a
         // lead or a credit rejection of the account (which do not name it) would be kept.
@@ -76,7 +77,6 @@ public enum DeadLetterErase {
             for d in batch {
                 switch Erasure.deadLetter(body: d.body, account: account, leads: leads, rewards: rewards) {
                 case .drop:
-                    try await reader.ack(d.deliveryTag)
                     result.dropped += 1
                 case .scrub(let body):
                     copies.append((d, copy(of: d, body: body, scrubbed: true, queue: settings.deadLetterQueue), true))
@@ -84,20 +84,21 @@ public enum DeadLetterErase {
                     copies.append((d, copy(of: d, body: d.body, scrubbed: false, queue: settings.deadLetterQueue), false))
                 }
             }
-            if copies.isEmpty { continue }
-            let outcomes = try await writer.publish(copies.map(\.1))
+            let outcomes = copies.isEmpty ? [] : try await writer.publish(copies.map(\.1))
             var refused: PublishOutcome?
+            var back: [Delivery] = []
             for ((d, _, scrubbed), outcome) in zip(copies, outcomes) {
                 if outcome == .confirmed {
-                    try await reader.ack(d.deliveryTag)
                     if scrubbed { result.scrubbed += 1 } else { result.kept += 1 }
                 } else {
                     // The original goes back where it was; the summary must not count it as
                     // scrubbed, and the run stops with an error so the operator runs it again.
-                    try await reader.reject(d.deliveryTag, requeue: true)
+                    back.append(d)
                     refused = outcome
                 }
             }
+            // The dropped and the confirmed acked, the refused requeued (QueueTransfer.settle).
+            try await QueueTransfer.settle(batch, requeue: back, on: reader)
             if let refused {
                 throw DeadLetterEraseError(detail: "the broker did not accept a copy in \(settings.deadLetterQueue) (\(refused)); "
                                            + "the originals stay, run the command again (so far: \(result))")

@@ -25,9 +25,11 @@ public enum DeadLetterReplay {
     /// them. Rejected with requeue, they went back to their old place at the head of the queue
     /// and were handed out again first: on a DLQ larger than the prefetch (256) a filtered run
     /// read the same kept messages until its count ran out and never reached the matching ones
-    /// behind them. RabbitMQ does not confirm acks: one sent just before the reader closes can
-    /// be dropped with its channel (seen under load: 29 of 340 in one test run), and that dead
-    /// letter comes back beside its copy. A duplicate either way, which the inbox deduplicates.
+    /// behind them. RabbitMQ does not confirm acks: acks sent one frame each just before the
+    /// reader closed were dropped with its channel (29 of 340 in one test run), and those dead
+    /// letters came back beside their copies; each batch is now settled with one `multiple`
+    /// ack (`QueueTransfer.settle`). A crash between a confirm and the ack still leaves a
+    /// duplicate, which the inbox deduplicates.
     public static func run(settings: Settings, onlyError: String?, limit: Int?, logger: Logger) async throws -> Result {
         try await QueueTransfer.withConnections(settings, name: "referrald dlq replay", logger: logger) { reader, writer in
             try await replay(reader: reader, writer: writer, settings: settings, onlyError: onlyError, limit: limit,
@@ -61,16 +63,19 @@ public enum DeadLetterReplay {
                 }
             }
             let outcomes = try await writer.publish(moves.map(\.message))
+            var back: [Delivery] = []
             for (move, outcome) in zip(moves, outcomes) {
                 if outcome == .confirmed {
-                    try await reader.ack(move.delivery.deliveryTag)
                     if move.replayed { result.replayed += 1 } else { result.kept += 1 }
                 } else {
-                    try await reader.reject(move.delivery.deliveryTag, requeue: true)
+                    back.append(move.delivery)
                     result.kept += 1
                     logger.warning("replay not accepted by the broker; dead letter kept", metadata: ["outcome": "\(outcome)"])
                 }
             }
+            // The confirmed acked, the refused requeued, in as few frames as possible: the
+            // reader closes right after (QueueTransfer.settle).
+            try await QueueTransfer.settle(batch, requeue: back, on: reader)
         }
         return result
     }
