@@ -12,7 +12,7 @@ import Testing
         let programs = try bed.programs().programs
         let versions = try await bed.db.transaction { c in try Store.registerPrograms(c, programs) }
         let consumer = try #require(versions["consumer"])
-        try await bed.db.run { c in
+        _ = try await bed.db.run { c in
             try c.execute("""
                 INSERT INTO referrals (referral_id, lead_id, code, referrer_account_id, program_id, program_version)
                 VALUES ('ref-1', 'lead-1', 'CODE', 'acct-r', 'consumer', $1::int4)
