@@ -496,11 +496,12 @@ public actor Worker {
         }
     }
 
-    /// Moves parked dead letters to the dead-letter exchange, up to 256 a round, each acked in
-    /// the parked queue once the broker confirmed it in the DLX. One the DLX still refuses is
-    /// parked again (a new copy, then the ack) rather than requeued, which would raise its
-    /// delivery count; the rounds then back off up to 5 minutes. Any instance may move any
-    /// parked message: the parked queue is shared.
+    /// Moves parked dead letters to the dead-letter exchange, up to 256 a round, acked in the
+    /// parked queue once the broker confirmed them in the DLX (the round's batch in one ack,
+    /// `QueueTransfer.settle`). One the DLX still refuses is parked again (a new copy, then the
+    /// ack) rather than requeued, which would raise its delivery count; only one the parked
+    /// queue refuses too is requeued. The rounds then back off up to 5 minutes. Any instance
+    /// may move any parked message: the parked queue is shared.
     private func retryParked() async throws {
         guard let publisher else { return }
         let reader = try await settings.connectAMQP(name: "\(instanceName) parked", logger: logger)
