@@ -97,19 +97,16 @@ extension Store {
     /// text (`loadEffects` keeps effects `withoutFreeText`), in this process or any other, so
     /// nothing cached has to be invalidated.
     static func scrubEffects(_ c: isolated PostgresConnection, rewards: [String]) throws {
-        let decoder = JSONDecoder()
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
         let wanted = Set(rewards)
         var seqs: [Int64?] = [], bodies: [[UInt8]] = []
         for row in try c.query("""
             SELECT seq, effect::text AS effect FROM effects
             WHERE kind = 'reward_failed' AND referral_id = ANY($1::text[]) ORDER BY seq
             """, [.textArray(Array(Set(rewards.compactMap { referralId(ofReward: $0) })))]) {
-            let effect = try decoder.decode(Effect.self, from: Data(try row.decode("effect", as: String.self).utf8))
+            let effect = try Effect(storedJSON: Array(try row.decode("effect", as: String.self).utf8))
             guard case .rewardFailed(let id, _, _, _) = effect, wanted.contains(id), effect.withoutFreeText != effect else { continue }
             seqs.append(try row.decode("seq", as: Int64.self))
-            bodies.append(Array(try encoder.encode(effect.withoutFreeText)))
+            bodies.append(effect.withoutFreeText.storedJSON())
         }
         if seqs.isEmpty { return }
         let packed = PackedBytes(bodies)

@@ -17,7 +17,7 @@ struct KeyUnion {
         return "$\(parameters.count)::text[]"
     }
 
-    /// A branch; every branch must name its one column alike, as the first present names the union's.
+    /// A branch; every branch must name its columns alike, as the first present names the union's.
     mutating func add(_ branch: String) { branches.append(branch) }
 
     var isEmpty: Bool { branches.isEmpty }

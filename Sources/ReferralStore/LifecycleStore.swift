@@ -116,18 +116,31 @@ extension Store {
     /// answers are read by reward, never by account: the beneficiary of most of them is a
     /// referrer, and reading them by account would read every answer about every reward it was
     /// ever paid. `accounts` adds accounts decided for a code of their own.
+    ///
+    /// One branch per key array, not one scan with the three conditions OR-ed: under a generic
+    /// plan the OR became a filter that compared every row read with every element of the
+    /// three arrays in turn (hundreds of elements each at batches of 512), which made this the
+    /// costliest read of a batch (BENCHMARKS.md). `seq` keeps two equal facts apart while the union
+    /// removes a fact reached by two keys (an order, by its lead and by its account).
     public static func loadFacts(_ c: isolated PostgresConnection, referrals: [BoundReferral], accounts: [String]) throws -> [Fact] {
         let all = Array(Set(referrals.flatMap(\.accounts) + accounts))
-        if all.isEmpty && referrals.isEmpty { return [] }
-        return try c.query("""
-            SELECT kind, at, lead_id, account_id, invoice_id, reward_id, code, household_id, contact_hash,
-                   segment, sequence::int8 AS sequence, amount_minor, currency, reason, plan_id
-            FROM facts
-            WHERE lead_id = ANY($1::text[])
-               OR (account_id = ANY($2::text[]) AND kind NOT IN ('credit_applied', 'credit_rejected'))
-               OR reward_id = ANY($3::text[])
-            """, [.textArray(referrals.map(\.binding.leadId)), .textArray(all), .textArray(referrals.flatMap(\.rewardIds))])
-            .compactMap(FactRow.fact)
+        let leads = referrals.map(\.binding.leadId)
+        let rewards = referrals.flatMap(\.rewardIds)
+        let columns = """
+            seq, kind, at, lead_id, account_id, invoice_id, reward_id, code, household_id, contact_hash,
+            segment, sequence::int8 AS sequence, amount_minor, currency, reason, plan_id
+            """
+        var load = KeyUnion()
+        if !leads.isEmpty { load.add("SELECT \(columns) FROM facts WHERE lead_id = ANY(\(load.parameter(leads)))") }
+        if !all.isEmpty {
+            load.add("""
+                SELECT \(columns) FROM facts
+                WHERE account_id = ANY(\(load.parameter(all))) AND kind NOT IN ('credit_applied', 'credit_rejected')
+                """)
+        }
+        if !rewards.isEmpty { load.add("SELECT \(columns) FROM facts WHERE reward_id = ANY(\(load.parameter(rewards)))") }
+        if load.isEmpty { return [] }
+        return try c.query(load.sql, load.parameters).compactMap(FactRow.fact)
     }
 
     // MARK: referrals
@@ -291,20 +304,19 @@ extension Store {
     public static func loadEffects(_ c: isolated PostgresConnection, referrals: [String], accounts: [String],
                                    cache: EffectCache? = nil) throws -> [Effect] {
         var effects: [Effect]
-        let decoder = JSONDecoder()
         if let cache {
             effects = try loadEffects(c, referrals: referrals, cache: cache)
         } else {
             effects = try c.query("""
                 SELECT effect::text AS effect FROM effects WHERE referral_id = ANY($1::text[]) ORDER BY seq
                 """, [.textArray(referrals)]).map {
-                try decoder.decode(Effect.self, from: Data(try $0.decode("effect", as: String.self).utf8))
+                try Effect(storedJSON: Array(try $0.decode("effect", as: String.self).utf8))
             }
         }
         for row in try c.query("""
             SELECT effect::text AS effect FROM effects WHERE kind = 'code_issued' AND account_id = ANY($1::text[]) ORDER BY seq
             """, [.textArray(accounts)]) {
-            effects.append(try decoder.decode(Effect.self, from: Data(try row.decode("effect", as: String.self).utf8)))
+            effects.append(try Effect(storedJSON: Array(try row.decode("effect", as: String.self).utf8)))
         }
         return effects
     }
@@ -316,7 +328,6 @@ extension Store {
     static func loadEffects(_ c: isolated PostgresConnection, referrals: [String], cache: EffectCache) throws -> [Effect] {
         var known = cache.snapshot(referrals)
         var changed: Set<String> = []
-        let decoder = JSONDecoder()
         for row in try c.query("""
             SELECT k.referral_id, e.seq, e.effect::text AS effect
             FROM unnest($1::text[], $2::int8[]) AS k(referral_id, seen)
@@ -327,7 +338,7 @@ extension Store {
             let id = try row.decode("referral_id", as: String.self)
             // Without free text: the cache outlives an erasure that rewrites the row in place (in
             // this process and in every other), and decisions read a recorded failure by its key.
-            let effect = try decoder.decode(Effect.self, from: Data(try row.decode("effect", as: String.self).utf8))
+            let effect = try Effect(storedJSON: Array(try row.decode("effect", as: String.self).utf8))
             known[id, default: (0, [])].effects.append(effect.withoutFreeText)
             known[id]!.lastSeq = try row.decode("seq", as: Int64.self)
             changed.insert(id)
@@ -616,12 +627,11 @@ extension Store {
 
     /// The recorded effects of these referrals with the time each was recorded, oldest first.
     public static func effectHistory(_ c: isolated PostgresConnection, referrals: [String]) throws -> [(Instant, Effect)] {
-        let decoder = JSONDecoder()
         return try c.query("""
             SELECT recorded_at, effect::text AS effect FROM effects WHERE referral_id = ANY($1::text[]) ORDER BY seq
             """, [.textArray(referrals)]).map {
             (Instant(microseconds: try $0.decode("recorded_at", as: PostgresTimestamp.self).microsecondsSinceEpoch),
-             try decoder.decode(Effect.self, from: Data(try $0.decode("effect", as: String.self).utf8)))
+             try Effect(storedJSON: Array(try $0.decode("effect", as: String.self).utf8)))
         }
     }
 

@@ -1,6 +1,6 @@
 /// The stored form of an effect (`effects.effect`): the shape Swift's synthesized `Codable`
-/// gives it (`{"statusChanged":{"_0":{...}}}`), which `JSONDecoder` reads back, written by our
-/// own writer. `JSONEncoder` took 6 % of the daemon's time for the 450 effects of a batch.
+/// gives it (`{"statusChanged":{"_0":{...}}}`), written and read by our own JSON code: `JSONEncoder` and `JSONDecoder` were
+/// among the daemon's costliest steps for the hundreds of effects of a batch (BENCHMARKS.md).
 extension Effect {
     public func storedJSON() -> [UInt8] { JSONValue.object(storedValue).encoded() }
 
@@ -46,5 +46,116 @@ extension Effect {
         ["accountId": .string(g.accountId), "amountMinor": .number(JSONNumber(g.amountMinor)),
          "beneficiary": .string(g.beneficiary.rawValue), "currency": .string(g.currency), "kind": .string(g.kind.rawValue),
          "programId": .string(g.programId), "referralId": .string(g.referralId), "rewardId": .string(g.rewardId)]
+    }
+}
+
+/// A stored effect that cannot be read back: what is wrong and where, never the values (they
+/// name customers).
+public struct StoredEffectError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+}
+
+extension Effect {
+    /// Reads the stored form back: what `storedJSON` writes, and what `JSONEncoder` wrote before
+    /// it (the same shape; PostgreSQL's `jsonb` output only changes the spacing). Our parser
+    /// instead of `JSONDecoder`: every decision reads its referrals' recorded effects, and the
+    /// decoder's generic machinery was the costliest step of loading them (BENCHMARKS.md).
+    public init(storedJSON bytes: [UInt8]) throws {
+        let parsed: JSONValue
+        do { parsed = try JSONValue.parse(bytes) } catch { throw StoredEffectError(description: "stored effect: \(error)") }
+        guard let outer = parsed.objectValue, outer.count == 1, let member = outer.members.first,
+              let body = member.value.objectValue
+        else { throw StoredEffectError(description: "stored effect: not an object with one case") }
+        let v = StoredMembers(object: body, path: member.key)
+        switch member.key {
+        case "codeIssued":
+            self = .codeIssued(accountId: try v.string("accountId"), code: try v.string("code"), programId: try v.string("programId"))
+        case "friendOfferGranted":
+            self = .friendOfferGranted(referralId: try v.string("referralId"), leadId: try v.string("leadId"),
+                                       code: try v.string("code"), priorityInstall: try v.bool("priorityInstall"),
+                                       kind: try v.raw("kind"), amountMinor: try v.int("amountMinor"),
+                                       currency: try v.string("currency"))
+        case "statusChanged":
+            let s = try v.object("_0")
+            self = .statusChanged(StatusChange(
+                referralId: try s.string("referralId"), referrerAccountId: try s.string("referrerAccountId"),
+                leadId: try s.string("leadId"), friendAccountId: try s.optionalString("friendAccountId"),
+                from: try s.optionalString("from").map { try s.rawValue($0, "from") }, to: try s.raw("to"),
+                reason: try s.optionalString("reason"), sequence: Int(try s.int("sequence"))))
+        case "rewardIssued":
+            self = .rewardIssued(try Self.grant(v.object("_0")))
+        case "rewardRetried":
+            self = .rewardRetried(try Self.grant(v.object("_0")), attempt: Int(try v.int("attempt")))
+        case "rewardReversed":
+            let r = try v.object("_0")
+            self = .rewardReversed(Reversal(rewardId: try r.string("rewardId"), referralId: try r.string("referralId"),
+                                            accountId: try r.string("accountId"), amountMinor: try r.int("amountMinor"),
+                                            currency: try r.string("currency"), reason: try r.string("reason")))
+        case "rewardApplied":
+            self = .rewardApplied(rewardId: try v.string("rewardId"))
+        case "rewardMismatch":
+            self = .rewardMismatch(rewardId: try v.string("rewardId"), accountId: try v.string("accountId"),
+                                   amountMinor: try v.int("amountMinor"), currency: try v.string("currency"))
+        case "rewardFailed":
+            self = .rewardFailed(rewardId: try v.string("rewardId"), failure: Int(try v.int("failure")),
+                                 reason: try v.string("reason"), final: try v.bool("final"))
+        default:
+            throw StoredEffectError(description: "stored effect: unknown case \(member.key)")
+        }
+    }
+
+    private static func grant(_ g: StoredMembers) throws -> RewardGrant {
+        RewardGrant(rewardId: try g.string("rewardId"), referralId: try g.string("referralId"),
+                    accountId: try g.string("accountId"), beneficiary: try g.raw("beneficiary"), kind: try g.raw("kind"),
+                    amountMinor: try g.int("amountMinor"), currency: try g.string("currency"),
+                    programId: try g.string("programId"))
+    }
+}
+
+/// The members of one object of a stored effect; errors name the path of the member.
+private struct StoredMembers {
+    let object: JSONObject
+    let path: String
+
+    private func missing(_ key: String, _ expected: String) -> StoredEffectError {
+        StoredEffectError(description: "stored effect: \(path).\(key) is not \(expected)")
+    }
+
+    func string(_ key: String) throws -> String {
+        guard let s = object[key]?.stringValue else { throw missing(key, "a string") }
+        return s
+    }
+
+    /// Absent or null is nil, as the synthesized decoder's `decodeIfPresent` reads it.
+    func optionalString(_ key: String) throws -> String? {
+        switch object[key] {
+        case nil, .null?: return nil
+        case .string(let s)?: return s
+        default: throw missing(key, "a string or null")
+        }
+    }
+
+    func int(_ key: String) throws -> Int64 {
+        guard case .number(let n)? = object[key], let value = n.int64 else { throw missing(key, "an integer") }
+        return value
+    }
+
+    func bool(_ key: String) throws -> Bool {
+        guard case .bool(let b)? = object[key] else { throw missing(key, "a boolean") }
+        return b
+    }
+
+    func object(_ key: String) throws -> StoredMembers {
+        guard let o = object[key]?.objectValue else { throw missing(key, "an object") }
+        return StoredMembers(object: o, path: "\(path).\(key)")
+    }
+
+    func raw<T: RawRepresentable>(_ key: String) throws -> T where T.RawValue == String {
+        try rawValue(try string(key), key)
+    }
+
+    func rawValue<T: RawRepresentable>(_ value: String, _ key: String) throws -> T where T.RawValue == String {
+        guard let v = T(rawValue: value) else { throw missing(key, "a known \(T.self)") }
+        return v
     }
 }
