@@ -20,6 +20,10 @@ struct KeyUnion {
     /// A branch; every branch must name its columns alike, as the first present names the union's.
     mutating func add(_ branch: String) { branches.append(branch) }
 
+    /// `UNION ALL`: the caller removes what two branches both found, cheaper than the server
+    /// comparing whole rows.
+    var keepsDuplicates = false
+
     var isEmpty: Bool { branches.isEmpty }
-    var sql: String { branches.joined(separator: "\nUNION ") }
+    var sql: String { branches.joined(separator: keepsDuplicates ? "\nUNION ALL " : "\nUNION ") }
 }

@@ -120,8 +120,8 @@ extension Store {
     /// One branch per key array, not one scan with the three conditions OR-ed: under a generic
     /// plan the OR became a filter that compared every row read with every element of the
     /// three arrays in turn (hundreds of elements each at batches of 512), which made this the
-    /// costliest read of a batch (BENCHMARKS.md). `seq` keeps two equal facts apart while the union
-    /// removes a fact reached by two keys (an order, by its lead and by its account).
+    /// costliest read of a batch (BENCHMARKS.md). A fact reached by two keys (an order, by its lead
+    /// and by its account) comes twice and is kept once, by `seq`.
     public static func loadFacts(_ c: isolated PostgresConnection, referrals: [BoundReferral], accounts: [String]) throws -> [Fact] {
         let all = Array(Set(referrals.flatMap(\.accounts) + accounts))
         let leads = referrals.map(\.binding.leadId)
@@ -131,6 +131,7 @@ extension Store {
             segment, sequence::int8 AS sequence, amount_minor, currency, reason, plan_id
             """
         var load = KeyUnion()
+        load.keepsDuplicates = true
         if !leads.isEmpty { load.add("SELECT \(columns) FROM facts WHERE lead_id = ANY(\(load.parameter(leads)))") }
         if !all.isEmpty {
             load.add("""
@@ -140,7 +141,10 @@ extension Store {
         }
         if !rewards.isEmpty { load.add("SELECT \(columns) FROM facts WHERE reward_id = ANY(\(load.parameter(rewards)))") }
         if load.isEmpty { return [] }
-        return try c.query(load.sql, load.parameters).compactMap(FactRow.fact)
+        var seen = Set<Int64>()
+        return try c.query(load.sql, load.parameters).compactMap { row in
+            try seen.insert(row.decode("seq", as: Int64.self)).inserted ? try FactRow.fact(row) : nil
+        }
     }
 
     // MARK: referrals
