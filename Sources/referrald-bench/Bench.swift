@@ -68,6 +68,9 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Programs file for the daemon.")
     var programs = "deploy/programs.example.yaml"
 
+    @Option(help: "Friends' stories in flight in the mix: how far apart one story's events are in the stream, and so how often two concurrent batches share a story.")
+    var stories = 2000
+
     @Option(help: "Seed of the workload generator.")
     var seed: UInt64 = 1
 
@@ -104,7 +107,7 @@ struct Bench: AsyncParsableCommand {
             say("seeded \(codes.count) referrers with codes")
             func mix(_ prefix: String, hotCode: String? = nil) -> MixGenerator {
                 MixGenerator(prefix: "\(bed.name)\(prefix)", referrerCodes: codes, now: now, seed: seed, hotCode: hotCode,
-                             hotShare: hotShare)
+                             hotShare: hotShare, storiesInFlight: stories)
             }
             if phases.contains("ceiling") {
                 var generator = mix("c")

@@ -12,9 +12,9 @@ struct BenchMessage: Sendable {
 /// The contract's realistic mix. Most traffic is friends' stories told in order — lead (85 %
 /// with a referrer's code), order, install scheduled and completed, activation, speed test,
 /// first invoice paid, sometimes a ticket, an overdue invoice or a cancellation — interleaved
-/// across about 2,000 stories in flight, as events of many customers arrive together. Between
-/// them, customers without a referral activate (each gets a code), and 0.5 % of messages are
-/// invalid (dead-lettered).
+/// across stories in flight (2,000 unless `--stories` says otherwise), as events of many
+/// customers arrive together. Between them, customers without a referral activate (each gets a
+/// code), and 0.5 % of messages are invalid (dead-lettered).
 ///
 /// The stories are dated so that a referral's 30-day hold has already passed when its
 /// activation arrives: activations qualify at once and issue rewards, the heaviest path.
@@ -25,10 +25,13 @@ struct MixGenerator {
     /// The popular referrer's code, and the share of friends' stories that carry it.
     let hotCode: String?
     let hotShare: Double
+    let storiesInFlight: Int
     var rng: SeededGenerator
 
-    init(prefix: String, referrerCodes: [String], now: Instant, seed: UInt64, hotCode: String? = nil, hotShare: Double = 0) {
+    init(prefix: String, referrerCodes: [String], now: Instant, seed: UInt64, hotCode: String? = nil, hotShare: Double = 0,
+         storiesInFlight: Int = 2000) {
         self.prefix = prefix
+        self.storiesInFlight = max(1, storiesInFlight)
         self.referrerCodes = referrerCodes
         self.now = now
         self.hotCode = hotCode
@@ -56,7 +59,7 @@ struct MixGenerator {
     mutating func generate(count: Int) -> [BenchMessage] {
         var out: [BenchMessage] = []
         out.reserveCapacity(count)
-        while inFlight.count < 2000 { inFlight.append(newStory()) }
+        while inFlight.count < storiesInFlight { inFlight.append(newStory()) }
         while out.count < count {
             let roll = Int.random(in: 0..<1000, using: &rng)
             if roll < 5 {

@@ -1,6 +1,7 @@
 /// The stored form of an effect (`effects.effect`): the shape Swift's synthesized `Codable`
-/// gives it (`{"statusChanged":{"_0":{...}}}`), written and read by our own JSON code: `JSONEncoder` and `JSONDecoder` were
-/// among the daemon's costliest steps for the hundreds of effects of a batch (BENCHMARKS.md).
+/// gives it (`{"statusChanged":{"_0":{...}}}`), written and read by our own JSON code:
+/// `JSONEncoder` and `JSONDecoder` were among the daemon's costliest steps for the hundreds of
+/// effects of a batch (BENCHMARKS.md).
 extension Effect {
     public func storedJSON() -> [UInt8] { JSONValue.object(storedValue).encoded() }
 
