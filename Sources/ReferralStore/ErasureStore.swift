@@ -103,7 +103,7 @@ extension Store {
             SELECT seq, effect::text AS effect FROM effects
             WHERE kind = 'reward_failed' AND referral_id = ANY($1::text[]) ORDER BY seq
             """, [.textArray(Array(Set(rewards.compactMap { referralId(ofReward: $0) })))]) {
-            let effect = try Effect(storedJSON: Array(try row.decode("effect", as: String.self).utf8))
+            let effect = try storedEffect(row)
             guard case .rewardFailed(let id, _, _, _) = effect, wanted.contains(id), effect.withoutFreeText != effect else { continue }
             seqs.append(try row.decode("seq", as: Int64.self))
             bodies.append(effect.withoutFreeText.storedJSON())

@@ -314,13 +314,13 @@ extension Store {
             effects = try c.query("""
                 SELECT effect::text AS effect FROM effects WHERE referral_id = ANY($1::text[]) ORDER BY seq
                 """, [.textArray(referrals)]).map {
-                try Effect(storedJSON: Array(try $0.decode("effect", as: String.self).utf8))
+                try storedEffect($0)
             }
         }
         for row in try c.query("""
             SELECT effect::text AS effect FROM effects WHERE kind = 'code_issued' AND account_id = ANY($1::text[]) ORDER BY seq
             """, [.textArray(accounts)]) {
-            effects.append(try Effect(storedJSON: Array(try row.decode("effect", as: String.self).utf8)))
+            effects.append(try storedEffect(row))
         }
         return effects
     }
@@ -342,7 +342,7 @@ extension Store {
             let id = try row.decode("referral_id", as: String.self)
             // Without free text: the cache outlives an erasure that rewrites the row in place (in
             // this process and in every other), and decisions read a recorded failure by its key.
-            let effect = try Effect(storedJSON: Array(try row.decode("effect", as: String.self).utf8))
+            let effect = try storedEffect(row)
             known[id, default: (0, [])].effects.append(effect.withoutFreeText)
             known[id]!.lastSeq = try row.decode("seq", as: Int64.self)
             changed.insert(id)
@@ -629,13 +629,18 @@ extension Store {
             """, [.text(id)]).map { try $0.decode("referral_id", as: String.self) }
     }
 
+    /// The row's `effect` column (selected as text), read back as the effect it stores.
+    static func storedEffect(_ row: PostgresRow) throws -> Effect {
+        try Effect(storedJSON: Array(try row.decode("effect", as: String.self).utf8))
+    }
+
     /// The recorded effects of these referrals with the time each was recorded, oldest first.
     public static func effectHistory(_ c: isolated PostgresConnection, referrals: [String]) throws -> [(Instant, Effect)] {
         return try c.query("""
             SELECT recorded_at, effect::text AS effect FROM effects WHERE referral_id = ANY($1::text[]) ORDER BY seq
             """, [.textArray(referrals)]).map {
             (Instant(microseconds: try $0.decode("recorded_at", as: PostgresTimestamp.self).microsecondsSinceEpoch),
-             try Effect(storedJSON: Array(try $0.decode("effect", as: String.self).utf8)))
+             try storedEffect($0))
         }
     }
 
