@@ -103,6 +103,8 @@ public struct BatchOutcome: Sendable {
     public var recorded: [EffectCache.Recorded] = []
     /// The batch's leads that have a referral once it committed (for the unattributed-lead metric).
     public var boundLeads: Set<String> = []
+    /// The program of each ask a budget held for the first time.
+    public var heldAsks: [String] = []
 }
 
 /// A reward effect recorded in a transaction, with the program it belongs to, for metrics.
@@ -126,4 +128,6 @@ public struct FiredTimers: Sendable {
     public var outbox: [OutboxRow]
     public var rewards: [RewardChange]
     public var recorded: [EffectCache.Recorded]
+    /// The program of each ask a budget held for the first time.
+    public var heldAsks: [String] = []
 }

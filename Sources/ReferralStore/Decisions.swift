@@ -26,7 +26,7 @@ enum Decisions {
         }
         // Asks after the lifecycle: a first activation's code, issued just above, is what the
         // account's first ask shares.
-        outcome.published += try decideAsks(c, accounts: askFacts.map(\.accountId), context: context)
+        outcome.published += try decideAsks(c, accounts: askFacts.map(\.accountId), context: context, heldAsks: &outcome.heldAsks)
         // Right to erasure: what this batch stored about an erased customer (a late lead after
         // its order, a rejection's reason, a ticket's extra members) is scrubbed before it commits.
         try Store.scrubErased(c, accounts: facts.compactMap(\.accountId) + askFacts.map(\.accountId),
@@ -69,7 +69,9 @@ enum Decisions {
 
     /// Decides the asks of these accounts, one account at a time, under per-account locks.
     /// Returns the events to publish; the caller enqueues them.
-    static func decideAsks(_ c: isolated PostgresConnection, accounts: [String], context: DecisionContext) throws -> [OutgoingEvent] {
+    /// `heldAsks`: the program of each ask a budget held for the first time.
+    static func decideAsks(_ c: isolated PostgresConnection, accounts: [String], context: DecisionContext,
+                           heldAsks: inout [String]) throws -> [OutgoingEvent] {
         let accounts = Array(Set(accounts)).sorted()
         if accounts.isEmpty { return [] }
         try Store.lockAccounts(c, accounts)
@@ -77,19 +79,38 @@ enum Decisions {
         let facts = try Store.loadRelevantAskFacts(c, accounts: accounts, now: context.now, freshness: policy.freshness)
         let sent = try Store.sentAsks(c, accounts: accounts)
         let codes = try Store.codes(c, accounts: accounts)
+        let programOf = Dictionary(accounts.map { account in
+            (account, context.programs.program(forSegment: ReferralAsks.segment(of: facts[account] ?? []).rawValue))
+        }, uniquingKeysWith: { a, _ in a })
+        // The month's commitment, read only for programs with a budget, once per decision.
+        let budgeted = Dictionary(programOf.values.compactMap { $0 }.filter { $0.budget != nil }.map { ($0.id, $0) },
+                                  uniquingKeysWith: { a, _ in a })
+        let committed = try Store.committed(c, programs: budgeted.values.map { ($0.id, $0.currency) },
+                                            month: ProgramBudget.month(of: context.now))
+        let holding = Set(budgeted.values.filter { p in
+            p.budget.map { ProgramBudget.holdsAsks(committedMinor: committed[p.id] ?? 0, budget: $0) } ?? false
+        }.map(\.id))
         var due: [(ask: PlannedAsk, programId: String)] = []
+        var held: [(key: String, accountId: String, programId: String, moment: String, dueAt: Instant, expiresAt: Instant)] = []
         var timers: [(account: String, due: Instant?)] = []
         for account in accounts {
-            let known = facts[account] ?? []
-            let program = context.programs.program(forSegment: ReferralAsks.segment(of: known).rawValue)
+            let program = programOf[account] ?? nil
+            let hold = program.flatMap { holding.contains($0.id) ? ProgramBudget.hold(accountId: account, now: context.now) : nil }
             let decision = ReferralAsks.decide(AskInput(
-                accountId: account, facts: known, program: program, code: codes[account].flatMap(ReferralCode.parse),
-                sent: sent[account] ?? [], now: context.now, policy: policy))
+                accountId: account, facts: facts[account] ?? [], program: program, code: codes[account].flatMap(ReferralCode.parse),
+                sent: sent[account] ?? [], now: context.now, policy: policy, budgetHold: hold))
             if let ask = decision.send, let program { due.append((ask, program.id)) }
+            if let program {
+                for a in decision.considered {
+                    guard case .waiting(.budget, _) = a.status else { continue }
+                    held.append((a.key, account, program.id, a.moment.rawValue, a.dueAt, a.expiresAt))
+                }
+            }
             timers.append((account, decision.nextWakeup))
         }
         // The key is unique: if another instance recorded an ask first, it is not published.
         let recorded = try Store.recordAsks(c, due.map { ($0.ask.record, $0.ask.accountId, $0.programId) })
+        heldAsks += try Store.recordHeldAsks(c, held, now: context.now)
         try Store.setAccountTimers(c, timers)
         return due.filter { recorded.contains($0.ask.key) }.map { $0.ask.event(id: newEventId()) }
     }
@@ -113,7 +134,9 @@ enum Decisions {
         let accounts = fresh.map(\.accountId)
         var published = try decide(c, touched: [], extraAccounts: accounts, context: context,
                                    mismatches: &mismatches, rewards: &rewards, recorded: &recorded)
-        published += try decideAsks(c, accounts: accounts, context: context)
+        // `enroll` is a command, not the daemon: there are no metrics to count held asks in.
+        var held: [String] = []
+        published += try decideAsks(c, accounts: accounts, context: context, heldAsks: &held)
         // Not leased: `enroll` does not publish, the daemon's relay does.
         try Store.enqueue(c, published)
         return (fresh.count, published)
@@ -139,9 +162,10 @@ enum Decisions {
             published = try decide(c, touched: [], due: claimed.referrals, extraAccounts: [], context: context,
                                    mismatches: &mismatches, rewards: &rewards, recorded: &recorded)
         }
-        published += try decideAsks(c, accounts: claimed.accounts, context: context)
+        var held: [String] = []
+        published += try decideAsks(c, accounts: claimed.accounts, context: context, heldAsks: &held)
         return FiredTimers(outbox: try Store.enqueue(c, published, leaseSeconds: context.publishLeaseSeconds),
-                           rewards: rewards, recorded: recorded)
+                           rewards: rewards, recorded: recorded, heldAsks: held)
     }
 
     /// Decides referrals incrementally. `touched` get their standings recomputed from their
@@ -216,6 +240,12 @@ enum Decisions {
         try Store.setTimers(c, ids.map { id in
             (id, [decision.wakeups[id], followups.wakeups[id]].compactMap { $0 }.min())
         })
+        // Last of the decision's writes: the budget counters are the rows most shared between
+        // sessions, so they are locked for the shortest time.
+        try Store.recordCommitments(c, views: decision.referrals, reversals: effects.compactMap {
+            guard case .rewardReversed(let r) = $0, let program = programOfReward[r.rewardId] else { return nil }
+            return (program, r.currency, r.amountMinor)
+        }, now: context.now)
         return events
     }
 

@@ -394,6 +394,59 @@ public enum Schema {
             -- Applies to pages written from now on.
             ALTER TABLE referrals SET (fillfactor = 50);
             """),
+        Migration(version: 16, name: "monthly budgets: commitments per reward, counters per month, held asks", sql: """
+            -- What each reward commits of its program's budget, in the UTC month of its referral's
+            -- milestone (BudgetStore.swift): the decision's transaction compares a referral's new
+            -- commitments with these rows and adds the difference to the month's counters. Issued
+            -- rows never change. No foreign key: retention deletes them with their referral. Text
+            -- columns compare bytewise, as every identifier column since version 13.
+            CREATE TABLE budget_commitments (
+                reward_id     text COLLATE "C"  PRIMARY KEY,
+                referral_id   text COLLATE "C"  NOT NULL,
+                program_id    text COLLATE "C"  NOT NULL,
+                month         date              NOT NULL,
+                currency      text COLLATE "C"  NOT NULL,
+                amount_minor  bigint            NOT NULL,
+                issued        boolean           NOT NULL
+            );
+            CREATE INDEX budget_commitments_referral ON budget_commitments (referral_id);
+            -- A month's commitment is the sum of its shards: each session adds to the shard of
+            -- its backend pid, so lanes and instances do not queue on one row per month.
+            CREATE TABLE budget_counters (
+                program_id       text COLLATE "C"  NOT NULL,
+                month            date              NOT NULL,
+                currency         text COLLATE "C"  NOT NULL,
+                shard            int               NOT NULL,
+                committed_minor  bigint            NOT NULL,
+                PRIMARY KEY (program_id, month, currency, shard)
+            );
+            -- Asks a budget held, until they go out or go stale (then swept and counted).
+            CREATE TABLE asks_held (
+                ask_key     text COLLATE "C"  PRIMARY KEY,
+                account_id  text COLLATE "C"  NOT NULL,
+                program_id  text COLLATE "C"  NOT NULL,
+                moment      text COLLATE "C"  NOT NULL,
+                due_at      timestamptz       NOT NULL,
+                expires_at  timestamptz       NOT NULL,
+                held_at     timestamptz       NOT NULL
+            );
+            CREATE INDEX asks_held_expires ON asks_held (expires_at);
+            -- Rewards issued before this version: their milestone was not kept, so they count in
+            -- the month they were issued; reversals in the month of the reward's last change.
+            -- Referrals in their hold are counted when next decided (at the latest when their
+            -- hold ends), or at once by `referrald reconcile --all`.
+            INSERT INTO budget_commitments (reward_id, referral_id, program_id, month, currency, amount_minor, issued)
+            SELECT reward_id, referral_id, program_id, date_trunc('month', issued_at AT TIME ZONE 'UTC')::date,
+                   currency, amount_minor, true
+            FROM rewards;
+            INSERT INTO budget_counters (program_id, month, currency, shard, committed_minor)
+            SELECT program_id, month, currency, 0, sum(amount) FROM (
+                SELECT program_id, month, currency, amount_minor AS amount FROM budget_commitments
+                UNION ALL
+                SELECT program_id, date_trunc('month', updated_at AT TIME ZONE 'UTC')::date, currency, -amount_minor
+                FROM rewards WHERE state = 'reversed'
+            ) m GROUP BY program_id, month, currency;
+            """),
     ]
 
     public static var latestVersion: Int { migrations.last?.version ?? 0 }

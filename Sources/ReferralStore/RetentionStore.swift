@@ -161,7 +161,7 @@ extension Store {
                         """, [.textArray(leads), .textArray(rewards)])
                     _ = try c.execute("DELETE FROM facts WHERE lead_id = ANY($1::text[]) OR reward_id = ANY($2::text[])",
                                       [.textArray(leads), .textArray(rewards)])
-                    for table in ["effects", "followups", "timers", "referral_links"] {
+                    for table in ["effects", "followups", "timers", "referral_links", "budget_commitments"] {
                         _ = try c.execute("DELETE FROM \(table) WHERE referral_id = ANY($1::text[])", [.textArray(gone)])
                     }
                     n.rewards = try c.execute("DELETE FROM rewards WHERE referral_id = ANY($1::text[])", [.textArray(gone)])

@@ -60,11 +60,6 @@ struct Run: AsyncParsableCommand {
             let logger = options.logger(settings)
             let programs = try ProgramBook.load(path: settings.programsFile)
             logger.info("starting", metadata: ["programs": "\(programs.summary)", "version": "\(BuildInfo.version)"])
-            let budgeted = programs.programs.filter { $0.budget != nil }.map(\.id)
-            if !budgeted.isEmpty {
-                logger.warning("budget is validated but not enforced by this release: asks are not held",
-                               metadata: ["programs": "\(budgeted.joined(separator: ","))"])
-            }
             try await Daemon(settings: settings, programs: programs, logger: logger).run()
         } catch let error as SettingsError {
             throw ExitStatus.config.exit(error)

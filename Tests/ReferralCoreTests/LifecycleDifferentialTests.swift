@@ -112,6 +112,8 @@ func runBoth(_ scenario: Scenario, deliveries: [Fact], rng: inout SeededGenerato
                 #expect(Set(got) == Set(want) && got.count == want.count,
                         "seed \(seed) permutation \(p): the incremental path differs\n oracle only: \(Set(want).subtracting(got))\n incremental only: \(Set(got).subtracting(want))")
                 checkLedger(incremental, seed: seed)
+                #expect(incremental.budgetCounters.filter { $0.value != 0 } == oracle.budgetCounters.filter { $0.value != 0 },
+                        "seed \(seed) permutation \(p): the budget counters differ between the paths")
                 for e in got { kinds[e.kindName, default: 0] += 1 }
                 let o = outcome(oracle)
                 if p == 0 { reference = o } else if o != reference { orderDependent += 1 }

@@ -131,6 +131,34 @@ func checkLedger(_ e: ReferralEngine, seed: UInt64) {
     }
     #expect(e.state().effects.isEmpty, "seed \(seed): re-deciding after settling emitted effects")
     #expect(e.nextWakeup == nil, "seed \(seed): a timer outlived every fact")
+    checkBudget(e, seed: seed)
+}
+
+/// The budget's month counters, kept by differences as the store keeps them, equal the sum the
+/// ledger gives: every reward issued, once, at its issued amount in its kept month, less each
+/// reversal in the month it was recorded in. Once every timer has fired no referral is in its
+/// hold, so no commitment is left that was not issued: a hold that ended in a loss gave its
+/// commitment back.
+func checkBudget(_ e: ReferralEngine, seed: UInt64) {
+    func key(_ program: String, _ month: Instant, _ currency: String) -> BudgetDelta {
+        BudgetDelta(programId: program, month: month, currency: currency, amountMinor: 0)
+    }
+    let rows = e.commitments.values.flatMap { $0 }
+    let issued = Dictionary(e.issuedRewards.map { ($0.rewardId, $0) }, uniquingKeysWith: { a, _ in a })
+    let programOf = Dictionary(e.referrals.map { ($0.referralId, $0.program.id) }, uniquingKeysWith: { a, _ in a })
+    var ledger: [BudgetDelta: Int64] = [:]
+    for row in rows {
+        #expect(row.issued, "seed \(seed): \(row.rewardId) still commits \(row.amountMinor) in a hold after every timer fired")
+        #expect(issued[row.rewardId]?.amountMinor == row.amountMinor, "seed \(seed): \(row.rewardId) commits other than was issued")
+        ledger[key(row.programId, row.month, row.currency), default: 0] += row.amountMinor
+    }
+    #expect(Set(rows.map(\.rewardId)) == Set(issued.keys), "seed \(seed): issued rewards and issued commitments differ")
+    for p in e.log {
+        guard case .rewardReversed(let r) = p.effect, let program = programOf[r.referralId] else { continue }
+        ledger[key(program, ProgramBudget.month(of: p.at), r.currency), default: 0] -= r.amountMinor
+    }
+    #expect(e.budgetCounters.filter { $0.value != 0 } == ledger.filter { $0.value != 0 },
+            "seed \(seed): the month counters are not the ledger's sums")
 }
 
 @Suite struct LifecyclePropertyTests {

@@ -42,6 +42,9 @@ public enum AskRule: String, Hashable, Sendable, CaseIterable {
     case minGap = "min_gap"
     /// `max_per_year` asks were already sent in the rolling year.
     case maxPerYear = "max_per_year"
+    /// The program's commitment for the UTC month reached `budget.pause_asks_at`: the ask waits
+    /// for the account's release time in the next month (`AskBudgetHold`), if still fresh then.
+    case budget
     /// Nothing held it back when it was due, yet it was not sent within the freshness span
     /// (the worker was down, or the fact arrived too late).
     case stale
@@ -112,11 +115,14 @@ public struct AskInput: Sendable {
     public var sent: [SentAsk]
     public var now: Instant
     public var policy: AskPolicy
+    /// Set when the program's budget holds its asks at `now` (`ProgramBudget.hold`). It is known
+    /// only at `now`: an ask that went stale earlier is reported by the rule that held it then.
+    public var budgetHold: AskBudgetHold?
 
     public init(accountId: String, facts: [AskFact], program: Program?, code: ReferralCode?, sent: [SentAsk],
-                now: Instant, policy: AskPolicy = .init()) {
+                now: Instant, policy: AskPolicy = .init(), budgetHold: AskBudgetHold? = nil) {
         self.accountId = accountId; self.facts = facts; self.program = program; self.code = code
-        self.sent = sent; self.now = now; self.policy = policy
+        self.sent = sent; self.now = now; self.policy = policy; self.budgetHold = budgetHold
     }
 }
 
@@ -156,7 +162,8 @@ public struct AskDecision: Sendable {
 /// `AskPolicy.freshness` of its due time; after that it is skipped and never counted. The holds:
 /// opted out, an open ticket, arrears (each judged on fact times at that instant: the latest
 /// preference, each ticket's latest open/resolve event, `[overdue, paid)` per invoice as the
-/// lifecycle reads arrears), no code yet, `min_gap`, `max_per_year`. Cancellation and erasure
+/// lifecycle reads arrears), no code yet, the program's monthly budget (`AskInput.budgetHold`,
+/// known at `now` only), `min_gap`, `max_per_year`. Cancellation and erasure
 /// are final once known, whatever their date: every pending ask is skipped.
 ///
 /// **min_gap** is judged between *send* times, so a backlog (after an outage, or facts dated in
@@ -409,6 +416,8 @@ private struct Context {
             return (h, history.holdChanges.first { $0 > t })
         }
         if input.code == nil { return (.noCode, nil) }
+        // Before min_gap and max_per_year: those are judged again when the hold lifts.
+        if let b = input.budgetHold, t >= now { return (.budget, b.release) }
         let gap = program.asks.minGap.microseconds
         let near = sent.filter { abs($0.sentAt.microseconds - t.microseconds) < gap }
         if let lift = near.map({ $0.sentAt + program.asks.minGap }).max() { return (.minGap, lift) }
@@ -435,6 +444,12 @@ private struct Context {
                 e.wake(at: c.due)
             } else if now > expires {
                 status = .skipped(blocker(at: c.due, sent: sent)?.rule ?? .stale)
+            } else if let held = heldNow, held.rule == .budget, let b = input.budgetHold {
+                // Looked at again at the account's release, or earlier when it would be stale by
+                // then; one that goes stale before the month turns cannot be saved.
+                let u = b.release(expiring: expires)
+                status = .waiting(.budget, until: u)
+                if u <= expires { e.wake(at: u) }
             } else if let held = heldNow {
                 status = .waiting(held.rule, until: held.until)
                 if let u = held.until, u <= expires { e.wake(at: u) }

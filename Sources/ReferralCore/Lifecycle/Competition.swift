@@ -374,3 +374,15 @@ extension Lifecycle {
         return out
     }
 }
+
+/// The first instant of the UTC calendar month of `t`.
+func utcMonthStart(_ t: Instant) -> Instant {
+    let (y, m, _) = civil(fromDays: utcDay(t))
+    return Instant(microseconds: days(fromCivil: y, m, 1) * 86_400_000_000)
+}
+
+/// The first instant of the UTC calendar month after the one of `t`.
+func nextUTCMonthStart(_ t: Instant) -> Instant {
+    let (y, m, _) = civil(fromDays: utcDay(t))
+    return Instant(microseconds: (m == 12 ? days(fromCivil: y + 1, 1, 1) : days(fromCivil: y, m + 1, 1)) * 86_400_000_000)
+}

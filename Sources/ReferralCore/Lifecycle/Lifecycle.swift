@@ -89,6 +89,8 @@ public struct ReferralView: Hashable, Sendable {
     public var inputs: [Input]
     public var qualifiedAt: Instant?
     public var rewards: [RewardView]
+    /// What its rewards commit of the program's monthly budget (`ProgramBudget`).
+    public var commitments: [Commitment]
 
     public struct Input: Hashable, Sendable {
         public var name: String
@@ -500,6 +502,24 @@ private struct Decider {
         for g in newlyIssued { emit(.rewardIssued(g)); issued[g.rewardId] = g }
         for r in reversals { emit(.rewardReversed(r)); reversed.insert(r.rewardId) }
 
+        // The budget: an issued reward commits its amount in its milestone's month; one in its
+        // hold (or waiting out arrears) commits what it would be paid, unless the referrer's cap
+        // already withholds it. A referral without a milestone inside its window commits nothing.
+        let milestone = idx.milestone(p.qualify.milestone, of: friend).flatMap { $0 <= lead.at + p.attributionWindow ? $0 : nil }
+        var commitments: [Commitment] = []
+        if let m = milestone {
+            let inHold = if case .pending = verdict { true } else { false }
+            let capped = (competition.capEarlier[b.leadId] ?? 0) >= p.limits.maxRewardsPerReferrerPerYear
+            for g in grants {
+                if let sent = issued[g.rewardId] {
+                    commitments.append(Commitment(rewardId: g.rewardId, programId: p.id, month: ProgramBudget.month(of: m),
+                                                  currency: sent.currency, amountMinor: sent.amountMinor, issued: true))
+                } else if inHold, !(capped && g.beneficiary == .referrer) {
+                    commitments.append(Commitment(rewardId: g.rewardId, programId: p.id, month: ProgramBudget.month(of: m),
+                                                  currency: g.currency, amountMinor: g.amountMinor, issued: false))
+                }
+            }
+        }
         var rewardViews: [RewardView] = []
         for g in grants {
             let status = fulfil(g)
@@ -509,7 +529,8 @@ private struct Decider {
         }
         return ReferralView(referralId: b.referralId, leadId: b.leadId, referrerAccountId: b.referrerAccountId, friendAccountId: friend,
                             programId: p.id, programVersion: b.programVersion, stage: stage, reason: reason, rule: why.rule,
-                            explanation: why.text, inputs: why.inputs, qualifiedAt: qualifiedAt, rewards: rewardViews)
+                            explanation: why.text, inputs: why.inputs, qualifiedAt: qualifiedAt, rewards: rewardViews,
+                            commitments: commitments)
     }
 
     /// The way forward, in order; the end stages are not on it.

@@ -23,6 +23,10 @@ public struct ReferralEngine: Sendable {
     public private(set) var log: [Published] = []
     public private(set) var nextWakeup: Instant?
     public let policy: LifecyclePolicy
+    /// The budget as the store keeps it (`ProgramBudget.changes`): commitments per referral, and
+    /// the month counters they and the reversals add up to.
+    public private(set) var commitments: [String: [Commitment]] = [:]
+    public private(set) var budgetCounters: [BudgetDelta: Int64] = [:]
 
     private var delivered: Set<Fact> = []
     private var erased: Set<String> = []
@@ -149,6 +153,7 @@ public struct ReferralEngine: Sendable {
                 fresh = []
             }
             record(d.effects, into: &out)
+            keepCommitments(d)
             var issuedCode = false
             for request in d.codeRequests {
                 guard let program = current[request.segment]?.program else { continue }
@@ -158,6 +163,23 @@ public struct ReferralEngine: Sendable {
             if !issuedCode { break }
         }
         return out
+    }
+
+    private mutating func keepCommitments(_ d: Decision) {
+        let programOf = Dictionary(referrals.map { ($0.referralId, $0.program.id) }, uniquingKeysWith: { a, _ in a })
+        let views = d.referrals.filter(ProgramBudget.mayHaveCommitments)
+        let changes = ProgramBudget.changes(views: views, stored: commitments, reversals: d.effects.compactMap {
+            guard case .rewardReversed(let r) = $0, let program = programOf[r.referralId] else { return nil }
+            return (program, r.currency, r.amountMinor)
+        }, now: now)
+        for (referral, id) in changes.deletes { commitments[referral]?.removeAll { $0.rewardId == id } }
+        for (referral, c) in changes.upserts {
+            commitments[referral] = (commitments[referral] ?? []).filter { $0.rewardId != c.rewardId } + [c]
+        }
+        for delta in changes.deltas {
+            budgetCounters[BudgetDelta(programId: delta.programId, month: delta.month, currency: delta.currency, amountMinor: 0),
+                           default: 0] += delta.amountMinor
+        }
     }
 
     private mutating func record(_ effects: [Effect], into out: inout [Effect]) {

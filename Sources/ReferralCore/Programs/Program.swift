@@ -22,8 +22,8 @@ public struct Program: Hashable, Sendable, Codable {
     public var fraud: Fraud
     public var asks: Asks
     public var followup: Followup
-    /// The monthly budget (contract: asks held past `pause_asks_at`, rewards always paid).
-    /// Parsed and validated; not enforced by this release (the daemon says so at start).
+    /// The monthly budget (contract: asks held past `pause_asks_at`, rewards always paid);
+    /// see `ProgramBudget`.
     public var budget: Budget?
 
     public init(id: String, segment: Segment, currency: String, shareURL: String, friendOfferText: String,

@@ -201,6 +201,39 @@ public struct WorkerMetrics: Sendable {
         }
     }
 
+    // MARK: budgets
+
+    /// A month's commitment and limit per budgeted program, as sampled from the counters (the
+    /// same on every instance: alert on the max across instances).
+    func budget(program: String, currency: String, committedMinor: Int64, limitMinor: Int64) {
+        let labels = [("program", program), ("currency", currency)]
+        Gauge(label: "referrald_budget_committed_minor", dimensions: labels, factory: factory).record(committedMinor)
+        Gauge(label: "referrald_budget_limit_minor", dimensions: labels, factory: factory).record(limitMinor)
+    }
+
+    /// Asks a budget held, each counted once when first held.
+    func asksHeld(programs: [String]) {
+        var counts: [String: Int] = [:]
+        for p in programs { counts[p, default: 0] += 1 }
+        for (program, n) in counts {
+            Counter(label: "referrald_asks_held_total", dimensions: [("program", program)], factory: factory).increment(by: n)
+        }
+    }
+
+    /// Held asks whose freshness ended: sent after the hold lifted, or dropped stale while held.
+    func heldAsksSettled(_ settled: [(programId: String, sent: Bool)]) {
+        var counts: [String: (sent: Int, dropped: Int)] = [:]
+        for s in settled {
+            if s.sent { counts[s.programId, default: (0, 0)].sent += 1 } else { counts[s.programId, default: (0, 0)].dropped += 1 }
+        }
+        for (program, n) in counts {
+            Counter(label: "referrald_asks_held_settled_total", dimensions: [("program", program), ("outcome", "sent")],
+                    factory: factory).increment(by: n.sent)
+            Counter(label: "referrald_asks_held_settled_total", dimensions: [("program", program), ("outcome", "dropped_stale")],
+                    factory: factory).increment(by: n.dropped)
+        }
+    }
+
     // MARK: connections
 
     func connection(_ peer: Peer, up: Bool) {

@@ -354,6 +354,7 @@ public actor Worker {
         failpoint.hit(.afterCommit)
         metrics.consumed(events, freshIndexes: outcome.freshIndexes)
         metrics.rewards(outcome.rewards)
+        metrics.asksHeld(programs: outcome.heldAsks)
         metrics.rejections(outcome.published)
         metrics.unattributed(leads, bound: outcome.boundLeads)
         for e in outcome.published {
@@ -397,6 +398,7 @@ public actor Worker {
             }
             effectCache.appendCommitted(fired.recorded)
             metrics.rewards(fired.rewards)
+            metrics.asksHeld(programs: fired.heldAsks)
             logger.debug("timers fired", metadata: ["timers.fired": "\(count)", "events": "\(fired.outbox.count)"])
             try await settlePublication()
             try await publish(fired.outbox)
@@ -404,18 +406,30 @@ public actor Worker {
         }
     }
 
-    /// Backlog gauges, sampled every few seconds on the worker's own connection: three cheap
-    /// aggregate queries, not worth a connection of their own.
+    /// Backlog gauges, sampled every few seconds on the worker's own connection: a few cheap
+    /// aggregate queries, not worth a connection of their own. The budgets' month figures come
+    /// with them, and the held asks whose freshness ended are settled (sent or dropped stale).
     private func sampleBacklog() async throws {
         guard let db else { return }
         lastBacklogSample = clock.now()
         let now = clock.now()
-        let (outbox, timers, unapplied) = try await db.run { c in
-            (try Store.outboxBacklog(c), try Store.timerBacklog(c, now: now), try Store.unappliedRewards(c, now: now))
+        let budgeted = programs.programs.filter { $0.budget != nil }.map { ($0.id, $0.currency) }
+        let (outbox, timers, unapplied, committed, settled) = try await db.run { c in
+            (try Store.outboxBacklog(c), try Store.timerBacklog(c, now: now), try Store.unappliedRewards(c, now: now),
+             try Store.committed(c, programs: budgeted, month: ProgramBudget.month(of: now)),
+             try Store.sweepHeldAsks(c, now: now))
         }
         metrics.outbox(count: outbox.count, oldestAgeSeconds: outbox.oldestAgeSeconds)
         metrics.timers(due: timers.due, lagSeconds: timers.lagSeconds)
         metrics.unappliedRewards(count: unapplied.count, oldestAgeSeconds: unapplied.oldestAgeSeconds)
+        for p in programs.programs {
+            guard let budget = p.budget else { continue }
+            metrics.budget(program: p.id, currency: p.currency, committedMinor: committed[p.id] ?? 0, limitMinor: budget.monthlyMinor)
+        }
+        metrics.heldAsksSettled(settled)
+        if settled.contains(where: { !$0.sent }) {
+            logger.info("held asks dropped stale", metadata: ["asks.dropped": "\(settled.filter { !$0.sent }.count)"])
+        }
     }
 
     // MARK: broker

@@ -91,6 +91,8 @@ extension Scenario {
         var stalledAfter = "7d"
         var attributionWindow = "90d"
         var hold = "30d"
+        /// A `budget:` mapping (`{ monthly_minor: N, pause_asks_at: F }`), or none.
+        var budget: String?
     }
 
     static func askPrograms(consumer: AskProgram, business: AskProgram = AskProgram()) throws -> String {
@@ -116,7 +118,7 @@ extension Scenario {
                   max_per_year: \(p.maxPerYear)
                   periodic_every: \(p.periodicEvery)
                 followup: { stalled_after: \(p.stalledAfter) }
-            """
+            """ + (p.budget.map { "\n    budget: \($0)" } ?? "")
         }
         let yaml = "programs:\n" + program("consumer", consumer) + "\n" + program("business", business) + "\n"
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("programs-\(UUID().uuidString).yaml").path
