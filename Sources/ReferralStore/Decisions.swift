@@ -20,7 +20,8 @@ enum Decisions {
         try Store.insertAskFacts(c, askFacts)
         let facts = fresh.flatMap(\.lifecycleFacts)
         if !facts.isEmpty {
-            outcome.published = try lifecycle(c, facts: facts, context: context, mismatches: &outcome.mismatches,
+            outcome.published = try lifecycle(c, facts: facts, channels: InboundEvent.leadChannels(fresh), context: context,
+                                              mismatches: &outcome.mismatches,
                                               rewards: &outcome.rewards, recorded: &outcome.recorded,
                                               boundLeads: &outcome.boundLeads)
         }
@@ -36,7 +37,8 @@ enum Decisions {
     }
 
     /// Stores the batch's lifecycle facts and decides the referrals they touch.
-    static func lifecycle(_ c: isolated PostgresConnection, facts: [Fact], context: DecisionContext,
+    static func lifecycle(_ c: isolated PostgresConnection, facts: [Fact], channels: [Fact: LeadChannel],
+                          context: DecisionContext,
                           mismatches: inout [Effect], rewards: inout [RewardChange],
                           recorded: inout [EffectCache.Recorded], boundLeads: inout Set<String>) throws -> [OutgoingEvent] {
         let leads = Array(Set(facts.compactMap(\.leadId)))
@@ -45,7 +47,7 @@ enum Decisions {
         let codes = Array(Set(facts.compactMap { if case .leadCreated(_, _, let code?, _, _, _) = $0 { code } else { nil } }))
         try Store.lockFactKeys(c, leads: leads, accounts: accounts, referrerKeys: Lifecycle.referrerLockKeys(facts),
                                codes: codes, rewards: rewardIds)
-        try Store.insertFacts(c, facts)
+        try Store.insertFacts(c, facts, channels: channels)
 
         // Leads carrying a known code become referrals, bound to the program version in force now.
         // Which leads are bound is read whenever the batch has a lead (a version without a code

@@ -92,22 +92,25 @@ extension Store {
             """, keys.parameters)
     }
 
-    public static func insertFacts(_ c: isolated PostgresConnection, _ facts: [Fact]) throws {
+    /// `channels`: the sales channel of lead facts (`InboundEvent.leadChannels`), written on the
+    /// lead's row for the report.
+    public static func insertFacts(_ c: isolated PostgresConnection, _ facts: [Fact],
+                                   channels: [Fact: LeadChannel] = [:]) throws {
         if facts.isEmpty { return }
-        let rows = facts.map(FactRow.init)
+        let rows = facts.map { FactRow($0, channel: channels[$0]) }
         try c.executeDeferred("""
             INSERT INTO facts (kind, at, lead_id, account_id, invoice_id, reward_id, code, household_id,
-                               contact_hash, segment, sequence, amount_minor, currency, reason, plan_id)
+                               contact_hash, segment, sequence, amount_minor, currency, reason, plan_id, channel)
             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
                                  $7::text[], $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[],
-                                 $13::text[], $14::text[], $15::text[])
+                                 $13::text[], $14::text[], $15::text[], $16::text[])
             """, [
                 .textArray(rows.map(\.kind)), .textArray(rows.map { $0.at.rfc3339 }), .textArray(rows.map(\.lead)),
                 .textArray(rows.map(\.account)), .textArray(rows.map(\.invoice)), .textArray(rows.map(\.reward)),
                 .textArray(rows.map(\.code)), .textArray(rows.map(\.household)), .textArray(rows.map(\.contact)),
                 .textArray(rows.map(\.segment)), .textArray(rows.map { $0.sequence.map(String.init) }),
                 .int8Array(rows.map(\.amount)), .textArray(rows.map(\.currency)), .textArray(rows.map(\.reason)),
-                .textArray(rows.map(\.plan)),
+                .textArray(rows.map(\.plan)), .textArray(rows.map(\.channel)),
             ])
     }
 
@@ -524,9 +527,12 @@ struct FactRow {
     var lead: String?, account: String?, invoice: String?, reward: String?, code: String?
     var household: String?, contact: String?, segment: String?
     var sequence: Int?, amount: Int64?, currency: String?, reason: String?, plan: String?
+    /// A lead's sales channel: beside the fact, not in it (`InboundEvent.leadChannels`).
+    var channel: String?
 
-    init(_ fact: Fact) {
+    init(_ fact: Fact, channel: LeadChannel? = nil) {
         at = fact.at
+        self.channel = channel?.rawValue
         switch fact {
         case .leadCreated(let l, _, let code, let h, let ct, let seg):
             kind = "lead"; lead = l; self.code = code; household = h; contact = ct; segment = seg?.rawValue

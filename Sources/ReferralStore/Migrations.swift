@@ -6,6 +6,9 @@ import Postgres
 public struct Migration: Sendable {
     public let version: Int
     public let name: String
+    /// With a `backfill`, committed in a transaction of its own before it (the backfill may
+    /// need the columns it adds), and run again by a `migrate` that resumes: it must be
+    /// idempotent (`IF NOT EXISTS`, `ON CONFLICT DO NOTHING`).
     public let sql: String
     /// A data migration in Swift, run in chunks of their own transactions after `sql`: the
     /// version is recorded only once it finished, so `run` refuses a half-filled database and a
@@ -447,6 +450,13 @@ public enum Schema {
                 FROM rewards WHERE state = 'reversed'
             ) m GROUP BY program_id, month, currency;
             """),
+        Migration(version: 17, name: "lead channels on lead facts; plans and channels of facts stored before, from the inbox bodies",
+                  sql: """
+            -- The sales channel a lead came through (`provisioning.lead.created` `channel`), on the
+            -- lead's fact row: the report breaks leads and conversion down by it. No rule reads it,
+            -- so it is a column of the row, not a field of the core's fact. NULL: none was sent.
+            ALTER TABLE facts ADD COLUMN IF NOT EXISTS channel text COLLATE "C";
+            """, backfill: { db, logger in try await Store.backfillPlansAndChannels(db, logger: logger) }),
     ]
 
     public static var latestVersion: Int { migrations.last?.version ?? 0 }
@@ -486,9 +496,12 @@ public enum Schema {
         let current = try await currentVersion(db)
         var applied: [Int] = []
         for m in migrations where m.version > current {
-            if let backfill = m.backfill { try await backfill(db, logger) }
+            if let backfill = m.backfill {
+                if !m.sql.isEmpty { try await db.transaction { c in try c.executeScript(m.sql) } }
+                try await backfill(db, logger)
+            }
             try await db.transaction { c in
-                if !m.sql.isEmpty { try c.executeScript(m.sql) }
+                if !m.sql.isEmpty && m.backfill == nil { try c.executeScript(m.sql) }
                 try c.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                               [.int(Int64(m.version)), .text(m.name)])
             }

@@ -54,6 +54,13 @@ public struct ReportFigures: Sendable, Equatable {
     public var repeatAdvocates: Int64 = 0
     public var moments: [Moment] = []
     public var weeks: [Week] = []
+    /// Version 2 (`ReportBreakdownStore.swift`, `ReportBudgetStore.swift`).
+    public var byPlan: [GroupSpend] = []
+    public var byMoment: [GroupSpend] = []
+    public var channels: [Channel] = []
+    public var months: [Month] = []
+    public var budgets: [Budget] = []
+    public var monthToDate = MonthToDate()
 
     public init() {}
 }
@@ -69,7 +76,9 @@ extension Store {
     /// not stored). The cohort goes to a temporary table once, so the half-dozen aggregates do
     /// not each redo the joins over `facts`. Temporary tables need a writable session: run it
     /// against the primary or a writable replica, not a hot standby.
-    public static func report(_ c: isolated PostgresConnection, _ scope: ReportScope) throws -> ReportFigures {
+    ///
+    /// `now` dates the month-to-date spend the forecast extrapolates.
+    public static func report(_ c: isolated PostgresConnection, _ scope: ReportScope, now: Instant) throws -> ReportFigures {
         try c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         let period: [PostgresValue] = [.text(scope.from.rfc3339), .text(scope.to.rfc3339), PostgresValue(scope.programId)]
         // A report reads a large part of the tables once: hashing and sorting in memory rather
@@ -78,9 +87,9 @@ extension Store {
         try c.execute("""
             CREATE TEMP TABLE report_referrals ON COMMIT DROP AS
             SELECT r.referral_id, r.lead_id, r.referrer_account_id AS referrer, r.friend_account_id AS friend,
-                   r.stage, r.reason, first.at AS lead_at
-            FROM (SELECT lead_id, min(at) AS at FROM facts
-                  WHERE kind = 'lead' AND at >= $1::timestamptz AND at < $2::timestamptz GROUP BY lead_id) first
+                   r.stage, r.reason, first.at AS lead_at, first.channel
+            FROM (SELECT DISTINCT ON (lead_id) lead_id, at, channel FROM facts
+                  WHERE kind = 'lead' AND at >= $1::timestamptz AND at < $2::timestamptz ORDER BY lead_id, at) first
             JOIN referrals r USING (lead_id)
             WHERE $3::text IS NULL OR r.program_id = $3::text
             """, period)
@@ -100,11 +109,17 @@ extension Store {
             rw AS (SELECT w.referral_id, min(w.issued_at) AS qualified_at, min(a.at) AS rewarded_at
                    FROM rewards w JOIN report_referrals l USING (referral_id)
                    LEFT JOIN facts a ON a.kind = 'credit_applied' AND a.reward_id = w.reward_id
-                   GROUP BY w.referral_id)
+                   GROUP BY w.referral_id),
+            -- The friend's plan is that of their first activation, as rewards `by_plan` read it
+            -- (`AccountInfo.firstPlans`); of two plans named at that instant, the first by name.
+            plan AS (SELECT DISTINCT ON (p.account_id) p.account_id, p.plan_id FROM acc
+                     JOIN facts p ON p.account_id = acc.account_id AND p.kind = 'plan' AND p.at = acc.activated_at
+                     ORDER BY p.account_id, p.plan_id)
             SELECT l.referral_id, l.referrer, l.stage, l.reason, l.lead_at, o.at AS ordered_at,
-                   acc.installed_at, acc.activated_at, rw.qualified_at, rw.rewarded_at
+                   acc.installed_at, acc.activated_at, rw.qualified_at, rw.rewarded_at, l.channel,
+                   coalesce(plan.plan_id, 'none') AS plan
             FROM report_referrals l LEFT JOIN o USING (lead_id) LEFT JOIN acc ON acc.account_id = l.friend
-            LEFT JOIN rw USING (referral_id)
+            LEFT JOIN rw USING (referral_id) LEFT JOIN plan ON plan.account_id = l.friend
             """)
 
         var f = ReportFigures()
@@ -179,15 +194,24 @@ extension Store {
         }
 
         // Unattributed leads carry no program (no referral binds them to one), so this figure
-        // covers every lead of the period whatever `programId` says.
-        let unattributed = try c.query("""
-            SELECT count(*) FILTER (WHERE code IS NULL)::int8 AS no_code, count(*) FILTER (WHERE code IS NOT NULL)::int8 AS unknown
-            FROM (SELECT DISTINCT ON (lead_id) lead_id, code FROM facts
+        // covers every lead of the period whatever `programId` says. By channel, for `channels`.
+        var unattributedByChannel: [String: Int64] = [:]
+        for row in try c.query("""
+            SELECT coalesce(channel, 'unknown') AS channel, count(*) FILTER (WHERE code IS NULL)::int8 AS no_code,
+                   count(*) FILTER (WHERE code IS NOT NULL)::int8 AS unknown
+            FROM (SELECT DISTINCT ON (lead_id) lead_id, code, channel FROM facts
                   WHERE kind = 'lead' AND at >= $1::timestamptz AND at < $2::timestamptz ORDER BY lead_id, at) l
             WHERE NOT EXISTS (SELECT 1 FROM referrals r WHERE r.lead_id = l.lead_id)
-            """, Array(period.prefix(2)))[0]
-        f.unattributedWithoutCode = try unattributed.decode("no_code", as: Int64.self)
-        f.unattributedUnknownCode = try unattributed.decode("unknown", as: Int64.self)
+            GROUP BY 1
+            """, Array(period.prefix(2))) {
+            let (noCode, unknown) = (try row.decode("no_code", as: Int64.self), try row.decode("unknown", as: Int64.self))
+            f.unattributedWithoutCode += noCode
+            f.unattributedUnknownCode += unknown
+            unattributedByChannel[try row.decode("channel", as: String.self)] = noCode + unknown
+        }
+        f.channels = try channels(c, unattributed: unattributedByChannel)
+        try cohortSpend(c)
+        f.byPlan = try spendByPlan(c)
 
         try c.execute("""
             CREATE TEMP TABLE report_asks ON COMMIT DROP AS
@@ -223,6 +247,10 @@ extension Store {
             .init(moment: try $0.decode("moment", as: String.self), asks: try $0.decode("asks", as: Int64.self),
                   customers: try $0.decode("customers", as: Int64.self), leadsFollowing: try $0.decode("leads", as: Int64.self))
         }
+        f.byMoment = try spendByMoment(c, followWindow: scope.askFollowWindow)
+        f.budgets = try programBudgets(c, programId: scope.programId)
+        f.months = try months(c, scope)
+        f.monthToDate = try monthToDate(c, programId: scope.programId, now: now)
         return f
     }
 }

@@ -65,6 +65,23 @@ import Testing
               AND table_name <> 'schema_migrations'
             """) == 0)
 
+        // Version 17: the plan each stored activation named, and each lead's channel, read back
+        // from the inbox bodies (the old release stored neither).
+        #expect(try await count("""
+            SELECT count(*)::int8 FROM inbox i
+            WHERE i.type = 'provisioning.service.activated'
+              AND convert_from(i.body, 'UTF8')::jsonb -> 'data' ->> 'plan_id' IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM facts f WHERE f.kind = 'plan' AND f.account_id = i.account_id
+                                AND f.at = i.fact_time AND f.plan_id = convert_from(i.body, 'UTF8')::jsonb -> 'data' ->> 'plan_id')
+            """) == 0)
+        #expect(try await count("SELECT count(*)::int8 FROM facts WHERE kind = 'plan'") > 1000)
+        let leadsWithChannel = try await count("""
+            SELECT count(*)::int8 FROM inbox
+            WHERE type = 'provisioning.lead.created' AND convert_from(body, 'UTF8')::jsonb -> 'data' ->> 'channel' IS NOT NULL
+            """)
+        #expect(leadsWithChannel > 1000)
+        #expect(try await count("SELECT count(*)::int8 FROM facts WHERE kind = 'lead' AND channel IS NOT NULL") == leadsWithChannel)
+
         // Decided at the moment the old release last decided, so timers it left for later do
         // not fire here: what reconcile finds is a difference, never the passing of time.
         let lastDecision = try await db.run { c in

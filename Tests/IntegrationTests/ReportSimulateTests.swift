@@ -11,7 +11,7 @@ import Testing
     static let codeA = ReferralCode(randomBits: 1).canonical
     static let codeB = ReferralCode(randomBits: 2).canonical
 
-    static func programs(referrerAmount: Int = 5000, hold: String = "30d") -> [Program] {
+    static func programs(referrerAmount: Int = 5000, hold: String = "30d", referrerByPlan: String = "") -> [Program] {
         let yaml = """
             programs:
               - id: consumer
@@ -19,7 +19,7 @@ import Testing
                 currency: USD
                 share_url: "https://example.net/r/{code}"
                 friend_offer_text: "Priority installation and a $25 credit."
-                referrer_reward: { kind: bill_credit, amount_minor: \(referrerAmount) }
+                referrer_reward: { kind: bill_credit, amount_minor: \(referrerAmount)\(referrerByPlan.isEmpty ? "" : ", by_plan: \(referrerByPlan)") }
                 friend_reward: { kind: bill_credit, amount_minor: 2500, priority_install: true }
                 qualify: { milestone: service_activated, hold: \(hold) }
                 attribution_window: 90d
@@ -121,6 +121,40 @@ import Testing
         #expect(Simulate.table(early).contains("Qualify earlier under the candidate (1)"))
         let json = try JSONSerialization.jsonObject(with: Data(Simulate.json(early).utf8)) as? [String: Any]
         #expect((json?["qualify_earlier"] as? [[String: Any]])?.first?["referral_id"] as? String == "ref-3001")
+    }
+
+    /// Candidate tiers: the friends' plans are in the recorded activations (F1 fiber-1000, F3
+    /// fiber-500 first and fiber-1000 a day later, which does not count); a candidate that pays
+    /// fiber-1000 more moves that plan's cost alone, and the table shows each plan under both.
+    @Test func candidateTiersAreComparedPlanByPlan() throws {
+        let withPlans = Self.recorded
+            .replacingOccurrences(of: #""account_id":"acct-F1","activated_at":"\#(Self.at(5))""#,
+                                  with: #""account_id":"acct-F1","activated_at":"\#(Self.at(5))","plan_id":"fiber-1000""#)
+            .replacingOccurrences(of: #""account_id":"acct-F3","activated_at":"\#(Self.at(8))""#,
+                                  with: #""account_id":"acct-F3","activated_at":"\#(Self.at(8))","plan_id":"fiber-500""#)
+        let later = Self.line(99, "provisioning.service.activated", day: 9,
+                              ["account_id": "acct-F3", "activated_at": Self.at(9), "plan_id": "fiber-1000", "segment": "consumer"])
+        let stream = try Simulate.Stream(ndjson: withPlans + later + "\n")
+        #expect(stream.events.count == 13)
+        let current = Self.programs(referrerByPlan: "{ fiber-1000: 8000 }")
+        let candidate = Self.programs(referrerByPlan: "{ fiber-1000: 12000, fiber-500: 6000 }")
+        let c = Simulate.compare(stream, current: current, candidate: candidate, until: Self.t0 + .days(60))
+        #expect(c.byPlanChanged)
+        // F1 (fiber-1000): referrer 80.00 → 120.00, friend 25.00; F3 (fiber-500): referrer 50.00
+        // (no tier) → 60.00, friend 25.00. Nobody else qualifies.
+        #expect(c.current.netCostByPlan == ["fiber-1000": ["USD": 10500], "fiber-500": ["USD": 7500]])
+        #expect(c.candidate.netCostByPlan == ["fiber-1000": ["USD": 14500], "fiber-500": ["USD": 8500]])
+        let table = Simulate.table(c)
+        let row = table.split(separator: "\n").first { $0.contains("net cost, plan fiber-1000 USD") }
+        #expect(row?.split(separator: " ").suffix(3) == ["105.00", "145.00", "+40.00"], "\(table)")
+        let json = try JSONSerialization.jsonObject(with: Data(Simulate.json(c).utf8)) as? [String: Any]
+        let plans = (json?["candidate"] as? [String: Any])?["net_cost_by_plan"] as? [String: [String: Int]]
+        #expect(plans?["fiber-500"]?["USD"] == 8500)
+
+        // Same tiers on both sides: the per-plan rows stay out of the table, the JSON keeps them.
+        let same = Simulate.compare(stream, current: current, candidate: current, until: Self.t0 + .days(60))
+        #expect(!same.byPlanChanged && !Simulate.table(same).contains("plan fiber"))
+        #expect(same.candidate.netCostByPlan == same.current.netCostByPlan)
     }
 
     @Test func aBadLineIsNamedByItsNumber() {

@@ -20,11 +20,19 @@ import Testing
     ///   unattributed: lead-u1 without code, lead-u2 with an unknown code, lead-u3 after the period
     ///   asks: A post_install 01-02, B post_activation 01-03, D post_install 01-04, E speed_test 01-05,
     ///         A periodic 2025-12-01 (before), X post_install 01-06 (business)
+    ///
+    /// Version 2: channels phone (lead-1's first fact; its second says web), web (lead-2, lead-u1),
+    /// phone (lead-3), none (lead-4, lead-u2), retail (lead-5); plans fiber-1000 (F1's first
+    /// activation), fiber-500 (F2's first; its later fiber-1000 does not count), none (F3); the
+    /// consumer program's budget 200.00 a month, 60.00 + 40.00 committed in January on two shards;
+    /// ref-6's friend reward issued 2026-02-01 12:00 (February's spend so far).
     static func loadKnownScenario(_ db: PostgresConnection) async throws {
         try await db.run { c in
             try c.executeScript("""
                 INSERT INTO program_versions (program_id, version, canonical, program) VALUES
-                    ('consumer', 1, 'c', '{}'), ('business', 1, 'b', '{}');
+                    ('consumer', 1, 'c', '{}'), ('business', 1, 'b', '{}'),
+                    -- The report reads the budget of the latest version.
+                    ('consumer', 2, 'c2', '{"currency": "USD", "budget": {"monthly_minor": 20000, "pause_asks_at": 0.8}}');
                 INSERT INTO referrals (referral_id, lead_id, code, referrer_account_id, program_id, program_version,
                                        friend_account_id, stage, reason, rule) VALUES
                     ('ref-1', 'lead-1', 'CODE-A', 'acct-A', 'consumer', 1, 'acct-F1', 'rewarded', NULL, 'qualify'),
@@ -65,7 +73,18 @@ import Testing
                     ('rwd-1-friend', 'ref-1', 'friend', 'acct-F1', 'bill_credit', 2500, 'USD', 'consumer', 'issued', '2026-01-19T00:00:00Z', '2026-01-19T00:00:00Z'),
                     ('rwd-2-referrer', 'ref-2', 'referrer', 'acct-A', 'bill_credit', 5000, 'USD', 'consumer', 'reversed', '2026-01-26T00:00:00Z', '2026-01-28T00:00:00Z'),
                     ('rwd-2-friend', 'ref-2', 'friend', 'acct-F2', 'bill_credit', 2500, 'USD', 'consumer', 'failed', '2026-01-26T00:00:00Z', '2026-01-27T00:00:00Z'),
-                    ('rwd-6-referrer', 'ref-6', 'referrer', 'acct-C', 'bill_credit', 5000, 'USD', 'consumer', 'applied', '2026-01-02T00:00:00Z', '2026-01-02T00:00:00Z');
+                    ('rwd-6-referrer', 'ref-6', 'referrer', 'acct-C', 'bill_credit', 5000, 'USD', 'consumer', 'applied', '2026-01-02T00:00:00Z', '2026-01-02T00:00:00Z'),
+                    ('rwd-6-friend', 'ref-6', 'friend', 'acct-F6', 'bill_credit', 2500, 'USD', 'consumer', 'issued', '2026-02-01T12:00:00Z', '2026-02-01T12:00:00Z');
+                UPDATE facts SET channel = 'phone' WHERE kind = 'lead' AND ((lead_id = 'lead-1' AND at < '2026-01-06') OR lead_id = 'lead-3');
+                UPDATE facts SET channel = 'web' WHERE kind = 'lead' AND (lead_id IN ('lead-2', 'lead-u1') OR at = '2026-01-06');
+                UPDATE facts SET channel = 'retail' WHERE kind = 'lead' AND lead_id = 'lead-5';
+                INSERT INTO facts (kind, at, account_id, plan_id) VALUES
+                    ('plan', '2026-01-09T00:00:00Z', 'acct-F1', 'fiber-1000'),
+                    ('plan', '2026-01-16T00:00:00Z', 'acct-F2', 'fiber-500'),
+                    ('plan', '2026-01-20T00:00:00Z', 'acct-F2', 'fiber-1000');
+                INSERT INTO budget_counters (program_id, month, currency, shard, committed_minor) VALUES
+                    ('consumer', '2026-01-01', 'USD', 0, 6000), ('consumer', '2026-01-01', 'USD', 1, 4000),
+                    ('consumer', '2026-02-01', 'USD', 0, 2500), ('business', '2026-01-01', 'USD', 0, 999);
                 INSERT INTO asks (ask_key, account_id, moment, program_id, due_at, sent_at) VALUES
                     ('k1', 'acct-A', 'post_install', 'consumer', '2026-01-02T00:00:00Z', '2026-01-02T00:00:00Z'),
                     ('k2', 'acct-B', 'post_activation', 'consumer', '2026-01-03T00:00:00Z', '2026-01-03T00:00:00Z'),
@@ -90,7 +109,7 @@ import Testing
         let r = try ProgramReport.decode(json: json)
         #expect(r == report)
 
-        #expect(r.schema == "referrald.report/1")
+        #expect(r.schema == "referrald.report/2")
         #expect(r.generatedAt == "2026-02-02T00:00:00Z")
         #expect(r.period == .init(from: "2026-01-01T00:00:00Z", to: "2026-02-01T00:00:00Z", days: 31))
         #expect(r.program == "consumer")
@@ -151,6 +170,43 @@ import Testing
             .init(weekStart: "2026-01-19T00:00:00Z", leads: 1, activated: 0, qualified: 0),
         ])
 
+        // Version 2. By the friend's first plan: ref-1 (F1, fiber-1000) and ref-2 (F2, fiber-500);
+        // ref-3..5 have no reward, so no spend to break down.
+        #expect(r.spendByPlan == [
+            .init(plan: "fiber-1000", currency: "USD", issued: .init(count: 2, amountMinor: 7500), reversed: .init(count: 0, amountMinor: 0),
+                  netCostMinor: 7500, qualified: 1, costPerQualifiedMinor: 7500),
+            .init(plan: "fiber-500", currency: "USD", issued: .init(count: 2, amountMinor: 7500), reversed: .init(count: 1, amountMinor: 5000),
+                  netCostMinor: 2500, qualified: 1, costPerQualifiedMinor: 2500),
+        ])
+        // ref-1 and ref-2 followed A's post_install ask (01-02); the rewarded referrals of the
+        // other moments have no reward.
+        #expect(r.costPerQualifiedByMoment == [
+            .init(moment: "post_install", currency: "USD", issued: .init(count: 4, amountMinor: 15000),
+                  reversed: .init(count: 1, amountMinor: 5000), netCostMinor: 10000, qualified: 2, costPerQualifiedMinor: 5000),
+        ])
+        #expect(r.channels == [
+            .init(channel: "phone", leads: 2, activated: 1, qualified: 1, conversion: 0.5, unattributed: 0),   // ref-1, ref-3
+            .init(channel: "retail", leads: 1, activated: 0, qualified: 0, conversion: 0, unattributed: 0),    // ref-5
+            .init(channel: "unknown", leads: 1, activated: 0, qualified: 0, conversion: 0, unattributed: 1),   // ref-4; lead-u2
+            .init(channel: "web", leads: 1, activated: 1, qualified: 1, conversion: 1, unattributed: 1),       // ref-2; lead-u1
+        ])
+        // January by issue time, whatever the lead's time: ref-6's December lead's referrer reward
+        // (01-02) counts, its friend reward (02-01) does not; rwd-2-referrer reversed on 01-28;
+        // the business program's commitment is another program's.
+        #expect(r.budget.months == [
+            .init(month: "2026-01", program: "consumer", currency: "USD", issued: .init(count: 5, amountMinor: 20000),
+                  reversed: .init(count: 1, amountMinor: 5000), netSpendMinor: 15000, committedMinor: 10000,
+                  budgetMonthlyMinor: 20000, spentShareOfBudget: 0.75, committedShareOfBudget: 0.5),
+        ])
+        // Generated on 02-02 00:00: one day of February's 28 gone, 25.00 spent, 700.00 at that rate.
+        let forecast = try #require(r.budget.forecast.first)
+        #expect(r.budget.forecast.count == 1)
+        #expect(forecast.month == "2026-02" && forecast.program == "consumer" && forecast.currency == "USD")
+        #expect(forecast.spentMinor == 2500 && forecast.budgetMonthlyMinor == 20000)
+        #expect(abs(forecast.elapsedFraction - 1.0 / 28) < 1e-12)
+        #expect(abs(forecast.forecastMinor! - 70000) < 1e-6)
+        #expect(abs(forecast.forecastShareOfBudget! - 3.5) < 1e-9)
+
         // Undefined ratios are written as null, never left out: the schema's keys are all present.
         #expect(json.contains("\"conversion\" : null"))
         #expect(json.contains("\"median_seconds_from_previous\" : null"))
@@ -168,6 +224,15 @@ import Testing
         #expect(r.leads.referred == 6)
         #expect(r.participation == .init(referrers: 4, askedReferrers: 3, rate: 0.6, benchmarkRate: 0.25))
         #expect(r.funnel.map(\.count) == [6, 4, 3, 3, 2, 1])  // ref-7 has no install fact yet counts as past it
+        // The business program has no budget, yet its commitment and month show; ref-7's friend
+        // named no plan and ref-7 has no reward.
+        #expect(r.budget.months.map { "\($0.month) \($0.program) \($0.committedMinor) \($0.budgetMonthlyMinor.map(String.init) ?? "none")" }
+                == ["2026-01 business 999 none", "2026-01 consumer 10000 20000"])
+        #expect(r.spendByPlan.map(\.plan) == ["fiber-1000", "fiber-500"])
+        // Generated at the period's end, the first instant of February: nothing elapsed, no forecast.
+        #expect(r.budget.forecast.map { "\($0.program) \($0.spentMinor) \($0.elapsedFraction) \($0.forecastMinor.map { "\($0)" } ?? "null")" }
+                == ["consumer 0 0.0 null"])
+        #expect(r.render(.json).contains("\"forecast_minor\" : null"))
 
         var empty = Self.january
         empty.from = Instant(rfc3339: "2030-01-01T00:00:00Z")!
@@ -177,6 +242,9 @@ import Testing
         #expect(none.funnel.allSatisfy { $0.conversion == nil && $0.medianSecondsFromPrevious == nil })
         #expect(none.participation.rate == nil && none.leads.perReferrerPerYear == nil && none.asks.bestMoment == nil)
         #expect(none.rewards.isEmpty && none.weekly.isEmpty)
+        #expect(none.spendByPlan.isEmpty && none.costPerQualifiedByMoment.isEmpty && none.channels.isEmpty)
+        // A month without spend still shows against its budget.
+        #expect(none.budget.months.map(\.month) == ["2030-01"] && none.budget.months.first?.netSpendMinor == 0)
         #expect(try ProgramReport.decode(json: none.render(.json)) == none)
         #expect(none.render(.table).contains("no asks in the period"))
         await bed.tearDown()
@@ -188,14 +256,19 @@ import Testing
         let r = try await ProgramReport.make(bed.db, scope: Self.january, now: Self.january.to)
         let table = r.render(.table)
         for line in ["share of asked who referred", "50.0 %", "rule of thumb 25.0 %", "unattributed leads",
-                     "cost per activation", "37.50", "best moment: post_activation", "rewarded"] {
+                     "cost per activation", "37.50", "best moment: post_activation", "rewarded",
+                     "Spend by the friend's plan", "fiber-1000", "Leads by channel", "retail", "Spend by month against budget",
+                     "150.00 USD", "75.0 %"] {
             #expect(table.contains(line), "\(line) in\n\(table)")
         }
         let html = r.render(.html)
         // Self-contained: the SVG namespace is the only URL, and nothing is loaded from elsewhere.
         let withoutNamespace = html.replacingOccurrences(of: "http://www.w3.org/2000/svg", with: "")
         for external in ["http", "<script", "<link", "src=", "url("] { #expect(!withoutNamespace.contains(external), "\(external)") }
-        try await BrowserCheck.expectFunnel(html: html, name: "report-known", counts: r.funnel.map { ($0.stage, $0.count) })
+        try await BrowserCheck.expectFunnel(html: html, name: "report-known", counts: r.funnel.map { ($0.stage, $0.count) },
+                                            also: ["class=\"budget-bar\" data-program=\"consumer\" data-month=\"2026-01\" data-spent=\"15000\" data-committed=\"10000\" data-limit=\"20000\"",
+                                                   "class=\"plan-cost-bar\" data-plan=\"fiber-1000\" data-currency=\"USD\" data-cost=\"7500\"",
+                                                   "class=\"plan-cost-bar\" data-plan=\"fiber-500\" data-currency=\"USD\" data-cost=\"2500\""])
         await bed.tearDown()
     }
 }
@@ -206,7 +279,8 @@ import Testing
 enum BrowserCheck {
     static let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) }
 
-    static func expectFunnel(html: String, name: String, counts: [(String, Int64)]) async throws {
+    /// `also`: further markup the rendered DOM must hold (the budget and plan bars).
+    static func expectFunnel(html: String, name: String, counts: [(String, Int64)], also: [String]) async throws {
         guard let chromium else {
             print("chromium not installed: the browser check of the HTML report is skipped (apt-get install -y chromium)")
             return
@@ -220,6 +294,7 @@ enum BrowserCheck {
             #expect(dom.contains("class=\"funnel-bar\" data-stage=\"\(stage)\" data-count=\"\(count)\""), "bar \(stage) \(count)")
             #expect(dom.contains("<text class=\"funnel-label\" x=\"0\"") && dom.contains(">\(stage)</text>"), "label \(stage)")
         }
+        for markup in also { #expect(dom.contains(markup), "\(markup)") }
         let png = dir.appendingPathComponent("report.png")
         _ = try await run(chromium, ["--screenshot=\(png.path)", "--window-size=900,1400", page.absoluteString])
         let size = (try FileManager.default.attributesOfItem(atPath: png.path)[.size] as? Int) ?? 0

@@ -50,6 +50,39 @@ import ReferralTestKit
         #expect(Self.amounts(activations: [(.days(6), nil), (.days(7), "fiber-1000")]) == ["referrer": 5000, "friend": 2500])
     }
 
+    /// What `explain` shows support: the friend's plan among the inputs, and each reward at the
+    /// amount it was decided at. An earlier activation on another plan that arrives after the
+    /// rewards went out changes the plan shown, never the amount of a reward already issued.
+    @Test func explainShowsTheFriendsPlanAndTheAmountEachRewardWasDecidedAt() {
+        var e = ReferralEngine(programs: [Self.program], start: Self.t0 - .days(1), codeFor: testCode)
+        e.referrer("r1", at: Self.t0)
+        for fact: Fact in [
+            .leadCreated(leadId: "L1", at: Self.t0 + .days(1), code: testCode("r1"), householdId: "hh-f1", contactHash: "c-f1", segment: .consumer),
+            .orderPlaced(leadId: "L1", accountId: "f1", at: Self.t0 + .days(2)),
+            .serviceActivated(accountId: "f1", at: Self.t0 + .days(6), householdId: "hh-f1", contactHash: "c-f1", segment: .consumer),
+            .planChosen(accountId: "f1", planId: "fiber-500", at: Self.t0 + .days(6)),
+        ] { e.receive(fact, at: max(e.now, fact.at)) }
+        e.advance(to: Self.t0 + .days(200))
+        func explained() -> ReferralView? {
+            Lifecycle.decide(LifecycleInput(facts: e.facts, referrals: e.referrals, recorded: e.recordedEffects, now: e.now,
+                                            policy: e.policy, explain: true)).referrals.first
+        }
+        let view = explained()
+        #expect(view?.inputs.first { $0.name == "friend_plan" }?.value == "fiber-500")
+        #expect(view?.rewards.map { "\($0.beneficiary.rawValue) \($0.amountMinor) \($0.status.rawValue)" }
+                == ["referrer 8000 issued", "friend 2500 issued"])
+
+        // Provisioning corrects the history: an activation a day earlier, on fiber-1000.
+        for fact: Fact in [
+            .serviceActivated(accountId: "f1", at: Self.t0 + .days(5), householdId: "hh-f1", contactHash: "c-f1", segment: .consumer),
+            .planChosen(accountId: "f1", planId: "fiber-1000", at: Self.t0 + .days(5)),
+        ] { e.receive(fact, at: e.now) }
+        let corrected = explained()
+        #expect(corrected?.inputs.first { $0.name == "friend_plan" }?.value == "fiber-1000")
+        #expect(corrected?.rewards.map(\.amountMinor) == [8000, 2500])
+        #expect(!e.recordedEffects.contains { if case .rewardReversed = $0 { true } else { false } })
+    }
+
     @Test func twoActivationsAtOneInstantTakeTheHigherAmount() {
         #expect(Self.amounts(activations: [(.days(6), "fiber-500"), (.days(6), "fiber-1000")]) == ["referrer": 15000, "friend": 7500])
         #expect(Self.amounts(activations: [(.days(6), "fiber-1000"), (.days(6), "basic")]) == ["referrer": 15000, "friend": 7500])

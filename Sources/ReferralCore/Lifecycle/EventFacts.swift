@@ -12,6 +12,20 @@ extension InboundEvent {
         return [f]
     }
 
+    /// The sales channel of each lead among `events`, keyed by the lead's lifecycle fact: the
+    /// store writes it on the fact's row (`facts.channel`) for the report. Beside the fact rather
+    /// than in it: no rule reads it, so facts that differ only by channel stay equal and no
+    /// decision can come to depend on it (nor the dozens of matches on `Fact.leadCreated` change).
+    public static func leadChannels(_ events: [InboundEvent]) -> [Fact: LeadChannel] {
+        var channels: [Fact: LeadChannel] = [:]
+        for e in events {
+            if case .leadCreated(let p) = e.payload, let channel = p.channel, let fact = e.lifecycleFact {
+                channels[fact] = channel
+            }
+        }
+        return channels
+    }
+
     /// The lifecycle fact the event carries; nil for types the lifecycle does not use.
     public var lifecycleFact: Fact? {
         switch payload {

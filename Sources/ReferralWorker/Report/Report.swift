@@ -6,9 +6,10 @@ import ReferralStore
 
 /// `referrald report`: how a program performs over a period, against the industry's rules of
 /// thumb. The JSON form is a documented, stable schema (docs/report.md): every key is always
-/// present, with `null` where a ratio has no denominator.
+/// present, with `null` where a ratio has no denominator. Version 2 added keys and kept every
+/// key of version 1 as it was, so a reader of /1 reads /2.
 public struct ProgramReport: Codable, Sendable, Equatable {
-    public static let schemaName = "referrald.report/1"
+    public static let schemaName = "referrald.report/2"
     /// Rules of thumb the program owners compare against.
     public static let benchmarkParticipation = 0.25
     public static let benchmarkLeadsPerReferrerPerYear = 2.0
@@ -80,6 +81,59 @@ public struct ProgramReport: Codable, Sendable, Equatable {
         public var weekStart: String
         public var leads: Int64, activated: Int64, qualified: Int64
     }
+    /// The cohort's rewards by the friend's plan (of their first activation; "none").
+    public struct PlanCost: Codable, Sendable, Equatable {
+        public var plan: String
+        public var currency: String
+        public var issued: Money, reversed: Money
+        /// Issued minus reversed.
+        public var netCostMinor: Int64
+        public var qualified: Int64
+        public var costPerQualifiedMinor: Double?
+    }
+    /// The cohort's rewards by the ask moment its leads followed ("none": no ask).
+    public struct MomentCost: Codable, Sendable, Equatable {
+        public var moment: String
+        public var currency: String
+        public var issued: Money, reversed: Money
+        public var netCostMinor: Int64
+        public var qualified: Int64
+        public var costPerQualifiedMinor: Double?
+    }
+    public struct Channel: Codable, Sendable, Equatable {
+        public var channel: String
+        public var leads: Int64, activated: Int64, qualified: Int64
+        /// qualified ÷ leads.
+        public var conversion: Double?
+        public var unattributed: Int64
+    }
+    public struct BudgetMonth: Codable, Sendable, Equatable {
+        public var month: String
+        public var program: String
+        public var currency: String
+        public var issued: Money, reversed: Money
+        /// Issued minus reversed in the month.
+        public var netSpendMinor: Int64
+        public var committedMinor: Int64
+        public var budgetMonthlyMinor: Int64?
+        public var spentShareOfBudget: Double?
+        public var committedShareOfBudget: Double?
+    }
+    public struct Forecast: Codable, Sendable, Equatable {
+        public var month: String
+        public var program: String
+        public var currency: String
+        public var spentMinor: Int64
+        public var elapsedFraction: Double
+        /// spent ÷ elapsed fraction: the month's spend if it goes on at the rate so far.
+        public var forecastMinor: Double?
+        public var budgetMonthlyMinor: Int64?
+        public var forecastShareOfBudget: Double?
+    }
+    public struct Budget: Codable, Sendable, Equatable {
+        public var months: [BudgetMonth]
+        public var forecast: [Forecast]
+    }
 
     public var schema: String
     public var generatedAt: String
@@ -96,6 +150,10 @@ public struct ProgramReport: Codable, Sendable, Equatable {
     public var rewards: [Cost]
     public var repeatAdvocates: Int64
     public var weekly: [Week]
+    public var spendByPlan: [PlanCost]
+    public var costPerQualifiedByMoment: [MomentCost]
+    public var channels: [Channel]
+    public var budget: Budget
 
     /// Derives the ratios from the database's counts.
     public init(figures f: ReportFigures, scope: ReportScope, generatedAt: Instant) {
@@ -154,6 +212,21 @@ public struct ProgramReport: Codable, Sendable, Equatable {
         }
         repeatAdvocates = f.repeatAdvocates
         weekly = f.weeks.map { Week(weekStart: $0.weekStart.rfc3339, leads: $0.leads, activated: $0.activated, qualified: $0.qualified) }
+        spendByPlan = f.byPlan.map {
+            let net = $0.issued.amountMinor - $0.reversed.amountMinor
+            return PlanCost(plan: $0.group, currency: $0.currency, issued: Money($0.issued), reversed: Money($0.reversed),
+                            netCostMinor: net, qualified: $0.qualified, costPerQualifiedMinor: ratio(Double(net), Double($0.qualified)))
+        }
+        costPerQualifiedByMoment = f.byMoment.map {
+            let net = $0.issued.amountMinor - $0.reversed.amountMinor
+            return MomentCost(moment: $0.group, currency: $0.currency, issued: Money($0.issued), reversed: Money($0.reversed),
+                              netCostMinor: net, qualified: $0.qualified, costPerQualifiedMinor: ratio(Double(net), Double($0.qualified)))
+        }
+        channels = f.channels.map {
+            Channel(channel: $0.channel, leads: $0.leads, activated: $0.activated, qualified: $0.qualified,
+                    conversion: ratio(Double($0.qualified), Double($0.leads)), unattributed: $0.unattributed)
+        }
+        budget = Self.budget(f, now: generatedAt)
     }
 
     public enum Format: String, CaseIterable, Sendable { case table, json, html }
@@ -188,8 +261,9 @@ public struct ProgramReport: Codable, Sendable, Equatable {
         return try await make(db, scope: scope, now: now)
     }
 
+    /// `now` also dates the forecast's month-to-date.
     public static func make(_ db: PostgresConnection, scope: ReportScope, now: Instant) async throws -> ProgramReport {
-        let figures = try await db.transaction { c in try Store.report(c, scope) }
+        let figures = try await db.transaction { c in try Store.report(c, scope, now: now) }
         return ProgramReport(figures: figures, scope: scope, generatedAt: now)
     }
 
@@ -207,6 +281,10 @@ extension KeyedEncodingContainer {
     }
 
     fileprivate mutating func encodeIfPresent(_ value: String?, forKey key: Key) throws {
+        if let value { try encode(value, forKey: key) } else { try encodeNil(forKey: key) }
+    }
+
+    fileprivate mutating func encodeIfPresent(_ value: Int64?, forKey key: Key) throws {
         if let value { try encode(value, forKey: key) } else { try encodeNil(forKey: key) }
     }
 }

@@ -29,6 +29,7 @@ enum ReportHTML {
         body += "<section><h2>Asks by moment</h2>\n" + table([["moment", "asks", "customers", "leads within \(ReportTable.number(r.asks.followWindowDays)) days", "leads per ask"]]
             + r.asks.byMoment.map { [$0.moment, "\($0.asks)", "\($0.customers)", "\($0.leadsFollowing)", $0.leadsPerAsk.map(ReportTable.number) ?? "-"] },
             header: true) + (r.asks.bestMoment.map { "<p>Best moment: <strong>\(esc($0))</strong></p>\n" } ?? "") + "</section>\n"
+        body += breakdowns(r)
         return """
             <!DOCTYPE html>
             <html lang="en"><head><meta charset="utf-8"><title>\(esc(title))</title>

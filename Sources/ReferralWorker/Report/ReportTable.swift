@@ -52,6 +52,35 @@ enum ReportTable {
                 + r.asks.byMoment.map { [$0.moment, "\($0.asks)", "\($0.customers)", "\($0.leadsFollowing)", $0.leadsPerAsk.map(number) ?? "-"] })
             if let best = r.asks.bestMoment { out += "  best moment: \(best)\n" }
         }
+        out += breakdowns(r)
+        return out
+    }
+
+    /// Version 2's sections: spend by plan and by moment, channels, the budget and forecast.
+    static func breakdowns(_ r: ProgramReport) -> String {
+        func rounded(_ x: Double?) -> String { x.map { money(Int64($0.rounded())) } ?? "-" }
+        var out = "\nSpend by the friend's plan\n"
+        out += r.spendByPlan.isEmpty ? "  no rewards\n" : rows([["plan", "currency", "issued", "reversed", "net cost", "qualified", "per qualified"]]
+            + r.spendByPlan.map { [$0.plan, $0.currency, money($0.issued.amountMinor), money($0.reversed.amountMinor),
+                                   money($0.netCostMinor), "\($0.qualified)", rounded($0.costPerQualifiedMinor)] })
+        out += "\nCost per qualified referral by ask moment followed\n"
+        out += r.costPerQualifiedByMoment.isEmpty ? "  no rewards\n" : rows([["moment", "currency", "net cost", "qualified", "per qualified"]]
+            + r.costPerQualifiedByMoment.map { [$0.moment, $0.currency, money($0.netCostMinor), "\($0.qualified)",
+                                                rounded($0.costPerQualifiedMinor)] })
+        out += "\nLeads by channel\n"
+        out += r.channels.isEmpty ? "  no leads\n" : rows([["channel", "referred leads", "activated", "qualified", "conversion", "unattributed"]]
+            + r.channels.map { [$0.channel, "\($0.leads)", "\($0.activated)", "\($0.qualified)", percent($0.conversion), "\($0.unattributed)"] })
+        out += "\nSpend by month against budget\n"
+        out += r.budget.months.isEmpty ? "  no spend and no budget\n" : rows([["month", "program", "issued", "reversed", "net spend", "committed", "budget", "spent"]]
+            + r.budget.months.map { [$0.month, $0.program, money($0.issued.amountMinor), money($0.reversed.amountMinor),
+                                     money($0.netSpendMinor) + " " + $0.currency, money($0.committedMinor),
+                                     $0.budgetMonthlyMinor.map(money) ?? "-", percent($0.spentShareOfBudget)] })
+        if let first = r.budget.forecast.first {
+            out += "\nForecast for \(first.month) at the rate so far (\(percent(first.elapsedFraction)) of the month elapsed)\n"
+            out += rows([["program", "spent", "forecast", "budget", "forecast of budget"]]
+                + r.budget.forecast.map { [$0.program, money($0.spentMinor) + " " + $0.currency, rounded($0.forecastMinor),
+                                           $0.budgetMonthlyMinor.map(money) ?? "-", percent($0.forecastShareOfBudget)] })
+        }
         return out
     }
 

@@ -26,6 +26,9 @@ public enum Simulate {
         public var reversed: [String: Money] = [:]
         /// Issued minus reversed, by currency.
         public var netCostMinor: [String: Int64] = [:]
+        /// Issued minus reversed by the friend's plan (of their first activation; "none"), then
+        /// by currency: what a change of `by_plan` moves.
+        public var netCostByPlan: [String: [String: Int64]] = [:]
         public var rejections: [String: Int] = [:]
         public var stages: [String: Int] = [:]
         /// Referral id → qualification time.
@@ -48,6 +51,9 @@ public enum Simulate {
         public var qualifyEarlier: [Change]
         /// Referrals that qualify later, or only under the current programs.
         public var qualifyLater: [Change]
+        /// Whether a program pays `by_plan` differently in the candidate: the table then shows
+        /// the net cost of each plan under both.
+        public var byPlanChanged: Bool
     }
 
     public struct InputError: Error, CustomStringConvertible {
@@ -107,22 +113,51 @@ public enum Simulate {
             engine.seedCode(accountId: c.accountId, code: c.code, programId: c.programId)
         }
         var clock = start
+        var plans = FirstPlans()
         for event in stream.events {
             // Replaying "until" a time means the world as it stood then: later events have not
             // happened yet (feeding them would also push the clock past `until`).
             if let until, event.time > until { break }
             clock = max(clock, event.time)
-            engine.receive(batch: event.lifecycleFacts, at: clock)
+            let facts = event.lifecycleFacts
+            plans.add(facts)
+            engine.receive(batch: facts, at: clock)
         }
         engine.advance(to: until ?? clock)
-        return outcome(engine)
+        return outcome(engine, plans: plans)
     }
 
-    static func outcome(_ engine: ReferralEngine) -> Outcome {
+    /// The plan of each account's first activation, as rewards `by_plan` read it (the first by
+    /// name when one activation named two).
+    struct FirstPlans {
+        private var first: [String: (at: Instant, plans: Set<String>)] = [:]
+
+        mutating func add(_ facts: [Fact]) {
+            for fact in facts {
+                switch fact {
+                case .serviceActivated(let a, let at, _, _, _):
+                    if first[a].map({ at < $0.at }) ?? true { first[a] = (at, []) }
+                case .planChosen(let a, let plan, let at):
+                    // A plan fact comes beside its activation, so the activation is known here.
+                    if first[a]?.at == at { first[a]?.plans.insert(plan) }
+                default:
+                    break
+                }
+            }
+        }
+
+        func of(_ account: String?) -> String { account.flatMap { first[$0]?.plans.min() } ?? "none" }
+    }
+
+    static func outcome(_ engine: ReferralEngine, plans: FirstPlans) -> Outcome {
         var o = Outcome()
+        let views = engine.state().referrals
+        let friends = Dictionary(views.map { ($0.referralId, $0.friendAccountId) }, uniquingKeysWith: { a, _ in a })
+        func plan(_ referral: String) -> String { plans.of(friends[referral] ?? nil) }
         for p in engine.log {
             switch p.effect {
             case .rewardIssued(let g):
+                o.netCostByPlan[plan(g.referralId), default: [:]][g.currency, default: 0] += g.amountMinor
                 let key = g.currency
                 if g.beneficiary == .referrer {
                     o.referrerRewards[key, default: Money()].count += 1
@@ -136,11 +171,12 @@ public enum Simulate {
                 o.reversed[r.currency, default: Money()].count += 1
                 o.reversed[r.currency, default: Money()].amountMinor += r.amountMinor
                 o.netCostMinor[r.currency, default: 0] -= r.amountMinor
+                o.netCostByPlan[plan(r.referralId), default: [:]][r.currency, default: 0] -= r.amountMinor
             default:
                 break
             }
         }
-        for v in engine.state().referrals {
+        for v in views {
             o.referrals += 1
             o.stages[v.stage.rawValue, default: 0] += 1
             if v.stage == .rejected { o.rejections[v.reason ?? "unspecified", default: 0] += 1 }
@@ -170,8 +206,11 @@ public enum Simulate {
             default: break
             }
         }
+        let byPlan = { (programs: [Program]) in
+            Dictionary(programs.map { ($0.id, [$0.referrerReward.byPlan, $0.friendReward.byPlan]) }, uniquingKeysWith: { a, _ in a })
+        }
         return Comparison(events: stream.events.count, replayedUntil: end.rfc3339, current: a, candidate: b,
-                          qualifyEarlier: earlier, qualifyLater: later)
+                          qualifyEarlier: earlier, qualifyLater: later, byPlanChanged: byPlan(current) != byPlan(candidate))
     }
 
     /// ref-998 before ref-1001: by number, not by text.
@@ -204,6 +243,14 @@ public enum Simulate {
             row("friend reward cost \(cur)", a.friendRewards[cur]?.amountMinor ?? 0, b.friendRewards[cur]?.amountMinor ?? 0, money: true)
             row("reversed \(cur)", a.reversed[cur]?.amountMinor ?? 0, b.reversed[cur]?.amountMinor ?? 0, money: true)
             row("net cost \(cur)", a.netCostMinor[cur] ?? 0, b.netCostMinor[cur] ?? 0, money: true)
+        }
+        if c.byPlanChanged {
+            for plan in Set(c.current.netCostByPlan.keys).union(c.candidate.netCostByPlan.keys).sorted() {
+                let (a, b) = (c.current.netCostByPlan[plan] ?? [:], c.candidate.netCostByPlan[plan] ?? [:])
+                for cur in Set(a.keys).union(b.keys).sorted() {
+                    row("net cost, plan \(plan) \(cur)", a[cur] ?? 0, b[cur] ?? 0, money: true)
+                }
+            }
         }
         for reason in Set(c.current.rejections.keys).union(c.candidate.rejections.keys).sorted() {
             row("rejected: \(reason)", Int64(c.current.rejections[reason] ?? 0), Int64(c.candidate.rejections[reason] ?? 0))
