@@ -15,10 +15,10 @@ extension Store {
     /// Brings the kept commitments of these referrals in line with their decisions, and adds
     /// the difference, with the newly recorded reversals, to the month counters
     /// (`ProgramBudget.changes`).
-    static func recordCommitments(_ c: isolated PostgresConnection, views: [ReferralView],
+    static func recordCommitments(_ c: isolated PostgresConnection, views: [ReferralView], newlyIssued: Set<String>,
                                   reversals: [(programId: String, currency: String, amountMinor: Int64)],
                                   now: Instant) throws {
-        let candidates = views.filter(ProgramBudget.mayHaveCommitments)
+        let candidates = views.filter { ProgramBudget.needsKeptCommitments($0, newlyIssued: newlyIssued) }
         var stored: [String: [Commitment]] = [:]
         if !candidates.isEmpty {
             for row in try c.query("""

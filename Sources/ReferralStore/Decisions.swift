@@ -244,7 +244,8 @@ enum Decisions {
         })
         // Last of the decision's writes: the budget counters are the rows most shared between
         // sessions, so they are locked for the shortest time.
-        try Store.recordCommitments(c, views: decision.referrals, reversals: effects.compactMap {
+        let newlyIssued = Set(effects.compactMap { if case .rewardIssued(let g) = $0 { g.rewardId } else { nil } })
+        try Store.recordCommitments(c, views: decision.referrals, newlyIssued: newlyIssued, reversals: effects.compactMap {
             guard case .rewardReversed(let r) = $0, let program = programOfReward[r.rewardId] else { return nil }
             return (program, r.currency, r.amountMinor)
         }, now: context.now)

@@ -136,6 +136,23 @@ enum Oracle {
         if rows.count != expected.count {
             verdict.failures.append("rewards has \(rows.count) of \(expected.count) expected rows")
         }
+        // The budget's counters, kept by differences in the decisions' transactions across the
+        // crashes and the instances: every reward counted once, at its amount, and none still
+        // counted as in its hold once every reward went out.
+        let budget = try await world.db { c in
+            try c.query("""
+                SELECT (SELECT coalesce(sum(committed_minor), 0) FROM budget_counters)::int8 AS counted,
+                       (SELECT coalesce(sum(amount_minor), 0) FROM rewards)::int8
+                         - (SELECT coalesce(sum(amount_minor), 0) FROM rewards WHERE state = 'reversed')::int8 AS ledger,
+                       (SELECT count(*) FROM rewards w FULL JOIN budget_commitments b USING (reward_id)
+                        WHERE b.reward_id IS NULL OR w.reward_id IS NULL OR NOT b.issued
+                           OR b.amount_minor <> w.amount_minor)::int8 AS stray
+                """).first.map { (try $0.decode("counted", as: Int64.self), try $0.decode("ledger", as: Int64.self),
+                                  try $0.decode("stray", as: Int64.self)) }
+        }
+        if let (counted, ledger, stray) = budget, counted != ledger || stray != 0 {
+            verdict.failures.append("budget counters \(counted) against the ledger's \(ledger), \(stray) commitment row(s) not matching a reward")
+        }
         if recovery == nil { verdict.failures.append("did not recover within the drain timeout") }
         let dead = await world.queueDepth(world.settings.deadLetterQueue) ?? 0
         if !deadLettersExpected, dead > 0 { verdict.failures.append("\(dead) message(s) dead-lettered: a transient fault became a dead letter") }

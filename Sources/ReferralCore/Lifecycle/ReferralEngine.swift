@@ -167,7 +167,8 @@ public struct ReferralEngine: Sendable {
 
     private mutating func keepCommitments(_ d: Decision) {
         let programOf = Dictionary(referrals.map { ($0.referralId, $0.program.id) }, uniquingKeysWith: { a, _ in a })
-        let views = d.referrals.filter(ProgramBudget.mayHaveCommitments)
+        let newlyIssued = Set(d.effects.compactMap { if case .rewardIssued(let g) = $0 { g.rewardId } else { nil } })
+        let views = d.referrals.filter { ProgramBudget.needsKeptCommitments($0, newlyIssued: newlyIssued) }
         let changes = ProgramBudget.changes(views: views, stored: commitments, reversals: d.effects.compactMap {
             guard case .rewardReversed(let r) = $0, let program = programOf[r.referralId] else { return nil }
             return (program, r.currency, r.amountMinor)

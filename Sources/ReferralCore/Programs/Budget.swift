@@ -94,11 +94,18 @@ public struct CommitmentChanges: Sendable, Equatable {
 }
 
 extension ProgramBudget {
-    /// Whether a referral may have kept commitments to compare with: one that commits something
-    /// now, or has got as far as activation (every milestone is activation or later, so one that
-    /// has not never committed anything).
-    public static func mayHaveCommitments(_ view: ReferralView) -> Bool {
-        !view.commitments.isEmpty || ![.lead, .ordered, .installed].contains(view.stage)
+    /// Whether a decision's commitments must be compared with the kept ones. Not when nothing
+    /// can have changed: a referral short of activation never committed anything (every
+    /// milestone is activation or later), and a rewarded one whose commitments are all issued,
+    /// none in this decision (`newlyIssued`), was written as issued when they were and issued
+    /// rows never change. Those two are most of the decisions of a busy program (leads,
+    /// orders, billing's confirmations), and each skipped is a lookup fewer per batch.
+    public static func needsKeptCommitments(_ view: ReferralView, newlyIssued: Set<String>) -> Bool {
+        if view.commitments.isEmpty && [.lead, .ordered, .installed].contains(view.stage) { return false }
+        if view.stage == .rewarded, view.commitments.allSatisfy({ $0.issued && !newlyIssued.contains($0.rewardId) }) {
+            return false
+        }
+        return true
     }
 
     /// The changes that bring the kept commitments of these referrals (`stored`, by referral id)
