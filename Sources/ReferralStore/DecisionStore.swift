@@ -43,10 +43,48 @@ public struct DecisionStore: Sendable {
         try await connection.transaction { c in try Decisions.enroll(c, rows: rows, start: start, span: span, context: context) }
     }
 
+    /// An operator action in one transaction: `check` reads what it acts on and says what to
+    /// do (facts to store, referrals to re-decide, state to change) or that it is a no-op; the
+    /// facts are stored and the referrals decided as a batch would, and the action is recorded
+    /// with its result. A dry run does all of it and rolls back: the result and the events are
+    /// what a real run would give, and nothing is written.
+    public func operatorAction(_ action: OperatorAction, context: DecisionContext, dryRun: Bool,
+                               check: @escaping @Sendable (isolated PostgresConnection) throws -> OperatorPlan)
+        async throws -> (result: String, published: [OutgoingEvent]) {
+        do {
+            return try await connection.transaction { c in
+                let plan = try check(c)
+                var recorded = action
+                recorded.result = plan.result
+                let published = try Decisions.operatorAction(c, recorded, plan: plan, context: context)
+                if dryRun { throw DryRun(result: plan.result, published: published) }
+                return (plan.result, published)
+            }
+        } catch let dry as DryRun {
+            return (dry.result, dry.published)
+        }
+    }
+
+    /// Rolls a dry run back, carrying what it would have done out of the transaction.
+    private struct DryRun: Error { var result: String; var published: [OutgoingEvent] }
+
     /// `referrald reconcile`: one chunk of referrals re-derived from their facts.
     public func reconcile(_ referrals: [String], context: DecisionContext)
         async throws -> (standingsFixed: [String], published: [OutgoingEvent]) {
         try await connection.transaction { c in try Decisions.reconcile(c, referrals: referrals, context: context) }
+    }
+}
+
+/// What an operator action does, decided by its check inside the action's transaction.
+public struct OperatorPlan: Sendable {
+    /// `applied`, or `no-op: <why>`.
+    public var result: String
+    /// Facts to store (an operator's rejection or reversal).
+    public var facts: [Fact] = []
+    /// Referrals to decide with them.
+    public var referrals: [String] = []
+    public init(result: String, facts: [Fact] = [], referrals: [String] = []) {
+        self.result = result; self.facts = facts; self.referrals = referrals
     }
 }
 
@@ -103,6 +141,8 @@ public struct BatchOutcome: Sendable {
     public var recorded: [EffectCache.Recorded] = []
     /// The batch's leads that have a referral once it committed (for the unattributed-lead metric).
     public var boundLeads: Set<String> = []
+    /// The batch's new leads whose code is blocked: unattributed, reason `code_blocked`.
+    public var blockedLeads: Set<String> = []
     /// The program of each ask a budget held for the first time.
     public var heldAsks: [String] = []
 }

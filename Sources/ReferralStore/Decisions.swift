@@ -23,7 +23,7 @@ enum Decisions {
             outcome.published = try lifecycle(c, facts: facts, channels: InboundEvent.leadChannels(fresh), context: context,
                                               mismatches: &outcome.mismatches,
                                               rewards: &outcome.rewards, recorded: &outcome.recorded,
-                                              boundLeads: &outcome.boundLeads)
+                                              boundLeads: &outcome.boundLeads, blockedLeads: &outcome.blockedLeads)
         }
         // Asks after the lifecycle: a first activation's code, issued just above, is what the
         // account's first ask shares.
@@ -40,7 +40,8 @@ enum Decisions {
     static func lifecycle(_ c: isolated PostgresConnection, facts: [Fact], channels: [Fact: LeadChannel],
                           context: DecisionContext,
                           mismatches: inout [Effect], rewards: inout [RewardChange],
-                          recorded: inout [EffectCache.Recorded], boundLeads: inout Set<String>) throws -> [OutgoingEvent] {
+                          recorded: inout [EffectCache.Recorded], boundLeads: inout Set<String>,
+                          blockedLeads: inout Set<String>) throws -> [OutgoingEvent] {
         let leads = Array(Set(facts.compactMap(\.leadId)))
         let accounts = Array(Set(facts.compactMap(\.accountId)))
         let rewardIds = Array(Set(facts.compactMap(\.rewardId)))
@@ -56,9 +57,14 @@ enum Decisions {
             boundLeads = try Store.boundLeads(c, leads)
         }
         if !codes.isEmpty {
-            let owners = try Store.codeOwners(c, codes: codes)
+            // A blocked code (`referrald code block`) binds no new lead: no referral, no offer.
+            let blocked = try Store.blockedCodes(c, codes)
+            let owners = try Store.codeOwners(c, codes: codes).filter { !blocked.contains($0.key) }
             boundLeads.formUnion(try Store.bindLeads(c, Lifecycle.leadsToBind(facts: facts, codes: owners, bound: boundLeads),
                                                      versions: context.versions))
+            for case .leadCreated(let lead, _, let code?, _, _, _) in facts where blocked.contains(code) && !boundLeads.contains(lead) {
+                blockedLeads.insert(lead)
+            }
         }
         try Store.refreshFriendAccounts(c, leads: leads)
         let touched = try Store.referralsTouched(c, leads: leads, accounts: Array(Set(facts.compactMap(\.friendAccountTouched))),
@@ -218,7 +224,7 @@ enum Decisions {
                                              cache: context.effects)
         let decision = Lifecycle.decide(LifecycleInput(
             facts: facts, referrals: deciding.map(\.binding), recorded: recorded, now: context.now,
-            policy: context.policy, explain: false, competition: competition))
+            policy: context.policy, explain: false, competition: competition, pausedPrograms: try Store.pausedPrograms(c)))
 
         var events: [OutgoingEvent] = []
         events += try issueCodes(c, decision.codeRequests, context: context)
@@ -335,6 +341,25 @@ enum Decisions {
         let f = e.lifecycleFact
         return InboxEntry(source: e.source, eventId: e.id, type: e.type.rawValue, accountId: e.accountId(fact: f),
                           leadId: f?.leadId, rewardId: f?.rewardId, factTime: f?.at ?? e.time, body: received.body)
+    }
+
+    /// An operator action's facts stored and its referrals decided, in the worker's lock order;
+    /// the action recorded with its result. The events go to the outbox for the daemons' relay.
+    static func operatorAction(_ c: isolated PostgresConnection, _ action: OperatorAction, plan: OperatorPlan,
+                               context: DecisionContext) throws -> [OutgoingEvent] {
+        var published: [OutgoingEvent] = []
+        if !plan.referrals.isEmpty {
+            try Store.lockFactKeys(c, leads: [], accounts: [], referrals: plan.referrals)
+            try Store.insertFacts(c, plan.facts)
+            var mismatches: [Effect] = []
+            var rewards: [RewardChange] = []
+            var recorded: [EffectCache.Recorded] = []
+            published = try decide(c, touched: plan.referrals, extraAccounts: [], context: context,
+                                   mismatches: &mismatches, rewards: &rewards, recorded: &recorded)
+            try Store.enqueue(c, published)
+        }
+        try Store.recordOperatorAction(c, action)
+        return published
     }
 
     /// One chunk of `reconcile`: standings compared with the facts, then the worker's decision

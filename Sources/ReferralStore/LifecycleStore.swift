@@ -548,6 +548,8 @@ struct FactRow {
         case .creditRejected(let r, let why, _): kind = "credit_rejected"; reward = r; reason = why
         case .customerErased(let a, _): kind = "erased"; account = a
         case .planChosen(let a, let p, _): kind = "plan"; account = a; plan = p
+        case .operatorRejected(let l, _): kind = "operator_rejected"; lead = l
+        case .operatorReversed(let r, _): kind = "operator_reversed"; reward = r
         }
     }
 
@@ -576,6 +578,8 @@ struct FactRow {
         case "credit_rejected": return .creditRejected(rewardId: try req("reward_id"), reason: try req("reason"), at: at)
         case "erased": return .customerErased(accountId: try req("account_id"), at: at)
         case "plan": return .planChosen(accountId: try req("account_id"), planId: try req("plan_id"), at: at)
+        case "operator_rejected": return .operatorRejected(leadId: try req("lead_id"), at: at)
+        case "operator_reversed": return .operatorReversed(rewardId: try req("reward_id"), at: at)
         default: return nil
         }
     }

@@ -457,6 +457,34 @@ public enum Schema {
             -- so it is a column of the row, not a field of the core's fact. NULL: none was sent.
             ALTER TABLE facts ADD COLUMN IF NOT EXISTS channel text COLLATE "C";
             """, backfill: { db, logger in try await Store.backfillPlansAndChannels(db, logger: logger) }),
+        Migration(version: 18, name: "operator actions: audit trail, blocked codes, paused rewards", sql: """
+            -- Every operator action (`referrald code block`, `referral reject`, `reward reverse`,
+            -- `rewards pause` ...): who, when, what, why, and what came of it. `explain` lists
+            -- those about a referral beside the rule that decided it.
+            CREATE TABLE operator_actions (
+                id      bigserial         PRIMARY KEY,
+                at      timestamptz       NOT NULL,
+                actor   text COLLATE "C"  NOT NULL,
+                action  text COLLATE "C"  NOT NULL,
+                target  text COLLATE "C"  NOT NULL,
+                reason  text COLLATE "C"  NOT NULL,
+                result  text COLLATE "C"  NOT NULL
+            );
+            CREATE INDEX operator_actions_target ON operator_actions (target, at);
+            -- Codes that no longer attribute new leads (a leaked code). Read with the code owners
+            -- by every batch that carries a code.
+            CREATE TABLE blocked_codes (
+                code        text COLLATE "C"  PRIMARY KEY,
+                blocked_at  timestamptz       NOT NULL
+            );
+            -- Programs whose rewards are paused ('*': all). Every decision reads it under a SHARE
+            -- lock, which the pause's INSERT waits for: once `rewards pause` returns, no batch
+            -- still in flight can issue a reward it would have held.
+            CREATE TABLE reward_pauses (
+                program_id  text COLLATE "C"  PRIMARY KEY,
+                paused_at   timestamptz       NOT NULL
+            );
+            """),
     ]
 
     public static var latestVersion: Int { migrations.last?.version ?? 0 }

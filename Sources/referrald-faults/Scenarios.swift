@@ -241,6 +241,25 @@ enum Scenarios {
             },
             partitionScenario(events: baseEvents, services: services),
             Scenario(name: "three-instances", events: baseEvents * 2, instances: 3) { _ in 0 },
+            // An emergency stop under load, with two instances: from `rewards pause` returning
+            // to `rewards resume`, not one reward may be issued; after it every reward held must
+            // be issued once, under its own id (the oracle).
+            Scenario(name: "rewards-pause", events: baseEvents, instances: 2) { ctx in
+                try await ctx.at(0.3)
+                let who = ["--reason", "fault suite: payouts stopped under load", "--actor", "fault-suite"]
+                let pause = try await ctx.daemons.command(["rewards", "pause"] + who)
+                guard pause.status == 0 else { ctx.failures.append("rewards pause exited \(pause.status): \(pause.output)"); return 1 }
+                let before = try await ctx.world.count("SELECT count(*) FROM rewards")
+                try await ctx.at(0.7)
+                let during = try await ctx.world.count("SELECT count(*) FROM rewards") - before
+                if during != 0 { ctx.failures.append("\(during) reward(s) issued while paused") }
+                let waiting = try await ctx.world.count("SELECT count(*) FROM referrals WHERE stage = 'qualified'")
+                let resume = try await ctx.daemons.command(["rewards", "resume"] + who)
+                guard resume.status == 0 else { ctx.failures.append("rewards resume exited \(resume.status): \(resume.output)"); return 2 }
+                ctx.notes.append("paused from 30 % to 70 % of the load: \(waiting) referrals waited at qualified; \(resume.output.trimmingCharacters(in: .whitespacesAndNewlines))")
+                if waiting == 0 { ctx.failures.append("no referral qualified during the pause: the scenario proved nothing") }
+                return 2
+            },
         ] + (cluster.map { [clusterNodeDown($0, events: baseEvents)] } ?? []) + [
 
             // The DLQ deleted under load (and with it its binding): the broker returns every dead

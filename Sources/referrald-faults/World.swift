@@ -162,6 +162,26 @@ final class Daemons {
 
     func signal(_ slot: Int, _ sig: Int32) { kill(processes[slot].processIdentifier, sig) }
 
+    /// Runs another subcommand of the daemon's binary (an operator command) with the world's
+    /// settings, to its end; its output goes to the scenario's log and is returned.
+    func command(_ arguments: [String]) async throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        env.merge(world.environment) { _, new in new }
+        env.merge(environment) { _, new in new }
+        process.environment = env
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        while process.isRunning { try await Task.sleep(for: .milliseconds(20)) }
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        log.write(Data(("$ referrald " + arguments.joined(separator: " ") + "\n" + output).utf8))
+        return (process.terminationStatus, output)
+    }
+
     /// Waits for instance `slot` to exit; nil if it is still running at the deadline.
     func waitForExit(_ slot: Int, timeout: Duration) async -> Int32? {
         let deadline = ContinuousClock.now + timeout

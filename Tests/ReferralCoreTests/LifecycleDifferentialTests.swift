@@ -5,8 +5,8 @@ import ReferralTestKit
 /// The generator of `makeScenario`, widened to the facts that move a key and so take an entry
 /// out of a ranking, letting the entry at the boundary back in: an earlier order to another
 /// account, a second version of a lead with another time, an earlier activation that moves a
-/// milestone into the previous year, an erasure that removes household keys, and (in
-/// `runBoth`) a second program version with other limits, installed mid-stream.
+/// milestone into the previous year, an erasure that removes household keys, an operator's
+/// rejection, and (in `runBoth`) a second program version with other limits, installed mid-stream.
 func makeWideScenario(seed: UInt64) -> Scenario {
     var scenario = makeScenario(seed: seed)
     var rng = SeededGenerator(state: seed ^ 0x5EED)
@@ -31,6 +31,12 @@ func makeWideScenario(seed: UInt64) -> Scenario {
             break
         }
     }
+    // An operator's rejection now and then, at any point of a referral's life, drawn from a
+    // generator of its own so that the streams above stay those of earlier releases.
+    var operatorRng = SeededGenerator(state: seed ^ 0x0BE7A70)
+    for case .leadCreated(let lead, let t, _, _, _, _) in facts where operatorRng.chance(0.05) {
+        extra.append(.operatorRejected(leadId: lead, at: t + operatorRng.span(.hours(1), .days(60))))
+    }
     facts += extra
     scenario.facts = facts
     return scenario
@@ -49,6 +55,8 @@ private func shifted(_ f: Fact, by d: Span) -> Fact {
     case .creditRejected(let r, let why, let t): return .creditRejected(rewardId: r, reason: why, at: t + d)
     case .customerErased(let a, let t): return .customerErased(accountId: a, at: t + d)
     case .planChosen(let a, let p, let t): return .planChosen(accountId: a, planId: p, at: t + d)
+    case .operatorRejected(let l, let t): return .operatorRejected(leadId: l, at: t + d)
+    case .operatorReversed(let r, let t): return .operatorReversed(rewardId: r, at: t + d)
     }
 }
 

@@ -333,7 +333,7 @@ extension Fact {
     /// The lead a fact is about (a lead's versions and its order).
     public var leadId: String? {
         switch self {
-        case .leadCreated(let l, _, _, _, _, _), .orderPlaced(let l, _, _): return l
+        case .leadCreated(let l, _, _, _, _, _), .orderPlaced(let l, _, _), .operatorRejected(let l, _): return l
         default: return nil
         }
     }
@@ -341,7 +341,7 @@ extension Fact {
     /// The reward billing answered about.
     public var rewardId: String? {
         switch self {
-        case .creditApplied(let r, _, _, _, _), .creditRejected(let r, _, _): return r
+        case .creditApplied(let r, _, _, _, _), .creditRejected(let r, _, _), .operatorReversed(let r, _): return r
         default: return nil
         }
     }

@@ -22,13 +22,20 @@ public enum Fact: Sendable, Hashable {
     /// their first activation, and rewards paid `by_plan` follow it. A fact of its own, beside the
     /// activation, so that activations stored before plans were (and their effects) stay equal.
     case planChosen(accountId: String, planId: String, at: Instant)
+    /// An operator rejected the referral of this lead (`referrald referral reject`), dated when
+    /// they did: it ends `rejected` with reason `operator`, and its issued rewards are reversed.
+    /// A fact like any other, so every instance, `reconcile` and the oracle decide the same.
+    case operatorRejected(leadId: String, at: Instant)
+    /// An operator reversed this issued reward (`referrald reward reverse`).
+    case operatorReversed(rewardId: String, at: Instant)
 
     public var at: Instant {
         switch self {
         case .leadCreated(_, let at, _, _, _, _), .orderPlaced(_, _, let at), .installCompleted(_, let at),
              .serviceActivated(_, let at, _, _, _), .serviceCancelled(_, let at), .invoiceOverdue(_, _, let at),
              .invoicePaid(_, _, _, let at), .creditApplied(_, _, _, _, let at), .creditRejected(_, _, let at),
-             .customerErased(_, let at), .planChosen(_, _, let at):
+             .customerErased(_, let at), .planChosen(_, _, let at), .operatorRejected(_, let at),
+             .operatorReversed(_, let at):
             return at
         }
     }
@@ -40,7 +47,7 @@ public enum Fact: Sendable, Hashable {
              .serviceCancelled(let a, _), .invoiceOverdue(let a, _, _), .invoicePaid(let a, _, _, _),
              .creditApplied(_, let a, _, _, _), .customerErased(let a, _), .planChosen(let a, _, _):
             return a
-        case .leadCreated, .creditRejected:
+        case .leadCreated, .creditRejected, .operatorRejected, .operatorReversed:
             return nil
         }
     }

@@ -39,12 +39,20 @@ public struct LifecycleInput: Sendable {
     /// nil, the oracle: they are derived from the standings of `referrals` themselves, which
     /// must then be the whole neighbourhood of every referral judged.
     public var competition: Competition?
+    /// Programs whose rewards an operator paused (`referrald rewards pause`); `*` pauses every
+    /// program. A reward that falls due meanwhile is held, not issued: its referral waits at
+    /// `qualified` and is issued, under the same reward id, when re-decided after the resume.
+    public var pausedPrograms: Set<String>
 
     public init(facts: [Fact], referrals: [ReferralBinding], recorded: [Effect], now: Instant,
-                policy: LifecyclePolicy = .init(), explain: Bool = true, competition: Competition? = nil) {
+                policy: LifecyclePolicy = .init(), explain: Bool = true, competition: Competition? = nil,
+                pausedPrograms: Set<String> = []) {
         self.facts = facts; self.referrals = referrals; self.recorded = recorded; self.now = now
         self.policy = policy; self.explain = explain; self.competition = competition
+        self.pausedPrograms = pausedPrograms
     }
+
+    func paused(_ programId: String) -> Bool { pausedPrograms.contains("*") || pausedPrograms.contains(programId) }
 }
 
 /// An activated account without a code: the worker draws a code, publishes
@@ -193,6 +201,9 @@ struct Index {
     var accounts: [String: AccountInfo] = [:]
     var applied: [String: Set<Application>] = [:]
     var rejections: [String: Set<Rejection>] = [:]
+    /// Leads whose referral an operator rejected; rewards an operator reversed.
+    var operatorRejected: Set<String> = []
+    var operatorReversed: Set<String> = []
 
     struct Application: Hashable { var accountId: String; var amountMinor: Int64; var currency: String }
     struct Rejection: Hashable { var at: Instant; var reason: String }
@@ -238,6 +249,10 @@ struct Index {
                 if info.plansAt.map({ at < $0 }) ?? true { info.plansAt = at; info.plans = [] }
                 if info.plansAt == at { info.plans.insert(plan) }
                 accounts[a] = info
+            case .operatorRejected(let lead, _):
+                operatorRejected.insert(lead)
+            case .operatorReversed(let reward, _):
+                operatorReversed.insert(reward)
             }
         }
     }
@@ -388,6 +403,17 @@ private struct Decider {
             why.add("friend_plan", plans.map { $0 ?? "none named" }.sorted().joined(separator: ", "))
         }
         var verdict = judge(b, lead: lead, friend: friend, why: &why)
+        // An operator's rejection (`referrald referral reject`): rejected, reason `operator`,
+        // whatever the rules say; rewards not issued never will be, issued ones are reversed. A
+        // rule's own rejection keeps its reason. The command records no fact for a referral that
+        // had already ended; one stored anyway applies, so the outcome never depends on whether
+        // the referral looked ended when the fact arrived (an expired one can be revived).
+        if idx.operatorRejected.contains(b.leadId) {
+            if case .rejected = verdict {} else {
+                verdict = .rejected(reason: "operator")
+                why.say("operator", "An operator rejected the referral (referrald referral reject); explain lists who, when and why.")
+            }
+        }
         // A published rejection is never revived: only erasure can remove the data behind it, and
         // the right to erasure must not turn a fraud rejection into a reward.
         if let last = lastStatus[b.referralId], last.stage == .rejected {
@@ -418,14 +444,27 @@ private struct Decider {
         case .expired(let r): finalNegative = r
         case .pending: break
         }
+        // An operator's reversal of one reward (`referrald reward reverse`): it no longer stands.
+        for g in grants where idx.operatorReversed.contains(g.rewardId) {
+            stand[g.rewardId] = false
+            notes[g.rewardId] = "operator"
+        }
 
         // Reconcile with what was published: issue what should stand, reverse what must not.
         var newlyIssued: [RewardGrant] = []
+        var heldByPause: Set<String> = []
         var reversals: [Reversal] = []
         for g in grants {
             let wasIssued = issued[g.rewardId]
             if stand[g.rewardId] == true {
-                if wasIssued == nil, !reversed.contains(g.rewardId), friend != nil { newlyIssued.append(g) }
+                if wasIssued == nil, !reversed.contains(g.rewardId), friend != nil {
+                    if input.paused(p.id) {
+                        heldByPause.insert(g.rewardId)
+                        notes[g.rewardId] = "paused"
+                    } else {
+                        newlyIssued.append(g)
+                    }
+                }
             } else if let issuedGrant = wasIssued, !reversed.contains(g.rewardId),
                       let reason = notes[g.rewardId] ?? finalNegative {
                 reversals.append(Reversal(rewardId: g.rewardId, referralId: b.referralId, accountId: issuedGrant.accountId,
@@ -463,6 +502,10 @@ private struct Decider {
                 why.append(" A reward was reversed before a later fact showed it was due; reward ids are issued once, so it stays reversed.")
             } else if clawedAny {
                 stage = .reversed; reason = "clawback"
+            } else if !heldByPause.isEmpty, newlyIssued.isEmpty, !grants.contains(where: { issued[$0.rewardId] != nil }) {
+                // Due but paused: it waits at qualified, and is rewarded on the resume.
+                stage = .qualified
+                why.append(" Rewards are paused by an operator (referrald rewards pause): they are issued, with these ids, on the resume.")
             } else {
                 stage = .rewarded
             }
@@ -514,7 +557,7 @@ private struct Decider {
                 if let sent = issued[g.rewardId] {
                     commitments.append(Commitment(rewardId: g.rewardId, programId: p.id, month: ProgramBudget.month(of: m),
                                                   currency: sent.currency, amountMinor: sent.amountMinor, issued: true))
-                } else if inHold, !(capped && g.beneficiary == .referrer) {
+                } else if heldByPause.contains(g.rewardId) || (inHold && !(capped && g.beneficiary == .referrer)) {
                     commitments.append(Commitment(rewardId: g.rewardId, programId: p.id, month: ProgramBudget.month(of: m),
                                                   currency: g.currency, amountMinor: g.amountMinor, issued: false))
                 }

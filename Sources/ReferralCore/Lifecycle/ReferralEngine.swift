@@ -27,6 +27,8 @@ public struct ReferralEngine: Sendable {
     /// the month counters they and the reversals add up to.
     public private(set) var commitments: [String: [Commitment]] = [:]
     public private(set) var budgetCounters: [BudgetDelta: Int64] = [:]
+    /// Programs whose rewards are paused (`LifecycleInput.pausedPrograms`; `*`: all).
+    public private(set) var pausedPrograms: Set<String> = []
 
     private var delivered: Set<Fact> = []
     private var erased: Set<String> = []
@@ -114,6 +116,33 @@ public struct ReferralEngine: Sendable {
         facts.append(erased.contains(fact.accountId ?? "") ? fact.withoutPersonalData : fact)
     }
 
+    /// `referrald rewards pause`: rewards falling due from now on are held.
+    public mutating func pause(_ program: String) { pausedPrograms.insert(program) }
+
+    /// `referrald rewards resume`: lifts the pause and re-decides the referrals it held at
+    /// `qualified` (a paused referral has no timer left: nothing but the resume changes it).
+    @discardableResult
+    public mutating func resume(_ program: String) -> [Effect] {
+        let held = Set(state().referrals.filter { $0.stage == .qualified }.map(\.referralId))
+        pausedPrograms.remove(program)
+        // The oracle decides every referral (its ranks come from all of them); the incremental
+        // path only the held ones, with ranks from the standings, as the command does.
+        let deciding = mode == .oracle ? referrals : referrals.filter { held.contains($0.referralId) }
+        let d = Lifecycle.decide(LifecycleInput(facts: facts, referrals: deciding, recorded: recorded, now: now, policy: policy,
+                                                explain: false, competition: mode == .incremental ? table.competition(for: deciding) : nil,
+                                                pausedPrograms: pausedPrograms))
+        if mode == .oracle {
+            nextWakeup = d.nextWakeup
+        } else {
+            for id in held { wakeups[id] = d.wakeups[id] }
+            nextWakeup = wakeups.values.min()
+        }
+        var out: [Effect] = []
+        record(d.effects, into: &out)
+        keepCommitments(d)
+        return out
+    }
+
     /// Moves the clock forward, firing every timer due on the way at its own instant.
     @discardableResult
     public mutating func advance(to t: Instant) -> [Effect] {
@@ -128,7 +157,8 @@ public struct ReferralEngine: Sendable {
 
     /// The derived state of every referral now, without recording anything.
     public func state() -> Decision {
-        Lifecycle.decide(LifecycleInput(facts: facts, referrals: referrals, recorded: recorded, now: now, policy: policy))
+        Lifecycle.decide(LifecycleInput(facts: facts, referrals: referrals, recorded: recorded, now: now, policy: policy,
+                                        pausedPrograms: pausedPrograms))
     }
 
     public func explain(referralId: String) -> ReferralView? {
@@ -146,7 +176,7 @@ public struct ReferralEngine: Sendable {
             switch mode {
             case .oracle:
                 d = Lifecycle.decide(LifecycleInput(facts: facts, referrals: referrals, recorded: recorded, now: now,
-                                                    policy: policy, explain: false))
+                                                    policy: policy, explain: false, pausedPrograms: pausedPrograms))
                 nextWakeup = d.nextWakeup
             case .incremental:
                 d = decideIncrementally(fresh: fresh, bound: bound)
@@ -222,7 +252,8 @@ public struct ReferralEngine: Sendable {
         for (id, w) in wakeups where w <= now { targets.insert(id) }
         let deciding = targets.sorted().compactMap { byId[$0] }
         let d = Lifecycle.decide(LifecycleInput(facts: facts, referrals: deciding, recorded: recorded, now: now, policy: policy,
-                                                explain: false, competition: table.competition(for: deciding)))
+                                                explain: false, competition: table.competition(for: deciding),
+                                                pausedPrograms: pausedPrograms))
         for id in targets { wakeups[id] = d.wakeups[id] }
         nextWakeup = wakeups.values.min()
         return d

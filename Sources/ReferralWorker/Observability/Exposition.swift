@@ -38,6 +38,7 @@ enum Exposition {
         "referrald_rewards_issued_total": "Rewards issued, by program.",
         "referrald_rewards_reversed_amount_minor_total": "Amount of rewards reversed, in minor units, by program and currency.",
         "referrald_rewards_reversed_total": "Rewards reversed, by program.",
+        "referrald_rewards_paused_seconds": "How long an operator has paused the program's rewards (program=\"*\": every program); 0 when not paused (the same on every instance).",
         "referrald_rewards_unapplied": "Rewards issued that billing has not applied yet (the same on every instance).",
         "referrald_start_time_seconds": "When this process started, in seconds since the epoch.",
         "referrald_timer_lag_seconds": "How late the oldest due referral timer is.",

@@ -19,6 +19,8 @@ public struct WorkerMetrics: Sendable {
     /// mangles the code shows as a rise of `malformed_code`, leads that never had one do not.
     enum Unattributed: String, Sendable, CaseIterable {
         case missingCode = "missing_code", malformedCode = "malformed_code", unknownCode = "unknown_code"
+        /// An operator blocked the code (`referrald code block`).
+        case codeBlocked = "code_blocked"
     }
 
     /// The core's rejection reasons (LifecycleRules.md, "Rules, in order of precedence"), whose
@@ -166,11 +168,11 @@ public struct WorkerMetrics: Sendable {
 
     /// A committed batch's fresh leads, of which `bound` became referrals: the others are
     /// unattributed. A duplicate delivery is not fresh, so a lead is counted once per event.
-    func unattributed(_ leads: [LeadCreated], bound: Set<String>) {
+    func unattributed(_ leads: [LeadCreated], bound: Set<String>, blocked: Set<String> = []) {
         var counts: [Unattributed: Int] = [:]
         for lead in leads where !bound.contains(lead.leadId) {
-            // A valid code that bound nothing is one no account was issued: leads bind by any known code.
-            let reason: Unattributed = lead.code != nil ? .unknownCode
+            // A valid code that bound nothing is blocked, or one no account was issued: leads bind by any known code.
+            let reason: Unattributed = blocked.contains(lead.leadId) ? .codeBlocked : lead.code != nil ? .unknownCode
                 : (lead.referralCode ?? "").allSatisfy(\.isWhitespace) ? .missingCode : .malformedCode
             counts[reason, default: 0] += 1
         }
@@ -231,6 +233,18 @@ public struct WorkerMetrics: Sendable {
                     factory: factory).increment(by: n.sent)
             Counter(label: "referrald_asks_held_settled_total", dimensions: [("program", program), ("outcome", "dropped_stale")],
                     factory: factory).increment(by: n.dropped)
+        }
+    }
+
+    // MARK: operators
+
+    /// How long each paused program's rewards have been paused (0 when none is): sampled from
+    /// the database, the same on every instance.
+    func rewardPauses(_ pauses: [(programId: String, since: Instant)], now: Instant, programs: [String]) {
+        let since = Dictionary(pauses.map { ($0.programId, $0.since) }, uniquingKeysWith: { a, _ in a })
+        for program in Set(programs + ["*"] + pauses.map(\.programId)) {
+            let seconds = since[program].map { max(0, (now - $0).microseconds) / 1_000_000 } ?? 0
+            Gauge(label: "referrald_rewards_paused_seconds", dimensions: [("program", program)], factory: factory).record(seconds)
         }
     }
 

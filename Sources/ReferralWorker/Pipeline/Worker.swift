@@ -356,7 +356,7 @@ public actor Worker {
         metrics.rewards(outcome.rewards)
         metrics.asksHeld(programs: outcome.heldAsks)
         metrics.rejections(outcome.published)
-        metrics.unattributed(leads, bound: outcome.boundLeads)
+        metrics.unattributed(leads, bound: outcome.boundLeads, blocked: outcome.blockedLeads)
         for e in outcome.published {
             logger.info("decided", metadata: ["event.type": "\(e.type.rawValue)", "event.id": "\(e.id)",
                                               "referral.id": "\(e.subject ?? "-")"])
@@ -414,11 +414,12 @@ public actor Worker {
         lastBacklogSample = clock.now()
         let now = clock.now()
         let budgeted = programs.programs.filter { $0.budget != nil }.map { ($0.id, $0.currency) }
-        let (outbox, timers, unapplied, committed, settled) = try await db.run { c in
+        let (outbox, timers, unapplied, committed, settled, pauses) = try await db.run { c in
             (try Store.outboxBacklog(c), try Store.timerBacklog(c, now: now), try Store.unappliedRewards(c, now: now),
              try Store.committed(c, programs: budgeted, month: ProgramBudget.month(of: now)),
-             try Store.sweepHeldAsks(c, now: now))
+             try Store.sweepHeldAsks(c, now: now), try Store.rewardPauses(c))
         }
+        metrics.rewardPauses(pauses, now: now, programs: programs.programs.map(\.id))
         metrics.outbox(count: outbox.count, oldestAgeSeconds: outbox.oldestAgeSeconds)
         metrics.timers(due: timers.due, lagSeconds: timers.lagSeconds)
         metrics.unappliedRewards(count: unapplied.count, oldestAgeSeconds: unapplied.oldestAgeSeconds)

@@ -14,21 +14,28 @@ public enum Explain {
     }
 
     public static func render(_ db: PostgresConnection, id: String, now: Instant) async throws -> String {
-        let (views, history) = try await db.run { c in
+        let (views, history, actions) = try await db.run { c in
             let ids = try Store.referralIds(c, referralOrAccount: id)
             let input = try Store.explainInput(c, referrals: ids)
             let decision = Lifecycle.decide(LifecycleInput(
-                facts: input.facts, referrals: input.bound.map(\.binding), recorded: input.recorded, now: now, explain: true))
-            return (decision.referrals.filter { ids.contains($0.referralId) },
-                    try Store.effectHistory(c, referrals: ids))
+                facts: input.facts, referrals: input.bound.map(\.binding), recorded: input.recorded, now: now, explain: true,
+                pausedPrograms: Set(try Store.rewardPauses(c).map(\.programId))))
+            // What operators did to each referral, its rewards, its code or its program: a
+            // support agent sees whether a rule or a person decided.
+            var actions: [String: [OperatorAction]] = [:]
+            for b in input.bound where ids.contains(b.binding.referralId) {
+                let r = b.binding
+                actions[r.referralId] = try Store.operatorActions(c, targets: [r.referralId, r.code, r.program.id, "*"] + b.rewardIds)
+            }
+            return (decision.referrals.filter { ids.contains($0.referralId) }, try Store.effectHistory(c, referrals: ids), actions)
         }
         if views.isEmpty { return "no referral found for \(id) (a referral id, or an account that referred or was referred)\n" }
         return views.map { view in
-            text(view, history: history.filter { $0.1.referralId == view.referralId })
+            text(view, history: history.filter { $0.1.referralId == view.referralId }, actions: actions[view.referralId] ?? [])
         }.joined(separator: "\n")
     }
 
-    static func text(_ v: ReferralView, history: [(Instant, Effect)]) -> String {
+    static func text(_ v: ReferralView, history: [(Instant, Effect)], actions: [OperatorAction] = []) -> String {
         var out = "referral \(v.referralId): \(v.stage.rawValue)\(v.reason.map { " (\($0))" } ?? "")\n"
         out += "  referrer \(v.referrerAccountId), friend \(v.friendAccountId ?? "not yet an account"), lead \(v.leadId)\n"
         out += "  program \(v.programId) version \(v.programVersion)\n"
@@ -48,6 +55,12 @@ public enum Explain {
         if !history.isEmpty {
             out += "  history:\n"
             for (at, effect) in history { out += "    \(at.rfc3339)  \(describe(effect))\n" }
+        }
+        if !actions.isEmpty {
+            out += "  operator actions:\n"
+            for a in actions {
+                out += "    \(a.at.rfc3339)  \(a.actor): \(a.action) \(a.target): \(a.reason) (\(a.result))\n"
+            }
         }
         return out
     }
