@@ -49,7 +49,8 @@ enum Decisions {
                                codes: codes, rewards: rewardIds)
         try Store.insertFacts(c, facts, channels: channels)
 
-        // Leads carrying a known code become referrals, bound to the program version in force now.
+        // Leads carrying a known code become referrals, bound to the program version in force at
+        // the lead's time.
         // Which leads are bound is read whenever the batch has a lead (a version without a code
         // of a lead bound before is attributed: the unattributed-lead metric reads it).
         if facts.contains(where: { if case .leadCreated = $0 { true } else { false } }) {
@@ -57,8 +58,7 @@ enum Decisions {
         }
         if !codes.isEmpty {
             let owners = try Store.codeOwners(c, codes: codes)
-            boundLeads.formUnion(try Store.bindLeads(c, Lifecycle.leadsToBind(facts: facts, codes: owners, bound: boundLeads),
-                                                     versions: context.versions))
+            boundLeads.formUnion(try Store.bindLeads(c, Lifecycle.leadsToBind(facts: facts, codes: owners, bound: boundLeads)))
         }
         try Store.refreshFriendAccounts(c, leads: leads)
         let touched = try Store.referralsTouched(c, leads: leads, accounts: Array(Set(facts.compactMap(\.friendAccountTouched))),

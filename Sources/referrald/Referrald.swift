@@ -18,7 +18,7 @@ struct Referrald: AsyncParsableCommand {
         version: BuildInfo.version,
         subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
                       ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self,
-                      ReconcileCommand.self, PruneCommand.self, DemoCommand.self],
+                      ReconcileCommand.self, PruneCommand.self, DemoCommand.self, ProgramsCommand.self],
         defaultSubcommand: nil)
 }
 
@@ -54,9 +54,13 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var options: CommonOptions
 
+    @Flag(help: "Start even when the programs file is older than the newest program version the database knows (its version is registered at its own effective time; newer versions still bind the leads after theirs).")
+    var allowOlder = false
+
     func run() async throws {
         do {
-            let settings = try await options.settings()
+            var settings = try await options.settings()
+            settings.allowOlderPrograms = allowOlder
             let logger = options.logger(settings)
             let programs = try ProgramBook.load(path: settings.programsFile)
             logger.info("starting", metadata: ["programs": "\(programs.summary)", "version": "\(BuildInfo.version)"])
@@ -152,13 +156,19 @@ struct Check: AsyncParsableCommand {
 
     @OptionGroup var options: CommonOptions
 
+    @Flag(help: "Accept a programs file older than the newest program version the database knows, as `run --allow-older` does.")
+    var allowOlder = false
+
     func run() async throws {
-        let settings = try await options.settings()
+        var settings = try await options.settings()
+        settings.allowOlderPrograms = allowOlder
         let logger = options.logger(settings)
         let programs = try ProgramBook.load(path: settings.programsFile)
         print("configuration: ok")
         print("programs: \(programs.summary) (\(settings.programsFile))")
         for line in try await Operations.check(settings: settings, logger: logger) { print(line) }
+        // After the schema check: the versions' table has its effective times from migration 19.
+        for line in try await ProgramVersionsListing.check(settings: settings, programs: programs, logger: logger) { print(line) }
         print("ok")
     }
 }
