@@ -145,4 +145,43 @@ import Testing
         #expect(try await Self.versions(bed) == [1: Self.change.rfc3339])
         await bed.tearDown()
     }
+
+    /// The commands: `run` exits 78 (EX_CONFIG, no restart loop) on a file older than the
+    /// database, naming the program, both times and `--allow-older`; `check` says the same;
+    /// `programs list` shows every version with its times, and which is in force at a given time.
+    @Test func runRefusesAnOlderFileAndProgramsListShowsTheVersions() async throws {
+        let bed = try await TestBed.make()
+        let oldFile = try Self.programsFile(effectiveFrom: "2020-01-01T00:00:00Z", referrerAmount: 5000)
+        let newFile = try Self.programsFile(effectiveFrom: Self.change.rfc3339, referrerAmount: 7000)
+        for file in [oldFile, newFile] {
+            let book = try ProgramBook.load(path: file)
+            _ = try await bed.db.transaction { c in try Store.registerPrograms(c, book.programs, file: book.file) }
+        }
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("referrald")
+        var env = ProcessInfo.processInfo.environment
+        env.merge(bed.environment) { _, new in new }
+        env["REFERRALD_HTTP_PORT"] = "0"
+        env["REFERRALD_PROGRAMS_FILE"] = oldFile
+        for command in [["run"], ["check"]] {
+            let result = try await Subprocess.run(binary, command, environment: env)
+            let text = result.errors
+            #expect(result.status == (command == ["run"] ? 78 : 1), "\(command): \(result.status) \(text)")
+            #expect(text.contains("\(oldFile): program \"fast\": effective_from:") && text.contains("2020-01-01T00:00:00Z")
+                    && text.contains(Self.change.rfc3339) && text.contains("--allow-older"), "\(command): \(text)")
+        }
+        #expect(try await Self.versions(bed).count == 2)  // the refused file wrote nothing
+
+        let listed = try await Subprocess.run(binary, ["programs", "list"], environment: env)
+        #expect(listed.status == 0, "\(listed.errors)")
+        let lines = listed.output.split(separator: "\n").map(String.init)
+        #expect(lines.first?.hasPrefix("program  version  effective_from") == true, "\(listed.output)")
+        #expect(lines.count == 3 && lines[1].hasPrefix("fast     1        2020-01-01T00:00:00Z")
+                && lines[2].hasPrefix("fast     2        \(Self.change.rfc3339)"), "\(listed.output)")
+        // In force at a given time: the version that binds a lead dated then.
+        for (t, version) in [(Self.change - .seconds(1), 1), (Self.change, 2)] {
+            let rows = try await ProgramVersionsListing.rows(settings: bed.settings, now: t, logger: TestServices.logger)
+            #expect(rows.filter(\.inForce).map(\.version.version) == [version], "at \(t)")
+        }
+        await bed.tearDown()
+    }
 }
