@@ -45,7 +45,8 @@ struct Run: AsyncParsableCommand {
         discussion: """
             Refuses to start while the database schema is older than this binary: run `referrald
             migrate` first. Exit codes: 0 stopped by a signal; 78 (EX_CONFIG) an error in the
-            configuration or the programs file, which a restart cannot mend (the unit's
+            configuration or the programs file (also a file older than the newest program version
+            the database knows: see --allow-older), which a restart cannot mend (the unit's
             RestartPreventExitStatus); 75 (EX_TEMPFAIL) a schema older than the binary, or the
             inbox queue or an exchange it publishes to missing on the broker, which `referrald
             migrate` or `referrald topology` mend (so the unit restarts it until then); 1 anything

@@ -1,7 +1,7 @@
 /// A program: the reward rule set for one customer segment, as written in the programs YAML
-/// file (contract README, "Programs"). A referral keeps the version it was bound to when its lead
-/// was first seen, so a `Program` value is immutable data: the store versions it by
-/// `canonicalForm`.
+/// file (contract README, "Programs"). A referral keeps the version it was bound to (the one in
+/// force at its lead's time, `ProgramVersions.inForce`), so a `Program` value is immutable data:
+/// the store versions it by `canonicalForm`.
 public struct Program: Hashable, Sendable, Codable {
     public var id: String
     public var segment: Segment
