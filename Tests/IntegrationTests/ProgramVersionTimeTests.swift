@@ -128,6 +128,33 @@ import Testing
         await bed.tearDown()
     }
 
+    /// A running instance whose file a newer version overtook is refused only at its next start:
+    /// a lost database connection (a PostgreSQL restart during the rollout) reconnects and keeps
+    /// binding by time, instead of ending the instance with exit 78, which systemd does not restart.
+    @Test func aReconnectDoesNotRefuseTheFileTheInstanceStartedWith() async throws {
+        let bed = try await TestBed.make()
+        let oldFile = try Self.programsFile(effectiveFrom: "2020-01-01T00:00:00Z", referrerAmount: 5000)
+        let newer = try ProgramBook.load(path: try Self.programsFile(effectiveFrom: Self.change.rfc3339, referrerAmount: 7000))
+        let a = try Self.worker(bed, file: oldFile, name: "referrald-a")
+        var s = Scenario(bed: bed)
+        var seen: [Scenario.Published] = []
+        try await s.send("provisioning.service.activated", [
+            "account_id": "acct-R", "activated_at": "2020-06-01T00:00:00Z", "household_id": "hh-R", "segment": "consumer"])
+        try await s.collect(into: &seen) { $0.of("referral.code.issued").count == 1 }
+        let code = try #require(seen.of("referral.code.issued").first?.data["code"] as? String)
+        _ = try await bed.db.transaction { c in try Store.registerPrograms(c, newer.programs, file: newer.file) }
+
+        let terminated = try await bed.admin.query("""
+            SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int8 AS n FROM pg_stat_activity
+            WHERE application_name = 'referrald-a' AND datname = $1
+            """, [.text(bed.name)])
+        #expect(try terminated.first?.decode("n", as: Int64.self) ?? 0 > 0)
+        Self.expectByTime(try await Self.sendLeads(&s, bed, code: code, prefix: "r-", days: [-2, 2]))
+        #expect(try await bed.eventually { try await bed.count("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'referrald-a'") > 0 })
+        await Self.stop(a)
+        await bed.tearDown()
+    }
+
     /// The same rules again are no new version; a second version at a time already taken by
     /// other rules is refused before anything is written, and a new time for them is accepted.
     @Test func registrationKeepsVersionsAndRefusesAClashingEffectiveTime() async throws {

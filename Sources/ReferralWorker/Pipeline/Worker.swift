@@ -60,6 +60,11 @@ public actor Worker {
     /// queue whose node is still recovering after a broker restart must be waited for (the
     /// reconnect back-off), not taken for a missing topology that ends the process.
     private var topologyVerified = false
+    /// The programs file was registered once. Reconnects register it again (a restored database
+    /// may lack its versions) but no longer refuse an older file: a PostgreSQL restart during a
+    /// rollout would otherwise end every instance not yet restarted with exit 78, which systemd
+    /// does not restart, and leave the inbox without consumers. The check is for starts.
+    private var programsRegistered = false
     /// The consumer channel of the batch in hand (`Intake.Item.generation`).
     private var generation = 0
 
@@ -128,14 +133,15 @@ public actor Worker {
                 await connection.close()
                 throw SchemaError(found: version, needed: Schema.latestVersion)
             }
-            // Registered at every connect: after a restore the database may lack this file's
-            // versions. A refusal (a file older than the database) is a configuration error that
+            // A refusal at start (a file older than the database) is a configuration error that
             // no reconnect mends: it ends the worker, and `run` exits 78.
-            let (programs, file, allowOlder) = (self.programs.programs, self.programs.file, settings.allowOlderPrograms)
+            let (programs, file) = (self.programs.programs, self.programs.file)
+            let allowOlder = settings.allowOlderPrograms || programsRegistered
             do {
                 let registered = try await connection.transaction { c in
                     try Store.registerPrograms(c, programs, file: file, allowOlder: allowOlder)
                 }
+                programsRegistered = true
                 logger.info("programs registered", metadata: [
                     "programs.versions": "\(registered.sorted { $0.key < $1.key }.map { "\($0.key)@\($0.value)" }.joined(separator: ","))",
                 ])
