@@ -101,9 +101,9 @@ public struct ReceivedEvent: Sendable {
 
 /// What every decision of one transaction shares.
 public struct DecisionContext: Sendable {
+    /// This instance's file: asks and code issuance. Leads are bound to the versions the
+    /// database knows, by their time (`Store.bindLeads`), not to these.
     public var programs: ProgramBook
-    /// The version registered for each program id (`Store.registerPrograms`).
-    public var versions: [String: Int]
     public var policy: LifecyclePolicy
     public var now: Instant
     /// How long rows enqueued for the committing worker stay out of other relays' reach.
@@ -114,10 +114,9 @@ public struct DecisionContext: Sendable {
     /// Program versions already read (`Store.loadBindings`).
     public var programVersions: ProgramVersionCache
 
-    public init(programs: ProgramBook, versions: [String: Int], policy: LifecyclePolicy, now: Instant,
+    public init(programs: ProgramBook, policy: LifecyclePolicy, now: Instant,
                 effects: EffectCache? = nil, programVersions: ProgramVersionCache = ProgramVersionCache()) {
         self.programs = programs
-        self.versions = versions
         self.policy = policy
         self.now = now
         self.effects = effects

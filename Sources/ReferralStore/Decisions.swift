@@ -50,7 +50,8 @@ enum Decisions {
                                codes: codes, rewards: rewardIds)
         try Store.insertFacts(c, facts, channels: channels)
 
-        // Leads carrying a known code become referrals, bound to the program version in force now.
+        // Leads carrying a known code become referrals, bound to the program version in force at
+        // the lead's time.
         // Which leads are bound is read whenever the batch has a lead (a version without a code
         // of a lead bound before is attributed: the unattributed-lead metric reads it).
         if facts.contains(where: { if case .leadCreated = $0 { true } else { false } }) {
@@ -60,8 +61,7 @@ enum Decisions {
             // A blocked code (`referrald code block`) binds no new lead: no referral, no offer.
             let blocked = try Store.blockedCodes(c, codes)
             let owners = try Store.codeOwners(c, codes: codes).filter { !blocked.contains($0.key) }
-            boundLeads.formUnion(try Store.bindLeads(c, Lifecycle.leadsToBind(facts: facts, codes: owners, bound: boundLeads),
-                                                     versions: context.versions))
+            boundLeads.formUnion(try Store.bindLeads(c, Lifecycle.leadsToBind(facts: facts, codes: owners, bound: boundLeads)))
             for case .leadCreated(let lead, _, let code?, _, _, _) in facts where blocked.contains(code) && !boundLeads.contains(lead) {
                 blockedLeads.insert(lead)
             }

@@ -7,27 +7,56 @@ import ReferralCore
 extension Store {
     // MARK: programs
 
-    /// Registers the loaded programs: a program whose canonical form is new gets the next
-    /// version; an unchanged one keeps its version. Returns the current version of each id.
-    public static func registerPrograms(_ c: isolated PostgresConnection, _ programs: [Program]) throws -> [String: Int] {
-        var current: [String: Int] = [:]
+    /// Registers the loaded programs (`ProgramVersions.registration` decides: a program whose
+    /// canonical form is new gets the next version, in force from its `effective_from` or from
+    /// now; an unchanged one keeps its version and its effective time). Throws a `ProgramError`
+    /// for a file older than the database (unless `allowOlder`) or an effective time taken by
+    /// other rules. Returns the version of each program of the file.
+    public static func registerPrograms(_ c: isolated PostgresConnection, _ programs: [Program],
+                                        file: String = "programs file", allowOlder: Bool = false) throws -> [String: Int] {
+        var registered: [String: Int] = [:]
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
-        for p in programs {
-            let json = String(decoding: try encoder.encode(p), as: UTF8.self)
-            // Two instances starting together may register the same version: the unique
-            // constraints make the loser's insert a no-op, and the SELECT reads the winner's.
-            try c.execute("""
-                INSERT INTO program_versions (program_id, version, canonical, program)
-                SELECT $1, coalesce((SELECT max(version) FROM program_versions WHERE program_id = $1), 0) + 1, $2, $3::jsonb
-                WHERE NOT EXISTS (SELECT 1 FROM program_versions WHERE program_id = $1 AND canonical = $2)
-                ON CONFLICT DO NOTHING
-                """, [.text(p.id), .text(p.canonicalForm), .text(json)])
-            let row = try c.query("SELECT version FROM program_versions WHERE program_id = $1 AND canonical = $2",
-                                  [.text(p.id), .text(p.canonicalForm)])
-            current[p.id] = Int(try row.first?.decode("version", as: Int64.self) ?? 0)
+        // Two instances starting together with different files would each decide on the versions
+        // stored before either wrote: both could register a version at the same effective time,
+        // or the older file slip in after the newer. Registrations take turns (one lock for all
+        // ids: per-id locks taken in two files' orders could deadlock; registering is rare).
+        _ = try c.query("SELECT pg_advisory_xact_lock(3, 0)")
+        let now = try instant(c.query("SELECT now() AS now")[0], "now")
+        for (index, p) in programs.enumerated() {
+            let stored = try programVersions(c, programId: p.id)
+            switch try ProgramVersions.registration(of: p, index: index, file: file, stored: stored, now: now, allowOlder: allowOlder) {
+            case .known(let version):
+                registered[p.id] = version
+            case .new(let effectiveFrom):
+                let json = String(decoding: try encoder.encode(p), as: UTF8.self)
+                let version = (stored.map(\.version).max() ?? 0) + 1
+                try c.execute("""
+                    INSERT INTO program_versions (program_id, version, canonical, program, loaded_at, effective_from)
+                    VALUES ($1, $2, $3, $4::jsonb, $5::timestamptz, $6::timestamptz)
+                    """, [.text(p.id), .int(Int64(version)), .text(p.canonicalForm), .text(json), .text(now.rfc3339),
+                          .text(effectiveFrom.rfc3339)])
+                registered[p.id] = version
+            }
         }
-        return current
+        return registered
+    }
+
+    /// Every stored version of a program, by version.
+    public static func programVersions(_ c: isolated PostgresConnection, programId: String) throws -> [StoredProgramVersion] {
+        try c.query("""
+            SELECT version::int8 AS version, canonical, effective_from, loaded_at FROM program_versions
+            WHERE program_id = $1 ORDER BY version
+            """, [.text(programId)]).map { row in
+            StoredProgramVersion(version: Int(try row.decode("version", as: Int64.self)),
+                                 canonical: try row.decode("canonical", as: String.self),
+                                 effectiveFrom: try instant(row, "effective_from"), registeredAt: try instant(row, "loaded_at"))
+        }
+    }
+
+    /// The program ids that have versions.
+    public static func programIds(_ c: isolated PostgresConnection) throws -> [String] {
+        try c.query("SELECT DISTINCT program_id FROM program_versions ORDER BY program_id").map { try $0.decode("program_id", as: String.self) }
     }
 
     // MARK: facts
@@ -152,24 +181,31 @@ extension Store {
 
     // MARK: referrals
 
-    /// Creates referrals for leads with a known code that have none yet; the program version is
-    /// the one in force now. Returns the leads bound now.
-    public static func bindLeads(_ c: isolated PostgresConnection,
-                                 _ leads: [(leadId: String, code: String, referrerAccountId: String, programId: String)],
-                                 versions: [String: Int]) throws -> [String] {
-        let bindable = leads.filter { versions[$0.programId] != nil }
-        if bindable.isEmpty { return [] }
+    /// Creates referrals for leads with a known code that have none yet, each bound to the version
+    /// of its program in force at the lead's own time, as `ProgramVersions.inForce` chooses: the
+    /// greatest effective time not after it, else the earliest version. Read from
+    /// `program_versions`, not from this instance's file: during a rolling restart the instances
+    /// hold different files, and a lead's version depended on which one took it. A program with
+    /// no version stored binds nothing. Returns the leads bound now.
+    public static func bindLeads(_ c: isolated PostgresConnection, _ leads: [LeadToBind]) throws -> [String] {
+        if leads.isEmpty { return [] }
         return try c.query("""
             INSERT INTO referrals (referral_id, lead_id, code, referrer_account_id, program_id, program_version)
             SELECT 'ref-' || nextval('referral_numbers'), l, cd, ra, p, v
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[]) AS t(l, cd, ra, p, v)
+            FROM (SELECT l, cd, ra, p, coalesce(
+                      (SELECT version FROM program_versions WHERE program_id = p AND effective_from <= at
+                       ORDER BY effective_from DESC, version DESC LIMIT 1),
+                      (SELECT version FROM program_versions WHERE program_id = p
+                       ORDER BY effective_from, version LIMIT 1)) AS v
+                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) AS t(l, cd, ra, p, at)) b
+            WHERE v IS NOT NULL
             ORDER BY l
             ON CONFLICT (lead_id) DO NOTHING
             RETURNING lead_id
             """, [
-                .textArray(bindable.map(\.leadId)), .textArray(bindable.map(\.code)),
-                .textArray(bindable.map(\.referrerAccountId)), .textArray(bindable.map(\.programId)),
-                .textArray(bindable.map { String(versions[$0.programId]!) }),
+                .textArray(leads.map(\.leadId)), .textArray(leads.map(\.code)),
+                .textArray(leads.map(\.referrerAccountId)), .textArray(leads.map(\.programId)),
+                .textArray(leads.map(\.at.rfc3339)),
             ]).map { try $0.decode("lead_id", as: String.self) }
     }
 

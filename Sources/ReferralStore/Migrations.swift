@@ -485,6 +485,18 @@ public enum Schema {
                 paused_at   timestamptz       NOT NULL
             );
             """),
+        Migration(version: 19, name: "program versions in force from an effective time", sql: """
+            -- When each version starts to bind leads (the file's `effective_from`): a lead gets the
+            -- version in force at its own time, whichever instance takes it. A version stored
+            -- before was in force from when it was registered, as its binding then assumed. The
+            -- default is that too, for a version registered without a time of its own.
+            ALTER TABLE program_versions ADD COLUMN IF NOT EXISTS effective_from timestamptz;
+            UPDATE program_versions SET effective_from = loaded_at WHERE effective_from IS NULL;
+            ALTER TABLE program_versions ALTER COLUMN effective_from SET DEFAULT now();
+            ALTER TABLE program_versions ALTER COLUMN effective_from SET NOT NULL;
+            -- Each lead bound reads the version in force at its time by this index.
+            CREATE INDEX IF NOT EXISTS program_versions_in_force ON program_versions (program_id, effective_from);
+            """),
     ]
 
     public static var latestVersion: Int { migrations.last?.version ?? 0 }

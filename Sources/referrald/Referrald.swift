@@ -19,7 +19,7 @@ struct Referrald: AsyncParsableCommand {
         subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
                       ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self,
                       ReconcileCommand.self, PruneCommand.self, DemoCommand.self,
-                      CodeCommand.self, ReferralCommand.self, RewardCommand.self, RewardsCommand.self],
+                      CodeCommand.self, ReferralCommand.self, RewardCommand.self, RewardsCommand.self, ProgramsCommand.self],
         defaultSubcommand: nil)
 }
 
@@ -46,7 +46,8 @@ struct Run: AsyncParsableCommand {
         discussion: """
             Refuses to start while the database schema is older than this binary: run `referrald
             migrate` first. Exit codes: 0 stopped by a signal; 78 (EX_CONFIG) an error in the
-            configuration or the programs file, which a restart cannot mend (the unit's
+            configuration or the programs file (also a file older than the newest program version
+            the database knows: see --allow-older), which a restart cannot mend (the unit's
             RestartPreventExitStatus); 75 (EX_TEMPFAIL) a schema older than the binary, or the
             inbox queue or an exchange it publishes to missing on the broker, which `referrald
             migrate` or `referrald topology` mend (so the unit restarts it until then); 1 anything
@@ -55,9 +56,13 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var options: CommonOptions
 
+    @Flag(help: "Start even when the programs file is older than the newest program version the database knows (its version is registered at its own effective time; newer versions still bind the leads after theirs).")
+    var allowOlder = false
+
     func run() async throws {
         do {
-            let settings = try await options.settings()
+            var settings = try await options.settings()
+            settings.allowOlderPrograms = allowOlder
             let logger = options.logger(settings)
             let programs = try ProgramBook.load(path: settings.programsFile)
             logger.info("starting", metadata: ["programs": "\(programs.summary)", "version": "\(BuildInfo.version)"])
@@ -153,13 +158,19 @@ struct Check: AsyncParsableCommand {
 
     @OptionGroup var options: CommonOptions
 
+    @Flag(help: "Accept a programs file older than the newest program version the database knows, as `run --allow-older` does.")
+    var allowOlder = false
+
     func run() async throws {
-        let settings = try await options.settings()
+        var settings = try await options.settings()
+        settings.allowOlderPrograms = allowOlder
         let logger = options.logger(settings)
         let programs = try ProgramBook.load(path: settings.programsFile)
         print("configuration: ok")
         print("programs: \(programs.summary) (\(settings.programsFile))")
         for line in try await Operations.check(settings: settings, logger: logger) { print(line) }
+        // After the schema check: the versions' table has its effective times from migration 19.
+        for line in try await ProgramVersionsListing.check(settings: settings, programs: programs, logger: logger) { print(line) }
         print("ok")
     }
 }

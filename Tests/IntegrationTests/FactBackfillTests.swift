@@ -47,8 +47,8 @@ import Testing
     static func apply(_ bed: TestBed, _ events: [ReceivedEvent]) async throws {
         let programs = try bed.programs()
         let list = programs.programs
-        let versions = try await bed.db.transaction { c in try Store.registerPrograms(c, list) }
-        let context = DecisionContext(programs: programs, versions: versions, policy: bed.settings.lifecyclePolicy,
+        _ = try await bed.db.transaction { c in try Store.registerPrograms(c, list) }
+        let context = DecisionContext(programs: programs, policy: bed.settings.lifecyclePolicy,
                                       now: t0 + .days(5))
         _ = try await DecisionStore(bed.db).applyBatch(events, published: [], context: context)
     }

@@ -113,7 +113,7 @@ private func set(_ key: String, _ value: ConfigNode) -> @Sendable (inout [(key: 
         Mistake(name: "bad currency", edit: set("currency", .scalar("usd")), field: "programs[0].currency",
                 described: #"programs.yaml: program "consumer": currency: "usd" is not an ISO 4217 code (three upper-case letters, e.g. USD)"#),
         Mistake(name: "typo key", edit: { $0.append((key: "clawbak", value: .scalar("none"))) }, field: "programs[0].clawbak",
-                described: #"programs.yaml: program "consumer": clawbak: unknown key (expected one of: id, segment, currency, share_url, friend_offer_text, referrer_reward, friend_reward, qualify, attribution_window, clawback_window, clawback, limits, fraud, asks, followup, budget)"#),
+                described: #"programs.yaml: program "consumer": clawbak: unknown key (expected one of: id, segment, currency, share_url, friend_offer_text, referrer_reward, friend_reward, qualify, attribution_window, clawback_window, clawback, limits, fraud, asks, followup, budget, effective_from)"#),
         Mistake(name: "zero amount", edit: set("referrer_reward.amount_minor", .scalar("0")), field: "programs[0].referrer_reward.amount_minor",
                 described: #"programs.yaml: program "consumer": referrer_reward.amount_minor: must be positive, got 0"#),
         Mistake(name: "bad enum", edit: set("clawback", .scalar("friend")), field: "programs[0].clawback",

@@ -141,19 +141,34 @@ public enum Lifecycle {
     }
 
     /// Leads whose code belongs to a known account and which have no referral yet: the store
-    /// gives each an id and binds it to the current version of `programId`. A lead is bound even
+    /// gives each an id and binds it to the version of `programId` in force at `at`
+    /// (`ProgramVersions.inForce`), the earliest time the lead's facts here give, so that the
+    /// choice does not depend on the order in which copies of the lead arrived. A lead is bound even
     /// when its referrer had cancelled before it: the rules then reject it (`referrer_cancelled`),
     /// so that whether the cancellation arrived before or after the lead makes no difference.
     public static func leadsToBind(facts: [Fact], codes: [String: (accountId: String, programId: String)],
-                                   bound: Set<String>) -> [(leadId: String, code: String, referrerAccountId: String, programId: String)] {
-        var seen: Set<String> = []
-        var out: [(leadId: String, code: String, referrerAccountId: String, programId: String)] = []
-        for case .leadCreated(let lead, _, let code?, _, _, _) in facts where !bound.contains(lead) {
-            guard let owner = codes[code], seen.insert(lead).inserted else { continue }
-            out.append((lead, code, owner.accountId, owner.programId))
+                                   bound: Set<String>) -> [LeadToBind] {
+        var out: [String: LeadToBind] = [:]
+        for case .leadCreated(let lead, let at, let code?, _, _, _) in facts where !bound.contains(lead) {
+            guard let owner = codes[code] else { continue }
+            if let first = out[lead] {
+                out[lead]?.at = min(first.at, at)
+            } else {
+                out[lead] = LeadToBind(leadId: lead, code: code, referrerAccountId: owner.accountId, programId: owner.programId, at: at)
+            }
         }
-        return out.sorted { $0.leadId < $1.leadId }
+        return out.values.sorted { $0.leadId < $1.leadId }
     }
+}
+
+/// A lead to become a referral (`Lifecycle.leadsToBind`).
+public struct LeadToBind: Hashable, Sendable {
+    public var leadId: String
+    public var code: String
+    public var referrerAccountId: String
+    public var programId: String
+    /// The lead's time: which version of the program binds it.
+    public var at: Instant
 }
 
 // MARK: - Facts, indexed

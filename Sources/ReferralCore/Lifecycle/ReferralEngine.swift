@@ -33,8 +33,10 @@ public struct ReferralEngine: Sendable {
     private var delivered: Set<Fact> = []
     private var erased: Set<String> = []
     private var recorded: [Effect] = []
-    private var current: [Segment: (program: Program, version: Int)] = [:]
-    private var versions: [String: Int] = [:]
+    /// The program of each segment as last installed: code issuance's.
+    private var current: [Segment: Program] = [:]
+    /// Every version installed, by program id: binding's, as the store's `program_versions`.
+    private var versions: [String: [(program: Program, stored: StoredProgramVersion)]] = [:]
     private var nextReferralNumber: Int
     private let codeFor: @Sendable (String) -> String
     public let mode: Mode
@@ -57,14 +59,18 @@ public struct ReferralEngine: Sendable {
         install(programs)
     }
 
-    /// Loads a new programs file. Changed programs get a new version; referrals already bound keep
-    /// theirs. Unchanged programs (same canonical form) keep their version.
+    /// Loads a new programs file, as a worker registers it: a program with a new canonical form
+    /// gets the next version, in force from its `effectiveFrom` or else from the engine's time
+    /// now; an unchanged one keeps its version and effective time. Referrals bound before keep
+    /// theirs; a lead is bound to the version in force at its own time (`ProgramVersions.inForce`).
     public mutating func install(_ programs: [Program]) {
         for p in programs {
-            if let cur = current[p.segment], cur.program.canonicalForm == p.canonicalForm { continue }
-            let version = (versions[p.id] ?? 0) + 1
-            versions[p.id] = version
-            current[p.segment] = (p, version)
+            current[p.segment] = p
+            let known = versions[p.id] ?? []
+            if known.contains(where: { $0.stored.canonical == p.canonicalForm }) { continue }
+            let stored = StoredProgramVersion(version: known.count + 1, canonical: p.canonicalForm,
+                                              effectiveFrom: p.effectiveFrom ?? now, registeredAt: now)
+            versions[p.id, default: []].append((p, stored))
         }
     }
 
@@ -186,7 +192,7 @@ public struct ReferralEngine: Sendable {
             keepCommitments(d)
             var issuedCode = false
             for request in d.codeRequests {
-                guard let program = current[request.segment]?.program else { continue }
+                guard let program = current[request.segment] else { continue }
                 record([.codeIssued(accountId: request.accountId, code: codeFor(request.accountId), programId: program.id)], into: &out)
                 issuedCode = true
             }
@@ -226,9 +232,11 @@ public struct ReferralEngine: Sendable {
         let bound = Set(referrals.map(\.leadId))
         var fresh: [ReferralBinding] = []
         for lead in Lifecycle.leadsToBind(facts: facts, codes: Lifecycle.codes(in: recorded), bound: bound) {
-            guard let (program, version) = current.values.first(where: { $0.program.id == lead.programId }) else { continue }
+            let known = versions[lead.programId] ?? []
+            guard let chosen = ProgramVersions.inForce(known.map(\.stored), at: lead.at) else { continue }
             fresh.append(ReferralBinding(referralId: "ref-\(nextReferralNumber)", leadId: lead.leadId, code: lead.code,
-                                         referrerAccountId: lead.referrerAccountId, program: program, programVersion: version))
+                                         referrerAccountId: lead.referrerAccountId, program: known[chosen.version - 1].program,
+                                         programVersion: chosen.version))
             nextReferralNumber += 1
         }
         referrals += fresh

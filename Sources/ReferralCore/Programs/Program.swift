@@ -1,7 +1,7 @@
 /// A program: the reward rule set for one customer segment, as written in the programs YAML
-/// file (contract README, "Programs"). A referral keeps the version it was bound to when its lead
-/// was first seen, so a `Program` value is immutable data: the store versions it by
-/// `canonicalForm`.
+/// file (contract README, "Programs"). A referral keeps the version it was bound to (the one in
+/// force at its lead's time, `ProgramVersions.inForce`), so a `Program` value is immutable data:
+/// the store versions it by `canonicalForm`.
 public struct Program: Hashable, Sendable, Codable {
     public var id: String
     public var segment: Segment
@@ -25,17 +25,23 @@ public struct Program: Hashable, Sendable, Codable {
     /// The monthly budget (contract: asks held past `pause_asks_at`, rewards always paid);
     /// see `ProgramBudget`.
     public var budget: Budget?
+    /// When this version starts to govern leads (`effective_from`): a lead is bound to the version
+    /// of its program in force at the lead's own time (`ProgramVersions.inForce`), whichever
+    /// instance takes it. Nil: the instant the store first registers it, kept in the database so
+    /// that every instance agrees on it and a restart does not move it.
+    public var effectiveFrom: Instant?
 
     public init(id: String, segment: Segment, currency: String, shareURL: String, friendOfferText: String,
                 referrerReward: Reward, friendReward: FriendReward, qualify: Qualify,
                 attributionWindow: Span, clawbackWindow: Span, clawback: ClawbackMode,
-                limits: Limits, fraud: Fraud, asks: Asks, followup: Followup, budget: Budget? = nil) {
+                limits: Limits, fraud: Fraud, asks: Asks, followup: Followup, budget: Budget? = nil,
+                effectiveFrom: Instant? = nil) {
         self.id = id; self.segment = segment; self.currency = currency; self.shareURL = shareURL
         self.friendOfferText = friendOfferText; self.referrerReward = referrerReward
         self.friendReward = friendReward; self.qualify = qualify
         self.attributionWindow = attributionWindow; self.clawbackWindow = clawbackWindow
         self.clawback = clawback; self.limits = limits; self.fraud = fraud; self.asks = asks
-        self.followup = followup; self.budget = budget
+        self.followup = followup; self.budget = budget; self.effectiveFrom = effectiveFrom
     }
 
     public struct Reward: Hashable, Sendable, Codable {
@@ -185,7 +191,7 @@ public struct Program: Hashable, Sendable, Codable {
         case id, segment, currency, shareURL = "share_url", friendOfferText = "friend_offer_text"
         case referrerReward = "referrer_reward", friendReward = "friend_reward", qualify
         case attributionWindow = "attribution_window", clawbackWindow = "clawback_window", clawback
-        case limits, fraud, asks, followup, budget
+        case limits, fraud, asks, followup, budget, effectiveFrom = "effective_from"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -206,6 +212,12 @@ public struct Program: Hashable, Sendable, Codable {
         asks = try c.decode(Asks.self, forKey: .asks)
         followup = try c.decode(Followup.self, forKey: .followup)
         budget = try c.decodeIfPresent(Budget.self, forKey: .budget)
+        if let text = try c.decodeIfPresent(String.self, forKey: .effectiveFrom) {
+            guard let at = Instant(rfc3339: text) else {
+                throw DecodingError.dataCorruptedError(forKey: .effectiveFrom, in: c, debugDescription: "\"\(text)\" is not an RFC 3339 time")
+            }
+            effectiveFrom = at
+        }
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -226,6 +238,7 @@ public struct Program: Hashable, Sendable, Codable {
         try c.encode(asks, forKey: .asks)
         try c.encode(followup, forKey: .followup)
         try c.encodeIfPresent(budget, forKey: .budget)
+        try c.encodeIfPresent(effectiveFrom?.rfc3339, forKey: .effectiveFrom)
     }
 
     /// The share URL for a referrer's canonical code.
@@ -261,6 +274,9 @@ public struct Program: Hashable, Sendable, Codable {
         if !referrerReward.byPlan.isEmpty { added.append("referrer_reward.by_plan=\(plans(referrerReward.byPlan))") }
         if !friendReward.byPlan.isEmpty { added.append("friend_reward.by_plan=\(plans(friendReward.byPlan))") }
         if let budget { added.append("budget.monthly_minor=\(budget.monthlyMinor)\nbudget.pause_asks_at=\(budget.pauseAsksAt)") }
+        // The effective time is part of a version's identity: the same rules declared again from
+        // another time are a version of their own (a return to earlier rules after a change).
+        if let effectiveFrom { added.append("effective_from=\(effectiveFrom.rfc3339)") }
         let lines = [
             "id=\(q(id))",
             "segment=\(segment.rawValue)",

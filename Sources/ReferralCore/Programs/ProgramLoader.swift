@@ -69,7 +69,7 @@ public func loadPrograms(_ root: ConfigNode, file: String) throws -> [Program] {
 
 private let programKeys = ["id", "segment", "currency", "share_url", "friend_offer_text", "referrer_reward",
                            "friend_reward", "qualify", "attribution_window", "clawback_window", "clawback",
-                           "limits", "fraud", "asks", "followup", "budget"]
+                           "limits", "fraud", "asks", "followup", "budget", "effective_from"]
 
 private func readProgram(_ node: ConfigNode, path: String, file: String) throws -> Program {
     // The id is read first so that every later error can name the program.
@@ -146,13 +146,18 @@ private func readProgram(_ node: ConfigNode, path: String, file: String) throws 
                             maxPerYear: try af.required("max_per_year").count(min: 0),
                             periodicEvery: try af.required("periodic_every").span(positive: true))
 
+    // Optional, so that files written before versions had times keep working: such a version is
+    // in force from when the store first registers it (`Program.effectiveFrom`).
+    let effectiveFrom = try f.optional("effective_from")?.instant()
+
     let uf = try Fields(f.required("followup"), allowed: ["stalled_after"], in: f)
     let followup = Program.Followup(stalledAfter: try uf.required("stalled_after").span(positive: true))
 
     return Program(id: id, segment: segment, currency: currency, shareURL: shareURL, friendOfferText: offerText,
                    referrerReward: referrerReward, friendReward: friendReward, qualify: qualify,
                    attributionWindow: attribution, clawbackWindow: clawbackWindow, clawback: clawback,
-                   limits: limits, fraud: fraud, asks: asks, followup: followup, budget: budget)
+                   limits: limits, fraud: fraud, asks: asks, followup: followup, budget: budget,
+                   effectiveFrom: effectiveFrom)
 }
 
 private func isId(_ s: String) -> Bool {
@@ -243,6 +248,16 @@ private struct Field {
         }
         guard v >= min else { throw fail("must be at least \(min), got \(s)") }
         return v
+    }
+
+    /// An RFC 3339 time with its offset (`2027-01-01T00:00:00Z`): a time without a zone would be
+    /// read in each host's zone, and instances in different zones would disagree on it.
+    func instant() throws -> Instant {
+        let s = try string()
+        guard let at = Instant(rfc3339: s) else {
+            throw fail("\"\(s)\" is not an RFC 3339 time with an offset (e.g. 2027-01-01T00:00:00Z)")
+        }
+        return at
     }
 
     func span(positive: Bool = false) throws -> Span {

@@ -48,6 +48,10 @@ public struct Settings: Sendable {
     public var rewardRetries: Int
     public var rewardRetryBackoff: Span
     public var rewardRetryBackoffMax: Span
+    /// `--allow-older`, not an environment key: register a programs file older than the newest
+    /// version the database knows instead of refusing it (`ProgramVersions.registration`). A
+    /// flag for one start, so that a forgotten setting cannot let every later rollback through.
+    public var allowOlderPrograms = false
 
     /// The lifecycle's retry rules, from the reward retry keys.
     public var lifecyclePolicy: LifecyclePolicy {

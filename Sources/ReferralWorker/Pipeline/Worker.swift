@@ -47,8 +47,6 @@ public actor Worker {
     /// other use of the publisher settles it first, which also keeps batches' events in order.
     private var publication: Task<Void, any Error>?
     private let failpoint = Failpoint.fromEnvironment()
-    /// Current version of each program, registered at connect (a changed file makes a new one).
-    private var versions: [String: Int] = [:]
     private var lastTimerScan = Instant(microseconds: 0)
     /// The last timer round was full: more are due, and the next loop pass fires another round.
     private var timersBehind = false
@@ -62,6 +60,11 @@ public actor Worker {
     /// queue whose node is still recovering after a broker restart must be waited for (the
     /// reconnect back-off), not taken for a missing topology that ends the process.
     private var topologyVerified = false
+    /// The programs file was registered once. Reconnects register it again (a restored database
+    /// may lack its versions) but no longer refuse an older file: a PostgreSQL restart during a
+    /// rollout would otherwise end every instance not yet restarted with exit 78, which systemd
+    /// does not restart, and leave the inbox without consumers. The check is for starts.
+    private var programsRegistered = false
     /// The consumer channel of the batch in hand (`Intake.Item.generation`).
     private var generation = 0
 
@@ -101,6 +104,9 @@ public actor Worker {
             } catch let error as TopologyError {
                 await disconnect()
                 throw error
+            } catch let error as ProgramError {
+                await disconnect()
+                throw error
             } catch {
                 logger.warning("worker loop failed; reconnecting", metadata: ["error": "\(error)"])
                 await intake.giveBack(lane: pipeline)
@@ -127,8 +133,22 @@ public actor Worker {
                 await connection.close()
                 throw SchemaError(found: version, needed: Schema.latestVersion)
             }
-            let programs = self.programs.programs
-            versions = try await connection.transaction { c in try Store.registerPrograms(c, programs) }
+            // A refusal at start (a file older than the database) is a configuration error that
+            // no reconnect mends: it ends the worker, and `run` exits 78.
+            let (programs, file) = (self.programs.programs, self.programs.file)
+            let allowOlder = settings.allowOlderPrograms || programsRegistered
+            do {
+                let registered = try await connection.transaction { c in
+                    try Store.registerPrograms(c, programs, file: file, allowOlder: allowOlder)
+                }
+                programsRegistered = true
+                logger.info("programs registered", metadata: [
+                    "programs.versions": "\(registered.sorted { $0.key < $1.key }.map { "\($0.key)@\($0.value)" }.joined(separator: ","))",
+                ])
+            } catch {
+                await connection.close()
+                throw error
+            }
             db = connection
             status.databaseConnected(pipeline: pipeline)
         }
@@ -332,7 +352,7 @@ public actor Worker {
     }
 
     private func context() -> DecisionContext {
-        DecisionContext(programs: programs, versions: versions, policy: settings.lifecyclePolicy, now: clock.now(),
+        DecisionContext(programs: programs, policy: settings.lifecyclePolicy, now: clock.now(),
                         effects: effectCache, programVersions: programVersions)
     }
 

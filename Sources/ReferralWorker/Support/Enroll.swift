@@ -42,8 +42,9 @@ public enum Enroll {
         for e in errors { logger.warning("enrolment row skipped", metadata: ["csv.file": "\(csvPath)", "csv.error": "\(e)"]) }
         let db = try await settings.connectPostgres(name: "referrald enroll", logger: logger)
         let programList = programs.programs
-        let versions = try await db.transaction { c in try Store.registerPrograms(c, programList) }
-        let context = DecisionContext(programs: programs, versions: versions, policy: settings.lifecyclePolicy,
+        let (file, allowOlder) = (programs.file, settings.allowOlderPrograms)
+        _ = try await db.transaction { c in try Store.registerPrograms(c, programList, file: file, allowOlder: allowOlder) }
+        let context = DecisionContext(programs: programs, policy: settings.lifecyclePolicy,
                                       now: SystemClock().now())
         var done = 0
         for chunk in stride(from: 0, to: rows.count, by: batchSize).map({ Array(rows[$0..<min($0 + batchSize, rows.count)]) }) {

@@ -125,9 +125,9 @@ public enum OperatorCommands {
     }
 
     static func decisionContext(_ db: PostgresConnection, programs: ProgramBook, settings: Settings, now: Instant) async throws -> DecisionContext {
-        let list = programs.programs
-        let versions = try await db.transaction { c in try Store.registerPrograms(c, list) }
-        return DecisionContext(programs: programs, versions: versions, policy: settings.lifecyclePolicy, now: now)
+        let (list, file, allowOlder) = (programs.programs, programs.file, settings.allowOlderPrograms)
+        _ = try await db.transaction { c in try Store.registerPrograms(c, list, file: file, allowOlder: allowOlder) }
+        return DecisionContext(programs: programs, policy: settings.lifecyclePolicy, now: now)
     }
 
     static func run(settings: Settings, programs: ProgramBook?, action: String, target: String, who: Who, now: Instant,
@@ -138,7 +138,7 @@ public enum OperatorCommands {
         defer { Task { await db.close() } }
         // Actions that decide no referral (codes, pauses) need no programs file.
         let context = if let programs { try await decisionContext(db, programs: programs, settings: settings, now: now) }
-            else { DecisionContext(programs: ProgramBook(file: "", programs: []), versions: [:], policy: settings.lifecyclePolicy, now: now) }
+            else { DecisionContext(programs: ProgramBook(file: "", programs: []), policy: settings.lifecyclePolicy, now: now) }
         let record = OperatorAction(at: now, actor: who.actor, action: action, target: target, reason: reason, result: "")
         let (result, published) = try await DecisionStore(db).operatorAction(record, context: context, dryRun: who.dryRun, check: check)
         var outcome = Outcome(action: action, target: target, result: result, dryRun: who.dryRun)

@@ -46,8 +46,9 @@ public enum Reconcile {
         let db = try await settings.connectPostgres(name: "referrald reconcile", logger: logger)
         defer { Task { await db.close() } }
         let programList = programs.programs
-        let versions = try await db.transaction { c in try Store.registerPrograms(c, programList) }
-        let context = DecisionContext(programs: programs, versions: versions, policy: settings.lifecyclePolicy,
+        let (file, allowOlder) = (programs.file, settings.allowOlderPrograms)
+        _ = try await db.transaction { c in try Store.registerPrograms(c, programList, file: file, allowOlder: allowOlder) }
+        let context = DecisionContext(programs: programs, policy: settings.lifecyclePolicy,
                                       now: now ?? SystemClock().now())
         var summary = Summary()
         var after = ""
