@@ -67,7 +67,19 @@ enum Decisions {
             }
         }
         try Store.refreshFriendAccounts(c, leads: leads)
-        let touched = try Store.referralsTouched(c, leads: leads, accounts: Array(Set(facts.compactMap(\.friendAccountTouched))),
+        // An erasure strips household and contact from every lead the account ordered, also one
+        // whose friend is another account (an earlier order): those leads' standings lose keys
+        // that may have ranked them first for a friend. Scrubbed before deciding, and their
+        // referrals decided with the batch, or their stale claim would reject a later lead of the
+        // same household that the facts no longer rank behind them, a rejection that stands.
+        let erased = facts.compactMap { if case .customerErased(let a, _) = $0 { a } else { nil } }
+        var erasedLeads: [String] = []
+        if !erased.isEmpty {
+            try Store.scrubRows(c, erased: erased)
+            erasedLeads = try Store.erasedKeys(c, erased).leads
+        }
+        let touched = try Store.referralsTouched(c, leads: leads + erasedLeads,
+                                                 accounts: Array(Set(facts.compactMap(\.friendAccountTouched))),
                                                  rewards: rewardIds)
         // Activated accounts are decided even without referrals: their first activation issues a code.
         let activated = facts.compactMap { if case .serviceActivated(let a, _, _, _, _) = $0 { a } else { nil } }

@@ -248,7 +248,14 @@ public struct ReferralEngine: Sendable {
     /// decided, with ranks from the standings.
     private mutating func decideIncrementally(fresh: [Fact], bound: [ReferralBinding]) -> Decision {
         let byId = Dictionary(referrals.map { ($0.referralId, $0) }, uniquingKeysWith: { a, _ in a })
-        let touched = Lifecycle.touched(by: fresh, in: referrals, standings: table).union(bound.map(\.referralId))
+        var touched = Lifecycle.touched(by: fresh, in: referrals, standings: table).union(bound.map(\.referralId))
+        // An erasure stripped every lead the account ordered (`store`), also one whose friend is
+        // another account: those standings change too (the worker's batch does the same).
+        let erased = Set(fresh.compactMap { if case .customerErased(let a, _) = $0 { a } else { nil } })
+        if !erased.isEmpty {
+            let leads = Set(facts.compactMap { if case .orderPlaced(let l, let a, _) = $0, erased.contains(a) { l } else { nil } })
+            touched.formUnion(referrals.filter { leads.contains($0.leadId) }.map(\.referralId))
+        }
         let standings = Lifecycle.standings(facts: facts, referrals: touched.sorted().compactMap { byId[$0] })
         let changes = standings.map { (old: table.upsert($0), new: $0) }
         let programs = referrals.map(\.program)
