@@ -18,7 +18,8 @@ struct Referrald: AsyncParsableCommand {
         version: BuildInfo.version,
         subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
                       ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self,
-                      ReconcileCommand.self, PruneCommand.self, DemoCommand.self],
+                      ReconcileCommand.self, PruneCommand.self, DemoCommand.self,
+                      LedgerCommand.self],
         defaultSubcommand: nil)
 }
 
