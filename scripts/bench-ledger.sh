@@ -103,7 +103,7 @@ UNION ALL
 SELECT 'credit_rejected', issued_at + interval '1 day' - interval '5 seconds', NULL, reward_id, NULL, NULL, 'on hold'
 FROM w WHERE state = 'failed' OR (state = 'applied' AND retried);
 
-VACUUM ANALYZE;
+VACUUM ANALYZE rewards, effects, facts, referrals;
 SQL
 end=$(date +%s.%N)
 printf 'generated in %.1f s: %s\n' "$(echo "$end - $start" | bc)" "$(psql -q -X -t -A "$URL" -c "SELECT 'rewards ' || (SELECT count(*) FROM rewards) || ', effects ' || (SELECT count(*) FROM effects) || ', facts ' || (SELECT count(*) FROM facts)")"

@@ -104,7 +104,8 @@ extension Store {
                                      pageSize: Int = ledgerPageSize, each: ([LedgerReward]) throws -> Void) throws {
         try c.execute("""
             DECLARE ledger_rewards NO SCROLL CURSOR FOR
-            SELECT reward_id, referral_id, beneficiary, account_id, kind, amount_minor, currency, program_id, state, issued_at
+            SELECT reward_id, referral_id, beneficiary, account_id, kind, amount_minor, currency, program_id, state,
+                   \(micros("issued_at"))
             FROM rewards
             WHERE ($1::timestamptz IS NULL OR issued_at >= $1::timestamptz)
               AND ($2::timestamptz IS NULL OR issued_at < $2::timestamptz)
@@ -113,13 +114,13 @@ extension Store {
         while true {
             let rows = try c.query("FETCH FORWARD \(pageSize) FROM ledger_rewards")
             if rows.isEmpty { break }
+            // By position: a million rows decoded by name spent a tenth of the export hashing names.
             var page = try rows.map { row in
                 LedgerReward(
-                    rewardId: try row.decode("reward_id"), referralId: try row.decode("referral_id"),
-                    beneficiary: try row.decode("beneficiary"), accountId: try row.decode("account_id"),
-                    kind: try row.decode("kind"), amountMinor: try row.decode("amount_minor"), currency: try row.decode("currency"),
-                    programId: try row.decode("program_id"), state: try row.decode("state"),
-                    issuedAt: instant(try row.decode("issued_at")), history: [])
+                    rewardId: try row.decode(0), referralId: try row.decode(1), beneficiary: try row.decode(2),
+                    accountId: try row.decode(3), kind: try row.decode(4), amountMinor: try row.decode(5),
+                    currency: try row.decode(6), programId: try row.decode(7), state: try row.decode(8),
+                    issuedAt: Instant(microseconds: try row.decode(9)), history: [])
             }
             try attachHistories(c, &page)
             try each(page)
@@ -139,29 +140,28 @@ extension Store {
         var rejections: [String: [Instant]] = [:]
         var applications: [String: [(account: String, amount: Int64, currency: String, at: Instant)]] = [:]
         for row in try c.query("""
-            SELECT reward_id, kind, at, account_id, amount_minor, currency FROM facts
+            SELECT reward_id, kind, \(micros("at")), account_id, amount_minor, currency FROM facts
             WHERE reward_id = ANY($1::text[]) AND kind IN ('credit_applied', 'credit_rejected')
             ORDER BY reward_id, at
             """, [.textArray(ids)]) {
-            let id: String = try row.decode("reward_id")
-            let at = instant(try row.decode("at"))
-            if try row.decode("kind", as: String.self) == "credit_rejected" {
+            let id: String = try row.decode(0)
+            let at = Instant(microseconds: try row.decode(2))
+            if try row.decode(1, as: String.self) == "credit_rejected" {
                 rejections[id, default: []].append(at)
             } else {
-                applications[id, default: []].append((try row.decode("account_id"), try row.decode("amount_minor"),
-                                                      try row.decode("currency"), at))
+                applications[id, default: []].append((try row.decode(3), try row.decode(4), try row.decode(5), at))
             }
         }
         func billed(_ id: String, _ account: String, _ amount: Int64, _ currency: String) -> Instant? {
             applications[id]?.first { $0.account == account && $0.amount == amount && $0.currency == currency }?.at
         }
         for row in try c.query("""
-            SELECT seq, recorded_at, effect::text AS effect FROM effects
+            SELECT seq, \(micros("recorded_at")), effect::text AS effect FROM effects
             WHERE referral_id = ANY($1::text[])
               AND kind IN ('reward_issued', 'reward_retried', 'reward_applied', 'reward_failed', 'reward_reversed', 'reward_mismatch')
             ORDER BY seq
             """, [.textArray(Array(Set(page.map(\.referralId))))]) {
-            let at = instant(try row.decode("recorded_at"))
+            let at = Instant(microseconds: try row.decode(1))
             let effect: Effect
             do { effect = try storedEffect(row) } catch {
                 throw LedgerError(description: "effect seq \(try row.decode("seq", as: Int64.self)): \(error)")
@@ -228,7 +228,9 @@ extension Store {
         try c.execute("CLOSE ledger_totals")
     }
 
-    private static func instant(_ t: PostgresTimestamp) -> Instant {
-        Instant(microseconds: t.microsecondsSinceEpoch)
+    /// A timestamp column as integer microseconds since the epoch (exact: `extract` is numeric):
+    /// parsing the text form of three timestamps per reward was a tenth of the export's time.
+    private static func micros(_ column: String) -> String {
+        "(extract(epoch FROM \(column)) * 1000000)::int8"
     }
 }
