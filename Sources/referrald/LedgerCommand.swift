@@ -9,20 +9,16 @@ struct LedgerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ledger",
         abstract: "The reward ledger: every reward with its history (billing), totals per account and year (tax).",
-        discussion: """
-            Both read one consistent snapshot of the database (REPEATABLE READ READ ONLY) and
-            write nothing; output goes to stdout as it is read, the count to stderr.
-            """,
+        discussion: "Both read one consistent snapshot of the database (REPEATABLE READ READ ONLY) and write nothing; " +
+            "output goes to stdout as it is read, the count to stderr.",
         subcommands: [Export.self, Totals.self])
 
     struct Export: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "List every reward issued in [--from, --to): ids, beneficiary account, kind, amount, currency, program, state and history.",
-            discussion: """
-                In reward_id order. CSV (RFC 4180, CRLF, a header) or JSON Lines. History times:
-                when referrald recorded each change, and for applied, failed and mismatch the
-                time billing's event gave (billing_at).
-                """)
+            discussion: "In reward_id order. CSV (RFC 4180, CRLF, a header) or JSON Lines. History times: when referrald " +
+                "recorded each change, and for applied, failed and mismatch the time billing's event gave " +
+                "(billing_at).")
 
         @OptionGroup var options: CommonOptions
         @Option(help: "Only rewards issued at or after this (YYYY-MM-DD is UTC midnight, or RFC 3339).")
@@ -44,11 +40,9 @@ struct LedgerCommand: AsyncParsableCommand {
     struct Totals: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Totals per beneficiary account and currency of the rewards issued in a UTC calendar year: issued, reversed, net.",
-            discussion: """
-                Reversed counts the year's rewards reversed by now, whenever the reversal was;
-                net = issued - reversed; failed is the part billing rejected and has not applied
-                since. In account_id, currency order. CSV (RFC 4180) or JSON Lines.
-                """)
+            discussion: "Reversed counts the year's rewards reversed by now, whenever the reversal was; net = issued - " +
+                "reversed; failed is the part billing rejected and has not applied since. In account_id, currency " +
+                "order. CSV (RFC 4180) or JSON Lines.")
 
         @OptionGroup var options: CommonOptions
         @Option(help: "The UTC calendar year of issue (YYYY).")
