@@ -97,9 +97,9 @@ extension Store {
     /// facts then all read the same snapshot, and the cursor ends with it.
     ///
     /// A cursor rather than one SELECT: libpq holds a whole result in memory, and a million
-    /// rewards would be one result. Rather than keyset pages: the period is not indexed, so each
-    /// page of a narrow period would scan from its key to the next match again; the cursor walks
-    /// the primary key once.
+    /// rewards would be one result. A cursor rather than keyset pages: one statement planned
+    /// once walks the primary key once, and `ledgerTotals`, an aggregate, could not be paged by
+    /// key without aggregating again for every page; both commands page the same way.
     public static func ledgerRewards(_ c: isolated PostgresConnection, from: Instant?, to: Instant?,
                                      pageSize: Int = ledgerPageSize, each: ([LedgerReward]) throws -> Void) throws {
         try c.execute("""
