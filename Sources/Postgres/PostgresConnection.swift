@@ -381,14 +381,18 @@ public actor PostgresConnection {
     /// already aborted the transaction and would answer `COMMIT` with a silent `ROLLBACK`; this
     /// method rolls back and throws `.transactionAborted` instead of reporting success for work
     /// that was discarded.
-    public func transaction<T: Sendable>(_ body: @Sendable (isolated PostgresConnection) throws -> T) throws -> T {
+    ///
+    /// `mode` says how the transaction begins (`TransactionMode`): a read-only snapshot is set
+    /// by its `BEGIN`, before any statement could take a snapshot of its own.
+    public func transaction<T: Sendable>(_ mode: TransactionMode = .readWrite,
+                                         _ body: @Sendable (isolated PostgresConnection) throws -> T) throws -> T {
         guard PQtransactionStatus(try liveHandle(context: "transaction.begin")) == PQTRANS_IDLE else {
             // A nested BEGIN is only a warning, and the inner COMMIT would commit the outer
             // transaction's work halfway through.
             throw PostgresError(
                 code: .misuse, context: "transaction.begin", message: "a transaction is already open on this connection")
         }
-        _ = try simple("BEGIN", context: "transaction.begin")
+        _ = try simple(mode.begin, context: "transaction.begin")
         let value: T
         do {
             value = try body(self)

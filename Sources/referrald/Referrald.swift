@@ -19,7 +19,8 @@ struct Referrald: AsyncParsableCommand {
         subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
                       ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self,
                       ReconcileCommand.self, PruneCommand.self, DemoCommand.self,
-                      CodeCommand.self, ReferralCommand.self, RewardCommand.self, RewardsCommand.self, ProgramsCommand.self],
+                      CodeCommand.self, ReferralCommand.self, RewardCommand.self, RewardsCommand.self, ProgramsCommand.self,
+                      LedgerCommand.self],
         defaultSubcommand: nil)
 }
 

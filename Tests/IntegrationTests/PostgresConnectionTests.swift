@@ -96,6 +96,47 @@ struct PostgresConnectionTests {
         }
     }
 
+    @Test func readOnlySnapshotSeesOneStateAndRefusesWrites() async throws {
+        try await withTestConnection { db in
+            try await db.execute("CREATE TABLE r (id int8 PRIMARY KEY)")
+            try await db.execute("INSERT INTO r VALUES (1)")
+            let schema = try #require(try await db.query("SELECT current_schema() AS s").first?.decode("s", as: String.self))
+            let writer = try await PostgresConnection.connect(
+                postgresTestURL(), applicationName: "referrald-postgres-tests", logger: Logger(label: "writer"))
+            try await writer.executeScript("SET search_path TO \(schema)")
+            let seen = try await db.transaction(.readOnlySnapshot) { c in
+                let settings = try c.query(
+                    "SELECT current_setting('transaction_isolation') AS i, current_setting('transaction_read_only') AS ro")[0]
+                let before = try c.query("SELECT count(*)::int8 AS n FROM r")[0].decode("n", as: Int64.self)
+                // Another session commits a row between two statements of the snapshot. Detached:
+                // a task inheriting this actor would wait for the thread the semaphore blocks.
+                let done = DispatchSemaphore(value: 0)
+                Task.detached {
+                    _ = try? await writer.execute("INSERT INTO r VALUES (2)")
+                    done.signal()
+                }
+                done.wait()
+                let after = try c.query("SELECT count(*)::int8 AS n FROM r")[0].decode("n", as: Int64.self)
+                return (try settings.decode("i", as: String.self), try settings.decode("ro", as: String.self), before, after)
+            }
+            #expect(seen.0 == "repeatable read")
+            #expect(seen.1 == "on")
+            #expect(seen.2 == 1)
+            #expect(seen.3 == 1)
+            // The row was committed: the snapshot, not a failed insert, hid it.
+            #expect(try await db.query("SELECT count(*)::int8 AS n FROM r").first?.decode("n", as: Int64.self) == 2)
+
+            // Writes are refused, temporary tables included; the default mode still writes.
+            let error = await #expect(throws: PostgresError.self) {
+                try await db.transaction(.readOnlySnapshot) { c in try c.execute("CREATE TEMP TABLE scratch (x int)") }
+            }
+            #expect(error?.sqlState == "25006")
+            try await db.transaction { c in _ = try c.execute("INSERT INTO r VALUES (3)") }
+            #expect(try await db.query("SELECT count(*)::int8 AS n FROM r").first?.decode("n", as: Int64.self) == 3)
+            await writer.close()
+        }
+    }
+
     @Test func uniqueViolationCarriesSQLStateAndConstraint() async throws {
         try await withTestConnection { db in
             try await db.execute("CREATE TABLE referral (code text CONSTRAINT referral_code_key UNIQUE)")
