@@ -279,9 +279,11 @@ struct PostgresConnectionTests {
             }
             ticker.cancel()
             let ticks = await ticker.value
-            // About 50 ticks fit in the second; a pool blocked by the sleeping queries gives at
-            // most a couple. The margin is for a loaded 2-core machine running other suites.
-            #expect(ticks > 10, "ticker advanced only \(ticks) times during 1 s of queries")
+            // About 50 ticks fit in the second; a pool blocked by the sleeping queries (four of
+            // them on its two threads) gives at most two, one each side of the second. With every
+            // other integration suite running beside it on 2 cores the ticker has got as few as 10,
+            // so the line sits just above what a blocked pool can reach.
+            #expect(ticks > 4, "ticker advanced only \(ticks) times during 1 s of queries")
         }
     }
 
