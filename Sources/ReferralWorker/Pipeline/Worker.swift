@@ -448,9 +448,8 @@ public actor Worker {
             metrics.budget(program: p.id, currency: p.currency, committedMinor: committed[p.id] ?? 0, limitMinor: budget.monthlyMinor)
         }
         metrics.heldAsksSettled(settled)
-        if settled.contains(where: { !$0.sent }) {
-            logger.info("held asks dropped stale", metadata: ["asks.dropped": "\(settled.filter { !$0.sent }.count)"])
-        }
+        let dropped = settled.filter { !$0.sent }.count
+        if dropped > 0 { logger.info("held asks dropped stale", metadata: ["asks.dropped": "\(dropped)"]) }
     }
 
     // MARK: broker

@@ -41,11 +41,7 @@ public enum Enroll {
         var summary = Summary(rows: rows.count + errors.count, badRows: errors)
         for e in errors { logger.warning("enrolment row skipped", metadata: ["csv.file": "\(csvPath)", "csv.error": "\(e)"]) }
         let db = try await settings.connectPostgres(name: "referrald enroll", logger: logger)
-        let programList = programs.programs
-        let (file, allowOlder) = (programs.file, settings.allowOlderPrograms)
-        _ = try await db.transaction { c in try Store.registerPrograms(c, programList, file: file, allowOlder: allowOlder) }
-        let context = DecisionContext(programs: programs, policy: settings.lifecyclePolicy,
-                                      now: SystemClock().now())
+        let context = try await DecisionContext.registering(programs, on: db, settings: settings, now: SystemClock().now())
         var done = 0
         for chunk in stride(from: 0, to: rows.count, by: batchSize).map({ Array(rows[$0..<min($0 + batchSize, rows.count)]) }) {
             let result = try await DecisionStore(db).enroll(chunk, start: start, span: span, context: context)

@@ -105,7 +105,7 @@ public enum OperatorCommands {
         if who.dryRun { return outcome }
         let db = try await settings.connectPostgres(name: "referrald rewards resume", logger: logger)
         defer { Task { await db.close() } }
-        let context = try await decisionContext(db, programs: programs, settings: settings, now: now)
+        let context = try await DecisionContext.registering(programs, on: db, settings: settings, now: now)
         var after = ""
         while true {
             let cursor = after
@@ -124,12 +124,6 @@ public enum OperatorCommands {
         return code.canonical
     }
 
-    static func decisionContext(_ db: PostgresConnection, programs: ProgramBook, settings: Settings, now: Instant) async throws -> DecisionContext {
-        let (list, file, allowOlder) = (programs.programs, programs.file, settings.allowOlderPrograms)
-        _ = try await db.transaction { c in try Store.registerPrograms(c, list, file: file, allowOlder: allowOlder) }
-        return DecisionContext(programs: programs, policy: settings.lifecyclePolicy, now: now)
-    }
-
     static func run(settings: Settings, programs: ProgramBook?, action: String, target: String, who: Who, now: Instant,
                     logger: Logger, check: @escaping @Sendable (isolated PostgresConnection) throws -> OperatorPlan) async throws -> Outcome {
         let reason = who.reason.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -137,7 +131,7 @@ public enum OperatorCommands {
         let db = try await settings.connectPostgres(name: "referrald \(action)", logger: logger)
         defer { Task { await db.close() } }
         // Actions that decide no referral (codes, pauses) need no programs file.
-        let context = if let programs { try await decisionContext(db, programs: programs, settings: settings, now: now) }
+        let context = if let programs { try await DecisionContext.registering(programs, on: db, settings: settings, now: now) }
             else { DecisionContext(programs: ProgramBook(file: "", programs: []), policy: settings.lifecyclePolicy, now: now) }
         let record = OperatorAction(at: now, actor: who.actor, action: action, target: target, reason: reason, result: "")
         let (result, published) = try await DecisionStore(db).operatorAction(record, context: context, dryRun: who.dryRun, check: check)

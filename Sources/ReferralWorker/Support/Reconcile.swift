@@ -45,11 +45,7 @@ public enum Reconcile {
         let began = ContinuousClock.now
         let db = try await settings.connectPostgres(name: "referrald reconcile", logger: logger)
         defer { Task { await db.close() } }
-        let programList = programs.programs
-        let (file, allowOlder) = (programs.file, settings.allowOlderPrograms)
-        _ = try await db.transaction { c in try Store.registerPrograms(c, programList, file: file, allowOlder: allowOlder) }
-        let context = DecisionContext(programs: programs, policy: settings.lifecyclePolicy,
-                                      now: now ?? SystemClock().now())
+        let context = try await DecisionContext.registering(programs, on: db, settings: settings, now: now ?? SystemClock().now())
         var summary = Summary()
         var after = ""
         while true {
