@@ -19,6 +19,15 @@ fi
 # The deploy/ checks first: seconds, and they catch a unit or alert rule gone stale.
 scripts/check-deploy.sh
 python3 scripts/check-asyncapi.py
+# House rules, in seconds: the formatter's configuration is .swift-format (the toolchain ships
+# swift-format), and every shell script passes shellcheck (Debian's package).
+swift format lint --strict --recursive --parallel Sources Tests Package.swift
+if ! command -v shellcheck >/dev/null; then
+  echo "test: installing shellcheck"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends shellcheck >/dev/null
+fi
+shellcheck scripts/*.sh .ci/run
 # The container image, built as `docker build` would (no Docker engine here): a fresh static
 # release build: 7 min measured here with two other builds sharing the 2 cores (5 CPU-minutes).
 # REFERRALD_SKIP_IMAGE=1 skips it while iterating.

@@ -48,7 +48,9 @@ public final class AMQPConnection: Sendable {
         if url.useTLS, (tls ?? AMQPTLS()).verifyPeer, (tls ?? AMQPTLS()).caCertificatePath == nil {
             throw AMQPError(
                 .invalidUsage, operation: "connect to \(url)",
-                detail: "amqps:// needs a CA file (librabbitmq does not read the system trust store; for a public CA give /etc/ssl/certs/ca-certificates.crt)")
+                detail:
+                    "amqps:// needs a CA file (librabbitmq does not read the system trust store; for a public CA give /etc/ssl/certs/ca-certificates.crt)"
+            )
         }
         guard (0...65535).contains(heartbeatSeconds) else {
             throw AMQPError(.invalidUsage, operation: "connect to \(url)", detail: "heartbeatSeconds out of range")
@@ -197,8 +199,9 @@ public final class AMQPConnection: Sendable {
         try await withCheckedThrowingContinuation { continuation in
             let accepted = thread.submit { core in body(core, continuation) }
             if !accepted {
-                continuation.resume(throwing: AMQPError(
-                    .closed, operation: operation, detail: "the connection was closed or never opened"))
+                continuation.resume(
+                    throwing: AMQPError(
+                        .closed, operation: operation, detail: "the connection was closed or never opened"))
             }
         }
     }

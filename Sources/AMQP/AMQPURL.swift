@@ -42,7 +42,9 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         // host, port or vhost, and reach the connect attempt and its error text. Refused whole;
         // an '@' in the vhost is written %40. The message never quotes the URL.
         if let end = rest.firstIndex(where: { $0 == "/" || $0 == "?" }), rest[end...].contains("@") {
-            throw invalid("an '@' follows a '/' or '?': a user or password must percent-encode '/' as %2F and '?' as %3F (and an '@' in the vhost is written %40)")
+            throw invalid(
+                "an '@' follows a '/' or '?': a user or password must percent-encode '/' as %2F and '?' as %3F (and an '@' in the vhost is written %40)"
+            )
         }
         if rest.contains("?") || rest.contains("#") {
             throw invalid("query parameters and fragments are not supported")

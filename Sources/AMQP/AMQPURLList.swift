@@ -25,7 +25,8 @@ extension AMQPURL {
         var urls: [AMQPURL] = []
         for host in hosts {
             guard !host.isEmpty else {
-                throw AMQPError(.invalidURL, operation: "parse AMQP URL", detail: "empty host in the comma-separated host list")
+                throw AMQPError(
+                    .invalidURL, operation: "parse AMQP URL", detail: "empty host in the comma-separated host list")
             }
             urls.append(try AMQPURL(parsing: String(scheme + userinfo + host + path)))
         }
@@ -45,8 +46,11 @@ extension AMQPConnection {
         for offset in 0..<nodes.count {
             let index = (start + offset) % nodes.count
             do {
-                return (try await connect(nodes[index], tls: tls, heartbeatSeconds: heartbeatSeconds,
-                                          connectionName: connectionName, logger: logger), index)
+                return (
+                    try await connect(
+                        nodes[index], tls: tls, heartbeatSeconds: heartbeatSeconds,
+                        connectionName: connectionName, logger: logger), index
+                )
             } catch {
                 failed(nodes[index], error)
                 lastError = error

@@ -168,8 +168,9 @@ final class ConnectionCore {
             let status = amqp_simple_wait_frame_noblock(conn, &frame, &timeout)
             if status == AMQP_STATUS_TIMEOUT.rawValue { return }
             guard status == AMQP_STATUS_OK.rawValue else {
-                connectionLost(AMQPError(
-                    .connectionLost, operation: "read from broker", libraryStatus: Self.statusText(status)))
+                connectionLost(
+                    AMQPError(
+                        .connectionLost, operation: "read from broker", libraryStatus: Self.statusText(status)))
                 return
             }
             handle(frame)
@@ -286,30 +287,34 @@ final class ConnectionCore {
             var ok = amqp_basic_cancel_ok_t(consumer_tag: cancel.consumer_tag)
             let status = amqp_send_method(conn, Self.channel, AMQP_BASIC_CANCEL_OK_METHOD, &ok)
             if status != AMQP_STATUS_OK.rawValue {
-                connectionLost(AMQPError(
-                    .connectionLost, operation: "basic.cancel-ok", libraryStatus: Self.statusText(status)))
+                connectionLost(
+                    AMQPError(
+                        .connectionLost, operation: "basic.cancel-ok", libraryStatus: Self.statusText(status)))
                 return
             }
         }
         logger.info("broker cancelled the consumer", metadata: ["amqp.consumer_tag": "\(tag)"])
-        consumer = .cancelled(AMQPError(
-            .consumerCancelled, operation: "consume",
-            detail: "the broker cancelled consumer \(tag) (queue deleted or unavailable)"))
+        consumer = .cancelled(
+            AMQPError(
+                .consumerCancelled, operation: "consume",
+                detail: "the broker cancelled consumer \(tag) (queue deleted or unavailable)"))
     }
 
     private func expireDeadlines(now: ContinuousClock.Instant) {
         for (batch, wait) in publishWaits where wait.deadline <= now {
             tracker.abandon(batch)
             publishWaits[batch] = nil
-            wait.continuation.resume(throwing: AMQPError(
-                .timeout, operation: "wait for publisher confirms",
-                detail: "not every message was confirmed before the deadline; republish them"))
+            wait.continuation.resume(
+                throwing: AMQPError(
+                    .timeout, operation: "wait for publisher confirms",
+                    detail: "not every message was confirmed before the deadline; republish them"))
         }
         heldPublishes.removeAll { held in
             guard held.deadline <= now else { return false }
-            held.continuation.resume(throwing: AMQPError(
-                .timeout, operation: "publish",
-                detail: "the broker blocked this connection (connection.blocked) until the deadline"))
+            held.continuation.resume(
+                throwing: AMQPError(
+                    .timeout, operation: "publish",
+                    detail: "the broker blocked this connection (connection.blocked) until the deadline"))
             return true
         }
         waiters.removeAll { waiter in
@@ -552,9 +557,13 @@ final class ConnectionCore {
             // does not say which setting to look at.
             switch status {
             case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue:
-                throw fail("TLS: the broker's certificate is not trusted by the CA file (another CA, or expired)", status: status)
+                throw fail(
+                    "TLS: the broker's certificate is not trusted by the CA file (another CA, or expired)",
+                    status: status)
             case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED.rawValue:
-                throw fail("TLS: the broker's certificate does not name \(url.host) (a DNS name is needed: IP SANs are not matched)", status: status)
+                throw fail(
+                    "TLS: the broker's certificate does not name \(url.host) (a DNS name is needed: IP SANs are not matched)",
+                    status: status)
             default:
                 throw fail("cannot open the socket", status: status)
             }
@@ -607,7 +616,8 @@ final class ConnectionCore {
             default:
                 break
             }
-            throw AMQPError(.connectFailed, operation: operation, replyCode: replyCode, replyText: replyText, detail: step)
+            throw AMQPError(
+                .connectFailed, operation: operation, replyCode: replyCode, replyText: replyText, detail: step)
         case AMQP_RESPONSE_LIBRARY_EXCEPTION:
             throw AMQPError(
                 .connectFailed, operation: operation, libraryStatus: Self.statusText(reply.library_error),
@@ -745,10 +755,11 @@ final class ConnectionCore {
             guard status == AMQP_STATUS_OK.rawValue else {
                 // A frame may be half written: the connection cannot be trusted any more.
                 // connectionLost fails this batch's continuation too.
-                connectionLost(AMQPError(
-                    .connectionLost,
-                    operation: "basic.publish to exchange '\(message.exchange)' with key '\(message.routingKey)'",
-                    libraryStatus: Self.statusText(status)))
+                connectionLost(
+                    AMQPError(
+                        .connectionLost,
+                        operation: "basic.publish to exchange '\(message.exchange)' with key '\(message.routingKey)'",
+                        libraryStatus: Self.statusText(status)))
                 return
             }
         }
@@ -819,8 +830,9 @@ final class ConnectionCore {
         }
         switch consumer {
         case .idle:
-            continuation.resume(throwing: AMQPError(
-                .invalidUsage, operation: "nextDeliveries", detail: "call consume(queue:prefetch:) first"))
+            continuation.resume(
+                throwing: AMQPError(
+                    .invalidUsage, operation: "nextDeliveries", detail: "call consume(queue:prefetch:) first"))
             return
         case .lost(let error):
             continuation.resume(throwing: error)
@@ -843,8 +855,10 @@ final class ConnectionCore {
             continuation.resume(throwing: error)
         case .idle, .active:
             if wait > .zero {
-                waiters.append(DeliveryWaiter(
-                    id: id, max: max, maxBytes: maxBytes, deadline: ContinuousClock.now + wait, continuation: continuation))
+                waiters.append(
+                    DeliveryWaiter(
+                        id: id, max: max, maxBytes: maxBytes, deadline: ContinuousClock.now + wait,
+                        continuation: continuation))
             } else {
                 continuation.resume(returning: [])
             }

@@ -84,7 +84,8 @@ public actor PostgresConnection {
         _ url: PostgresURL, applicationName: String, logger: Logger, answerTimeout: Duration? = nil,
         statementCache: Int = 0
     ) async throws(PostgresError) -> PostgresConnection {
-        let connection = PostgresConnection(logger: logger, answerTimeout: answerTimeout, statementCache: statementCache)
+        let connection = PostgresConnection(
+            logger: logger, answerTimeout: answerTimeout, statementCache: statementCache)
         try await connection.open(url.connectionParameters(applicationName: applicationName))
         return connection
     }
@@ -98,7 +99,8 @@ public actor PostgresConnection {
             withCStrings(values) { values in PQconnectdbParams(keywords, values, 0) }
         }
         guard let connection else {
-            throw PostgresError(code: .connectionFailed, context: "connect", message: "libpq could not allocate a connection")
+            throw PostgresError(
+                code: .connectionFailed, context: "connect", message: "libpq could not allocate a connection")
         }
         guard PQstatus(connection) == CONNECTION_OK else {
             let message = Self.errorMessage(connection)
@@ -120,10 +122,12 @@ public actor PostgresConnection {
         // libpq calls the receiver on this thread, from inside a PQexec* call, while the actor
         // and so `noticeSink` are alive. It is a C function pointer and cannot capture: the
         // sink travels through `arg`.
-        PQsetNoticeReceiver(connection, { arg, result in
-            guard let arg, let result else { return }
-            Unmanaged<NoticeSink>.fromOpaque(arg).takeUnretainedValue().receive(result)
-        }, Unmanaged.passUnretained(sink).toOpaque())
+        PQsetNoticeReceiver(
+            connection,
+            { arg, result in
+                guard let arg, let result else { return }
+                Unmanaged<NoticeSink>.fromOpaque(arg).takeUnretainedValue().receive(result)
+            }, Unmanaged.passUnretained(sink).toOpaque())
 
         // Timestamps and bytea are decoded from text, so their output format must not depend on
         // the server's or role's defaults.
@@ -228,7 +232,9 @@ public actor PostgresConnection {
             // Each statement's results end with a NULL.
             while let result = try nextResult(handle, deadline: deadline) {
                 let status = PQresultStatus(result)
-                if status == PGRES_FATAL_ERROR || status == PGRES_PIPELINE_ABORTED, case .preparation(let key) = sent[index] {
+                if status == PGRES_FATAL_ERROR || status == PGRES_PIPELINE_ABORTED,
+                    case .preparation(let key) = sent[index]
+                {
                     prepared.removeValue(forKey: key)
                 }
                 if status == PGRES_FATAL_ERROR, firstError == nil {
@@ -257,7 +263,9 @@ public actor PostgresConnection {
     }
 
     /// The next result in pipeline mode, waiting for the socket under the deadline.
-    private func nextResult(_ handle: OpaquePointer, deadline: ContinuousClock.Instant?) throws(PostgresError) -> OpaquePointer? {
+    private func nextResult(_ handle: OpaquePointer, deadline: ContinuousClock.Instant?) throws(PostgresError)
+        -> OpaquePointer?
+    {
         while PQisBusy(handle) == 1 {
             try waitForSocket(handle, writable: false, deadline: deadline, context: "pipeline")
             guard PQconsumeInput(handle) == 1 else {
@@ -271,8 +279,10 @@ public actor PostgresConnection {
     /// cache holds it or has room for it, unnamed otherwise. `pipelined` sends it in pipeline
     /// mode (entered here if it is not yet). Returns libpq's send status.
     @discardableResult
-    private func send(_ sql: String, _ parameters: [PostgresValue], context: String,
-                      pipelined: Bool) throws(PostgresError) -> Int32 {
+    private func send(
+        _ sql: String, _ parameters: [PostgresValue], context: String,
+        pipelined: Bool
+    ) throws(PostgresError) -> Int32 {
         let handle = try liveHandle(context: context)
         var types: [UInt32] = []
         var texts: [String?] = []
@@ -285,15 +295,22 @@ public actor PostgresConnection {
             types.append(parameter.typeOID)
             switch try parameter.encoded(index: index) {
             case .null:
-                texts.append(nil); lengths.append(0); formats.append(0)
+                texts.append(nil)
+                lengths.append(0)
+                formats.append(0)
             case .text(let text):
-                texts.append(text); lengths.append(0); formats.append(0)
+                texts.append(text)
+                lengths.append(0)
+                formats.append(0)
             case .binary(let bytes):
                 guard bytes.count <= Int(Int32.max) else {
-                    throw PostgresError(code: .invalidParameter, context: "parameter $\(index + 1)",
-                                        message: "bytea of \(bytes.count) bytes is over the protocol's 2 GiB")
+                    throw PostgresError(
+                        code: .invalidParameter, context: "parameter $\(index + 1)",
+                        message: "bytea of \(bytes.count) bytes is over the protocol's 2 GiB")
                 }
-                texts.append(nil); lengths.append(Int32(bytes.count)); formats.append(1)
+                texts.append(nil)
+                lengths.append(Int32(bytes.count))
+                formats.append(1)
                 binaries.append((index, bytes))
             }
         }
@@ -324,7 +341,9 @@ public actor PostgresConnection {
     /// server) must not be reused for a value of a type the server did not infer. In a pipeline
     /// the preparation is sent ahead of the statement and answered with it (its key forgotten if
     /// the server refuses it); outside one it is answered at once.
-    private func preparedName(_ sql: String, types: [UInt32], handle: OpaquePointer, pipelined: Bool) throws(PostgresError) -> String? {
+    private func preparedName(_ sql: String, types: [UInt32], handle: OpaquePointer, pipelined: Bool)
+        throws(PostgresError) -> String?
+    {
         guard statementCacheCapacity > 0 else { return nil }
         let key = types.map(String.init).joined(separator: ",") + "|" + sql
         if let name = prepared[key] { return name }
@@ -346,8 +365,9 @@ public actor PostgresConnection {
     /// As `consume` tells a send that failed: a broken connection, or libpq's refusal.
     private func checkSent(_ sent: Int32, handle: OpaquePointer, context: String) throws(PostgresError) {
         guard sent == 1 else {
-            throw PostgresError(code: PQstatus(handle) == CONNECTION_BAD ? .connectionLost : .server, context: context,
-                                message: Self.errorMessage(handle))
+            throw PostgresError(
+                code: PQstatus(handle) == CONNECTION_BAD ? .connectionLost : .server, context: context,
+                message: Self.errorMessage(handle))
         }
     }
 
@@ -384,13 +404,16 @@ public actor PostgresConnection {
     ///
     /// `mode` says how the transaction begins (`TransactionMode`): a read-only snapshot is set
     /// by its `BEGIN`, before any statement could take a snapshot of its own.
-    public func transaction<T: Sendable>(_ mode: TransactionMode = .readWrite,
-                                         _ body: @Sendable (isolated PostgresConnection) throws -> T) throws -> T {
+    public func transaction<T: Sendable>(
+        _ mode: TransactionMode = .readWrite,
+        _ body: @Sendable (isolated PostgresConnection) throws -> T
+    ) throws -> T {
         guard PQtransactionStatus(try liveHandle(context: "transaction.begin")) == PQTRANS_IDLE else {
             // A nested BEGIN is only a warning, and the inner COMMIT would commit the outer
             // transaction's work halfway through.
             throw PostgresError(
-                code: .misuse, context: "transaction.begin", message: "a transaction is already open on this connection")
+                code: .misuse, context: "transaction.begin", message: "a transaction is already open on this connection"
+            )
         }
         _ = try simple(mode.begin, context: "transaction.begin")
         let value: T
@@ -418,7 +441,8 @@ public actor PostgresConnection {
             throw PostgresError(
                 code: .misuse, context: "transaction.commit", message: "the body ended the transaction itself")
         default:
-            throw PostgresError(code: .connectionLost, context: "transaction.commit", message: Self.errorMessage(handle))
+            throw PostgresError(
+                code: .connectionLost, context: "transaction.commit", message: Self.errorMessage(handle))
         }
     }
 
@@ -456,7 +480,9 @@ public actor PostgresConnection {
     /// result (as `PQexec` does for a script), or stops at a COPY, which `consume` ends. Past
     /// the deadline the connection is closed and the statement fails as `.connectionLost`: its
     /// transaction, if the server ever got it, ends by the server's own timeouts.
-    private func awaitResult(sent: Int32, handle: OpaquePointer, context: String) throws(PostgresError) -> OpaquePointer? {
+    private func awaitResult(sent: Int32, handle: OpaquePointer, context: String) throws(PostgresError)
+        -> OpaquePointer?
+    {
         guard sent == 1 else { return nil }
         let deadline = answerTimeout.map { ContinuousClock.now + $0 }
         guard try flushAll(handle, deadline: deadline, context: context) else { return nil }
@@ -488,7 +514,9 @@ public actor PostgresConnection {
 
     /// Writes what libpq holds for the socket as the socket takes it, under the deadline. False
     /// when libpq cannot write (the connection broke).
-    private func flushAll(_ handle: OpaquePointer, deadline: ContinuousClock.Instant?, context: String) throws(PostgresError) -> Bool {
+    private func flushAll(_ handle: OpaquePointer, deadline: ContinuousClock.Instant?, context: String)
+        throws(PostgresError) -> Bool
+    {
         while true {
             let flushed = PQflush(handle)
             if flushed == 0 { return true }
@@ -500,8 +528,10 @@ public actor PostgresConnection {
     /// Sleeps in poll() until the socket is ready or the deadline passes. Past the deadline the
     /// connection is finished here: its state is unknown (a half-sent message, an answer that
     /// may still come), and only a new connection is safe.
-    private func waitForSocket(_ handle: OpaquePointer, writable: Bool, deadline: ContinuousClock.Instant?,
-                               context: String) throws(PostgresError) {
+    private func waitForSocket(
+        _ handle: OpaquePointer, writable: Bool, deadline: ContinuousClock.Instant?,
+        context: String
+    ) throws(PostgresError) {
         var descriptor = pollfd(fd: PQsocket(handle), events: Int16(writable ? POLLOUT : POLLIN), revents: 0)
         while true {
             var wait: Int32 = -1
@@ -517,7 +547,8 @@ public actor PostgresConnection {
                     lost = error
                     throw error
                 }
-                wait = Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
+                wait = Int32(
+                    clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
             }
             let ready = poll(&descriptor, 1, wait)
             if ready > 0 { return }
@@ -536,11 +567,14 @@ public actor PostgresConnection {
     }
 
     /// Turns a `PGresult` into rows or a typed error, and frees it.
-    private func consume(_ result: OpaquePointer?, handle: OpaquePointer, context: String) throws(PostgresError) -> PostgresRows {
+    private func consume(_ result: OpaquePointer?, handle: OpaquePointer, context: String) throws(PostgresError)
+        -> PostgresRows
+    {
         guard let result else {
             // libpq returns no result when it is out of memory or cannot send the query.
             let lost = PQstatus(handle) == CONNECTION_BAD
-            throw PostgresError(code: lost ? .connectionLost : .server, context: context, message: Self.errorMessage(handle))
+            throw PostgresError(
+                code: lost ? .connectionLost : .server, context: context, message: Self.errorMessage(handle))
         }
         defer { PQclear(result) }
         let status = PQresultStatus(result)

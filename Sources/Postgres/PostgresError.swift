@@ -12,8 +12,8 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible, CustomDeb
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         private enum Base: String, Sendable, Hashable {
             case connectionFailed, connectionLost, connectionClosed, server, transactionAborted,
-                 misuse, invalidURL, invalidParameter, unsupportedResult, columnNotFound,
-                 unexpectedNull, typeMismatch
+                misuse, invalidURL, invalidParameter, unsupportedResult, columnNotFound,
+                unexpectedNull, typeMismatch
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -101,8 +101,8 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible, CustomDeb
         guard let state = sqlState else { return false }
         switch state {
         case "57P01", "57P02", "57P03",  // admin_shutdown, crash_shutdown, cannot_connect_now
-             "40001", "40P01",           // serialization_failure, deadlock_detected
-             "55P03":                    // lock_not_available (lock_timeout fired)
+            "40001", "40P01",  // serialization_failure, deadlock_detected
+            "55P03":  // lock_not_available (lock_timeout fired)
             return true
         case "0A000" where message?.contains("cached plan") == true:
             // A migration changed a table under a statement this session prepared: a new

@@ -113,12 +113,16 @@ public struct PostgresRow: Sendable {
     }
 
     /// Decodes the named column, nil for SQL NULL.
-    public func decodeIfPresent<T: PostgresDecodable>(_ column: String, as type: T.Type = T.self) throws(PostgresError) -> T? {
+    public func decodeIfPresent<T: PostgresDecodable>(_ column: String, as type: T.Type = T.self) throws(PostgresError)
+        -> T?
+    {
         try decodeIfPresent(index(of: column), as: type)
     }
 
     /// Decodes the column at `index` (0-based), nil for SQL NULL.
-    public func decodeIfPresent<T: PostgresDecodable>(_ index: Int, as type: T.Type = T.self) throws(PostgresError) -> T? {
+    public func decodeIfPresent<T: PostgresDecodable>(_ index: Int, as type: T.Type = T.self) throws(PostgresError)
+        -> T?
+    {
         guard values.indices.contains(index) else {
             throw PostgresError(
                 code: .columnNotFound, context: "decode", column: "#\(index)", expectedType: "\(T.self)")

@@ -48,11 +48,11 @@ public struct PostgresTimestamp: Sendable, Hashable, Comparable {
             return true
         }
         guard var year = number(minDigits: 4, maxDigits: 7), expect("-"),
-              let month = number(minDigits: 2, maxDigits: 2), expect("-"),
-              let day = number(minDigits: 2, maxDigits: 2), expect(" ") || expect("T"),
-              let hour = number(minDigits: 2, maxDigits: 2), expect(":"),
-              let minute = number(minDigits: 2, maxDigits: 2), expect(":"),
-              let second = number(minDigits: 2, maxDigits: 2)
+            let month = number(minDigits: 2, maxDigits: 2), expect("-"),
+            let day = number(minDigits: 2, maxDigits: 2), expect(" ") || expect("T"),
+            let hour = number(minDigits: 2, maxDigits: 2), expect(":"),
+            let minute = number(minDigits: 2, maxDigits: 2), expect(":"),
+            let second = number(minDigits: 2, maxDigits: 2)
         else { return nil }
         var fraction: Int64 = 0
         if expect(".") {
@@ -79,7 +79,7 @@ public struct PostgresTimestamp: Sendable, Hashable, Comparable {
             year = 1 - year
         }
         guard i == b.count, (1...12).contains(month), (1...31).contains(day),
-              hour < 24, minute < 60, second < 60
+            hour < 24, minute < 60, second < 60
         else { return nil }
         let secondsOfDay = hour * 3600 + minute * 60 + second - sign * offsetSeconds
         microsecondsSinceEpoch = (days(fromCivil: year, month, day) * 86_400 + secondsOfDay) * 1_000_000 + fraction

@@ -41,7 +41,10 @@ public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
     public struct Endpoint: Sendable, Hashable {
         public var host: String
         public var port: Int
-        public init(host: String, port: Int = 5432) { self.host = host; self.port = port }
+        public init(host: String, port: Int = 5432) {
+            self.host = host
+            self.port = port
+        }
     }
 
     public init(
@@ -75,7 +78,9 @@ public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
             throw fail("scheme must be postgres:// or postgresql://")
         }
         if Self.unencodedDelimiterInUserinfo(rest) {
-            throw fail("an '@' follows a '/' or '?': a user or password must percent-encode '/' as %2F and '?' as %3F (and an '@' after the host is written %40)")
+            throw fail(
+                "an '@' follows a '/' or '?': a user or password must percent-encode '/' as %2F and '?' as %3F (and an '@' after the host is written %40)"
+            )
         }
 
         var query: Substring = ""
@@ -140,7 +145,9 @@ public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
                 networkParameters[String(key)] = String(n)
             case "target_session_attrs":
                 guard Self.sessionAttributes.contains(value) else {
-                    throw fail("target_session_attrs must be one of any, read-write, read-only, primary, standby, prefer-standby")
+                    throw fail(
+                        "target_session_attrs must be one of any, read-write, read-only, primary, standby, prefer-standby"
+                    )
                 }
                 networkParameters["target_session_attrs"] = value
             case "options":
@@ -153,7 +160,8 @@ public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    private static func endpoint(_ text: Substring, _ fail: (String) -> PostgresError) throws(PostgresError) -> Endpoint {
+    private static func endpoint(_ text: Substring, _ fail: (String) -> PostgresError) throws(PostgresError) -> Endpoint
+    {
         var authority = text
         var host: String
         var portText: Substring?
@@ -188,7 +196,9 @@ public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
         "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout",
     ]
     /// libpq 15's values.
-    static let sessionAttributes: Set<String> = ["any", "read-write", "read-only", "primary", "standby", "prefer-standby"]
+    static let sessionAttributes: Set<String> = [
+        "any", "read-write", "read-only", "primary", "standby", "prefer-standby",
+    ]
 
     /// Whether an `@` comes after the first `/` or `?`: the sign of a user or password holding one
     /// of them unencoded (`postgres://u:pa?x=ss@host`). Split at that first `/` or `?`, the end of

@@ -33,10 +33,10 @@ public enum PostgresValue: Sendable, Hashable {
     var typeOID: UInt32 {
         switch self {
         case .null, .text: 0
-        case .int: 20          // int8
-        case .bool: 16         // bool
-        case .double: 701      // float8
-        case .bytes: 17        // bytea
+        case .int: 20  // int8
+        case .bool: 16  // bool
+        case .double: 701  // float8
+        case .bytes: 17  // bytea
         case .timestamp: 1184  // timestamptz
         case .textArray: 1009  // text[]
         case .int8Array: 1016  // int8[]

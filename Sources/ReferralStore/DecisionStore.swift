@@ -17,9 +17,12 @@ public struct DecisionStore: Sendable {
     /// rows the worker published since its last commit: deleting them rides in this transaction
     /// instead of costing a commit of its own. `beforeCommit` runs last inside the transaction
     /// (the fault suite's failpoints throw there).
-    public func applyBatch(_ events: [ReceivedEvent], published: [Int64], context: DecisionContext,
-                           beforeCommit: @escaping @Sendable ([ReceivedEvent]) throws -> Void = { _ in })
-        async throws -> BatchOutcome {
+    public func applyBatch(
+        _ events: [ReceivedEvent], published: [Int64], context: DecisionContext,
+        beforeCommit: @escaping @Sendable ([ReceivedEvent]) throws -> Void = { _ in }
+    )
+        async throws -> BatchOutcome
+    {
         try await connection.transaction { c in
             let outcome = try Decisions.batch(c, events: events, published: published, context: context)
             try beforeCommit(events)
@@ -39,8 +42,11 @@ public struct DecisionStore: Sendable {
 
     /// `referrald enroll`: one chunk of existing customers enrolled (see `Decisions.enroll`).
     public func enroll(_ rows: [EnrolmentRow], start: Instant, span: Span, context: DecisionContext)
-        async throws -> (enrolled: Int, published: [OutgoingEvent]) {
-        try await connection.transaction { c in try Decisions.enroll(c, rows: rows, start: start, span: span, context: context) }
+        async throws -> (enrolled: Int, published: [OutgoingEvent])
+    {
+        try await connection.transaction { c in
+            try Decisions.enroll(c, rows: rows, start: start, span: span, context: context)
+        }
     }
 
     /// An operator action in one transaction: `check` reads what it acts on and says what to
@@ -48,9 +54,12 @@ public struct DecisionStore: Sendable {
     /// facts are stored and the referrals decided as a batch would, and the action is recorded
     /// with its result. A dry run does all of it and rolls back: the result and the events are
     /// what a real run would give, and nothing is written.
-    public func operatorAction(_ action: OperatorAction, context: DecisionContext, dryRun: Bool,
-                               check: @escaping @Sendable (isolated PostgresConnection) throws -> OperatorPlan)
-        async throws -> (result: String, published: [OutgoingEvent]) {
+    public func operatorAction(
+        _ action: OperatorAction, context: DecisionContext, dryRun: Bool,
+        check: @escaping @Sendable (isolated PostgresConnection) throws -> OperatorPlan
+    )
+        async throws -> (result: String, published: [OutgoingEvent])
+    {
         do {
             return try await connection.transaction { c in
                 let plan = try check(c)
@@ -66,11 +75,15 @@ public struct DecisionStore: Sendable {
     }
 
     /// Rolls a dry run back, carrying what it would have done out of the transaction.
-    private struct DryRun: Error { var result: String; var published: [OutgoingEvent] }
+    private struct DryRun: Error {
+        var result: String
+        var published: [OutgoingEvent]
+    }
 
     /// `referrald reconcile`: one chunk of referrals re-derived from their facts.
     public func reconcile(_ referrals: [String], context: DecisionContext)
-        async throws -> (standingsFixed: [String], published: [OutgoingEvent]) {
+        async throws -> (standingsFixed: [String], published: [OutgoingEvent])
+    {
         try await connection.transaction { c in try Decisions.reconcile(c, referrals: referrals, context: context) }
     }
 }
@@ -84,7 +97,9 @@ public struct OperatorPlan: Sendable {
     /// Referrals to decide with them.
     public var referrals: [String] = []
     public init(result: String, facts: [Fact] = [], referrals: [String] = []) {
-        self.result = result; self.facts = facts; self.referrals = referrals
+        self.result = result
+        self.facts = facts
+        self.referrals = referrals
     }
 }
 
@@ -114,8 +129,10 @@ public struct DecisionContext: Sendable {
     /// Program versions already read (`Store.loadBindings`).
     public var programVersions: ProgramVersionCache
 
-    public init(programs: ProgramBook, policy: LifecyclePolicy, now: Instant,
-                effects: EffectCache? = nil, programVersions: ProgramVersionCache = ProgramVersionCache()) {
+    public init(
+        programs: ProgramBook, policy: LifecyclePolicy, now: Instant,
+        effects: EffectCache? = nil, programVersions: ProgramVersionCache = ProgramVersionCache()
+    ) {
         self.programs = programs
         self.policy = policy
         self.now = now

@@ -89,7 +89,9 @@ public final class EffectCache: Sendable {
         if recorded.isEmpty { return }
         state.withLock { s in
             for (id, group) in Dictionary(grouping: recorded, by: \.referralId) {
-                guard var entry = s.entries[id], let seen = group.first?.seenSeq, entry.lastSeq == seen else { continue }
+                guard var entry = s.entries[id], let seen = group.first?.seenSeq, entry.lastSeq == seen else {
+                    continue
+                }
                 for r in group.sorted(by: { $0.seq < $1.seq }) { entry.effects.append(r.effect.withoutFreeText) }
                 entry.lastSeq = group.map(\.seq).max() ?? seen
                 s.entries[id] = entry

@@ -22,15 +22,22 @@ extension Store {
     /// held for milliseconds beside a daemon of the previous release. Such a daemon keeps storing
     /// leads without a channel until it is replaced: those stay "unknown" in the report.
     @discardableResult
-    public static func backfillPlansAndChannels(_ db: PostgresConnection, chunk: Int = 2000,
-                                                logger: Logger) async throws -> (plans: Int, channels: Int) {
+    public static func backfillPlansAndChannels(
+        _ db: PostgresConnection, chunk: Int = 2000,
+        logger: Logger
+    ) async throws -> (plans: Int, channels: Int) {
         let started = ContinuousClock.now
         var after = (source: "", eventId: "")
-        var plans = 0, channels = 0, read = 0, unreadable = 0
+        var plans = 0
+        var channels = 0
+        var read = 0
+        var unreadable = 0
         while true {
             let from = after
-            let page = try await db.transaction { c -> (rows: Int, last: (String, String)?, plans: Int, channels: Int, unreadable: Int) in
-                let rows = try c.query("""
+            let page = try await db.transaction {
+                c -> (rows: Int, last: (String, String)?, plans: Int, channels: Int, unreadable: Int) in
+                let rows = try c.query(
+                    """
                     SELECT source, event_id, body FROM inbox
                     WHERE (source, event_id) > ($1, $2)
                       AND type IN ('provisioning.service.activated', 'provisioning.lead.created')
@@ -49,24 +56,42 @@ extension Store {
                         planFacts.append((account, at, plan))
                     }
                     for (fact, channel) in InboundEvent.leadChannels([event]) {
-                        if case .leadCreated(let lead, let at, _, _, _, _) = fact { leadChannels.append((lead, at, channel.rawValue)) }
+                        if case .leadCreated(let lead, let at, _, _, _, _) = fact {
+                            leadChannels.append((lead, at, channel.rawValue))
+                        }
                     }
                 }
-                let addedPlans = planFacts.isEmpty ? 0 : try c.execute("""
-                    INSERT INTO facts (kind, at, account_id, plan_id)
-                    SELECT DISTINCT 'plan', u.at, u.a, u.p FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS u(a, at, p)
-                    WHERE EXISTS (SELECT 1 FROM facts f WHERE f.account_id = u.a AND f.kind = 'activated' AND f.at = u.at)
-                      AND NOT EXISTS (SELECT 1 FROM facts f WHERE f.account_id = u.a AND f.kind = 'plan' AND f.at = u.at
-                                                              AND f.plan_id = u.p)
-                    """, [.textArray(planFacts.map(\.account)), .textArray(planFacts.map { $0.at.rfc3339 }),
-                          .textArray(planFacts.map(\.plan))])
-                let setChannels = leadChannels.isEmpty ? 0 : try c.execute("""
-                    UPDATE facts f SET channel = u.ch
-                    FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS u(l, at, ch)
-                    WHERE f.lead_id = u.l AND f.kind = 'lead' AND f.at = u.at AND f.channel IS NULL
-                    """, [.textArray(leadChannels.map(\.lead)), .textArray(leadChannels.map { $0.at.rfc3339 }),
-                          .textArray(leadChannels.map(\.channel))])
-                let last = try rows.last.map { (try $0.decode("source", as: String.self), try $0.decode("event_id", as: String.self)) }
+                let addedPlans =
+                    planFacts.isEmpty
+                    ? 0
+                    : try c.execute(
+                        """
+                        INSERT INTO facts (kind, at, account_id, plan_id)
+                        SELECT DISTINCT 'plan', u.at, u.a, u.p FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS u(a, at, p)
+                        WHERE EXISTS (SELECT 1 FROM facts f WHERE f.account_id = u.a AND f.kind = 'activated' AND f.at = u.at)
+                          AND NOT EXISTS (SELECT 1 FROM facts f WHERE f.account_id = u.a AND f.kind = 'plan' AND f.at = u.at
+                                                                  AND f.plan_id = u.p)
+                        """,
+                        [
+                            .textArray(planFacts.map(\.account)), .textArray(planFacts.map { $0.at.rfc3339 }),
+                            .textArray(planFacts.map(\.plan)),
+                        ])
+                let setChannels =
+                    leadChannels.isEmpty
+                    ? 0
+                    : try c.execute(
+                        """
+                        UPDATE facts f SET channel = u.ch
+                        FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS u(l, at, ch)
+                        WHERE f.lead_id = u.l AND f.kind = 'lead' AND f.at = u.at AND f.channel IS NULL
+                        """,
+                        [
+                            .textArray(leadChannels.map(\.lead)), .textArray(leadChannels.map { $0.at.rfc3339 }),
+                            .textArray(leadChannels.map(\.channel)),
+                        ])
+                let last = try rows.last.map {
+                    (try $0.decode("source", as: String.self), try $0.decode("event_id", as: String.self))
+                }
                 return (rows.count, last, Int(addedPlans), Int(setChannels), unreadable)
             }
             read += page.rows
@@ -76,10 +101,13 @@ extension Store {
             guard page.rows == chunk, let last = page.last else { break }
             after = (last.0, last.1)
         }
-        logger.info("plans and lead channels backfilled from the inbox", metadata: [
-            "bodies": "\(read)", "plan_facts": "\(plans)", "lead_channels": "\(channels)", "unreadable": "\(unreadable)",
-            "seconds": "\(String(format: "%.1f", (ContinuousClock.now - started).inSeconds))",
-        ])
+        logger.info(
+            "plans and lead channels backfilled from the inbox",
+            metadata: [
+                "bodies": "\(read)", "plan_facts": "\(plans)", "lead_channels": "\(channels)",
+                "unreadable": "\(unreadable)",
+                "seconds": "\(String(format: "%.1f", (ContinuousClock.now - started).inSeconds))",
+            ])
         return (plans, channels)
     }
 }

@@ -49,10 +49,17 @@ public struct LedgerChange: Sendable, Equatable {
     public var reason: String?
     public var billed: (accountId: String, amountMinor: Int64, currency: String)?
 
-    public init(event: Event, recordedAt: Instant, billingAt: Instant? = nil, number: Int? = nil, final: Bool? = nil,
-                reason: String? = nil, billed: (accountId: String, amountMinor: Int64, currency: String)? = nil) {
-        self.event = event; self.recordedAt = recordedAt; self.billingAt = billingAt; self.number = number
-        self.final = final; self.reason = reason; self.billed = billed
+    public init(
+        event: Event, recordedAt: Instant, billingAt: Instant? = nil, number: Int? = nil, final: Bool? = nil,
+        reason: String? = nil, billed: (accountId: String, amountMinor: Int64, currency: String)? = nil
+    ) {
+        self.event = event
+        self.recordedAt = recordedAt
+        self.billingAt = billingAt
+        self.number = number
+        self.final = final
+        self.reason = reason
+        self.billed = billed
     }
 
     public static func == (a: LedgerChange, b: LedgerChange) -> Bool {
@@ -75,10 +82,17 @@ public struct LedgerTotal: Sendable, Equatable {
     /// Of those, the rewards billing has rejected and not applied since (state `failed`).
     public var failedMinor: Int64
 
-    public init(accountId: String, currency: String, rewards: Int64, issuedMinor: Int64, reversedMinor: Int64,
-                netMinor: Int64, failedMinor: Int64) {
-        self.accountId = accountId; self.currency = currency; self.rewards = rewards; self.issuedMinor = issuedMinor
-        self.reversedMinor = reversedMinor; self.netMinor = netMinor; self.failedMinor = failedMinor
+    public init(
+        accountId: String, currency: String, rewards: Int64, issuedMinor: Int64, reversedMinor: Int64,
+        netMinor: Int64, failedMinor: Int64
+    ) {
+        self.accountId = accountId
+        self.currency = currency
+        self.rewards = rewards
+        self.issuedMinor = issuedMinor
+        self.reversedMinor = reversedMinor
+        self.netMinor = netMinor
+        self.failedMinor = failedMinor
     }
 }
 
@@ -100,9 +114,12 @@ extension Store {
     /// rewards would be one result. A cursor rather than keyset pages: one statement planned
     /// once walks the primary key once, and `ledgerTotals`, an aggregate, could not be paged by
     /// key without aggregating again for every page; both commands page the same way.
-    public static func ledgerRewards(_ c: isolated PostgresConnection, from: Instant?, to: Instant?,
-                                     pageSize: Int = ledgerPageSize, each: ([LedgerReward]) throws -> Void) throws {
-        try c.execute("""
+    public static func ledgerRewards(
+        _ c: isolated PostgresConnection, from: Instant?, to: Instant?,
+        pageSize: Int = ledgerPageSize, each: ([LedgerReward]) throws -> Void
+    ) throws {
+        try c.execute(
+            """
             DECLARE ledger_rewards NO SCROLL CURSOR FOR
             SELECT reward_id, referral_id, beneficiary, account_id, kind, amount_minor, currency, program_id, state,
                    \(micros("issued_at"))
@@ -139,11 +156,13 @@ extension Store {
         // (`fulfil`); an application is matched by the account, amount and currency it names.
         var rejections: [String: [Instant]] = [:]
         var applications: [String: [(account: String, amount: Int64, currency: String, at: Instant)]] = [:]
-        for row in try c.query("""
+        for row in try c.query(
+            """
             SELECT reward_id, kind, \(micros("at")), account_id, amount_minor, currency FROM facts
             WHERE reward_id = ANY($1::text[]) AND kind IN ('credit_applied', 'credit_rejected')
             ORDER BY reward_id, at
-            """, [.textArray(ids)]) {
+            """, [.textArray(ids)])
+        {
             let id: String = try row.decode(0)
             let at = Instant(microseconds: try row.decode(2))
             if try row.decode(1, as: String.self) == "credit_rejected" {
@@ -155,12 +174,14 @@ extension Store {
         func billed(_ id: String, _ account: String, _ amount: Int64, _ currency: String) -> Instant? {
             applications[id]?.first { $0.account == account && $0.amount == amount && $0.currency == currency }?.at
         }
-        for row in try c.query("""
+        for row in try c.query(
+            """
             SELECT seq, \(micros("recorded_at")), effect::text AS effect FROM effects
             WHERE referral_id = ANY($1::text[])
               AND kind IN ('reward_issued', 'reward_retried', 'reward_applied', 'reward_failed', 'reward_reversed', 'reward_mismatch')
             ORDER BY seq
-            """, [.textArray(Array(Set(page.map(\.referralId))))]) {
+            """, [.textArray(Array(Set(page.map(\.referralId))))])
+        {
             let at = Instant(microseconds: try row.decode(1))
             let effect: Effect
             do { effect = try storedEffect(row) } catch {
@@ -175,15 +196,27 @@ extension Store {
             case .rewardFailed(let id, let failure, _, let final):
                 // Billing's free-text reason stays out: it is personal data an erasure scrubs.
                 let times = rejections[id] ?? []
-                change = (id, LedgerChange(event: .failed, recordedAt: at, billingAt: failure <= times.count ? times[failure - 1] : nil,
-                                           number: failure, final: final))
+                change = (
+                    id,
+                    LedgerChange(
+                        event: .failed, recordedAt: at, billingAt: failure <= times.count ? times[failure - 1] : nil,
+                        number: failure, final: final)
+                )
             case .rewardApplied(let id):
                 guard let i = index[id] else { continue }
                 let r = page[i]
-                change = (id, LedgerChange(event: .applied, recordedAt: at, billingAt: billed(id, r.accountId, r.amountMinor, r.currency)))
+                change = (
+                    id,
+                    LedgerChange(
+                        event: .applied, recordedAt: at, billingAt: billed(id, r.accountId, r.amountMinor, r.currency))
+                )
             case .rewardMismatch(let id, let account, let amount, let currency):
-                change = (id, LedgerChange(event: .mismatch, recordedAt: at, billingAt: billed(id, account, amount, currency),
-                                           billed: (account, amount, currency)))
+                change = (
+                    id,
+                    LedgerChange(
+                        event: .mismatch, recordedAt: at, billingAt: billed(id, account, amount, currency),
+                        billed: (account, amount, currency))
+                )
             case .rewardReversed(let r):
                 change = (r.rewardId, LedgerChange(event: .reversed, recordedAt: at, reason: r.reason))
             case .codeIssued, .friendOfferGranted, .statusChanged:
@@ -199,10 +232,13 @@ extension Store {
     /// (account, currency) order, a page at a time; only `kind` when given, only those whose net
     /// is at least `minNetMinor` when given. A cursor for the same reason as `ledgerRewards`:
     /// one row per account can be hundreds of thousands of rows.
-    public static func ledgerTotals(_ c: isolated PostgresConnection, from: Instant, to: Instant, kind: String?,
-                                    minNetMinor: Int64?, pageSize: Int = ledgerPageSize,
-                                    each: ([LedgerTotal]) throws -> Void) throws {
-        try c.execute("""
+    public static func ledgerTotals(
+        _ c: isolated PostgresConnection, from: Instant, to: Instant, kind: String?,
+        minNetMinor: Int64?, pageSize: Int = ledgerPageSize,
+        each: ([LedgerTotal]) throws -> Void
+    ) throws {
+        try c.execute(
+            """
             DECLARE ledger_totals NO SCROLL CURSOR FOR
             SELECT account_id, currency, count(*)::int8 AS rewards, sum(amount_minor)::int8 AS issued,
                    coalesce(sum(amount_minor) FILTER (WHERE state = 'reversed'), 0)::int8 AS reversed,
@@ -217,12 +253,15 @@ extension Store {
         while true {
             let rows = try c.query("FETCH FORWARD \(pageSize) FROM ledger_totals")
             if rows.isEmpty { break }
-            try each(try rows.map { row in
-                let issued: Int64 = try row.decode("issued"), reversed: Int64 = try row.decode("reversed")
-                return LedgerTotal(accountId: try row.decode("account_id"), currency: try row.decode("currency"),
-                                   rewards: try row.decode("rewards"), issuedMinor: issued, reversedMinor: reversed,
-                                   netMinor: issued - reversed, failedMinor: try row.decode("failed"))
-            })
+            try each(
+                try rows.map { row in
+                    let issued: Int64 = try row.decode("issued")
+                    let reversed: Int64 = try row.decode("reversed")
+                    return LedgerTotal(
+                        accountId: try row.decode("account_id"), currency: try row.decode("currency"),
+                        rewards: try row.decode("rewards"), issuedMinor: issued, reversedMinor: reversed,
+                        netMinor: issued - reversed, failedMinor: try row.decode("failed"))
+                })
             if rows.count < pageSize { break }
         }
         try c.execute("CLOSE ledger_totals")

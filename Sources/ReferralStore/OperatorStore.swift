@@ -14,34 +14,45 @@ public struct OperatorAction: Sendable, Equatable {
     public var result: String
 
     public init(at: Instant, actor: String, action: String, target: String, reason: String, result: String) {
-        self.at = at; self.actor = actor; self.action = action; self.target = target; self.reason = reason; self.result = result
+        self.at = at
+        self.actor = actor
+        self.action = action
+        self.target = target
+        self.reason = reason
+        self.result = result
     }
 }
 
 /// The state operators change (blocked codes, paused programs) and their audit trail.
 extension Store {
     public static func recordOperatorAction(_ c: isolated PostgresConnection, _ a: OperatorAction) throws {
-        try c.execute("""
+        try c.execute(
+            """
             INSERT INTO operator_actions (at, actor, action, target, reason, result) VALUES ($1, $2, $3, $4, $5, $6)
-            """, [.text(a.at.rfc3339), .text(a.actor), .text(a.action), .text(a.target), .text(a.reason), .text(a.result)])
+            """,
+            [.text(a.at.rfc3339), .text(a.actor), .text(a.action), .text(a.target), .text(a.reason), .text(a.result)])
     }
 
     /// The actions on any of these targets, oldest first (`explain`).
     public static func operatorActions(_ c: isolated PostgresConnection, targets: [String]) throws -> [OperatorAction] {
-        try c.query("""
+        try c.query(
+            """
             SELECT at, actor, action, target, reason, result FROM operator_actions
             WHERE target = ANY($1::text[]) ORDER BY at, id
-            """, [.textArray(targets)]).map {
-            OperatorAction(at: try instant($0, "at"), actor: try $0.decode("actor", as: String.self),
-                           action: try $0.decode("action", as: String.self), target: try $0.decode("target", as: String.self),
-                           reason: try $0.decode("reason", as: String.self), result: try $0.decode("result", as: String.self))
+            """, [.textArray(targets)]
+        ).map {
+            OperatorAction(
+                at: try instant($0, "at"), actor: try $0.decode("actor", as: String.self),
+                action: try $0.decode("action", as: String.self), target: try $0.decode("target", as: String.self),
+                reason: try $0.decode("reason", as: String.self), result: try $0.decode("result", as: String.self))
         }
     }
 
     /// Blocks a code; false when it was blocked already.
     public static func blockCode(_ c: isolated PostgresConnection, _ code: String, at: Instant) throws -> Bool {
-        try c.execute("INSERT INTO blocked_codes (code, blocked_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                      [.text(code), .text(at.rfc3339)]) == 1
+        try c.execute(
+            "INSERT INTO blocked_codes (code, blocked_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            [.text(code), .text(at.rfc3339)]) == 1
     }
 
     /// Unblocks a code; false when it was not blocked.
@@ -55,15 +66,17 @@ extension Store {
 
     /// The codes among these that are blocked.
     static func blockedCodes(_ c: isolated PostgresConnection, _ codes: [String]) throws -> Set<String> {
-        Set(try c.query("SELECT code FROM blocked_codes WHERE code = ANY($1::text[])", [.textArray(codes)])
-            .map { try $0.decode("code", as: String.self) })
+        Set(
+            try c.query("SELECT code FROM blocked_codes WHERE code = ANY($1::text[])", [.textArray(codes)])
+                .map { try $0.decode("code", as: String.self) })
     }
 
     /// Pauses a program's rewards (`*`: all); false when it was paused already. The INSERT
     /// waits for the decisions in flight, which hold `reward_pauses` in SHARE mode.
     public static func pauseRewards(_ c: isolated PostgresConnection, program: String, at: Instant) throws -> Bool {
-        try c.execute("INSERT INTO reward_pauses (program_id, paused_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                      [.text(program), .text(at.rfc3339)]) == 1
+        try c.execute(
+            "INSERT INTO reward_pauses (program_id, paused_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            [.text(program), .text(at.rfc3339)]) == 1
     }
 
     /// Resumes a program's rewards; false when it was not paused.
@@ -76,7 +89,8 @@ extension Store {
     /// before the pause took effect, never after `rewards pause` returned.
     static func pausedPrograms(_ c: isolated PostgresConnection) throws -> Set<String> {
         try c.executeDeferred("LOCK TABLE reward_pauses IN SHARE MODE")
-        return Set(try c.query("SELECT program_id FROM reward_pauses").map { try $0.decode("program_id", as: String.self) })
+        return Set(
+            try c.query("SELECT program_id FROM reward_pauses").map { try $0.decode("program_id", as: String.self) })
     }
 
     /// Every pause with its start, for the metric and `rewards pause`'s report.
@@ -88,18 +102,28 @@ extension Store {
 
     /// A referral's lead, program and published stage, for the operator commands' checks.
     public static func referralForOperator(_ c: isolated PostgresConnection, _ referralId: String)
-        throws -> (leadId: String, programId: String, stage: String, rewards: [String])? {
-        guard let row = try c.query("SELECT lead_id, program_id, stage FROM referrals WHERE referral_id = $1",
-                                    [.text(referralId)]).first else { return nil }
-        let rewards = try c.query("SELECT reward_id FROM rewards WHERE referral_id = $1 ORDER BY reward_id", [.text(referralId)])
-            .map { try $0.decode("reward_id", as: String.self) }
-        return (try row.decode("lead_id", as: String.self), try row.decode("program_id", as: String.self),
-                try row.decode("stage", as: String.self), rewards)
+        throws -> (leadId: String, programId: String, stage: String, rewards: [String])?
+    {
+        guard
+            let row = try c.query(
+                "SELECT lead_id, program_id, stage FROM referrals WHERE referral_id = $1",
+                [.text(referralId)]
+            ).first
+        else { return nil }
+        let rewards = try c.query(
+            "SELECT reward_id FROM rewards WHERE referral_id = $1 ORDER BY reward_id", [.text(referralId)]
+        )
+        .map { try $0.decode("reward_id", as: String.self) }
+        return (
+            try row.decode("lead_id", as: String.self), try row.decode("program_id", as: String.self),
+            try row.decode("stage", as: String.self), rewards
+        )
     }
 
     /// A reward's referral and ledger state (`issued`, `applied`, `failed`, `reversed`).
     public static func rewardForOperator(_ c: isolated PostgresConnection, _ rewardId: String)
-        throws -> (referralId: String, state: String)? {
+        throws -> (referralId: String, state: String)?
+    {
         try c.query("SELECT referral_id, state FROM rewards WHERE reward_id = $1", [.text(rewardId)]).first.map {
             (try $0.decode("referral_id", as: String.self), try $0.decode("state", as: String.self))
         }
@@ -107,12 +131,16 @@ extension Store {
 
     /// Referrals waiting at `qualified` (rewards held by a pause) of a program (`*`: any),
     /// after `after` in id order: what `rewards resume` re-decides.
-    public static func qualifiedReferrals(_ c: isolated PostgresConnection, program: String, after: String,
-                                          limit: Int) throws -> [String] {
-        try c.query("""
+    public static func qualifiedReferrals(
+        _ c: isolated PostgresConnection, program: String, after: String,
+        limit: Int
+    ) throws -> [String] {
+        try c.query(
+            """
             SELECT referral_id FROM referrals
             WHERE stage = 'qualified' AND ($1 = '*' OR program_id = $1) AND referral_id > $2
             ORDER BY referral_id LIMIT $3
-            """, [.text(program), .text(after), .int(Int64(limit))]).map { try $0.decode("referral_id", as: String.self) }
+            """, [.text(program), .text(after), .int(Int64(limit))]
+        ).map { try $0.decode("referral_id", as: String.self) }
     }
 }

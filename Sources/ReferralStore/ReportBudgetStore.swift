@@ -39,7 +39,8 @@ extension ReportFigures {
 
 extension Store {
     static func programBudgets(_ c: isolated PostgresConnection, programId: String?) throws -> [ReportFigures.Budget] {
-        try c.query("""
+        try c.query(
+            """
             SELECT program_id, currency, monthly, pause FROM (
                 SELECT DISTINCT ON (program_id) program_id, program ->> 'currency' AS currency,
                        (program -> 'budget' ->> 'monthly_minor')::int8 AS monthly,
@@ -47,9 +48,13 @@ extension Store {
                 FROM program_versions WHERE $1::text IS NULL OR program_id = $1::text
                 ORDER BY program_id, version DESC) latest
             WHERE monthly IS NOT NULL ORDER BY program_id
-            """, [PostgresValue(programId)]).map {
-            .init(programId: try $0.decode("program_id", as: String.self), currency: try $0.decode("currency", as: String.self),
-                  monthlyMinor: try $0.decode("monthly", as: Int64.self), pauseAsksAt: try $0.decode("pause", as: Double.self))
+            """, [PostgresValue(programId)]
+        ).map {
+            .init(
+                programId: try $0.decode("program_id", as: String.self),
+                currency: try $0.decode("currency", as: String.self),
+                monthlyMinor: try $0.decode("monthly", as: Int64.self),
+                pauseAsksAt: try $0.decode("pause", as: Double.self))
         }
     }
 
@@ -58,7 +63,8 @@ extension Store {
     /// month's whole spend with it. A reversal is dated by the reward's last change, which for a
     /// reversed reward (an end state) is its reversal.
     static func months(_ c: isolated PostgresConnection, _ scope: ReportScope) throws -> [ReportFigures.Month] {
-        try c.query("""
+        try c.query(
+            """
             WITH months AS (
                 SELECT m::date AS month
                 FROM generate_series(date_trunc('month', $1::timestamptz AT TIME ZONE 'UTC'),
@@ -98,26 +104,36 @@ extension Store {
             FROM keys k LEFT JOIN issued i USING (program_id, currency, month)
             LEFT JOIN reversed r USING (program_id, currency, month) LEFT JOIN committed c USING (program_id, currency, month)
             ORDER BY k.month, k.program_id, k.currency
-            """, [.text(scope.from.rfc3339), .text(scope.to.rfc3339), PostgresValue(scope.programId)]).map { r in
-            .init(month: try r.decode("month", as: String.self), programId: try r.decode("program_id", as: String.self),
-                  currency: try r.decode("currency", as: String.self),
-                  issued: .init(count: try r.decode("issued_n", as: Int64.self), amountMinor: try r.decode("issued_a", as: Int64.self)),
-                  reversed: .init(count: try r.decode("reversed_n", as: Int64.self), amountMinor: try r.decode("reversed_a", as: Int64.self)),
-                  committedMinor: try r.decode("committed", as: Int64.self))
+            """, [.text(scope.from.rfc3339), .text(scope.to.rfc3339), PostgresValue(scope.programId)]
+        ).map { r in
+            .init(
+                month: try r.decode("month", as: String.self), programId: try r.decode("program_id", as: String.self),
+                currency: try r.decode("currency", as: String.self),
+                issued: .init(
+                    count: try r.decode("issued_n", as: Int64.self),
+                    amountMinor: try r.decode("issued_a", as: Int64.self)),
+                reversed: .init(
+                    count: try r.decode("reversed_n", as: Int64.self),
+                    amountMinor: try r.decode("reversed_a", as: Int64.self)),
+                committedMinor: try r.decode("committed", as: Int64.self))
         }
     }
 
     /// Spend from the start of `now`'s UTC month up to `now`, for the forecast.
-    static func monthToDate(_ c: isolated PostgresConnection, programId: String?, now: Instant) throws -> ReportFigures.MonthToDate {
+    static func monthToDate(_ c: isolated PostgresConnection, programId: String?, now: Instant) throws
+        -> ReportFigures.MonthToDate
+    {
         var m = ReportFigures.MonthToDate()
-        let bounds = try c.query("""
+        let bounds = try c.query(
+            """
             SELECT to_char(lo AT TIME ZONE 'UTC', 'YYYY-MM') AS month, lo, (lo AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC' AS hi
             FROM (SELECT date_trunc('month', $1::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS lo) b
             """, [.text(now.rfc3339)])[0]
         m.month = try bounds.decode("month", as: String.self)
         m.start = Instant(microseconds: try bounds.decode("lo", as: PostgresTimestamp.self).microsecondsSinceEpoch)
         m.end = Instant(microseconds: try bounds.decode("hi", as: PostgresTimestamp.self).microsecondsSinceEpoch)
-        m.spend = try c.query("""
+        m.spend = try c.query(
+            """
             SELECT program_id, currency,
                    coalesce(sum(amount_minor) FILTER (WHERE issued_at >= $1::timestamptz AND issued_at < $2::timestamptz), 0)::int8 AS issued,
                    coalesce(sum(amount_minor) FILTER (WHERE state = 'reversed' AND updated_at >= $1::timestamptz
@@ -127,9 +143,13 @@ extension Store {
                    OR (state = 'reversed' AND updated_at >= $1::timestamptz AND updated_at < $2::timestamptz))
               AND ($3::text IS NULL OR program_id = $3::text)
             GROUP BY 1, 2 ORDER BY 1, 2
-            """, [.text(m.start.rfc3339), .text(now.rfc3339), PostgresValue(programId)]).map {
-            .init(programId: try $0.decode("program_id", as: String.self), currency: try $0.decode("currency", as: String.self),
-                  issuedMinor: try $0.decode("issued", as: Int64.self), reversedMinor: try $0.decode("reversed", as: Int64.self))
+            """, [.text(m.start.rfc3339), .text(now.rfc3339), PostgresValue(programId)]
+        ).map {
+            .init(
+                programId: try $0.decode("program_id", as: String.self),
+                currency: try $0.decode("currency", as: String.self),
+                issuedMinor: try $0.decode("issued", as: Int64.self),
+                reversedMinor: try $0.decode("reversed", as: Int64.self))
         }
         return m
     }

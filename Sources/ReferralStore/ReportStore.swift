@@ -11,7 +11,10 @@ public struct ReportScope: Sendable {
     public var askFollowWindow: Span
 
     public init(from: Instant, to: Instant, programId: String?, askFollowWindow: Span = .days(30)) {
-        self.from = from; self.to = to; self.programId = programId; self.askFollowWindow = askFollowWindow
+        self.from = from
+        self.to = to
+        self.programId = programId
+        self.askFollowWindow = askFollowWindow
     }
 }
 
@@ -24,8 +27,15 @@ public struct ReportFigures: Sendable, Equatable {
         /// Median of (this step's time − the previous step's time) over referrals with both.
         public var medianSecondsFromPrevious: Double?
     }
-    public struct Outcome: Sendable, Equatable { public var stage: String; public var reason: String?; public var count: Int64 }
-    public struct Money: Sendable, Equatable { public var count: Int64; public var amountMinor: Int64 }
+    public struct Outcome: Sendable, Equatable {
+        public var stage: String
+        public var reason: String?
+        public var count: Int64
+    }
+    public struct Money: Sendable, Equatable {
+        public var count: Int64
+        public var amountMinor: Int64
+    }
     public struct Cost: Sendable, Equatable {
         public var currency: String
         public var issued: Money, applied: Money, pending: Money, reversed: Money, failed: Money
@@ -78,13 +88,18 @@ extension Store {
     /// against the primary or a writable replica, not a hot standby.
     ///
     /// `now` dates the month-to-date spend the forecast extrapolates.
-    public static func report(_ c: isolated PostgresConnection, _ scope: ReportScope, now: Instant) throws -> ReportFigures {
+    public static func report(_ c: isolated PostgresConnection, _ scope: ReportScope, now: Instant) throws
+        -> ReportFigures
+    {
         try c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        let period: [PostgresValue] = [.text(scope.from.rfc3339), .text(scope.to.rfc3339), PostgresValue(scope.programId)]
+        let period: [PostgresValue] = [
+            .text(scope.from.rfc3339), .text(scope.to.rfc3339), PostgresValue(scope.programId),
+        ]
         // A report reads a large part of the tables once: hashing and sorting in memory rather
         // than in batches on disk (4 MB default) halves the time of a year-long report.
         try c.execute("SET LOCAL work_mem = '256MB'")
-        try c.execute("""
+        try c.execute(
+            """
             CREATE TEMP TABLE report_referrals ON COMMIT DROP AS
             SELECT r.referral_id, r.lead_id, r.referrer_account_id AS referrer, r.friend_account_id AS friend,
                    r.stage, r.reason, first.at AS lead_at, first.channel
@@ -97,7 +112,8 @@ extension Store {
         // (a week) and hashing whole tables (a year); without statistics on the temporary
         // table the planner guesses, and guessed nested loops over a year's cohort took 3x longer.
         try c.execute("ANALYZE report_referrals")
-        try c.execute("""
+        try c.execute(
+            """
             CREATE TEMP TABLE report_cohort ON COMMIT DROP AS
             WITH o AS (SELECT f.lead_id, min(f.at) AS at FROM facts f JOIN report_referrals l USING (lead_id)
                        WHERE f.kind = 'order' GROUP BY f.lead_id),
@@ -125,7 +141,8 @@ extension Store {
         var f = ReportFigures()
         // "Reached" is cumulative: a mobile line has no install, yet its activation counts as
         // having passed the install step, so no step shows more referrals than the one before.
-        let funnel = try c.query("""
+        let funnel = try c.query(
+            """
             SELECT count(*)::int8 AS lead,
                    count(*) FILTER (WHERE num_nonnulls(ordered_at, installed_at, activated_at, qualified_at, rewarded_at) > 0)::int8 AS ordered,
                    count(*) FILTER (WHERE num_nonnulls(installed_at, activated_at, qualified_at, rewarded_at) > 0)::int8 AS installed,
@@ -141,23 +158,30 @@ extension Store {
             FROM report_cohort
             """)[0]
         f.funnel = try ["lead", "ordered", "installed", "activated", "qualified", "rewarded"].map { s in
-            ReportFigures.Stage(stage: s, reached: try funnel.decode(s, as: Int64.self),
-                                medianSecondsFromPrevious: s == "lead" ? nil : try funnel.decodeIfPresent("m_" + s, as: Double.self))
+            ReportFigures.Stage(
+                stage: s, reached: try funnel.decode(s, as: Int64.self),
+                medianSecondsFromPrevious: s == "lead" ? nil : try funnel.decodeIfPresent("m_" + s, as: Double.self))
         }
         f.referrers = try funnel.decode("referrers", as: Int64.self)
 
-        f.outcomes = try c.query("""
+        f.outcomes = try c.query(
+            """
             SELECT stage, reason, count(*)::int8 AS n FROM report_cohort GROUP BY stage, reason ORDER BY stage, reason NULLS FIRST
-            """).map {
-            .init(stage: try $0.decode("stage", as: String.self), reason: try $0.decodeIfPresent("reason", as: String.self),
-                  count: try $0.decode("n", as: Int64.self))
+            """
+        ).map {
+            .init(
+                stage: try $0.decode("stage", as: String.self),
+                reason: try $0.decodeIfPresent("reason", as: String.self),
+                count: try $0.decode("n", as: Int64.self))
         }
-        f.repeatAdvocates = try c.query("""
+        f.repeatAdvocates = try c.query(
+            """
             SELECT count(*)::int8 AS n FROM (SELECT referrer FROM report_cohort WHERE qualified_at IS NOT NULL
                                           GROUP BY referrer HAVING count(*) >= 2) x
             """)[0].decode("n", as: Int64.self)
 
-        f.costs = try c.query("""
+        f.costs = try c.query(
+            """
             SELECT w.currency,
                    count(*)::int8 AS issued_n, sum(w.amount_minor)::int8 AS issued_a,
                    count(*) FILTER (WHERE w.state = 'applied')::int8 AS applied_n,
@@ -172,39 +196,50 @@ extension Store {
                    coalesce(sum(w.amount_minor) FILTER (WHERE w.beneficiary = 'friend'), 0)::int8 AS friend_a
             FROM rewards w JOIN report_cohort c USING (referral_id)
             GROUP BY w.currency ORDER BY w.currency
-            """).map { r in
+            """
+        ).map { r in
             func money(_ p: String) throws -> ReportFigures.Money {
-                .init(count: try r.decode(p + "_n", as: Int64.self), amountMinor: try r.decode(p + "_a", as: Int64.self))
+                .init(
+                    count: try r.decode(p + "_n", as: Int64.self), amountMinor: try r.decode(p + "_a", as: Int64.self))
             }
-            return .init(currency: try r.decode("currency", as: String.self), issued: try money("issued"),
-                         applied: try money("applied"), pending: try money("pending"), reversed: try money("reversed"),
-                         failed: try money("failed"), referrerAmountMinor: try r.decode("referrer_a", as: Int64.self),
-                         friendAmountMinor: try r.decode("friend_a", as: Int64.self))
+            return .init(
+                currency: try r.decode("currency", as: String.self), issued: try money("issued"),
+                applied: try money("applied"), pending: try money("pending"), reversed: try money("reversed"),
+                failed: try money("failed"), referrerAmountMinor: try r.decode("referrer_a", as: Int64.self),
+                friendAmountMinor: try r.decode("friend_a", as: Int64.self))
         }
 
-        f.weeks = try c.query("""
+        f.weeks = try c.query(
+            """
             SELECT date_trunc('week', lead_at) AS week, count(*)::int8 AS leads,
                    count(*) FILTER (WHERE num_nonnulls(activated_at, qualified_at, rewarded_at) > 0)::int8 AS activated,
                    count(*) FILTER (WHERE num_nonnulls(qualified_at, rewarded_at) > 0)::int8 AS qualified
             FROM report_cohort GROUP BY 1 ORDER BY 1
-            """).map {
-            .init(weekStart: Instant(microseconds: try $0.decode("week", as: PostgresTimestamp.self).microsecondsSinceEpoch),
-                  leads: try $0.decode("leads", as: Int64.self), activated: try $0.decode("activated", as: Int64.self),
-                  qualified: try $0.decode("qualified", as: Int64.self))
+            """
+        ).map {
+            .init(
+                weekStart: Instant(
+                    microseconds: try $0.decode("week", as: PostgresTimestamp.self).microsecondsSinceEpoch),
+                leads: try $0.decode("leads", as: Int64.self), activated: try $0.decode("activated", as: Int64.self),
+                qualified: try $0.decode("qualified", as: Int64.self))
         }
 
         // Unattributed leads carry no program (no referral binds them to one), so this figure
         // covers every lead of the period whatever `programId` says. By channel, for `channels`.
         var unattributedByChannel: [String: Int64] = [:]
-        for row in try c.query("""
+        for row in try c.query(
+            """
             SELECT coalesce(channel, 'unknown') AS channel, count(*) FILTER (WHERE code IS NULL)::int8 AS no_code,
                    count(*) FILTER (WHERE code IS NOT NULL)::int8 AS unknown
             FROM (SELECT DISTINCT ON (lead_id) lead_id, code, channel FROM facts
                   WHERE kind = 'lead' AND at >= $1::timestamptz AND at < $2::timestamptz ORDER BY lead_id, at) l
             WHERE NOT EXISTS (SELECT 1 FROM referrals r WHERE r.lead_id = l.lead_id)
             GROUP BY 1
-            """, Array(period.prefix(2))) {
-            let (noCode, unknown) = (try row.decode("no_code", as: Int64.self), try row.decode("unknown", as: Int64.self))
+            """, Array(period.prefix(2)))
+        {
+            let (noCode, unknown) = (
+                try row.decode("no_code", as: Int64.self), try row.decode("unknown", as: Int64.self)
+            )
             f.unattributedWithoutCode += noCode
             f.unattributedUnknownCode += unknown
             unattributedByChannel[try row.decode("channel", as: String.self)] = noCode + unknown
@@ -213,15 +248,18 @@ extension Store {
         try cohortSpend(c)
         f.byPlan = try spendByPlan(c)
 
-        try c.execute("""
+        try c.execute(
+            """
             CREATE TEMP TABLE report_asks ON COMMIT DROP AS
             SELECT ask_key, account_id, moment, sent_at FROM asks
             WHERE sent_at >= $1::timestamptz AND sent_at < $2::timestamptz AND ($3::text IS NULL OR program_id = $3::text)
             """, period)
-        let asked = try c.query("SELECT count(DISTINCT account_id)::int8 AS customers, count(*)::int8 AS asks FROM report_asks")[0]
+        let asked = try c.query(
+            "SELECT count(DISTINCT account_id)::int8 AS customers, count(*)::int8 AS asks FROM report_asks")[0]
         f.customersAsked = try asked.decode("customers", as: Int64.self)
         f.asksSent = try asked.decode("asks", as: Int64.self)
-        f.askedReferrers = try c.query("""
+        f.askedReferrers = try c.query(
+            """
             SELECT count(DISTINCT referrer)::int8 AS n FROM report_cohort
             WHERE referrer IN (SELECT account_id FROM report_asks)
             """)[0].decode("n", as: Int64.self)
@@ -231,7 +269,8 @@ extension Store {
         // rather than from all of `facts` keeps a year-long report from joining every ask to
         // every lead ever; a lead after `to` belongs to the next period's report. A lead after
         // two asks of different moments counts for both moments.
-        f.moments = try c.query("""
+        f.moments = try c.query(
+            """
             WITH following AS (
                 SELECT a.moment, count(DISTINCT r.referral_id)::int8 AS leads
                 FROM report_asks a
@@ -243,9 +282,12 @@ extension Store {
                    coalesce(max(following.leads), 0)::int8 AS leads
             FROM report_asks a LEFT JOIN following USING (moment)
             GROUP BY a.moment ORDER BY a.moment
-            """, [.double(Double(scope.askFollowWindow.microseconds) / 1_000_000)]).map {
-            .init(moment: try $0.decode("moment", as: String.self), asks: try $0.decode("asks", as: Int64.self),
-                  customers: try $0.decode("customers", as: Int64.self), leadsFollowing: try $0.decode("leads", as: Int64.self))
+            """, [.double(Double(scope.askFollowWindow.microseconds) / 1_000_000)]
+        ).map {
+            .init(
+                moment: try $0.decode("moment", as: String.self), asks: try $0.decode("asks", as: Int64.self),
+                customers: try $0.decode("customers", as: Int64.self),
+                leadsFollowing: try $0.decode("leads", as: Int64.self))
         }
         f.byMoment = try spendByMoment(c, followWindow: scope.askFollowWindow)
         f.budgets = try programBudgets(c, programId: scope.programId)
@@ -268,12 +310,15 @@ extension Store {
     ///
     /// Received order, not fact order, because a replay must feed the core what the worker saw
     /// when it saw it: referral numbers follow first sight, and a late fact has to arrive late.
-    public static func exportEvents(_ c: isolated PostgresConnection, from: Instant?, to: Instant?,
-                                    each: (ExportedEvent) throws -> Void) throws {
+    public static func exportEvents(
+        _ c: isolated PostgresConnection, from: Instant?, to: Instant?,
+        each: (ExportedEvent) throws -> Void
+    ) throws {
         // Keyset pages keep memory flat on a large inbox (a single SELECT would hold every body).
         var after: (received: String, fact: String, source: String, id: String)?
         while true {
-            let rows = try c.query("""
+            let rows = try c.query(
+                """
                 SELECT body, received_at, fact_time, source, event_id,
                        to_char(received_at, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS rk,
                        to_char(fact_time, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS fk
@@ -285,25 +330,38 @@ extension Store {
                        OR (received_at, fact_time, source, event_id) > ($3::timestamptz, $4::timestamptz, $5, $6))
                 ORDER BY received_at, fact_time, source, event_id
                 LIMIT 1000
-                """, [PostgresValue(from?.rfc3339), PostgresValue(to?.rfc3339), PostgresValue(after?.received),
-                      PostgresValue(after?.fact), PostgresValue(after?.source), PostgresValue(after?.id)])
+                """,
+                [
+                    PostgresValue(from?.rfc3339), PostgresValue(to?.rfc3339), PostgresValue(after?.received),
+                    PostgresValue(after?.fact), PostgresValue(after?.source), PostgresValue(after?.id),
+                ])
             for row in rows {
-                try each(ExportedEvent(
-                    body: try row.decode("body", as: [UInt8].self),
-                    receivedAt: Instant(microseconds: try row.decode("received_at", as: PostgresTimestamp.self).microsecondsSinceEpoch)))
+                try each(
+                    ExportedEvent(
+                        body: try row.decode("body", as: [UInt8].self),
+                        receivedAt: Instant(
+                            microseconds: try row.decode("received_at", as: PostgresTimestamp.self)
+                                .microsecondsSinceEpoch)))
             }
             guard rows.count == 1000, let last = rows.last else { return }
-            after = (try last.decode("rk", as: String.self), try last.decode("fk", as: String.self),
-                     try last.decode("source", as: String.self), try last.decode("event_id", as: String.self))
+            after = (
+                try last.decode("rk", as: String.self), try last.decode("fk", as: String.self),
+                try last.decode("source", as: String.self), try last.decode("event_id", as: String.self)
+            )
         }
     }
 
     /// Every issued code, for the snapshot lines of an export.
-    public static func issuedCodes(_ c: isolated PostgresConnection) throws -> [(accountId: String, code: String, programId: String, issuedAt: Instant)] {
-        try c.query("SELECT account_id, code, program_id, issued_at FROM referral_codes ORDER BY issued_at, account_id").map {
-            (try $0.decode("account_id", as: String.self), try $0.decode("code", as: String.self),
-             try $0.decode("program_id", as: String.self),
-             Instant(microseconds: try $0.decode("issued_at", as: PostgresTimestamp.self).microsecondsSinceEpoch))
-        }
+    public static func issuedCodes(_ c: isolated PostgresConnection) throws -> [(
+        accountId: String, code: String, programId: String, issuedAt: Instant
+    )] {
+        try c.query("SELECT account_id, code, program_id, issued_at FROM referral_codes ORDER BY issued_at, account_id")
+            .map {
+                (
+                    try $0.decode("account_id", as: String.self), try $0.decode("code", as: String.self),
+                    try $0.decode("program_id", as: String.self),
+                    Instant(microseconds: try $0.decode("issued_at", as: PostgresTimestamp.self).microsecondsSinceEpoch)
+                )
+            }
     }
 }

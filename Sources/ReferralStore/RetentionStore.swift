@@ -14,7 +14,10 @@ extension Store {
         public var referrals = 0
         public var rewards = 0
         public init(bodies: Int = 0, keys: Int = 0, referrals: Int = 0, rewards: Int = 0) {
-            self.bodies = bodies; self.keys = keys; self.referrals = referrals; self.rewards = rewards
+            self.bodies = bodies
+            self.keys = keys
+            self.referrals = referrals
+            self.rewards = rewards
         }
     }
 
@@ -24,8 +27,10 @@ extension Store {
     /// batch's inserts one more entry, for a job that runs once a day) and visits each row once
     /// a run, where repeated "oldest first" queries re-read every emptied row on every chunk.
     /// Rows are locked with SKIP LOCKED: one the erasure follow-up holds is left to the next run.
-    public static func pruneInbox(_ db: PostgresConnection, bodiesBefore: Instant?, keysBefore: Instant?,
-                                  chunk: Int = 1000) async throws -> PruneCount {
+    public static func pruneInbox(
+        _ db: PostgresConnection, bodiesBefore: Instant?, keysBefore: Instant?,
+        chunk: Int = 1000
+    ) async throws -> PruneCount {
         var total = PruneCount()
         if bodiesBefore == nil && keysBefore == nil { return total }
         var after = (source: "", id: "")
@@ -33,31 +38,43 @@ extension Store {
             let cursor = after
             let (count, next) = try await db.transaction { c -> (PruneCount, (String, String)?) in
                 // octet_length of a stored bytea is read from its header, without fetching it.
-                let page = try c.query("""
+                let page = try c.query(
+                    """
                     SELECT source, event_id, received_at < $3::timestamptz AS old_key,
                            received_at < $4::timestamptz AND octet_length(body) > 0 AS old_body
                     FROM inbox WHERE (source, event_id) > ($1, $2) ORDER BY source, event_id LIMIT $5
-                    """, [.text(cursor.source), .text(cursor.id), PostgresValue(keysBefore?.rfc3339),
-                          PostgresValue(bodiesBefore?.rfc3339), .int(Int64(chunk))])
-                var keySources: [String] = [], keyIds: [String] = [], bodySources: [String] = [], bodyIds: [String] = []
+                    """,
+                    [
+                        .text(cursor.source), .text(cursor.id), PostgresValue(keysBefore?.rfc3339),
+                        PostgresValue(bodiesBefore?.rfc3339), .int(Int64(chunk)),
+                    ])
+                var keySources: [String] = []
+                var keyIds: [String] = []
+                var bodySources: [String] = []
+                var bodyIds: [String] = []
                 for row in page {
-                    let source = try row.decode("source", as: String.self), id = try row.decode("event_id", as: String.self)
+                    let source = try row.decode("source", as: String.self)
+                    let id = try row.decode("event_id", as: String.self)
                     if try row.decodeIfPresent("old_key", as: Bool.self) == true {
-                        keySources.append(source); keyIds.append(id)
+                        keySources.append(source)
+                        keyIds.append(id)
                     } else if try row.decodeIfPresent("old_body", as: Bool.self) == true {
-                        bodySources.append(source); bodyIds.append(id)
+                        bodySources.append(source)
+                        bodyIds.append(id)
                     }
                 }
                 var n = PruneCount()
                 if !keySources.isEmpty {
-                    n.keys = try c.execute("""
+                    n.keys = try c.execute(
+                        """
                         DELETE FROM inbox i WHERE (i.source, i.event_id) IN (
                             SELECT source, event_id FROM inbox WHERE (source, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
                             FOR UPDATE SKIP LOCKED)
                         """, [.textArray(keySources), .textArray(keyIds)])
                 }
                 if !bodySources.isEmpty {
-                    n.bodies = try c.execute("""
+                    n.bodies = try c.execute(
+                        """
                         UPDATE inbox i SET body = ''::bytea, scrubbed = true WHERE (i.source, i.event_id) IN (
                             SELECT source, event_id FROM inbox WHERE (source, event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
                             FOR UPDATE SKIP LOCKED)
@@ -66,7 +83,8 @@ extension Store {
                 guard page.count == chunk, let last = page.last else { return (n, nil) }
                 return (n, (try last.decode("source", as: String.self), try last.decode("event_id", as: String.self)))
             }
-            total.bodies += count.bodies; total.keys += count.keys
+            total.bodies += count.bodies
+            total.keys += count.keys
             guard let next else { return total }
             after = next
         }
@@ -105,10 +123,14 @@ extension Store {
     /// Each chunk takes the batches' fact-key locks of its leads and friend accounts (in their
     /// order, as the erasure does), then the referrals' rows with SKIP LOCKED, and checks the
     /// condition again under them: a batch deciding one of them meanwhile keeps it.
-    public static func pruneReferrals(_ db: PostgresConnection, endedBefore: Instant, ledgerBefore: Instant?,
-                                      chunk: Int = 200) async throws -> PruneCount {
+    public static func pruneReferrals(
+        _ db: PostgresConnection, endedBefore: Instant, ledgerBefore: Instant?,
+        chunk: Int = 200
+    ) async throws -> PruneCount {
         let ends = Stage.allCases.filter(\.isEnd).map(\.rawValue)
-        let params: [PostgresValue] = [.text(endedBefore.rfc3339), PostgresValue(ledgerBefore?.rfc3339), .textArray(ends)]
+        let params: [PostgresValue] = [
+            .text(endedBefore.rfc3339), PostgresValue(ledgerBefore?.rfc3339), .textArray(ends),
+        ]
         let condition = """
             \(prunable("r"))
             AND NOT EXISTS (SELECT 1 FROM referral_links l1 JOIN referral_links l2 ON l2.link = l1.link
@@ -128,7 +150,8 @@ extension Store {
         while true {
             let cursor = after
             let (count, next) = try await db.transaction { c -> (PruneCount, (String, String)?) in
-                let page = try c.query("""
+                let page = try c.query(
+                    """
                     SELECT r.referral_id, r.lead_id, r.friend_account_id,
                            to_char(r.lead_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS lk
                     FROM referrals r
@@ -138,10 +161,12 @@ extension Store {
                     """, params + [PostgresValue(cursor?.leadAt), PostgresValue(cursor?.leadId), .int(Int64(chunk))])
                 if page.isEmpty { return (PruneCount(), nil) }
                 let ids = try page.map { try $0.decode("referral_id", as: String.self) }
-                try lockFactKeys(c, leads: try page.map { try $0.decode("lead_id", as: String.self) },
-                                 accounts: try page.compactMap { try $0.decodeIfPresent("friend_account_id", as: String.self) },
-                                 referrals: ids)
-                let locked = try c.query("""
+                try lockFactKeys(
+                    c, leads: try page.map { try $0.decode("lead_id", as: String.self) },
+                    accounts: try page.compactMap { try $0.decodeIfPresent("friend_account_id", as: String.self) },
+                    referrals: ids)
+                let locked = try c.query(
+                    """
                     SELECT r.referral_id, r.lead_id FROM referrals r
                     WHERE r.referral_id = ANY($4::text[]) AND \(condition)
                     ORDER BY r.referral_id FOR UPDATE OF r SKIP LOCKED
@@ -150,27 +175,35 @@ extension Store {
                 if !locked.isEmpty {
                     let gone = try locked.map { try $0.decode("referral_id", as: String.self) }
                     let leads = try locked.map { try $0.decode("lead_id", as: String.self) }
-                    let rewards = try c.query("SELECT reward_id FROM rewards WHERE referral_id = ANY($1::text[])", [.textArray(gone)])
-                        .map { try $0.decode("reward_id", as: String.self) }
+                    let rewards = try c.query(
+                        "SELECT reward_id FROM rewards WHERE referral_id = ANY($1::text[])", [.textArray(gone)]
+                    )
+                    .map { try $0.decode("reward_id", as: String.self) }
                     // The raw bodies of its lead and rewards go with their facts: left behind, an
                     // erasure of the friend could no longer find the lead's body (it finds a lead
                     // by its order fact).
-                    _ = try c.execute("""
+                    _ = try c.execute(
+                        """
                         UPDATE inbox SET body = ''::bytea, scrubbed = true
                         WHERE (lead_id = ANY($1::text[]) OR reward_id = ANY($2::text[])) AND octet_length(body) > 0
                         """, [.textArray(leads), .textArray(rewards)])
-                    _ = try c.execute("DELETE FROM facts WHERE lead_id = ANY($1::text[]) OR reward_id = ANY($2::text[])",
-                                      [.textArray(leads), .textArray(rewards)])
+                    _ = try c.execute(
+                        "DELETE FROM facts WHERE lead_id = ANY($1::text[]) OR reward_id = ANY($2::text[])",
+                        [.textArray(leads), .textArray(rewards)])
                     for table in ["effects", "followups", "timers", "referral_links", "budget_commitments"] {
-                        _ = try c.execute("DELETE FROM \(table) WHERE referral_id = ANY($1::text[])", [.textArray(gone)])
+                        _ = try c.execute(
+                            "DELETE FROM \(table) WHERE referral_id = ANY($1::text[])", [.textArray(gone)])
                     }
-                    n.rewards = try c.execute("DELETE FROM rewards WHERE referral_id = ANY($1::text[])", [.textArray(gone)])
-                    n.referrals = try c.execute("DELETE FROM referrals WHERE referral_id = ANY($1::text[])", [.textArray(gone)])
+                    n.rewards = try c.execute(
+                        "DELETE FROM rewards WHERE referral_id = ANY($1::text[])", [.textArray(gone)])
+                    n.referrals = try c.execute(
+                        "DELETE FROM referrals WHERE referral_id = ANY($1::text[])", [.textArray(gone)])
                 }
                 guard page.count == chunk, let last = page.last else { return (n, nil) }
                 return (n, (try last.decode("lk", as: String.self), try last.decode("lead_id", as: String.self)))
             }
-            total.referrals += count.referrals; total.rewards += count.rewards
+            total.referrals += count.referrals
+            total.rewards += count.rewards
             guard let next else { return total }
             after = next
         }

@@ -19,10 +19,17 @@ public struct InboxEntry: Sendable {
     public var factTime: Instant
     public var body: [UInt8]
 
-    public init(source: String, eventId: String, type: String, accountId: String?, leadId: String?,
-                rewardId: String? = nil, factTime: Instant, body: [UInt8]) {
-        self.source = source; self.eventId = eventId; self.type = type
-        self.accountId = accountId; self.leadId = leadId; self.rewardId = rewardId; self.factTime = factTime
+    public init(
+        source: String, eventId: String, type: String, accountId: String?, leadId: String?,
+        rewardId: String? = nil, factTime: Instant, body: [UInt8]
+    ) {
+        self.source = source
+        self.eventId = eventId
+        self.type = type
+        self.accountId = accountId
+        self.leadId = leadId
+        self.rewardId = rewardId
+        self.factTime = factTime
         self.body = body
     }
 }
@@ -75,7 +82,9 @@ extension Store {
         public var lock: Span
         public var idleInTransaction: Span
         public init(statement: Span, lock: Span, idleInTransaction: Span) {
-            self.statement = statement; self.lock = lock; self.idleInTransaction = idleInTransaction
+            self.statement = statement
+            self.lock = lock
+            self.idleInTransaction = idleInTransaction
         }
     }
 
@@ -86,14 +95,16 @@ extension Store {
     public static func recordInbox(_ c: isolated PostgresConnection, _ entries: [InboxEntry]) throws -> [Int] {
         if entries.isEmpty { return [] }
         let bodies = PackedBytes(entries.map(\.body))
-        let rows = try c.query("""
+        let rows = try c.query(
+            """
             INSERT INTO inbox (source, event_id, type, account_id, lead_id, fact_time, body, reward_id)
             SELECT s, e, t, a, l, f, substring($7::bytea FROM o::int4 FOR n::int4), r
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
                         $8::int8[], $9::int8[], $10::text[]) AS u(s, e, t, a, l, f, o, n, r)
             ON CONFLICT (source, event_id) DO NOTHING
             RETURNING source, event_id
-            """, [
+            """,
+            [
                 .textArray(entries.map(\.source)), .textArray(entries.map(\.eventId)),
                 .textArray(entries.map(\.type)), .textArray(entries.map(\.accountId)),
                 .textArray(entries.map(\.leadId)),
@@ -101,7 +112,9 @@ extension Store {
                 bodies.blob, bodies.offsets, bodies.lengths, .textArray(entries.map(\.rewardId)),
             ])
         var fresh = Set<[String]>()
-        for row in rows { fresh.insert([try row.decode("source", as: String.self), try row.decode("event_id", as: String.self)]) }
+        for row in rows {
+            fresh.insert([try row.decode("source", as: String.self), try row.decode("event_id", as: String.self)])
+        }
         // RETURNING gives one row per inserted event; map back to the first index of each key
         // so that a duplicate inside the same batch is applied once.
         var result: [Int] = []
@@ -117,24 +130,29 @@ extension Store {
     /// publish), the daemon's relay picks them up. Each row costs one UPDATE less than leasing
     /// it afterwards, and the batch one commit less.
     @discardableResult
-    public static func enqueue(_ c: isolated PostgresConnection, _ events: [OutgoingEvent],
-                               leaseSeconds: Int? = nil) throws -> [OutboxRow] {
+    public static func enqueue(
+        _ c: isolated PostgresConnection, _ events: [OutgoingEvent],
+        leaseSeconds: Int? = nil
+    ) throws -> [OutboxRow] {
         if events.isEmpty { return [] }
         let encoded = events.map { $0.encoded() }
         let bodies = PackedBytes(encoded)
         var seqOf: [String: Int64] = [:]
-        for row in try c.query("""
+        for row in try c.query(
+            """
             INSERT INTO outbox (event_id, type, subject, body, leased_until)
             SELECT e, t, s, substring($4::bytea FROM o::int4 FOR n::int4),
                    now() + make_interval(secs => $7::int4)
             FROM unnest($1::text[], $2::text[], $3::text[], $5::int8[], $6::int8[]) WITH ORDINALITY AS u(e, t, s, o, n, i)
             ORDER BY i
             RETURNING seq, event_id
-            """, [
+            """,
+            [
                 .textArray(events.map(\.id)), .textArray(events.map(\.type.rawValue)),
                 .textArray(events.map(\.subject)), bodies.blob, bodies.offsets, bodies.lengths,
                 PostgresValue(leaseSeconds.map(Int64.init)),
-            ]) {
+            ])
+        {
             seqOf[try row.decode("event_id", as: String.self)] = try row.decode("seq", as: Int64.self)
         }
         return zip(events, encoded).compactMap { event, body in
@@ -146,8 +164,11 @@ extension Store {
     /// claim disjoint rows without waiting on each other; the lease (rather than a lock held
     /// across the publish) means no transaction stays open while the broker is slow, and a
     /// publisher that dies mid-way only delays its rows until the lease expires.
-    public static func leaseOutbox(_ c: isolated PostgresConnection, limit: Int, leaseSeconds: Int) throws -> [OutboxRow] {
-        let rows = try c.query("""
+    public static func leaseOutbox(_ c: isolated PostgresConnection, limit: Int, leaseSeconds: Int) throws
+        -> [OutboxRow]
+    {
+        let rows = try c.query(
+            """
             UPDATE outbox o SET leased_until = now() + make_interval(secs => $2)
             FROM (SELECT seq FROM outbox
                   WHERE published_at IS NULL AND (leased_until IS NULL OR leased_until < now())
@@ -156,8 +177,9 @@ extension Store {
             RETURNING o.seq, o.event_id, o.type, o.body
             """, [.int(Int64(limit)), .int(Int64(leaseSeconds))])
         return try rows.map {
-            OutboxRow(seq: try $0.decode("seq", as: Int64.self), eventId: try $0.decode("event_id", as: String.self),
-                      type: try $0.decode("type", as: String.self), body: try $0.decode("body", as: [UInt8].self))
+            OutboxRow(
+                seq: try $0.decode("seq", as: Int64.self), eventId: try $0.decode("event_id", as: String.self),
+                type: try $0.decode("type", as: String.self), body: try $0.decode("body", as: [UInt8].self))
         }.sorted { $0.seq < $1.seq }
     }
 
@@ -174,17 +196,22 @@ extension Store {
     /// Gives a lease back so that the rows are retried at once rather than after the lease.
     public static func releaseLease(_ c: isolated PostgresConnection, seqs: [Int64]) throws {
         if seqs.isEmpty { return }
-        try c.execute("UPDATE outbox SET leased_until = NULL WHERE seq = ANY($1::int8[]) AND published_at IS NULL",
-                      [.int8Array(seqs.map { Optional($0) })])
+        try c.execute(
+            "UPDATE outbox SET leased_until = NULL WHERE seq = ANY($1::int8[]) AND published_at IS NULL",
+            [.int8Array(seqs.map { Optional($0) })])
     }
 
     /// Rows waiting to be published and the age of the oldest, for metrics and `/readyz`.
-    public static func outboxBacklog(_ c: isolated PostgresConnection) throws -> (count: Int64, oldestAgeSeconds: Double) {
-        let row = try c.query("""
+    public static func outboxBacklog(_ c: isolated PostgresConnection) throws -> (
+        count: Int64, oldestAgeSeconds: Double
+    ) {
+        let row = try c.query(
+            """
             SELECT count(*)::int8 AS n,
                    coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS age
             FROM outbox WHERE published_at IS NULL
-            """).first
+            """
+        ).first
         return (try row?.decode("n", as: Int64.self) ?? 0, try row?.decode("age", as: Double.self) ?? 0)
     }
 
@@ -196,11 +223,14 @@ extension Store {
     /// every reward for years. Measured from the first issue: a reward rejected and re-issued
     /// is still one the customer has been waiting for since then.
     public static func unappliedRewards(_ c: isolated PostgresConnection, now: Instant) throws
-        -> (count: Int64, oldestAgeSeconds: Double) {
-        let row = try c.query("""
+        -> (count: Int64, oldestAgeSeconds: Double)
+    {
+        let row = try c.query(
+            """
             SELECT count(*)::int8 AS n, coalesce(extract(epoch FROM $1::timestamptz - min(issued_at)), 0)::float8 AS age
             FROM rewards WHERE state = 'issued'
-            """, [.text(now.rfc3339)]).first
+            """, [.text(now.rfc3339)]
+        ).first
         return (try row?.decode("n", as: Int64.self) ?? 0, try row?.decode("age", as: Double.self) ?? 0)
     }
 }
@@ -210,8 +240,10 @@ extension Store {
     public static func codes(_ c: isolated PostgresConnection, accounts: [String]) throws -> [String: String] {
         if accounts.isEmpty { return [:] }
         var result: [String: String] = [:]
-        for row in try c.query("SELECT account_id, code FROM referral_codes WHERE account_id = ANY($1::text[])",
-                               [.textArray(accounts)]) {
+        for row in try c.query(
+            "SELECT account_id, code FROM referral_codes WHERE account_id = ANY($1::text[])",
+            [.textArray(accounts)])
+        {
             result[try row.decode("account_id", as: String.self)] = try row.decode("code", as: String.self)
         }
         return result
@@ -220,15 +252,21 @@ extension Store {
     /// Inserts codes; returns the accounts whose insert did not happen because the drawn code
     /// was taken by another account (the caller redraws). An account that already has a code
     /// keeps it: the first activation's code is the account's code for life.
-    public static func insertCodes(_ c: isolated PostgresConnection, _ codes: [(account: String, code: String, program: String, issuedAt: Instant)]) throws -> Set<String> {
+    public static func insertCodes(
+        _ c: isolated PostgresConnection, _ codes: [(account: String, code: String, program: String, issuedAt: Instant)]
+    ) throws -> Set<String> {
         if codes.isEmpty { return [] }
-        let rows = try c.query("""
+        let rows = try c.query(
+            """
             INSERT INTO referral_codes (account_id, code, program_id, issued_at)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
             ON CONFLICT DO NOTHING
             RETURNING account_id
-            """, [.textArray(codes.map(\.account)), .textArray(codes.map(\.code)),
-                  .textArray(codes.map(\.program)), .textArray(codes.map { $0.issuedAt.rfc3339 })])
+            """,
+            [
+                .textArray(codes.map(\.account)), .textArray(codes.map(\.code)),
+                .textArray(codes.map(\.program)), .textArray(codes.map { $0.issuedAt.rfc3339 }),
+            ])
         var inserted = Set<String>()
         for row in rows { inserted.insert(try row.decode("account_id", as: String.self)) }
         let notInserted = Set(codes.map(\.account)).subtracting(inserted)
@@ -251,7 +289,8 @@ struct PackedBytes {
     init(_ items: [[UInt8]]) {
         var blob: [UInt8] = []
         blob.reserveCapacity(items.reduce(0) { $0 + $1.count })
-        var offsets: [Int64?] = [], lengths: [Int64?] = []
+        var offsets: [Int64?] = []
+        var lengths: [Int64?] = []
         offsets.reserveCapacity(items.count)
         lengths.reserveCapacity(items.count)
         for item in items {

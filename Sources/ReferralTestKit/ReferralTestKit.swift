@@ -23,8 +23,10 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
 /// all carry `name`, so that runs in parallel on one broker never see each other's messages.
 public enum IsolatedWorld {
     /// The configuration of a daemon in the world named `name`, as environment variables.
-    public static func environment(name: String, amqpURL: String, databaseURL: String,
-                                   programsFile: String) -> [String: String] {
+    public static func environment(
+        name: String, amqpURL: String, databaseURL: String,
+        programsFile: String
+    ) -> [String: String] {
         [
             "REFERRALD_AMQP_URL": amqpURL,
             "REFERRALD_DATABASE_URL": databaseURL,
@@ -50,8 +52,10 @@ public enum IsolatedWorld {
 /// A programs file whose durations are seconds instead of days, so holds and retries pass
 /// during a run. One `consumer` program; the parameters are what the runs vary.
 public enum FastPrograms {
-    public static func yaml(hold: String = "2s", clawback: String = "referrer",
-                            milestone: String = "service_activated") -> String {
+    public static func yaml(
+        hold: String = "2s", clawback: String = "referrer",
+        milestone: String = "service_activated"
+    ) -> String {
         """
         programs:
           - id: fast

@@ -10,7 +10,8 @@ import ServiceLifecycle
 public enum Operations {
     public static func migrate(settings: Settings, logger: Logger) async throws -> [Int] {
         guard !settings.databaseURL.isEmpty else {
-            throw SettingsError(key: "REFERRALD_DATABASE_URL", source: "environment", message: "is required for migrate")
+            throw SettingsError(
+                key: "REFERRALD_DATABASE_URL", source: "environment", message: "is required for migrate")
         }
         let db = try await settings.connectPostgres(name: "referrald migrate", logger: logger)
         defer { Task { await db.close() } }
@@ -45,7 +46,9 @@ public enum Operations {
             let version = try await Schema.currentVersion(db)
             await db.close()
             guard version >= Schema.latestVersion else {
-                throw CheckError(subject: "database schema", reason: SchemaError(found: version, needed: Schema.latestVersion).description)
+                throw CheckError(
+                    subject: "database schema",
+                    reason: SchemaError(found: version, needed: Schema.latestVersion).description)
             }
             lines.append("database: connected, schema version \(version) (this binary needs \(Schema.latestVersion))")
         } catch let error as CheckError {
@@ -67,8 +70,9 @@ public enum Operations {
             lines.append("broker: connected, queue \(settings.inboxQueue) holds \(queue.messageCount) messages")
         } catch {
             await amqp.close()
-            throw CheckError(subject: "broker queue REFERRALD_INBOX_QUEUE (\(settings.inboxQueue))",
-                             reason: "\(error); run `referrald topology`")
+            throw CheckError(
+                subject: "broker queue REFERRALD_INBOX_QUEUE (\(settings.inboxQueue))",
+                reason: "\(error); run `referrald topology`")
         }
         return lines
     }
@@ -89,8 +93,10 @@ public struct Daemon: Sendable {
     let logger: Logger
     let environment: [String: String]
 
-    public init(settings: Settings, programs: ProgramBook, logger: Logger,
-                environment: [String: String] = ProcessInfo.processInfo.environment) {
+    public init(
+        settings: Settings, programs: ProgramBook, logger: Logger,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) {
         self.settings = settings
         self.programs = programs
         self.logger = logger
@@ -105,29 +111,37 @@ public struct Daemon: Sendable {
         let effects = EffectCache()
         let intake = Intake(settings: settings, logger: logger, name: "referrald")
         let workers = (1...settings.workers).map { n in
-            Worker(settings: settings, programs: programs, logger: logger.with(worker: n, of: settings.workers),
-                   instanceName: settings.workers == 1 ? "referrald" : "referrald-\(n)", status: status,
-                   pipeline: n - 1, metrics: metrics, effectCache: effects, intake: intake)
+            Worker(
+                settings: settings, programs: programs, logger: logger.with(worker: n, of: settings.workers),
+                instanceName: settings.workers == 1 ? "referrald" : "referrald-\(n)", status: status,
+                pipeline: n - 1, metrics: metrics, effectCache: effects, intake: intake)
         }
         // Shut down in reverse order: the reporter first (STOPPING=1, /readyz says draining),
         // then the worker drains, then the HTTP endpoint, which answers until the drain is over.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if settings.httpPort != 0 {
-            services.append(.init(service: HTTPService(host: settings.httpHost, port: settings.httpPort, status: status,
-                                                       stallWindow: .seconds(settings.healthStallSeconds),
-                                                       registry: registry, logger: logger)))
+            services.append(
+                .init(
+                    service: HTTPService(
+                        host: settings.httpHost, port: settings.httpPort, status: status,
+                        stallWindow: .seconds(settings.healthStallSeconds),
+                        registry: registry, logger: logger)))
         }
         services.append(.init(service: WorkerService(workers: workers, intake: intake)))
-        services.append(.init(service: StatusReporter(
-            status: status, notifier: SystemdNotifier(environment: environment),
-            watchdog: Watchdog(environment: environment), logger: logger)))
+        services.append(
+            .init(
+                service: StatusReporter(
+                    status: status, notifier: SystemdNotifier(environment: environment),
+                    watchdog: Watchdog(environment: environment), logger: logger)))
         var configuration = ServiceGroupConfiguration(services: services, logger: logger)
         let drain = Duration.seconds(settings.drainTimeoutSeconds)
         configuration.maximumGracefulShutdownDuration = drain
         // A service that ignores cancellation too would meet SIGKILL at TimeoutStopSec; crash a
         // little earlier instead, with a trace in the journal that names it.
-        configuration.maximumCancellationDuration = .seconds(max(1, (settings.stopTimeoutSeconds - settings.drainTimeoutSeconds) / 2))
-        try await DrainingGroup(group: ServiceGroup(configuration: configuration), drainTimeout: drain, logger: logger).run()
+        configuration.maximumCancellationDuration = .seconds(
+            max(1, (settings.stopTimeoutSeconds - settings.drainTimeoutSeconds) / 2))
+        try await DrainingGroup(group: ServiceGroup(configuration: configuration), drainTimeout: drain, logger: logger)
+            .run()
     }
 }
 

@@ -28,29 +28,34 @@ struct Bed: Sendable {
 
     static func make(amqpURL: String, databaseURL: String, programsFile: String) async throws -> Bed {
         let name = "bench\(UInt32.random(in: 0...UInt32.max))"
-        let admin = try await PostgresConnection.connect(try PostgresURL(parsing: databaseURL),
-                                                         applicationName: "referrald-bench-admin", logger: benchLogger)
+        let admin = try await PostgresConnection.connect(
+            try PostgresURL(parsing: databaseURL),
+            applicationName: "referrald-bench-admin", logger: benchLogger)
         try await admin.run { c in try c.executeScript("CREATE DATABASE \(name)") }
         let worldURL = IsolatedWorld.databaseURL(databaseURL, database: name)
-        var environment = IsolatedWorld.environment(name: name, amqpURL: amqpURL, databaseURL: worldURL,
-                                                    programsFile: programsFile)
+        var environment = IsolatedWorld.environment(
+            name: name, amqpURL: amqpURL, databaseURL: worldURL,
+            programsFile: programsFile)
         // The daemon writes to the bench's stderr: quiet unless the caller asks for its log
         // (REFERRALD_LOG_LEVEL=debug logs every batch's size and time).
         environment["REFERRALD_LOG_LEVEL"] = ProcessInfo.processInfo.environment["REFERRALD_LOG_LEVEL"] ?? "warning"
         let settings = try await Settings.load(configFile: nil, environment: environment)
-        let db = try await PostgresConnection.connect(try PostgresURL(parsing: worldURL),
-                                                      applicationName: "referrald-bench", logger: benchLogger)
+        let db = try await PostgresConnection.connect(
+            try PostgresURL(parsing: worldURL),
+            applicationName: "referrald-bench", logger: benchLogger)
         _ = try await Schema.migrate(db, logger: benchLogger)
         let url = try AMQPURL(parsing: amqpURL)
-        let producer = try await AMQPConnection.connect(url, heartbeatSeconds: 30, connectionName: "\(name) producer",
-                                                        logger: benchLogger)
+        let producer = try await AMQPConnection.connect(
+            url, heartbeatSeconds: 30, connectionName: "\(name) producer",
+            logger: benchLogger)
         try await producer.enableConfirms()
         try await Topology(settings: settings).declare(on: producer, passiveUpstream: false, logger: benchLogger)
         let observer = "\(name).observer"
         _ = try await producer.declareQueue(observer, durable: true, arguments: ["x-queue-type": .string("quorum")])
         try await producer.bindQueue(observer, exchange: settings.eventsExchange, routingKey: "#")
-        return Bed(name: name, settings: settings, environment: environment, amqpURL: url, admin: admin, db: db,
-                   producer: producer, observerQueue: observer)
+        return Bed(
+            name: name, settings: settings, environment: environment, amqpURL: url, admin: admin, db: db,
+            producer: producer, observerQueue: observer)
     }
 
     /// As an upstream producer publishes: to the exchange of the type's prefix, routing key =
@@ -62,8 +67,9 @@ struct Bed: Sendable {
         case "billing": exchange = settings.upstreamExchanges[1]
         default: exchange = settings.upstreamExchanges[2]
         }
-        return OutgoingMessage(exchange: exchange, routingKey: m.routingKey, body: m.body, headers: [:], messageId: nil,
-                               contentType: "application/cloudevents+json", persistent: true, mandatory: true)
+        return OutgoingMessage(
+            exchange: exchange, routingKey: m.routingKey, body: m.body, headers: [:], messageId: nil,
+            contentType: "application/cloudevents+json", persistent: true, mandatory: true)
     }
 
     func publish(_ messages: ArraySlice<BenchMessage>) async throws {
@@ -74,7 +80,9 @@ struct Bed: Sendable {
     }
 
     /// Starts the built `referrald run` with this bed's configuration.
-    func spawnDaemon(binary: String, batchSize: Int, batchWaitMs: Int, workers: Int, prefetch: Int = 0) throws -> Process {
+    func spawnDaemon(binary: String, batchSize: Int, batchWaitMs: Int, workers: Int, prefetch: Int = 0) throws
+        -> Process
+    {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["run"]
@@ -94,7 +102,9 @@ struct Bed: Sendable {
     }
 
     func tearDown() async {
-        for q in [settings.inboxQueue, settings.deadLetterQueue, settings.parkedQueue, observerQueue] { try? await producer.deleteQueue(q) }
+        for q in [settings.inboxQueue, settings.deadLetterQueue, settings.parkedQueue, observerQueue] {
+            try? await producer.deleteQueue(q)
+        }
         for x in settings.upstreamExchanges + [settings.eventsExchange, settings.deadLetterExchange] {
             try? await producer.deleteExchange(x)
         }

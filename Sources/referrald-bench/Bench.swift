@@ -35,10 +35,16 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "REFERRALD_WORKERS of the daemon: lanes in the process (every daemon phase).")
     var workers = 2
 
-    @Option(help: "REFERRALD_PREFETCH of the daemon; 0 gives room for every lane's batch and one read ahead, (workers + 1) × batch size.")
+    @Option(
+        help:
+            "REFERRALD_PREFETCH of the daemon; 0 gives room for every lane's batch and one read ahead, (workers + 1) × batch size."
+    )
     var prefetch = 0
 
-    @Option(help: "Daemon processes that drain the mix and hot backlogs together (instances against one broker and database).")
+    @Option(
+        help:
+            "Daemon processes that drain the mix and hot backlogs together (instances against one broker and database)."
+    )
     var instances = 1
 
     @Option(help: "Open-loop rate of the latency phase in events/s (0: half the measured mix throughput).")
@@ -50,7 +56,10 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Seconds of the same open-loop load before the latency phase starts recording.")
     var warmupSeconds = 5.0
 
-    @Option(help: "Seconds of idle before the latency phase, with the services' CPU over them printed: what the broker and the database still do after the drains.")
+    @Option(
+        help:
+            "Seconds of idle before the latency phase, with the services' CPU over them printed: what the broker and the database still do after the drains."
+    )
     var settleSeconds = 0.0
 
     @Option(help: "Phases to run, comma-separated: ceiling, mix, hot, batch1, latency.")
@@ -68,7 +77,10 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Programs file for the daemon.")
     var programs = "deploy/programs.example.yaml"
 
-    @Option(help: "Friends' stories in flight in the mix: how far apart one story's events are in the stream, and so how often two concurrent batches share a story.")
+    @Option(
+        help:
+            "Friends' stories in flight in the mix: how far apart one story's events are in the stream, and so how often two concurrent batches share a story."
+    )
     var stories = 2000
 
     @Option(help: "Seed of the workload generator.")
@@ -80,8 +92,11 @@ struct Bench: AsyncParsableCommand {
     func run() async throws {
         let env = ProcessInfo.processInfo.environment
         let amqpURL = env["REFERRALD_TEST_AMQP_URL"] ?? "amqp://referrald:referrald@127.0.0.1:5672/referrald_test"
-        let databaseURL = env["REFERRALD_TEST_DATABASE_URL"] ?? "postgres://referrald:referrald@127.0.0.1:54329/referrald"
-        let binary = daemon ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        let databaseURL =
+            env["REFERRALD_TEST_DATABASE_URL"] ?? "postgres://referrald:referrald@127.0.0.1:54329/referrald"
+        let binary =
+            daemon
+            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
             .appendingPathComponent("referrald").path
         let phases = Set(modes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         var programsFile = URL(fileURLWithPath: programs).standardizedFileURL.path
@@ -90,24 +105,30 @@ struct Bench: AsyncParsableCommand {
             // of the day, and the phase would measure the cheap rejection path. Every phase of
             // the run uses the same lifted file, so that hot and plain mix compare like with like.
             programsFile = try liftedLimits(programsFile)
-            say("programs: \(programs) with max_leads_per_code_per_day and max_rewards_per_referrer_per_year lifted to 1000000 (hot phase)")
+            say(
+                "programs: \(programs) with max_leads_per_code_per_day and max_rewards_per_referrer_per_year lifted to 1000000 (hot phase)"
+            )
         }
 
         say("machine: \(machineDescription())")
-        say("options: events=\(events) batch-size=\(batchSize) batch-wait-ms=\(batchWaitMs) workers=\(workers) prefetch=\(prefetch == 0 ? (workers + 1) * batchSize : prefetch) instances=\(instances) modes=\(modes)")
+        say(
+            "options: events=\(events) batch-size=\(batchSize) batch-wait-ms=\(batchWaitMs) workers=\(workers) prefetch=\(prefetch == 0 ? (workers + 1) * batchSize : prefetch) instances=\(instances) modes=\(modes)"
+        )
         let bed = try await Bed.make(amqpURL: amqpURL, databaseURL: databaseURL, programsFile: programsFile)
         let observer = Observer()
         try await observer.start(url: bed.amqpURL, queue: bed.observerQueue)
-        let runner = Runner(bed: bed, observer: observer, binary: binary, batchWaitMs: batchWaitMs, workers: workers,
-                            prefetch: prefetch, instances: instances)
+        let runner = Runner(
+            bed: bed, observer: observer, binary: binary, batchWaitMs: batchWaitMs, workers: workers,
+            prefetch: prefetch, instances: instances)
         var report = Report()
         do {
             let now = Instant(microseconds: Int64(Date().timeIntervalSince1970 * 1_000_000))
             let codes = try await runner.seedReferrers(count: max(200, events / 25), now: now, batchSize: batchSize)
             say("seeded \(codes.count) referrers with codes")
             func mix(_ prefix: String, hotCode: String? = nil) -> MixGenerator {
-                MixGenerator(prefix: "\(bed.name)\(prefix)", referrerCodes: codes, now: now, seed: seed, hotCode: hotCode,
-                             hotShare: hotShare, storiesInFlight: stories)
+                MixGenerator(
+                    prefix: "\(bed.name)\(prefix)", referrerCodes: codes, now: now, seed: seed, hotCode: hotCode,
+                    hotShare: hotShare, storiesInFlight: stories)
             }
             if phases.contains("ceiling") {
                 var generator = mix("c")
@@ -122,17 +143,24 @@ struct Bench: AsyncParsableCommand {
             if phases.contains("hot"), let hotCode = codes.first {
                 let seeded = try await runner.seedHistory(code: hotCode, count: hotHistory, now: now)
                 report.hotBackfillSeconds = seeded
-                say(String(format: "seeded %d stored referrals of the referrer of %@; standings backfilled in %.1f s (%.0f s per million referrals)",
-                           hotHistory, hotCode, seeded, hotHistory > 0 ? seeded * 1_000_000 / Double(hotHistory) : 0))
+                say(
+                    String(
+                        format:
+                            "seeded %d stored referrals of the referrer of %@; standings backfilled in %.1f s (%.0f s per million referrals)",
+                        hotHistory, hotCode, seeded, hotHistory > 0 ? seeded * 1_000_000 / Double(hotHistory) : 0))
                 var generator = mix("h", hotCode: hotCode)
                 report.hot = try await runner.backlog(&generator, count: events, batchSize: batchSize)
-                say(report.hot!.line(String(format: "hot mix (%.0f %% of friends on one referrer with %d referrals stored), batch %d",
-                                            hotShare * 100, hotHistory, batchSize)))
+                say(
+                    report.hot!.line(
+                        String(
+                            format: "hot mix (%.0f %% of friends on one referrer with %d referrals stored), batch %d",
+                            hotShare * 100, hotHistory, batchSize)))
             }
             if phases.contains("batch1") {
                 var generator = mix("b")
-                report.batch1 = try await runner.backlog(&generator, count: batch1Events > 0 ? batch1Events : max(2000, events / 50),
-                                                         batchSize: 1)
+                report.batch1 = try await runner.backlog(
+                    &generator, count: batch1Events > 0 ? batch1Events : max(2000, events / 50),
+                    batchSize: 1)
                 say(report.batch1!.line("mix, batch 1"))
             }
             if phases.contains("latency") {
@@ -141,12 +169,17 @@ struct Bench: AsyncParsableCommand {
                     let cpu = CPUWindow(processes: [])
                     try await Task.sleep(for: .milliseconds(Int(settleSeconds * 1000)))
                     let idle = cpu.stop()
-                    say(String(format: "settled %.0f s after the drains: CPU (cores) rabbitmq %.2f, postgres %.2f, machine %.0f %% busy",
-                               settleSeconds, idle.services["beam.smp"] ?? 0, idle.services["postgres"] ?? 0, idle.machineBusy * 100))
+                    say(
+                        String(
+                            format:
+                                "settled %.0f s after the drains: CPU (cores) rabbitmq %.2f, postgres %.2f, machine %.0f %% busy",
+                            settleSeconds, idle.services["beam.smp"] ?? 0, idle.services["postgres"] ?? 0,
+                            idle.machineBusy * 100))
                 }
                 var generator = mix("l")
-                report.latency = try await runner.latency(&generator, rate: target, seconds: latencySeconds,
-                                                              warmup: warmupSeconds, batchSize: batchSize)
+                report.latency = try await runner.latency(
+                    &generator, rate: target, seconds: latencySeconds,
+                    warmup: warmupSeconds, batchSize: batchSize)
                 say(report.latency!.line)
             }
         } catch {
@@ -162,9 +195,13 @@ struct Bench: AsyncParsableCommand {
     }
 
     func machineDescription() -> String {
-        let cpu = Proc.read("/proc/cpuinfo")?.split(separator: "\n").first { $0.hasPrefix("model name") }
+        let cpu =
+            Proc.read("/proc/cpuinfo")?.split(separator: "\n").first { $0.hasPrefix("model name") }
             .map { $0.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces) } ?? "?"
-        let memory = Proc.read("/proc/meminfo")?.split(separator: "\n").first.map { String($0.split(separator: " ", omittingEmptySubsequences: true)[1]) }
+        let memory =
+            Proc.read("/proc/meminfo")?.split(separator: "\n").first.map {
+                String($0.split(separator: " ", omittingEmptySubsequences: true)[1])
+            }
             .flatMap { Int($0) }.map { "\($0 / 1024 / 1024) GiB" } ?? "?"
         let load = Proc.read("/proc/loadavg")?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
         return "\(ProcessInfo.processInfo.activeProcessorCount) cores, \(cpu), \(memory), load average \(load)"
@@ -176,7 +213,9 @@ struct Bench: AsyncParsableCommand {
         for key in ["max_leads_per_code_per_day", "max_rewards_per_referrer_per_year"] {
             text = text.replacingOccurrences(of: "\(key): [0-9]+", with: "\(key): 1000000", options: .regularExpression)
         }
-        let out = FileManager.default.temporaryDirectory.appendingPathComponent("referrald-bench-programs-\(getpid()).yaml").path
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "referrald-bench-programs-\(getpid()).yaml"
+        ).path
         try text.write(toFile: out, atomically: true, encoding: .utf8)
         return out
     }
@@ -197,11 +236,15 @@ struct DrainResult {
 
     func line(_ label: String) -> String {
         let rss = peakRSSKiB.map { String(format: "%.1f MiB", Double($0) / 1024) } ?? "-"
-        var out = String(format: "%@: %d messages in %.2f s = %.0f events/s; peak RSS %@; CPU (cores) process %.2f, rabbitmq %.2f, postgres %.2f, machine busy %.0f %%",
-                         label, messages, seconds, eventsPerSecond, rss, usage.process, usage.services["beam.smp"] ?? 0,
-                         usage.services["postgres"] ?? 0, usage.machineBusy * 100)
+        var out = String(
+            format:
+                "%@: %d messages in %.2f s = %.0f events/s; peak RSS %@; CPU (cores) process %.2f, rabbitmq %.2f, postgres %.2f, machine busy %.0f %%",
+            label, messages, seconds, eventsPerSecond, rss, usage.process, usage.services["beam.smp"] ?? 0,
+            usage.services["postgres"] ?? 0, usage.machineBusy * 100)
         if let firstTenth, let lastTenth {
-            out += String(format: "; first 10 %% %.0f/s, last 10 %% %.0f/s (last / first %.2f)", firstTenth, lastTenth, lastTenth / firstTenth)
+            out += String(
+                format: "; first 10 %% %.0f/s, last 10 %% %.0f/s (last / first %.2f)", firstTenth, lastTenth,
+                lastTenth / firstTenth)
         }
         return out
     }
@@ -232,8 +275,9 @@ final class DepthSampler: @unchecked Sendable {
         func time(atDepth d: Double) -> UInt64? { samples.first { Double($0.depth) <= d }?.nanos }
         let n = Double(total)
         guard let start = samples.first(where: { Double($0.depth) < n * 0.999 })?.nanos ?? samples.first?.nanos,
-              let t90 = time(atDepth: n * 0.9), let t10 = time(atDepth: n * 0.1), let t0 = time(atDepth: 0),
-              t90 > start, t0 > t10 else { return nil }
+            let t90 = time(atDepth: n * 0.9), let t10 = time(atDepth: n * 0.1), let t0 = time(atDepth: 0),
+            t90 > start, t0 > t10
+        else { return nil }
         return (n * 0.1 / (Double(t90 - start) / 1e9), n * 0.1 / (Double(t0 - t10) / 1e9))
     }
 }
@@ -250,10 +294,13 @@ struct LatencyResult {
     func ms(_ p: Double) -> Double { Double(histogram.valueAtPercentile(p)) / 1000 }
 
     var line: String {
-        String(format: "latency at %.0f events/s after %.0f s of warm-up (%d published, %d of %d expected downstream events matched): p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, max %.1f ms; CPU (cores) daemon %.2f, rabbitmq %.2f, postgres %.2f; peak RSS %.1f MiB",
-               rate, warmupSeconds, published, Int(histogram.totalCount), expected, ms(50), ms(99), ms(99.9), Double(histogram.max) / 1000,
-               usage.process, usage.services["beam.smp"] ?? 0, usage.services["postgres"] ?? 0,
-               Double(peakRSSKiB ?? 0) / 1024)
+        String(
+            format:
+                "latency at %.0f events/s after %.0f s of warm-up (%d published, %d of %d expected downstream events matched): p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, max %.1f ms; CPU (cores) daemon %.2f, rabbitmq %.2f, postgres %.2f; peak RSS %.1f MiB",
+            rate, warmupSeconds, published, Int(histogram.totalCount), expected, ms(50), ms(99), ms(99.9),
+            Double(histogram.max) / 1000,
+            usage.process, usage.services["beam.smp"] ?? 0, usage.services["postgres"] ?? 0,
+            Double(peakRSSKiB ?? 0) / 1024)
     }
 }
 
@@ -271,19 +318,33 @@ struct Report {
         if let mix { rows.append("| realistic mix, batch \(batchSize) (events/s) | \(f(mix.eventsPerSecond)) |") }
         if let ceiling { rows.append("| ceiling: inbox-only transaction (events/s) | \(f(ceiling.eventsPerSecond)) |") }
         if let batch1 { rows.append("| realistic mix, batch 1 (events/s) | \(f(batch1.eventsPerSecond)) |") }
-        if let mix, let ceiling { rows.append(String(format: "| mix / ceiling | %.2f |", mix.eventsPerSecond / ceiling.eventsPerSecond)) }
-        if let mix, let batch1 { rows.append(String(format: "| mix / batch 1 | %.1f |", mix.eventsPerSecond / batch1.eventsPerSecond)) }
-        if let hot { rows.append("| hot mix (events/s) | \(f(hot.eventsPerSecond)) |") }
-        if let mix, let hot { rows.append(String(format: "| hot mix / mix | %.2f |", hot.eventsPerSecond / mix.eventsPerSecond)) }
-        if let latency {
-            rows.append(String(format: "| latency at %.0f events/s (after %.0f s of warm-up): p50 / p99 / p99.9 (ms) | %.1f / %.1f / %.1f |",
-                               latency.rate, latency.warmupSeconds, latency.ms(50), latency.ms(99), latency.ms(99.9)))
+        if let mix, let ceiling {
+            rows.append(String(format: "| mix / ceiling | %.2f |", mix.eventsPerSecond / ceiling.eventsPerSecond))
         }
-        if let rss = mix?.peakRSSKiB { rows.append(String(format: "| peak RSS draining the backlog | %.1f MiB |", Double(rss) / 1024)) }
+        if let mix, let batch1 {
+            rows.append(String(format: "| mix / batch 1 | %.1f |", mix.eventsPerSecond / batch1.eventsPerSecond))
+        }
+        if let hot { rows.append("| hot mix (events/s) | \(f(hot.eventsPerSecond)) |") }
+        if let mix, let hot {
+            rows.append(String(format: "| hot mix / mix | %.2f |", hot.eventsPerSecond / mix.eventsPerSecond))
+        }
+        if let latency {
+            rows.append(
+                String(
+                    format:
+                        "| latency at %.0f events/s (after %.0f s of warm-up): p50 / p99 / p99.9 (ms) | %.1f / %.1f / %.1f |",
+                    latency.rate, latency.warmupSeconds, latency.ms(50), latency.ms(99), latency.ms(99.9)))
+        }
+        if let rss = mix?.peakRSSKiB {
+            rows.append(String(format: "| peak RSS draining the backlog | %.1f MiB |", Double(rss) / 1024))
+        }
         if let mix {
-            rows.append(String(format: "| CPU while draining (cores): daemon / rabbitmq / postgres / machine busy | %.2f / %.2f / %.2f / %.0f %% |",
-                               mix.usage.process, mix.usage.services["beam.smp"] ?? 0, mix.usage.services["postgres"] ?? 0,
-                               mix.usage.machineBusy * 100))
+            rows.append(
+                String(
+                    format:
+                        "| CPU while draining (cores): daemon / rabbitmq / postgres / machine busy | %.2f / %.2f / %.2f / %.0f %% |",
+                    mix.usage.process, mix.usage.services["beam.smp"] ?? 0, mix.usage.services["postgres"] ?? 0,
+                    mix.usage.machineBusy * 100))
         }
         return rows.joined(separator: "\n")
     }
@@ -323,9 +384,13 @@ struct Runner {
         for i in 0..<count {
             let account = "\(bed.name)-r\(i)"
             let at = (now - .days(400)).rfc3339
-            messages.append(BenchMessage(routingKey: "provisioning.service.activated", body: Array(
-                #"{"specversion":"1.0","id":"\#(bed.name)-seed\#(i)","source":"provisioning","type":"provisioning.service.activated","time":"\#(at)","data":{"account_id":"\#(account)","activated_at":"\#(at)","segment":"consumer"}}"#.utf8),
-                key: nil))
+            messages.append(
+                BenchMessage(
+                    routingKey: "provisioning.service.activated",
+                    body: Array(
+                        #"{"specversion":"1.0","id":"\#(bed.name)-seed\#(i)","source":"provisioning","type":"provisioning.service.activated","time":"\#(at)","data":{"account_id":"\#(account)","activated_at":"\#(at)","segment":"consumer"}}"#
+                            .utf8),
+                    key: nil))
         }
         observer.collectCodes(true)
         let generator = MixGenerator(prefix: "\(bed.name)s", referrerCodes: [], now: now, seed: 0)
@@ -335,7 +400,8 @@ struct Runner {
         }
         try await bed.publish([last])
         observer.expectSentinel(account: sentinel)
-        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers, prefetch: prefetch)
+        let process = try bed.spawnDaemon(
+            binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers, prefetch: prefetch)
         try await waitForSentinel(process, timeout: 300)
         await stop(process)
         observer.collectCodes(false)
@@ -350,7 +416,8 @@ struct Runner {
     func seedHistory(code: String, count: Int, now: Instant) async throws -> Double {
         if count == 0 { return 0 }
         _ = try await bed.db.run { c in
-            try c.execute("""
+            try c.execute(
+                """
                 WITH owner AS (SELECT account_id, program_id FROM referral_codes WHERE code = $1),
                      version AS (SELECT max(version) AS v FROM program_versions WHERE program_id = (SELECT program_id FROM owner)),
                      n AS (SELECT g, $3::timestamptz - make_interval(secs => (g % 300) * 86400 + g % 86400) AS t
@@ -381,7 +448,8 @@ struct Runner {
         let depth = DepthSampler()
         depth.start(bed)
         let processes = try (0..<max(1, instances)).map { _ in
-            try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers, prefetch: prefetch)
+            try bed.spawnDaemon(
+                binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers, prefetch: prefetch)
         }
         let cpu = CPUWindow(processes: processes.map(\.processIdentifier))
         let arrival = try await waitForSentinel(processes[0], timeout: Double(count) / 100 + 120)
@@ -389,8 +457,9 @@ struct Runner {
         let peak = processes.compactMap { Proc.memoryKiB($0.processIdentifier, "VmHWM") }.max()
         for process in processes { await stop(process) }
         let tenths = await depth.stop(total: count + 1)
-        return DrainResult(messages: count + 1, seconds: Double(arrival - start) / 1e9, usage: usage, peakRSSKiB: peak,
-                           firstTenth: tenths?.first, lastTenth: tenths?.last)
+        return DrainResult(
+            messages: count + 1, seconds: Double(arrival - start) / 1e9, usage: usage, peakRSSKiB: peak,
+            firstTenth: tenths?.first, lastTenth: tenths?.last)
     }
 
     /// The ceiling: consume a batch, insert its inbox rows set-based in one transaction,
@@ -398,13 +467,16 @@ struct Runner {
     /// path and its smallest possible transaction, run in this process with the same modules.
     func ceiling(_ generator: inout MixGenerator, count: Int, batchSize: Int) async throws -> DrainResult {
         try await preload(&generator, count: count)
-        let consumer = try await AMQPConnection.connect(bed.amqpURL, heartbeatSeconds: 30, connectionName: "bench ceiling consumer",
-                                                        logger: benchLogger)
-        let publisher = try await AMQPConnection.connect(bed.amqpURL, heartbeatSeconds: 30, connectionName: "bench ceiling publisher",
-                                                         logger: benchLogger)
+        let consumer = try await AMQPConnection.connect(
+            bed.amqpURL, heartbeatSeconds: 30, connectionName: "bench ceiling consumer",
+            logger: benchLogger)
+        let publisher = try await AMQPConnection.connect(
+            bed.amqpURL, heartbeatSeconds: 30, connectionName: "bench ceiling publisher",
+            logger: benchLogger)
         try await publisher.enableConfirms()
-        let db = try await PostgresConnection.connect(try PostgresURL(parsing: bed.environment["REFERRALD_DATABASE_URL"]!),
-                                                      applicationName: "bench ceiling", logger: benchLogger)
+        let db = try await PostgresConnection.connect(
+            try PostgresURL(parsing: bed.environment["REFERRALD_DATABASE_URL"]!),
+            applicationName: "bench ceiling", logger: benchLogger)
         let start = monotonicNanos()
         let cpu = CPUWindow(process: getpid())
         try await consumer.consume(queue: bed.settings.inboxQueue, prefetch: UInt16(max(256, 2 * batchSize)))
@@ -414,14 +486,17 @@ struct Runner {
             guard let last = batch.last else { continue }
             let entries: [InboxEntry] = batch.compactMap { d in
                 guard case .success(let e) = classify(body: d.body) else { return nil }
-                return InboxEntry(source: e.source, eventId: e.id, type: e.type.rawValue, accountId: nil, leadId: nil,
-                                  factTime: e.time, body: d.body)
+                return InboxEntry(
+                    source: e.source, eventId: e.id, type: e.type.rawValue, accountId: nil, leadId: nil,
+                    factTime: e.time, body: d.body)
             }
             _ = try await db.transaction { c in try Store.recordInbox(c, entries) }
-            let outcomes = try await publisher.publish(batch.map {
-                OutgoingMessage(exchange: bed.settings.eventsExchange, routingKey: "bench.ceiling", body: $0.body, headers: [:],
-                                messageId: nil, contentType: "application/cloudevents+json", persistent: true, mandatory: false)
-            })
+            let outcomes = try await publisher.publish(
+                batch.map {
+                    OutgoingMessage(
+                        exchange: bed.settings.eventsExchange, routingKey: "bench.ceiling", body: $0.body, headers: [:],
+                        messageId: nil, contentType: "application/cloudevents+json", persistent: true, mandatory: false)
+                })
             guard !outcomes.contains(.nacked) else { throw BenchError("ceiling publish nacked") }
             try await consumer.ack(last.deliveryTag, multiple: true)
             done += batch.count
@@ -440,11 +515,15 @@ struct Runner {
     /// The first `warmup` seconds of the load are not recorded: a freshly started daemon has
     /// empty caches, its first batches took 1.0-1.9 ms per event against 0.85 later (measured),
     /// and the queue that built would otherwise be reported as the steady state's tail.
-    func latency(_ generator: inout MixGenerator, rate: Double, seconds: Double, warmup: Double,
-                 batchSize: Int) async throws -> LatencyResult {
-        let process = try bed.spawnDaemon(binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers, prefetch: prefetch)
+    func latency(
+        _ generator: inout MixGenerator, rate: Double, seconds: Double, warmup: Double,
+        batchSize: Int
+    ) async throws -> LatencyResult {
+        let process = try bed.spawnDaemon(
+            binary: binary, batchSize: batchSize, batchWaitMs: batchWaitMs, workers: workers, prefetch: prefetch)
         // Warm-up: the daemon is connected and consuming once a first activation went through.
-        let (warm, warmMessage) = MixGenerator(prefix: "\(bed.name)w", referrerCodes: [], now: generator.now, seed: 0).sentinel()
+        let (warm, warmMessage) = MixGenerator(prefix: "\(bed.name)w", referrerCodes: [], now: generator.now, seed: 0)
+            .sentinel()
         observer.expectSentinel(account: warm)
         try await bed.publish([warmMessage])
         try await waitForSentinel(process, timeout: 60)
@@ -470,18 +549,23 @@ struct Runner {
             }
             let chunk = messages[next..<due]
             let keyed = chunk.indices.filter { $0 >= warmupCount && messages[$0].key != nil }
-            observer.expect(keyed.map { messages[$0].key! }, sentAt: keyed.map { start + UInt64(Double($0) * interval) })
+            observer.expect(
+                keyed.map { messages[$0].key! }, sentAt: keyed.map { start + UInt64(Double($0) * interval) })
             try await bed.publish(chunk)
             next = due
         }
         let expected = messages[warmupCount...].filter { $0.key != nil }.count
         // Stragglers: wait until the last expected event arrived or nothing new came for 3 s
         // (a rejected lead's offer never comes; those keys stay unmatched).
-        var pending = observer.pendingCount, quietSince = monotonicNanos()
+        var pending = observer.pendingCount
+        var quietSince = monotonicNanos()
         while pending > 0, monotonicNanos() - quietSince < 3_000_000_000 {
             try await Task.sleep(for: .milliseconds(100))
             let now = observer.pendingCount
-            if now != pending { pending = now; quietSince = monotonicNanos() }
+            if now != pending {
+                pending = now
+                quietSince = monotonicNanos()
+            }
         }
         let usage = cpu.stop()
         let peak = Proc.memoryKiB(process.processIdentifier, "VmHWM")
@@ -492,8 +576,9 @@ struct Runner {
         if !unmatched.isEmpty {
             say("  unmatched keys (\(unmatched.count)): \(unmatched.prefix(10).joined(separator: " "))")
         }
-        return LatencyResult(rate: rate, warmupSeconds: warmup, published: messages.count - warmupCount, expected: expected,
-                             histogram: observer.latencyHistogram, usage: usage, peakRSSKiB: peak)
+        return LatencyResult(
+            rate: rate, warmupSeconds: warmup, published: messages.count - warmupCount, expected: expected,
+            histogram: observer.latencyHistogram, usage: usage, peakRSSKiB: peak)
     }
 
     @discardableResult

@@ -28,8 +28,11 @@ struct MixGenerator {
     let storiesInFlight: Int
     var rng: SeededGenerator
 
-    init(prefix: String, referrerCodes: [String], now: Instant, seed: UInt64, hotCode: String? = nil, hotShare: Double = 0,
-         storiesInFlight: Int = 2000) {
+    init(
+        prefix: String, referrerCodes: [String], now: Instant, seed: UInt64, hotCode: String? = nil,
+        hotShare: Double = 0,
+        storiesInFlight: Int = 2000
+    ) {
         self.prefix = prefix
         self.storiesInFlight = max(1, storiesInFlight)
         self.referrerCodes = referrerCodes
@@ -39,8 +42,10 @@ struct MixGenerator {
         rng = SeededGenerator(state: seed)
     }
 
-    private enum Step { case lead, order, scheduled, installed, activated, speedtest, ticketOpened, ticketResolved,
-                        overdue, paid, cancelled }
+    private enum Step {
+        case lead, order, scheduled, installed, activated, speedtest, ticketOpened, ticketResolved,
+            overdue, paid, cancelled
+    }
 
     private struct Story {
         var number: Int
@@ -66,8 +71,10 @@ struct MixGenerator {
                 out.append(invalid())
             } else if roll < 85 {
                 storyNumber += 1
-                out.append(activation(account: "\(prefix)-c\(storyNumber)", lead: nil,
-                                      at: now - .days(Int64.random(in: 1...300, using: &rng)), household: nil))
+                out.append(
+                    activation(
+                        account: "\(prefix)-c\(storyNumber)", lead: nil,
+                        at: now - .days(Int64.random(in: 1...300, using: &rng)), household: nil))
             } else {
                 let i = Int.random(in: 0..<inFlight.count, using: &rng)
                 out.append(message(inFlight[i], step: inFlight[i].steps[inFlight[i].next]))
@@ -83,9 +90,10 @@ struct MixGenerator {
     /// relayed after each commit).
     func sentinel() -> (account: String, message: BenchMessage) {
         let account = "\(prefix)-sentinel"
-        let body = envelope(id: "\(prefix)-sentinel", source: "provisioning", type: "provisioning.service.activated",
-                            time: now, subject: account,
-                            data: #""account_id":"\#(account)","activated_at":"\#(now.rfc3339)","segment":"consumer""#)
+        let body = envelope(
+            id: "\(prefix)-sentinel", source: "provisioning", type: "provisioning.service.activated",
+            time: now, subject: account,
+            data: #""account_id":"\#(account)","activated_at":"\#(now.rfc3339)","segment":"consumer""#)
         return (account, BenchMessage(routingKey: "provisioning.service.activated", body: body, key: "code:\(account)"))
     }
 
@@ -103,54 +111,72 @@ struct MixGenerator {
     }
 
     private mutating func message(_ s: Story, step: Step) -> BenchMessage {
-        let lead = "\(prefix)-l\(s.number)", account = "\(prefix)-a\(s.number)", household = "\(prefix)-h\(s.number)"
+        let lead = "\(prefix)-l\(s.number)"
+        let account = "\(prefix)-a\(s.number)"
+        let household = "\(prefix)-h\(s.number)"
         let referred = s.code != nil
         func at(_ days: Int64) -> Instant { s.start + .days(days) }
         switch step {
         case .lead:
             let code = s.code.map { #","referral_code":"\#($0)""# } ?? ""
-            return event("provisioning.lead.created", source: "provisioning", time: at(0), subject: lead,
-                         data: #""lead_id":"\#(lead)"\#(code),"household_id":"\#(household)","contact_hash":"sha256:\#(prefix)\#(s.number)","segment":"consumer","channel":"web""#,
-                         key: referred ? "offer:\(lead)" : nil)
+            return event(
+                "provisioning.lead.created", source: "provisioning", time: at(0), subject: lead,
+                data:
+                    #""lead_id":"\#(lead)"\#(code),"household_id":"\#(household)","contact_hash":"sha256:\#(prefix)\#(s.number)","segment":"consumer","channel":"web""#,
+                key: referred ? "offer:\(lead)" : nil)
         case .order:
-            return event("provisioning.order.placed", source: "provisioning", time: at(1), subject: account,
-                         data: #""lead_id":"\#(lead)","account_id":"\#(account)""#, key: referred ? "status:\(lead):ordered" : nil)
+            return event(
+                "provisioning.order.placed", source: "provisioning", time: at(1), subject: account,
+                data: #""lead_id":"\#(lead)","account_id":"\#(account)""#,
+                key: referred ? "status:\(lead):ordered" : nil)
         case .scheduled:
-            return event("provisioning.install.scheduled", source: "provisioning", time: at(1), subject: account,
-                         data: #""account_id":"\#(account)","scheduled_for":"\#(at(5).rfc3339)""#, key: nil)
+            return event(
+                "provisioning.install.scheduled", source: "provisioning", time: at(1), subject: account,
+                data: #""account_id":"\#(account)","scheduled_for":"\#(at(5).rfc3339)""#, key: nil)
         case .installed:
-            return event("provisioning.install.completed", source: "provisioning", time: at(5), subject: account,
-                         data: #""account_id":"\#(account)","completed_at":"\#(at(5).rfc3339)""#,
-                         key: referred ? "status:\(lead):installed" : nil)
+            return event(
+                "provisioning.install.completed", source: "provisioning", time: at(5), subject: account,
+                data: #""account_id":"\#(account)","completed_at":"\#(at(5).rfc3339)""#,
+                key: referred ? "status:\(lead):installed" : nil)
         case .activated:
             return activation(account: account, lead: lead, at: at(6), household: household)
         case .speedtest:
-            return event("provisioning.speedtest.completed", source: "provisioning", time: at(7), subject: account,
-                         data: #""account_id":"\#(account)","measured_down_mbps":487.3,"plan_down_mbps":500"#, key: nil)
+            return event(
+                "provisioning.speedtest.completed", source: "provisioning", time: at(7), subject: account,
+                data: #""account_id":"\#(account)","measured_down_mbps":487.3,"plan_down_mbps":500"#, key: nil)
         case .ticketOpened:
-            return event("crm.ticket.opened", source: "crm", time: at(8), subject: account,
-                         data: #""account_id":"\#(account)","ticket_id":"\#(prefix)-t\#(s.number)""#, key: nil)
+            return event(
+                "crm.ticket.opened", source: "crm", time: at(8), subject: account,
+                data: #""account_id":"\#(account)","ticket_id":"\#(prefix)-t\#(s.number)""#, key: nil)
         case .ticketResolved:
-            return event("crm.ticket.resolved", source: "crm", time: at(9), subject: account,
-                         data: #""account_id":"\#(account)","ticket_id":"\#(prefix)-t\#(s.number)","csat":5"#, key: nil)
+            return event(
+                "crm.ticket.resolved", source: "crm", time: at(9), subject: account,
+                data: #""account_id":"\#(account)","ticket_id":"\#(prefix)-t\#(s.number)","csat":5"#, key: nil)
         case .overdue:
-            return event("billing.invoice.overdue", source: "billing", time: at(40), subject: account,
-                         data: #""account_id":"\#(account)","invoice_id":"\#(prefix)-i\#(s.number)-2","days_overdue":7"#, key: nil)
+            return event(
+                "billing.invoice.overdue", source: "billing", time: at(40), subject: account,
+                data: #""account_id":"\#(account)","invoice_id":"\#(prefix)-i\#(s.number)-2","days_overdue":7"#,
+                key: nil)
         case .paid:
-            return event("billing.invoice.paid", source: "billing", time: at(36), subject: account,
-                         data: #""account_id":"\#(account)","invoice_id":"\#(prefix)-i\#(s.number)-1","amount_minor":4999,"currency":"USD","sequence":1,"credits_minor":0"#,
-                         key: nil)
+            return event(
+                "billing.invoice.paid", source: "billing", time: at(36), subject: account,
+                data:
+                    #""account_id":"\#(account)","invoice_id":"\#(prefix)-i\#(s.number)-1","amount_minor":4999,"currency":"USD","sequence":1,"credits_minor":0"#,
+                key: nil)
         case .cancelled:
-            return event("provisioning.service.cancelled", source: "provisioning", time: at(42), subject: account,
-                         data: #""account_id":"\#(account)","cancelled_at":"\#(at(42).rfc3339)","reason":"moving""#, key: nil)
+            return event(
+                "provisioning.service.cancelled", source: "provisioning", time: at(42), subject: account,
+                data: #""account_id":"\#(account)","cancelled_at":"\#(at(42).rfc3339)","reason":"moving""#, key: nil)
         }
     }
 
     private mutating func activation(account: String, lead: String?, at: Instant, household: String?) -> BenchMessage {
         let hh = household.map { #","household_id":"\#($0)""# } ?? ""
-        return event("provisioning.service.activated", source: "provisioning", time: at, subject: account,
-                     data: #""account_id":"\#(account)","activated_at":"\#(at.rfc3339)"\#(hh),"segment":"consumer","plan_id":"fiber-500""#,
-                     key: "code:\(account)")
+        return event(
+            "provisioning.service.activated", source: "provisioning", time: at, subject: account,
+            data:
+                #""account_id":"\#(account)","activated_at":"\#(at.rfc3339)"\#(hh),"segment":"consumer","plan_id":"fiber-500""#,
+            key: "code:\(account)")
     }
 
     private mutating func invalid() -> BenchMessage {
@@ -161,18 +187,28 @@ struct MixGenerator {
             #"{"specversion":"1.0","id":"\#(prefix)-e\#(eventNumber)","source":"provisioning","type":"provisioning.service.activated","time":"2026-11-23T10:00:00Z","data":{"account_id":"a"}}"#,
             #"{"data":{"account_id":"acct-1"}}"#,
         ]
-        return BenchMessage(routingKey: "provisioning.install.completed",
-                            body: Array(bodies[eventNumber % bodies.count].utf8), key: nil)
+        return BenchMessage(
+            routingKey: "provisioning.install.completed",
+            body: Array(bodies[eventNumber % bodies.count].utf8), key: nil)
     }
 
-    private mutating func event(_ type: String, source: String, time: Instant, subject: String, data: String,
-                                key: String?) -> BenchMessage {
+    private mutating func event(
+        _ type: String, source: String, time: Instant, subject: String, data: String,
+        key: String?
+    ) -> BenchMessage {
         eventNumber += 1
-        return BenchMessage(routingKey: type, body: envelope(id: "\(prefix)-e\(eventNumber)", source: source, type: type,
-                                                             time: time, subject: subject, data: data), key: key)
+        return BenchMessage(
+            routingKey: type,
+            body: envelope(
+                id: "\(prefix)-e\(eventNumber)", source: source, type: type,
+                time: time, subject: subject, data: data), key: key)
     }
 
-    private func envelope(id: String, source: String, type: String, time: Instant, subject: String, data: String) -> [UInt8] {
-        Array(#"{"specversion":"1.0","id":"\#(id)","source":"\#(source)","type":"\#(type)","time":"\#(time.rfc3339)","subject":"\#(subject)","datacontenttype":"application/json","data":{\#(data)}}"#.utf8)
+    private func envelope(id: String, source: String, type: String, time: Instant, subject: String, data: String)
+        -> [UInt8]
+    {
+        Array(
+            #"{"specversion":"1.0","id":"\#(id)","source":"\#(source)","type":"\#(type)","time":"\#(time.rfc3339)","subject":"\#(subject)","datacontenttype":"application/json","data":{\#(data)}}"#
+                .utf8)
     }
 }

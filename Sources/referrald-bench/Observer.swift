@@ -25,8 +25,9 @@ final class Observer: @unchecked Sendable {
     private var task: Task<Void, any Error>?
 
     func start(url: AMQPURL, queue: String) async throws {
-        let connection = try await AMQPConnection.connect(url, heartbeatSeconds: 30, connectionName: "bench observer",
-                                                          logger: benchLogger)
+        let connection = try await AMQPConnection.connect(
+            url, heartbeatSeconds: 30, connectionName: "bench observer",
+            logger: benchLogger)
         try await connection.consume(queue: queue, prefetch: 2000)
         task = Task.detached { [self] in
             while !Task.isCancelled {
@@ -46,7 +47,8 @@ final class Observer: @unchecked Sendable {
         defer { lock.unlock() }
         received += batch.count
         for d in batch {
-            if let needle = sentinelNeedle, d.routingKey == PublishedType.codeIssued.rawValue, contains(d.body, needle) {
+            if let needle = sentinelNeedle, d.routingKey == PublishedType.codeIssued.rawValue, contains(d.body, needle)
+            {
                 sentinelSeenAt = now
             }
             guard collectingCodes || !sendTimes.isEmpty else { continue }
@@ -54,12 +56,18 @@ final class Observer: @unchecked Sendable {
             let key: String?
             switch d.routingKey {
             case PublishedType.codeIssued.rawValue:
-                if collectingCodes, let a = data["account_id"]?.stringValue, let c = data["code"]?.stringValue { codes[a] = c }
+                if collectingCodes, let a = data["account_id"]?.stringValue, let c = data["code"]?.stringValue {
+                    codes[a] = c
+                }
                 key = data["account_id"]?.stringValue.map { "code:\($0)" }
             case PublishedType.friendOfferGranted.rawValue:
                 key = data["lead_id"]?.stringValue.map { "offer:\($0)" }
             case PublishedType.statusChanged.rawValue:
-                if let lead = data["lead_id"]?.stringValue, let to = data["to"]?.stringValue { key = "status:\(lead):\(to)" } else { key = nil }
+                if let lead = data["lead_id"]?.stringValue, let to = data["to"]?.stringValue {
+                    key = "status:\(lead):\(to)"
+                } else {
+                    key = nil
+                }
             default:
                 key = nil
             }
@@ -70,35 +78,62 @@ final class Observer: @unchecked Sendable {
     }
 
     func expectSentinel(account: String) {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         sentinelNeedle = Array(#""account_id":"\#(account)""#.utf8)
         sentinelSeenAt = nil
     }
 
-    var sentinelArrival: UInt64? { lock.lock(); defer { lock.unlock() }; return sentinelSeenAt }
+    var sentinelArrival: UInt64? {
+        lock.lock()
+        defer { lock.unlock() }
+        return sentinelSeenAt
+    }
 
-    func collectCodes(_ on: Bool) { lock.lock(); collectingCodes = on; lock.unlock() }
-    var collectedCodes: [String: String] { lock.lock(); defer { lock.unlock() }; return codes }
+    func collectCodes(_ on: Bool) {
+        lock.lock()
+        collectingCodes = on
+        lock.unlock()
+    }
+    var collectedCodes: [String: String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return codes
+    }
 
     /// Registers the intended send time of messages about to be published (open loop: the
     /// schedule's time, not the moment the publish call got to run, so a stalled publisher
     /// cannot hide latency).
     func expect(_ keys: [String], sentAt: [UInt64]) {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         for (k, t) in zip(keys, sentAt) { sendTimes[k] = t }
     }
 
-    var pendingCount: Int { lock.lock(); defer { lock.unlock() }; return sendTimes.count }
+    var pendingCount: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return sendTimes.count
+    }
     /// Keys still waiting for their downstream event, sorted (for the report of a run).
-    var pendingKeys: [String] { lock.lock(); defer { lock.unlock() }; return sendTimes.keys.sorted() }
+    var pendingKeys: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return sendTimes.keys.sorted()
+    }
 
     func resetLatency() {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         latency.reset()
         sendTimes.removeAll()
     }
 
-    var latencyHistogram: Histogram<UInt64> { lock.lock(); defer { lock.unlock() }; return latency }
+    var latencyHistogram: Histogram<UInt64> {
+        lock.lock()
+        defer { lock.unlock() }
+        return latency
+    }
 
     private func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
         guard haystack.count >= needle.count, let first = needle.first else { return false }

@@ -40,12 +40,15 @@ enum Proc {
         let env = ProcessInfo.processInfo.environment
         var beam = pids(named: "beam.smp")
         if let node = env["REFERRALD_RABBITMQ_NODE"] {
-            beam = beam.filter { read("/proc/\($0)/environ")?.split(separator: "\0").contains("RABBITMQ_NODENAME=\(node)"[...]) ?? false }
+            beam = beam.filter {
+                read("/proc/\($0)/environ")?.split(separator: "\0").contains("RABBITMQ_NODENAME=\(node)"[...]) ?? false
+            }
         }
         var postgres = pids(named: "postgres")
         if let ctl = env["REFERRALD_PG_CTL"], let range = ctl.range(of: "-D ") {
             let dataDir = ctl[range.upperBound...].split(separator: " ").first.map(String.init) ?? ""
-            if let line = read(dataDir + "/postmaster.pid")?.split(separator: "\n").first, let postmaster = Int32(line) {
+            if let line = read(dataDir + "/postmaster.pid")?.split(separator: "\n").first, let postmaster = Int32(line)
+            {
                 postgres = postgres.filter { $0 == postmaster || parent($0) == postmaster }
             }
         }
@@ -85,7 +88,8 @@ struct CPUWindow {
         self.processes = processes
         processStart = processes.reduce(0) { $0 + (Proc.cpuTicks($1) ?? 0) }
         for (name, pids) in Proc.servicePids() {
-            servicesStart[name] = Dictionary(uniqueKeysWithValues: pids.compactMap { pid in Proc.cpuTicks(pid).map { (pid, $0) } })
+            servicesStart[name] = Dictionary(
+                uniqueKeysWithValues: pids.compactMap { pid in Proc.cpuTicks(pid).map { (pid, $0) } })
         }
         machineStart = Proc.machineTicks()
         startTime = monotonicNanos()
@@ -114,7 +118,8 @@ struct CPUWindow {
         let machine = Proc.machineTicks()
         let busy = Double(machine.busy - machineStart.busy) / Double(max(1, machine.total - machineStart.total))
         let now = processes.reduce(Int64(0)) { $0 + (Proc.cpuTicks($1) ?? 0) }
-        return Usage(seconds: seconds, process: cores(max(0, now - processStart)),
-                     services: services, machineBusy: busy)
+        return Usage(
+            seconds: seconds, process: cores(max(0, now - processStart)),
+            services: services, machineBusy: busy)
     }
 }

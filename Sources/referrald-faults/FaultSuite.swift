@@ -31,12 +31,18 @@ struct FaultSuite: AsyncParsableCommand {
     @Option(help: "Data directory of the PostgreSQL cluster that serves --database-url (restarted by pg-*).")
     var pgData = FaultSuite.packageRoot + "/.services/postgres"
     @Option(help: "Folder of pg_ctl.")
-    var pgBin = (try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql"))?
+    var pgBin =
+        (try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql"))?
         .sorted { $0.compare($1, options: .numeric) == .orderedAscending }.last.map { "/usr/lib/postgresql/\($0)/bin" }
         ?? "/usr/lib/postgresql/15/bin"
     @Option(help: "The referrald binary (default: beside this one).")
-    var daemon = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("referrald").path
-    @Option(help: "Comma-separated scenarios, or 'all'; 'memory' and 'memory-large' are the RSS checks, 'poison' the failing-event check.")
+    var daemon = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(
+        "referrald"
+    ).path
+    @Option(
+        help:
+            "Comma-separated scenarios, or 'all'; 'memory' and 'memory-large' are the RSS checks, 'poison' the failing-event check."
+    )
     var scenarios = "all"
     @Option(help: "Events of the kill -9 scenario.")
     var events = 10_000
@@ -52,7 +58,10 @@ struct FaultSuite: AsyncParsableCommand {
     var rate = 400
     @Option(help: "Seconds a scenario may take to deliver everything after its last fault.")
     var drainTimeout = 180
-    @Option(help: "AMQP URL of a three-node RabbitMQ cluster, nodes comma-separated (scripts/rabbit-cluster.sh env); without it the cluster-node-down scenario is skipped.")
+    @Option(
+        help:
+            "AMQP URL of a three-node RabbitMQ cluster, nodes comma-separated (scripts/rabbit-cluster.sh env); without it the cluster-node-down scenario is skipped."
+    )
     var clusterAmqpURL = env["REFERRALD_CLUSTER_AMQP_URL"] ?? ""
     @Option(help: "One node of that cluster, for rabbitmqctl.")
     var clusterNode = env["REFERRALD_CLUSTER_NODES"]?.split(separator: ",").first.map(String.init) ?? ""
@@ -65,24 +74,31 @@ struct FaultSuite: AsyncParsableCommand {
     @Option(help: "Seed of the plans and fault moments (printed; a failure replays with it).")
     var seed: UInt64 = 2026
     @Option(help: "The shared contract (its invalid examples join the hostile input).")
-    var contractDir = env["REFERRALD_CONTRACT_DIR"] ?? URL(fileURLWithPath: FaultSuite.packageRoot + "/../shared/contract").standardized.path
+    var contractDir =
+        env["REFERRALD_CONTRACT_DIR"]
+        ?? URL(fileURLWithPath: FaultSuite.packageRoot + "/../shared/contract").standardized.path
     @Flag(help: "Keep the database and queues of a failed scenario for inspection.")
     var keepFailed = false
     @Option(help: "Where the daemons' logs go.")
     var logDir = FileManager.default.temporaryDirectory.appendingPathComponent("referrald-faults").path
 
     func run() async throws {
-        let services = Services(amqpURL: amqpURL, databaseURL: databaseURL, rabbitmqctl: rabbitmqctl,
-                                node: rabbitmqctlNode, pgBin: pgBin, pgData: pgData)
+        let services = Services(
+            amqpURL: amqpURL, databaseURL: databaseURL, rabbitmqctl: rabbitmqctl,
+            node: rabbitmqctlNode, pgBin: pgBin, pgData: pgData)
         try FileManager.default.createDirectory(atPath: logDir, withIntermediateDirectories: true)
         let programs = logDir + "/programs-fast.yaml"
         try FastPrograms.yaml(hold: "2s").write(toFile: programs, atomically: true, encoding: .utf8)
-        let contract = FileManager.default.fileExists(atPath: contractDir + "/examples/invalid/manifest.json") ? contractDir : nil
-        if contract == nil { say("contract: \(contractDir) not found; hostile input uses our fixtures and generated bodies only") }
-        let config = SuiteConfig(services: services, daemon: daemon, logDirectory: logDir, programsFile: programs, rate: rate,
-                                 drainTimeout: .seconds(drainTimeout), seed: seed, contractDirectory: contract,
-                                 fixturesDirectory: FaultSuite.packageRoot + "/Tests/ReferralCoreTests/Fixtures/invalid",
-                                 keepFailed: keepFailed)
+        let contract =
+            FileManager.default.fileExists(atPath: contractDir + "/examples/invalid/manifest.json") ? contractDir : nil
+        if contract == nil {
+            say("contract: \(contractDir) not found; hostile input uses our fixtures and generated bodies only")
+        }
+        let config = SuiteConfig(
+            services: services, daemon: daemon, logDirectory: logDir, programsFile: programs, rate: rate,
+            drainTimeout: .seconds(drainTimeout), seed: seed, contractDirectory: contract,
+            fixturesDirectory: FaultSuite.packageRoot + "/Tests/ReferralCoreTests/Fixtures/invalid",
+            keepFailed: keepFailed)
         let wanted = Set(scenarios.split(separator: ",").map(String.init))
         var cluster: Services?
         if !clusterAmqpURL.isEmpty, !clusterNode.isEmpty {
@@ -92,9 +108,11 @@ struct FaultSuite: AsyncParsableCommand {
         } else {
             say("cluster-node-down: skipped (no --cluster-amqp-url: start one with scripts/rabbit-cluster.sh)")
         }
-        let chosen = Scenarios.all(events: events, baseEvents: baseEvents, kills: kills, crashes: crashes,
-                                   outage: .seconds(outageSeconds), services: services, cluster: cluster)
-            .filter { wanted.contains("all") || wanted.contains($0.name) }
+        let chosen = Scenarios.all(
+            events: events, baseEvents: baseEvents, kills: kills, crashes: crashes,
+            outage: .seconds(outageSeconds), services: services, cluster: cluster
+        )
+        .filter { wanted.contains("all") || wanted.contains($0.name) }
         say("fault suite: seed \(seed), rate \(rate)/s, \(chosen.count) scenario(s), daemon logs in \(logDir)")
         let began = ContinuousClock.now
         var verdicts: [Verdict] = []
@@ -102,9 +120,10 @@ struct FaultSuite: AsyncParsableCommand {
             say("scenario \(scenario.name): \(scenario.events) events …")
             let started = ContinuousClock.now
             let verdict = await runScenario(scenario, config: config)
-            say("  \(verdict.passed ? "passed" : "FAILED") in \(seconds(ContinuousClock.now - started)): "
-                  + "expected \(verdict.expected) rewards, lost \(verdict.lost), duplicated \(verdict.duplicated), "
-                  + "redelivered \(verdict.redelivered), unexpected \(verdict.unexpected)")
+            say(
+                "  \(verdict.passed ? "passed" : "FAILED") in \(seconds(ContinuousClock.now - started)): "
+                    + "expected \(verdict.expected) rewards, lost \(verdict.lost), duplicated \(verdict.duplicated), "
+                    + "redelivered \(verdict.redelivered), unexpected \(verdict.unexpected)")
             for note in verdict.notes { say("  note: \(note)") }
             for failure in verdict.failures { say("  FAILURE: \(failure)") }
             verdicts.append(verdict)
@@ -116,8 +135,12 @@ struct FaultSuite: AsyncParsableCommand {
                 let m = try await MemoryCheck.run(config: config, count: queuedMessages, sample: .seconds(15))
                 let mib = Double(m.peakRSS) / 1_048_576
                 memoryPassed = m.peakRSS < 100 * 1_048_576 && m.peakRSS > 0
-                say(String(format: "memory: RSS peak %.1f MiB with %d messages queued (%u still waiting after 15 s; queued in %@) %@",
-                             mib, m.queued, m.stillWaiting, seconds(m.publishTook), memoryPassed ? "ok (< 100 MiB)" : "FAILED (>= 100 MiB)"))
+                say(
+                    String(
+                        format:
+                            "memory: RSS peak %.1f MiB with %d messages queued (%u still waiting after 15 s; queued in %@) %@",
+                        mib, m.queued, m.stillWaiting, seconds(m.publishTook),
+                        memoryPassed ? "ok (< 100 MiB)" : "FAILED (>= 100 MiB)"))
             } catch {
                 memoryPassed = false
                 say("memory: FAILED: \(error)")
@@ -130,8 +153,10 @@ struct FaultSuite: AsyncParsableCommand {
                 let p = try await PoisonCheck.run(config: config, good: poisonGood)
                 // Event by event, the batch around the poison cost a transaction per event.
                 poisonPassed = p.applied == Int64(p.good) && p.deadLettered == 1 && p.transactions < Int64(p.good / 2)
-                say("poison: \(p.applied) of \(p.good) applied, \(p.deadLettered) dead-lettered, \(p.transactions) transactions, "
-                    + "in \(seconds(p.took)) \(poisonPassed ? "ok" : "FAILED (needs all applied, 1 dead-lettered, < \(p.good / 2) transactions)")")
+                say(
+                    "poison: \(p.applied) of \(p.good) applied, \(p.deadLettered) dead-lettered, \(p.transactions) transactions, "
+                        + "in \(seconds(p.took)) \(poisonPassed ? "ok" : "FAILED (needs all applied, 1 dead-lettered, < \(p.good / 2) transactions)")"
+                )
             } catch {
                 poisonPassed = false
                 say("poison: FAILED: \(error)")
@@ -143,9 +168,12 @@ struct FaultSuite: AsyncParsableCommand {
                 let m = try await LargeBodyCheck.run(config: config, count: largeEvents)
                 let ok = m.peakRSS <= LargeBodyCheck.limit && m.peakRSS > 0 && m.deadLetters == 0
                 memoryPassed = memoryPassed && ok
-                say(String(format: "memory-large: %d events of %d bytes drained in %@, %u dead letters, peak RSS (VmHWM) %.1f MiB %@",
-                           m.events, m.bodyBytes, seconds(m.drained), m.deadLetters, Double(m.peakRSS) / 1_048_576,
-                           ok ? "ok (≤ 256 MiB)" : "FAILED (limit 256 MiB, no dead letters)"))
+                say(
+                    String(
+                        format:
+                            "memory-large: %d events of %d bytes drained in %@, %u dead letters, peak RSS (VmHWM) %.1f MiB %@",
+                        m.events, m.bodyBytes, seconds(m.drained), m.deadLetters, Double(m.peakRSS) / 1_048_576,
+                        ok ? "ok (≤ 256 MiB)" : "FAILED (limit 256 MiB, no dead letters)"))
             } catch {
                 memoryPassed = false
                 say("memory-large: FAILED: \(error)")
@@ -153,20 +181,31 @@ struct FaultSuite: AsyncParsableCommand {
         }
         printTable(verdicts)
         let failed = verdicts.filter { !$0.passed }.count + (memoryPassed ? 0 : 1) + (poisonPassed ? 0 : 1)
-        say("fault suite: \(verdicts.count - verdicts.filter { !$0.passed }.count) passed, \(failed) failed in \(seconds(ContinuousClock.now - began))")
+        say(
+            "fault suite: \(verdicts.count - verdicts.filter { !$0.passed }.count) passed, \(failed) failed in \(seconds(ContinuousClock.now - began))"
+        )
         if failed > 0 { throw ExitCode(1) }
     }
 
     func printTable(_ verdicts: [Verdict]) {
-        let header = ["scenario", "events", "faults", "rewards", "lost", "duplicated", "redelivered", "unexpected", "recovery", "result"]
+        let header = [
+            "scenario", "events", "faults", "rewards", "lost", "duplicated", "redelivered", "unexpected", "recovery",
+            "result",
+        ]
         let rows = verdicts.map { v in
-            [v.scenario, "\(v.events)", "\(v.faults)", "\(v.expected)", "\(v.lost)", "\(v.duplicated)", "\(v.redelivered)",
-             "\(v.unexpected)", v.recovery.map(seconds) ?? "-", v.passed ? "ok" : "FAILED"]
+            [
+                v.scenario, "\(v.events)", "\(v.faults)", "\(v.expected)", "\(v.lost)", "\(v.duplicated)",
+                "\(v.redelivered)",
+                "\(v.unexpected)", v.recovery.map(seconds) ?? "-", v.passed ? "ok" : "FAILED",
+            ]
         }
         let widths = header.indices.map { i in ([header] + rows).map { $0[i].count }.max()! }
         func line(_ cells: [String]) -> String {
-            cells.enumerated().map { i, c in i == 0 ? c.padding(toLength: widths[i], withPad: " ", startingAt: 0)
-                : String(repeating: " ", count: widths[i] - c.count) + c }.joined(separator: "  ")
+            cells.enumerated().map { i, c in
+                i == 0
+                    ? c.padding(toLength: widths[i], withPad: " ", startingAt: 0)
+                    : String(repeating: " ", count: widths[i] - c.count) + c
+            }.joined(separator: "  ")
         }
         say("")
         say(line(header))

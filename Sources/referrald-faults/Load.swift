@@ -9,8 +9,19 @@ import ReferralTestKit
 /// (lost: no reward). Every friend has its own household and at most four leads share a code, so
 /// no fraud rule, lead limit or yearly cap takes a reward away: the oracle stays exact.
 struct Plan {
-    struct Referral { let lead: String; let referrer: Int; let friend: String; let cancelled: Bool }
-    enum Step { case lead(Int), order(Int), install(Int), activation(Int), cancel(Int) }
+    struct Referral {
+        let lead: String
+        let referrer: Int
+        let friend: String
+        let cancelled: Bool
+    }
+    enum Step {
+        case lead(Int)
+        case order(Int)
+        case install(Int)
+        case activation(Int)
+        case cancel(Int)
+    }
 
     let prefix: String
     let referrers: [String]
@@ -26,8 +37,9 @@ struct Plan {
         let referrerCount = (count + 3) / 4
         referrers = (0..<referrerCount).map { "\(prefix)-r\($0)" }
         referrals = (0..<count).map { j in
-            Referral(lead: "\(prefix)-lead\(j)", referrer: j % referrerCount, friend: "\(prefix)-f\(j)",
-                     cancelled: rng.next() % 10 == 0)
+            Referral(
+                lead: "\(prefix)-lead\(j)", referrer: j % referrerCount, friend: "\(prefix)-f\(j)",
+                cancelled: rng.next() % 10 == 0)
         }
         let referrals = self.referrals
         var steps: [Step] = []
@@ -45,37 +57,57 @@ struct Plan {
 
     /// (lead, beneficiary) of every reward billing must receive exactly once.
     var expectedRewards: Set<LeadReward> {
-        Set(referrals.filter { !$0.cancelled }.flatMap { r in
-            [LeadReward(lead: r.lead, beneficiary: "referrer"), LeadReward(lead: r.lead, beneficiary: "friend")]
-        })
+        Set(
+            referrals.filter { !$0.cancelled }.flatMap { r in
+                [LeadReward(lead: r.lead, beneficiary: "referrer"), LeadReward(lead: r.lead, beneficiary: "friend")]
+            })
     }
 
     func referrerActivation(_ i: Int) -> UpstreamEvent {
-        UpstreamEvent(id: "\(prefix)-ra\(i)", type: "provisioning.service.activated", data: [
-            "account_id": referrers[i], "activated_at": now(-86_400), "household_id": "\(referrers[i])-hh",
-            "segment": "consumer"])
+        UpstreamEvent(
+            id: "\(prefix)-ra\(i)", type: "provisioning.service.activated",
+            data: [
+                "account_id": referrers[i], "activated_at": now(-86_400), "household_id": "\(referrers[i])-hh",
+                "segment": "consumer",
+            ])
     }
 
     func event(_ step: Step, codes: [String: String]) -> UpstreamEvent {
         switch step {
         case .lead(let j):
             let r = referrals[j]
-            return UpstreamEvent(id: "\(prefix)-l\(j)", type: "provisioning.lead.created", data: [
-                "lead_id": r.lead, "referral_code": codes[referrers[r.referrer]] ?? "ZZZZ-ZZZZ-0",
-                "household_id": "\(r.friend)-hh", "segment": "consumer", "channel": "web"])
+            return UpstreamEvent(
+                id: "\(prefix)-l\(j)", type: "provisioning.lead.created",
+                data: [
+                    "lead_id": r.lead, "referral_code": codes[referrers[r.referrer]] ?? "ZZZZ-ZZZZ-0",
+                    "household_id": "\(r.friend)-hh", "segment": "consumer", "channel": "web",
+                ])
         case .order(let j):
-            return UpstreamEvent(id: "\(prefix)-o\(j)", type: "provisioning.order.placed", data: [
-                "lead_id": referrals[j].lead, "account_id": referrals[j].friend])
+            return UpstreamEvent(
+                id: "\(prefix)-o\(j)", type: "provisioning.order.placed",
+                data: [
+                    "lead_id": referrals[j].lead, "account_id": referrals[j].friend,
+                ])
         case .install(let j):
-            return UpstreamEvent(id: "\(prefix)-i\(j)", type: "provisioning.install.completed", data: [
-                "account_id": referrals[j].friend, "completed_at": now()])
+            return UpstreamEvent(
+                id: "\(prefix)-i\(j)", type: "provisioning.install.completed",
+                data: [
+                    "account_id": referrals[j].friend, "completed_at": now(),
+                ])
         case .activation(let j):
-            return UpstreamEvent(id: "\(prefix)-a\(j)", type: "provisioning.service.activated", data: [
-                "account_id": referrals[j].friend, "activated_at": now(), "household_id": "\(referrals[j].friend)-hh",
-                "segment": "consumer"])
+            return UpstreamEvent(
+                id: "\(prefix)-a\(j)", type: "provisioning.service.activated",
+                data: [
+                    "account_id": referrals[j].friend, "activated_at": now(),
+                    "household_id": "\(referrals[j].friend)-hh",
+                    "segment": "consumer",
+                ])
         case .cancel(let j):
-            return UpstreamEvent(id: "\(prefix)-c\(j)", type: "provisioning.service.cancelled", data: [
-                "account_id": referrals[j].friend, "cancelled_at": now(), "reason": "changed mind"])
+            return UpstreamEvent(
+                id: "\(prefix)-c\(j)", type: "provisioning.service.cancelled",
+                data: [
+                    "account_id": referrals[j].friend, "cancelled_at": now(), "reason": "changed mind",
+                ])
         }
     }
 
@@ -84,7 +116,10 @@ struct Plan {
     }
 }
 
-struct LeadReward: Hashable, Sendable { let lead: String; let beneficiary: String }
+struct LeadReward: Hashable, Sendable {
+    let lead: String
+    let beneficiary: String
+}
 
 struct UpstreamEvent: Sendable {
     let id: String
@@ -135,8 +170,9 @@ actor UpstreamPublisher {
             case "billing": exchange = exchanges[1]
             default: exchange = exchanges[2]
             }
-            return OutgoingMessage(exchange: exchange, routingKey: e.type, body: e.body, headers: [:], messageId: nil,
-                                   contentType: "application/cloudevents+json", persistent: true, mandatory: true)
+            return OutgoingMessage(
+                exchange: exchange, routingKey: e.type, body: e.body, headers: [:], messageId: nil,
+                contentType: "application/cloudevents+json", persistent: true, mandatory: true)
         }
         var attempt = 0
         while true {
@@ -144,7 +180,8 @@ actor UpstreamPublisher {
             attempt += 1
             do {
                 if connection == nil || connection?.isOpen == false {
-                    connection = try await world.services.connectBroker(heartbeatSeconds: 10,
+                    connection = try await world.services.connectBroker(
+                        heartbeatSeconds: 10,
                         connectionName: "referrald-faults upstream", logger: quietLogger)
                     try await connection!.enableConfirms()
                 }

@@ -5,7 +5,12 @@ import Foundation
 /// started and its resident set sampled while it works through them. Prefetch bounds what it
 /// holds, so the figure must not depend on the backlog (issue: under 100 MiB).
 enum MemoryCheck {
-    struct Result { let queued: Int; let peakRSS: Int; let stillWaiting: UInt32; let publishTook: Duration }
+    struct Result {
+        let queued: Int
+        let peakRSS: Int
+        let stillWaiting: UInt32
+        let publishTook: Duration
+    }
 
     static func run(config: SuiteConfig, count: Int, sample: Duration) async throws -> Result {
         try await World.with(config: config, scenario: "memory") { world in
@@ -13,7 +18,8 @@ enum MemoryCheck {
         }
     }
 
-    private static func measure(world: World, config: SuiteConfig, count: Int, sample: Duration) async throws -> Result {
+    private static func measure(world: World, config: SuiteConfig, count: Int, sample: Duration) async throws -> Result
+    {
         let started = ContinuousClock.now
         // Four connections publish in parallel: one confirmed stream is latency-bound.
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -22,11 +28,13 @@ enum MemoryCheck {
                     let publisher = UpstreamPublisher(world: world)
                     for batch in stride(from: lane * 2_000, to: count, by: 8_000) {
                         let events = (batch..<min(count, batch + 2_000)).map { i in
-                            UpstreamEvent(raw: Array("""
-                                {"specversion":"1.0","id":"m-\(i)","source":"provisioning","type":"provisioning.install.scheduled",\
-                                "time":"2027-03-02T09:31:00Z","datacontenttype":"application/json",\
-                                "data":{"account_id":"acct-m\(i % 50_000)","scheduled_for":"2027-03-10T08:00:00Z"}}
-                                """.utf8), type: "provisioning.install.scheduled")
+                            UpstreamEvent(
+                                raw: Array(
+                                    """
+                                    {"specversion":"1.0","id":"m-\(i)","source":"provisioning","type":"provisioning.install.scheduled",\
+                                    "time":"2027-03-02T09:31:00Z","datacontenttype":"application/json",\
+                                    "data":{"account_id":"acct-m\(i % 50_000)","scheduled_for":"2027-03-10T08:00:00Z"}}
+                                    """.utf8), type: "provisioning.install.scheduled")
                         }
                         try await publisher.publish(events)
                     }
@@ -55,7 +63,13 @@ enum MemoryCheck {
 /// while the daemon's peak resident set (VmHWM) stays within 256 MiB. Before batches were
 /// capped by bytes and bytea went in binary, a batch of 512 such bodies took 1.3-1.9 GiB.
 enum LargeBodyCheck {
-    struct Result { let events: Int; let bodyBytes: Int; let peakRSS: Int; let drained: Duration; let deadLetters: UInt32 }
+    struct Result {
+        let events: Int
+        let bodyBytes: Int
+        let peakRSS: Int
+        let drained: Duration
+        let deadLetters: UInt32
+    }
 
     static let limit = 256 * 1_048_576
 
@@ -78,7 +92,9 @@ enum LargeBodyCheck {
         let fill = size - bytes.count - tail.utf8.count
         var state = UInt64(i) &* 0x9E37_79B9_7F4A_7C15 | 1
         for _ in 0..<fill {
-            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
             bytes.append(UInt8(ascii: "a") + UInt8(state % 26))
         }
         bytes += Array(tail.utf8)
@@ -89,9 +105,10 @@ enum LargeBodyCheck {
         let size = 250 * 1024
         let publisher = UpstreamPublisher(world: world)
         for start in stride(from: 0, to: count, by: 50) {
-            try await publisher.publish((start..<min(count, start + 50)).map {
-                UpstreamEvent(raw: body($0, size: size), type: "provisioning.install.scheduled")
-            })
+            try await publisher.publish(
+                (start..<min(count, start + 50)).map {
+                    UpstreamEvent(raw: body($0, size: size), type: "provisioning.install.scheduled")
+                })
         }
         await publisher.close()
         let daemons = try Daemons(world: world, executable: config.daemon)
@@ -105,7 +122,8 @@ enum LargeBodyCheck {
                 throw SuiteError("\(stored) of \(count) stored within \(config.drainTimeout)")
             }
             guard daemons.running.contains(0) else {
-                throw SuiteError("the daemon exited (\(daemons.processes[0].terminationStatus)) with \(stored) of \(count) stored")
+                throw SuiteError(
+                    "the daemon exited (\(daemons.processes[0].terminationStatus)) with \(stored) of \(count) stored")
             }
             try await Task.sleep(for: .milliseconds(200))
             peak = max(peak, peakResidentBytes(pid: daemons.processes[0].processIdentifier) ?? 0)

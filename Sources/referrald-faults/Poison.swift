@@ -24,8 +24,11 @@ enum PoisonCheck {
     private static func measure(world: World, config: SuiteConfig, good: Int) async throws -> Result {
         let activatedAt = ISO8601DateFormatter().string(from: Date())
         func activation(_ id: String) -> UpstreamEvent {
-            UpstreamEvent(id: "\(world.name)-\(id)", type: "provisioning.service.activated", data: [
-                "account_id": "\(world.name)-\(id)", "activated_at": activatedAt, "segment": "consumer"])
+            UpstreamEvent(
+                id: "\(world.name)-\(id)", type: "provisioning.service.activated",
+                data: [
+                    "account_id": "\(world.name)-\(id)", "activated_at": activatedAt, "segment": "consumer",
+                ])
         }
         var events = (0..<good).map { activation("g\($0)") }
         let poison = activation("poison")
@@ -54,15 +57,18 @@ enum PoisonCheck {
         await daemons.stopAll()
         // The daemon's backend flushed its statistics when it disconnected.
         let after = try await transactions(world)
-        let poisonCoded = try await world.count("SELECT count(*) FROM referral_codes WHERE account_id = '\(world.name)-poison'")
+        let poisonCoded = try await world.count(
+            "SELECT count(*) FROM referral_codes WHERE account_id = '\(world.name)-poison'")
         if poisonCoded != 0 { throw SuiteError("the poison event was applied") }
         // Our own reads are transactions too: each poll, and the first count's own.
-        return Result(good: good, applied: applied, deadLettered: deadLettered, took: took,
-                      transactions: after - before - polls - 1)
+        return Result(
+            good: good, applied: applied, deadLettered: deadLettered, took: took,
+            transactions: after - before - polls - 1)
     }
 
     private static func transactions(_ world: World) async throws -> Int64 {
-        try await world.count("""
+        try await world.count(
+            """
             SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = current_database()
             """)
     }

@@ -33,7 +33,9 @@ final class TCPProxy: @unchecked Sendable {
         guard fd >= 0 else { throw SuiteError("proxy: socket() failed: errno \(errno)") }
         var address = Self.loopback(port: 0)
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         guard bound == 0, Glibc.listen(fd, 64) == 0 else {
             close(fd)
@@ -75,21 +77,31 @@ final class TCPProxy: @unchecked Sendable {
             let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var address = Self.loopback(port: UInt16(targetPort))
             let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
             }
             guard connected == 0 else {
                 close(upstream)
                 close(client)
                 continue
             }
-            let number = lock.withLock { accepted += 1; return accepted }
+            let number = lock.withLock {
+                accepted += 1
+                return accepted
+            }
             Thread { [self] in pump(client, upstream, number: number) }.start()
         }
     }
 
     private func pump(_ a: Int32, _ b: Int32, number: Int) {
-        defer { close(a); close(b) }
-        var descriptors = [pollfd(fd: a, events: Int16(POLLIN), revents: 0), pollfd(fd: b, events: Int16(POLLIN), revents: 0)]
+        defer {
+            close(a)
+            close(b)
+        }
+        var descriptors = [
+            pollfd(fd: a, events: Int16(POLLIN), revents: 0), pollfd(fd: b, events: Int16(POLLIN), revents: 0),
+        ]
         var buffer = [UInt8](repeating: 0, count: 65_536)
         while true {
             let (cut, stopped) = lock.withLock { (number <= cutThrough, self.stopped) }

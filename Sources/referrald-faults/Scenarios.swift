@@ -1,7 +1,7 @@
 import AMQP
 import Foundation
-import ReferralTestKit
 import Postgres
+import ReferralTestKit
 
 /// What every scenario shares: the services, the daemon binary, the sizes and the seed.
 struct SuiteConfig: Sendable {
@@ -65,12 +65,14 @@ struct Scenario {
 }
 
 func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
-    var verdict = Verdict(scenario: scenario.name, events: 0, faults: 0, expected: 0, lost: 0, duplicated: 0,
-                          redelivered: 0, unexpected: 0, recovery: nil)
+    var verdict = Verdict(
+        scenario: scenario.name, events: 0, faults: 0, expected: 0, lost: 0, duplicated: 0,
+        redelivered: 0, unexpected: 0, recovery: nil)
     let world: World
     do {
-        world = try await World.make(services: scenario.services ?? config.services, scenario: scenario.name,
-                                     programsFile: config.programsFile, logDirectory: config.logDirectory)
+        world = try await World.make(
+            services: scenario.services ?? config.services, scenario: scenario.name,
+            programsFile: config.programsFile, logDirectory: config.logDirectory)
     } catch {
         verdict.failures.append("setup: \(error)")
         return verdict
@@ -81,10 +83,14 @@ func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
     let observer = observe(world: world, into: ledger)
     let publisher = UpstreamPublisher(world: world)
     let progress = LoadProgress()
-    let hostile = scenario.hostile ? HostileInput.all(contractDirectory: config.contractDirectory, fixturesDirectory: config.fixturesDirectory) : []
+    let hostile =
+        scenario.hostile
+        ? HostileInput.all(contractDirectory: config.contractDirectory, fixturesDirectory: config.fixturesDirectory)
+        : []
     var started: Daemons?
     do {
-        let daemons = try Daemons(world: world, executable: config.daemon, environment: try scenario.daemonEnvironment(world))
+        let daemons = try Daemons(
+            world: world, executable: config.daemon, environment: try scenario.daemonEnvironment(world))
         started = daemons
         for _ in 0..<scenario.instances { try daemons.spawn() }
         let rate = config.rate
@@ -97,9 +103,10 @@ func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
                 guard ContinuousClock.now < deadline else { throw SuiteError("referrers got no codes within 300 s") }
                 try await Task.sleep(for: .milliseconds(200))
                 codes = try await world.db { c in
-                    Dictionary(uniqueKeysWithValues: try c.query("SELECT account_id, code FROM referral_codes").map {
-                        (try $0.decode("account_id", as: String.self), try $0.decode("code", as: String.self))
-                    })
+                    Dictionary(
+                        uniqueKeysWithValues: try c.query("SELECT account_id, code FROM referral_codes").map {
+                            (try $0.decode("account_id", as: String.self), try $0.decode("code", as: String.self))
+                        })
                 }
             }
             // Phase two, paced, with the hostile input spread through it.
@@ -111,27 +118,32 @@ func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
             try await publisher.send(events, rate: rate)
         }
         let loadDuration = Duration.milliseconds(Int64(plan.steps.count + hostile.count) * 1000 / Int64(max(rate, 1)))
-        var context = FaultContext(world: world, daemons: daemons, progress: progress, loadDuration: loadDuration, rng: rng)
+        var context = FaultContext(
+            world: world, daemons: daemons, progress: progress, loadDuration: loadDuration, rng: rng)
         verdict.faults = try await scenario.inject(&context)
         try await load.value
         await publisher.close()
         // Recovery is timed from the end of the last fault or of the load, whichever is later.
         for slot in daemons.processes.indices where !daemons.running.contains(slot) {
-            context.failures.append("instance \(slot) not running after the faults (exit \(daemons.processes[slot].terminationStatus))")
+            context.failures.append(
+                "instance \(slot) not running after the faults (exit \(daemons.processes[slot].terminationStatus))")
         }
-        let recovery = try await Oracle.awaitQuiescence(world: world, ledger: ledger, expected: plan.expectedRewards.count,
-                                                        timeout: config.drainTimeout)
+        let recovery = try await Oracle.awaitQuiescence(
+            world: world, ledger: ledger, expected: plan.expectedRewards.count,
+            timeout: config.drainTimeout)
         await daemons.stopAll()
         observer.cancel()
         _ = await observer.value
-        var judged = try await Oracle.judge(scenario: scenario.name, plan: plan, world: world, ledger: ledger,
-                                            faults: verdict.faults, recovery: recovery, deadLettersExpected: scenario.hostile)
+        var judged = try await Oracle.judge(
+            scenario: scenario.name, plan: plan, world: world, ledger: ledger,
+            faults: verdict.faults, recovery: recovery, deadLettersExpected: scenario.hostile)
         judged.events = plan.eventCount + hostile.count
         if let measured = context.recovery, judged.recovery != nil { judged.recovery = measured }
         judged.notes += context.notes
         judged.failures += context.failures
         if scenario.hostile {
-            judged.failures += await HostileInput.check(hostile, resent: await publisher.resent, world: world, notes: &judged.notes)
+            judged.failures += await HostileInput.check(
+                hostile, resent: await publisher.resent, world: world, notes: &judged.notes)
         }
         verdict = judged
     } catch {
@@ -143,23 +155,30 @@ func runScenario(_ scenario: Scenario, config: SuiteConfig) async -> Verdict {
     scenario.finish()
     if !verdict.passed {
         let log = (try? String(contentsOfFile: world.logPath, encoding: .utf8)) ?? ""
-        verdict.notes.append("daemon log \(world.logPath), last lines:\n" +
-                             log.split(separator: "\n").suffix(15).joined(separator: "\n"))
+        verdict.notes.append(
+            "daemon log \(world.logPath), last lines:\n" + log.split(separator: "\n").suffix(15).joined(separator: "\n")
+        )
     }
-    if verdict.passed || !config.keepFailed { await world.tearDown() } else { verdict.notes.append("kept: database and queues \(world.name)") }
+    if verdict.passed || !config.keepFailed {
+        await world.tearDown()
+    } else {
+        verdict.notes.append("kept: database and queues \(world.name)")
+    }
     return verdict
 }
 
 extension String {
     /// `hashValue` changes per process; the fault moments must replay from the seed.
-    var hashValueStable: UInt64 { utf8.reduce(1469598103934665603) { ($0 ^ UInt64($1)) &* 1099511628211 } }
+    var hashValueStable: UInt64 { utf8.reduce(1_469_598_103_934_665_603) { ($0 ^ UInt64($1)) &* 1_099_511_628_211 } }
 }
 
 // MARK: the scenarios of the issue
 
 enum Scenarios {
-    static func all(events: Int, baseEvents: Int, kills: Int, crashes: Int, outage: Duration, services: Services,
-                    cluster: Services?) -> [Scenario] {
+    static func all(
+        events: Int, baseEvents: Int, kills: Int, crashes: Int, outage: Duration, services: Services,
+        cluster: Services?
+    ) -> [Scenario] {
         [
             Scenario(name: "hostile-input", events: baseEvents, hostile: true) { _ in 0 },
             Scenario(name: "kill-9", events: events) { ctx in
@@ -182,7 +201,9 @@ enum Scenarios {
                 // While the broker is away the outbox may only grow: nothing is lost, it waits.
                 var peak: Int64 = 0
                 for _ in 0..<8 {
-                    peak = max(peak, (try? await ctx.world.count("SELECT count(*) FROM outbox WHERE published_at IS NULL")) ?? 0)
+                    peak = max(
+                        peak,
+                        (try? await ctx.world.count("SELECT count(*) FROM outbox WHERE published_at IS NULL")) ?? 0)
                     try await Task.sleep(for: .seconds(1))
                 }
                 _ = try services.rabbitmqctl(["start_app"])
@@ -223,7 +244,9 @@ enum Scenarios {
                     deadLetters = max(deadLetters, await ctx.world.queueDepth(ctx.world.settings.deadLetterQueue) ?? 0)
                 }
                 try services.pgStart()
-                ctx.notes.append("database down \(outage); inbox held \(low) messages, none acked: \(!shrank), dead letters \(deadLetters)")
+                ctx.notes.append(
+                    "database down \(outage); inbox held \(low) messages, none acked: \(!shrank), dead letters \(deadLetters)"
+                )
                 if shrank { ctx.failures.append("the inbox shrank while the database was down: messages were acked") }
                 if deadLetters > 0 { ctx.failures.append("\(deadLetters) dead letter(s) while the database was down") }
                 return 1
@@ -232,10 +255,12 @@ enum Scenarios {
                 var terminated = 0
                 for moment in ctx.randomMoments(10) {
                     try await ctx.at(moment)
-                    terminated += Int(try await ctx.world.count("""
-                        SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                        WHERE datname = current_database() AND application_name ~ '^referrald(-[0-9]+)?$') t
-                        """))
+                    terminated += Int(
+                        try await ctx.world.count(
+                            """
+                            SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                            WHERE datname = current_database() AND application_name ~ '^referrald(-[0-9]+)?$') t
+                            """))
                 }
                 return terminated
             },
@@ -248,16 +273,26 @@ enum Scenarios {
                 try await ctx.at(0.3)
                 let who = ["--reason", "fault suite: payouts stopped under load", "--actor", "fault-suite"]
                 let pause = try await ctx.daemons.command(["rewards", "pause"] + who)
-                guard pause.status == 0 else { ctx.failures.append("rewards pause exited \(pause.status): \(pause.output)"); return 1 }
+                guard pause.status == 0 else {
+                    ctx.failures.append("rewards pause exited \(pause.status): \(pause.output)")
+                    return 1
+                }
                 let before = try await ctx.world.count("SELECT count(*) FROM rewards")
                 try await ctx.at(0.7)
                 let during = try await ctx.world.count("SELECT count(*) FROM rewards") - before
                 if during != 0 { ctx.failures.append("\(during) reward(s) issued while paused") }
                 let waiting = try await ctx.world.count("SELECT count(*) FROM referrals WHERE stage = 'qualified'")
                 let resume = try await ctx.daemons.command(["rewards", "resume"] + who)
-                guard resume.status == 0 else { ctx.failures.append("rewards resume exited \(resume.status): \(resume.output)"); return 2 }
-                ctx.notes.append("paused from 30 % to 70 % of the load: \(waiting) referrals waited at qualified; \(resume.output.trimmingCharacters(in: .whitespacesAndNewlines))")
-                if waiting == 0 { ctx.failures.append("no referral qualified during the pause: the scenario proved nothing") }
+                guard resume.status == 0 else {
+                    ctx.failures.append("rewards resume exited \(resume.status): \(resume.output)")
+                    return 2
+                }
+                ctx.notes.append(
+                    "paused from 30 % to 70 % of the load: \(waiting) referrals waited at qualified; \(resume.output.trimmingCharacters(in: .whitespacesAndNewlines))"
+                )
+                if waiting == 0 {
+                    ctx.failures.append("no referral qualified during the pause: the scenario proved nothing")
+                }
                 return 2
             },
         ] + (cluster.map { [clusterNodeDown($0, events: baseEvents)] } ?? []) + [
@@ -269,8 +304,9 @@ enum Scenarios {
             Scenario(name: "dlq-deleted", events: baseEvents, hostile: true) { ctx in
                 let world = ctx.world
                 let settings = world.settings
-                let amqp = try await world.services.connectBroker(heartbeatSeconds: 30,
-                                                            connectionName: "referrald-faults dlq", logger: quietLogger)
+                let amqp = try await world.services.connectBroker(
+                    heartbeatSeconds: 30,
+                    connectionName: "referrald-faults dlq", logger: quietLogger)
                 defer { Task { await amqp.close() } }
                 // Deleted before the paced load, in which the hostile input travels: a dead letter
                 // already in the DLQ would go with it, and the check would count it as lost.
@@ -290,16 +326,22 @@ enum Scenarios {
                 sampler.cancel()
                 parkedPeak = await sampler.value
                 let applied = try await world.count("SELECT count(*) FROM inbox") - inboxBefore
-                _ = try await amqp.declareQueue(settings.deadLetterQueue, durable: true, arguments: ["x-queue-type": .string("quorum")])
-                try await amqp.bindQueue(settings.deadLetterQueue, exchange: settings.deadLetterExchange, routingKey: "")
+                _ = try await amqp.declareQueue(
+                    settings.deadLetterQueue, durable: true, arguments: ["x-queue-type": .string("quorum")])
+                try await amqp.bindQueue(
+                    settings.deadLetterQueue, exchange: settings.deadLetterExchange, routingKey: "")
                 let restoredAt = ContinuousClock.now
                 var drained = false
                 while ContinuousClock.now < restoredAt + .seconds(120) {
-                    if await world.queueDepth(settings.parkedQueue) == 0 { drained = true; break }
+                    if await world.queueDepth(settings.parkedQueue) == 0 {
+                        drained = true
+                        break
+                    }
                     try await Task.sleep(for: .milliseconds(200))
                 }
-                ctx.notes.append("DLQ gone for the first half of the load: \(applied) valid events applied meanwhile, \(parkedPeak) dead letters parked; "
-                                 + "parked queue empty \(ContinuousClock.now - restoredAt) after the DLQ was back")
+                ctx.notes.append(
+                    "DLQ gone for the first half of the load: \(applied) valid events applied meanwhile, \(parkedPeak) dead letters parked; "
+                        + "parked queue empty \(ContinuousClock.now - restoredAt) after the DLQ was back")
                 if applied == 0 { ctx.failures.append("no valid event was applied while the DLQ was gone") }
                 if parkedPeak == 0 { ctx.failures.append("no dead letter was parked while the DLQ was gone") }
                 if !drained { ctx.failures.append("parked dead letters did not reach the DLQ within 120 s") }
@@ -311,9 +353,15 @@ enum Scenarios {
                     let began = ContinuousClock.now
                     ctx.daemons.signal(0, SIGTERM)
                     let status = await ctx.daemons.waitForExit(0, timeout: .seconds(30))
-                    ctx.notes.append("SIGTERM: exit \(status.map(String.init) ?? "none") after \(ContinuousClock.now - began)")
-                    if status != 0 { ctx.failures.append("SIGTERM under load: exit \(status.map(String.init) ?? "none within 30 s")") }
-                    if status == nil { ctx.daemons.signal(0, SIGKILL); _ = await ctx.daemons.waitForExit(0, timeout: .seconds(5)) }
+                    ctx.notes.append(
+                        "SIGTERM: exit \(status.map(String.init) ?? "none") after \(ContinuousClock.now - began)")
+                    if status != 0 {
+                        ctx.failures.append("SIGTERM under load: exit \(status.map(String.init) ?? "none within 30 s")")
+                    }
+                    if status == nil {
+                        ctx.daemons.signal(0, SIGKILL)
+                        _ = await ctx.daemons.waitForExit(0, timeout: .seconds(5))
+                    }
                     try ctx.daemons.spawn(slot: 0)
                 }
                 return 3
@@ -331,8 +379,11 @@ enum Scenarios {
             let queue = ctx.world.settings.inboxQueue
             let vhost = try AMQPURL.parseList(cluster.amqpURL)[0].vhost
             let leaders = try cluster.rabbitmqctl(["list_queues", "-p", vhost, "--no-table-headers", "name", "leader"])
-            guard let line = leaders.split(separator: "\n").first(where: { $0.split(separator: "\t").first.map(String.init) == queue }),
-                  let leader = line.split(separator: "\t").last.map(String.init)
+            guard
+                let line = leaders.split(separator: "\n").first(where: {
+                    $0.split(separator: "\t").first.map(String.init) == queue
+                }),
+                let leader = line.split(separator: "\t").last.map(String.init)
             else { throw SuiteError("no leader found for \(queue) in: \(leaders)") }
             var node = cluster
             node.node = leader
@@ -391,10 +442,13 @@ enum Scenarios {
                 let open = try await world.db { c in
                     let deadline = ContinuousClock.now + .seconds(20)
                     while ContinuousClock.now < deadline {
-                        let inTransaction = try c.query("""
-                            SELECT count(*)::int8 AS n FROM pg_stat_activity
-                            WHERE datname = current_database() AND application_name ~ '^referrald(-[0-9]+)?$' AND xact_start IS NOT NULL
-                            """).first?.decode("n", as: Int64.self) ?? 0
+                        let inTransaction =
+                            try c.query(
+                                """
+                                SELECT count(*)::int8 AS n FROM pg_stat_activity
+                                WHERE datname = current_database() AND application_name ~ '^referrald(-[0-9]+)?$' AND xact_start IS NOT NULL
+                                """
+                            ).first?.decode("n", as: Int64.self) ?? 0
                         if inTransaction > 0 {
                             proxy.blackHole()
                             return true
@@ -408,7 +462,8 @@ enum Scenarios {
                 // Half a second on, a stranded transaction shows as the daemon's session idle
                 // in one (the answer to its last statement went into the void).
                 try await Task.sleep(for: .milliseconds(500))
-                let stranded = try await world.count("""
+                let stranded = try await world.count(
+                    """
                     SELECT count(*) FROM pg_stat_activity
                     WHERE datname = current_database() AND application_name ~ '^referrald(-[0-9]+)?$' AND state = 'idle in transaction'
                     """)
@@ -421,14 +476,16 @@ enum Scenarios {
                     try await Task.sleep(for: .milliseconds(100))
                 }
                 let recovered = ContinuousClock.now - cut
-                ctx.notes.append("cut \(attempts): caught \(open && stranded > 0 ? "mid-transaction" : "between transactions"), "
-                                 + "first commit after \(seconds(recovered))")
+                ctx.notes.append(
+                    "cut \(attempts): caught \(open && stranded > 0 ? "mid-transaction" : "between transactions"), "
+                        + "first commit after \(seconds(recovered))")
                 if open && stranded > 0 {
                     ctx.recovery = recovered
                     let t = partitionTimeouts
                     let bound = Duration.seconds(t.statement + 10 + t.idleInTransaction + 10)
                     if recovered > bound {
-                        ctx.failures.append("recovery \(seconds(recovered)) is past the configured bound \(seconds(bound))")
+                        ctx.failures.append(
+                            "recovery \(seconds(recovered)) is past the configured bound \(seconds(bound))")
                     }
                     return attempts
                 }
@@ -445,15 +502,19 @@ enum Scenarios {
             url.port = started.port
             // What production sets against a real partition (they cannot fire through a local
             // proxy, whose kernel answers for the cut flow; see TCPProxy).
-            url.queryItems = (url.queryItems ?? []) + [
-                URLQueryItem(name: "keepalives", value: "1"), URLQueryItem(name: "keepalives_idle", value: "5"),
-                URLQueryItem(name: "keepalives_interval", value: "2"), URLQueryItem(name: "keepalives_count", value: "3"),
-                URLQueryItem(name: "tcp_user_timeout", value: "10000"),
-            ]
+            url.queryItems =
+                (url.queryItems ?? []) + [
+                    URLQueryItem(name: "keepalives", value: "1"), URLQueryItem(name: "keepalives_idle", value: "5"),
+                    URLQueryItem(name: "keepalives_interval", value: "2"),
+                    URLQueryItem(name: "keepalives_count", value: "3"),
+                    URLQueryItem(name: "tcp_user_timeout", value: "10000"),
+                ]
             let t = partitionTimeouts
-            return ["REFERRALD_DATABASE_URL": url.string!,
-                    "REFERRALD_DB_STATEMENT_TIMEOUT": "\(t.statement)s", "REFERRALD_DB_LOCK_TIMEOUT": "\(t.lock)s",
-                    "REFERRALD_DB_IDLE_IN_TRANSACTION_TIMEOUT": "\(t.idleInTransaction)s"]
+            return [
+                "REFERRALD_DATABASE_URL": url.string!,
+                "REFERRALD_DB_STATEMENT_TIMEOUT": "\(t.statement)s", "REFERRALD_DB_LOCK_TIMEOUT": "\(t.lock)s",
+                "REFERRALD_DB_IDLE_IN_TRANSACTION_TIMEOUT": "\(t.idleInTransaction)s",
+            ]
         }
         scenario.finish = { proxy.proxy?.stop() }
         return scenario
@@ -463,14 +524,18 @@ enum Scenarios {
     /// as an operator's `close_connection` or a load balancer's idle cut would.
     static func closeDaemonConnections(_ services: Services) throws -> Int {
         let listing = try services.rabbitmqctl(["list_connections", "name", "client_properties", "--formatter", "json"])
-        guard let rows = try JSONSerialization.jsonObject(with: Data(listing.utf8)) as? [[String: Any]] else { return 0 }
+        guard let rows = try JSONSerialization.jsonObject(with: Data(listing.utf8)) as? [[String: Any]] else {
+            return 0
+        }
         var closed = 0
         for row in rows {
             guard let name = row["name"] as? String else { continue }
             let properties = "\(row["client_properties"] ?? "")"
             // The consumer is the process's; each lane has a publisher (`referrald-N publisher`).
-            guard properties.contains("referrald consumer")
-                || properties.range(of: #"referrald(-[0-9]+)? publisher"#, options: .regularExpression) != nil else { continue }
+            guard
+                properties.contains("referrald consumer")
+                    || properties.range(of: #"referrald(-[0-9]+)? publisher"#, options: .regularExpression) != nil
+            else { continue }
             _ = try? services.rabbitmqctl(["close_connection", name, "fault suite: forced close"])
             closed += 1
         }

@@ -18,8 +18,10 @@ struct Services: Sendable {
     /// several (the three-node cluster), so the suite's own publisher and observer outlive the
     /// node a scenario stops.
     func connectBroker(heartbeatSeconds: Int, connectionName: String, logger: Logger) async throws -> AMQPConnection {
-        try await AMQPConnection.connect(anyOf: try AMQPURL.parseList(amqpURL), heartbeatSeconds: heartbeatSeconds,
-                                         connectionName: connectionName, logger: logger).connection
+        try await AMQPConnection.connect(
+            anyOf: try AMQPURL.parseList(amqpURL), heartbeatSeconds: heartbeatSeconds,
+            connectionName: connectionName, logger: logger
+        ).connection
     }
 
     func rabbitmqctl(_ arguments: [String], timeout: Duration = .seconds(120)) throws -> String {
@@ -30,7 +32,9 @@ struct Services: Sendable {
     func pgCtl(_ arguments: [String], timeout: Duration = .seconds(120)) throws -> String {
         let pgCtl = pgBin + "/pg_ctl"
         let args = ["-D", pgData] + arguments
-        if getuid() == 0 { return try Shell.run("/usr/sbin/runuser", ["-u", "postgres", "--", pgCtl] + args, timeout: timeout) }
+        if getuid() == 0 {
+            return try Shell.run("/usr/sbin/runuser", ["-u", "postgres", "--", pgCtl] + args, timeout: timeout)
+        }
         return try Shell.run(pgCtl, args, timeout: timeout)
     }
 
@@ -49,8 +53,12 @@ struct Services: Sendable {
         try process.run()
         let port = URLComponents(string: databaseURL)?.port ?? 5432
         let deadline = ContinuousClock.now + timeout
-        while (try? Shell.run(pgBin + "/pg_isready", ["-q", "-h", "127.0.0.1", "-p", "\(port)"], timeout: .seconds(10))) == nil {
-            guard ContinuousClock.now < deadline else { throw SuiteError("PostgreSQL in \(pgData) not ready within \(timeout)") }
+        while (try? Shell.run(pgBin + "/pg_isready", ["-q", "-h", "127.0.0.1", "-p", "\(port)"], timeout: .seconds(10)))
+            == nil
+        {
+            guard ContinuousClock.now < deadline else {
+                throw SuiteError("PostgreSQL in \(pgData) not ready within \(timeout)")
+            }
             usleep(200_000)
         }
     }
@@ -90,7 +98,9 @@ enum Shell {
     /// Output goes to a file, not a pipe: `pg_ctl start` leaves the server holding its parent's
     /// descriptors, so a pipe would never reach end-of-file.
     static func run(_ path: String, _ arguments: [String], timeout: Duration) throws -> String {
-        let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent("referrald-faults-\(UUID().uuidString).out").path
+        let outputPath = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "referrald-faults-\(UUID().uuidString).out"
+        ).path
         _ = FileManager.default.createFile(atPath: outputPath, contents: nil)
         defer { try? FileManager.default.removeItem(atPath: outputPath) }
         let output = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))

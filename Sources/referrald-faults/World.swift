@@ -24,37 +24,45 @@ final class World: Sendable {
     let observerQueue: String
     let logPath: String
 
-    static func make(services: Services, scenario: String, programsFile: String, logDirectory: String) async throws -> World {
+    static func make(services: Services, scenario: String, programsFile: String, logDirectory: String) async throws
+        -> World
+    {
         let name = "f\(scenario.filter(\.isLetter).prefix(8))\(UInt32.random(in: 0...UInt32.max))"
         let admin = try await PostgresConnection.connect(
-            try PostgresURL(parsing: services.databaseURL), applicationName: "referrald-faults admin", logger: quietLogger)
+            try PostgresURL(parsing: services.databaseURL), applicationName: "referrald-faults admin",
+            logger: quietLogger)
         try await admin.run { c in try c.executeScript("CREATE DATABASE \(name)") }
         await admin.close()
         let databaseURL = IsolatedWorld.databaseURL(services.databaseURL, database: name)
-        var environment = IsolatedWorld.environment(name: name, amqpURL: services.amqpURL, databaseURL: databaseURL,
-                                                    programsFile: programsFile)
+        var environment = IsolatedWorld.environment(
+            name: name, amqpURL: services.amqpURL, databaseURL: databaseURL,
+            programsFile: programsFile)
         environment["REFERRALD_LOG_LEVEL"] = "warning"
         let settings = try await Settings.load(configFile: nil, environment: environment)
-        let db = try await PostgresConnection.connect(try PostgresURL(parsing: databaseURL),
-                                                      applicationName: "referrald-faults", logger: quietLogger)
+        let db = try await PostgresConnection.connect(
+            try PostgresURL(parsing: databaseURL),
+            applicationName: "referrald-faults", logger: quietLogger)
         _ = try await Schema.migrate(db, logger: quietLogger)
         await db.close()
-        let amqp = try await services.connectBroker(heartbeatSeconds: 30,
-                                                    connectionName: "referrald-faults setup", logger: quietLogger)
+        let amqp = try await services.connectBroker(
+            heartbeatSeconds: 30,
+            connectionName: "referrald-faults setup", logger: quietLogger)
         try await Topology(settings: settings).declare(on: amqp, passiveUpstream: false, logger: quietLogger)
         let observer = "\(name).billing"
         _ = try await amqp.declareQueue(observer, durable: true, arguments: ["x-queue-type": .string("quorum")])
         try await amqp.bindQueue(observer, exchange: settings.eventsExchange, routingKey: "referral.reward.#")
         await amqp.close()
-        return World(name: name, services: services, databaseURL: databaseURL, settings: settings,
-                     environment: environment, observerQueue: observer, logPath: "\(logDirectory)/\(scenario).log")
+        return World(
+            name: name, services: services, databaseURL: databaseURL, settings: settings,
+            environment: environment, observerQueue: observer, logPath: "\(logDirectory)/\(scenario).log")
     }
 
     /// A world of its own for `body`, torn down after it whether it throws or not: the checks
     /// outside the scenarios (memory, large bodies, poison) run in one each.
     static func with<T>(config: SuiteConfig, scenario: String, _ body: (World) async throws -> T) async throws -> T {
-        let world = try await World.make(services: config.services, scenario: scenario,
-                                         programsFile: config.programsFile, logDirectory: config.logDirectory)
+        let world = try await World.make(
+            services: config.services, scenario: scenario,
+            programsFile: config.programsFile, logDirectory: config.logDirectory)
         do {
             let result = try await body(world)
             await world.tearDown()
@@ -65,21 +73,31 @@ final class World: Sendable {
         }
     }
 
-    private init(name: String, services: Services, databaseURL: String, settings: Settings,
-                 environment: [String: String], observerQueue: String, logPath: String) {
-        self.name = name; self.services = services; self.databaseURL = databaseURL; self.settings = settings
-        self.environment = environment; self.observerQueue = observerQueue; self.logPath = logPath
+    private init(
+        name: String, services: Services, databaseURL: String, settings: Settings,
+        environment: [String: String], observerQueue: String, logPath: String
+    ) {
+        self.name = name
+        self.services = services
+        self.databaseURL = databaseURL
+        self.settings = settings
+        self.environment = environment
+        self.observerQueue = observerQueue
+        self.logPath = logPath
     }
 
     /// One statement batch on a fresh connection, retried until `timeout`: the suite's own view of
     /// the database must survive the very restarts it causes.
-    func db<T: Sendable>(timeout: Duration = .seconds(120),
-                         _ body: @escaping @Sendable (isolated PostgresConnection) throws -> T) async throws -> T {
+    func db<T: Sendable>(
+        timeout: Duration = .seconds(120),
+        _ body: @escaping @Sendable (isolated PostgresConnection) throws -> T
+    ) async throws -> T {
         let deadline = ContinuousClock.now + timeout
         while true {
             do {
-                let c = try await PostgresConnection.connect(try PostgresURL(parsing: databaseURL),
-                                                             applicationName: "referrald-faults", logger: quietLogger)
+                let c = try await PostgresConnection.connect(
+                    try PostgresURL(parsing: databaseURL),
+                    applicationName: "referrald-faults", logger: quietLogger)
                 defer { Task { await c.close() } }
                 return try await c.run(body)
             } catch {
@@ -95,24 +113,32 @@ final class World: Sendable {
 
     /// Messages in a queue, ready and unacknowledged; nil while the broker is away.
     func queueDepth(_ queue: String) async -> UInt32? {
-        guard let amqp = try? await services.connectBroker(heartbeatSeconds: 30,
-                                                           connectionName: "referrald-faults probe", logger: quietLogger)
+        guard
+            let amqp = try? await services.connectBroker(
+                heartbeatSeconds: 30,
+                connectionName: "referrald-faults probe", logger: quietLogger)
         else { return nil }
         defer { Task { await amqp.close() } }
         return try? await amqp.declareQueue(queue, durable: true, passive: true).messageCount
     }
 
     func tearDown() async {
-        if let amqp = try? await services.connectBroker(heartbeatSeconds: 30,
-                                                        connectionName: "referrald-faults teardown", logger: quietLogger) {
-            for q in [settings.inboxQueue, settings.deadLetterQueue, settings.parkedQueue, observerQueue] { try? await amqp.deleteQueue(q) }
+        if let amqp = try? await services.connectBroker(
+            heartbeatSeconds: 30,
+            connectionName: "referrald-faults teardown", logger: quietLogger)
+        {
+            for q in [settings.inboxQueue, settings.deadLetterQueue, settings.parkedQueue, observerQueue] {
+                try? await amqp.deleteQueue(q)
+            }
             for x in settings.upstreamExchanges + [settings.eventsExchange, settings.deadLetterExchange] {
                 try? await amqp.deleteExchange(x)
             }
             await amqp.close()
         }
         if let admin = try? await PostgresConnection.connect(
-            try PostgresURL(parsing: services.databaseURL), applicationName: "referrald-faults admin", logger: quietLogger) {
+            try PostgresURL(parsing: services.databaseURL), applicationName: "referrald-faults admin",
+            logger: quietLogger)
+        {
             _ = try? await admin.run { c in try c.executeScript("DROP DATABASE IF EXISTS \(name) WITH (FORCE)") }
             await admin.close()
         }

@@ -36,8 +36,9 @@ struct DemoCommand: AsyncParsableCommand {
         guard !settings.amqpURL.isEmpty else {
             throw ValidationError("REFERRALD_AMQP_URL is required: the broker (vhost) the daemon consumes from")
         }
-        let story = try await DemoStory.connect(settings: settings, deadline: .now + .seconds(timeout),
-                                                printBodies: bodies, logger: options.logger(settings))
+        let story = try await DemoStory.connect(
+            settings: settings, deadline: .now + .seconds(timeout),
+            printBodies: bodies, logger: options.logger(settings))
         do {
             try await story.play()
             await story.close()
@@ -73,14 +74,23 @@ final class DemoStory: Sendable {
     var friend: String { "acct-\(run)-ben" }
     var lead: String { "lead-\(run)-ben" }
 
-    private init(settings: Settings, producer: AMQPConnection, observer: AMQPConnection, observerQueue: String,
-                 run: String, deadline: ContinuousClock.Instant, printBodies: Bool) {
-        self.settings = settings; self.producer = producer; self.observer = observer
-        self.observerQueue = observerQueue; self.run = run; self.deadline = deadline; self.printBodies = printBodies
+    private init(
+        settings: Settings, producer: AMQPConnection, observer: AMQPConnection, observerQueue: String,
+        run: String, deadline: ContinuousClock.Instant, printBodies: Bool
+    ) {
+        self.settings = settings
+        self.producer = producer
+        self.observer = observer
+        self.observerQueue = observerQueue
+        self.run = run
+        self.deadline = deadline
+        self.printBodies = printBodies
     }
 
-    static func connect(settings: Settings, deadline: ContinuousClock.Instant, printBodies: Bool,
-                        logger: Logger) async throws -> DemoStory {
+    static func connect(
+        settings: Settings, deadline: ContinuousClock.Instant, printBodies: Bool,
+        logger: Logger
+    ) async throws -> DemoStory {
         let run = String(UInt32.random(in: 0...UInt32.max), radix: 16)
         let producer = try await settings.connectAMQP(name: "referrald demo \(run)", logger: logger)
         try await producer.enableConfirms()
@@ -90,8 +100,9 @@ final class DemoStory: Sendable {
         try await observer.declareQueue(queue, durable: false, arguments: ["x-expires": .int(300_000)])
         try await observer.bindQueue(queue, exchange: settings.eventsExchange, routingKey: "#")
         try await observer.consume(queue: queue, prefetch: 100)
-        return DemoStory(settings: settings, producer: producer, observer: observer, observerQueue: queue, run: run,
-                         deadline: deadline, printBodies: printBodies)
+        return DemoStory(
+            settings: settings, producer: producer, observer: observer, observerQueue: queue, run: run,
+            deadline: deadline, printBodies: printBodies)
     }
 
     func close() async {
@@ -101,53 +112,68 @@ final class DemoStory: Sendable {
     }
 
     func play() async throws {
-        say("run \(run): vhost \((try? AMQPURL(parsing: settings.amqpURL).vhost) ?? "?"), events from \(settings.eventsExchange)")
+        say(
+            "run \(run): vhost \((try? AMQPURL(parsing: settings.amqpURL).vhost) ?? "?"), events from \(settings.eventsExchange)"
+        )
         let plan = "fiber-500"
 
-        try await publish("provisioning.service.activated", subject: referrer, [
-            ("account_id", .string(referrer)), ("activated_at", .string(SystemClock().now().rfc3339)),
-            ("household_id", .string("hh-\(run)-1")), ("contact_hash", .string(contactHash(1))),
-            ("segment", .string("consumer")), ("plan_id", .string(plan)),
-        ], note: "Ana's service goes live: she becomes a customer who can refer")
+        try await publish(
+            "provisioning.service.activated", subject: referrer,
+            [
+                ("account_id", .string(referrer)), ("activated_at", .string(SystemClock().now().rfc3339)),
+                ("household_id", .string("hh-\(run)-1")), ("contact_hash", .string(contactHash(1))),
+                ("segment", .string("consumer")), ("plan_id", .string(plan)),
+            ], note: "Ana's service goes live: she becomes a customer who can refer")
         let issued = try await awaitEvent("Ana's referral code") { type, data in
             type == PublishedType.codeIssued.rawValue && data["account_id"]?.stringValue == self.referrer
         }
         guard let code = issued["code"]?.stringValue else { throw DemoError("referral.code.issued without a code") }
 
         // Typed by the friend in lower case: the daemon normalises what people type.
-        try await publish("provisioning.lead.created", subject: lead, [
-            ("lead_id", .string(lead)), ("referral_code", .string(code.lowercased())),
-            ("household_id", .string("hh-\(run)-2")), ("contact_hash", .string(contactHash(2))),
-            ("segment", .string("consumer")), ("channel", .string("web")),
-        ], note: "Ben signs up on the web with Ana's code, typed as \(code.lowercased())")
+        try await publish(
+            "provisioning.lead.created", subject: lead,
+            [
+                ("lead_id", .string(lead)), ("referral_code", .string(code.lowercased())),
+                ("household_id", .string("hh-\(run)-2")), ("contact_hash", .string(contactHash(2))),
+                ("segment", .string("consumer")), ("channel", .string("web")),
+            ], note: "Ben signs up on the web with Ana's code, typed as \(code.lowercased())")
         let offer = try await awaitEvent("the friend offer") { type, data in
             type == PublishedType.friendOfferGranted.rawValue && data["lead_id"]?.stringValue == self.lead
         }
-        guard let referral = offer["referral_id"]?.stringValue else { throw DemoError("friend offer without a referral_id") }
+        guard let referral = offer["referral_id"]?.stringValue else {
+            throw DemoError("friend offer without a referral_id")
+        }
 
-        try await publish("provisioning.order.placed", subject: friend, [
-            ("lead_id", .string(lead)), ("account_id", .string(friend)),
-        ], note: "Ben orders: his lead becomes account \(friend)")
+        try await publish(
+            "provisioning.order.placed", subject: friend,
+            [
+                ("lead_id", .string(lead)), ("account_id", .string(friend)),
+            ], note: "Ben orders: his lead becomes account \(friend)")
         try await awaitStage("ordered", of: referral)
 
-        try await publish("provisioning.install.completed", subject: friend, [
-            ("account_id", .string(friend)), ("completed_at", .string(SystemClock().now().rfc3339)),
-        ], note: "the technician installs Ben's line")
+        try await publish(
+            "provisioning.install.completed", subject: friend,
+            [
+                ("account_id", .string(friend)), ("completed_at", .string(SystemClock().now().rfc3339)),
+            ], note: "the technician installs Ben's line")
         try await awaitStage("installed", of: referral)
 
         let activation = ContinuousClock.now
-        try await publish("provisioning.service.activated", subject: friend, [
-            ("account_id", .string(friend)), ("activated_at", .string(SystemClock().now().rfc3339)),
-            ("household_id", .string("hh-\(run)-2")), ("contact_hash", .string(contactHash(2))),
-            ("segment", .string("consumer")), ("plan_id", .string(plan)),
-        ], note: "Ben's service goes live: the hold starts")
+        try await publish(
+            "provisioning.service.activated", subject: friend,
+            [
+                ("account_id", .string(friend)), ("activated_at", .string(SystemClock().now().rfc3339)),
+                ("household_id", .string("hh-\(run)-2")), ("contact_hash", .string(contactHash(2))),
+                ("segment", .string("consumer")), ("plan_id", .string(plan)),
+            ], note: "Ben's service goes live: the hold starts")
         try await awaitStage("activated", of: referral)
 
         say("waiting for the hold to end (the program's qualify.hold) and both rewards")
         var rewards: [String: JSONObject] = [:]
         _ = try await awaitEvent("both rewards of \(referral)") { type, data in
             if type == PublishedType.rewardIssued.rawValue, data["referral_id"]?.stringValue == referral,
-               let beneficiary = data["beneficiary"]?.stringValue {
+                let beneficiary = data["beneficiary"]?.stringValue
+            {
                 rewards[beneficiary] = data
             }
             return rewards["referrer"] != nil && rewards["friend"] != nil
@@ -158,30 +184,36 @@ final class DemoStory: Sendable {
         func amount(_ who: String) -> String {
             "\(text(rewards[who]?["amount_minor"])) \(text(rewards[who]?["currency"])) (minor units)"
         }
-        write("both rewards issued: \(amount("referrer")) to the referrer \(referrer), \(amount("friend")) to the friend "
-              + "\(friend), \(Int(held.components.seconds))s after the friend's activation")
+        write(
+            "both rewards issued: \(amount("referrer")) to the referrer \(referrer), \(amount("friend")) to the friend "
+                + "\(friend), \(Int(held.components.seconds))s after the friend's activation")
     }
 
     // MARK: Publishing, as provisioning does
 
     private func publish(_ type: String, subject: String, _ data: [(String, JSONValue)], note: String) async throws {
         let id = UUID().uuidString.lowercased()
-        let body = JSONValue.object(JSONObject([
-            ("specversion", .string("1.0")), ("id", .string(id)), ("source", .string("provisioning")),
-            ("type", .string(type)), ("time", .string(SystemClock().now().rfc3339)), ("subject", .string(subject)),
-            ("datacontenttype", .string("application/json")), ("data", .object(JSONObject(data))),
-        ])).encoded()
+        let body = JSONValue.object(
+            JSONObject([
+                ("specversion", .string("1.0")), ("id", .string(id)), ("source", .string("provisioning")),
+                ("type", .string(type)), ("time", .string(SystemClock().now().rfc3339)), ("subject", .string(subject)),
+                ("datacontenttype", .string("application/json")), ("data", .object(JSONObject(data))),
+            ])
+        ).encoded()
         // The daemon would dead-letter a body the contract refuses, and the story would wait for
         // an answer that never comes: check with the daemon's own classifier first.
         if case .failure(let bad) = classify(body: body) {
             throw DemoError("the demo's \(type) does not follow the contract: \(bad)")
         }
         let exchange = settings.upstreamExchanges[0]
-        let outcome = try await producer.publish([OutgoingMessage(
-            exchange: exchange, routingKey: type, body: body, messageId: id,
-            contentType: "application/cloudevents+json", persistent: true, mandatory: true)])
+        let outcome = try await producer.publish([
+            OutgoingMessage(
+                exchange: exchange, routingKey: type, body: body, messageId: id,
+                contentType: "application/cloudevents+json", persistent: true, mandatory: true)
+        ])
         guard outcome == [.confirmed] else {
-            throw DemoError("the broker did not route \(type) to a queue (\(outcome)): run `referrald topology` on this vhost")
+            throw DemoError(
+                "the broker did not route \(type) to a queue (\(outcome)): run `referrald topology` on this vhost")
         }
         say("→ \(type.padding(toLength: 32, withPad: " ", startingAt: 0)) \(note)")
     }
@@ -205,8 +237,9 @@ final class DemoStory: Sendable {
                 return data
             }
         }
-        throw DemoError("no \(what) within the timeout: is `referrald run` consuming \(settings.inboxQueue) on this vhost, "
-                        + "with a programs file whose hold is seconds? (scripts/demo.sh starts one)")
+        throw DemoError(
+            "no \(what) within the timeout: is `referrald run` consuming \(settings.inboxQueue) on this vhost, "
+                + "with a programs file whose hold is seconds? (scripts/demo.sh starts one)")
     }
 
     private func drain(for duration: Duration) async throws {
@@ -221,7 +254,7 @@ final class DemoStory: Sendable {
         var events: [(String, JSONObject)] = []
         for delivery in deliveries {
             guard let event = try? JSONValue.parse(delivery.body).objectValue,
-                  let data = event["data"]?.objectValue, String(decoding: delivery.body, as: UTF8.self).contains(run)
+                let data = event["data"]?.objectValue, String(decoding: delivery.body, as: UTF8.self).contains(run)
             else { continue }
             let type = event["type"]?.stringValue ?? delivery.routingKey
             say("  ← \(type.padding(toLength: 30, withPad: " ", startingAt: 0)) \(describe(type, data))")

@@ -21,8 +21,9 @@ struct ProgramsCommand: AsyncParsableCommand {
 
         func run() async throws {
             let settings = try await options.settings(requireAll: false)
-            let rows = try await ProgramVersionsListing.rows(settings: settings, now: SystemClock().now(),
-                                                             logger: options.logger(settings))
+            let rows = try await ProgramVersionsListing.rows(
+                settings: settings, now: SystemClock().now(),
+                logger: options.logger(settings))
             print(ProgramVersionsListing.table(rows), terminator: "")
         }
     }

@@ -16,11 +16,13 @@ struct Referrald: AsyncParsableCommand {
             \(Settings.keys.map { "  \($0.name)\($0.defaultValue.map { " (default \($0))" } ?? " (required)")\n      \($0.help)" }.joined(separator: "\n"))
             """,
         version: BuildInfo.version,
-        subcommands: [Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
-                      ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self,
-                      ReconcileCommand.self, PruneCommand.self, DemoCommand.self,
-                      CodeCommand.self, ReferralCommand.self, RewardCommand.self, RewardsCommand.self, ProgramsCommand.self,
-                      LedgerCommand.self],
+        subcommands: [
+            Run.self, Check.self, Migrate.self, TopologyCommand.self, ExplainCommand.self, DeadLetters.self,
+            ReportCommand.self, SimulateCommand.self, ExportEventsCommand.self, EnrollCommand.self,
+            ReconcileCommand.self, PruneCommand.self, DemoCommand.self,
+            CodeCommand.self, ReferralCommand.self, RewardCommand.self, RewardsCommand.self, ProgramsCommand.self,
+            LedgerCommand.self,
+        ],
         defaultSubcommand: nil)
 }
 
@@ -30,8 +32,9 @@ struct CommonOptions: ParsableArguments {
     var config: String?
 
     func settings(requireAll: Bool = true) async throws -> Settings {
-        try await Settings.load(configFile: config, environment: ProcessInfo.processInfo.environment,
-                                requireAll: requireAll)
+        try await Settings.load(
+            configFile: config, environment: ProcessInfo.processInfo.environment,
+            requireAll: requireAll)
     }
 
     func logger(_ settings: Settings, label: String = "referrald") -> Logger {
@@ -57,7 +60,10 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var options: CommonOptions
 
-    @Flag(help: "Start even when the programs file is older than the newest program version the database knows (its version is registered at its own effective time; newer versions still bind the leads after theirs).")
+    @Flag(
+        help:
+            "Start even when the programs file is older than the newest program version the database knows (its version is registered at its own effective time; newer versions still bind the leads after theirs)."
+    )
     var allowOlder = false
 
     func run() async throws {
@@ -105,7 +111,8 @@ enum SimulateFormat: String, CaseIterable, ExpressibleByArgument {
 
 struct Migrate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Apply the database migrations this binary carries (idempotent; safe from several instances at once).")
+        abstract: "Apply the database migrations this binary carries (idempotent; safe from several instances at once)."
+    )
 
     @OptionGroup var options: CommonOptions
 
@@ -113,7 +120,9 @@ struct Migrate: AsyncParsableCommand {
         let settings = try await options.settings(requireAll: false)
         let logger = options.logger(settings)
         let applied = try await Operations.migrate(settings: settings, logger: logger)
-        print(applied.isEmpty ? "schema already current" : "applied migrations \(applied.map(String.init).joined(separator: ", "))")
+        print(
+            applied.isEmpty
+                ? "schema already current" : "applied migrations \(applied.map(String.init).joined(separator: ", "))")
     }
 }
 
@@ -139,7 +148,9 @@ struct ExplainCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "explain",
         abstract: "Show, for support staff, a referral's history and the rule, inputs and times that decided it.",
-        discussion: "Give a referral id (ref-3001) or an account id: every referral where the account referred or was referred is shown.")
+        discussion:
+            "Give a referral id (ref-3001) or an account id: every referral where the account referred or was referred is shown."
+    )
 
     @OptionGroup var options: CommonOptions
 
@@ -148,18 +159,25 @@ struct ExplainCommand: AsyncParsableCommand {
 
     func run() async throws {
         let settings = try await options.settings(requireAll: false)
-        print(try await Explain.run(settings: settings, id: id, now: SystemClock().now(), logger: options.logger(settings)), terminator: "")
+        print(
+            try await Explain.run(
+                settings: settings, id: id, now: SystemClock().now(), logger: options.logger(settings)), terminator: "")
     }
 }
 
 struct Check: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Validate the configuration and the programs file, then reach the database (schema version) and the broker (inbox queue).",
-        discussion: "Exits 0 with a short summary, or non-zero with the key, file or service at fault. Consumes nothing.")
+        abstract:
+            "Validate the configuration and the programs file, then reach the database (schema version) and the broker (inbox queue).",
+        discussion:
+            "Exits 0 with a short summary, or non-zero with the key, file or service at fault. Consumes nothing.")
 
     @OptionGroup var options: CommonOptions
 
-    @Flag(help: "Accept a programs file older than the newest program version the database knows, as `run --allow-older` does.")
+    @Flag(
+        help:
+            "Accept a programs file older than the newest program version the database knows, as `run --allow-older` does."
+    )
     var allowOlder = false
 
     func run() async throws {
@@ -171,7 +189,9 @@ struct Check: AsyncParsableCommand {
         print("programs: \(programs.summary) (\(settings.programsFile))")
         for line in try await Operations.check(settings: settings, logger: logger) { print(line) }
         // After the schema check: the versions' table has its effective times from migration 19.
-        for line in try await ProgramVersionsListing.check(settings: settings, programs: programs, logger: logger) { print(line) }
+        for line in try await ProgramVersionsListing.check(settings: settings, programs: programs, logger: logger) {
+            print(line)
+        }
         print("ok")
     }
 }
@@ -183,7 +203,9 @@ struct DeadLetters: AsyncParsableCommand {
     struct Replay: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Move dead letters back to the inbox (body unchanged), once their cause is fixed.",
-            discussion: "Replays what is in the dead-letter queue now; each is acked there only after the broker confirmed its copy in the inbox.")
+            discussion:
+                "Replays what is in the dead-letter queue now; each is acked there only after the broker confirmed its copy in the inbox."
+        )
 
         @OptionGroup var options: CommonOptions
 
@@ -195,15 +217,17 @@ struct DeadLetters: AsyncParsableCommand {
 
         func run() async throws {
             let settings = try await options.settings(requireAll: false)
-            let result = try await DeadLetterReplay.run(settings: settings, onlyError: error, limit: limit,
-                                                        logger: options.logger(settings))
+            let result = try await DeadLetterReplay.run(
+                settings: settings, onlyError: error, limit: limit,
+                logger: options.logger(settings))
             print("replayed \(result.replayed), kept \(result.kept)")
         }
     }
 
     struct Erase: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Remove an erased customer's personal data from the dead letters (crm.customer.erased does not reach the DLQ).",
+            abstract:
+                "Remove an erased customer's personal data from the dead letters (crm.customer.erased does not reach the DLQ).",
             discussion: """
                 Reads every dead letter waiting now, once. One that concerns the account (its
                 account id, or one of the leads it ordered or rewards it was paid, as the database
@@ -230,11 +254,15 @@ struct DeadLetters: AsyncParsableCommand {
             // and an original whose ack was dropped as the reader closed is back in the DLQ, its
             // personal data with it. Bounded, so a broker that keeps dropping acks ends in an error.
             for n in 1...5 {
-                let result = try await DeadLetterErase.run(settings: settings, account: account, logger: options.logger(settings))
+                let result = try await DeadLetterErase.run(
+                    settings: settings, account: account, logger: options.logger(settings))
                 print("pass \(n): \(result)")
                 if result.scrubbed == 0 && result.dropped == 0 { return }
             }
-            FileHandle.standardError.write(Data("referrald: the account's dead letters were still found after 5 passes: run the command again\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    "referrald: the account's dead letters were still found after 5 passes: run the command again\n"
+                        .utf8))
             throw ExitCode.failure
         }
     }
@@ -243,10 +271,12 @@ struct DeadLetters: AsyncParsableCommand {
 struct ReportCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "report",
-        abstract: "Measure a referral program over a period: asks, participation, funnel, cost, moments (docs/report.md).")
+        abstract:
+            "Measure a referral program over a period: asks, participation, funnel, cost, moments (docs/report.md).")
 
     @OptionGroup var options: CommonOptions
-    @Option(help: "Start of the period (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339. Default: 90 days before --to.")
+    @Option(
+        help: "Start of the period (inclusive): YYYY-MM-DD (UTC midnight) or RFC 3339. Default: 90 days before --to.")
     var from: String?
     @Option(help: "End of the period (exclusive): YYYY-MM-DD or RFC 3339. Default: now.")
     var to: String?
@@ -257,16 +287,20 @@ struct ReportCommand: AsyncParsableCommand {
 
     func run() async throws {
         let settings = try await options.settings(requireAll: false)
-        print(try await ReportCommands.report(settings: settings, from: from, to: to, program: program, format: format.rawValue,
-                                              logger: options.logger(settings)), terminator: "")
+        print(
+            try await ReportCommands.report(
+                settings: settings, from: from, to: to, program: program, format: format.rawValue,
+                logger: options.logger(settings)), terminator: "")
     }
 }
 
 struct SimulateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "simulate",
-        abstract: "Replay exported events under candidate programs and under the current ones (REFERRALD_PROGRAMS_FILE); print the difference.",
-        discussion: "Reads only the two programs files and the events file: nothing is written to the database or the broker.")
+        abstract:
+            "Replay exported events under candidate programs and under the current ones (REFERRALD_PROGRAMS_FILE); print the difference.",
+        discussion:
+            "Reads only the two programs files and the events file: nothing is written to the database or the broker.")
 
     @OptionGroup var options: CommonOptions
     @Option(help: "The candidate programs file (YAML, same format as REFERRALD_PROGRAMS_FILE).")
@@ -280,15 +314,19 @@ struct SimulateCommand: AsyncParsableCommand {
 
     func run() async throws {
         let settings = try await options.settings(requireAll: false)
-        print(try ReportCommands.simulate(currentPrograms: settings.programsFile, candidatePrograms: programs, events: events,
-                                          until: until, format: format.rawValue), terminator: "")
+        print(
+            try ReportCommands.simulate(
+                currentPrograms: settings.programsFile, candidatePrograms: programs, events: events,
+                until: until, format: format.rawValue), terminator: "")
     }
 }
 
 struct ExportEventsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export-events",
-        abstract: "Write the stored events as NDJSON (code snapshot lines, then inbox bodies in received order) for `simulate`.")
+        abstract:
+            "Write the stored events as NDJSON (code snapshot lines, then inbox bodies in received order) for `simulate`."
+    )
 
     @OptionGroup var options: CommonOptions
     @Option(help: "Only events whose fact time is at or after this (YYYY-MM-DD or RFC 3339).")
@@ -299,7 +337,8 @@ struct ExportEventsCommand: AsyncParsableCommand {
     func run() async throws {
         let settings = try await options.settings(requireAll: false)
         let out = FileHandle.standardOutput
-        try await ReportCommands.exportEvents(settings: settings, from: from, to: to, logger: options.logger(settings)) { bytes in
+        try await ReportCommands.exportEvents(settings: settings, from: from, to: to, logger: options.logger(settings))
+        { bytes in
             out.write(Data(bytes))
         }
     }
@@ -333,10 +372,13 @@ struct EnrollCommand: AsyncParsableCommand {
         guard let span = Span(spread), span.microseconds > 0 else {
             throw ValidationError("--spread \"\(spread)\" is not a duration with a unit (45s, 10m, 36h, 30d)")
         }
-        let startAt = try start.map { text in
-            guard let t = Instant(rfc3339: text) else { throw ValidationError("--start \"\(text)\" is not an RFC 3339 time") }
-            return t
-        } ?? SystemClock().now()
+        let startAt =
+            try start.map { text in
+                guard let t = Instant(rfc3339: text) else {
+                    throw ValidationError("--start \"\(text)\" is not an RFC 3339 time")
+                }
+                return t
+            } ?? SystemClock().now()
         let programs = try ProgramBook.load(path: settings.programsFile)
         // A progress bar only on a terminal: in a pipe or a journal it would be noise.
         let terminal = isatty(2) == 1
@@ -384,8 +426,9 @@ struct ReconcileCommand: AsyncParsableCommand {
         let settings = try await options.settings()
         let logger = options.logger(settings)
         let programs = try ProgramBook.load(path: settings.programsFile)
-        let summary = try await Reconcile.run(settings: settings, scope: referrer.map { .referrer($0) } ?? .all,
-                                              programs: programs, logger: logger)
+        let summary = try await Reconcile.run(
+            settings: settings, scope: referrer.map { .referrer($0) } ?? .all,
+            programs: programs, logger: logger)
         print(summary)
         if summary.fixes > 0 { throw ExitCode.failure }
     }
@@ -394,7 +437,8 @@ struct ReconcileCommand: AsyncParsableCommand {
 struct PruneCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "prune",
-        abstract: "Apply the retention settings (REFERRALD_RETENTION_*) once: empty old inbox bodies, delete old inbox keys and long-ended referrals.",
+        abstract:
+            "Apply the retention settings (REFERRALD_RETENTION_*) once: empty old inbox bodies, delete old inbox keys and long-ended referrals.",
         discussion: """
             With every retention at 0 (the default) it deletes nothing. Works in short
             transactions (1,000 inbox rows, 200 referrals), safe while daemons run; meant for a

@@ -73,7 +73,8 @@ enum AMQPTestBroker {
     static func rabbitmqctl(_ arguments: [String]) async throws -> String {
         // The node scripts/services.sh started; rabbitmqctl finds its cookie in $HOME.
         let node = ProcessInfo.processInfo.environment["REFERRALD_RABBITMQ_NODE"] ?? "referrald-5672@localhost"
-        let result = try await Subprocess.run(URL(fileURLWithPath: "/usr/lib/rabbitmq/bin/rabbitmqctl"), ["-n", node] + arguments)
+        let result = try await Subprocess.run(
+            URL(fileURLWithPath: "/usr/lib/rabbitmq/bin/rabbitmqctl"), ["-n", node] + arguments)
         guard result.status == 0 else {
             throw RabbitmqctlError(arguments: arguments, output: result.output + result.errors)
         }

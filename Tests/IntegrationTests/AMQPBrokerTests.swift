@@ -23,7 +23,8 @@ struct AMQPBrokerTests {
 
             let outcomes = try await amqp.publish([
                 OutgoingMessage(exchange: exchange, routingKey: "referral.created", body: Broker.body("a")),
-                OutgoingMessage(exchange: exchange, routingKey: "reward.granted", body: Broker.body("b"), mandatory: false),
+                OutgoingMessage(
+                    exchange: exchange, routingKey: "reward.granted", body: Broker.body("b"), mandatory: false),
             ])
             #expect(outcomes == [.confirmed, .confirmed])
             // Only the message matching the binding pattern reached the queue.
@@ -49,14 +50,17 @@ struct AMQPBrokerTests {
             // 400, 400, 400, 2500 (over the cap: alone), 400 bytes; cap 1000.
             let sizes = [400, 400, 400, 2500, 400]
             let messages = sizes.enumerated().map { i, n in
-                OutgoingMessage(exchange: "", routingKey: queue, body: Array(repeating: UInt8(ascii: "a") + UInt8(i), count: n))
+                OutgoingMessage(
+                    exchange: "", routingKey: queue, body: Array(repeating: UInt8(ascii: "a") + UInt8(i), count: n))
             }
             #expect(try await publisher.publish(messages).allSatisfy { $0 == .confirmed })
             let consumer = try await Broker.connect(Broker.unique("consumer"))
             try await consumer.consume(queue: queue, prefetch: 10)
             // Wait until all five sit in the consumer's buffer, so the cap and not the arrival
             // times cut the batches.
-            #expect(try await Broker.eventually { try await publisher.declareQueue(queue, passive: true).messageCount == 0 })
+            #expect(
+                try await Broker.eventually { try await publisher.declareQueue(queue, passive: true).messageCount == 0 }
+            )
             try await Task.sleep(for: .milliseconds(300))
             var batches: [[Int]] = []
             let deadline = ContinuousClock.now + .seconds(15)
@@ -96,7 +100,9 @@ struct AMQPBrokerTests {
             #expect(bodies == (0..<500).map { "\($0)" })
             // The prefetch bounds what the broker sends ahead of acks, hence any one batch.
             #expect(largestBatch <= 50)
-            #expect(try await Broker.eventually { try await publisher.declareQueue(queue, passive: true).messageCount == 0 })
+            #expect(
+                try await Broker.eventually { try await publisher.declareQueue(queue, passive: true).messageCount == 0 }
+            )
             await consumer.close()
         }
     }
@@ -122,7 +128,9 @@ struct AMQPBrokerTests {
         let queue = Broker.unique("requeue")
         try await Broker.withConnection(Broker.unique("nack"), queues: [queue]) { amqp in
             try await amqp.declareQueue(queue, arguments: quorum)
-            #expect(try await amqp.publish([OutgoingMessage(exchange: "", routingKey: queue, body: Broker.body("poison"))]) == [.confirmed])
+            #expect(
+                try await amqp.publish([OutgoingMessage(exchange: "", routingKey: queue, body: Broker.body("poison"))])
+                    == [.confirmed])
             try await amqp.consume(queue: queue, prefetch: 1)
 
             let first = try #require(try await Broker.receive(1, from: amqp).first)
@@ -157,14 +165,17 @@ struct AMQPBrokerTests {
             // Publishing to a missing exchange closes the channel asynchronously: the batch
             // fails with the broker's 404, not with a timeout.
             await #expect {
-                try await amqp.publish([OutgoingMessage(exchange: Broker.unique("no-exchange"), routingKey: "x", body: [1])])
+                try await amqp.publish([
+                    OutgoingMessage(exchange: Broker.unique("no-exchange"), routingKey: "x", body: [1])
+                ])
             } throws: { error in
                 (error as? AMQPError)?.code == .channelClosed && (error as? AMQPError)?.replyCode == 404
             }
 
             // The reopened channel works, in confirm mode again.
             try await amqp.declareQueue(queue)
-            #expect(try await amqp.publish([OutgoingMessage(exchange: "", routingKey: queue, body: [2])]) == [.confirmed])
+            #expect(
+                try await amqp.publish([OutgoingMessage(exchange: "", routingKey: queue, body: [2])]) == [.confirmed])
         }
     }
 
@@ -235,7 +246,8 @@ struct AMQPBrokerTests {
         try await Broker.withConnection(Broker.unique("large"), queues: [queue]) { amqp in
             try await amqp.declareQueue(queue)
             let body = (0..<(300 * 1024)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 8) }
-            #expect(try await amqp.publish([OutgoingMessage(exchange: "", routingKey: queue, body: body)]) == [.confirmed])
+            #expect(
+                try await amqp.publish([OutgoingMessage(exchange: "", routingKey: queue, body: body)]) == [.confirmed])
             try await amqp.consume(queue: queue, prefetch: 1)
             let delivery = try #require(try await Broker.receive(1, from: amqp).first)
             #expect(delivery.body.count == body.count)
@@ -259,7 +271,10 @@ struct AMQPBrokerTests {
 
             #expect(consumer.isOpen)
             #expect(publisher.isOpen)
-            #expect(try await publisher.publish([OutgoingMessage(exchange: "", routingKey: queue, body: Broker.body("late"))]) == [.confirmed])
+            #expect(
+                try await publisher.publish([
+                    OutgoingMessage(exchange: "", routingKey: queue, body: Broker.body("late"))
+                ]) == [.confirmed])
             let delivery = try #require(try await Broker.receive(1, from: consumer).first)
             #expect(Broker.text(delivery) == "late")
             try await consumer.ack(delivery.deliveryTag)
@@ -303,7 +318,8 @@ struct AMQPBrokerTests {
         var url = try Broker.url()
         url.password = "definitely-wrong-password"
         do {
-            let amqp = try await AMQPConnection.connect(url, connectionName: Broker.unique("bad-login"), logger: Broker.logger)
+            let amqp = try await AMQPConnection.connect(
+                url, connectionName: Broker.unique("bad-login"), logger: Broker.logger)
             await amqp.close()
             Issue.record("login with a wrong password succeeded")
         } catch let error as AMQPError {

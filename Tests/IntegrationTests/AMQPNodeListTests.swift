@@ -29,9 +29,12 @@ import Testing
         func encoded(_ s: String) -> String { s.addingPercentEncoding(withAllowedCharacters: .alphanumerics)! }
         let credentials = "\(encoded(live.user)):\(encoded(live.password))"
         let vhost = encoded(live.vhost)
-        var settings = try await Settings.load(configFile: nil, environment: [
-            "REFERRALD_AMQP_URL": "amqp://\(credentials)@127.0.0.1:\(dead),127.0.0.1:\(live.port)/\(vhost)",
-            "REFERRALD_DATABASE_URL": "postgres://u:p@127.0.0.1/d", "REFERRALD_PROGRAMS_FILE": "/dev/null"])
+        var settings = try await Settings.load(
+            configFile: nil,
+            environment: [
+                "REFERRALD_AMQP_URL": "amqp://\(credentials)@127.0.0.1:\(dead),127.0.0.1:\(live.port)/\(vhost)",
+                "REFERRALD_DATABASE_URL": "postgres://u:p@127.0.0.1/d", "REFERRALD_PROGRAMS_FILE": "/dev/null",
+            ])
         settings.heartbeatSeconds = 30
         let logger = Logger(label: "node-list-test")
         let first = try await settings.connectAMQP(name: "node list test", logger: logger)
@@ -52,7 +55,9 @@ import Testing
         address.sin_port = 0
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+            }
         }
         guard bound else { throw POSIXError(.EADDRINUSE) }
         return Int(UInt16(bigEndian: address.sin_port))

@@ -6,7 +6,11 @@ import Testing
 struct AMQPURLTests {
     @Test func parsesEveryPart() throws {
         let url = try AMQPURL(parsing: "amqp://referrald:s3cret@broker.internal:5673/referrald_test")
-        #expect(url == AMQPURL(user: "referrald", password: "s3cret", host: "broker.internal", port: 5673, vhost: "referrald_test"))
+        #expect(
+            url
+                == AMQPURL(
+                    user: "referrald", password: "s3cret", host: "broker.internal", port: 5673, vhost: "referrald_test")
+        )
         #expect(!url.useTLS)
     }
 

@@ -26,12 +26,16 @@ import Testing
                 add(due, .invoiceOverdue(invoiceId: "inv-\(month)"))
                 if rng.chance(0.3) { continue }
             }
-            add(due + rng.days(0, 25), .invoicePaid(invoiceId: "inv-\(month)", creditsMinor: rng.chance(0.2) ? 500 : nil))
+            add(
+                due + rng.days(0, 25),
+                .invoicePaid(invoiceId: "inv-\(month)", creditsMinor: rng.chance(0.2) ? 500 : nil))
         }
         for k in 0..<8 {
             let opened = base + rng.days(0, 1095)
             add(opened, .ticketOpened(ticketId: "tkt-\(k)"))
-            if rng.chance(0.8) { add(opened + rng.days(0, 20), .ticketResolved(ticketId: "tkt-\(k)", csat: rng.chance(0.5) ? 5 : 2)) }
+            if rng.chance(0.8) {
+                add(opened + rng.days(0, 20), .ticketResolved(ticketId: "tkt-\(k)", csat: rng.chance(0.5) ? 5 : 2))
+            }
         }
         for _ in 0..<5 { add(base + rng.days(0, 1095), .preferencesChanged(referralPrompts: rng.chance(0.5))) }
         return facts
@@ -43,12 +47,14 @@ import Testing
         let bed = try await TestBed.make()
         var rng = SeededGenerator(state: 2026)
         let accounts = (0..<12).map { "acct-rel-\($0)" }
-        let histories = Dictionary(uniqueKeysWithValues: accounts.enumerated().map { i, id in
-            (id, Self.history(id, daily: i % 2 == 0, &rng))
-        })
+        let histories = Dictionary(
+            uniqueKeysWithValues: accounts.enumerated().map { i, id in
+                (id, Self.history(id, daily: i % 2 == 0, &rng))
+            })
         try await bed.db.transaction { c in try Store.insertAskFacts(c, histories.values.flatMap { $0 }) }
         let freshness = AskPolicy().freshness
-        var read = 0, stored = 0
+        var read = 0
+        var stored = 0
         // Moments across the three years (the selection must match the core's anywhere), the
         // read share counted at the last ones only, in year three, when all history lies behind.
         for i in 0..<14 {
@@ -66,15 +72,17 @@ import Testing
                 }
             }
         }
-        print("ask facts in year three: \(read) of \(stored) read (4 moments, 12 accounts, 6 of them with a daily speed test)")
+        print(
+            "ask facts in year three: \(read) of \(stored) read (4 moments, 12 accounts, 6 of them with a daily speed test)"
+        )
         #expect(read * 10 < stored)
         await bed.tearDown()
     }
 }
 
-private extension SeededGenerator {
-    mutating func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &self) < p }
-    mutating func days(_ lo: Int64, _ hi: Int64) -> Span {
+extension SeededGenerator {
+    fileprivate mutating func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &self) < p }
+    fileprivate mutating func days(_ lo: Int64, _ hi: Int64) -> Span {
         Span(microseconds: Int64.random(in: lo * 86_400_000_000...hi * 86_400_000_000, using: &self))
     }
 }

@@ -10,33 +10,48 @@ import Testing
 
     @Test func eachMomentAsksOnceAndTheRulesSuppress() async throws {
         let bed = try await TestBed.make([
-            "REFERRALD_PROGRAMS_FILE": try Scenario.askPrograms(consumer: .init(), business: Self.momentsOnly)])
+            "REFERRALD_PROGRAMS_FILE": try Scenario.askPrograms(consumer: .init(), business: Self.momentsOnly)
+        ])
         let worker = bed.startWorker()
         var s = Scenario(bed: bed)
         var seen: [Scenario.Published] = []
-        let accounts = ["m-pa", "m-pi", "m-st", "m-slow", "m-sw", "m-bs", "s-opt", "s-ticket", "s-arrears", "s-cancel", "s-erased"]
+        let accounts = [
+            "m-pa", "m-pi", "m-st", "m-slow", "m-sw", "m-bs", "s-opt", "s-ticket", "s-arrears", "s-cancel", "s-erased",
+        ]
         // An install reported before the activation, as provisioning does: the activation then
         // does not earn a post_activation ask (the install delay must not be defeated).
         try await s.send("provisioning.install.completed", ["account_id": "m-pi", "completed_at": Scenario.time()])
         for a in accounts {
             let consumer = a == "m-pa" || a == "m-pi"
-            try await s.send("provisioning.service.activated", [
-                "account_id": a, "activated_at": Scenario.time(-60), "segment": consumer ? "consumer" : "business"])
+            try await s.send(
+                "provisioning.service.activated",
+                [
+                    "account_id": a, "activated_at": Scenario.time(-60), "segment": consumer ? "consumer" : "business",
+                ])
         }
         // post_install comes at the install's time + delay_after_install (2 s).
         // Suppressions first, then the happy moment they must hold back.
         try await s.send("crm.preferences.changed", ["account_id": "s-opt", "referral_prompts": false])
         try await s.send("crm.ticket.opened", ["account_id": "s-ticket", "ticket_id": "t-1"])
-        try await s.send("billing.invoice.overdue", ["account_id": "s-arrears", "invoice_id": "i-1", "days_overdue": 9])
+        try await s.send(
+            "billing.invoice.overdue", ["account_id": "s-arrears", "invoice_id": "i-1", "days_overdue": 9])
         try await s.send("provisioning.service.cancelled", ["account_id": "s-cancel", "cancelled_at": Scenario.time()])
         try await s.send("crm.customer.erased", ["account_id": "s-erased"])
         for a in ["m-st", "s-opt", "s-ticket", "s-arrears", "s-cancel", "s-erased"] {
-            try await s.send("provisioning.speedtest.completed", ["account_id": a, "measured_down_mbps": 480.5, "plan_down_mbps": 500])
+            try await s.send(
+                "provisioning.speedtest.completed",
+                ["account_id": a, "measured_down_mbps": 480.5, "plan_down_mbps": 500])
         }
-        try await s.send("provisioning.speedtest.completed", ["account_id": "m-slow", "measured_down_mbps": 300, "plan_down_mbps": 500])
+        try await s.send(
+            "provisioning.speedtest.completed",
+            ["account_id": "m-slow", "measured_down_mbps": 300, "plan_down_mbps": 500])
         try await s.send("crm.ticket.resolved", ["account_id": "m-sw", "ticket_id": "t-9", "csat": 5])
-        try await s.send("billing.invoice.paid", [
-            "account_id": "m-bs", "invoice_id": "i-7", "amount_minor": 5000, "currency": "USD", "sequence": 5, "credits_minor": 2500])
+        try await s.send(
+            "billing.invoice.paid",
+            [
+                "account_id": "m-bs", "invoice_id": "i-7", "amount_minor": 5000, "currency": "USD", "sequence": 5,
+                "credits_minor": 2500,
+            ])
 
         try await s.collect(into: &seen) { seen in
             ["m-pa", "m-pi", "m-st", "m-sw", "m-bs"].allSatisfy { !seen.asks($0).isEmpty }
@@ -67,14 +82,21 @@ import Testing
     }
 
     @Test func minGapSpacesAsksMaxPerYearCapsThemAndPeriodicAsksRepeat() async throws {
-        let bed = try await TestBed.make(["REFERRALD_PROGRAMS_FILE": try Scenario.askPrograms(consumer: .init(
-            moments: "[post_activation, speed_test, periodic]", minGap: "2s", maxPerYear: 3, periodicEvery: "3s"))])
+        let bed = try await TestBed.make([
+            "REFERRALD_PROGRAMS_FILE": try Scenario.askPrograms(
+                consumer: .init(
+                    moments: "[post_activation, speed_test, periodic]", minGap: "2s", maxPerYear: 3, periodicEvery: "3s"
+                ))
+        ])
         let worker = bed.startWorker()
         var s = Scenario(bed: bed)
         var seen: [Scenario.Published] = []
-        try await s.send("provisioning.service.activated", ["account_id": "g-1", "activated_at": Scenario.time(), "segment": "consumer"])
+        try await s.send(
+            "provisioning.service.activated",
+            ["account_id": "g-1", "activated_at": Scenario.time(), "segment": "consumer"])
         // A speed test right after the activation ask: due now, but held by min_gap.
-        try await s.send("provisioning.speedtest.completed", ["account_id": "g-1", "measured_down_mbps": 99, "plan_down_mbps": 100])
+        try await s.send(
+            "provisioning.speedtest.completed", ["account_id": "g-1", "measured_down_mbps": 99, "plan_down_mbps": 100])
         try await s.collect(into: &seen, timeout: .seconds(25)) { $0.asks("g-1").count >= 3 }
         // Then nothing more: max_per_year is 3.
         try await s.collect(into: &seen, timeout: .seconds(5)) { _ in false }
@@ -92,15 +114,21 @@ import Testing
     }
 
     @Test func stalledReferralsGetOneFollowupPerStallAndExpire() async throws {
-        let bed = try await TestBed.make(["REFERRALD_PROGRAMS_FILE": try Scenario.askPrograms(consumer: .init(
-            moments: "[speed_test]", stalledAfter: "2s", attributionWindow: "6s"))])
+        let bed = try await TestBed.make([
+            "REFERRALD_PROGRAMS_FILE": try Scenario.askPrograms(
+                consumer: .init(
+                    moments: "[speed_test]", stalledAfter: "2s", attributionWindow: "6s"))
+        ])
         let worker = bed.startWorker()
         var s = Scenario(bed: bed)
         var seen: [Scenario.Published] = []
-        try await s.send("provisioning.service.activated", ["account_id": "f-r", "activated_at": Scenario.time(-60), "segment": "consumer"])
+        try await s.send(
+            "provisioning.service.activated",
+            ["account_id": "f-r", "activated_at": Scenario.time(-60), "segment": "consumer"])
         try await s.collect(into: &seen) { $0.of("referral.code.issued").count == 1 }
         let code = try #require(seen.of("referral.code.issued").first?.data["code"] as? String)
-        try await s.send("provisioning.lead.created", ["lead_id": "f-lead", "referral_code": code, "household_id": "hh-f"])
+        try await s.send(
+            "provisioning.lead.created", ["lead_id": "f-lead", "referral_code": code, "household_id": "hh-f"])
         try await s.collect(into: &seen) { $0.of("referral.lead.followup_due").count >= 1 }
         try await s.send("provisioning.order.placed", ["lead_id": "f-lead", "account_id": "f-friend"])
         try await s.collect(into: &seen) { $0.of("referral.lead.followup_due").count >= 2 }

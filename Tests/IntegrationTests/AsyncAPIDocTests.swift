@@ -76,7 +76,8 @@ struct AsyncAPIDocTests {
         // The upstream exchanges carry the same types, each on the exchange its prefix names.
         var carried: Set<String> = []
         for channel in ["provisioningEvents", "billingEvents", "crmEvents"] {
-            let messages = try #require(try doc.resolve(doc.node("#/channels/\(channel)"))["messages"] as? [String: Any])
+            let messages = try #require(
+                try doc.resolve(doc.node("#/channels/\(channel)"))["messages"] as? [String: Any])
             for (_, message) in messages {
                 let name = try #require(try doc.resolve(message)["name"] as? String)
                 #expect(name.hasPrefix(String(channel.prefix(while: \.isLowercase)) + "."), "\(name) on \(channel)")
@@ -97,7 +98,8 @@ struct AsyncAPIDocTests {
 
     @Test func everyTypeMessageIsRoutedByItsType() throws {
         let doc = try Doc()
-        let messages = try #require(doc.root["components"].flatMap { $0 as? [String: Any] }?["messages"] as? [String: Any])
+        let messages = try #require(
+            doc.root["components"].flatMap { $0 as? [String: Any] }?["messages"] as? [String: Any])
         let types = Set(ConsumedType.allCases.map(\.rawValue) + PublishedType.allCases.map(\.rawValue))
         var seen: Set<String> = []
         for (key, value) in messages {
@@ -110,7 +112,8 @@ struct AsyncAPIDocTests {
             #expect(amqp["x-delivery-mode"] as? Int == 2)
             let parts = try #require(try doc.resolve(message["payload"] as Any)["allOf"] as? [Any])
             let consts = try parts.compactMap { part in
-                ((try doc.resolve(part)["properties"] as? [String: Any])?["type"] as? [String: Any])?["const"] as? String
+                ((try doc.resolve(part)["properties"] as? [String: Any])?["type"] as? [String: Any])?["const"]
+                    as? String
             }
             #expect(consts == [name], "\(name): payload type const")
         }

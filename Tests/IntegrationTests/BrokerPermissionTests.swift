@@ -23,7 +23,9 @@ import Testing
         guard pattern.hasPrefix("^("), pattern.hasSuffix(")$") else {
             throw PatternError(pattern: pattern)
         }
-        return pattern.dropFirst(2).dropLast(2).split(separator: "|").map { $0.replacingOccurrences(of: "\\.", with: ".") }
+        return pattern.dropFirst(2).dropLast(2).split(separator: "|").map {
+            $0.replacingOccurrences(of: "\\.", with: ".")
+        }
     }
 
     struct PatternError: Error, CustomStringConvertible {
@@ -32,14 +34,16 @@ import Testing
     }
 
     static func grants() throws -> [String: Grant] {
-        let data = try Data(contentsOf: TestServices.packageRoot.appendingPathComponent("deploy/rabbitmq/definitions.json"))
+        let data = try Data(
+            contentsOf: TestServices.packageRoot.appendingPathComponent("deploy/rabbitmq/definitions.json"))
         let json = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
         let permissions = try #require(json["permissions"] as? [[String: String]])
         var grants: [String: Grant] = [:]
         for p in permissions {
-            grants[try #require(p["user"])] = Grant(configure: try names(try #require(p["configure"])),
-                                                    write: try names(try #require(p["write"])),
-                                                    read: try names(try #require(p["read"])))
+            grants[try #require(p["user"])] = Grant(
+                configure: try names(try #require(p["configure"])),
+                write: try names(try #require(p["write"])),
+                read: try names(try #require(p["read"])))
         }
         return grants
     }
@@ -47,19 +51,23 @@ import Testing
     /// The expression for this test's names in place of the default ones.
     static func pattern(_ defaults: [String], _ rename: [String: String]) throws -> String {
         if defaults.isEmpty { return "^$" }
-        let names = try defaults.map { name in try #require(rename[name], "definitions.json names \(name), unknown here") }
+        let names = try defaults.map { name in
+            try #require(rename[name], "definitions.json names \(name), unknown here")
+        }
         return "^(" + names.map { NSRegularExpression.escapedPattern(for: $0) }.joined(separator: "|") + ")$"
     }
 
     @Test func runtimeUserWithoutConfigureRunsOnTopologyDeclaredByTheTopologyUser() async throws {
         let grants = try Self.grants()
-        let topologyGrant = try #require(grants["referrald-topology"], "definitions.json has no referrald-topology user")
+        let topologyGrant = try #require(
+            grants["referrald-topology"], "definitions.json has no referrald-topology user")
         let runtimeGrant = try #require(grants["referrald"], "definitions.json has no referrald user")
         #expect(runtimeGrant.configure.isEmpty, "the runtime user must have configure ^$")
 
         let name = "tperm\(UInt32.random(in: 0...UInt32.max))"
-        let adminDB = try await PostgresConnection.connect(try PostgresURL(parsing: TestServices.databaseURL),
-                                                           applicationName: "referrald-test-admin", logger: TestServices.logger)
+        let adminDB = try await PostgresConnection.connect(
+            try PostgresURL(parsing: TestServices.databaseURL),
+            applicationName: "referrald-test-admin", logger: TestServices.logger)
         try await adminDB.run { c in try c.executeScript("CREATE DATABASE \(name)") }
         let databaseURL = TestServices.databaseURL(database: name)
         let base = try AMQPURL(parsing: TestServices.amqpURL)
@@ -84,8 +92,9 @@ import Testing
         var failure: (any Error)?
         var daemon: Process?
         do {
-            let db = try await PostgresConnection.connect(try PostgresURL(parsing: databaseURL),
-                                                          applicationName: "referrald-test", logger: TestServices.logger)
+            let db = try await PostgresConnection.connect(
+                try PostgresURL(parsing: databaseURL),
+                applicationName: "referrald-test", logger: TestServices.logger)
             _ = try await Schema.migrate(db, logger: TestServices.logger)
             await db.close()
             for (user, grant) in [(topologyUser, topologyGrant), (runtimeUser, runtimeGrant)] {
@@ -100,7 +109,8 @@ import Testing
 
             // The runtime user may declare nothing: its `topology` is refused.
             await #expect {
-                try await Operations.declareTopology(settings: runtime, passiveUpstream: true, logger: TestServices.logger)
+                try await Operations.declareTopology(
+                    settings: runtime, passiveUpstream: true, logger: TestServices.logger)
             } throws: { ($0 as? AMQPError)?.replyCode == 403 }
 
             // Before `topology`, `run` says what is missing and exits 75, to be restarted.
@@ -125,12 +135,14 @@ import Testing
 
             // Consumed and published as the runtime user: an activation in, its code out.
             let outcomes = try await admin.publish([
-                OutgoingMessage(exchange: runtime.upstreamExchanges[0], routingKey: "provisioning.service.activated",
-                                body: PipelineTests.activation(id: "act-\(name)", account: "acct-\(name)"),
-                                contentType: "application/cloudevents+json"),
+                OutgoingMessage(
+                    exchange: runtime.upstreamExchanges[0], routingKey: "provisioning.service.activated",
+                    body: PipelineTests.activation(id: "act-\(name)", account: "acct-\(name)"),
+                    contentType: "application/cloudevents+json"),
                 // Dead-lettered as the runtime user (write on the DLX only).
-                OutgoingMessage(exchange: runtime.upstreamExchanges[0], routingKey: "provisioning.lead.created",
-                                body: Array("not json".utf8), contentType: "application/cloudevents+json"),
+                OutgoingMessage(
+                    exchange: runtime.upstreamExchanges[0], routingKey: "provisioning.lead.created",
+                    body: Array("not json".utf8), contentType: "application/cloudevents+json"),
             ])
             #expect(outcomes == [.confirmed, .confirmed])
             try await admin.consume(queue: observer, prefetch: 10)
@@ -145,9 +157,13 @@ import Testing
             #expect(await Ops.waitForExit(process))
             #expect(process.terminationStatus == 0)
         } catch { failure = error }
-        if let daemon, daemon.isRunning { daemon.terminate(); _ = await Ops.waitForExit(daemon) }
+        if let daemon, daemon.isRunning {
+            daemon.terminate()
+            _ = await Ops.waitForExit(daemon)
+        }
         await admin.close()
-        let cleaner = try await AMQPConnection.connect(base, connectionName: "\(name) cleanup", logger: TestServices.logger)
+        let cleaner = try await AMQPConnection.connect(
+            base, connectionName: "\(name) cleanup", logger: TestServices.logger)
         for queue in [runtime.inboxQueue, runtime.deadLetterQueue, observer] { try? await cleaner.deleteQueue(queue) }
         for exchange in runtime.upstreamExchanges + [runtime.eventsExchange, runtime.deadLetterExchange] {
             try? await cleaner.deleteExchange(exchange)

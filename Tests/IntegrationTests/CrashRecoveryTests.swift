@@ -14,18 +14,23 @@ import Testing
     @Test func crashBetweenCommitAndAckYieldsNoSecondCode() async throws {
         let bed = try await TestBed.make()
         let crashing = try bed.spawnDaemon(extraEnvironment: ["REFERRALD_FAILPOINT": "after-commit"])
-        try await bed.publish(PipelineTests.activation(id: "crash-1", account: "acct-8001"),
-                              type: "provisioning.service.activated")
+        try await bed.publish(
+            PipelineTests.activation(id: "crash-1", account: "acct-8001"),
+            type: "provisioning.service.activated")
         #expect(await waitForExit(crashing))
         #expect(crashing.terminationStatus == 86)
         // Committed but neither published nor acked.
         #expect(try await bed.count("SELECT count(*) FROM referral_codes") == 1)
-        #expect(try await bed.count("SELECT count(*) FROM outbox WHERE published_at IS NULL AND type = 'referral.code.issued'") == 1)
+        #expect(
+            try await bed.count(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL AND type = 'referral.code.issued'") == 1)
         // The row was born leased to the crashed worker (10 s): end the lease as time would.
-        #expect(try await bed.count("""
-            WITH x AS (UPDATE outbox SET leased_until = now() - interval '1 s' WHERE leased_until > now() RETURNING 1)
-            SELECT count(*) FROM x
-            """) >= 1)
+        #expect(
+            try await bed.count(
+                """
+                WITH x AS (UPDATE outbox SET leased_until = now() - interval '1 s' WHERE leased_until > now() RETURNING 1)
+                SELECT count(*) FROM x
+                """) >= 1)
 
         let restarted = try bed.spawnDaemon()
         // The activation also earns a post_activation ask: count codes only.
@@ -44,12 +49,14 @@ import Testing
     @Test func crashBetweenPublishAndMarkRepublishesWithTheSameId() async throws {
         let bed = try await TestBed.make()
         let crashing = try bed.spawnDaemon(extraEnvironment: ["REFERRALD_FAILPOINT": "after-publish"])
-        try await bed.publish(PipelineTests.activation(id: "crash-2", account: "acct-8002"),
-                              type: "provisioning.service.activated")
+        try await bed.publish(
+            PipelineTests.activation(id: "crash-2", account: "acct-8002"),
+            type: "provisioning.service.activated")
         #expect(await waitForExit(crashing))
         #expect(crashing.terminationStatus == 86)
         // The outbox lease (60 s) would delay the retry: end it as an expired lease would.
-        _ = try await bed.count("WITH x AS (UPDATE outbox SET leased_until = now() - interval '1 s' RETURNING 1) SELECT count(*) FROM x")
+        _ = try await bed.count(
+            "WITH x AS (UPDATE outbox SET leased_until = now() - interval '1 s' RETURNING 1) SELECT count(*) FROM x")
         let restarted = try bed.spawnDaemon()
         let observed = try await bed.take(from: bed.observerQueue, count: 5, timeout: .seconds(8))
             .filter { $0.routingKey == "referral.code.issued" }

@@ -8,15 +8,18 @@ import Testing
         let bed = try await TestBed.make()
         let worker = bed.startWorker()
         let notJSON: [UInt8] = Array("{not json".utf8)
-        let unknown = Array(#"{"specversion":"1.0","id":"u1","source":"s","type":"provisioning.modem.rebooted","time":"2026-11-23T10:00:00Z","data":{}}"#.utf8)
+        let unknown = Array(
+            #"{"specversion":"1.0","id":"u1","source":"s","type":"provisioning.modem.rebooted","time":"2026-11-23T10:00:00Z","data":{}}"#
+                .utf8)
         try await bed.publish(notJSON, type: "provisioning.lead.created")
         try await bed.publish(unknown, type: "provisioning.lead.created")
         #expect(try await bed.eventually { try await bed.queueDepth(bed.settings.deadLetterQueue) == 2 })
         worker.cancel()
         _ = await worker.result
 
-        let result = try await DeadLetterReplay.run(settings: bed.settings, onlyError: "unknown_type", limit: nil,
-                                                    logger: TestServices.logger)
+        let result = try await DeadLetterReplay.run(
+            settings: bed.settings, onlyError: "unknown_type", limit: nil,
+            logger: TestServices.logger)
         #expect(result == .init(replayed: 1, kept: 1))
         let back = try await bed.take(from: bed.settings.inboxQueue, count: 2, timeout: .seconds(3))
         #expect(back.map(\.body) == [unknown])
@@ -30,16 +33,18 @@ import Testing
     @Test func aFilteredReplayReachesMatchingDeadLettersBehindAFullWindowOfOthers() async throws {
         let bed = try await TestBed.make()
         func deadLetter(_ i: Int, _ code: String) -> OutgoingMessage {
-            OutgoingMessage(exchange: "", routingKey: bed.settings.deadLetterQueue, body: Array("{\"n\":\(i)}".utf8),
-                            headers: ["x-referrald-error": .string(code)], messageId: "dl-\(i)",
-                            contentType: "application/cloudevents+json", persistent: true, mandatory: true)
+            OutgoingMessage(
+                exchange: "", routingKey: bed.settings.deadLetterQueue, body: Array("{\"n\":\(i)}".utf8),
+                headers: ["x-referrald-error": .string(code)], messageId: "dl-\(i)",
+                contentType: "application/cloudevents+json", persistent: true, mandatory: true)
         }
         let others = (0..<300).map { deadLetter($0, "not_json") }
         let matching = (300..<340).map { deadLetter($0, "unknown_type") }
         #expect(try await bed.amqp.publish(others + matching).allSatisfy { $0 == .confirmed })
 
-        let result = try await DeadLetterReplay.run(settings: bed.settings, onlyError: "unknown_type", limit: nil,
-                                                    logger: TestServices.logger)
+        let result = try await DeadLetterReplay.run(
+            settings: bed.settings, onlyError: "unknown_type", limit: nil,
+            logger: TestServices.logger)
         #expect(result == .init(replayed: 40, kept: 300))
         let back = try await bed.take(from: bed.settings.inboxQueue, count: 40, timeout: .seconds(5))
         #expect(Set(back.compactMap(\.messageId)) == Set(matching.compactMap(\.messageId)))

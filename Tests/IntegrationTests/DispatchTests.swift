@@ -71,7 +71,9 @@ struct DispatchTests {
     /// An event held back holds back every later event of its keys, so one key's events are
     /// still applied in the order they arrived.
     @Test func laterEventsOfAHeldKeyWaitToo() {
-        let waiting = [candidate("a:1", "l:1"), candidate("l:1"), candidate("a:7"), candidate("l:1", "a:8"), candidate("a:8")]
+        let waiting = [
+            candidate("a:1", "l:1"), candidate("l:1"), candidate("a:7"), candidate("l:1", "a:8"), candidate("a:8"),
+        ]
         let taken = LaneSelection.take(waiting, blocked: ["a:1"], max: 10, maxBytes: 1000)
         #expect(taken == [2])
     }
@@ -101,8 +103,11 @@ struct DispatchTests {
 
     @Test func aFriendsLaterEventsCarryTheirReferrersCode() {
         var stories = StoryCodes()
-        let lead = stories.keys(for: [.leadCreated(leadId: "L1", at: at, code: "ABCD-2345", householdId: nil,
-                                                   contactHash: nil, segment: nil)])
+        let lead = stories.keys(for: [
+            .leadCreated(
+                leadId: "L1", at: at, code: "ABCD-2345", householdId: nil,
+                contactHash: nil, segment: nil)
+        ])
         let order = stories.keys(for: [.orderPlaced(leadId: "L1", accountId: "A1", at: at)])
         let install = stories.keys(for: [.installCompleted(accountId: "A1", at: at)])
         let stranger = stories.keys(for: [.installCompleted(accountId: "A2", at: at)])
@@ -116,8 +121,11 @@ struct DispatchTests {
     @Test func storyCodesForgetTheOldestStories() {
         var stories = StoryCodes(capacity: 2)
         for i in 1...5 {
-            _ = stories.keys(for: [.leadCreated(leadId: "L\(i)", at: at, code: "C\(i)", householdId: nil,
-                                                contactHash: nil, segment: nil)])
+            _ = stories.keys(for: [
+                .leadCreated(
+                    leadId: "L\(i)", at: at, code: "C\(i)", householdId: nil,
+                    contactHash: nil, segment: nil)
+            ])
         }
         let oldest = stories.keys(for: [.orderPlaced(leadId: "L1", accountId: "A1", at: at)])
         let newest = stories.keys(for: [.orderPlaced(leadId: "L5", accountId: "A5", at: at)])
@@ -132,11 +140,21 @@ struct DispatchTests {
             let event = try classify(body: Array(json.utf8)).get()
             return Set(DispatchKeys.of(event, stories: &stories))
         }
-        let lead = try keys(#"{"specversion":"1.0","id":"e1","source":"provisioning","type":"provisioning.lead.created","time":"2026-01-05T10:00:00Z","data":{"lead_id":"L1","referral_code":"k7qm-42xd-e","household_id":"H1"}}"#)
-        let otherLead = try keys(#"{"specversion":"1.0","id":"e2","source":"provisioning","type":"provisioning.lead.created","time":"2026-01-05T10:00:00Z","data":{"lead_id":"L2","household_id":"H1"}}"#)
-        let order = try keys(#"{"specversion":"1.0","id":"e3","source":"provisioning","type":"provisioning.order.placed","time":"2026-01-05T11:00:00Z","data":{"lead_id":"L1","account_id":"A1"}}"#)
-        let install = try keys(#"{"specversion":"1.0","id":"e4","source":"provisioning","type":"provisioning.install.completed","time":"2026-01-06T11:00:00Z","data":{"account_id":"A1","completed_at":"2026-01-06T11:00:00Z"}}"#)
-        let unrelated = try keys(#"{"specversion":"1.0","id":"e5","source":"provisioning","type":"provisioning.install.completed","time":"2026-01-06T11:00:00Z","data":{"account_id":"A9","completed_at":"2026-01-06T11:00:00Z"}}"#)
+        let lead = try keys(
+            #"{"specversion":"1.0","id":"e1","source":"provisioning","type":"provisioning.lead.created","time":"2026-01-05T10:00:00Z","data":{"lead_id":"L1","referral_code":"k7qm-42xd-e","household_id":"H1"}}"#
+        )
+        let otherLead = try keys(
+            #"{"specversion":"1.0","id":"e2","source":"provisioning","type":"provisioning.lead.created","time":"2026-01-05T10:00:00Z","data":{"lead_id":"L2","household_id":"H1"}}"#
+        )
+        let order = try keys(
+            #"{"specversion":"1.0","id":"e3","source":"provisioning","type":"provisioning.order.placed","time":"2026-01-05T11:00:00Z","data":{"lead_id":"L1","account_id":"A1"}}"#
+        )
+        let install = try keys(
+            #"{"specversion":"1.0","id":"e4","source":"provisioning","type":"provisioning.install.completed","time":"2026-01-06T11:00:00Z","data":{"account_id":"A1","completed_at":"2026-01-06T11:00:00Z"}}"#
+        )
+        let unrelated = try keys(
+            #"{"specversion":"1.0","id":"e5","source":"provisioning","type":"provisioning.install.completed","time":"2026-01-06T11:00:00Z","data":{"account_id":"A9","completed_at":"2026-01-06T11:00:00Z"}}"#
+        )
         #expect(!lead.isDisjoint(with: otherLead))  // the household both claim
         let code = try #require(lead.first { $0.hasPrefix("c:") })
         #expect(order.contains(code) && install.contains(code))

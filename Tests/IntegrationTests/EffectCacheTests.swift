@@ -1,6 +1,7 @@
 import ReferralCore
-@testable import ReferralStore
 import Testing
+
+@testable import ReferralStore
 
 /// What a committed transaction recorded joins the cache only where the cache still ends where
 /// that transaction read it; anywhere else the next read fills it from the table.
@@ -15,16 +16,22 @@ import Testing
 
     @Test func joinsAnEntryThatEndsWhereTheTransactionReadIt() {
         let cache = EffectCache()
-        cache.store(["ref-1": (lastSeq: 5, effects: [.rewardApplied(rewardId: "a")]), "ref-2": (lastSeq: 0, effects: [])])
+        cache.store([
+            "ref-1": (lastSeq: 5, effects: [.rewardApplied(rewardId: "a")]), "ref-2": (lastSeq: 0, effects: []),
+        ])
         cache.appendCommitted([
-            Self.recorded("ref-1", seen: 5, seq: 9, Self.failed(2)), Self.recorded("ref-1", seen: 5, seq: 7, Self.failed(1)),
+            Self.recorded("ref-1", seen: 5, seq: 9, Self.failed(2)),
+            Self.recorded("ref-1", seen: 5, seq: 7, Self.failed(1)),
             Self.recorded("ref-2", seen: 0, seq: 8, .rewardApplied(rewardId: "b")),
         ])
         let held = cache.snapshot(["ref-1", "ref-2"])
         #expect(held["ref-1"]?.lastSeq == 9)
         // In recording order, and without billing's free text, as a read from the table keeps them.
-        #expect(held["ref-1"]?.effects == [.rewardApplied(rewardId: "a"), Self.failed(1, reason: Erasure.redacted),
-                                            Self.failed(2, reason: Erasure.redacted)])
+        #expect(
+            held["ref-1"]?.effects == [
+                .rewardApplied(rewardId: "a"), Self.failed(1, reason: Erasure.redacted),
+                Self.failed(2, reason: Erasure.redacted),
+            ])
         #expect(held["ref-2"]?.lastSeq == 8 && held["ref-2"]?.effects == [.rewardApplied(rewardId: "b")])
     }
 

@@ -17,8 +17,9 @@ import Testing
         let start = try #require(Instant(rfc3339: "2030-01-01T00:00:00Z"))
         let programs = try bed.programs()
 
-        let first = try await Enroll.run(settings: bed.settings, csvPath: path, start: start, span: .days(30),
-                                         programs: programs, logger: TestServices.logger)
+        let first = try await Enroll.run(
+            settings: bed.settings, csvPath: path, start: start, span: .days(30),
+            programs: programs, logger: TestServices.logger)
         print("enroll: first run: \(first)")
         #expect(first.enrolled == n)
         #expect(first.codesIssued == n)
@@ -26,15 +27,20 @@ import Testing
         #expect(try await bed.count("SELECT count(*) FROM referral_codes") == Int64(n))
         #expect(try await bed.count("SELECT count(*) FROM referral_codes WHERE account_id IN ('old-x', 'old-y')") == 0)
         // First asks spread over the 30 days, none now: no day gets more than twice its share.
-        #expect(try await bed.count("SELECT count(*) FROM account_timers WHERE due_at >= '2030-01-01' AND due_at < '2030-01-31'") == Int64(n))
-        let busiestDay = try await bed.count("""
+        #expect(
+            try await bed.count(
+                "SELECT count(*) FROM account_timers WHERE due_at >= '2030-01-01' AND due_at < '2030-01-31'")
+                == Int64(n))
+        let busiestDay = try await bed.count(
+            """
             SELECT max(c) FROM (SELECT count(*) AS c FROM account_timers GROUP BY date_trunc('day', due_at)) d
             """)
         #expect(busiestDay < Int64(2 * n / 30), "busiest day has \(busiestDay) first asks")
         #expect(try await bed.count("SELECT count(*) FROM asks") == 0)
 
-        let second = try await Enroll.run(settings: bed.settings, csvPath: path, start: start, span: .days(30),
-                                          programs: programs, logger: TestServices.logger)
+        let second = try await Enroll.run(
+            settings: bed.settings, csvPath: path, start: start, span: .days(30),
+            programs: programs, logger: TestServices.logger)
         print("enroll: second run: \(second)")
         #expect(second.enrolled == 0 && second.alreadyEnrolled == n && second.codesIssued == 0)
         #expect(try await bed.count("SELECT count(*) FROM referral_codes") == Int64(n))

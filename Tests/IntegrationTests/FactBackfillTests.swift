@@ -2,8 +2,9 @@ import Foundation
 import Postgres
 import ReferralCore
 import ReferralStore
-@testable import ReferralWorker
 import Testing
+
+@testable import ReferralWorker
 
 /// Lead channels and activation plans: stored by the worker beside their facts, and filled in
 /// by migration 17 (`Store.backfillPlansAndChannels`) for facts stored before, from the inbox.
@@ -11,8 +12,10 @@ import Testing
     static let t0 = Instant(rfc3339: "2026-03-02T10:00:00Z")!
 
     static func body(_ id: String, _ type: String, time: Instant, _ data: [String: Any]) -> [UInt8] {
-        let event: [String: Any] = ["specversion": "1.0", "id": id, "source": String(type.split(separator: ".")[0]),
-                                    "type": type, "time": time.rfc3339, "data": data]
+        let event: [String: Any] = [
+            "specversion": "1.0", "id": id, "source": String(type.split(separator: ".")[0]),
+            "type": type, "time": time.rfc3339, "data": data,
+        ]
         return Array(try! JSONSerialization.data(withJSONObject: event, options: .sortedKeys))
     }
 
@@ -31,13 +34,19 @@ import Testing
             if let plan { data["plan_id"] = plan }
             bodies.append(body(id, "provisioning.service.activated", time: at, data))
         }
-        lead(1, "phone"); lead(2, "phone"); lead(3, "web"); lead(4, "retail"); lead(5, nil); lead(6, nil)
+        lead(1, "phone")
+        lead(2, "phone")
+        lead(3, "web")
+        lead(4, "retail")
+        lead(5, nil)
+        lead(6, nil)
         activation("a1", "acct-1", at: t0, plan: "fiber-500")
         activation("a2", "acct-2", at: t0 + .days(1), plan: "fiber-1000")
         activation("a3", "acct-2", at: t0 + .days(1), plan: "fiber-500")
         activation("a4", "acct-3", at: t0 + .days(2), plan: nil)
         activation("a5", "acct-1", at: t0 + .days(3), plan: "fiber-1000")
-        bodies.append(body("o1", "provisioning.order.placed", time: t0 + .days(4), ["lead_id": "lead-1", "account_id": "acct-1"]))
+        bodies.append(
+            body("o1", "provisioning.order.placed", time: t0 + .days(4), ["lead_id": "lead-1", "account_id": "acct-1"]))
         return bodies.map { b in
             guard case .success(let e) = classify(body: b) else { fatalError("test event does not classify") }
             return ReceivedEvent(event: e, body: b)
@@ -48,15 +57,18 @@ import Testing
         let programs = try bed.programs()
         let list = programs.programs
         _ = try await bed.db.transaction { c in try Store.registerPrograms(c, list) }
-        let context = DecisionContext(programs: programs, policy: bed.settings.lifecyclePolicy,
-                                      now: t0 + .days(5))
+        let context = DecisionContext(
+            programs: programs, policy: bed.settings.lifecyclePolicy,
+            now: t0 + .days(5))
         _ = try await DecisionStore(bed.db).applyBatch(events, published: [], context: context)
     }
 
     static func channels(_ db: PostgresConnection) async throws -> [String: String] {
         try await db.run { c in
             var out: [String: String] = [:]
-            for row in try c.query("SELECT lead_id, coalesce(channel, 'null') AS channel FROM facts WHERE kind = 'lead'") {
+            for row in try c.query(
+                "SELECT lead_id, coalesce(channel, 'null') AS channel FROM facts WHERE kind = 'lead'")
+            {
                 out[try row.decode("lead_id", as: String.self)] = try row.decode("channel", as: String.self)
             }
             return out
@@ -65,17 +77,23 @@ import Testing
 
     static func plans(_ db: PostgresConnection) async throws -> [String] {
         try await db.run { c in
-            try c.query("""
+            try c.query(
+                """
                 SELECT account_id || ' ' || to_char(at AT TIME ZONE 'UTC', 'MM-DD') || ' ' || plan_id AS p
                 FROM facts WHERE kind = 'plan' ORDER BY 1
-                """).map { try $0.decode("p", as: String.self) }
+                """
+            ).map { try $0.decode("p", as: String.self) }
         }
     }
 
-    static let expectedChannels = ["lead-1": "phone", "lead-2": "phone", "lead-3": "web", "lead-4": "retail",
-                                   "lead-5": "null", "lead-6": "null"]
-    static let expectedPlans = ["acct-1 03-02 fiber-500", "acct-1 03-05 fiber-1000",
-                                "acct-2 03-03 fiber-1000", "acct-2 03-03 fiber-500"]
+    static let expectedChannels = [
+        "lead-1": "phone", "lead-2": "phone", "lead-3": "web", "lead-4": "retail",
+        "lead-5": "null", "lead-6": "null",
+    ]
+    static let expectedPlans = [
+        "acct-1 03-02 fiber-500", "acct-1 03-05 fiber-1000",
+        "acct-2 03-03 fiber-1000", "acct-2 03-03 fiber-500",
+    ]
 
     @Test func theWorkerStoresALeadsChannelBesideItsFact() async throws {
         let bed = try await TestBed.make()
@@ -93,7 +111,8 @@ import Testing
         // emptied by retention; lead-2's is cut short, for a body the classifier cannot read (a
         // release before may have stored what this one refuses): skipped, not an error.
         try await bed.db.run { c in
-            try c.executeScript("""
+            try c.executeScript(
+                """
                 DELETE FROM facts WHERE kind = 'plan';
                 UPDATE facts SET channel = NULL;
                 INSERT INTO facts (kind, at, account_id) VALUES ('activated', '2026-03-01T00:00:00Z', 'acct-9');

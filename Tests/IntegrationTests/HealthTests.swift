@@ -1,7 +1,8 @@
 import Foundation
 import Prometheus
-@testable import ReferralWorker
 import Testing
+
+@testable import ReferralWorker
 
 /// `/healthz` and the watchdog follow every pipeline: one wedged consume loop must not hide
 /// behind a healthy one (REFERRALD_WORKERS > 1). Pure state, an injected clock: no services.
@@ -20,8 +21,10 @@ import Testing
     }
 
     static func healthz(_ status: ServiceStatus, now: ContinuousClock.Instant) -> Int {
-        HTTPService.respond(method: "GET", path: "/healthz", status: status, stallWindow: window,
-                            registry: PrometheusCollectorRegistry(), now: now).status
+        HTTPService.respond(
+            method: "GET", path: "/healthz", status: status, stallWindow: window,
+            registry: PrometheusCollectorRegistry(), now: now
+        ).status
     }
 
     @Test func aWedgedPipelineFailsHealthAndTheWatchdogWhileTheOtherRuns() {

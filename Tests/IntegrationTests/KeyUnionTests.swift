@@ -15,11 +15,12 @@ import Testing
         keys.add("SELECT 'a:' || unnest(\(p)) AS k")
         keys.add("SELECT 'l:' || lead_id AS k FROM facts WHERE account_id = ANY(\(p))")
         keys.add("SELECT 'r:' || account_id AS k FROM referral_codes WHERE code = ANY(\(keys.parameter(["C"])))")
-        #expect(keys.sql == """
-            SELECT 'a:' || unnest($1::text[]) AS k
-            UNION SELECT 'l:' || lead_id AS k FROM facts WHERE account_id = ANY($1::text[])
-            UNION SELECT 'r:' || account_id AS k FROM referral_codes WHERE code = ANY($2::text[])
-            """)
+        #expect(
+            keys.sql == """
+                SELECT 'a:' || unnest($1::text[]) AS k
+                UNION SELECT 'l:' || lead_id AS k FROM facts WHERE account_id = ANY($1::text[])
+                UNION SELECT 'r:' || account_id AS k FROM referral_codes WHERE code = ANY($2::text[])
+                """)
         #expect(keys.parameters.count == 2)
     }
 
@@ -28,7 +29,8 @@ import Testing
     @Test func everySubsetFindsWhatTheFullStatementFound() async throws {
         let bed = try await TestBed.make()
         try await bed.db.run { c in
-            try c.executeScript("""
+            try c.executeScript(
+                """
                 INSERT INTO program_versions (program_id, version, canonical, program) VALUES ('p', 1, 'c', '{}');
                 INSERT INTO referrals (referral_id, lead_id, code, referrer_account_id, program_id, program_version, friend_account_id)
                 VALUES ('ref-1', 'lead-1', 'CODE', 'acct-r', 'p', 1, NULL),
@@ -48,7 +50,9 @@ import Testing
             ([], [], [], []),
         ]
         for (leads, accounts, rewards, expected) in cases {
-            let found = try await bed.db.run { c in try Store.referralsTouched(c, leads: leads, accounts: accounts, rewards: rewards) }
+            let found = try await bed.db.run { c in
+                try Store.referralsTouched(c, leads: leads, accounts: accounts, rewards: rewards)
+            }
             #expect(Set(found) == expected, "leads \(leads), accounts \(accounts), rewards \(rewards)")
             #expect(found.count == expected.count, "a referral found twice")
         }

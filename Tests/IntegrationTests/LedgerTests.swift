@@ -2,8 +2,9 @@ import Foundation
 import Postgres
 import ReferralCore
 import ReferralStore
-@testable import ReferralWorker
 import Testing
+
+@testable import ReferralWorker
 
 /// `referrald ledger export` and `totals` over a known ledger: every line of the output is
 /// written out below, so a lost change, a time from the wrong column, a reward in the wrong
@@ -11,10 +12,13 @@ import Testing
 @Suite(.serialized) struct LedgerTests {
     static func t(_ text: String) -> Instant { Instant(rfc3339: text)! }
 
-    static func grant(_ referral: String, _ beneficiary: Beneficiary, _ account: String, _ kind: RewardKind,
-                      _ amount: Int64, _ currency: String) -> RewardGrant {
-        RewardGrant(rewardId: "rwd-\(referral.dropFirst(4))-\(beneficiary.rawValue)", referralId: referral, accountId: account,
-                    beneficiary: beneficiary, kind: kind, amountMinor: amount, currency: currency, programId: "consumer")
+    static func grant(
+        _ referral: String, _ beneficiary: Beneficiary, _ account: String, _ kind: RewardKind,
+        _ amount: Int64, _ currency: String
+    ) -> RewardGrant {
+        RewardGrant(
+            rewardId: "rwd-\(referral.dropFirst(4))-\(beneficiary.rawValue)", referralId: referral, accountId: account,
+            beneficiary: beneficiary, kind: kind, amountMinor: amount, currency: currency, programId: "consumer")
     }
 
     /// Two years, both kinds, two currencies:
@@ -36,7 +40,8 @@ import Testing
 
     static func load(_ db: PostgresConnection) async throws {
         try await db.run { c in
-            try c.executeScript("""
+            try c.executeScript(
+                """
                 INSERT INTO program_versions (program_id, version, canonical, program) VALUES ('consumer', 1, 'c', '{}');
                 INSERT INTO referrals (referral_id, lead_id, code, referrer_account_id, program_id, program_version, stage) VALUES
                     ('ref-1', 'lead-1', 'CODE-A', 'acct-A', 'consumer', 1, 'rewarded'),
@@ -55,36 +60,61 @@ import Testing
                 (ff3, "failed", "2026-01-01T00:00:00Z"),
             ]
             for (g, state, issued) in rewards {
-                try c.execute("""
+                try c.execute(
+                    """
                     INSERT INTO rewards (reward_id, referral_id, beneficiary, account_id, kind, amount_minor, currency, program_id,
                                          state, issued_at, updated_at)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'consumer', $8, $9::timestamptz, $9::timestamptz)
-                    """, [.text(g.rewardId), .text(g.referralId), .text(g.beneficiary.rawValue), .text(g.accountId),
-                          .text(g.kind.rawValue), .int(g.amountMinor), .text(g.currency), .text(state), .text(issued)])
+                    """,
+                    [
+                        .text(g.rewardId), .text(g.referralId), .text(g.beneficiary.rawValue), .text(g.accountId),
+                        .text(g.kind.rawValue), .int(g.amountMinor), .text(g.currency), .text(state), .text(issued),
+                    ])
             }
             let effects: [(Effect, String)] = [
-                (.friendOfferGranted(referralId: "ref-1", leadId: "lead-1", code: "CODE-A", priorityInstall: false, kind: .billCredit,
-                                     amountMinor: 2500, currency: "USD"), "2025-02-01T00:00:00Z"),
+                (
+                    .friendOfferGranted(
+                        referralId: "ref-1", leadId: "lead-1", code: "CODE-A", priorityInstall: false,
+                        kind: .billCredit,
+                        amountMinor: 2500, currency: "USD"), "2025-02-01T00:00:00Z"
+                ),
                 (.rewardIssued(r1), "2025-03-01T10:00:00Z"),
                 (.rewardIssued(f1), "2025-03-01T10:00:00Z"),
-                (.rewardMismatch(rewardId: f1.rewardId, accountId: "acct-F1", amountMinor: 2000, currency: "USD"), "2025-03-01T11:00:01Z"),
+                (
+                    .rewardMismatch(rewardId: f1.rewardId, accountId: "acct-F1", amountMinor: 2000, currency: "USD"),
+                    "2025-03-01T11:00:01Z"
+                ),
                 (.rewardApplied(rewardId: f1.rewardId), "2025-03-01T12:00:01Z"),
-                (.rewardFailed(rewardId: r1.rewardId, failure: 1, reason: "account on hold", final: false), "2025-03-02T09:00:05Z"),
+                (
+                    .rewardFailed(rewardId: r1.rewardId, failure: 1, reason: "account on hold", final: false),
+                    "2025-03-02T09:00:05Z"
+                ),
                 (.rewardRetried(r1, attempt: 1), "2025-03-03T09:00:00Z"),
                 (.rewardApplied(rewardId: r1.rewardId), "2025-03-04T12:00:05Z"),
                 (.rewardIssued(r2), "2025-12-31T23:30:00Z"),
-                (.rewardReversed(Reversal(rewardId: r2.rewardId, referralId: "ref-2", accountId: "acct-A", amountMinor: 5000,
-                                          currency: "USD", reason: "friend_cancelled")), "2026-01-10T08:00:00Z"),
+                (
+                    .rewardReversed(
+                        Reversal(
+                            rewardId: r2.rewardId, referralId: "ref-2", accountId: "acct-A", amountMinor: 5000,
+                            currency: "USD", reason: "friend_cancelled")), "2026-01-10T08:00:00Z"
+                ),
                 (.rewardIssued(r3), "2026-01-01T00:00:00Z"),
                 (.rewardIssued(ff3), "2026-01-01T00:00:00Z"),
-                (.rewardFailed(rewardId: ff3.rewardId, failure: 1, reason: "closed", final: true), "2026-01-02T00:00:01Z"),
+                (
+                    .rewardFailed(rewardId: ff3.rewardId, failure: 1, reason: "closed", final: true),
+                    "2026-01-02T00:00:01Z"
+                ),
             ]
             for (n, (effect, at)) in effects.enumerated() {
-                try c.execute("""
+                try c.execute(
+                    """
                     INSERT INTO effects (effect_key, referral_id, account_id, kind, effect, recorded_at)
                     VALUES ($1, $2, NULL, $3, $4::jsonb, $5::timestamptz)
-                    """, [.text("k\(n)"), PostgresValue(effect.referralId), .text(kind(effect)),
-                          .text(String(decoding: effect.storedJSON(), as: UTF8.self)), .text(at)])
+                    """,
+                    [
+                        .text("k\(n)"), PostgresValue(effect.referralId), .text(kind(effect)),
+                        .text(String(decoding: effect.storedJSON(), as: UTF8.self)), .text(at),
+                    ])
             }
         }
     }
@@ -109,20 +139,25 @@ import Testing
         var text: String { lock.withLock { String(decoding: bytes, as: UTF8.self) } }
     }
 
-    static func export(_ db: PostgresConnection, from: String? = nil, to: String? = nil, _ format: Ledger.Format) async throws -> (Int, String) {
+    static func export(_ db: PostgresConnection, from: String? = nil, to: String? = nil, _ format: Ledger.Format)
+        async throws -> (Int, String)
+    {
         let sink = Sink()
         let n = try await Ledger.export(db, from: from.map(t), to: to.map(t), format: format) { sink.append($0) }
         return (n, sink.text)
     }
 
-    static func totals(_ db: PostgresConnection, _ year: Int, kind: RewardKind? = nil, min: Int64? = nil,
-                       _ format: Ledger.Format = .csv) async throws -> String {
+    static func totals(
+        _ db: PostgresConnection, _ year: Int, kind: RewardKind? = nil, min: Int64? = nil,
+        _ format: Ledger.Format = .csv
+    ) async throws -> String {
         let sink = Sink()
         _ = try await Ledger.totals(db, year: year, kind: kind, minNetMinor: min, format: format) { sink.append($0) }
         return sink.text
     }
 
-    static let header = "reward_id,referral_id,beneficiary,account_id,kind,amount_minor,currency,program_id,state,issued_at,applied_at,billing_applied_at,failures,reversed_at,history"
+    static let header =
+        "reward_id,referral_id,beneficiary,account_id,kind,amount_minor,currency,program_id,state,issued_at,applied_at,billing_applied_at,failures,reversed_at,history"
     static let csvRows = [
         "rwd-1-friend,ref-1,friend,acct-F1,bill_credit,2500,USD,consumer,applied,2025-03-01T10:00:00Z,2025-03-01T12:00:01Z,2025-03-01T12:00:00Z,0,,"
             + "issued@2025-03-01T10:00:00Z;mismatch@2025-03-01T11:00:01Z(billing 2025-03-01T11:00:00Z: 2000 USD to acct-F1);"
@@ -148,34 +183,38 @@ import Testing
         #expect(m == 5)
         let lines = json.split(separator: "\n", omittingEmptySubsequences: false)
         #expect(lines.count == 6 && lines.last == "")
-        #expect(lines[0] == """
-            {"reward_id":"rwd-1-friend","referral_id":"ref-1","beneficiary":"friend","account_id":"acct-F1","kind":"bill_credit",\
-            "amount_minor":2500,"currency":"USD","program_id":"consumer","state":"applied","issued_at":"2025-03-01T10:00:00Z",\
-            "history":[{"event":"issued","at":"2025-03-01T10:00:00Z"},\
-            {"event":"mismatch","at":"2025-03-01T11:00:01Z","billing_at":"2025-03-01T11:00:00Z",\
-            "billed":{"account_id":"acct-F1","amount_minor":2000,"currency":"USD"}},\
-            {"event":"applied","at":"2025-03-01T12:00:01Z","billing_at":"2025-03-01T12:00:00Z"}]}
-            """)
-        #expect(lines[1] == """
-            {"reward_id":"rwd-1-referrer","referral_id":"ref-1","beneficiary":"referrer","account_id":"acct-A","kind":"cash",\
-            "amount_minor":5000,"currency":"USD","program_id":"consumer","state":"applied","issued_at":"2025-03-01T10:00:00Z",\
-            "history":[{"event":"issued","at":"2025-03-01T10:00:00Z"},\
-            {"event":"failed","at":"2025-03-02T09:00:05Z","billing_at":"2025-03-02T09:00:00Z","failure":1,"final":false},\
-            {"event":"retried","at":"2025-03-03T09:00:00Z","attempt":1},\
-            {"event":"applied","at":"2025-03-04T12:00:05Z","billing_at":"2025-03-04T12:00:00Z"}]}
-            """)
-        #expect(lines[2] == """
-            {"reward_id":"rwd-2-referrer","referral_id":"ref-2","beneficiary":"referrer","account_id":"acct-A","kind":"cash",\
-            "amount_minor":5000,"currency":"USD","program_id":"consumer","state":"reversed","issued_at":"2025-12-31T23:30:00Z",\
-            "history":[{"event":"issued","at":"2025-12-31T23:30:00Z"},\
-            {"event":"reversed","at":"2026-01-10T08:00:00Z","reason":"friend_cancelled"}]}
-            """)
-        #expect(lines[3] == """
-            {"reward_id":"rwd-3-friend","referral_id":"ref-3","beneficiary":"friend","account_id":"acct-F3,\\"x\\"","kind":"bill_credit",\
-            "amount_minor":1500,"currency":"EUR","program_id":"consumer","state":"failed","issued_at":"2026-01-01T00:00:00Z",\
-            "history":[{"event":"issued","at":"2026-01-01T00:00:00Z"},\
-            {"event":"failed","at":"2026-01-02T00:00:01Z","billing_at":"2026-01-02T00:00:00Z","failure":1,"final":true}]}
-            """)
+        #expect(
+            lines[0] == """
+                {"reward_id":"rwd-1-friend","referral_id":"ref-1","beneficiary":"friend","account_id":"acct-F1","kind":"bill_credit",\
+                "amount_minor":2500,"currency":"USD","program_id":"consumer","state":"applied","issued_at":"2025-03-01T10:00:00Z",\
+                "history":[{"event":"issued","at":"2025-03-01T10:00:00Z"},\
+                {"event":"mismatch","at":"2025-03-01T11:00:01Z","billing_at":"2025-03-01T11:00:00Z",\
+                "billed":{"account_id":"acct-F1","amount_minor":2000,"currency":"USD"}},\
+                {"event":"applied","at":"2025-03-01T12:00:01Z","billing_at":"2025-03-01T12:00:00Z"}]}
+                """)
+        #expect(
+            lines[1] == """
+                {"reward_id":"rwd-1-referrer","referral_id":"ref-1","beneficiary":"referrer","account_id":"acct-A","kind":"cash",\
+                "amount_minor":5000,"currency":"USD","program_id":"consumer","state":"applied","issued_at":"2025-03-01T10:00:00Z",\
+                "history":[{"event":"issued","at":"2025-03-01T10:00:00Z"},\
+                {"event":"failed","at":"2025-03-02T09:00:05Z","billing_at":"2025-03-02T09:00:00Z","failure":1,"final":false},\
+                {"event":"retried","at":"2025-03-03T09:00:00Z","attempt":1},\
+                {"event":"applied","at":"2025-03-04T12:00:05Z","billing_at":"2025-03-04T12:00:00Z"}]}
+                """)
+        #expect(
+            lines[2] == """
+                {"reward_id":"rwd-2-referrer","referral_id":"ref-2","beneficiary":"referrer","account_id":"acct-A","kind":"cash",\
+                "amount_minor":5000,"currency":"USD","program_id":"consumer","state":"reversed","issued_at":"2025-12-31T23:30:00Z",\
+                "history":[{"event":"issued","at":"2025-12-31T23:30:00Z"},\
+                {"event":"reversed","at":"2026-01-10T08:00:00Z","reason":"friend_cancelled"}]}
+                """)
+        #expect(
+            lines[3] == """
+                {"reward_id":"rwd-3-friend","referral_id":"ref-3","beneficiary":"friend","account_id":"acct-F3,\\"x\\"","kind":"bill_credit",\
+                "amount_minor":1500,"currency":"EUR","program_id":"consumer","state":"failed","issued_at":"2026-01-01T00:00:00Z",\
+                "history":[{"event":"issued","at":"2026-01-01T00:00:00Z"},\
+                {"event":"failed","at":"2026-01-02T00:00:01Z","billing_at":"2026-01-02T00:00:00Z","failure":1,"final":true}]}
+                """)
         // Every line is one JSON object, as a JSON Lines reader takes it.
         for line in lines.dropLast() { #expect(try JSONValue.parse(Array(line.utf8)).objectValue != nil) }
     }
@@ -196,7 +235,8 @@ import Testing
 
         // Pages of 2 (one referral's two rewards split across pages) give the same rewards.
         let pages = try await bed.db.transaction(.readOnlySnapshot) { c in
-            var small: [[LedgerReward]] = [], whole: [LedgerReward] = []
+            var small: [[LedgerReward]] = []
+            var whole: [LedgerReward] = []
             try Store.ledgerRewards(c, from: nil, to: nil, pageSize: 2) { small.append($0) }
             try Store.ledgerRewards(c, from: nil, to: nil) { whole += $0 }
             return (small, whole)
@@ -210,20 +250,26 @@ import Testing
         try await Self.load(bed.db)
         let head = "account_id,currency,rewards,issued_minor,reversed_minor,net_minor,failed_minor\r\n"
         // 2025: rwd-2 (issued 12-31 23:30 UTC, reversed in 2026) counts in 2025, reversed.
-        #expect(try await Self.totals(bed.db, 2025) == head + "acct-A,USD,2,10000,5000,5000,0\r\nacct-F1,USD,1,2500,0,2500,0\r\n")
-        #expect(try await Self.totals(bed.db, 2026) == head + "acct-A,EUR,1,7000,0,7000,0\r\n\"acct-F3,\"\"x\"\"\",EUR,1,1500,0,1500,1500\r\n")
+        #expect(
+            try await Self.totals(bed.db, 2025) == head
+                + "acct-A,USD,2,10000,5000,5000,0\r\nacct-F1,USD,1,2500,0,2500,0\r\n")
+        #expect(
+            try await Self.totals(bed.db, 2026) == head
+                + "acct-A,EUR,1,7000,0,7000,0\r\n\"acct-F3,\"\"x\"\"\",EUR,1,1500,0,1500,1500\r\n")
         #expect(try await Self.totals(bed.db, 2024) == head)
         #expect(try await Self.totals(bed.db, 2025, kind: .cash) == head + "acct-A,USD,2,10000,5000,5000,0\r\n")
         #expect(try await Self.totals(bed.db, 2025, kind: .billCredit) == head + "acct-F1,USD,1,2500,0,2500,0\r\n")
         // --min-amount compares the net (5000), not the issued amount (10000).
-        #expect(try await Self.totals(bed.db, 2025, kind: .cash, min: 5000) == head + "acct-A,USD,2,10000,5000,5000,0\r\n")
+        #expect(
+            try await Self.totals(bed.db, 2025, kind: .cash, min: 5000) == head + "acct-A,USD,2,10000,5000,5000,0\r\n")
         #expect(try await Self.totals(bed.db, 2025, kind: .cash, min: 5001) == head)
         #expect(try await Self.totals(bed.db, 2025, min: 2501) == head + "acct-A,USD,2,10000,5000,5000,0\r\n")
-        #expect(try await Self.totals(bed.db, 2026, .json) == """
-            {"account_id":"acct-A","currency":"EUR","rewards":1,"issued_minor":7000,"reversed_minor":0,"net_minor":7000,"failed_minor":0}
-            {"account_id":"acct-F3,\\"x\\"","currency":"EUR","rewards":1,"issued_minor":1500,"reversed_minor":0,"net_minor":1500,"failed_minor":1500}
+        #expect(
+            try await Self.totals(bed.db, 2026, .json) == """
+                {"account_id":"acct-A","currency":"EUR","rewards":1,"issued_minor":7000,"reversed_minor":0,"net_minor":7000,"failed_minor":0}
+                {"account_id":"acct-F3,\\"x\\"","currency":"EUR","rewards":1,"issued_minor":1500,"reversed_minor":0,"net_minor":1500,"failed_minor":1500}
 
-            """)
+                """)
     }
 
     @Test func bothCommandsWriteNothing() async throws {
@@ -233,10 +279,13 @@ import Testing
         func dump() async throws -> [String: String] {
             try await bed.db.run { c in
                 var out: [String: String] = [:]
-                for table in try c.query("""
+                for table in try c.query(
+                    """
                     SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename
-                    """).map({ try $0.decode("tablename", as: String.self) }) {
-                    out[table] = try c.query("SELECT coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '') AS d FROM \"\(table)\" x")[0]
+                    """
+                ).map({ try $0.decode("tablename", as: String.self) }) {
+                    out[table] = try c.query(
+                        "SELECT coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '') AS d FROM \"\(table)\" x")[0]
                         .decode("d", as: String.self)
                 }
                 return out
@@ -250,7 +299,8 @@ import Testing
         _ = try await Self.totals(bed.db, 2026, .json)
         #expect(try await dump() == before)
         // And no temporary table or cursor outlives the commands on the session.
-        let leftovers = try await bed.db.query("""
+        let leftovers = try await bed.db.query(
+            """
             SELECT (SELECT count(*) FROM pg_cursors WHERE name LIKE 'ledger%')::int8 AS cursors,
                    (SELECT count(*) FROM pg_class WHERE relpersistence = 't')::int8 AS temps
             """)[0]

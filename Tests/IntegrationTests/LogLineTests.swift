@@ -42,8 +42,14 @@ import Testing
         let dir = FileManager.default.temporaryDirectory
         let a = dir.appendingPathComponent("journal-a-\(UInt32.random(in: 0...UInt32.max))").path
         let b = dir.appendingPathComponent("journal-b-\(UInt32.random(in: 0...UInt32.max))").path
-        let fa = open(a, O_CREAT | O_WRONLY, 0o600), fb = open(b, O_CREAT | O_WRONLY, 0o600)
-        defer { close(fa); close(fb); unlink(a); unlink(b) }
+        let fa = open(a, O_CREAT | O_WRONLY, 0o600)
+        let fb = open(b, O_CREAT | O_WRONLY, 0o600)
+        defer {
+            close(fa)
+            close(fb)
+            unlink(a)
+            unlink(b)
+        }
         try #require(fa >= 0 && fb >= 0)
         var st = stat()
         try #require(fstat(fa, &st) == 0)

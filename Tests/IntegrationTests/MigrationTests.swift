@@ -8,8 +8,9 @@ import Testing
     /// A fresh, empty database for one test, dropped afterwards.
     func withEmptyDatabase(_ body: (String) async throws -> Void) async throws {
         let name = "m\(UInt32.random(in: 0...UInt32.max))"
-        let admin = try await PostgresConnection.connect(try PostgresURL(parsing: TestServices.databaseURL),
-                                                         applicationName: "migration-test", logger: TestServices.logger)
+        let admin = try await PostgresConnection.connect(
+            try PostgresURL(parsing: TestServices.databaseURL),
+            applicationName: "migration-test", logger: TestServices.logger)
         try await admin.run { c in try c.executeScript("CREATE DATABASE \(name)") }
         do {
             try await body(TestServices.databaseURL(database: name))
@@ -23,8 +24,10 @@ import Testing
 
     @Test func twoInstancesMigratingTogetherApplyEachVersionOnce() async throws {
         try await withEmptyDatabase { url in
-            let a = try await PostgresConnection.connect(try PostgresURL(parsing: url), applicationName: "a", logger: TestServices.logger)
-            let b = try await PostgresConnection.connect(try PostgresURL(parsing: url), applicationName: "b", logger: TestServices.logger)
+            let a = try await PostgresConnection.connect(
+                try PostgresURL(parsing: url), applicationName: "a", logger: TestServices.logger)
+            let b = try await PostgresConnection.connect(
+                try PostgresURL(parsing: url), applicationName: "b", logger: TestServices.logger)
             async let first = Schema.migrate(a, logger: TestServices.logger)
             async let second = Schema.migrate(b, logger: TestServices.logger)
             let applied = try await [first, second]
@@ -32,7 +35,9 @@ import Testing
             #expect(applied.map(\.count).sorted() == [0, Schema.migrations.count])
             #expect(try await Schema.currentVersion(a) == Schema.latestVersion)
             #expect(try await Schema.migrate(a, logger: TestServices.logger).isEmpty)
-            let rows = try await a.run { c in try c.query("SELECT count(*)::int8 AS n FROM schema_migrations").first?.decode("n", as: Int64.self) }
+            let rows = try await a.run { c in
+                try c.query("SELECT count(*)::int8 AS n FROM schema_migrations").first?.decode("n", as: Int64.self)
+            }
             #expect(rows == Int64(Schema.migrations.count))
             await a.close()
             await b.close()
@@ -44,10 +49,12 @@ import Testing
             var env = ProcessInfo.processInfo.environment
             env["REFERRALD_AMQP_URL"] = TestServices.amqpURL
             env["REFERRALD_DATABASE_URL"] = url
-            env["REFERRALD_PROGRAMS_FILE"] = TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path
+            env["REFERRALD_PROGRAMS_FILE"] =
+                TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path
             env["REFERRALD_HTTP_PORT"] = "0"
             let result = try await Subprocess.run(
-                URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("referrald"),
+                URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(
+                    "referrald"),
                 ["run"], environment: env)
             let text = result.errors
             // EX_TEMPFAIL: the unit restarts it until `referrald migrate` has run.
@@ -60,8 +67,10 @@ import Testing
     /// A configuration or programs-file error exits 78 (EX_CONFIG), which the unit's
     /// RestartPreventExitStatus stops restarting; `--version` answers without configuration.
     @Test func configurationErrorsExit78AndTheVersionIsShown() async throws {
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("referrald")
-        let programs = FileManager.default.temporaryDirectory.appendingPathComponent("bad-programs-\(UInt32.random(in: 0...UInt32.max)).yaml")
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(
+            "referrald")
+        let programs = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "bad-programs-\(UInt32.random(in: 0...UInt32.max)).yaml")
         try "programs:\n  - id: consumer\n    segment: martian\n".write(to: programs, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: programs) }
         var env = ProcessInfo.processInfo.environment
@@ -76,8 +85,11 @@ import Testing
         env["REFERRALD_PROGRAMS_FILE"] = programs.path + ".absent"
         let absent = try await Subprocess.run(binary, ["run"], environment: env)
         #expect(absent.status == 78, "\(absent.errors)")
-        #expect(absent.errors.contains(programs.path + ".absent") && absent.errors.contains("mount one"), "\(absent.errors)")
-        env["REFERRALD_PROGRAMS_FILE"] = TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path
+        #expect(
+            absent.errors.contains(programs.path + ".absent") && absent.errors.contains("mount one"), "\(absent.errors)"
+        )
+        env["REFERRALD_PROGRAMS_FILE"] =
+            TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path
         env["REFERRALD_BATCH_SIZE"] = "many"
         let badKey = try await Subprocess.run(binary, ["run"], environment: env)
         #expect(badKey.status == 78, "\(badKey.errors)")

@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// Helpers of the Ops tests: a fake systemd notify socket, a TCP proxy to cut the database
 /// away from one daemon only, a raw HTTP GET, and the Prometheus text reader.
@@ -14,23 +15,27 @@ final class OpsLocked<Value>: @unchecked Sendable {
     private var value: Value
     init(_ value: Value) { self.value = value }
     func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         return try body(&value)
     }
 }
 
 #if canImport(Glibc)
-private let streamType = Int32(SOCK_STREAM.rawValue)
-private let datagramType = Int32(SOCK_DGRAM.rawValue)
+    private let streamType = Int32(SOCK_STREAM.rawValue)
+    private let datagramType = Int32(SOCK_DGRAM.rawValue)
 #else
-private let streamType = SOCK_STREAM
-private let datagramType = SOCK_DGRAM
+    private let streamType = SOCK_STREAM
+    private let datagramType = SOCK_DGRAM
 #endif
 
 /// What systemd would be for the daemon: a Unix datagram socket in a temporary directory that
 /// records every notification with the time it arrived. Stops by itself after `lifetime`.
 final class NotifyListener: Sendable {
-    struct Message: Sendable { let at: ContinuousClock.Instant; let lines: [String] }
+    struct Message: Sendable {
+        let at: ContinuousClock.Instant
+        let lines: [String]
+    }
 
     let path: String
     private let directory: String
@@ -47,7 +52,9 @@ final class NotifyListener: Sendable {
         addr.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
         let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         precondition(rc == 0, "bind \(path): \(errno)")
         var timeout = timeval(tv_sec: 0, tv_usec: 100_000)
@@ -147,12 +154,19 @@ final class TCPProxy: Sendable {
             case .stopped:
                 return
             case .cut:
-                if listener >= 0 { close(listener); listener = -1; listening.withLock { $0 = false } }
+                if listener >= 0 {
+                    close(listener)
+                    listener = -1
+                    listening.withLock { $0 = false }
+                }
                 usleep(20_000)
                 continue
             case .open:
                 if listener < 0 {
-                    guard let fd = Self.listenSocket(port: port) else { usleep(50_000); continue }
+                    guard let fd = Self.listenSocket(port: port) else {
+                        usleep(50_000)
+                        continue
+                    }
                     listener = fd
                     listening.withLock { $0 = true }
                 }
@@ -162,11 +176,15 @@ final class TCPProxy: Sendable {
             let client = accept(listener, nil, nil)
             guard client >= 0 else { continue }
             guard state.withLock({ $0 }) == .open, connections.withLock({ $0.count / 2 }) < maxConnections,
-                  let upstream = Self.connectLocal(port: upstreamPort) else {
+                let upstream = Self.connectLocal(port: upstreamPort)
+            else {
                 close(client)
                 continue
             }
-            connections.withLock { $0.insert(client); $0.insert(upstream) }
+            connections.withLock {
+                $0.insert(client)
+                $0.insert(upstream)
+            }
             let pump = Thread { [self] in self.pump(client, upstream, deadline: deadline) }
             pump.start()
         }
@@ -174,8 +192,12 @@ final class TCPProxy: Sendable {
 
     private func pump(_ a: Int32, _ b: Int32, deadline: ContinuousClock.Instant) {
         defer {
-            connections.withLock { $0.remove(a); $0.remove(b) }
-            close(a); close(b)
+            connections.withLock {
+                $0.remove(a)
+                $0.remove(b)
+            }
+            close(a)
+            close(b)
         }
         var buffer = [UInt8](repeating: 0, count: 16384)
         var fds = [pollfd(fd: a, events: Int16(POLLIN), revents: 0), pollfd(fd: b, events: Int16(POLLIN), revents: 0)]
@@ -201,20 +223,32 @@ final class TCPProxy: Sendable {
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         var addr = loopback(port: port)
-        let ok = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0 && listen(fd, 64) == 0
-        if !ok { close(fd); return nil }
+        let ok =
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            } == 0 && listen(fd, 64) == 0
+        if !ok {
+            close(fd)
+            return nil
+        }
         return fd
     }
 
     static func connectLocal(port: Int) -> Int32? {
         let fd = socket(AF_INET, streamType, 0)
         var addr = loopback(port: port)
-        let ok = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
-        if !ok { close(fd); return nil }
+        let ok =
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            } == 0
+        if !ok {
+            close(fd)
+            return nil
+        }
         return fd
     }
 
@@ -251,7 +285,8 @@ enum Ops {
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let request = Array("\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
-        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return nil }
+        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count
+        else { return nil }
         var response: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -260,14 +295,18 @@ enum Ops {
             response += buffer[0..<n]
         }
         let text = String(decoding: response, as: UTF8.self)
-        guard let head = text.range(of: "\r\n\r\n"), let status = Int(text.split(separator: " ").dropFirst().first ?? "") else { return nil }
+        guard let head = text.range(of: "\r\n\r\n"),
+            let status = Int(text.split(separator: " ").dropFirst().first ?? "")
+        else { return nil }
         return (status, String(text[head.upperBound...]))
     }
 
     /// The value of one series in Prometheus text format: `name` with exactly `labels`.
     static func metric(_ text: String, _ name: String, _ labels: [String: String] = [:]) -> Double? {
         for line in text.split(separator: "\n") where !line.hasPrefix("#") {
-            let (series, value) = (line.split(separator: " ").dropLast().joined(separator: " "), line.split(separator: " ").last ?? "")
+            let (series, value) = (
+                line.split(separator: " ").dropLast().joined(separator: " "), line.split(separator: " ").last ?? ""
+            )
             var seriesName = series
             var seriesLabels: [String: String] = [:]
             if let open = series.firstIndex(of: "{") {
@@ -290,11 +329,13 @@ enum Ops {
     }
 
     /// Runs the built binary to completion: exit status, stdout, stderr.
-    static func runBinary(_ arguments: [String], environment: [String: String]) async throws -> (Int32, String, String) {
+    static func runBinary(_ arguments: [String], environment: [String: String]) async throws -> (Int32, String, String)
+    {
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("REFERRALD_") }
         env.merge(environment) { _, new in new }
         let result = try await Subprocess.run(
-            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("referrald"),
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(
+                "referrald"),
             arguments, environment: env)
         return (result.status, result.output, result.errors)
     }

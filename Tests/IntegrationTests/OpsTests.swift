@@ -1,7 +1,7 @@
 import AMQP
 import Foundation
-import ReferralWorker
 import ReferralCore
+import ReferralWorker
 import Testing
 
 /// The daemon as systemd and an SRE see it: the real binary, real services, a fake notify
@@ -24,7 +24,8 @@ import Testing
         let notify = try NotifyListener()
         let daemon = try bed.spawnDaemon(extraEnvironment: [
             "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000",
-            "REFERRALD_DATABASE_URL": Self.databaseURL(bed, through: proxy)])
+            "REFERRALD_DATABASE_URL": Self.databaseURL(bed, through: proxy),
+        ])
 
         #expect(try await bed.eventually(timeout: .seconds(20)) { !notify.times(of: "READY=1").isEmpty })
         // Healthy: a ping every WatchdogSec/2 = 0.5 s.
@@ -45,8 +46,13 @@ import Testing
 
         proxy.restore()
         let restoredAt = ContinuousClock.now
-        #expect(try await bed.eventually(timeout: .seconds(25)) { notify.times(of: "WATCHDOG=1").contains { $0 > restoredAt } })
-        print("ops: pings resumed \(notify.times(of: "WATCHDOG=1").first { $0 > restoredAt }! - restoredAt) after the restore")
+        #expect(
+            try await bed.eventually(timeout: .seconds(25)) {
+                notify.times(of: "WATCHDOG=1").contains { $0 > restoredAt }
+            })
+        print(
+            "ops: pings resumed \(notify.times(of: "WATCHDOG=1").first { $0 > restoredAt }! - restoredAt) after the restore"
+        )
 
         let stopAt = ContinuousClock.now
         daemon.terminate()
@@ -63,8 +69,10 @@ import Testing
         let proxy = try TCPProxy(upstreamPort: Self.postgresPort)
         let port = Ops.freePort()
         let daemon = try bed.spawnDaemon(extraEnvironment: [
-            "REFERRALD_HTTP_PORT": "\(port)", "REFERRALD_DATABASE_URL": Self.databaseURL(bed, through: proxy)])
-        #expect(try await bed.eventually(timeout: .seconds(20)) { Ops.http(port: port, path: "/readyz")?.status == 200 })
+            "REFERRALD_HTTP_PORT": "\(port)", "REFERRALD_DATABASE_URL": Self.databaseURL(bed, through: proxy),
+        ])
+        #expect(
+            try await bed.eventually(timeout: .seconds(20)) { Ops.http(port: port, path: "/readyz")?.status == 200 })
         #expect(Ops.http(port: port, path: "/healthz")?.status == 200)
         #expect(Ops.http(port: port, path: "/nope")?.status == 404)
         #expect(Ops.http("POST", port: port, path: "/metrics")?.status == 405)
@@ -117,22 +125,26 @@ import Testing
         #expect((Ops.metric(text, "referrald_loop_iterations_total") ?? 0) > 0)
         // Every metric says what it is.
         let typed = text.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.map { $0.split(separator: " ")[2] }
-        let helped = Set(text.split(separator: "\n").filter { $0.hasPrefix("# HELP ") }.map { $0.split(separator: " ")[2] })
-        #expect(!typed.isEmpty && typed.allSatisfy(helped.contains), "no HELP for \(typed.filter { !helped.contains($0) })")
+        let helped = Set(
+            text.split(separator: "\n").filter { $0.hasPrefix("# HELP ") }.map { $0.split(separator: " ")[2] })
+        #expect(
+            !typed.isEmpty && typed.allSatisfy(helped.contains), "no HELP for \(typed.filter { !helped.contains($0) })")
 
         proxy.cut()
         var notReady = ""
-        #expect(try await bed.eventually(timeout: .seconds(10)) {
-            guard let r = Ops.http(port: port, path: "/readyz"), r.status == 503 else { return false }
-            notReady = r.body
-            return true
-        })
+        #expect(
+            try await bed.eventually(timeout: .seconds(10)) {
+                guard let r = Ops.http(port: port, path: "/readyz"), r.status == 503 else { return false }
+                notReady = r.body
+                return true
+            })
         print("ops: /readyz while the database is cut: \(notReady)")
         // A fixed reason: libpq's text names the host, its address and the user.
         #expect(notReady.trimmingCharacters(in: .whitespacesAndNewlines) == "database not connected")
         #expect(Ops.http(port: port, path: "/healthz")?.status == 200)
         proxy.restore()
-        #expect(try await bed.eventually(timeout: .seconds(25)) { Ops.http(port: port, path: "/readyz")?.status == 200 })
+        #expect(
+            try await bed.eventually(timeout: .seconds(25)) { Ops.http(port: port, path: "/readyz")?.status == 200 })
         text = Ops.http(port: port, path: "/metrics")?.body ?? ""
         #expect((Ops.metric(text, "referrald_reconnects_total", ["peer": "postgres"]) ?? 0) >= 1)
 
@@ -150,36 +162,42 @@ import Testing
         let exchange = bed.settings.upstreamExchanges[0]
         for chunk in stride(from: 0, to: n, by: 250) {
             let messages = (chunk..<min(n, chunk + 250)).map { i in
-                OutgoingMessage(exchange: exchange, routingKey: Self.activationType,
-                                body: PipelineTests.activation(id: "load-\(i)", account: "acct-load-\(i)"), headers: [:],
-                                messageId: nil, contentType: "application/cloudevents+json", persistent: true, mandatory: true)
+                OutgoingMessage(
+                    exchange: exchange, routingKey: Self.activationType,
+                    body: PipelineTests.activation(id: "load-\(i)", account: "acct-load-\(i)"), headers: [:],
+                    messageId: nil, contentType: "application/cloudevents+json", persistent: true, mandatory: true)
             }
             #expect(try await bed.amqp.publish(messages).allSatisfy { $0 == .confirmed })
         }
 
         let first = try bed.spawnDaemon(extraEnvironment: ["REFERRALD_DRAIN_TIMEOUT_SECONDS": "\(drainTimeout)"])
-        #expect(try await bed.eventually(timeout: .seconds(60)) {
-            try await bed.count("SELECT count(*) FROM referral_codes") >= Int64(n / 5)
-        })
+        #expect(
+            try await bed.eventually(timeout: .seconds(60)) {
+                try await bed.count("SELECT count(*) FROM referral_codes") >= Int64(n / 5)
+            })
         let stopAt = ContinuousClock.now
         first.terminate()
         #expect(await Ops.waitForExit(first, timeout: .seconds(drainTimeout + 10)))
         let drained = ContinuousClock.now - stopAt
         let codesAtStop = try await bed.count("SELECT count(*) FROM referral_codes")
-        print("ops: SIGTERM with \(codesAtStop) of \(n) codes issued; drain took \(drained) (timeout \(drainTimeout) s); exit \(first.terminationStatus)")
+        print(
+            "ops: SIGTERM with \(codesAtStop) of \(n) codes issued; drain took \(drained) (timeout \(drainTimeout) s); exit \(first.terminationStatus)"
+        )
         #expect(first.terminationStatus == 0)
         #expect(drained < .seconds(drainTimeout))
         #expect(codesAtStop < Int64(n), "the stop came after all work was done; the test proves less")
 
         let second = try bed.spawnDaemon()
-        #expect(try await bed.eventually(timeout: .seconds(120)) {
-            try await bed.count("SELECT count(*) FROM referral_codes") == Int64(n)
-        })
+        #expect(
+            try await bed.eventually(timeout: .seconds(120)) {
+                try await bed.count("SELECT count(*) FROM referral_codes") == Int64(n)
+            })
         #expect(try await bed.eventually { try await bed.queueDepth(bed.settings.inboxQueue) == 0 })
         // Each activation yields its code and its post_activation ask: n of each, no more. A
         // republished outbox row keeps its CloudEvents id (at-least-once delivery, harmless to a
         // consumer that deduplicates by id); a doubled effect would carry a second id.
-        let observed = try await bed.take(from: bed.observerQueue, count: 2 * n, timeout: .seconds(60))
+        let observed =
+            try await bed.take(from: bed.observerQueue, count: 2 * n, timeout: .seconds(60))
             + bed.take(from: bed.observerQueue, count: 1, timeout: .seconds(2))
         var byId: [String: Delivery] = [:]
         for d in observed { byId[d.messageId ?? ""] = d }
@@ -188,8 +206,9 @@ import Testing
         let asks = distinct.filter { $0.routingKey == "referral.ask.due" }
         let accounts = try codes.map { try PipelineTests.data($0)["account_id"] as? String ?? "" }
         let asked = try asks.map { try PipelineTests.data($0)["account_id"] as? String ?? "" }
-        print("ops: \(codes.count) referral.code.issued, \(Set(accounts).count) distinct accounts, \(asks.count) asks; "
-              + "\(observed.count - distinct.count) redelivered with the same id")
+        print(
+            "ops: \(codes.count) referral.code.issued, \(Set(accounts).count) distinct accounts, \(asks.count) asks; "
+                + "\(observed.count - distinct.count) redelivered with the same id")
         #expect(codes.count == n && asks.count == n)
         #expect(distinct.count == codes.count + asks.count)
         #expect(!byId.keys.contains(""))
@@ -225,7 +244,8 @@ import Testing
 
         let file = NSTemporaryDirectory() + "ops-programs-\(bed.name).yaml"
         let example = try String(contentsOfFile: bed.settings.programsFile, encoding: .utf8)
-        try example.replacingOccurrences(of: "hold: 30d", with: "hold: 30 fortnights").write(toFile: file, atomically: true, encoding: .utf8)
+        try example.replacingOccurrences(of: "hold: 30d", with: "hold: 30 fortnights").write(
+            toFile: file, atomically: true, encoding: .utf8)
         var badPrograms = bed.environment
         badPrograms["REFERRALD_PROGRAMS_FILE"] = file
         let (s3, _, e3) = try await Ops.runBinary(["check"], environment: badPrograms)
@@ -238,12 +258,15 @@ import Testing
 
 /// The pieces that need no services: settings checks and the watchdog's environment.
 @Suite struct OpsSettingsTests {
-    static let required = ["REFERRALD_AMQP_URL": "amqp://u:p@127.0.0.1/", "REFERRALD_DATABASE_URL": "postgres://u:p@127.0.0.1/d",
-                           "REFERRALD_PROGRAMS_FILE": "/dev/null"]
+    static let required = [
+        "REFERRALD_AMQP_URL": "amqp://u:p@127.0.0.1/", "REFERRALD_DATABASE_URL": "postgres://u:p@127.0.0.1/d",
+        "REFERRALD_PROGRAMS_FILE": "/dev/null",
+    ]
 
     @Test func drainMustEndBeforeSystemdKills() async throws {
         let defaults = try await Settings.load(configFile: nil, environment: Self.required)
-        #expect(defaults.drainTimeoutSeconds == 20 && defaults.stopTimeoutSeconds == 30 && defaults.httpHost == "127.0.0.1")
+        #expect(
+            defaults.drainTimeoutSeconds == 20 && defaults.stopTimeoutSeconds == 30 && defaults.httpHost == "127.0.0.1")
         var env = Self.required
         env["REFERRALD_DRAIN_TIMEOUT_SECONDS"] = "30"
         await #expect { try await Settings.load(configFile: nil, environment: env) } throws: {

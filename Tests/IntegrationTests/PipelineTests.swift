@@ -11,7 +11,8 @@ import Testing
     /// a fixed date silently stopped these activations from earning their post_activation ask
     /// once the calendar passed it (and failed the stop-under-load test, which counts asks).
     static func activation(id: String, account: String, at: String = Scenario.time()) -> [UInt8] {
-        Array("""
+        Array(
+            """
             {"specversion":"1.0","id":"\(id)","source":"provisioning","type":"provisioning.service.activated",
              "time":"\(at)","subject":"\(account)","datacontenttype":"application/json",
              "data":{"account_id":"\(account)","activated_at":"\(at)","household_id":"hh-1","segment":"consumer","plan_id":"fiber-1000"}}
@@ -30,10 +31,13 @@ import Testing
         try await bed.publish(body, type: "provisioning.service.activated")
         try await bed.publish(body, type: "provisioning.service.activated")
         // A reactivation of the same account, another event: still no second code.
-        try await bed.publish(Self.activation(id: "act-2", account: "acct-7001", at: Scenario.time(3_600)),
-                              type: "provisioning.service.activated")
+        try await bed.publish(
+            Self.activation(id: "act-2", account: "acct-7001", at: Scenario.time(3_600)),
+            type: "provisioning.service.activated")
         // The activation also earns the new customer a post_activation ask: count codes only.
-        let observed = try await bed.take(from: bed.observerQueue, count: 2).filter { $0.routingKey == "referral.code.issued" }
+        let observed = try await bed.take(from: bed.observerQueue, count: 2).filter {
+            $0.routingKey == "referral.code.issued"
+        }
         #expect(observed.count == 1)
         let d = try #require(observed.first)
         #expect(d.routingKey == "referral.code.issued")
@@ -46,8 +50,9 @@ import Testing
         // All three deliveries handled: the inbox is empty and acked, and nothing more was published.
         #expect(try await bed.eventually { try await bed.queueDepth(bed.settings.inboxQueue) == 0 })
         #expect(try await bed.count("SELECT count(*) FROM inbox") == 2)
-        #expect(try await bed.take(from: bed.observerQueue, count: 1, timeout: .seconds(1))
-            .filter { $0.routingKey == "referral.code.issued" }.isEmpty)
+        #expect(
+            try await bed.take(from: bed.observerQueue, count: 1, timeout: .seconds(1))
+                .filter { $0.routingKey == "referral.code.issued" }.isEmpty)
         #expect(try await bed.count("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0)
         worker.cancel()
         _ = await worker.result
@@ -85,7 +90,8 @@ import Testing
             try await bed.publish(body, type: "provisioning.install.completed")
         }
         // The worker keeps consuming afterwards: a valid event still gets its effect.
-        try await bed.publish(Self.activation(id: "after-bad", account: "acct-7002"), type: "provisioning.service.activated")
+        try await bed.publish(
+            Self.activation(id: "after-bad", account: "acct-7002"), type: "provisioning.service.activated")
         let dead = try await bed.take(from: bed.settings.deadLetterQueue, count: manifest.count)
         #expect(dead.count == manifest.count)
         for d in dead {
@@ -100,7 +106,9 @@ import Testing
                 Issue.record("\(file): no x-referrald-detail header")
             }
         }
-        let codes = try await bed.take(from: bed.observerQueue, count: 2).filter { $0.routingKey == "referral.code.issued" }
+        let codes = try await bed.take(from: bed.observerQueue, count: 2).filter {
+            $0.routingKey == "referral.code.issued"
+        }
         #expect(codes.map(\.routingKey) == ["referral.code.issued"])
         #expect(try await bed.count("SELECT count(*) FROM inbox") == 1)
         worker.cancel()
@@ -115,20 +123,32 @@ import Testing
         let worker = bed.startWorker()
         let at = Scenario.time()
         func event(_ id: String, _ type: String, _ data: String) -> [UInt8] {
-            Array(#"{"specversion":"1.0","id":"\#(id)","source":"billing","type":"\#(type)","time":"\#(at)","data":{\#(data)}}"#.utf8)
+            Array(
+                #"{"specversion":"1.0","id":"\#(id)","source":"billing","type":"\#(type)","time":"\#(at)","data":{\#(data)}}"#
+                    .utf8)
         }
-        try await bed.publish(event("nul-1", "billing.credit.rejected", #""reward_id":"rwd-ref-1-friend","reason":"closed\u0000account""#),
-                              type: "billing.credit.rejected")
-        try await bed.publish(event("seq-1", "billing.invoice.paid",
-                                    #""account_id":"acct-big","invoice_id":"i-1","amount_minor":100,"currency":"USD","sequence":3000000000"#),
-                              type: "billing.invoice.paid")
-        try await bed.publish(event("nul-2", "provisioning.service.cancelled",
-                                    #""account_id":"acct-big","cancelled_at":"\#(at)","reason":"moving\u0000out""#),
-                              type: "provisioning.service.cancelled")
+        try await bed.publish(
+            event(
+                "nul-1", "billing.credit.rejected", #""reward_id":"rwd-ref-1-friend","reason":"closed\u0000account""#),
+            type: "billing.credit.rejected")
+        try await bed.publish(
+            event(
+                "seq-1", "billing.invoice.paid",
+                #""account_id":"acct-big","invoice_id":"i-1","amount_minor":100,"currency":"USD","sequence":3000000000"#
+            ),
+            type: "billing.invoice.paid")
+        try await bed.publish(
+            event(
+                "nul-2", "provisioning.service.cancelled",
+                #""account_id":"acct-big","cancelled_at":"\#(at)","reason":"moving\u0000out""#),
+            type: "provisioning.service.cancelled")
         #expect(try await bed.eventually { try await bed.count("SELECT count(*) FROM inbox") == 3 })
         #expect(try await bed.count("SELECT count(*) FROM facts WHERE kind = 'paid' AND sequence = 3000000000") == 1)
-        #expect(try await bed.count("SELECT count(*) FROM facts WHERE kind = 'credit_rejected' AND reason = 'closed\u{FFFD}account'") == 1)
-        #expect(try await bed.count("SELECT count(*) FROM facts WHERE kind = 'cancelled' AND account_id = 'acct-big'") == 1)
+        #expect(
+            try await bed.count(
+                "SELECT count(*) FROM facts WHERE kind = 'credit_rejected' AND reason = 'closed\u{FFFD}account'") == 1)
+        #expect(
+            try await bed.count("SELECT count(*) FROM facts WHERE kind = 'cancelled' AND account_id = 'acct-big'") == 1)
         #expect(try await bed.queueDepth(bed.settings.deadLetterQueue) == 0)
         worker.cancel()
         _ = await worker.result
@@ -143,8 +163,18 @@ import Testing
             ("not_json", [0xEF, 0xBB, 0xBF] + Array("{}".utf8)),
             ("not_cloudevent", Array("[1,2]".utf8)),
             ("unsupported_specversion", Array(#"{"specversion":"2.0","id":"x","source":"s","type":"t"}"#.utf8)),
-            ("unknown_type", Array(#"{"specversion":"1.0","id":"x","source":"s","type":"provisioning.modem.rebooted","time":"2026-11-23T10:00:00Z","data":{}}"#.utf8)),
-            ("invalid_data", Array(#"{"specversion":"1.0","id":"x","source":"s","type":"provisioning.service.activated","time":"2026-11-23T10:00:00Z","data":{"account_id":"a"}}"#.utf8)),
+            (
+                "unknown_type",
+                Array(
+                    #"{"specversion":"1.0","id":"x","source":"s","type":"provisioning.modem.rebooted","time":"2026-11-23T10:00:00Z","data":{}}"#
+                        .utf8)
+            ),
+            (
+                "invalid_data",
+                Array(
+                    #"{"specversion":"1.0","id":"x","source":"s","type":"provisioning.service.activated","time":"2026-11-23T10:00:00Z","data":{"account_id":"a"}}"#
+                        .utf8)
+            ),
             ("too_large", Array(repeating: UInt8(ascii: " "), count: 300_000)),
             ("not_json", Array(repeating: UInt8(ascii: "["), count: 10_000)),  // nesting past the depth limit
         ]

@@ -9,9 +9,11 @@ struct PostgresConnectionTests {
         try await withTestConnection { db in
             #expect(await db.isConnected)
             #expect(await db.backendPID > 0)
-            let row = try #require(try await db.query(
-                "SELECT current_setting('TimeZone') AS tz, current_setting('DateStyle') AS ds, "
-                + "current_setting('application_name') AS app, pg_backend_pid() AS pid").first)
+            let row = try #require(
+                try await db.query(
+                    "SELECT current_setting('TimeZone') AS tz, current_setting('DateStyle') AS ds, "
+                        + "current_setting('application_name') AS app, pg_backend_pid() AS pid"
+                ).first)
             #expect(try row.decode("tz", as: String.self) == "UTC")
             #expect(try row.decode("ds", as: String.self) == "ISO, MDY")
             #expect(try row.decode("app", as: String.self) == "referrald-postgres-tests")
@@ -24,7 +26,8 @@ struct PostgresConnectionTests {
         var url = try postgresTestURL()
         url.applicationName = "it's a \\ 'test'"
         let db = try await PostgresConnection.connect(url, applicationName: "ignored", logger: Logger(label: "url"))
-        let name = try await db.query("SELECT current_setting('application_name') AS a").first?.decode("a", as: String.self)
+        let name = try await db.query("SELECT current_setting('application_name') AS a").first?.decode(
+            "a", as: String.self)
         #expect(name == "it's a \\ 'test'")
         await db.close()
     }
@@ -47,7 +50,9 @@ struct PostgresConnectionTests {
                 return try db.execute("UPDATE r SET state = $1 WHERE state = $2", ["qualified", "pending"])
             }
             #expect(count == 2)
-            let states = try await db.query("SELECT state FROM r ORDER BY id").map { try $0.decode("state", as: String.self) }
+            let states = try await db.query("SELECT state FROM r ORDER BY id").map {
+                try $0.decode("state", as: String.self)
+            }
             #expect(states == ["qualified", "qualified"])
         }
     }
@@ -100,13 +105,15 @@ struct PostgresConnectionTests {
         try await withTestConnection { db in
             try await db.execute("CREATE TABLE r (id int8 PRIMARY KEY)")
             try await db.execute("INSERT INTO r VALUES (1)")
-            let schema = try #require(try await db.query("SELECT current_schema() AS s").first?.decode("s", as: String.self))
+            let schema = try #require(
+                try await db.query("SELECT current_schema() AS s").first?.decode("s", as: String.self))
             let writer = try await PostgresConnection.connect(
                 postgresTestURL(), applicationName: "referrald-postgres-tests", logger: Logger(label: "writer"))
             try await writer.executeScript("SET search_path TO \(schema)")
             let seen = try await db.transaction(.readOnlySnapshot) { c in
                 let settings = try c.query(
-                    "SELECT current_setting('transaction_isolation') AS i, current_setting('transaction_read_only') AS ro")[0]
+                    "SELECT current_setting('transaction_isolation') AS i, current_setting('transaction_read_only') AS ro"
+                )[0]
                 let before = try c.query("SELECT count(*)::int8 AS n FROM r")[0].decode("n", as: Int64.self)
                 // Another session commits a row between two statements of the snapshot. Detached:
                 // a task inheriting this actor would wait for the thread the semaphore blocks.
@@ -117,7 +124,9 @@ struct PostgresConnectionTests {
                 }
                 done.wait()
                 let after = try c.query("SELECT count(*)::int8 AS n FROM r")[0].decode("n", as: Int64.self)
-                return (try settings.decode("i", as: String.self), try settings.decode("ro", as: String.self), before, after)
+                return (
+                    try settings.decode("i", as: String.self), try settings.decode("ro", as: String.self), before, after
+                )
             }
             #expect(seen.0 == "repeatable read")
             #expect(seen.1 == "on")
@@ -169,14 +178,17 @@ struct PostgresConnectionTests {
 
     @Test func scriptRunsSeveralStatementsButQueryRefusesThem() async throws {
         try await withTestConnection { db in
-            try await db.executeScript("""
+            try await db.executeScript(
+                """
                 CREATE TABLE m (id int8);
                 INSERT INTO m VALUES (1);
                 INSERT INTO m VALUES (2);
                 """)
             #expect(try await db.query("SELECT sum(id) AS s FROM m").first?.decode("s", as: Int.self) == 3)
             // Stacked statements through the parameterised path would be an injection vector.
-            let error = await #expect(throws: PostgresError.self) { try await db.execute("DELETE FROM m; DELETE FROM m") }
+            let error = await #expect(throws: PostgresError.self) {
+                try await db.execute("DELETE FROM m; DELETE FROM m")
+            }
             #expect(error?.sqlState == "42601")
             #expect(try await db.execute("UPDATE m SET id = id * 10") == 2)
         }
@@ -270,7 +282,8 @@ struct PostgresConnectionTests {
                 for _ in 0..<3 {
                     group.addTask {
                         let other = try await PostgresConnection.connect(
-                            postgresTestURL(), applicationName: "referrald-postgres-tests", logger: Logger(label: "sleep"))
+                            postgresTestURL(), applicationName: "referrald-postgres-tests",
+                            logger: Logger(label: "sleep"))
                         try await other.execute("SELECT pg_sleep(1)")
                         await other.close()
                     }
@@ -307,7 +320,8 @@ struct PostgresConnectionTests {
         db = nil
         var stillThere = true
         for _ in 0..<100 where stillThere {
-            stillThere = try await admin.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1", [.int(Int64(pid))]).count == 1
+            stillThere =
+                try await admin.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1", [.int(Int64(pid))]).count == 1
             if stillThere { try await Task.sleep(for: .milliseconds(50)) }
         }
         #expect(!stillThere, "backend \(pid) outlived its connection object")
@@ -315,7 +329,8 @@ struct PostgresConnectionTests {
     }
 
     @Test func failedConnectIsTransientAndDoesNotLeakThePassword() async throws {
-        let url = try PostgresURL(parsing: "postgres://referrald:pa55-not-logged@127.0.0.1:1/referrald?connect_timeout=2")
+        let url = try PostgresURL(
+            parsing: "postgres://referrald:pa55-not-logged@127.0.0.1:1/referrald?connect_timeout=2")
         let error = await #expect(throws: PostgresError.self) {
             try await PostgresConnection.connect(url, applicationName: "t", logger: Logger(label: "fail"))
         }

@@ -14,7 +14,9 @@ struct PostgresPipelineTests {
                 try c.executeDeferred("INSERT INTO r VALUES ($1, $2)", [.int(1), .text("lead")])
                 try c.executeDeferred("UPDATE r SET state = $2 WHERE id = $1", [.int(1), .text("ordered")])
                 try c.executeDeferred("INSERT INTO r VALUES ($1, $2)", [.int(2), .text("lead")])
-                let states = try c.query("SELECT state FROM r ORDER BY id").map { try $0.decode("state", as: String.self) }
+                let states = try c.query("SELECT state FROM r ORDER BY id").map {
+                    try $0.decode("state", as: String.self)
+                }
                 try c.executeDeferred("DELETE FROM r WHERE id = $1", [.int(2)])
                 return states
             }

@@ -5,7 +5,8 @@ import Postgres
 /// The database the Postgres tests run against: `REFERRALD_TEST_DATABASE_URL`, or the local
 /// server that `scripts/services.sh start` runs.
 func postgresTestURL() throws -> PostgresURL {
-    let text = ProcessInfo.processInfo.environment["REFERRALD_TEST_DATABASE_URL"]
+    let text =
+        ProcessInfo.processInfo.environment["REFERRALD_TEST_DATABASE_URL"]
         ?? "postgres://referrald:referrald@127.0.0.1:54329/referrald"
     return try PostgresURL(parsing: text)
 }
@@ -41,9 +42,10 @@ struct CapturingLogHandler: LogHandler {
     }
 
     func log(event: LogEvent) {
-        logs.append(.init(
-            level: event.level, message: "\(event.message)",
-            metadata: metadata.merging(event.metadata ?? [:]) { $1 }))
+        logs.append(
+            .init(
+                level: event.level, message: "\(event.message)",
+                metadata: metadata.merging(event.metadata ?? [:]) { $1 }))
     }
 }
 
@@ -54,7 +56,8 @@ func withTestConnection<T>(
     _ body: (PostgresConnection) async throws -> T
 ) async throws -> T {
     let connection = try await PostgresConnection.connect(
-        postgresTestURL(), applicationName: "referrald-postgres-tests", logger: logs.logger(), statementCache: statementCache)
+        postgresTestURL(), applicationName: "referrald-postgres-tests", logger: logs.logger(),
+        statementCache: statementCache)
     // Generated here from hex digits only, so it is safe to place in the SQL as an identifier.
     let schema = "t_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
     try await connection.executeScript("CREATE SCHEMA \(schema); SET search_path TO \(schema)")

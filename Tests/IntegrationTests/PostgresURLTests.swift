@@ -4,10 +4,11 @@ import Testing
 @Suite("PostgresURL")
 struct PostgresURLTests {
     @Test func parsesEveryPartAndPercentDecodes() throws {
-        let url = try PostgresURL(parsing:
-            "postgresql://app%20user:p%40ss%3Aw%2Fd%25@db.example.com:6432/referral%2Fdb"
-            + "?sslmode=verify-full&sslrootcert=/etc/ca%20dir/root.crt&sslcert=/c.crt&sslkey=/c.key"
-            + "&application_name=referrald%201&connect_timeout=7")
+        let url = try PostgresURL(
+            parsing:
+                "postgresql://app%20user:p%40ss%3Aw%2Fd%25@db.example.com:6432/referral%2Fdb"
+                + "?sslmode=verify-full&sslrootcert=/etc/ca%20dir/root.crt&sslcert=/c.crt&sslkey=/c.key"
+                + "&application_name=referrald%201&connect_timeout=7")
         #expect(url.user == "app user")
         #expect(url.password == "p@ss:w/d%")
         #expect(url.host == "db.example.com")
@@ -60,18 +61,18 @@ struct PostgresURLTests {
     }
 
     @Test(arguments: [
-        "mysql://u:p@h/db",                          // scheme
-        "postgres://u:p@h:99999/db",                 // port out of range
-        "postgres://u:p@h:abc/db",                   // port not a number
-        "postgres://u:p@/db",                        // no host
-        "postgres://u:p@[::1/db",                    // unterminated IPv6
-        "postgres://u:p%zz@h/db",                    // bad escape
-        "postgres://u:p%4@h/db",                     // truncated escape
-        "postgres://u:p%ff@h/db",                    // escape that is not UTF-8
-        "postgres://u:p@h/db?sslmod=verify-full",    // typo must not downgrade TLS silently
-        "postgres://u:p@h/db?sslmode=verify",        // unknown sslmode
+        "mysql://u:p@h/db",  // scheme
+        "postgres://u:p@h:99999/db",  // port out of range
+        "postgres://u:p@h:abc/db",  // port not a number
+        "postgres://u:p@/db",  // no host
+        "postgres://u:p@[::1/db",  // unterminated IPv6
+        "postgres://u:p%zz@h/db",  // bad escape
+        "postgres://u:p%4@h/db",  // truncated escape
+        "postgres://u:p%ff@h/db",  // escape that is not UTF-8
+        "postgres://u:p@h/db?sslmod=verify-full",  // typo must not downgrade TLS silently
+        "postgres://u:p@h/db?sslmode=verify",  // unknown sslmode
         "postgres://u:p@h/db?connect_timeout=soon",  // timeout not a number
-        "postgres://u:p@h/db?sslmode",               // no '='
+        "postgres://u:p@h/db?sslmode",  // no '='
     ])
     func rejectsMalformedURLs(_ text: String) {
         #expect(throws: PostgresError.self) { try PostgresURL(parsing: text) }
@@ -106,20 +107,26 @@ struct PostgresURLTests {
     }
 
     @Test func severalHostsAndNetworkParameters() throws {
-        let url = try PostgresURL(parsing:
-            "postgres://u:pw@db1:5432,[::1]:5433,db3/referrald?target_session_attrs=read-write"
-            + "&keepalives=1&keepalives_idle=5&keepalives_interval=2&keepalives_count=3&tcp_user_timeout=9000"
-            + "&options=-c%20search_path%3Dreferral")
-        #expect(url.hosts == [.init(host: "db1", port: 5432), .init(host: "::1", port: 5433), .init(host: "db3", port: 5432)])
+        let url = try PostgresURL(
+            parsing:
+                "postgres://u:pw@db1:5432,[::1]:5433,db3/referrald?target_session_attrs=read-write"
+                + "&keepalives=1&keepalives_idle=5&keepalives_interval=2&keepalives_count=3&tcp_user_timeout=9000"
+                + "&options=-c%20search_path%3Dreferral")
+        #expect(
+            url.hosts == [
+                .init(host: "db1", port: 5432), .init(host: "::1", port: 5433), .init(host: "db3", port: 5432),
+            ])
         #expect(url.host == "db1")
-        #expect(url.networkParameters == [
-            "target_session_attrs": "read-write", "keepalives": "1", "keepalives_idle": "5",
-            "keepalives_interval": "2", "keepalives_count": "3", "tcp_user_timeout": "9000",
-            "options": "-c search_path=referral",
-        ])
-        #expect(url.description == "postgres://u:***@db1:5432,[::1]:5433,db3:5432/referrald?keepalives=1&keepalives_count=3"
-                    + "&keepalives_idle=5&keepalives_interval=2&options=-c search_path=referral"
-                    + "&target_session_attrs=read-write&tcp_user_timeout=9000")
+        #expect(
+            url.networkParameters == [
+                "target_session_attrs": "read-write", "keepalives": "1", "keepalives_idle": "5",
+                "keepalives_interval": "2", "keepalives_count": "3", "tcp_user_timeout": "9000",
+                "options": "-c search_path=referral",
+            ])
+        #expect(
+            url.description == "postgres://u:***@db1:5432,[::1]:5433,db3:5432/referrald?keepalives=1&keepalives_count=3"
+                + "&keepalives_idle=5&keepalives_interval=2&options=-c search_path=referral"
+                + "&target_session_attrs=read-write&tcp_user_timeout=9000")
     }
 
     @Test(arguments: [
@@ -135,8 +142,10 @@ struct PostgresURLTests {
     }
 
     @Test func parseErrorsNeverQuoteThePassword() {
-        for text in ["postgres://u:topsecret@h:notaport/db", "postgres://u:topsecret%zz@h/db",
-                     "postgres://u:topsecret@h/db?bogus=1"] {
+        for text in [
+            "postgres://u:topsecret@h:notaport/db", "postgres://u:topsecret%zz@h/db",
+            "postgres://u:topsecret@h/db?bogus=1",
+        ] {
             do {
                 _ = try PostgresURL(parsing: text)
                 Issue.record("expected \(text) to be rejected")

@@ -37,10 +37,12 @@ struct PostgresValueTests {
 
     @Test func emptyAndAllNullArrays() async throws {
         try await withTestConnection { db in
-            let row = try #require(try await db.query(
-                "SELECT cardinality($1::text[]) AS a, cardinality($2::int8[]) AS b, cardinality($3::bool[]) AS c, "
-                + "cardinality($4::text[]) AS d, ($4::text[])[1] IS NULL AS d_null",
-                [.textArray([]), .int8Array([]), .boolArray([]), .textArray([nil, nil])]).first)
+            let row = try #require(
+                try await db.query(
+                    "SELECT cardinality($1::text[]) AS a, cardinality($2::int8[]) AS b, cardinality($3::bool[]) AS c, "
+                        + "cardinality($4::text[]) AS d, ($4::text[])[1] IS NULL AS d_null",
+                    [.textArray([]), .int8Array([]), .boolArray([]), .textArray([nil, nil])]
+                ).first)
             #expect(try row.decode("a", as: Int.self) == 0)
             #expect(try row.decode("b", as: Int.self) == 0)
             #expect(try row.decode("c", as: Int.self) == 0)
@@ -70,11 +72,14 @@ struct PostgresValueTests {
 
     @Test func typedDecodeOfEachType() async throws {
         try await withTestConnection { db in
-            let row = try #require(try await db.query("""
-                SELECT 'héllo'::text AS s, 9007199254740993::int8 AS big, 42::int4 AS i4, true AS yes,
-                       false AS no, 1.5::float8 AS f, '\\x00ff7f'::bytea AS b, ''::bytea AS empty_b,
-                       '2026-11-23 10:31:07.123456+00'::timestamptz AS ts, NULL::text AS nothing
-                """).first)
+            let row = try #require(
+                try await db.query(
+                    """
+                    SELECT 'héllo'::text AS s, 9007199254740993::int8 AS big, 42::int4 AS i4, true AS yes,
+                           false AS no, 1.5::float8 AS f, '\\x00ff7f'::bytea AS b, ''::bytea AS empty_b,
+                           '2026-11-23 10:31:07.123456+00'::timestamptz AS ts, NULL::text AS nothing
+                    """
+                ).first)
             #expect(row.columnNames == ["s", "big", "i4", "yes", "no", "f", "b", "empty_b", "ts", "nothing"])
             #expect(try row.decode("s", as: String.self) == "héllo")
             #expect(try row.decode("big", as: Int64.self) == 9_007_199_254_740_993)
@@ -106,16 +111,20 @@ struct PostgresValueTests {
 
     @Test func decodeErrorsNameColumnButNotValue() async throws {
         try await withTestConnection { db in
-            let row = try #require(try await db.query(
-                "SELECT 'secret-value'::text AS code, '\\x41'::text AS looks_like_bytea, "
-                + "'2026-01-01 00:00:00'::timestamp AS naive").first)
+            let row = try #require(
+                try await db.query(
+                    "SELECT 'secret-value'::text AS code, '\\x41'::text AS looks_like_bytea, "
+                        + "'2026-01-01 00:00:00'::timestamp AS naive"
+                ).first)
             let mismatch = try #require(throws: PostgresError.self) { try row.decode("code", as: Int64.self) }
             #expect(mismatch.code == .typeMismatch)
             #expect(mismatch.column == "code")
             #expect(!mismatch.description.contains("secret-value"))
             #expect(!mismatch.debugDescription.contains("secret-value"))
             // Text that happens to look like bytea hex is not bytes.
-            let notBytes = try #require(throws: PostgresError.self) { try row.decode("looks_like_bytea", as: [UInt8].self) }
+            let notBytes = try #require(throws: PostgresError.self) {
+                try row.decode("looks_like_bytea", as: [UInt8].self)
+            }
             #expect(notBytes.code == .typeMismatch)
             // A timestamp without time zone is refused rather than guessed to be UTC.
             let naive = try #require(throws: PostgresError.self) { try row.decode("naive", as: PostgresTimestamp.self) }
@@ -130,8 +139,10 @@ struct PostgresValueTests {
 
     @Test func scalarParametersRoundTrip() async throws {
         try await withTestConnection { db in
-            let doubles: [Double] = [0, -0.0, 0.1, 1.0 / 3.0, 1e300, -2.5e-300, .leastNonzeroMagnitude, .greatestFiniteMagnitude,
-                                     .infinity, -.infinity]
+            let doubles: [Double] = [
+                0, -0.0, 0.1, 1.0 / 3.0, 1e300, -2.5e-300, .leastNonzeroMagnitude, .greatestFiniteMagnitude,
+                .infinity, -.infinity,
+            ]
             for d in doubles {
                 let row = try #require(try await db.query("SELECT $1 AS v", [.double(d)]).first)
                 let back = try row.decode("v", as: Double.self)
@@ -145,7 +156,8 @@ struct PostgresValueTests {
                 #expect(try row.decode("v", as: Int64.self) == n)
                 #expect(try row.decode("arithmetic", as: Int64.self) == n)
             }
-            let bools = try #require(try await db.query("SELECT $1 AS t, $2 AS f, $3::bool AS n", [true, false, nil]).first)
+            let bools = try #require(
+                try await db.query("SELECT $1 AS t, $2 AS f, $3::bool AS n", [true, false, nil]).first)
             #expect(try bools.decode("t", as: Bool.self) == true)
             #expect(try bools.decode("f", as: Bool.self) == false)
             #expect(try bools.decodeIfPresent("n", as: Bool.self) == nil)
@@ -167,16 +179,20 @@ struct PostgresValueTests {
             try await db.execute(
                 "INSERT INTO u VALUES ($1, $2, $3)",
                 ["6f1c2f6e-8d2a-4a57-9a43-6b4f0e0f5b01", "{\"k\": [1, \"two\"]}", 7])
-            let row = try #require(try await db.query(
-                "SELECT doc->'k'->>1 AS second FROM u WHERE id = $1 AND n = ANY($2)",
-                ["6f1c2f6e-8d2a-4a57-9a43-6b4f0e0f5b01", .int8Array([3, 7])]).first)
+            let row = try #require(
+                try await db.query(
+                    "SELECT doc->'k'->>1 AS second FROM u WHERE id = $1 AND n = ANY($2)",
+                    ["6f1c2f6e-8d2a-4a57-9a43-6b4f0e0f5b01", .int8Array([3, 7])]
+                ).first)
             #expect(try row.decode("second", as: String.self) == "two")
         }
     }
 
     @Test func textWithNulIsRejectedBeforeSending() async throws {
         try await withTestConnection { db in
-            let scalar = await #expect(throws: PostgresError.self) { try await db.query("SELECT $1::text", ["a\u{0}b"]) }
+            let scalar = await #expect(throws: PostgresError.self) {
+                try await db.query("SELECT $1::text", ["a\u{0}b"])
+            }
             #expect(scalar?.code == .invalidParameter)
             let element = await #expect(throws: PostgresError.self) {
                 try await db.query("SELECT $1::text[]", [.textArray(["ok", "a\u{0}b"])])
@@ -191,28 +207,31 @@ struct PostgresValueTests {
 struct PostgresTimestampTests {
     static let samples: [Int64] = [
         0, 1, -1, 999_999, -999_999, -1_000_000, -1_000_001,
-        1_795_429_867_123_456,          // 2026-11-23T10:31:07.123456Z
-        1_709_164_800_000_000,          // 2024-02-29T00:00:00Z, a leap day
-        951_782_400_000_000,            // 2000-02-29T00:00:00Z, leap day of a 400-year century
-        -2_203_891_200_000_001,         // 1900-02-28T23:59:59.999999Z, just before a non-leap March
-        -14_182_940_000_000,            // 1969-07-20T20:17:40Z
-        -62_135_596_800_000_000,        // 0001-01-01T00:00:00Z, first day AD
-        -62_135_596_800_000_001,        // 1 BC, last microsecond
-        -210_866_803_200_000_000,       // 4714-11-24 BC, PostgreSQL's earliest timestamp
-        253_402_300_799_999_999,        // 9999-12-31T23:59:59.999999Z
-        253_402_300_800_000_000,        // 10000-01-01, a five-digit year
+        1_795_429_867_123_456,  // 2026-11-23T10:31:07.123456Z
+        1_709_164_800_000_000,  // 2024-02-29T00:00:00Z, a leap day
+        951_782_400_000_000,  // 2000-02-29T00:00:00Z, leap day of a 400-year century
+        -2_203_891_200_000_001,  // 1900-02-28T23:59:59.999999Z, just before a non-leap March
+        -14_182_940_000_000,  // 1969-07-20T20:17:40Z
+        -62_135_596_800_000_000,  // 0001-01-01T00:00:00Z, first day AD
+        -62_135_596_800_000_001,  // 1 BC, last microsecond
+        -210_866_803_200_000_000,  // 4714-11-24 BC, PostgreSQL's earliest timestamp
+        253_402_300_799_999_999,  // 9999-12-31T23:59:59.999999Z
+        253_402_300_800_000_000,  // 10000-01-01, a five-digit year
     ]
 
     @Test func roundTripsMicrosecondsIncludingBefore1970() async throws {
         try await withTestConnection { db in
             for micros in Self.samples {
-                let row = try #require(try await db.query(
-                    // The server's own epoch arithmetic checks the encoder independently of the decoder.
-                    "SELECT $1 AS ts, (extract(epoch FROM $1) * 1000000)::int8 AS server_micros",
-                    [.timestamp(microsecondsSinceEpoch: micros)]).first)
+                let row = try #require(
+                    try await db.query(
+                        // The server's own epoch arithmetic checks the encoder independently of the decoder.
+                        "SELECT $1 AS ts, (extract(epoch FROM $1) * 1000000)::int8 AS server_micros",
+                        [.timestamp(microsecondsSinceEpoch: micros)]
+                    ).first)
                 #expect(try row.decode("server_micros", as: Int64.self) == micros, "encoding \(micros)")
-                #expect(try row.decode("ts", as: PostgresTimestamp.self).microsecondsSinceEpoch == micros,
-                        "decoding \(micros)")
+                #expect(
+                    try row.decode("ts", as: PostgresTimestamp.self).microsecondsSinceEpoch == micros,
+                    "decoding \(micros)")
             }
         }
     }
@@ -221,12 +240,18 @@ struct PostgresTimestampTests {
         try await withTestConnection { db in
             let micros: Int64 = -2_208_988_800_000_000  // 1900-01-01T00:00:00Z
             try await db.execute("SET TimeZone = 'Europe/Amsterdam'")  // +00:19:32 in 1900
-            let row = try #require(try await db.query(
-                "SELECT $1 AS old, $2 AS recent, $1::text AS old_text",
-                [.timestamp(microsecondsSinceEpoch: micros), .timestamp(microsecondsSinceEpoch: 1_795_429_867_000_001)]).first)
+            let row = try #require(
+                try await db.query(
+                    "SELECT $1 AS old, $2 AS recent, $1::text AS old_text",
+                    [
+                        .timestamp(microsecondsSinceEpoch: micros),
+                        .timestamp(microsecondsSinceEpoch: 1_795_429_867_000_001),
+                    ]
+                ).first)
             #expect(try row.decode("old_text", as: String.self).hasSuffix("+00:19:32"))
             #expect(try row.decode("old", as: PostgresTimestamp.self).microsecondsSinceEpoch == micros)
-            #expect(try row.decode("recent", as: PostgresTimestamp.self).microsecondsSinceEpoch == 1_795_429_867_000_001)
+            #expect(
+                try row.decode("recent", as: PostgresTimestamp.self).microsecondsSinceEpoch == 1_795_429_867_000_001)
         }
     }
 

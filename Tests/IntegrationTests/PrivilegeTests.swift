@@ -11,9 +11,11 @@ import Testing
 /// every statement of the pipeline and no DDL at all.
 @Suite(.serialized) struct PrivilegeTests {
     static let environment = ProcessInfo.processInfo.environment
-    static let migrateURL = environment["REFERRALD_TEST_MIGRATE_DATABASE_URL"]
+    static let migrateURL =
+        environment["REFERRALD_TEST_MIGRATE_DATABASE_URL"]
         ?? "postgres://referrald_migrate:referrald_migrate@127.0.0.1:54329/referrald"
-    static let appURL = environment["REFERRALD_TEST_APP_DATABASE_URL"]
+    static let appURL =
+        environment["REFERRALD_TEST_APP_DATABASE_URL"]
         ?? "postgres://referrald_app:referrald_app@127.0.0.1:54329/referrald"
 
     /// The URL with another database (the path), keeping credentials and query parameters.
@@ -70,10 +72,12 @@ import Testing
         try await owner.run { c in try c.executeScript(rolesSQL) }
         #expect(try await Schema.migrate(owner, logger: TestServices.logger) == Schema.migrations.map(\.version))
         let strangers = try await owner.run { c in
-            try c.query("""
+            try c.query(
+                """
                 SELECT count(*)::int8 AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'S') AND pg_get_userbyid(c.relowner) <> 'referrald_migrate'
-                """).first?.decode("n", as: Int64.self)
+                """
+            ).first?.decode("n", as: Int64.self)
         }
         #expect(strangers == 0, "every table and sequence is owned by the migration role")
         await owner.close()
@@ -102,10 +106,13 @@ import Testing
         var runtimeURL = try AMQPURL(parsing: TestServices.amqpURL)
         runtimeURL.user = "\(name)-run"
         runtimeURL.password = "\(name)-run"
-        let settings = try await Settings.load(configFile: nil, environment: TestBed.isolatedEnvironment(
-            name: name,
-            amqpURL: "amqp://\(runtimeURL.user):\(runtimeURL.password)@\(runtimeURL.host):\(runtimeURL.port)/" + runtimeURL.vhost,
-            databaseURL: try url(appURL, database: name)))
+        let settings = try await Settings.load(
+            configFile: nil,
+            environment: TestBed.isolatedEnvironment(
+                name: name,
+                amqpURL: "amqp://\(runtimeURL.user):\(runtimeURL.password)@\(runtimeURL.host):\(runtimeURL.port)/"
+                    + runtimeURL.vhost,
+                databaseURL: try url(appURL, database: name)))
         let observer = "\(name).observer"
         var failure: (any Error)?
         var worker: Task<Void, any Error>?
@@ -117,18 +124,24 @@ import Testing
                 "^(\(NSRegularExpression.escapedPattern(for: settings.eventsExchange))|\(NSRegularExpression.escapedPattern(for: settings.deadLetterExchange)))$",
                 "^\(NSRegularExpression.escapedPattern(for: settings.inboxQueue))$",
             ])
-            try await Topology(settings: settings).declare(on: broker, passiveUpstream: false, logger: TestServices.logger)
+            try await Topology(settings: settings).declare(
+                on: broker, passiveUpstream: false, logger: TestServices.logger)
             try await broker.declareQueue(observer, arguments: ["x-queue-type": .string("quorum")])
             try await broker.bindQueue(observer, exchange: settings.eventsExchange, routingKey: "#")
             let programs = try ProgramBook.load(path: settings.programsFile)
             worker = Task {
-                try await Worker(settings: settings, programs: programs, logger: TestServices.logger,
-                                 instanceName: "referrald-privilege-test").run()
+                try await Worker(
+                    settings: settings, programs: programs, logger: TestServices.logger,
+                    instanceName: "referrald-privilege-test"
+                ).run()
             }
-            let outcome = try await broker.publish([OutgoingMessage(
-                exchange: settings.upstreamExchanges[0], routingKey: "provisioning.service.activated",
-                body: PipelineTests.activation(id: "act-priv-1", account: "acct-priv-1"), headers: [:], messageId: nil,
-                contentType: "application/cloudevents+json", persistent: true, mandatory: true)])
+            let outcome = try await broker.publish([
+                OutgoingMessage(
+                    exchange: settings.upstreamExchanges[0], routingKey: "provisioning.service.activated",
+                    body: PipelineTests.activation(id: "act-priv-1", account: "acct-priv-1"), headers: [:],
+                    messageId: nil,
+                    contentType: "application/cloudevents+json", persistent: true, mandatory: true)
+            ])
             #expect(outcome == [.confirmed])
             try await broker.consume(queue: observer, prefetch: 10)
             let published = try await AMQPTestBroker.receive(1, from: broker, timeout: .seconds(20))

@@ -13,7 +13,8 @@ import Testing
         let versions = try await bed.db.transaction { c in try Store.registerPrograms(c, programs) }
         let consumer = try #require(versions["consumer"])
         _ = try await bed.db.run { c in
-            try c.execute("""
+            try c.execute(
+                """
                 INSERT INTO referrals (referral_id, lead_id, code, referrer_account_id, program_id, program_version)
                 VALUES ('ref-1', 'lead-1', 'CODE', 'acct-r', 'consumer', $1::int4)
                 """, [.text(String(consumer))])
@@ -24,7 +25,8 @@ import Testing
         #expect(first.first?.binding.programVersion == consumer)
         // Only possible by hand: the stored version now holds the business program's rules.
         try await bed.db.run { c in
-            try c.executeScript("""
+            try c.executeScript(
+                """
                 UPDATE program_versions SET program = (SELECT program FROM program_versions WHERE program_id = 'business' LIMIT 1)
                 WHERE program_id = 'consumer'
                 """)

@@ -14,12 +14,14 @@ import Testing
         let queue = bed.settings.parkedQueue
         for round in 0..<5 {
             let bodies = (0..<200).map { Array("round \(round) message \($0)".utf8) }
-            let outcomes = try await bed.amqp.publish(bodies.map {
-                OutgoingMessage(exchange: "", routingKey: queue, body: $0, persistent: true, mandatory: true)
-            })
+            let outcomes = try await bed.amqp.publish(
+                bodies.map {
+                    OutgoingMessage(exchange: "", routingKey: queue, body: $0, persistent: true, mandatory: true)
+                })
             #expect(outcomes.allSatisfy { $0 == .confirmed })
 
-            let reader = try await bed.settings.connectAMQP(name: "\(bed.name) settle reader", logger: TestServices.logger)
+            let reader = try await bed.settings.connectAMQP(
+                name: "\(bed.name) settle reader", logger: TestServices.logger)
             try await reader.consume(queue: queue, prefetch: 200)
             var batch: [Delivery] = []
             let deadline = ContinuousClock.now + .seconds(15)
@@ -34,10 +36,15 @@ import Testing
             // Whatever the closed channel gave back is in the queue before a message published
             // after it: read up to that sentinel, and nothing but the three may come first.
             let sentinel = "round \(round) sentinel"
-            #expect(try await bed.amqp.publish([OutgoingMessage(exchange: "", routingKey: queue, body: Array(sentinel.utf8),
-                                                                persistent: true, mandatory: true)]) == [.confirmed])
+            #expect(
+                try await bed.amqp.publish([
+                    OutgoingMessage(
+                        exchange: "", routingKey: queue, body: Array(sentinel.utf8),
+                        persistent: true, mandatory: true)
+                ]) == [.confirmed])
             var seen: [String] = []
-            let consumer = try await bed.settings.connectAMQP(name: "\(bed.name) settle check", logger: TestServices.logger)
+            let consumer = try await bed.settings.connectAMQP(
+                name: "\(bed.name) settle check", logger: TestServices.logger)
             try await consumer.consume(queue: queue, prefetch: 500)
             let until = ContinuousClock.now + .seconds(15)
             while seen.last != sentinel, ContinuousClock.now < until {
@@ -47,8 +54,9 @@ import Testing
             }
             await consumer.close()
             #expect(seen.last == sentinel)
-            #expect(Set(seen.dropLast()) == Set(back.map { String(decoding: $0.body, as: UTF8.self) }),
-                    "round \(round): \(seen.count - 1) came back")
+            #expect(
+                Set(seen.dropLast()) == Set(back.map { String(decoding: $0.body, as: UTF8.self) }),
+                "round \(round): \(seen.count - 1) came back")
             #expect(try await bed.eventually { try await bed.queueDepth(queue) == 0 })
         }
         await bed.tearDown()

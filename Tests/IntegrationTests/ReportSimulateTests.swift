@@ -2,8 +2,9 @@ import Foundation
 import Postgres
 import ReferralCore
 import ReferralStore
-@testable import ReferralWorker
 import Testing
+
+@testable import ReferralWorker
 
 /// `referrald simulate` over a recorded stream, and `export-events` writing one from the inbox.
 @Suite(.serialized) struct ReportSimulateTests {
@@ -40,8 +41,10 @@ import Testing
 
     static func line(_ n: Int, _ type: String, day: Double, _ data: [String: Any]) -> String {
         let time = (t0 + Span(microseconds: Int64(day * 86_400_000_000))).rfc3339
-        let event: [String: Any] = ["specversion": "1.0", "id": "e\(n)", "source": String(type.split(separator: ".")[0]),
-                                    "type": type, "time": time, "datacontenttype": "application/json", "data": data]
+        let event: [String: Any] = [
+            "specversion": "1.0", "id": "e\(n)", "source": String(type.split(separator: ".")[0]),
+            "type": type, "time": time, "datacontenttype": "application/json", "data": data,
+        ]
         return String(decoding: try! JSONSerialization.data(withJSONObject: event, options: .sortedKeys), as: UTF8.self)
     }
 
@@ -56,18 +59,37 @@ import Testing
             #"{"type":"referrald.code.snapshot","account_id":"acct-B","code":"\#(codeB)","program_id":"consumer","issued_at":"2025-06-01T00:00:00Z"}"#,
         ]
         var n = 0
-        func add(_ type: String, _ day: Double, _ data: [String: Any]) { n += 1; lines.append(line(n, type, day: day, data)) }
-        add("provisioning.service.activated", 0, ["account_id": "acct-A", "activated_at": at(0), "household_id": "hh-A", "segment": "consumer"])
-        add("provisioning.lead.created", 1, ["lead_id": "lead-1", "referral_code": codeA, "household_id": "hh-1", "segment": "consumer"])
+        func add(_ type: String, _ day: Double, _ data: [String: Any]) {
+            n += 1
+            lines.append(line(n, type, day: day, data))
+        }
+        add(
+            "provisioning.service.activated", 0,
+            ["account_id": "acct-A", "activated_at": at(0), "household_id": "hh-A", "segment": "consumer"])
+        add(
+            "provisioning.lead.created", 1,
+            ["lead_id": "lead-1", "referral_code": codeA, "household_id": "hh-1", "segment": "consumer"])
         add("provisioning.order.placed", 2, ["lead_id": "lead-1", "account_id": "acct-F1"])
-        add("provisioning.lead.created", 3, ["lead_id": "lead-2", "referral_code": codeA, "household_id": "hh-A", "segment": "consumer"])
-        add("provisioning.lead.created", 4, ["lead_id": "lead-3", "referral_code": codeB, "household_id": "hh-3", "segment": "consumer"])
-        add("provisioning.service.activated", 5, ["account_id": "acct-F1", "activated_at": at(5), "household_id": "hh-1", "segment": "consumer"])
+        add(
+            "provisioning.lead.created", 3,
+            ["lead_id": "lead-2", "referral_code": codeA, "household_id": "hh-A", "segment": "consumer"])
+        add(
+            "provisioning.lead.created", 4,
+            ["lead_id": "lead-3", "referral_code": codeB, "household_id": "hh-3", "segment": "consumer"])
+        add(
+            "provisioning.service.activated", 5,
+            ["account_id": "acct-F1", "activated_at": at(5), "household_id": "hh-1", "segment": "consumer"])
         add("provisioning.order.placed", 5, ["lead_id": "lead-3", "account_id": "acct-F3"])
-        add("provisioning.lead.created", 6, ["lead_id": "lead-4", "referral_code": codeB, "household_id": "hh-4", "segment": "consumer"])
+        add(
+            "provisioning.lead.created", 6,
+            ["lead_id": "lead-4", "referral_code": codeB, "household_id": "hh-4", "segment": "consumer"])
         add("provisioning.order.placed", 7, ["lead_id": "lead-4", "account_id": "acct-F4"])
-        add("provisioning.service.activated", 8, ["account_id": "acct-F3", "activated_at": at(8), "household_id": "hh-3", "segment": "consumer"])
-        add("provisioning.service.activated", 9, ["account_id": "acct-F4", "activated_at": at(9), "household_id": "hh-4", "segment": "consumer"])
+        add(
+            "provisioning.service.activated", 8,
+            ["account_id": "acct-F3", "activated_at": at(8), "household_id": "hh-3", "segment": "consumer"])
+        add(
+            "provisioning.service.activated", 9,
+            ["account_id": "acct-F4", "activated_at": at(9), "household_id": "hh-4", "segment": "consumer"])
         add("provisioning.service.cancelled", 20, ["account_id": "acct-F4", "cancelled_at": at(20)])
         return lines.joined(separator: "\n") + "\n"
     }()
@@ -75,8 +97,9 @@ import Testing
     @Test func aDoubledReferrerRewardDoublesTheReferrerCostAndNothingElse() throws {
         let stream = try Simulate.Stream(ndjson: Self.recorded)
         #expect(stream.events.count == 12 && stream.codes.count == 2)
-        let c = Simulate.compare(stream, current: Self.programs(), candidate: Self.programs(referrerAmount: 10000),
-                                 until: Self.t0 + .days(60))
+        let c = Simulate.compare(
+            stream, current: Self.programs(), candidate: Self.programs(referrerAmount: 10000),
+            until: Self.t0 + .days(60))
         let (a, b) = (c.current, c.candidate)
         // 30-day hold: lead-1 (activated day 5) and lead-3 (day 8) qualify; lead-4 was lost.
         #expect(a.referrerRewards == ["USD": .init(count: 2, amountMinor: 10000)])
@@ -98,24 +121,27 @@ import Testing
 
     @Test func aShorterHoldReportsTheReferralsThatQualifyEarlier() throws {
         let stream = try Simulate.Stream(ndjson: Self.recorded)
-        let c = Simulate.compare(stream, current: Self.programs(hold: "30d"), candidate: Self.programs(hold: "5d"),
-                                 until: Self.t0 + .days(60))
+        let c = Simulate.compare(
+            stream, current: Self.programs(hold: "30d"), candidate: Self.programs(hold: "5d"),
+            until: Self.t0 + .days(60))
         // Referral numbers follow first sight: lead-1 ref-3001, lead-2 ref-3002, lead-3 ref-3003, lead-4 ref-3004.
-        #expect(c.qualifyEarlier == [
-            .init(referralId: "ref-3001", current: Self.at(35), candidate: Self.at(10)),
-            .init(referralId: "ref-3003", current: Self.at(38), candidate: Self.at(13)),
-            // lead-4's friend cancels on day 20: lost under a 30-day hold, qualified on day 14 (and
-            // clawed back) under 5 days.
-            .init(referralId: "ref-3004", current: nil, candidate: Self.at(14)),
-        ])
+        #expect(
+            c.qualifyEarlier == [
+                .init(referralId: "ref-3001", current: Self.at(35), candidate: Self.at(10)),
+                .init(referralId: "ref-3003", current: Self.at(38), candidate: Self.at(13)),
+                // lead-4's friend cancels on day 20: lost under a 30-day hold, qualified on day 14 (and
+                // clawed back) under 5 days.
+                .init(referralId: "ref-3004", current: nil, candidate: Self.at(14)),
+            ])
         #expect(c.qualifyLater.isEmpty)
         #expect(c.current.qualified == 2 && c.candidate.qualified == 3)
         #expect(c.candidate.reversed == ["USD": .init(count: 1, amountMinor: 5000)])
         #expect(c.candidate.stages == ["rewarded": 2, "rejected": 1, "reversed": 1])
 
         // Stopped on day 12, the current programs have qualified nobody yet.
-        let early = Simulate.compare(stream, current: Self.programs(hold: "30d"), candidate: Self.programs(hold: "5d"),
-                                     until: Self.t0 + .days(12))
+        let early = Simulate.compare(
+            stream, current: Self.programs(hold: "30d"), candidate: Self.programs(hold: "5d"),
+            until: Self.t0 + .days(12))
         #expect(early.current.qualified == 0)
         #expect(early.qualifyEarlier.map(\.referralId) == ["ref-3001"])
         #expect(Simulate.table(early).contains("Qualify earlier under the candidate (1)"))
@@ -128,12 +154,16 @@ import Testing
     /// fiber-1000 more moves that plan's cost alone, and the table shows each plan under both.
     @Test func candidateTiersAreComparedPlanByPlan() throws {
         let withPlans = Self.recorded
-            .replacingOccurrences(of: #""account_id":"acct-F1","activated_at":"\#(Self.at(5))""#,
-                                  with: #""account_id":"acct-F1","activated_at":"\#(Self.at(5))","plan_id":"fiber-1000""#)
-            .replacingOccurrences(of: #""account_id":"acct-F3","activated_at":"\#(Self.at(8))""#,
-                                  with: #""account_id":"acct-F3","activated_at":"\#(Self.at(8))","plan_id":"fiber-500""#)
-        let later = Self.line(99, "provisioning.service.activated", day: 9,
-                              ["account_id": "acct-F3", "activated_at": Self.at(9), "plan_id": "fiber-1000", "segment": "consumer"])
+            .replacingOccurrences(
+                of: #""account_id":"acct-F1","activated_at":"\#(Self.at(5))""#,
+                with: #""account_id":"acct-F1","activated_at":"\#(Self.at(5))","plan_id":"fiber-1000""#
+            )
+            .replacingOccurrences(
+                of: #""account_id":"acct-F3","activated_at":"\#(Self.at(8))""#,
+                with: #""account_id":"acct-F3","activated_at":"\#(Self.at(8))","plan_id":"fiber-500""#)
+        let later = Self.line(
+            99, "provisioning.service.activated", day: 9,
+            ["account_id": "acct-F3", "activated_at": Self.at(9), "plan_id": "fiber-1000", "segment": "consumer"])
         let stream = try Simulate.Stream(ndjson: withPlans + later + "\n")
         #expect(stream.events.count == 13)
         let current = Self.programs(referrerByPlan: "{ fiber-1000: 8000 }")
@@ -158,7 +188,9 @@ import Testing
     }
 
     @Test func aBadLineIsNamedByItsNumber() {
-        #expect(throws: Simulate.InputError.self) { try Simulate.Stream(ndjson: Self.recorded + "{\"type\":\"nope\"}\n") }
+        #expect(throws: Simulate.InputError.self) {
+            try Simulate.Stream(ndjson: Self.recorded + "{\"type\":\"nope\"}\n")
+        }
         do {
             _ = try Simulate.Stream(ndjson: "\n\nnot json\n")
         } catch let e as Simulate.InputError {
@@ -174,15 +206,24 @@ import Testing
         let worker = bed.startWorker()
         var s = Scenario(bed: bed)
         var seen: [Scenario.Published] = []
-        try await s.send("provisioning.service.activated", [
-            "account_id": "acct-A", "activated_at": Scenario.time(-86_400), "household_id": "hh-A", "segment": "consumer"])
+        try await s.send(
+            "provisioning.service.activated",
+            [
+                "account_id": "acct-A", "activated_at": Scenario.time(-86_400), "household_id": "hh-A",
+                "segment": "consumer",
+            ])
         try await s.collect(into: &seen) { $0.of("referral.code.issued").count == 1 }
         let code = try #require(seen.of("referral.code.issued").first?.data["code"] as? String)
-        try await s.send("provisioning.lead.created", ["lead_id": "lead-1", "referral_code": code, "household_id": "hh-F"])
-        try await s.send("provisioning.lead.created", ["lead_id": "lead-2", "referral_code": code, "household_id": "hh-A"])
+        try await s.send(
+            "provisioning.lead.created", ["lead_id": "lead-1", "referral_code": code, "household_id": "hh-F"])
+        try await s.send(
+            "provisioning.lead.created", ["lead_id": "lead-2", "referral_code": code, "household_id": "hh-A"])
         try await s.send("provisioning.order.placed", ["lead_id": "lead-1", "account_id": "acct-F"])
-        try await s.send("provisioning.service.activated", [
-            "account_id": "acct-F", "activated_at": Scenario.time(), "household_id": "hh-F", "segment": "consumer"])
+        try await s.send(
+            "provisioning.service.activated",
+            [
+                "account_id": "acct-F", "activated_at": Scenario.time(), "household_id": "hh-F", "segment": "consumer",
+            ])
         try await s.collect(into: &seen) { $0.of("referral.reward.issued").count >= 2 }
         worker.cancel()
         _ = await worker.result
@@ -199,8 +240,10 @@ import Testing
         let current = try ProgramBook.load(path: programsFile).programs
         var doubled = current
         doubled[0].referrerReward.amountMinor *= 2
-        let c = Simulate.compare(stream, current: current, candidate: doubled, until: SystemClock().now() + .seconds(60))
-        let issued = try await bed.count("SELECT coalesce(sum(amount_minor), 0)::int8 FROM rewards WHERE beneficiary = 'referrer'")
+        let c = Simulate.compare(
+            stream, current: current, candidate: doubled, until: SystemClock().now() + .seconds(60))
+        let issued = try await bed.count(
+            "SELECT coalesce(sum(amount_minor), 0)::int8 FROM rewards WHERE beneficiary = 'referrer'")
         #expect(c.current.referrerRewards["USD"]?.amountMinor == issued)
         #expect(c.candidate.referrerRewards["USD"]?.amountMinor == 2 * issued)
         #expect(c.current.rejections == ["same_household": 1])

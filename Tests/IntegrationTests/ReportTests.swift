@@ -2,8 +2,9 @@ import Foundation
 import Postgres
 import ReferralCore
 import ReferralStore
-@testable import ReferralWorker
 import Testing
+
+@testable import ReferralWorker
 
 /// `referrald report` over a fully known database: every figure of the JSON report is computed
 /// by hand below from the rows inserted, so a wrong join, filter or ratio shows as one figure.
@@ -28,7 +29,8 @@ import Testing
     /// ref-6's friend reward issued 2026-02-01 12:00 (February's spend so far).
     static func loadKnownScenario(_ db: PostgresConnection) async throws {
         try await db.run { c in
-            try c.executeScript("""
+            try c.executeScript(
+                """
                 INSERT INTO program_versions (program_id, version, canonical, program) VALUES
                     ('consumer', 1, 'c', '{}'), ('business', 1, 'b', '{}'),
                     -- The report reads the budget of the latest version.
@@ -96,8 +98,9 @@ import Testing
         }
     }
 
-    static let january = ReportScope(from: Instant(rfc3339: "2026-01-01T00:00:00Z")!, to: Instant(rfc3339: "2026-02-01T00:00:00Z")!,
-                                      programId: "consumer")
+    static let january = ReportScope(
+        from: Instant(rfc3339: "2026-01-01T00:00:00Z")!, to: Instant(rfc3339: "2026-02-01T00:00:00Z")!,
+        programId: "consumer")
 
     @Test func everyFigureOfTheJSONReportOverAKnownScenario() async throws {
         let bed = try await TestBed.make()
@@ -119,11 +122,14 @@ import Testing
         #expect(r.asks.customersAsked == 4)
         #expect(r.asks.asksSent == 4)
         #expect(r.asks.followWindowDays == 30)
-        #expect(r.asks.byMoment == [
-            .init(moment: "post_activation", asks: 1, customers: 1, leadsFollowing: 2, leadsPerAsk: 2),  // lead-3, lead-4
-            .init(moment: "post_install", asks: 2, customers: 2, leadsFollowing: 2, leadsPerAsk: 1),     // lead-1, lead-2
-            .init(moment: "speed_test", asks: 1, customers: 1, leadsFollowing: 0, leadsPerAsk: 0),
-        ])
+        #expect(
+            r.asks.byMoment == [
+                // lead-3, lead-4
+                .init(moment: "post_activation", asks: 1, customers: 1, leadsFollowing: 2, leadsPerAsk: 2),
+                // lead-1, lead-2
+                .init(moment: "post_install", asks: 2, customers: 2, leadsFollowing: 2, leadsPerAsk: 1),
+                .init(moment: "speed_test", asks: 1, customers: 1, leadsFollowing: 0, leadsPerAsk: 0),
+            ])
         #expect(r.asks.bestMoment == "post_activation")
 
         // Referrers A, B, C; of them A and B were asked: 2 of 4 asked customers referred.
@@ -143,61 +149,86 @@ import Testing
         #expect(r.estimate.actualLeads == 5)
 
         let day = 86_400.0
-        #expect(r.funnel == [
-            .init(stage: "lead", count: 5, conversion: nil, medianSecondsFromPrevious: nil),
-            .init(stage: "ordered", count: 3, conversion: 0.6, medianSecondsFromPrevious: 1 * day),      // 1d, 3d, 12h
-            .init(stage: "installed", count: 2, conversion: 2.0 / 3, medianSecondsFromPrevious: 1.5 * day),  // 2d, 1d
-            .init(stage: "activated", count: 2, conversion: 1, medianSecondsFromPrevious: 1.5 * day),   // 1d, 2d
-            .init(stage: "qualified", count: 2, conversion: 1, medianSecondsFromPrevious: 10 * day),    // 10d, 10d
-            .init(stage: "rewarded", count: 1, conversion: 0.5, medianSecondsFromPrevious: 1 * day),    // ref-1 only
-        ])
+        #expect(
+            r.funnel == [
+                .init(stage: "lead", count: 5, conversion: nil, medianSecondsFromPrevious: nil),
+                .init(stage: "ordered", count: 3, conversion: 0.6, medianSecondsFromPrevious: 1 * day),  // 1d, 3d, 12h
+                // 2d, 1d
+                .init(stage: "installed", count: 2, conversion: 2.0 / 3, medianSecondsFromPrevious: 1.5 * day),
+                .init(stage: "activated", count: 2, conversion: 1, medianSecondsFromPrevious: 1.5 * day),  // 1d, 2d
+                .init(stage: "qualified", count: 2, conversion: 1, medianSecondsFromPrevious: 10 * day),  // 10d, 10d
+                .init(stage: "rewarded", count: 1, conversion: 0.5, medianSecondsFromPrevious: 1 * day),  // ref-1 only
+            ])
         #expect(r.rejections == [.init(reason: "same_household", count: 1), .init(reason: "too_many_leads", count: 1)])
-        #expect(r.outcomes == [
-            .init(stage: "ordered", reason: nil, count: 1), .init(stage: "rejected", reason: "same_household", count: 1),
-            .init(stage: "rejected", reason: "too_many_leads", count: 1), .init(stage: "reversed", reason: "clawback", count: 1),
-            .init(stage: "rewarded", reason: nil, count: 1),
-        ])
+        #expect(
+            r.outcomes == [
+                .init(stage: "ordered", reason: nil, count: 1),
+                .init(stage: "rejected", reason: "same_household", count: 1),
+                .init(stage: "rejected", reason: "too_many_leads", count: 1),
+                .init(stage: "reversed", reason: "clawback", count: 1),
+                .init(stage: "rewarded", reason: nil, count: 1),
+            ])
         // ref-6's reward (lead in December) is not this period's cost.
-        #expect(r.rewards == [.init(
-            currency: "USD", issued: .init(count: 4, amountMinor: 15000), applied: .init(count: 1, amountMinor: 5000),
-            pending: .init(count: 1, amountMinor: 2500), reversed: .init(count: 1, amountMinor: 5000),
-            failed: .init(count: 1, amountMinor: 2500), referrerAmountMinor: 10000, friendAmountMinor: 5000,
-            netCostMinor: 7500, activations: 2, costPerActivationMinor: 3750)])
+        #expect(
+            r.rewards == [
+                .init(
+                    currency: "USD", issued: .init(count: 4, amountMinor: 15000),
+                    applied: .init(count: 1, amountMinor: 5000),
+                    pending: .init(count: 1, amountMinor: 2500), reversed: .init(count: 1, amountMinor: 5000),
+                    failed: .init(count: 1, amountMinor: 2500), referrerAmountMinor: 10000, friendAmountMinor: 5000,
+                    netCostMinor: 7500, activations: 2, costPerActivationMinor: 3750)
+            ])
         #expect(r.repeatAdvocates == 1)  // A: ref-1 and ref-2 qualified
-        #expect(r.weekly == [
-            .init(weekStart: "2026-01-05T00:00:00Z", leads: 2, activated: 2, qualified: 2),
-            .init(weekStart: "2026-01-12T00:00:00Z", leads: 2, activated: 0, qualified: 0),
-            .init(weekStart: "2026-01-19T00:00:00Z", leads: 1, activated: 0, qualified: 0),
-        ])
+        #expect(
+            r.weekly == [
+                .init(weekStart: "2026-01-05T00:00:00Z", leads: 2, activated: 2, qualified: 2),
+                .init(weekStart: "2026-01-12T00:00:00Z", leads: 2, activated: 0, qualified: 0),
+                .init(weekStart: "2026-01-19T00:00:00Z", leads: 1, activated: 0, qualified: 0),
+            ])
 
         // Version 2. By the friend's first plan: ref-1 (F1, fiber-1000) and ref-2 (F2, fiber-500);
         // ref-3..5 have no reward, so no spend to break down.
-        #expect(r.spendByPlan == [
-            .init(plan: "fiber-1000", currency: "USD", issued: .init(count: 2, amountMinor: 7500), reversed: .init(count: 0, amountMinor: 0),
-                  netCostMinor: 7500, qualified: 1, costPerQualifiedMinor: 7500),
-            .init(plan: "fiber-500", currency: "USD", issued: .init(count: 2, amountMinor: 7500), reversed: .init(count: 1, amountMinor: 5000),
-                  netCostMinor: 2500, qualified: 1, costPerQualifiedMinor: 2500),
-        ])
+        #expect(
+            r.spendByPlan == [
+                .init(
+                    plan: "fiber-1000", currency: "USD", issued: .init(count: 2, amountMinor: 7500),
+                    reversed: .init(count: 0, amountMinor: 0),
+                    netCostMinor: 7500, qualified: 1, costPerQualifiedMinor: 7500),
+                .init(
+                    plan: "fiber-500", currency: "USD", issued: .init(count: 2, amountMinor: 7500),
+                    reversed: .init(count: 1, amountMinor: 5000),
+                    netCostMinor: 2500, qualified: 1, costPerQualifiedMinor: 2500),
+            ])
         // ref-1 and ref-2 followed A's post_install ask (01-02); the rewarded referrals of the
         // other moments have no reward.
-        #expect(r.costPerQualifiedByMoment == [
-            .init(moment: "post_install", currency: "USD", issued: .init(count: 4, amountMinor: 15000),
-                  reversed: .init(count: 1, amountMinor: 5000), netCostMinor: 10000, qualified: 2, costPerQualifiedMinor: 5000),
-        ])
-        #expect(r.channels == [
-            .init(channel: "phone", leads: 2, activated: 1, qualified: 1, conversion: 0.5, unattributed: 0),   // ref-1, ref-3
-            .init(channel: "retail", leads: 1, activated: 0, qualified: 0, conversion: 0, unattributed: 0),    // ref-5
-            .init(channel: "unknown", leads: 1, activated: 0, qualified: 0, conversion: 0, unattributed: 1),   // ref-4; lead-u2
-            .init(channel: "web", leads: 1, activated: 1, qualified: 1, conversion: 1, unattributed: 1),       // ref-2; lead-u1
-        ])
+        #expect(
+            r.costPerQualifiedByMoment == [
+                .init(
+                    moment: "post_install", currency: "USD", issued: .init(count: 4, amountMinor: 15000),
+                    reversed: .init(count: 1, amountMinor: 5000), netCostMinor: 10000, qualified: 2,
+                    costPerQualifiedMinor: 5000)
+            ])
+        #expect(
+            r.channels == [
+                // ref-1, ref-3
+                .init(channel: "phone", leads: 2, activated: 1, qualified: 1, conversion: 0.5, unattributed: 0),
+                // ref-5
+                .init(channel: "retail", leads: 1, activated: 0, qualified: 0, conversion: 0, unattributed: 0),
+                // ref-4; lead-u2
+                .init(channel: "unknown", leads: 1, activated: 0, qualified: 0, conversion: 0, unattributed: 1),
+                // ref-2; lead-u1
+                .init(channel: "web", leads: 1, activated: 1, qualified: 1, conversion: 1, unattributed: 1),
+            ])
         // January by issue time, whatever the lead's time: ref-6's December lead's referrer reward
         // (01-02) counts, its friend reward (02-01) does not; rwd-2-referrer reversed on 01-28;
         // the business program's commitment is another program's.
-        #expect(r.budget.months == [
-            .init(month: "2026-01", program: "consumer", currency: "USD", issued: .init(count: 5, amountMinor: 20000),
-                  reversed: .init(count: 1, amountMinor: 5000), netSpendMinor: 15000, committedMinor: 10000,
-                  budgetMonthlyMinor: 20000, spentShareOfBudget: 0.75, committedShareOfBudget: 0.5),
-        ])
+        #expect(
+            r.budget.months == [
+                .init(
+                    month: "2026-01", program: "consumer", currency: "USD", issued: .init(count: 5, amountMinor: 20000),
+                    reversed: .init(count: 1, amountMinor: 5000), netSpendMinor: 15000, committedMinor: 10000,
+                    budgetMonthlyMinor: 20000, spentShareOfBudget: 0.75, committedShareOfBudget: 0.5)
+            ])
         // Generated on 02-02 00:00: one day of February's 28 gone, 25.00 spent, 700.00 at that rate.
         let forecast = try #require(r.budget.forecast.first)
         #expect(r.budget.forecast.count == 1)
@@ -226,11 +257,17 @@ import Testing
         #expect(r.funnel.map(\.count) == [6, 4, 3, 3, 2, 1])  // ref-7 has no install fact yet counts as past it
         // The business program has no budget, yet its commitment and month show; ref-7's friend
         // named no plan and ref-7 has no reward.
-        #expect(r.budget.months.map { "\($0.month) \($0.program) \($0.committedMinor) \($0.budgetMonthlyMinor.map(String.init) ?? "none")" }
+        #expect(
+            r.budget.months.map {
+                "\($0.month) \($0.program) \($0.committedMinor) \($0.budgetMonthlyMinor.map(String.init) ?? "none")"
+            }
                 == ["2026-01 business 999 none", "2026-01 consumer 10000 20000"])
         #expect(r.spendByPlan.map(\.plan) == ["fiber-1000", "fiber-500"])
         // Generated at the period's end, the first instant of February: nothing elapsed, no forecast.
-        #expect(r.budget.forecast.map { "\($0.program) \($0.spentMinor) \($0.elapsedFraction) \($0.forecastMinor.map { "\($0)" } ?? "null")" }
+        #expect(
+            r.budget.forecast.map {
+                "\($0.program) \($0.spentMinor) \($0.elapsedFraction) \($0.forecastMinor.map { "\($0)" } ?? "null")"
+            }
                 == ["consumer 0 0.0 null"])
         #expect(r.render(.json).contains("\"forecast_minor\" : null"))
 
@@ -255,20 +292,27 @@ import Testing
         try await Self.loadKnownScenario(bed.db)
         let r = try await ProgramReport.make(bed.db, scope: Self.january, now: Self.january.to)
         let table = r.render(.table)
-        for line in ["share of asked who referred", "50.0 %", "rule of thumb 25.0 %", "unattributed leads",
-                     "cost per activation", "37.50", "best moment: post_activation", "rewarded",
-                     "Spend by the friend's plan", "fiber-1000", "Leads by channel", "retail", "Spend by month against budget",
-                     "150.00 USD", "75.0 %"] {
+        for line in [
+            "share of asked who referred", "50.0 %", "rule of thumb 25.0 %", "unattributed leads",
+            "cost per activation", "37.50", "best moment: post_activation", "rewarded",
+            "Spend by the friend's plan", "fiber-1000", "Leads by channel", "retail", "Spend by month against budget",
+            "150.00 USD", "75.0 %",
+        ] {
             #expect(table.contains(line), "\(line) in\n\(table)")
         }
         let html = r.render(.html)
         // Self-contained: the SVG namespace is the only URL, and nothing is loaded from elsewhere.
         let withoutNamespace = html.replacingOccurrences(of: "http://www.w3.org/2000/svg", with: "")
-        for external in ["http", "<script", "<link", "src=", "url("] { #expect(!withoutNamespace.contains(external), "\(external)") }
-        try await BrowserCheck.expectFunnel(html: html, name: "report-known", counts: r.funnel.map { ($0.stage, $0.count) },
-                                            also: ["class=\"budget-bar\" data-program=\"consumer\" data-month=\"2026-01\" data-spent=\"15000\" data-committed=\"10000\" data-limit=\"20000\"",
-                                                   "class=\"plan-cost-bar\" data-plan=\"fiber-1000\" data-currency=\"USD\" data-cost=\"7500\"",
-                                                   "class=\"plan-cost-bar\" data-plan=\"fiber-500\" data-currency=\"USD\" data-cost=\"2500\""])
+        for external in ["http", "<script", "<link", "src=", "url("] {
+            #expect(!withoutNamespace.contains(external), "\(external)")
+        }
+        try await BrowserCheck.expectFunnel(
+            html: html, name: "report-known", counts: r.funnel.map { ($0.stage, $0.count) },
+            also: [
+                "class=\"budget-bar\" data-program=\"consumer\" data-month=\"2026-01\" data-spent=\"15000\" data-committed=\"10000\" data-limit=\"20000\"",
+                "class=\"plan-cost-bar\" data-plan=\"fiber-1000\" data-currency=\"USD\" data-cost=\"7500\"",
+                "class=\"plan-cost-bar\" data-plan=\"fiber-500\" data-currency=\"USD\" data-cost=\"2500\"",
+            ])
         await bed.tearDown()
     }
 }
@@ -277,22 +321,30 @@ import Testing
 /// labels, and a screenshot is kept for a person to look at. Skipped (and said so) without
 /// Chromium, as the contract checks are.
 enum BrowserCheck {
-    static let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) }
+    static let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first {
+        FileManager.default.isExecutableFile(atPath: $0)
+    }
 
     /// `also`: further markup the rendered DOM must hold (the budget and plan bars).
     static func expectFunnel(html: String, name: String, counts: [(String, Int64)], also: [String]) async throws {
         guard let chromium else {
-            print("chromium not installed: the browser check of the HTML report is skipped (apt-get install -y chromium)")
+            print(
+                "chromium not installed: the browser check of the HTML report is skipped (apt-get install -y chromium)")
             return
         }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("referrald-\(name)-\(UUID().uuidString)")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "referrald-\(name)-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let page = dir.appendingPathComponent("report.html")
         try html.write(to: page, atomically: true, encoding: .utf8)
         let dom = try await run(chromium, ["--dump-dom", page.absoluteString])
         for (stage, count) in counts {
-            #expect(dom.contains("class=\"funnel-bar\" data-stage=\"\(stage)\" data-count=\"\(count)\""), "bar \(stage) \(count)")
-            #expect(dom.contains("<text class=\"funnel-label\" x=\"0\"") && dom.contains(">\(stage)</text>"), "label \(stage)")
+            #expect(
+                dom.contains("class=\"funnel-bar\" data-stage=\"\(stage)\" data-count=\"\(count)\""),
+                "bar \(stage) \(count)")
+            #expect(
+                dom.contains("<text class=\"funnel-label\" x=\"0\"") && dom.contains(">\(stage)</text>"),
+                "label \(stage)")
         }
         for markup in also { #expect(dom.contains(markup), "\(markup)") }
         let png = dir.appendingPathComponent("report.png")
@@ -304,7 +356,9 @@ enum BrowserCheck {
 
     static func run(_ executable: String, _ arguments: [String]) async throws -> String {
         // --no-sandbox: the tests may run as root, where Chromium refuses its sandbox.
-        try await Subprocess.run(URL(fileURLWithPath: executable),
-                                 ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"] + arguments).output
+        try await Subprocess.run(
+            URL(fileURLWithPath: executable),
+            ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"] + arguments
+        ).output
     }
 }

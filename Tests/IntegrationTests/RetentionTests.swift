@@ -11,7 +11,9 @@ import Testing
     static let now = Instant(rfc3339: "2031-06-01T00:00:00Z")!
 
     static func ticket(_ bed: TestBed, _ id: String) -> [UInt8] {
-        Array(#"{"specversion":"1.0","id":"\#(bed.name)-\#(id)","source":"crm","type":"crm.ticket.opened","time":"2031-05-01T00:00:00Z","data":{"account_id":"acct-Z","ticket_id":"\#(id)"}}"#.utf8)
+        Array(
+            #"{"specversion":"1.0","id":"\#(bed.name)-\#(id)","source":"crm","type":"crm.ticket.opened","time":"2031-05-01T00:00:00Z","data":{"account_id":"acct-Z","ticket_id":"\#(id)"}}"#
+                .utf8)
     }
 
     @Test func pruneDropsWhatIsOldAndKeepsTheLedgerAndDeduplication() async throws {
@@ -22,47 +24,62 @@ import Testing
         let worker = bed.startWorker()
         // Three real events through the worker, then aged: one past the key retention, one past
         // the body retention, one recent.
-        for id in ["e-ancient", "e-old", "e-recent"] { try await bed.publish(Self.ticket(bed, id), type: "crm.ticket.opened") }
+        for id in ["e-ancient", "e-old", "e-recent"] {
+            try await bed.publish(Self.ticket(bed, id), type: "crm.ticket.opened")
+        }
         #expect(try await bed.eventually { try await bed.count("SELECT count(*) FROM inbox") == 3 })
         let now = Self.now.rfc3339
         try await bed.db.run { c in
             for (id, days) in [("e-ancient", 500), ("e-old", 100), ("e-recent", 1)] {
-                _ = try c.execute("UPDATE inbox SET received_at = $1::timestamptz - make_interval(days => $2::int4) WHERE event_id = $3",
-                                  [.text(now), .int(Int64(days)), .text("\(bed.name)-\(id)")])
+                _ = try c.execute(
+                    "UPDATE inbox SET received_at = $1::timestamptz - make_interval(days => $2::int4) WHERE event_id = $3",
+                    [.text(now), .int(Int64(days)), .text("\(bed.name)-\(id)")])
             }
             // Referrals, written as the worker would have left them. `updated_at` is when the
             // stage last changed.
             let program = try c.query("SELECT program_id, version::int8 AS v FROM program_versions LIMIT 1").first!
-            let pid = try program.decode("program_id", as: String.self), pv = try program.decode("v", as: Int64.self)
+            let pid = try program.decode("program_id", as: String.self)
+            let pv = try program.decode("v", as: Int64.self)
             let rows: [(id: String, stage: String, endedDaysAgo: Int, friend: String)] = [
-                ("ref-old", "rejected", 1000, "acct-F1"),      // goes
-                ("ref-paid", "reversed", 1000, "acct-F2"),     // has a reward within the ledger's 10 years: stays
-                ("ref-recent", "expired", 10, "acct-F3"),      // ended recently: stays
-                ("ref-blocked", "expired", 1000, "acct-F4"),   // shares its friend with an active referral: stays
+                ("ref-old", "rejected", 1000, "acct-F1"),  // goes
+                ("ref-paid", "reversed", 1000, "acct-F2"),  // has a reward within the ledger's 10 years: stays
+                ("ref-recent", "expired", 10, "acct-F3"),  // ended recently: stays
+                ("ref-blocked", "expired", 1000, "acct-F4"),  // shares its friend with an active referral: stays
                 ("ref-active", "activated", 1000, "acct-F4"),
             ]
             for (n, r) in rows.enumerated() {
-                _ = try c.execute("""
+                _ = try c.execute(
+                    """
                     INSERT INTO referrals (referral_id, lead_id, code, referrer_account_id, program_id, program_version,
                                            friend_account_id, stage, updated_at, lead_at, lead_code)
                     VALUES ($1, $2, 'CODE\(n)', 'acct-R\(n)', $3, $4::int4, $5, $6,
                             $7::timestamptz - make_interval(days => $8::int4), $7::timestamptz - make_interval(days => $8::int4 + 30), 'CODE\(n)')
-                    """, [.text(r.id), .text("lead-\(r.id)"), .text(pid), .int(pv), .text(r.friend), .text(r.stage), .text(now),
-                          .int(Int64(r.endedDaysAgo))])
-                _ = try c.execute("""
+                    """,
+                    [
+                        .text(r.id), .text("lead-\(r.id)"), .text(pid), .int(pv), .text(r.friend), .text(r.stage),
+                        .text(now),
+                        .int(Int64(r.endedDaysAgo)),
+                    ])
+                _ = try c.execute(
+                    """
                     INSERT INTO facts (kind, at, lead_id, household_id) VALUES ('lead', $1::timestamptz - interval '2000 days', $2, 'hh-1');
                     """, [.text(now), .text("lead-\(r.id)")])
-                _ = try c.execute("INSERT INTO referral_links (referral_id, link) VALUES ($1, $2)", [.text(r.id), .text("a:\(r.friend)")])
-                _ = try c.execute("""
+                _ = try c.execute(
+                    "INSERT INTO referral_links (referral_id, link) VALUES ($1, $2)",
+                    [.text(r.id), .text("a:\(r.friend)")])
+                _ = try c.execute(
+                    """
                     INSERT INTO effects (effect_key, referral_id, kind, effect, recorded_at)
                     VALUES ($1, $2, 'status_changed', '{}'::jsonb, $3::timestamptz - interval '2000 days')
                     """, [.text("k-\(r.id)"), .text(r.id), .text(now)])
-                _ = try c.execute("""
+                _ = try c.execute(
+                    """
                     INSERT INTO followups (followup_key, referral_id, stage, stalled_since, sent_at)
                     VALUES ($1, $2, 'lead', $3::timestamptz - interval '2000 days', $3::timestamptz - interval '2000 days')
                     """, [.text("f-\(r.id)"), .text(r.id), .text(now)])
             }
-            _ = try c.execute("""
+            _ = try c.execute(
+                """
                 INSERT INTO rewards (reward_id, referral_id, beneficiary, account_id, kind, amount_minor, currency, program_id,
                                      state, issued_at, updated_at)
                 VALUES ('rwd-paid-referrer', 'ref-paid', 'referrer', 'acct-R1', 'bill_credit', 2500, 'EUR', $1, 'reversed',
@@ -78,7 +95,10 @@ import Testing
         // Inbox: the ancient key is gone, the old body is emptied but its key kept, the recent intact.
         let inbox = try await bed.db.run { c in
             try c.query("SELECT event_id, octet_length(body)::int8 AS n FROM inbox ORDER BY event_id").map {
-                (String(try $0.decode("event_id", as: String.self).dropFirst(bed.name.count + 1)), try $0.decode("n", as: Int64.self))
+                (
+                    String(try $0.decode("event_id", as: String.self).dropFirst(bed.name.count + 1)),
+                    try $0.decode("n", as: Int64.self)
+                )
             }
         }
         #expect(inbox.map(\.0) == ["e-old", "e-recent"])
@@ -108,35 +128,47 @@ import Testing
         for id in ["e-old", "e-recent", "e-ancient", "e-marker"] {
             try await bed.publish(Self.ticket(bed, id), type: "crm.ticket.opened")
         }
-        #expect(try await bed.eventually {
-            try await bed.count("SELECT count(*) FROM inbox WHERE event_id = '\(bed.name)-e-marker'") == 1
-        })
+        #expect(
+            try await bed.eventually {
+                try await bed.count("SELECT count(*) FROM inbox WHERE event_id = '\(bed.name)-e-marker'") == 1
+            })
         #expect(try await bed.count("SELECT count(*) FROM inbox") == 4)
-        #expect(try await bed.count("SELECT count(*) FROM inbox WHERE event_id = '\(bed.name)-e-old' AND octet_length(body) = 0") == 1)
+        #expect(
+            try await bed.count(
+                "SELECT count(*) FROM inbox WHERE event_id = '\(bed.name)-e-old' AND octet_length(body) = 0") == 1)
         // A second run finds nothing more to do (the rows just stored carry the database's
         // clock, today, years before the injected "now": moved to the day before it).
         _ = try await bed.db.run { c in
-            try c.execute("""
+            try c.execute(
+                """
                 UPDATE inbox SET received_at = $1::timestamptz - interval '1 day' WHERE event_id = ANY($2::text[])
                 """, [.text(now), .textArray(["\(bed.name)-e-ancient", "\(bed.name)-e-marker"])])
         }
-        #expect(try await Prune.run(settings: bed.settings, now: Self.now, logger: TestServices.logger).count == .init())
+        #expect(
+            try await Prune.run(settings: bed.settings, now: Self.now, logger: TestServices.logger).count == .init())
         worker.cancel()
         _ = await worker.result
         await bed.tearDown()
     }
 
     @Test func defaultsPruneNothingAndKeysCannotOutliveNoBodyRetention() async throws {
-        let env = ["REFERRALD_AMQP_URL": "amqp://u:p@h/v", "REFERRALD_DATABASE_URL": "postgres://u:p@h/d",
-                   "REFERRALD_PROGRAMS_FILE": "/dev/null"]
+        let env = [
+            "REFERRALD_AMQP_URL": "amqp://u:p@h/v", "REFERRALD_DATABASE_URL": "postgres://u:p@h/d",
+            "REFERRALD_PROGRAMS_FILE": "/dev/null",
+        ]
         let settings = try await Settings.load(configFile: nil, environment: env)
-        let days: [Int] = [settings.retentionInboxBodyDays, settings.retentionInboxKeyDays, settings.retentionReferralDays,
-                           settings.retentionLedgerDays]
+        let days: [Int] = [
+            settings.retentionInboxBodyDays, settings.retentionInboxKeyDays, settings.retentionReferralDays,
+            settings.retentionLedgerDays,
+        ]
         #expect(days == [0, 0, 0, 0])
         for (body, key) in [("0", "400"), ("30", "10")] {
             await #expect(throws: SettingsError.self) {
-                _ = try await Settings.load(configFile: nil, environment: env.merging([
-                    "REFERRALD_RETENTION_INBOX_BODY_DAYS": body, "REFERRALD_RETENTION_INBOX_KEY_DAYS": key]) { $1 })
+                _ = try await Settings.load(
+                    configFile: nil,
+                    environment: env.merging([
+                        "REFERRALD_RETENTION_INBOX_BODY_DAYS": body, "REFERRALD_RETENTION_INBOX_KEY_DAYS": key,
+                    ]) { $1 })
             }
         }
     }

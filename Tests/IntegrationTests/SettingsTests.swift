@@ -20,10 +20,10 @@ import Testing
             to: credentials.appendingPathComponent("REFERRALD_DATABASE_URL"), atomically: true, encoding: .utf8)
         let file = dir.appendingPathComponent("referrald.env")
         try """
-            REFERRALD_AMQP_URL=amqp://u:from-file@broker/referrald
-            REFERRALD_DATABASE_URL=postgres://app:from-file@db/referrald
-            REFERRALD_BATCH_SIZE=64
-            """.write(to: file, atomically: true, encoding: .utf8)
+        REFERRALD_AMQP_URL=amqp://u:from-file@broker/referrald
+        REFERRALD_DATABASE_URL=postgres://app:from-file@db/referrald
+        REFERRALD_BATCH_SIZE=64
+        """.write(to: file, atomically: true, encoding: .utf8)
         var env = base
         env["CREDENTIALS_DIRECTORY"] = credentials.path
         env["REFERRALD_BATCH_SIZE"] = "32"
@@ -39,11 +39,15 @@ import Testing
         env["REFERRALD_AMQP_URL"] = "amqp://u:hunter2@broker/referrald"
         env["REFERRALD_DATABASE_URL"] = "postgres://app:hunter2@db/referrald"
         env["REFERRALD_PREFETCH"] = "lots"
-        let error = await #expect(throws: SettingsError.self) { try await Settings.load(configFile: nil, environment: env) }
+        let error = await #expect(throws: SettingsError.self) {
+            try await Settings.load(configFile: nil, environment: env)
+        }
         #expect(error?.key == "REFERRALD_PREFETCH")
         #expect(error.map { "\($0)".contains("hunter2") } == false)
         env["REFERRALD_PREFETCH"] = "4096"
-        let overBudget = await #expect(throws: SettingsError.self) { try await Settings.load(configFile: nil, environment: env) }
+        let overBudget = await #expect(throws: SettingsError.self) {
+            try await Settings.load(configFile: nil, environment: env)
+        }
         #expect(overBudget?.key == "REFERRALD_MEMORY_BUDGET_BYTES")
         #expect(overBudget.map { "\($0)".contains("hunter2") } == false)
     }
@@ -62,7 +66,9 @@ import Testing
         env["REFERRALD_BATCH_SIZE"] = "64"
         #expect(try await Settings.load(configFile: nil, environment: env).prefetch == 16)
         env["REFERRALD_PREFETCH"] = "1025"
-        let error = await #expect(throws: SettingsError.self) { try await Settings.load(configFile: nil, environment: env) }
+        let error = await #expect(throws: SettingsError.self) {
+            try await Settings.load(configFile: nil, environment: env)
+        }
         #expect(error?.key == "REFERRALD_MEMORY_BUDGET_BYTES")
         env["REFERRALD_PREFETCH"] = "1024"
         env["REFERRALD_WORKERS"] = "3"
@@ -75,13 +81,17 @@ import Testing
     /// A password with an unencoded '/' or '?' is refused under its key (exit 78), without
     /// echoing it: split there, its end used to become the host or vhost.
     @Test func aURLWithAnUnencodedSlashInThePasswordIsAConfigErrorThatHidesIt() async throws {
-        for (key, url) in [("REFERRALD_AMQP_URL", "amqp://u:hun/ter2@broker/referrald"),
-                           ("REFERRALD_DATABASE_URL", "postgres://app:hun?ter2@db/referrald")] {
+        for (key, url) in [
+            ("REFERRALD_AMQP_URL", "amqp://u:hun/ter2@broker/referrald"),
+            ("REFERRALD_DATABASE_URL", "postgres://app:hun?ter2@db/referrald"),
+        ] {
             var env = base
             env["REFERRALD_AMQP_URL"] = "amqp://u:p@broker/referrald"
             env["REFERRALD_DATABASE_URL"] = "postgres://app:p@db/referrald"
             env[key] = url
-            let error = await #expect(throws: SettingsError.self) { try await Settings.load(configFile: nil, environment: env) }
+            let error = await #expect(throws: SettingsError.self) {
+                try await Settings.load(configFile: nil, environment: env)
+            }
             #expect(error?.key == key)
             #expect(error.map { "\($0)".contains("ter2") || "\($0)".contains("hun") } == false)
         }
@@ -96,12 +106,16 @@ import Testing
         #expect(s.lockTimeout.microseconds == 30_000_000)
         #expect(s.idleInTransactionTimeout.microseconds == 60_000_000)
         env["REFERRALD_DB_LOCK_TIMEOUT"] = "30d"
-        let error = await #expect(throws: SettingsError.self) { try await Settings.load(configFile: nil, environment: env) }
+        let error = await #expect(throws: SettingsError.self) {
+            try await Settings.load(configFile: nil, environment: env)
+        }
         #expect(error?.key == "REFERRALD_DB_LOCK_TIMEOUT")
     }
 
     @Test func aMissingRequiredKeySaysWhatItIsFor() async throws {
-        let error = await #expect(throws: SettingsError.self) { try await Settings.load(configFile: nil, environment: base) }
+        let error = await #expect(throws: SettingsError.self) {
+            try await Settings.load(configFile: nil, environment: base)
+        }
         #expect(error?.key == "REFERRALD_AMQP_URL")
         #expect(error.map { "\($0)".contains("is required") } == true)
     }

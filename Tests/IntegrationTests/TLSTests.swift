@@ -14,7 +14,8 @@ enum TLSTestSetup {
 
     static func file(_ key: String, _ name: String) -> String { environment[key] ?? "\(defaultDirectory)/\(name)" }
 
-    static let amqpsURL = environment["REFERRALD_TEST_AMQPS_URL"]
+    static let amqpsURL =
+        environment["REFERRALD_TEST_AMQPS_URL"]
         ?? "amqps://referrald:referrald@localhost:5671/referrald_test"
     static let caFile = file("REFERRALD_TEST_CA_FILE", "ca.pem")
     static let clientCert = file("REFERRALD_TEST_CLIENT_CERT", "client.pem")
@@ -36,15 +37,17 @@ enum TLSTestSetup {
     static func postgres(host: String = "localhost", _ query: [String: String]) throws -> PostgresURL {
         var parts = try #require(URLComponents(string: TestServices.databaseURL))
         parts.host = host
-        parts.queryItems = (parts.queryItems ?? []).filter { !$0.name.hasPrefix("ssl") }
+        parts.queryItems =
+            (parts.queryItems ?? []).filter { !$0.name.hasPrefix("ssl") }
             + query.sorted { $0.key < $1.key }.map { URLQueryItem(name: $0.key, value: $0.value) }
         return try PostgresURL(parsing: try #require(parts.string))
     }
 
     static func requireMaterial() throws {
         for path in [caFile, clientCert, clientKey, wrongCAFile, wrongClientCert, wrongClientKey] {
-            try #require(FileManager.default.isReadableFile(atPath: path),
-                         "\(path) missing: run scripts/services.sh start and export the output of scripts/services.sh env")
+            try #require(
+                FileManager.default.isReadableFile(atPath: path),
+                "\(path) missing: run scripts/services.sh start and export the output of scripts/services.sh env")
         }
     }
 
@@ -65,9 +68,12 @@ enum TLSTestSetup {
 
     /// The broker's view of one connection (`rabbitmqctl list_connections`), by its name.
     static func brokerView(of name: String) async throws -> (ssl: Bool, peerSubject: String) {
-        let listing = try await AMQPTestBroker.rabbitmqctl(["list_connections", "-q", "client_properties", "ssl", "peer_cert_subject"])
-        let line = try #require(listing.split(separator: "\n").first { $0.contains("{\"connection_name\",\"\(name)\"}") },
-                                "connection \(name) not listed by the broker")
+        let listing = try await AMQPTestBroker.rabbitmqctl([
+            "list_connections", "-q", "client_properties", "ssl", "peer_cert_subject",
+        ])
+        let line = try #require(
+            listing.split(separator: "\n").first { $0.contains("{\"connection_name\",\"\(name)\"}") },
+            "connection \(name) not listed by the broker")
         let columns = line.split(separator: "\t", omittingEmptySubsequences: false)
         return (columns[columns.count - 2] == "true", String(columns[columns.count - 1]))
     }
@@ -97,8 +103,9 @@ struct TLSAMQPTests {
         let name = AMQPTestBroker.unique("tls-client-cert")
         let connection = try await AMQPConnection.connect(
             TLSTestSetup.amqps(),
-            tls: AMQPTLS(caCertificatePath: TLSTestSetup.caFile, clientCertificatePath: TLSTestSetup.clientCert,
-                         clientKeyPath: TLSTestSetup.clientKey),
+            tls: AMQPTLS(
+                caCertificatePath: TLSTestSetup.caFile, clientCertificatePath: TLSTestSetup.clientCert,
+                clientKeyPath: TLSTestSetup.clientKey),
             connectionName: name, logger: AMQPTestBroker.logger)
         let view = try await TLSTestSetup.brokerView(of: name)
         #expect(view.ssl)
@@ -107,8 +114,9 @@ struct TLSAMQPTests {
 
         let (error, took) = try await TLSTestSetup.failure(
             TLSTestSetup.amqps(),
-            AMQPTLS(caCertificatePath: TLSTestSetup.caFile, clientCertificatePath: TLSTestSetup.wrongClientCert,
-                    clientKeyPath: TLSTestSetup.wrongClientKey))
+            AMQPTLS(
+                caCertificatePath: TLSTestSetup.caFile, clientCertificatePath: TLSTestSetup.wrongClientCert,
+                clientKeyPath: TLSTestSetup.wrongClientKey))
         #expect(error.code == .connectFailed, "\(error)")
         #expect(took < TLSTestSetup.failFast)
     }
@@ -156,19 +164,25 @@ struct TLSSettingsTests {
 
     @Test func tlsFilesWithPlainAMQPAreRefused() async throws {
         let error = await #expect(throws: SettingsError.self) {
-            try await Self.load(["REFERRALD_AMQP_URL": "amqp://u:p@localhost/v", "REFERRALD_AMQP_CA_FILE": TLSTestSetup.caFile])
+            try await Self.load([
+                "REFERRALD_AMQP_URL": "amqp://u:p@localhost/v", "REFERRALD_AMQP_CA_FILE": TLSTestSetup.caFile,
+            ])
         }
         #expect(error?.key == "REFERRALD_AMQP_CA_FILE")
     }
 
     @Test func unreadableOrUnpairedFilesAreRefused() async throws {
         let missing = await #expect(throws: SettingsError.self) {
-            try await Self.load(["REFERRALD_AMQP_URL": TLSTestSetup.amqpsURL, "REFERRALD_AMQP_CA_FILE": "/nonexistent/ca.pem"])
+            try await Self.load([
+                "REFERRALD_AMQP_URL": TLSTestSetup.amqpsURL, "REFERRALD_AMQP_CA_FILE": "/nonexistent/ca.pem",
+            ])
         }
         #expect(missing?.key == "REFERRALD_AMQP_CA_FILE")
         let unpaired = await #expect(throws: SettingsError.self) {
-            try await Self.load(["REFERRALD_AMQP_URL": TLSTestSetup.amqpsURL, "REFERRALD_AMQP_CA_FILE": TLSTestSetup.caFile,
-                                 "REFERRALD_AMQP_CERT_FILE": TLSTestSetup.clientCert])
+            try await Self.load([
+                "REFERRALD_AMQP_URL": TLSTestSetup.amqpsURL, "REFERRALD_AMQP_CA_FILE": TLSTestSetup.caFile,
+                "REFERRALD_AMQP_CERT_FILE": TLSTestSetup.clientCert,
+            ])
         }
         #expect(unpaired?.key == "REFERRALD_AMQP_KEY_FILE")
     }
@@ -189,12 +203,16 @@ struct TLSSettingsTests {
             "REFERRALD_EVENTS_EXCHANGE": "\(prefix).events",
             "REFERRALD_UPSTREAM_EXCHANGES": "\(prefix).provisioning,\(prefix).billing,\(prefix).crm",
         ])
-        #expect(settings.amqpTLS == AMQPTLS(caCertificatePath: TLSTestSetup.caFile,
-                                            clientCertificatePath: TLSTestSetup.clientCert,
-                                            clientKeyPath: TLSTestSetup.clientKey))
+        #expect(
+            settings.amqpTLS
+                == AMQPTLS(
+                    caCertificatePath: TLSTestSetup.caFile,
+                    clientCertificatePath: TLSTestSetup.clientCert,
+                    clientKeyPath: TLSTestSetup.clientKey))
         var failure: (any Error)?
         do {
-            try await Operations.declareTopology(settings: settings, passiveUpstream: false, logger: AMQPTestBroker.logger)
+            try await Operations.declareTopology(
+                settings: settings, passiveUpstream: false, logger: AMQPTestBroker.logger)
             let check = try await AMQPTestBroker.connect(prefix + ".check")
             try await check.declareQueue(settings.inboxQueue, passive: true)
             await check.close()
@@ -212,10 +230,13 @@ struct TLSSettingsTests {
 @Suite("PostgreSQL with sslmode=verify-full")
 struct TLSPostgresTests {
     static func sslInUse(_ url: PostgresURL) async throws -> (ssl: Bool, clientDN: String?) {
-        let db = try await PostgresConnection.connect(url, applicationName: "referrald-tls-test", logger: Logger(label: "tls"))
+        let db = try await PostgresConnection.connect(
+            url, applicationName: "referrald-tls-test", logger: Logger(label: "tls"))
         let seen = try await db.run { c in
             let row = try c.query("SELECT ssl, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()").first
-            return (try row?.decode("ssl", as: Bool.self) ?? false, try row?.decodeIfPresent("client_dn", as: String.self))
+            return (
+                try row?.decode("ssl", as: Bool.self) ?? false, try row?.decodeIfPresent("client_dn", as: String.self)
+            )
         }
         await db.close()
         return seen
@@ -230,7 +251,8 @@ struct TLSPostgresTests {
     /// Unlike librabbitmq, libpq matches IP address SANs: by 127.0.0.1 verify-full passes.
     @Test func ipAddressSANIsAcceptedByLibpq() async throws {
         try TLSTestSetup.requireMaterial()
-        let url = try TLSTestSetup.postgres(host: "127.0.0.1", ["sslmode": "verify-full", "sslrootcert": TLSTestSetup.caFile])
+        let url = try TLSTestSetup.postgres(
+            host: "127.0.0.1", ["sslmode": "verify-full", "sslrootcert": TLSTestSetup.caFile])
         #expect(try await Self.sslInUse(url).ssl)
     }
 
@@ -247,12 +269,15 @@ struct TLSPostgresTests {
 
     @Test func wrongCAIsRefused() async throws {
         try TLSTestSetup.requireMaterial()
-        let url = try TLSTestSetup.postgres(["sslmode": "verify-full", "sslrootcert": TLSTestSetup.wrongCAFile,
-                                             "connect_timeout": "10"])
+        let url = try TLSTestSetup.postgres([
+            "sslmode": "verify-full", "sslrootcert": TLSTestSetup.wrongCAFile,
+            "connect_timeout": "10",
+        ])
         let clock = ContinuousClock()
         let start = clock.now
         let error = await #expect(throws: PostgresError.self) {
-            _ = try await PostgresConnection.connect(url, applicationName: "referrald-tls-test", logger: Logger(label: "tls"))
+            _ = try await PostgresConnection.connect(
+                url, applicationName: "referrald-tls-test", logger: Logger(label: "tls"))
         }
         #expect(error?.code == .connectionFailed)
         #expect(error?.message?.contains("certificate verify failed") == true, "\(String(describing: error?.message))")

@@ -15,7 +15,8 @@ import Testing
         let program = programs[0].id
         let version = versions[program] ?? 1
         try await bed.db.run { c in
-            _ = try c.execute("""
+            _ = try c.execute(
+                """
                 INSERT INTO referrals (referral_id, lead_id, code, referrer_account_id, program_id, program_version)
                 SELECT 'ref-' || n, 'lead-' || n, 'CODE', 'acc-r', $1, $2 FROM unnest(ARRAY['a', 'b', 'c']) AS n
                 """, [.text(program), .int(Int64(version))])
@@ -35,15 +36,19 @@ import Testing
     }
 
     /// keys[0] is due an hour ago, keys[1] a minute ago, keys[2] in an hour.
-    func checkClaims(_ bed: TestBed, _ table: Store.TimerTable, keys: [String],
-                     set: @escaping @Sendable (isolated PostgresConnection, String, Instant) throws -> Void) async throws {
+    func checkClaims(
+        _ bed: TestBed, _ table: Store.TimerTable, keys: [String],
+        set: @escaping @Sendable (isolated PostgresConnection, String, Instant) throws -> Void
+    ) async throws {
         let dues = [now - .hours(1), now - .minutes(1), now + .hours(1)]
         let now = self.now
         try await bed.db.transaction { c in
             for (key, due) in zip(keys, dues) { try set(c, key, due) }
         }
         func claim(at t: Instant, limit: Int) async throws -> [String] {
-            try await bed.db.transaction { c in try Store.claimDueTimers(c, table, now: t, limit: limit, leaseSeconds: 30) }
+            try await bed.db.transaction { c in
+                try Store.claimDueTimers(c, table, now: t, limit: limit, leaseSeconds: 30)
+            }
         }
         // The most overdue first, within the limit.
         #expect(try await claim(at: now, limit: 1) == [keys[0]])

@@ -1,11 +1,15 @@
 import Testing
+
 @testable import ReferralCore
 
 /// The README's consumer program with its `asks:` section replaced by the one under test.
-func askProgram(segment: Segment = .consumer, moments: [AskMoment] = AskMoment.allCases, delay: Span = .days(1),
-                minGap: Span = .days(30), maxPerYear: Int = 4, periodic: Span = .days(90)) -> Program {
+func askProgram(
+    segment: Segment = .consumer, moments: [AskMoment] = AskMoment.allCases, delay: Span = .days(1),
+    minGap: Span = .days(30), maxPerYear: Int = 4, periodic: Span = .days(90)
+) -> Program {
     var p = consumerProgram(id: segment.rawValue, segment: segment)
-    p.asks = .init(moments: moments, delayAfterInstall: delay, minGap: minGap, maxPerYear: maxPerYear, periodicEvery: periodic)
+    p.asks = .init(
+        moments: moments, delayAfterInstall: delay, minGap: minGap, maxPerYear: maxPerYear, periodicEvery: periodic)
     return p
 }
 
@@ -17,8 +21,10 @@ func askFact(_ at: Instant, _ kind: AskFact.Kind, account: String = "acct-1") ->
 }
 
 /// An engine for one program, its clock at `start`.
-func askEngine(_ program: Program = askProgram(), start: Instant = at("2027-01-01T00:00:00Z"),
-               freshness: Span = .days(7)) -> AskEngine {
+func askEngine(
+    _ program: Program = askProgram(), start: Instant = at("2027-01-01T00:00:00Z"),
+    freshness: Span = .days(7)
+) -> AskEngine {
     AskEngine(programs: [program], start: start, policy: AskPolicy(freshness: freshness), codeFor: askCode)
 }
 

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import ReferralCore
 
 /// The monthly budget: what a referral commits and in which month, and how a budget that
@@ -7,7 +8,8 @@ import Testing
     let nov = at("2027-11-01T00:00:00Z"), dec = at("2027-12-01T00:00:00Z"), jan = at("2028-01-01T00:00:00Z")
 
     func engine(_ program: Program = consumerProgram()) -> ReferralEngine {
-        var e = ReferralEngine(programs: [program], start: at("2027-10-01T00:00:00Z"), mode: .incremental, codeFor: testCode)
+        var e = ReferralEngine(
+            programs: [program], start: at("2027-10-01T00:00:00Z"), mode: .incremental, codeFor: testCode)
         e.referrer("r1", at: at("2027-10-01T00:00:00Z"))
         return e
     }
@@ -72,7 +74,9 @@ import Testing
         program.referrerReward.byPlan = ["fiber-1000": 15_000]
         var e = engine(program)
         e.friend(lead: "l1", of: "r1", account: "f1", leadAt: at("2027-11-10T00:00:00Z"))
-        e.receive(.planChosen(accountId: "f1", planId: "fiber-1000", at: at("2027-11-20T00:00:00Z")), at: at("2027-11-20T00:00:00Z"))
+        e.receive(
+            .planChosen(accountId: "f1", planId: "fiber-1000", at: at("2027-11-20T00:00:00Z")),
+            at: at("2027-11-20T00:00:00Z"))
         #expect(committed(e, nov) == 15_000 + 2500)
         e.advance(to: at("2027-12-25T00:00:00Z"))
         #expect(e.issuedRewards.map(\.amountMinor).sorted() == [2500, 15_000])
@@ -85,14 +89,18 @@ import Testing
     let program = askProgram(moments: [.postActivation, .speedTest])
 
     func decide(_ account: String, facts: [AskFact], sent: [SentAsk] = [], now: Instant, held: Bool) -> AskDecision {
-        ReferralAsks.decide(AskInput(accountId: account, facts: facts, program: program, code: askCode(account), sent: sent,
-                                     now: now, budgetHold: held ? ProgramBudget.hold(accountId: account, now: now) : nil))
+        ReferralAsks.decide(
+            AskInput(
+                accountId: account, facts: facts, program: program, code: askCode(account), sent: sent,
+                now: now, budgetHold: held ? ProgramBudget.hold(accountId: account, now: now) : nil))
     }
 
-    @Test("the month's turn and the threshold", arguments: [
-        ("2027-12-31T23:59:59Z", "2028-01-01T00:00:00Z"), ("2028-02-29T12:00:00Z", "2028-03-01T00:00:00Z"),
-        ("2027-02-01T00:00:00Z", "2027-03-01T00:00:00Z"),
-    ])
+    @Test(
+        "the month's turn and the threshold",
+        arguments: [
+            ("2027-12-31T23:59:59Z", "2028-01-01T00:00:00Z"), ("2028-02-29T12:00:00Z", "2028-03-01T00:00:00Z"),
+            ("2027-02-01T00:00:00Z", "2027-03-01T00:00:00Z"),
+        ])
     func turn(now: String, next: String) {
         #expect(ProgramBudget.hold(accountId: "a", now: at(now)).turn == at(next))
         #expect(ProgramBudget.month(of: at(now)) <= at(now))
@@ -136,9 +144,10 @@ import Testing
         // Due 26 Dec 12:00, fresh until 2 Jan 12:00: an account released later than that goes
         // an hour before its freshness ends.
         let t = at("2027-12-26T12:00:00Z")
-        let late = try #require((0..<500).map { "acct-\($0)" }.first {
-            ProgramBudget.hold(accountId: $0, now: t).release > at("2028-01-02T12:00:00Z")
-        })
+        let late = try #require(
+            (0..<500).map { "acct-\($0)" }.first {
+                ProgramBudget.hold(accountId: $0, now: t).release > at("2028-01-02T12:00:00Z")
+            })
         let facts = [askFact(t, .serviceActivated(segment: .consumer), account: late)]
         let held = decide(late, facts: facts, now: t, held: true)
         #expect(held.nextWakeup == at("2028-01-02T11:00:00Z"))
@@ -160,10 +169,15 @@ import Testing
     @Test("a released ask is still subject to min_gap")
     func releaseKeepsMinGap() {
         let t = at("2027-12-28T12:00:00Z")
-        let facts = [askFact(t - .days(30), .serviceActivated(segment: .consumer)),
-                     askFact(t, .speedTest(measuredDownMbps: 480, planDownMbps: 500))]
-        let sent = [SentAsk(key: ReferralAsks.key(accountId: "acct-1", moment: .postActivation, occurrence: nil),
-                            moment: .postActivation, dueAt: t - .days(30), sentAt: t - .days(10))]
+        let facts = [
+            askFact(t - .days(30), .serviceActivated(segment: .consumer)),
+            askFact(t, .speedTest(measuredDownMbps: 480, planDownMbps: 500)),
+        ]
+        let sent = [
+            SentAsk(
+                key: ReferralAsks.key(accountId: "acct-1", moment: .postActivation, occurrence: nil),
+                moment: .postActivation, dueAt: t - .days(30), sentAt: t - .days(10))
+        ]
         let release = ProgramBudget.hold(accountId: "acct-1", now: t).release(expiring: t + .days(7))
         let after = decide("acct-1", facts: facts, sent: sent, now: release, held: false)
         #expect(after.send == nil)

@@ -1,6 +1,7 @@
-import Testing
-@testable import ReferralCore
 import ReferralTestKit
+import Testing
+
+@testable import ReferralCore
 
 @Suite struct CodeIssuanceTests {
     @Test func drawnCodesAreAlphanumericAndParseBack() {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import ReferralCore
 
 /// Runs the shared contract's own examples through the classifier and the writer. Needs
@@ -18,7 +19,10 @@ struct ContractConformanceTests {
 
     @Test func theLeadExampleCarriesTheReferrersCode() throws {
         let event = try classify(body: Self.file("examples/consumed/provisioning.lead.created.json")).get()
-        guard case .leadCreated(let lead) = event.payload else { Issue.record("payload"); return }
+        guard case .leadCreated(let lead) = event.payload else {
+            Issue.record("payload")
+            return
+        }
         #expect(lead.code?.canonical == "K7QM-42XD-E")
     }
 
@@ -56,11 +60,14 @@ struct ContractConformanceTests {
         let example = try JSONValue.parse(Self.file("examples/published/\(type.rawValue).json"))
         let written = try JSONValue.parse(sampleEvent(type).encoded())
         #expect(Self.shape(of: written) == Self.shape(of: example))
-        #expect(try #require(written.objectValue?["data"]?.objectValue).count == (try #require(example.objectValue?["data"]?.objectValue)).count)
+        #expect(
+            try #require(written.objectValue?["data"]?.objectValue).count
+                == (try #require(example.objectValue?["data"]?.objectValue)).count)
     }
 
     @Test func codeIssuedForTheStoryEqualsTheExample() throws {
-        let example = try #require(try JSONValue.parse(Self.file("examples/published/referral.code.issued.json")).objectValue)
+        let example = try #require(
+            try JSONValue.parse(Self.file("examples/published/referral.code.issued.json")).objectValue)
         let event = OutgoingEvent.codeIssued(
             id: "0e7c4a9b-3d61-4f8e-b2a5-c6d9e1f04b73", time: try #require(Instant(rfc3339: "2026-11-23T10:31:10Z")),
             accountId: "acct-1002", code: try #require(ReferralCode.parse("9XR4-T1NB-3")),

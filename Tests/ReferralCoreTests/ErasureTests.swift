@@ -1,9 +1,12 @@
 import Testing
+
 @testable import ReferralCore
 
 /// The erasure scrub of stored bodies and recorded effects: what stays is an allow-list.
 @Suite struct ErasureTests {
-    static func scrub(_ text: String) -> String { String(decoding: Erasure.scrub(body: Array(text.utf8)), as: UTF8.self) }
+    static func scrub(_ text: String) -> String {
+        String(decoding: Erasure.scrub(body: Array(text.utf8)), as: UTF8.self)
+    }
 
     static func envelope(_ type: String, _ data: String, extra: String = "") -> String {
         #"{"specversion":"1.0","id":"e-1","source":"provisioning","type":"\#(type)","time":"2030-01-01T00:00:00Z","#
@@ -11,27 +14,39 @@ import Testing
     }
 
     @Test func leadKeepsIdsAndLosesHouseholdContactAndExtras() {
-        let out = Self.scrub(Self.envelope("provisioning.lead.created",
-            #"{"lead_id":"lead-1","referral_code":"K7QM-42XD-E","household_id":"hh-secret","contact_hash":"c-secret","#
-                + #""segment":"consumer","channel":"web","crm_score":1e1000000,"notes":"call Jane after 6"}"#,
-            extra: #","x-producer-trace":"jane@example.net""#))
-        #expect(out == #"{"specversion":"1.0","id":"e-1","source":"provisioning","type":"provisioning.lead.created","#
-            + #""time":"2030-01-01T00:00:00Z","datacontenttype":"application/json","#
-            + #""data":{"lead_id":"lead-1","referral_code":"K7QM-42XD-E","segment":"consumer","channel":"web"}}"#)
+        let out = Self.scrub(
+            Self.envelope(
+                "provisioning.lead.created",
+                #"{"lead_id":"lead-1","referral_code":"K7QM-42XD-E","household_id":"hh-secret","contact_hash":"c-secret","#
+                    + #""segment":"consumer","channel":"web","crm_score":1e1000000,"notes":"call Jane after 6"}"#,
+                extra: #","x-producer-trace":"jane@example.net""#))
+        #expect(
+            out == #"{"specversion":"1.0","id":"e-1","source":"provisioning","type":"provisioning.lead.created","#
+                + #""time":"2030-01-01T00:00:00Z","datacontenttype":"application/json","#
+                + #""data":{"lead_id":"lead-1","referral_code":"K7QM-42XD-E","segment":"consumer","channel":"web"}}"#)
     }
 
     /// The reported failure: a number PostgreSQL's jsonb cannot hold, in a member the worker
     /// ignores. Our parser reads it; the member goes with every other extra.
     @Test func hugeNumberInAnExtraMemberIsScrubbedNotAnError() {
-        let out = Self.scrub(Self.envelope("provisioning.service.activated",
-            #"{"account_id":"acct-1","activated_at":"2030-01-01T00:00:00Z","household_id":"hh-1","plan_id":"fiber-1000","#
-                + #""crm_score":1e1000000}"#))
-        #expect(out.contains(#""data":{"account_id":"acct-1","activated_at":"2030-01-01T00:00:00Z","plan_id":"fiber-1000"}"#))
+        let out = Self.scrub(
+            Self.envelope(
+                "provisioning.service.activated",
+                #"{"account_id":"acct-1","activated_at":"2030-01-01T00:00:00Z","household_id":"hh-1","plan_id":"fiber-1000","#
+                    + #""crm_score":1e1000000}"#))
+        #expect(
+            out.contains(
+                #""data":{"account_id":"acct-1","activated_at":"2030-01-01T00:00:00Z","plan_id":"fiber-1000"}"#))
         #expect(!out.contains("1e1000000") && !out.contains("hh-1") && !out.contains("Jane"))
     }
 
-    @Test(arguments: [("provisioning.service.cancelled", #"{"account_id":"a","cancelled_at":"2030-01-01T00:00:00Z","reason":"moved in with Bob\u0000"}"#),
-                      ("billing.credit.rejected", #"{"reward_id":"rwd-1-friend","reason":"card of J. Doe expired"}"#)])
+    @Test(arguments: [
+        (
+            "provisioning.service.cancelled",
+            #"{"account_id":"a","cancelled_at":"2030-01-01T00:00:00Z","reason":"moved in with Bob\u0000"}"#
+        ),
+        ("billing.credit.rejected", #"{"reward_id":"rwd-1-friend","reason":"card of J. Doe expired"}"#),
+    ])
     func freeTextIsRedactedAndStillValid(_ type: String, _ data: String) {
         let out = Self.scrub(Self.envelope(type, data))
         #expect(out.contains(#""reason":"[erased]""#))
@@ -41,10 +56,18 @@ import Testing
     }
 
     @Test func absentOrNullReasonStaysAbsentOrNull() {
-        #expect(Self.scrub(Self.envelope("provisioning.service.cancelled",
-            #"{"account_id":"a","cancelled_at":"2030-01-01T00:00:00Z","reason":null}"#)).contains(#""reason":null"#))
-        #expect(!Self.scrub(Self.envelope("provisioning.service.cancelled",
-            #"{"account_id":"a","cancelled_at":"2030-01-01T00:00:00Z"}"#)).contains("reason"))
+        #expect(
+            Self.scrub(
+                Self.envelope(
+                    "provisioning.service.cancelled",
+                    #"{"account_id":"a","cancelled_at":"2030-01-01T00:00:00Z","reason":null}"#)
+            ).contains(#""reason":null"#))
+        #expect(
+            !Self.scrub(
+                Self.envelope(
+                    "provisioning.service.cancelled",
+                    #"{"account_id":"a","cancelled_at":"2030-01-01T00:00:00Z"}"#)
+            ).contains("reason"))
     }
 
     /// `referral_code` is free-form on the wire: anything but a printable string becomes null.
@@ -55,8 +78,12 @@ import Testing
     }
 
     @Test func idempotentByteForByte() {
-        let once = Erasure.scrub(body: Array(Self.envelope("crm.ticket.resolved",
-            #"{"account_id":"a","ticket_id":"t-1","csat":5,"comment":"the engineer, Tom, was great"}"#).utf8))
+        let once = Erasure.scrub(
+            body: Array(
+                Self.envelope(
+                    "crm.ticket.resolved",
+                    #"{"account_id":"a","ticket_id":"t-1","csat":5,"comment":"the engineer, Tom, was great"}"#
+                ).utf8))
         #expect(Erasure.scrub(body: once) == once)
         #expect(!String(decoding: once, as: UTF8.self).contains("Tom"))
     }
@@ -73,7 +100,9 @@ import Testing
 
     @Test func effectsLoseBillingsReasonOnly() {
         let failed = Effect.rewardFailed(rewardId: "rwd-1-friend", failure: 2, reason: "J. Doe's card", final: true)
-        #expect(failed.withoutFreeText == .rewardFailed(rewardId: "rwd-1-friend", failure: 2, reason: Erasure.redacted, final: true))
+        #expect(
+            failed.withoutFreeText
+                == .rewardFailed(rewardId: "rwd-1-friend", failure: 2, reason: Erasure.redacted, final: true))
         #expect(failed.withoutFreeText.key == failed.key)
         let applied = Effect.rewardApplied(rewardId: "rwd-1-friend")
         #expect(applied.withoutFreeText == applied)
@@ -82,10 +111,14 @@ import Testing
     // `referrald dlq erase`: which dead letters concern the erased account, and what becomes of them.
 
     @Test func deadLetterOfTheAccountIsScrubbedAndAScrubbedOneIsLeftAlone() throws {
-        let body = Array(Self.envelope("provisioning.service.activated",
-            #"{"account_id":"acct-1","activated_at":"2030-01-01T00:00:00Z","household_id":"hh-secret","crm_score":"x"}"#).utf8)
+        let body = Array(
+            Self.envelope(
+                "provisioning.service.activated",
+                #"{"account_id":"acct-1","activated_at":"2030-01-01T00:00:00Z","household_id":"hh-secret","crm_score":"x"}"#
+            ).utf8)
         guard case .scrub(let copy) = Erasure.deadLetter(body: body, account: "acct-1") else {
-            Issue.record("not scrubbed"); return
+            Issue.record("not scrubbed")
+            return
         }
         let text = String(decoding: copy, as: UTF8.self)
         #expect(text.contains(#""account_id":"acct-1""#) && !text.contains("hh-secret") && !text.contains("Jane"))
@@ -93,8 +126,10 @@ import Testing
     }
 
     @Test func leadsAndRewardsOfTheAccountAreFoundByTheirIds() {
-        let lead = Array(Self.envelope("provisioning.lead.created", #"{"lead_id":"lead-9","household_id":"hh-secret"}"#).utf8)
-        let rejected = Array(Self.envelope("billing.credit.rejected", #"{"reward_id":"rwd-9-friend","reason":"J. Doe"}"#).utf8)
+        let lead = Array(
+            Self.envelope("provisioning.lead.created", #"{"lead_id":"lead-9","household_id":"hh-secret"}"#).utf8)
+        let rejected = Array(
+            Self.envelope("billing.credit.rejected", #"{"reward_id":"rwd-9-friend","reason":"J. Doe"}"#).utf8)
         #expect(Erasure.deadLetter(body: lead, account: "acct-1") == .unrelated)
         #expect(Erasure.deadLetter(body: lead, account: "acct-1", leads: ["lead-9"]) != .unrelated)
         #expect(Erasure.deadLetter(body: rejected, account: "acct-1", rewards: ["rwd-9-friend"]) != .unrelated)
@@ -107,12 +142,16 @@ import Testing
     }
 
     @Test func unreadableBodyThatNamesTheAccountIsDropped() {
-        #expect(Erasure.deadLetter(body: Array(#"{"account_id":"acct-1","household_id":"hh-secret""#.utf8), account: "acct-1") == .drop)
+        #expect(
+            Erasure.deadLetter(
+                body: Array(#"{"account_id":"acct-1","household_id":"hh-secret""#.utf8), account: "acct-1") == .drop)
         #expect(Erasure.deadLetter(body: Array(#"["acct-1"]"#.utf8), account: "acct-1") == .drop)
         // An extra member naming the account in a valid object is scrubbed, not dropped.
-        let extra = Array(Self.envelope("crm.ticket.opened", #"{"account_id":"acct-2","ticket_id":"t-1","note":"see acct-1"}"#).utf8)
+        let extra = Array(
+            Self.envelope("crm.ticket.opened", #"{"account_id":"acct-2","ticket_id":"t-1","note":"see acct-1"}"#).utf8)
         guard case .scrub(let copy) = Erasure.deadLetter(body: extra, account: "acct-1") else {
-            Issue.record("not scrubbed"); return
+            Issue.record("not scrubbed")
+            return
         }
         #expect(!String(decoding: copy, as: UTF8.self).contains("acct-1"))
     }

@@ -1,11 +1,13 @@
 import Testing
+
 @testable import ReferralCore
 
 @Suite("Follow-ups on stalled referrals")
 struct FollowupTests {
     let since = at("2026-11-20T09:12:00Z")
     var ordered: StageEntry {
-        StageEntry(referralId: "ref-3002", leadId: "lead-2002", stage: .ordered, enteredAt: since, stalledAfter: .days(7))
+        StageEntry(
+            referralId: "ref-3002", leadId: "lead-2002", stage: .ordered, enteredAt: since, stalledAfter: .days(7))
     }
 
     @Test("due stalled_after after entering the stage; the event is the contract's example")
@@ -62,9 +64,15 @@ struct FollowupTests {
     func entriesFromLifecycle() throws {
         let start = at("2027-03-01T00:00:00Z")
         var engine = ReferralEngine(programs: [consumerProgram()], start: start, codeFor: testCode)
-        engine.receive(.serviceActivated(accountId: "r1", at: start, householdId: "hh-r1", contactHash: "c-r1", segment: .consumer), at: start)
-        let leadAt = start + .days(1), orderAt = start + .days(2)
-        engine.receive(.leadCreated(leadId: "lead-1", at: leadAt, code: testCode("r1"), householdId: "hh-f1", contactHash: "c-f1", segment: .consumer), at: leadAt)
+        engine.receive(
+            .serviceActivated(
+                accountId: "r1", at: start, householdId: "hh-r1", contactHash: "c-r1", segment: .consumer), at: start)
+        let leadAt = start + .days(1)
+        let orderAt = start + .days(2)
+        engine.receive(
+            .leadCreated(
+                leadId: "lead-1", at: leadAt, code: testCode("r1"), householdId: "hh-f1", contactHash: "c-f1",
+                segment: .consumer), at: leadAt)
         func entries() -> [StageEntry] {
             Followups.entries(views: engine.state().referrals, referrals: engine.referrals, facts: engine.facts)
         }
@@ -80,7 +88,10 @@ struct FollowupTests {
 
         // Qualified and rewarded: no longer in flight, no entry at all.
         let activated = orderAt + .days(3)
-        engine.receive(.serviceActivated(accountId: "f1", at: activated, householdId: "hh-f1", contactHash: "c-f1", segment: .consumer), at: activated)
+        engine.receive(
+            .serviceActivated(
+                accountId: "f1", at: activated, householdId: "hh-f1", contactHash: "c-f1", segment: .consumer),
+            at: activated)
         #expect(entries().map(\.stage) == [.activated])
         engine.advance(to: activated + .days(31))
         #expect(entries().isEmpty)

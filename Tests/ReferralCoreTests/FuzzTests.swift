@@ -1,7 +1,8 @@
 import Foundation
-import Testing
-@testable import ReferralCore
 import ReferralTestKit
+import Testing
+
+@testable import ReferralCore
 
 /// Seeded mutation fuzzing of the envelope and data decoders (`classify`), over our fixtures and
 /// the contract's examples (consumed and invalid, when ../shared/contract is present). Bounded:
@@ -63,10 +64,14 @@ import ReferralTestKit
             }
             counts[Self.check(body), default: 0] += 1
         }
-        print("fuzz (bytes): \(Self.iterations) iterations, seed \(Self.seed), \(seeds.count) seeds, \(Self.summary(counts))")
+        print(
+            "fuzz (bytes): \(Self.iterations) iterations, seed \(Self.seed), \(seeds.count) seeds, \(Self.summary(counts))"
+        )
         #expect(counts.values.reduce(0, +) == Self.iterations)
         // The run is only meaningful if it reached deep into classification, not just the parser.
-        #expect(counts["invalid_data", default: 0] > 0 && counts["accepted", default: 0] > 0 && counts["not_json", default: 0] > 0)
+        #expect(
+            counts["invalid_data", default: 0] > 0 && counts["accepted", default: 0] > 0
+                && counts["not_json", default: 0] > 0)
     }
 
     /// Structural mutations of the valid events: a value anywhere in the tree is replaced by
@@ -89,12 +94,18 @@ import ReferralTestKit
             counts[outcome, default: 0] += 1
             let shape = Shape(tree)
             let oversized = body.count > 262_144
-            #expect((outcome == "too_large") == oversized,
-                    "depth \(shape.depth), values \(shape.values), string \(shape.longestString), body \(body.count): \(outcome)")
+            #expect(
+                (outcome == "too_large") == oversized,
+                "depth \(shape.depth), values \(shape.values), string \(shape.longestString), body \(body.count): \(outcome)"
+            )
             if !oversized, shape.depth > 64 { #expect(outcome == "not_json", "depth \(shape.depth): \(outcome)") }
         }
-        print("fuzz (structure): \(iterations) iterations, seed \(Self.seed), \(seeds.count) seeds, \(Self.summary(counts))")
-        #expect(counts["too_large", default: 0] > 0 && counts["invalid_data", default: 0] > 0 && counts["accepted", default: 0] > 0)
+        print(
+            "fuzz (structure): \(iterations) iterations, seed \(Self.seed), \(seeds.count) seeds, \(Self.summary(counts))"
+        )
+        #expect(
+            counts["too_large", default: 0] > 0 && counts["invalid_data", default: 0] > 0
+                && counts["accepted", default: 0] > 0)
     }
 
     // MARK: support
@@ -148,8 +159,10 @@ import ReferralTestKit
         case 1: return .bool(rng.next() % 2 == 0)
         case 2: return .integer(pick([0, -1, 1, Int64.max, Int64.min, 9_007_199_254_740_993]))
         case 3:
-            let lexeme = pick(["1e400", "-0", "0.5", "1" + String(repeating: "0", count: 16_383),
-                               "1" + String(repeating: "0", count: 16_384), "1E-400"])
+            let lexeme = pick([
+                "1e400", "-0", "0.5", "1" + String(repeating: "0", count: 16_383),
+                "1" + String(repeating: "0", count: 16_384), "1E-400",
+            ])
             return (try? JSONValue.parse(Array(lexeme.utf8), limits: JSONLimits(maxStringBytes: 1 << 20))) ?? .null
         case 4:
             // Multi-byte characters so that byte and character counts differ near the limit.

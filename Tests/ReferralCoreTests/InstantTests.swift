@@ -1,4 +1,5 @@
 import Testing
+
 @testable import ReferralCore
 
 @Suite struct InstantTests {
@@ -35,8 +36,10 @@ import Testing
         }
     }
 
-    @Test(arguments: ["2026-11-23 10:31:07", "2026-02-30T00:00:00Z", "2026-11-23T24:00:00Z",
-                      "2026-11-23T10:31:07", "2026-11-23T10:31:07.Z", "2026-11-23T10:31:07Z ", ""])
+    @Test(arguments: [
+        "2026-11-23 10:31:07", "2026-02-30T00:00:00Z", "2026-11-23T24:00:00Z",
+        "2026-11-23T10:31:07", "2026-11-23T10:31:07.Z", "2026-11-23T10:31:07Z ", "",
+    ])
     func rejectsMalformed(_ text: String) {
         #expect(Instant(rfc3339: text) == nil)
     }

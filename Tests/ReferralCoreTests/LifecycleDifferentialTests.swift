@@ -1,6 +1,7 @@
-import Testing
-@testable import ReferralCore
 import ReferralTestKit
+import Testing
+
+@testable import ReferralCore
 
 /// The generator of `makeScenario`, widened to the facts that move a key and so take an entry
 /// out of a ranking, letting the entry at the boundary back in: an earlier order to another
@@ -18,13 +19,18 @@ func makeWideScenario(seed: UInt64) -> Scenario {
     for fact in facts {
         switch fact {
         case .leadCreated(let lead, let t, let code, let hh, let contact, let seg) where rng.chance(0.15):
-            extra.append(.leadCreated(leadId: lead, at: t - rng.span(.hours(1), .days(2)), code: code, householdId: hh,
-                                      contactHash: contact, segment: seg))
+            extra.append(
+                .leadCreated(
+                    leadId: lead, at: t - rng.span(.hours(1), .days(2)), code: code, householdId: hh,
+                    contactHash: contact, segment: seg))
         case .orderPlaced(let lead, _, let t) where rng.chance(0.1):
             extra.append(.orderPlaced(leadId: lead, accountId: "f-other-\(lead)", at: t - .minutes(30)))
-        case .serviceActivated(let account, let t, let hh, let contact, let seg) where account.hasPrefix("f") && rng.chance(0.12):
-            extra.append(.serviceActivated(accountId: account, at: t - rng.span(.days(1), .days(20)), householdId: hh,
-                                           contactHash: contact, segment: seg))
+        case .serviceActivated(let account, let t, let hh, let contact, let seg)
+        where account.hasPrefix("f") && rng.chance(0.12):
+            extra.append(
+                .serviceActivated(
+                    accountId: account, at: t - rng.span(.days(1), .days(20)), householdId: hh,
+                    contactHash: contact, segment: seg))
         case .serviceActivated(let account, let t, _, _, _) where account.hasPrefix("f") && rng.chance(0.06):
             extra.append(.customerErased(accountId: account, at: t + rng.span(.days(1), .days(30))))
         default:
@@ -44,14 +50,18 @@ func makeWideScenario(seed: UInt64) -> Scenario {
 
 private func shifted(_ f: Fact, by d: Span) -> Fact {
     switch f {
-    case .leadCreated(let l, let t, let c, let h, let ct, let s): return .leadCreated(leadId: l, at: t + d, code: c, householdId: h, contactHash: ct, segment: s)
+    case .leadCreated(let l, let t, let c, let h, let ct, let s):
+        return .leadCreated(leadId: l, at: t + d, code: c, householdId: h, contactHash: ct, segment: s)
     case .orderPlaced(let l, let a, let t): return .orderPlaced(leadId: l, accountId: a, at: t + d)
     case .installCompleted(let a, let t): return .installCompleted(accountId: a, at: t + d)
-    case .serviceActivated(let a, let t, let h, let c, let s): return .serviceActivated(accountId: a, at: t + d, householdId: h, contactHash: c, segment: s)
+    case .serviceActivated(let a, let t, let h, let c, let s):
+        return .serviceActivated(accountId: a, at: t + d, householdId: h, contactHash: c, segment: s)
     case .serviceCancelled(let a, let t): return .serviceCancelled(accountId: a, at: t + d)
     case .invoiceOverdue(let a, let i, let t): return .invoiceOverdue(accountId: a, invoiceId: i, at: t + d)
-    case .invoicePaid(let a, let i, let s, let t): return .invoicePaid(accountId: a, invoiceId: i, sequence: s, at: t + d)
-    case .creditApplied(let r, let a, let m, let c, let t): return .creditApplied(rewardId: r, accountId: a, amountMinor: m, currency: c, at: t + d)
+    case .invoicePaid(let a, let i, let s, let t):
+        return .invoicePaid(accountId: a, invoiceId: i, sequence: s, at: t + d)
+    case .creditApplied(let r, let a, let m, let c, let t):
+        return .creditApplied(rewardId: r, accountId: a, amountMinor: m, currency: c, at: t + d)
     case .creditRejected(let r, let why, let t): return .creditRejected(rewardId: r, reason: why, at: t + d)
     case .customerErased(let a, let t): return .customerErased(accountId: a, at: t + d)
     case .planChosen(let a, let p, let t): return .planChosen(accountId: a, planId: p, at: t + d)
@@ -62,7 +72,8 @@ private func shifted(_ f: Fact, by d: Span) -> Fact {
 
 /// The same deliveries, batch cuts, clock jumps and program change through both engines.
 func runBoth(_ scenario: Scenario, deliveries: [Fact], rng: inout SeededGenerator)
-    -> (oracle: ReferralEngine, incremental: ReferralEngine) {
+    -> (oracle: ReferralEngine, incremental: ReferralEngine)
+{
     let start = at("2027-02-01T00:00:00Z")
     var oracle = ReferralEngine(programs: scenario.programs, start: start, mode: .oracle, codeFor: testCode)
     var incremental = ReferralEngine(programs: scenario.programs, start: start, mode: .incremental, codeFor: testCode)
@@ -70,14 +81,18 @@ func runBoth(_ scenario: Scenario, deliveries: [Fact], rng: inout SeededGenerato
     let changeAt = rng.chance(0.5) ? Int.random(in: 0...deliveries.count, using: &rng) : nil
     let changed = scenario.programs.map { p -> Program in
         var p = p
-        p.limits = .init(maxRewardsPerReferrerPerYear: p.limits.maxRewardsPerReferrerPerYear + 1,
-                         maxLeadsPerCodePerDay: max(1, p.limits.maxLeadsPerCodePerDay - 1))
+        p.limits = .init(
+            maxRewardsPerReferrerPerYear: p.limits.maxRewardsPerReferrerPerYear + 1,
+            maxLeadsPerCodePerDay: max(1, p.limits.maxLeadsPerCodePerDay - 1))
         return p
     }
     var clock = start
     var i = 0
     while i < deliveries.count {
-        if i == changeAt { oracle.install(changed); incremental.install(changed) }
+        if i == changeAt {
+            oracle.install(changed)
+            incremental.install(changed)
+        }
         let cut = min(deliveries.count, i + (rng.chance(0.5) ? 1 : Int.random(in: 1...6, using: &rng)))
         let batch = Array(deliveries[i..<cut])
         if rng.chance(0.3) { clock = clock + rng.span(.hours(0), .days(20)) }
@@ -117,11 +132,15 @@ func runBoth(_ scenario: Scenario, deliveries: [Fact], rng: inout SeededGenerato
                 let (oracle, incremental) = runBoth(scenario, deliveries: deliveries, rng: &rng)
                 let want = oracle.recordedEffects
                 let got = incremental.recordedEffects
-                #expect(Set(got) == Set(want) && got.count == want.count,
-                        "seed \(seed) permutation \(p): the incremental path differs\n oracle only: \(Set(want).subtracting(got))\n incremental only: \(Set(got).subtracting(want))")
+                #expect(
+                    Set(got) == Set(want) && got.count == want.count,
+                    "seed \(seed) permutation \(p): the incremental path differs\n oracle only: \(Set(want).subtracting(got))\n incremental only: \(Set(got).subtracting(want))"
+                )
                 checkLedger(incremental, seed: seed)
-                #expect(incremental.budgetCounters.filter { $0.value != 0 } == oracle.budgetCounters.filter { $0.value != 0 },
-                        "seed \(seed) permutation \(p): the budget counters differ between the paths")
+                #expect(
+                    incremental.budgetCounters.filter { $0.value != 0 }
+                        == oracle.budgetCounters.filter { $0.value != 0 },
+                    "seed \(seed) permutation \(p): the budget counters differ between the paths")
                 for e in got { kinds[e.kindName, default: 0] += 1 }
                 let o = outcome(oracle)
                 if p == 0 { reference = o } else if o != reference { orderDependent += 1 }
@@ -131,12 +150,14 @@ func runBoth(_ scenario: Scenario, deliveries: [Fact], rng: inout SeededGenerato
         for kind in ["reward_issued", "reward_reversed", "status_changed", "friend_offer_granted"] {
             #expect((kinds[kind] ?? 0) > 0, "the generator never produced \(kind)")
         }
-        print("lifecycle differential: \(Self.scenarios) widened scenarios × \(Self.permutations + 1) orders = \(compared) runs, incremental == oracle in all; order-dependent outcomes (oracle, any residual case) in \(orderDependent) runs; effects \(kinds.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+        print(
+            "lifecycle differential: \(Self.scenarios) widened scenarios × \(Self.permutations + 1) orders = \(compared) runs, incremental == oracle in all; order-dependent outcomes (oracle, any residual case) in \(orderDependent) runs; effects \(kinds.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))"
+        )
     }
 }
 
-private extension Effect {
-    var kindName: String {
+extension Effect {
+    fileprivate var kindName: String {
         switch self {
         case .codeIssued: "code_issued"
         case .friendOfferGranted: "friend_offer_granted"

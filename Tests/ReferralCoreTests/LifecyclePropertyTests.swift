@@ -1,6 +1,7 @@
-import Testing
-@testable import ReferralCore
 import ReferralTestKit
+import Testing
+
+@testable import ReferralCore
 
 extension RandomNumberGenerator {
     mutating func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &self) < p }
@@ -20,11 +21,13 @@ func makeScenario(seed: UInt64) -> Scenario {
     let modes = ClawbackMode.allCases
     // Two programs that differ in every timing rule; clawback modes vary by scenario so that
     // referrer, both and none are all exercised.
-    let consumer = consumerProgram(hold: .days(30), window: .days(90), clawbackWindow: .days(60),
-                                   clawback: modes[Int(seed % 3)], maxRewards: 3, maxLeads: 2)
-    let business = consumerProgram(id: "business", segment: .business, milestone: .firstInvoicePaid, hold: .days(10),
-                                   window: .days(60), clawbackWindow: .days(45), clawback: modes[Int((seed / 3) % 3)],
-                                   maxRewards: 2, maxLeads: 3, sameContact: false, referrerAmount: 20000, friendAmount: 10000)
+    let consumer = consumerProgram(
+        hold: .days(30), window: .days(90), clawbackWindow: .days(60),
+        clawback: modes[Int(seed % 3)], maxRewards: 3, maxLeads: 2)
+    let business = consumerProgram(
+        id: "business", segment: .business, milestone: .firstInvoicePaid, hold: .days(10),
+        window: .days(60), clawbackWindow: .days(45), clawback: modes[Int((seed / 3) % 3)],
+        maxRewards: 2, maxLeads: 3, sameContact: false, referrerAmount: 20000, friendAmount: 10000)
     let base = at("2027-03-01T00:00:00Z")
     var facts: [Fact] = []
 
@@ -34,8 +37,12 @@ func makeScenario(seed: UInt64) -> Scenario {
         let id = "r\(i)"
         let seg: Segment = rng.chance(0.5) ? .consumer : .business
         let activated = base + rng.span(.days(0), .days(5))
-        facts.append(.serviceActivated(accountId: id, at: activated, householdId: "hh-\(id)", contactHash: "c-\(id)", segment: seg))
-        if rng.chance(0.1) { facts.append(.serviceCancelled(accountId: id, at: activated + rng.span(.days(5), .days(60)))) }
+        facts.append(
+            .serviceActivated(
+                accountId: id, at: activated, householdId: "hh-\(id)", contactHash: "c-\(id)", segment: seg))
+        if rng.chance(0.1) {
+            facts.append(.serviceCancelled(accountId: id, at: activated + rng.span(.days(5), .days(60))))
+        }
         referrers.append((id, "hh-\(id)", "c-\(id)"))
     }
 
@@ -46,17 +53,21 @@ func makeScenario(seed: UInt64) -> Scenario {
         let referrer = referrers.randomElement(using: &rng)!
         let leadId = "lead-\(j)"
         // Leads of one code crowd into one day now and then, to reach max_leads_per_code_per_day.
-        let leadAt = base + .days(6) + (rng.chance(0.3) ? rng.span(.hours(0), .hours(20)) : rng.span(.days(0), .days(40)))
+        let leadAt =
+            base + .days(6) + (rng.chance(0.3) ? rng.span(.hours(0), .hours(20)) : rng.span(.days(0), .days(40)))
         var account = "f\(j)"
         var household = "hh-f\(j)"
         var contact = "c-f\(j)"
-        if !friendAccounts.isEmpty, rng.chance(0.15) { account = friendAccounts.randomElement(using: &rng)! } // competing referrers
+        // competing referrers
+        if !friendAccounts.isEmpty, rng.chance(0.15) { account = friendAccounts.randomElement(using: &rng)! }
         if !friendHouseholds.isEmpty, rng.chance(0.12) { household = friendHouseholds.randomElement(using: &rng)! }
         if rng.chance(0.05) { household = referrer.household }
         if rng.chance(0.05) { contact = referrer.contact }
         let code: String? = rng.chance(0.05) ? nil : testCode(referrer.id)
-        facts.append(.leadCreated(leadId: leadId, at: leadAt, code: code, householdId: rng.chance(0.8) ? household : nil,
-                                  contactHash: contact, segment: .consumer))
+        facts.append(
+            .leadCreated(
+                leadId: leadId, at: leadAt, code: code, householdId: rng.chance(0.8) ? household : nil,
+                contactHash: contact, segment: .consumer))
         guard rng.chance(0.9) else { continue }
         let orderAt = leadAt + rng.span(.hours(1), .days(3))
         facts.append(.orderPlaced(leadId: leadId, accountId: account, at: orderAt))
@@ -74,20 +85,31 @@ func makeScenario(seed: UInt64) -> Scenario {
                 // Now and then activation comes after the attribution window.
                 let activatedAt = rng.chance(0.07) ? leadAt + .days(95) : installAt + rng.span(.minutes(5), .days(2))
                 end = activatedAt
-                facts.append(.serviceActivated(accountId: account, at: activatedAt, householdId: household, contactHash: contact, segment: .consumer))
+                facts.append(
+                    .serviceActivated(
+                        accountId: account, at: activatedAt, householdId: household, contactHash: contact,
+                        segment: .consumer))
                 if rng.chance(0.75) {
-                    facts.append(.invoicePaid(accountId: account, invoiceId: "\(account)-inv-1", sequence: 1, at: activatedAt + rng.span(.days(10), .days(40))))
+                    facts.append(
+                        .invoicePaid(
+                            accountId: account, invoiceId: "\(account)-inv-1", sequence: 1,
+                            at: activatedAt + rng.span(.days(10), .days(40))))
                 }
                 if rng.chance(0.3) {
                     let overdueAt = activatedAt + rng.span(.days(0), .days(45))
                     facts.append(.invoiceOverdue(accountId: account, invoiceId: "\(account)-inv-od", at: overdueAt))
                     if rng.chance(0.6) {
-                        facts.append(.invoicePaid(accountId: account, invoiceId: "\(account)-inv-od", sequence: 2, at: overdueAt + rng.span(.days(1), .days(40))))
+                        facts.append(
+                            .invoicePaid(
+                                accountId: account, invoiceId: "\(account)-inv-od", sequence: 2,
+                                at: overdueAt + rng.span(.days(1), .days(40))))
                     }
                 }
             }
         }
-        if rng.chance(0.35) { facts.append(.serviceCancelled(accountId: account, at: end + rng.span(.days(0), .days(110)))) }
+        if rng.chance(0.35) {
+            facts.append(.serviceCancelled(accountId: account, at: end + rng.span(.days(0), .days(110))))
+        }
     }
     return Scenario(programs: [consumer, business], facts: facts)
 }
@@ -127,7 +149,9 @@ func checkLedger(_ e: ReferralEngine, seed: UInt64) {
     #expect(reversedIds.values.allSatisfy { $0 == 1 }, "seed \(seed): a reward id reversed twice")
     let o = outcome(e)
     for (lead, stage) in o.stages where stage.hasPrefix("rejected/") {
-        #expect(o.net["\(lead)/referrer"] == nil && o.net["\(lead)/friend"] == nil, "seed \(seed): rejected \(lead) kept a reward")
+        #expect(
+            o.net["\(lead)/referrer"] == nil && o.net["\(lead)/friend"] == nil,
+            "seed \(seed): rejected \(lead) kept a reward")
     }
     #expect(e.state().effects.isEmpty, "seed \(seed): re-deciding after settling emitted effects")
     #expect(e.nextWakeup == nil, "seed \(seed): a timer outlived every fact")
@@ -148,8 +172,12 @@ func checkBudget(_ e: ReferralEngine, seed: UInt64) {
     let programOf = Dictionary(e.referrals.map { ($0.referralId, $0.program.id) }, uniquingKeysWith: { a, _ in a })
     var ledger: [BudgetDelta: Int64] = [:]
     for row in rows {
-        #expect(row.issued, "seed \(seed): \(row.rewardId) still commits \(row.amountMinor) in a hold after every timer fired")
-        #expect(issued[row.rewardId]?.amountMinor == row.amountMinor, "seed \(seed): \(row.rewardId) commits other than was issued")
+        #expect(
+            row.issued,
+            "seed \(seed): \(row.rewardId) still commits \(row.amountMinor) in a hold after every timer fired")
+        #expect(
+            issued[row.rewardId]?.amountMinor == row.amountMinor,
+            "seed \(seed): \(row.rewardId) commits other than was issued")
         ledger[key(row.programId, row.month, row.currency), default: 0] += row.amountMinor
     }
     #expect(Set(rows.map(\.rewardId)) == Set(issued.keys), "seed \(seed): issued rewards and issued commitments differ")
@@ -157,8 +185,9 @@ func checkBudget(_ e: ReferralEngine, seed: UInt64) {
         guard case .rewardReversed(let r) = p.effect, let program = programOf[r.referralId] else { continue }
         ledger[key(program, ProgramBudget.month(of: p.at), r.currency), default: 0] -= r.amountMinor
     }
-    #expect(e.budgetCounters.filter { $0.value != 0 } == ledger.filter { $0.value != 0 },
-            "seed \(seed): the month counters are not the ledger's sums")
+    #expect(
+        e.budgetCounters.filter { $0.value != 0 } == ledger.filter { $0.value != 0 },
+        "seed \(seed): the month counters are not the ledger's sums")
 }
 
 @Suite struct LifecyclePropertyTests {
@@ -199,12 +228,19 @@ func checkBudget(_ e: ReferralEngine, seed: UInt64) {
                 var want = expected
                 for (lead, stage) in got.stages where stage == "reversed/reversed_before_late_fact" {
                     excepted += 1
-                    #expect(want.stages[lead]?.hasPrefix("rewarded/") == true || want.stages[lead]?.hasPrefix("reversed/clawback") == true,
-                            "seed \(seed): \(lead) hit the arrears exception but was not entitled in order")
-                    got.stages[lead] = nil; want.stages[lead] = nil
-                    for b in ["referrer", "friend"] { got.net["\(lead)/\(b)"] = nil; want.net["\(lead)/\(b)"] = nil }
+                    #expect(
+                        want.stages[lead]?.hasPrefix("rewarded/") == true
+                            || want.stages[lead]?.hasPrefix("reversed/clawback") == true,
+                        "seed \(seed): \(lead) hit the arrears exception but was not entitled in order")
+                    got.stages[lead] = nil
+                    want.stages[lead] = nil
+                    for b in ["referrer", "friend"] {
+                        got.net["\(lead)/\(b)"] = nil
+                        want.net["\(lead)/\(b)"] = nil
+                    }
                 }
-                #expect(got == want, "seed \(seed): \(deliveries.count) deliveries\n in order: \(want)\n permuted: \(got)")
+                #expect(
+                    got == want, "seed \(seed): \(deliveries.count) deliveries\n in order: \(want)\n permuted: \(got)")
                 compared += 1
             }
         }
@@ -214,6 +250,8 @@ func checkBudget(_ e: ReferralEngine, seed: UInt64) {
             #expect((ended[stage] ?? 0) > 0, "no scenario ended \(stage)")
         }
         #expect(excepted * 100 < compared, "the documented arrears exception is no longer rare")
-        print("lifecycle property: \(Self.scenarios) scenarios × \(Self.permutations) permutations (+ in-order) = \(compared) compared, all equal except \(excepted) documented arrears exceptions; end stages \(ended.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")); \(rewarded) net rewards")
+        print(
+            "lifecycle property: \(Self.scenarios) scenarios × \(Self.permutations) permutations (+ in-order) = \(compared) compared, all equal except \(excepted) documented arrears exceptions; end stages \(ended.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")); \(rewarded) net rewards"
+        )
     }
 }

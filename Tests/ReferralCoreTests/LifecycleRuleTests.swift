@@ -1,4 +1,5 @@
 import Testing
+
 @testable import ReferralCore
 
 private let t0 = at("2027-03-01T00:00:00Z")
@@ -44,24 +45,40 @@ private func net(_ e: ReferralEngine) -> [String: Int64] { outcome(e).net }
         let day = t0 + .days(3)
         // Delivered latest-first: the third lead of the day by time is the one rejected.
         for (lead, h) in [("L3", 15), ("L2", 10), ("L1", 5)] {
-            e.receive(.leadCreated(leadId: lead, at: day + .hours(Int64(h)), code: testCode("r1"), householdId: "hh-\(lead)",
-                                   contactHash: nil, segment: .consumer), at: day + .hours(20))
+            e.receive(
+                .leadCreated(
+                    leadId: lead, at: day + .hours(Int64(h)), code: testCode("r1"), householdId: "hh-\(lead)",
+                    contactHash: nil, segment: .consumer), at: day + .hours(20))
         }
         // The next UTC day starts a new count.
-        e.receive(.leadCreated(leadId: "L4", at: day + .hours(25), code: testCode("r1"), householdId: "hh-L4", contactHash: nil, segment: nil),
-                  at: day + .hours(25))
+        e.receive(
+            .leadCreated(
+                leadId: "L4", at: day + .hours(25), code: testCode("r1"), householdId: "hh-L4", contactHash: nil,
+                segment: nil),
+            at: day + .hours(25))
         #expect(e.view(lead: "L3")?.reason == "too_many_leads")
-        #expect(e.view(lead: "L1")?.stage == .lead && e.view(lead: "L2")?.stage == .lead && e.view(lead: "L4")?.stage == .lead)
+        #expect(
+            e.view(lead: "L1")?.stage == .lead && e.view(lead: "L2")?.stage == .lead
+                && e.view(lead: "L4")?.stage == .lead)
     }
 
     @Test func alreadyReferredTheEarlierLeadWinsByTimeNotArrival() throws {
         var e = engine()
         // r2's lead arrives first but is dated later than r1's for the same friend account.
-        e.receive(.leadCreated(leadId: "L2", at: t0 + .days(5), code: testCode("r2"), householdId: nil, contactHash: nil, segment: nil), at: t0 + .days(5))
+        e.receive(
+            .leadCreated(
+                leadId: "L2", at: t0 + .days(5), code: testCode("r2"), householdId: nil, contactHash: nil, segment: nil),
+            at: t0 + .days(5))
         e.receive(.orderPlaced(leadId: "L2", accountId: "f1", at: t0 + .days(6)), at: t0 + .days(6))
-        e.receive(.leadCreated(leadId: "L1", at: t0 + .days(2), code: testCode("r1"), householdId: nil, contactHash: nil, segment: nil), at: t0 + .days(7))
+        e.receive(
+            .leadCreated(
+                leadId: "L1", at: t0 + .days(2), code: testCode("r1"), householdId: nil, contactHash: nil, segment: nil),
+            at: t0 + .days(7))
         e.receive(.orderPlaced(leadId: "L1", accountId: "f1", at: t0 + .days(3)), at: t0 + .days(7))
-        e.receive(.serviceActivated(accountId: "f1", at: t0 + .days(10), householdId: "hh-f1", contactHash: nil, segment: .consumer), at: t0 + .days(10))
+        e.receive(
+            .serviceActivated(
+                accountId: "f1", at: t0 + .days(10), householdId: "hh-f1", contactHash: nil, segment: .consumer),
+            at: t0 + .days(10))
         e.advance(to: t0 + .days(200))
         #expect(e.view(lead: "L2")?.stage == .rejected && e.view(lead: "L2")?.reason == "already_referred")
         #expect(e.view(lead: "L1")?.stage == .rewarded)
@@ -72,12 +89,21 @@ private func net(_ e: ReferralEngine) -> [String: Int64] { outcome(e).net }
     /// rejection of the winner does not revive the loser.
     @Test func alreadyReferredStandsWhenTheWinnerIsRejectedForFraud() throws {
         var e = engine()
-        e.receive(.leadCreated(leadId: "L2", at: t0 + .days(5), code: testCode("r2"), householdId: "hh-f1", contactHash: nil, segment: nil), at: t0 + .days(5))
-        e.receive(.leadCreated(leadId: "L1", at: t0 + .days(2), code: testCode("r1"), householdId: "hh-f1", contactHash: nil, segment: nil), at: t0 + .days(6))
+        e.receive(
+            .leadCreated(
+                leadId: "L2", at: t0 + .days(5), code: testCode("r2"), householdId: "hh-f1", contactHash: nil,
+                segment: nil), at: t0 + .days(5))
+        e.receive(
+            .leadCreated(
+                leadId: "L1", at: t0 + .days(2), code: testCode("r1"), householdId: "hh-f1", contactHash: nil,
+                segment: nil), at: t0 + .days(6))
         #expect(e.view(lead: "L2")?.reason == "already_referred")
         // The winner's friend turns out to live with r1.
         e.receive(.orderPlaced(leadId: "L1", accountId: "f1", at: t0 + .days(3)), at: t0 + .days(7))
-        e.receive(.serviceActivated(accountId: "f1", at: t0 + .days(10), householdId: "hh-r1", contactHash: nil, segment: .consumer), at: t0 + .days(10))
+        e.receive(
+            .serviceActivated(
+                accountId: "f1", at: t0 + .days(10), householdId: "hh-r1", contactHash: nil, segment: .consumer),
+            at: t0 + .days(10))
         e.advance(to: t0 + .days(200))
         #expect(e.view(lead: "L1")?.reason == "same_household")
         #expect(e.view(lead: "L2")?.reason == "already_referred")
@@ -101,7 +127,10 @@ private func net(_ e: ReferralEngine) -> [String: Int64] { outcome(e).net }
         e.friend(lead: "L3", of: "r1", account: "f3", leadAt: at("2027-12-20T00:00:00Z"), activateAfter: .days(15))
         e.advance(to: at("2028-06-01T00:00:00Z"))
         // L2 reached its milestone first (day 7 vs day 10).
-        #expect(net(e) == ["L2/referrer": 5000, "L2/friend": 2500, "L1/friend": 2500, "L3/referrer": 5000, "L3/friend": 2500])
+        #expect(
+            net(e) == [
+                "L2/referrer": 5000, "L2/friend": 2500, "L1/friend": 2500, "L3/referrer": 5000, "L3/friend": 2500,
+            ])
         let v = try #require(e.view(lead: "L1"))
         #expect(v.stage == .rewarded && v.rule == "limits.max_rewards_per_referrer_per_year")
         #expect(v.rewards.first { $0.beneficiary == .referrer }?.note == "yearly_cap")
@@ -115,7 +144,8 @@ private func net(_ e: ReferralEngine) -> [String: Int64] { outcome(e).net }
         e.advance(to: holdEnd + .days(1))
         #expect(e.issuedRewards.isEmpty)
         #expect(e.view(lead: "L1")?.rule == "arrears")
-        e.receive(.invoicePaid(accountId: "f1", invoiceId: "i1", sequence: 2, at: holdEnd + .days(3)), at: holdEnd + .days(3))
+        e.receive(
+            .invoicePaid(accountId: "f1", invoiceId: "i1", sequence: 2, at: holdEnd + .days(3)), at: holdEnd + .days(3))
         #expect(e.issuedRewards.count == 2)
         #expect(e.view(lead: "L1")?.qualifiedAt == holdEnd + .days(3))
     }
@@ -131,7 +161,10 @@ private func net(_ e: ReferralEngine) -> [String: Int64] { outcome(e).net }
 
     @Test func expiryAtTheEndOfTheAttributionWindow() throws {
         var e = engine()
-        e.receive(.leadCreated(leadId: "L1", at: t0 + .days(1), code: testCode("r1"), householdId: nil, contactHash: nil, segment: nil), at: t0 + .days(1))
+        e.receive(
+            .leadCreated(
+                leadId: "L1", at: t0 + .days(1), code: testCode("r1"), householdId: nil, contactHash: nil, segment: nil),
+            at: t0 + .days(1))
         #expect(e.nextWakeup == t0 + .days(91))
         e.advance(to: t0 + .days(92))
         #expect(e.view(lead: "L1")?.stage == .expired && e.view(lead: "L1")?.reason == "no_milestone_in_window")
@@ -141,10 +174,15 @@ private func net(_ e: ReferralEngine) -> [String: Int64] { outcome(e).net }
     /// expired at first sight; a late milestone dated inside the window revives it.
     @Test func aLateMilestoneInsideTheWindowRevivesAnExpiredReferral() throws {
         var e = engine()
-        e.receive(.leadCreated(leadId: "L1", at: t0 + .days(1), code: testCode("r1"), householdId: nil, contactHash: nil, segment: nil), at: t0 + .days(120))
+        e.receive(
+            .leadCreated(
+                leadId: "L1", at: t0 + .days(1), code: testCode("r1"), householdId: nil, contactHash: nil, segment: nil),
+            at: t0 + .days(120))
         #expect(e.view(lead: "L1")?.stage == .expired)
         e.receive(.orderPlaced(leadId: "L1", accountId: "f1", at: t0 + .days(2)), at: t0 + .days(121))
-        e.receive(.serviceActivated(accountId: "f1", at: t0 + .days(40), householdId: nil, contactHash: nil, segment: nil), at: t0 + .days(122))
+        e.receive(
+            .serviceActivated(accountId: "f1", at: t0 + .days(40), householdId: nil, contactHash: nil, segment: nil),
+            at: t0 + .days(122))
         #expect(e.statusChanges.map(\.to) == [.expired, .qualified, .rewarded])
         #expect(net(e) == ["L1/referrer": 5000, "L1/friend": 2500])
     }
@@ -172,8 +210,10 @@ private func net(_ e: ReferralEngine) -> [String: Int64] { outcome(e).net }
         #expect(net(e).isEmpty)
     }
 
-    @Test(arguments: [(ClawbackMode.both, [String: Int64]()), (.none, ["L1/referrer": 5000, "L1/friend": 2500]),
-                      (.referrer, ["L1/friend": 2500])])
+    @Test(arguments: [
+        (ClawbackMode.both, [String: Int64]()), (.none, ["L1/referrer": 5000, "L1/friend": 2500]),
+        (.referrer, ["L1/friend": 2500]),
+    ])
     func clawbackModes(mode: ClawbackMode, expected: [String: Int64]) throws {
         var e = engine(consumerProgram(clawback: mode))
         e.friend(lead: "L1", of: "r1", account: "f1", leadAt: t0 + .days(1))
@@ -195,9 +235,13 @@ private func net(_ e: ReferralEngine) -> [String: Int64] { outcome(e).net }
         var e = engine()
         e.friend(lead: "L1", of: "r1", account: "f1", leadAt: t0 + .days(1))
         e.advance(to: t0 + .days(50))
-        let out = e.receive(.creditApplied(rewardId: "rwd-3001-referrer", accountId: "r1", amountMinor: 4999, currency: "USD", at: t0 + .days(50)),
-                            at: t0 + .days(50))
-        #expect(out == [.rewardMismatch(rewardId: "rwd-3001-referrer", accountId: "r1", amountMinor: 4999, currency: "USD")])
+        let out = e.receive(
+            .creditApplied(
+                rewardId: "rwd-3001-referrer", accountId: "r1", amountMinor: 4999, currency: "USD", at: t0 + .days(50)),
+            at: t0 + .days(50))
+        #expect(
+            out == [.rewardMismatch(rewardId: "rwd-3001-referrer", accountId: "r1", amountMinor: 4999, currency: "USD")]
+        )
         #expect(e.view(lead: "L1")?.rewards.first { $0.beneficiary == .referrer }?.status == .issued)
     }
 
@@ -209,14 +253,20 @@ private func net(_ e: ReferralEngine) -> [String: Int64] { outcome(e).net }
         e.receive(.creditRejected(rewardId: "rwd-3001-friend", reason: "closed", at: start), at: start)
         #expect(e.nextWakeup == start + .hours(1))
         e.advance(to: start + .hours(1))
-        e.receive(.creditRejected(rewardId: "rwd-3001-friend", reason: "closed", at: start + .hours(2)), at: start + .hours(2))
-        #expect(e.nextWakeup == start + .hours(4))   // doubled
+        e.receive(
+            .creditRejected(rewardId: "rwd-3001-friend", reason: "closed", at: start + .hours(2)), at: start + .hours(2)
+        )
+        #expect(e.nextWakeup == start + .hours(4))  // doubled
         e.advance(to: start + .hours(4))
-        e.receive(.creditRejected(rewardId: "rwd-3001-friend", reason: "closed", at: start + .hours(5)), at: start + .hours(5))
+        e.receive(
+            .creditRejected(rewardId: "rwd-3001-friend", reason: "closed", at: start + .hours(5)), at: start + .hours(5)
+        )
         e.advance(to: start + .days(30))
         let retries = e.recordedEffects.filter { if case .rewardRetried = $0 { return true } else { return false } }
         #expect(retries.count == 2)
-        #expect(e.recordedEffects.contains(.rewardFailed(rewardId: "rwd-3001-friend", failure: 3, reason: "closed", final: true)))
+        #expect(
+            e.recordedEffects.contains(
+                .rewardFailed(rewardId: "rwd-3001-friend", failure: 3, reason: "closed", final: true)))
         #expect(e.view(lead: "L1")?.rewards.first { $0.beneficiary == .friend }?.status == .failed)
     }
 
@@ -238,14 +288,22 @@ private func net(_ e: ReferralEngine) -> [String: Int64] { outcome(e).net }
         e.advance(to: t0 + .days(300))
         #expect(e.view(lead: "L1")?.stage == .rejected)
         #expect(e.issuedRewards.isEmpty)
-        #expect(!e.facts.contains { if case .serviceActivated("r1", _, let hh, let c, _) = $0 { return hh != nil || c != nil } else { return false } })
+        #expect(
+            !e.facts.contains {
+                if case .serviceActivated("r1", _, let hh, let c, _) = $0 {
+                    return hh != nil || c != nil
+                } else {
+                    return false
+                }
+            })
     }
 
     @Test func theDecisionFunctionIsIdempotentAndIndependentOfFactOrder() throws {
         var e = engine()
         e.friend(lead: "L1", of: "r1", account: "f1", leadAt: t0 + .days(1))
         e.advance(to: t0 + .days(50))
-        let input = LifecycleInput(facts: e.facts.reversed() + e.facts, referrals: e.referrals, recorded: e.recordedEffects, now: e.now)
+        let input = LifecycleInput(
+            facts: e.facts.reversed() + e.facts, referrals: e.referrals, recorded: e.recordedEffects, now: e.now)
         let d = Lifecycle.decide(input)
         #expect(d.effects.isEmpty)
         #expect(d.referrals == e.state().referrals)

@@ -1,4 +1,5 @@
 import Testing
+
 @testable import ReferralCore
 
 /// Operator actions as the lifecycle sees them: a rejection and a reversal are facts, a pause is
@@ -12,7 +13,9 @@ import Testing
         return e
     }
 
-    @Test("a referral rejected by an operator in its hold ends rejected (operator) and is never paid", arguments: [ReferralEngine.Mode.oracle, .incremental])
+    @Test(
+        "a referral rejected by an operator in its hold ends rejected (operator) and is never paid",
+        arguments: [ReferralEngine.Mode.oracle, .incremental])
     func rejectInHold(mode: ReferralEngine.Mode) throws {
         var e = engine(mode)
         e.friend(lead: "l1", of: "r1", account: "f1", leadAt: t0 + .days(1))
@@ -28,7 +31,9 @@ import Testing
         #expect(e.budgetCounters.values.allSatisfy { $0 == 0 }, "a rejected referral commits nothing")
     }
 
-    @Test("rejecting a rewarded referral reverses both rewards, reason operator, once", arguments: [ReferralEngine.Mode.oracle, .incremental])
+    @Test(
+        "rejecting a rewarded referral reverses both rewards, reason operator, once",
+        arguments: [ReferralEngine.Mode.oracle, .incremental])
     func rejectRewarded(mode: ReferralEngine.Mode) throws {
         var e = engine(mode)
         e.friend(lead: "l1", of: "r1", account: "f1", leadAt: t0 + .days(1))
@@ -67,7 +72,9 @@ import Testing
         #expect(view.rewards.map(\.status).sorted { $0.rawValue < $1.rawValue } == [.issued, .reversed])
     }
 
-    @Test("rewards falling due during a pause wait at qualified and are issued on resume, once, with their ids", arguments: [ReferralEngine.Mode.oracle, .incremental])
+    @Test(
+        "rewards falling due during a pause wait at qualified and are issued on resume, once, with their ids",
+        arguments: [ReferralEngine.Mode.oracle, .incremental])
     func pauseAndResume(mode: ReferralEngine.Mode) throws {
         var paused = engine(mode)
         var never = engine(mode)

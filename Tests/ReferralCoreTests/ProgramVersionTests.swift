@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import ReferralCore
 
 /// `effective_from` in the programs file, the version a lead's time binds it to, and what
@@ -25,7 +26,8 @@ import Testing
         } throws: { error in
             let e = error as? ProgramError
             return e?.field == "programs[0].effective_from"
-                && e?.description.hasPrefix("programs.yaml: program \"consumer\": effective_from: \"\(text)\" is not an RFC 3339 time") == true
+                && e?.description.hasPrefix(
+                    "programs.yaml: program \"consumer\": effective_from: \"\(text)\" is not an RFC 3339 time") == true
         }
     }
 
@@ -42,13 +44,16 @@ import Testing
     }
 
     private func stored(_ version: Int, _ effective: String, canonical: String? = nil) -> StoredProgramVersion {
-        StoredProgramVersion(version: version, canonical: canonical ?? "v\(version)", effectiveFrom: at(effective),
-                             registeredAt: at("2026-12-01T00:00:00Z"))
+        StoredProgramVersion(
+            version: version, canonical: canonical ?? "v\(version)", effectiveFrom: at(effective),
+            registeredAt: at("2026-12-01T00:00:00Z"))
     }
 
     @Test func aLeadGetsTheVersionInForceAtItsOwnTimeAndTheEarliestBeforeAny() {
         // Out of order on purpose: the choice is by effective time, not by list position.
-        let versions = [stored(2, "2027-02-01T00:00:00Z"), stored(1, "2027-01-01T00:00:00Z"), stored(3, "2027-03-01T00:00:00Z")]
+        let versions = [
+            stored(2, "2027-02-01T00:00:00Z"), stored(1, "2027-01-01T00:00:00Z"), stored(3, "2027-03-01T00:00:00Z"),
+        ]
         func version(_ t: String) -> Int? { ProgramVersions.inForce(versions, at: at(t))?.version }
         #expect(version("2026-06-01T00:00:00Z") == 1)  // before every version: the earliest
         #expect(version("2027-01-01T00:00:00Z") == 1)
@@ -59,9 +64,12 @@ import Testing
         #expect(ProgramVersions.inForce([], at: at("2027-01-01T00:00:00Z")) == nil)
     }
 
-    private func register(_ p: Program, _ stored: [StoredProgramVersion], allowOlder: Bool = false) throws -> ProgramVersions.Registration {
-        try ProgramVersions.registration(of: p, index: 0, file: "programs.yaml", stored: stored,
-                                         now: at("2027-01-15T00:00:00Z"), allowOlder: allowOlder)
+    private func register(_ p: Program, _ stored: [StoredProgramVersion], allowOlder: Bool = false) throws
+        -> ProgramVersions.Registration
+    {
+        try ProgramVersions.registration(
+            of: p, index: 0, file: "programs.yaml", stored: stored,
+            now: at("2027-01-15T00:00:00Z"), allowOlder: allowOlder)
     }
 
     @Test func anUnchangedFileKeepsItsVersionAndItsEffectiveTime() throws {
@@ -72,7 +80,9 @@ import Testing
 
     @Test func aNewVersionIsInForceFromItsTimeOrFromNowWithoutOne() throws {
         let v1 = stored(1, "2026-12-01T00:00:00Z")
-        #expect(try register(load(effectiveFrom: "2027-02-01T00:00:00Z"), [v1]) == .new(effectiveFrom: at("2027-02-01T00:00:00Z")))
+        #expect(
+            try register(load(effectiveFrom: "2027-02-01T00:00:00Z"), [v1])
+                == .new(effectiveFrom: at("2027-02-01T00:00:00Z")))
         #expect(try register(load(effectiveFrom: nil), [v1]) == .new(effectiveFrom: at("2027-01-15T00:00:00Z")))
         #expect(try register(load(effectiveFrom: nil), []) == .new(effectiveFrom: at("2027-01-15T00:00:00Z")))
     }
@@ -86,7 +96,8 @@ import Testing
             let text = "\(error)"
             return (error as? ProgramError)?.field == "programs[0].effective_from"
                 && text.hasPrefix("programs.yaml: program \"consumer\": effective_from: ")
-                && text.contains("2027-01-01T00:00:00Z") && text.contains("version 2") && text.contains("2027-02-01T00:00:00Z")
+                && text.contains("2027-01-01T00:00:00Z") && text.contains("version 2")
+                && text.contains("2027-02-01T00:00:00Z")
                 && text.contains("--allow-older")
         }
         #expect(try register(old, [newer], allowOlder: true) == .new(effectiveFrom: at("2027-01-01T00:00:00Z")))
@@ -111,9 +122,12 @@ import Testing
     /// The in-memory engine (`simulate`, property tests) binds as the store does: by the lead's
     /// time, also for a lead that arrives after a newer version was installed.
     @Test func theEngineBindsLeadsByTheirTime() {
-        let start = at("2027-01-01T00:00:00Z"), change = at("2027-02-01T00:00:00Z")
+        let start = at("2027-01-01T00:00:00Z")
+        let change = at("2027-02-01T00:00:00Z")
         var engine = ReferralEngine(programs: [consumerProgram()], start: start, codeFor: testCode)
-        engine.receive(.serviceActivated(accountId: "r1", at: start, householdId: "hh-r1", contactHash: "c-r1", segment: .consumer), at: start)
+        engine.receive(
+            .serviceActivated(
+                accountId: "r1", at: start, householdId: "hh-r1", contactHash: "c-r1", segment: .consumer), at: start)
         var next = consumerProgram()
         next.referrerReward.amountMinor = 9000
         next.effectiveFrom = change
@@ -121,8 +135,10 @@ import Testing
         // A restart with the unchanged file: no new version.
         engine.install([next])
         func lead(_ id: String, _ t: Instant, arriving: Instant) {
-            engine.receive(.leadCreated(leadId: id, at: t, code: testCode("r1"), householdId: "hh-\(id)", contactHash: "c-\(id)",
-                                        segment: .consumer), at: arriving)
+            engine.receive(
+                .leadCreated(
+                    leadId: id, at: t, code: testCode("r1"), householdId: "hh-\(id)", contactHash: "c-\(id)",
+                    segment: .consumer), at: arriving)
         }
         lead("before", change - .days(3), arriving: change + .days(2))  // late: arrives after the change
         lead("after", change + .days(1), arriving: change + .days(2))

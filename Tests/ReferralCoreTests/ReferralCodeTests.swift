@@ -1,16 +1,18 @@
 import Foundation
-import Testing
-@testable import ReferralCore
 import ReferralTestKit
+import Testing
+
+@testable import ReferralCore
 
 @Suite struct ReferralCodeTests {
     /// Every test vector of the contract's examples/README.md.
-    @Test(arguments: [
-        ("K7QM-42XD-E", "K7QM-42XD-E"), ("9XR4-T1NB-3", "9XR4-T1NB-3"), ("H0RN-7B1Z-$", "H0RN-7B1Z-$"),
-        ("T3KV-9ME6-U", "T3KV-9ME6-U"), ("k7qm 42xd e", "K7QM-42XD-E"), ("9xr4-tlnb-3", "9XR4-T1NB-3"),
-        ("hORN-7BIZ-$", "H0RN-7B1Z-$"), ("t3kv9me6u", "T3KV-9ME6-U"),
-        ("K7QM-42XD-P", nil), ("K7QM-42XU-E", nil), ("K7QM-42XD", nil), ("K7QM-42XD-EE", nil),
-    ] as [(String, String?)])
+    @Test(
+        arguments: [
+            ("K7QM-42XD-E", "K7QM-42XD-E"), ("9XR4-T1NB-3", "9XR4-T1NB-3"), ("H0RN-7B1Z-$", "H0RN-7B1Z-$"),
+            ("T3KV-9ME6-U", "T3KV-9ME6-U"), ("k7qm 42xd e", "K7QM-42XD-E"), ("9xr4-tlnb-3", "9XR4-T1NB-3"),
+            ("hORN-7BIZ-$", "H0RN-7B1Z-$"), ("t3kv9me6u", "T3KV-9ME6-U"),
+            ("K7QM-42XD-P", nil), ("K7QM-42XU-E", nil), ("K7QM-42XD", nil), ("K7QM-42XD-EE", nil),
+        ] as [(String, String?)])
     func contractVectors(input: String, canonical: String?) {
         #expect(ReferralCode.parse(input)?.canonical == canonical)
     }

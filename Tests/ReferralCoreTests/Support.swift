@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import ReferralCore
 
 /// This target's own fixtures (`Fixtures/`, copied as a resource folder).
@@ -29,7 +30,8 @@ let contractDir: URL? = {
     let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()
     let dir = (fromEnv ?? packageRoot.appendingPathComponent("../shared/contract")).standardizedFileURL
-    return FileManager.default.fileExists(atPath: dir.appendingPathComponent("examples/invalid/manifest.json").path) ? dir : nil
+    return FileManager.default.fileExists(atPath: dir.appendingPathComponent("examples/invalid/manifest.json").path)
+        ? dir : nil
 }()
 
 let contractAvailable = contractDir != nil

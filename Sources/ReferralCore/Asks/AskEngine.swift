@@ -29,8 +29,10 @@ public struct AskEngine: Sendable {
 
     /// - Parameter codeFor: the code an account gets at its first activation (production codes
     ///   are random; a replay passes the codes actually issued, a test a deterministic function).
-    public init(programs: [Program], start: Instant, policy: AskPolicy = .init(),
-                codeFor: @escaping @Sendable (String) -> ReferralCode) {
+    public init(
+        programs: [Program], start: Instant, policy: AskPolicy = .init(),
+        codeFor: @escaping @Sendable (String) -> ReferralCode
+    ) {
         self.programs = Dictionary(programs.map { ($0.segment, $0) }, uniquingKeysWith: { first, _ in first })
         self.now = start
         self.policy = policy
@@ -55,7 +57,9 @@ public struct AskEngine: Sendable {
         var touched: Set<String> = []
         for fact in batch where delivered.insert(fact).inserted {
             facts[fact.accountId, default: []].append(fact)
-            if case .serviceActivated = fact.kind, codes[fact.accountId] == nil { codes[fact.accountId] = codeFor(fact.accountId) }
+            if case .serviceActivated = fact.kind, codes[fact.accountId] == nil {
+                codes[fact.accountId] = codeFor(fact.accountId)
+            }
             touched.insert(fact.accountId)
         }
         for account in touched.sorted() { out += settle(account) }
@@ -67,7 +71,9 @@ public struct AskEngine: Sendable {
     @discardableResult
     public mutating func advance(to t: Instant) -> [PlannedAsk] {
         var out: [PlannedAsk] = []
-        while let (account, w) = wakeups.min(by: { $0.value != $1.value ? $0.value < $1.value : $0.key < $1.key }), w <= t {
+        while let (account, w) = wakeups.min(by: { $0.value != $1.value ? $0.value < $1.value : $0.key < $1.key }),
+            w <= t
+        {
             wakeups[account] = nil
             now = max(now, w)
             out += settle(account)
@@ -83,8 +89,9 @@ public struct AskEngine: Sendable {
 
     private func input(_ account: String) -> AskInput {
         let f = facts(of: account)
-        return AskInput(accountId: account, facts: f, program: programs[ReferralAsks.segment(of: f)], code: codes[account],
-                        sent: sent(to: account), now: now, policy: policy)
+        return AskInput(
+            accountId: account, facts: f, program: programs[ReferralAsks.segment(of: f)], code: codes[account],
+            sent: sent(to: account), now: now, policy: policy)
     }
 
     /// Decides until no ask goes at this instant: more than one only with `min_gap: 0s`, when the

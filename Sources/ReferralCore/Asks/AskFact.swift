@@ -13,7 +13,9 @@ public struct AskFact: Hashable, Sendable {
     public var kind: Kind
 
     public init(accountId: String, at: Instant, kind: Kind) {
-        self.accountId = accountId; self.at = at; self.kind = kind
+        self.accountId = accountId
+        self.at = at
+        self.kind = kind
     }
 
     public enum Kind: Hashable, Sendable {
@@ -46,18 +48,23 @@ public struct AskFact: Hashable, Sendable {
         case .serviceCancelled(let d):
             return AskFact(accountId: d.accountId, at: d.cancelledAt, kind: .serviceCancelled)
         case .speedtestCompleted(let d):
-            return AskFact(accountId: d.accountId, at: event.time,
-                           kind: .speedTest(measuredDownMbps: d.measuredDownMbps, planDownMbps: d.planDownMbps))
+            return AskFact(
+                accountId: d.accountId, at: event.time,
+                kind: .speedTest(measuredDownMbps: d.measuredDownMbps, planDownMbps: d.planDownMbps))
         case .ticketOpened(let d):
             return AskFact(accountId: d.accountId, at: event.time, kind: .ticketOpened(ticketId: d.ticketId))
         case .ticketResolved(let d):
-            return AskFact(accountId: d.accountId, at: event.time, kind: .ticketResolved(ticketId: d.ticketId, csat: d.csat))
+            return AskFact(
+                accountId: d.accountId, at: event.time, kind: .ticketResolved(ticketId: d.ticketId, csat: d.csat))
         case .preferencesChanged(let d):
-            return AskFact(accountId: d.accountId, at: event.time, kind: .preferencesChanged(referralPrompts: d.referralPrompts))
+            return AskFact(
+                accountId: d.accountId, at: event.time, kind: .preferencesChanged(referralPrompts: d.referralPrompts))
         case .invoiceOverdue(let d):
             return AskFact(accountId: d.accountId, at: event.time, kind: .invoiceOverdue(invoiceId: d.invoiceId))
         case .invoicePaid(let d):
-            return AskFact(accountId: d.accountId, at: event.time, kind: .invoicePaid(invoiceId: d.invoiceId, creditsMinor: d.creditsMinor))
+            return AskFact(
+                accountId: d.accountId, at: event.time,
+                kind: .invoicePaid(invoiceId: d.invoiceId, creditsMinor: d.creditsMinor))
         case .customerErased(let d):
             return AskFact(accountId: d.accountId, at: event.time, kind: .customerErased)
         case .leadCreated, .orderPlaced, .installScheduled, .creditApplied, .creditRejected:

@@ -21,8 +21,10 @@ extension ReferralAsks {
     /// all of them (AskRelevanceTests). The store's windowed query selects the same rows.
     public static func relevantFacts(_ facts: [AskFact], now: Instant, freshness: Span) -> [AskFact] {
         let from = now - freshness
-        var recentTickets: Set<String> = [], resolved: Set<String> = []
-        var recentInvoices: Set<String> = [], paid: Set<String> = []
+        var recentTickets: Set<String> = []
+        var resolved: Set<String> = []
+        var recentInvoices: Set<String> = []
+        var paid: Set<String> = []
         var lastPreferenceBefore: Instant?
         for f in facts {
             switch f.kind {

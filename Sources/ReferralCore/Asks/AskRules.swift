@@ -20,7 +20,10 @@ public struct SentAsk: Hashable, Sendable {
     public var sentAt: Instant
 
     public init(key: String, moment: AskMoment, dueAt: Instant, sentAt: Instant) {
-        self.key = key; self.moment = moment; self.dueAt = dueAt; self.sentAt = sentAt
+        self.key = key
+        self.moment = moment
+        self.dueAt = dueAt
+        self.sentAt = sentAt
     }
 }
 
@@ -96,8 +99,9 @@ public struct PlannedAsk: Hashable, Sendable {
     /// `referral.ask.due`, dated by the send time: messaging acts on it now, and an envelope
     /// dated at an old due time would look like a replay to its own staleness checks.
     public func event(id: String) -> OutgoingEvent {
-        .askDue(id: id, time: sentAt, accountId: accountId, moment: moment, code: code, shareURL: shareURL,
-                friendOfferText: friendOfferText)
+        .askDue(
+            id: id, time: sentAt, accountId: accountId, moment: moment, code: code, shareURL: shareURL,
+            friendOfferText: friendOfferText)
     }
 }
 
@@ -119,10 +123,18 @@ public struct AskInput: Sendable {
     /// only at `now`: an ask that went stale earlier is reported by the rule that held it then.
     public var budgetHold: AskBudgetHold?
 
-    public init(accountId: String, facts: [AskFact], program: Program?, code: ReferralCode?, sent: [SentAsk],
-                now: Instant, policy: AskPolicy = .init(), budgetHold: AskBudgetHold? = nil) {
-        self.accountId = accountId; self.facts = facts; self.program = program; self.code = code
-        self.sent = sent; self.now = now; self.policy = policy; self.budgetHold = budgetHold
+    public init(
+        accountId: String, facts: [AskFact], program: Program?, code: ReferralCode?, sent: [SentAsk],
+        now: Instant, policy: AskPolicy = .init(), budgetHold: AskBudgetHold? = nil
+    ) {
+        self.accountId = accountId
+        self.facts = facts
+        self.program = program
+        self.code = code
+        self.sent = sent
+        self.now = now
+        self.policy = policy
+        self.budgetHold = budgetHold
     }
 }
 
@@ -182,7 +194,9 @@ public enum ReferralAsks {
     /// invoice; activation and install are onboarding, before the customer has lived with the
     /// service (activation, the later of the two, first); periodic is the fallback with no
     /// moment behind it at all.
-    public static let strength: [AskMoment] = [.supportWin, .speedTest, .billSavings, .postActivation, .postInstall, .periodic]
+    public static let strength: [AskMoment] = [
+        .supportWin, .speedTest, .billSavings, .postActivation, .postInstall, .periodic,
+    ]
 
     /// The rolling window of `max_per_year`.
     public static let yearWindow: Span = .days(366)
@@ -223,14 +237,16 @@ public enum ReferralAsks {
         guard let best = first.eligible.min(by: ctx.stronger), let code = input.code else {
             return AskDecision(send: nil, considered: ctx.ordered(first.considered), nextWakeup: first.wake)
         }
-        let planned = PlannedAsk(key: best.key, accountId: input.accountId, moment: best.moment, dueAt: best.due,
-                                 sentAt: input.now, code: code, shareURL: program.shareURL(code: code.canonical),
-                                 friendOfferText: program.friendOfferText)
+        let planned = PlannedAsk(
+            key: best.key, accountId: input.accountId, moment: best.moment, dueAt: best.due,
+            sentAt: input.now, code: code, shareURL: program.shareURL(code: code.canonical),
+            friendOfferText: program.friendOfferText)
         // Re-evaluate as if the ask was recorded, so that the report and the timer describe the
         // state the worker stores along with it.
         let after = ctx.evaluate(sent: input.sent + [planned.record])
-        let mine = AskConsideration(key: best.key, moment: best.moment, dueAt: best.due,
-                                    expiresAt: best.due + input.policy.freshness, status: .sendingNow)
+        let mine = AskConsideration(
+            key: best.key, moment: best.moment, dueAt: best.due,
+            expiresAt: best.due + input.policy.freshness, status: .sendingNow)
         return AskDecision(send: planned, considered: ctx.ordered(after.considered + [mine]), nextWakeup: after.wake)
     }
 }
@@ -285,16 +301,21 @@ struct AskHistory {
                 // ≥ 90 % in exact terms: 450 of 500 qualifies, without a 0.9 * 500 rounding doubt.
                 if measured * 10 >= plan * 9 { goodSpeedTests.insert(f.at) }
             case .ticketOpened(let t):
-                ticketsOpened[t] = first(ticketsOpened[t], f.at); holdChanges.append(f.at)
+                ticketsOpened[t] = first(ticketsOpened[t], f.at)
+                holdChanges.append(f.at)
             case .ticketResolved(let t, let csat):
-                ticketsResolved[t] = first(ticketsResolved[t], f.at); holdChanges.append(f.at)
+                ticketsResolved[t] = first(ticketsResolved[t], f.at)
+                holdChanges.append(f.at)
                 if let csat, csat >= 4 { supportWins[t] = first(supportWins[t], f.at) }
             case .preferencesChanged(let on):
-                preferences.append((f.at, on)); holdChanges.append(f.at)
+                preferences.append((f.at, on))
+                holdChanges.append(f.at)
             case .invoiceOverdue(let i):
-                overdue[i] = first(overdue[i], f.at); holdChanges.append(f.at)
+                overdue[i] = first(overdue[i], f.at)
+                holdChanges.append(f.at)
             case .invoicePaid(let i, let credits):
-                paid[i] = first(paid[i], f.at); holdChanges.append(f.at)
+                paid[i] = first(paid[i], f.at)
+                holdChanges.append(f.at)
                 if let credits, credits > 0 { savings[i] = first(savings[i], f.at) }
             }
         }
@@ -360,7 +381,8 @@ private struct Context {
     var freshness: Span { input.policy.freshness }
 
     func stronger(_ a: Candidate, _ b: Candidate) -> Bool {
-        let ra = ReferralAsks.strength.firstIndex(of: a.moment)!, rb = ReferralAsks.strength.firstIndex(of: b.moment)!
+        let ra = ReferralAsks.strength.firstIndex(of: a.moment)!
+        let rb = ReferralAsks.strength.firstIndex(of: b.moment)!
         if ra != rb { return ra < rb }
         if a.due != b.due { return a.due > b.due }
         return a.key < b.key
@@ -383,7 +405,9 @@ private struct Context {
             if !sent.contains(where: { $0.key == key }) { out.append(Candidate(key: key, moment: moment, due: due)) }
         }
         if let i = h.installedAt { add(.postInstall, nil, i + rules.delayAfterInstall) }
-        if let a = h.activatedAt, !(rules.moments.contains(.postInstall) && h.installedAt != nil) { add(.postActivation, nil, a) }
+        if let a = h.activatedAt, !(rules.moments.contains(.postInstall) && h.installedAt != nil) {
+            add(.postActivation, nil, a)
+        }
         for t in h.goodSpeedTests { add(.speedTest, t.rfc3339, t) }
         for (ticket, t) in h.supportWins { add(.supportWin, escapeKeyPart(ticket), t) }
         for (invoice, t) in h.savings { add(.billSavings, escapeKeyPart(invoice), t) }
@@ -458,7 +482,8 @@ private struct Context {
                 e.eligible.append(c)
                 e.wake(at: now)
             }
-            e.considered.append(AskConsideration(key: c.key, moment: c.moment, dueAt: c.due, expiresAt: expires, status: status))
+            e.considered.append(
+                AskConsideration(key: c.key, moment: c.moment, dueAt: c.due, expiresAt: expires, status: status))
         }
         return e
     }

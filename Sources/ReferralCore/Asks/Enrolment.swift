@@ -72,8 +72,10 @@ public enum Enrolment {
                 errors.append(error)
             case .success(let row):
                 if let earlier = firstLine[row.accountId] {
-                    errors.append(EnrolmentError(line: lineNumber, field: "account_id",
-                                                 reason: "account already listed on line \(earlier)"))
+                    errors.append(
+                        EnrolmentError(
+                            line: lineNumber, field: "account_id",
+                            reason: "account already listed on line \(earlier)"))
                 } else {
                     firstLine[row.accountId] = lineNumber
                     rows.append(row)
@@ -83,14 +85,18 @@ public enum Enrolment {
         return (rows, errors)
     }
 
-    private static func parseRow(_ raw: Substring, line: Int, columns: [String: Int]) -> Result<EnrolmentRow, EnrolmentError> {
+    private static func parseRow(_ raw: Substring, line: Int, columns: [String: Int]) -> Result<
+        EnrolmentRow, EnrolmentError
+    > {
         let fields: [String]
         switch splitFields(raw, line: line) {
         case .failure(let error): return .failure(error)
         case .success(let f): fields = f
         }
         guard fields.count == columns.count else {
-            return .failure(EnrolmentError(line: line, field: nil, reason: "\(fields.count) fields, the header has \(columns.count)"))
+            return .failure(
+                EnrolmentError(
+                    line: line, field: nil, reason: "\(fields.count) fields, the header has \(columns.count)"))
         }
         func value(_ name: String) -> String? { columns[name].map { fields[$0] } }
         func fail(_ field: String, _ reason: String) -> Result<EnrolmentRow, EnrolmentError> {
@@ -112,8 +118,10 @@ public enum Enrolment {
             if let problem = idProblem(v) { return fail(name, problem) }
             optional[name] = v
         }
-        return .success(EnrolmentRow(line: line, accountId: account, segment: segment, activatedAt: activatedAt,
-                                     householdId: optional["household_id"], contactHash: optional["contact_hash"]))
+        return .success(
+            EnrolmentRow(
+                line: line, accountId: account, segment: segment, activatedAt: activatedAt,
+                householdId: optional["household_id"], contactHash: optional["contact_hash"]))
     }
 
     /// The contract's `Id`: 1-128 printable ASCII characters. Edge spaces are refused as well:
@@ -142,7 +150,8 @@ public enum Enrolment {
                 if c == "\"" {
                     let next = line.index(after: i)
                     if next < line.endIndex, line[next] == "\"" {
-                        current.append("\""); i = next
+                        current.append("\"")
+                        i = next
                     } else {
                         quoted = false
                         if next < line.endIndex, line[next] != "," { return fail("text after a closing quote") }
@@ -151,7 +160,9 @@ public enum Enrolment {
                     current.append(c)
                 }
             } else if c == "," {
-                fields.append(current); current = ""; fieldStart = true
+                fields.append(current)
+                current = ""
+                fieldStart = true
                 i = line.index(after: i)
                 continue
             } else if c == "\"" {
@@ -181,7 +192,8 @@ public struct EnrolmentRow: Hashable, Sendable {
     /// The lifecycle fact the row stands for: the account's activation, which makes it a customer
     /// (a code request) and gives the fraud rules its household and contact.
     public var fact: Fact {
-        .serviceActivated(accountId: accountId, at: activatedAt, householdId: householdId, contactHash: contactHash, segment: segment)
+        .serviceActivated(
+            accountId: accountId, at: activatedAt, householdId: householdId, contactHash: contactHash, segment: segment)
     }
 
     /// The ask facts: the activation and the enrolment, whose first ask is spread over
@@ -189,8 +201,10 @@ public struct EnrolmentRow: Hashable, Sendable {
     /// with the same period stores equal facts (a no-op), not a second enrolment.
     public func askFacts(start: Instant, span: Span) -> [AskFact] {
         let first = max(Enrolment.firstAskInstant(accountId: accountId, start: start, span: span), activatedAt)
-        return [AskFact(accountId: accountId, at: activatedAt, kind: .serviceActivated(segment: segment)),
-                AskFact(accountId: accountId, at: start, kind: .enrolled(firstAskAt: first))]
+        return [
+            AskFact(accountId: accountId, at: activatedAt, kind: .serviceActivated(segment: segment)),
+            AskFact(accountId: accountId, at: start, kind: .enrolled(firstAskAt: first)),
+        ]
     }
 }
 

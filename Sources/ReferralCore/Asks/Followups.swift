@@ -9,8 +9,11 @@ public struct StageEntry: Hashable, Sendable {
     public var stalledAfter: Span
 
     public init(referralId: String, leadId: String, stage: Stage, enteredAt: Instant, stalledAfter: Span) {
-        self.referralId = referralId; self.leadId = leadId; self.stage = stage
-        self.enteredAt = enteredAt; self.stalledAfter = stalledAfter
+        self.referralId = referralId
+        self.leadId = leadId
+        self.stage = stage
+        self.enteredAt = enteredAt
+        self.stalledAfter = stalledAfter
     }
 }
 
@@ -29,8 +32,9 @@ public struct FollowupDue: Hashable, Sendable {
     /// `referral.lead.followup_due`.
     public func event(id: String) -> OutgoingEvent {
         // Never nil: `Followups.decide` only emits in-flight stages, the ones the event may name.
-        OutgoingEvent.leadFollowupDue(id: id, time: sentAt, referralId: referralId, leadId: leadId, stage: stage,
-                                      stalledSince: stalledSince)!
+        OutgoingEvent.leadFollowupDue(
+            id: id, time: sentAt, referralId: referralId, leadId: leadId, stage: stage,
+            stalledSince: stalledSince)!
     }
 }
 
@@ -76,8 +80,10 @@ public enum Followups {
             default: entered = friend?.activatedAt
             }
             guard let entered else { continue }
-            out.append(StageEntry(referralId: v.referralId, leadId: v.leadId, stage: v.stage, enteredAt: entered,
-                                  stalledAfter: binding.program.followup.stalledAfter))
+            out.append(
+                StageEntry(
+                    referralId: v.referralId, leadId: v.leadId, stage: v.stage, enteredAt: entered,
+                    stalledAfter: binding.program.followup.stalledAfter))
         }
         return out
     }
@@ -96,8 +102,10 @@ public enum Followups {
             let at = e.enteredAt + e.stalledAfter
             if at <= now {
                 taken.insert(key)
-                due.append(FollowupDue(key: key, referralId: e.referralId, leadId: e.leadId, stage: e.stage,
-                                       stalledSince: e.enteredAt, dueAt: at, sentAt: now))
+                due.append(
+                    FollowupDue(
+                        key: key, referralId: e.referralId, leadId: e.leadId, stage: e.stage,
+                        stalledSince: e.enteredAt, dueAt: at, sentAt: now))
             } else {
                 wakeups[e.referralId] = min(wakeups[e.referralId] ?? at, at)
             }

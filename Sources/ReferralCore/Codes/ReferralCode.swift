@@ -23,7 +23,8 @@ public struct ReferralCode: Hashable, Sendable, CustomStringConvertible {
             switch b {
             case 0x09...0x0D, 0x20, UInt8(ascii: "-"): continue
             case UInt8(ascii: "O"), UInt8(ascii: "o"): symbols.append(UInt8(ascii: "0"))
-            case UInt8(ascii: "I"), UInt8(ascii: "i"), UInt8(ascii: "L"), UInt8(ascii: "l"): symbols.append(UInt8(ascii: "1"))
+            case UInt8(ascii: "I"), UInt8(ascii: "i"), UInt8(ascii: "L"), UInt8(ascii: "l"):
+                symbols.append(UInt8(ascii: "1"))
             case UInt8(ascii: "a")...UInt8(ascii: "z"): symbols.append(b - 32)
             default: symbols.append(b)
             }

@@ -31,12 +31,21 @@ public struct ReferralStanding: Hashable, Sendable {
     /// The milestone time when it fell inside the attribution window: the referral's cap slot.
     public var milestoneAt: Instant?
 
-    public init(referralId: String, leadId: String, referrerAccountId: String, code: String, leadAt: Instant,
-                leadCode: String?, friendAccountId: String?, claimKeys: [String], contactKeys: [String],
-                milestoneAt: Instant?) {
-        self.referralId = referralId; self.leadId = leadId; self.referrerAccountId = referrerAccountId
-        self.code = code; self.leadAt = leadAt; self.leadCode = leadCode; self.friendAccountId = friendAccountId
-        self.claimKeys = claimKeys; self.contactKeys = contactKeys; self.milestoneAt = milestoneAt
+    public init(
+        referralId: String, leadId: String, referrerAccountId: String, code: String, leadAt: Instant,
+        leadCode: String?, friendAccountId: String?, claimKeys: [String], contactKeys: [String],
+        milestoneAt: Instant?
+    ) {
+        self.referralId = referralId
+        self.leadId = leadId
+        self.referrerAccountId = referrerAccountId
+        self.code = code
+        self.leadAt = leadAt
+        self.leadCode = leadCode
+        self.friendAccountId = friendAccountId
+        self.claimKeys = claimKeys
+        self.contactKeys = contactKeys
+        self.milestoneAt = milestoneAt
     }
 
     /// The (code, UTC day) ranking the referral is a member of: only when the lead's own code is
@@ -65,7 +74,10 @@ public struct ReferralStanding: Hashable, Sendable {
 public struct Claim: Hashable, Sendable, Comparable {
     public var at: Instant
     public var leadId: String
-    public init(at: Instant, leadId: String) { self.at = at; self.leadId = leadId }
+    public init(at: Instant, leadId: String) {
+        self.at = at
+        self.leadId = leadId
+    }
     public static func < (a: Claim, b: Claim) -> Bool { (a.at, a.leadId) < (b.at, b.leadId) }
 }
 
@@ -80,8 +92,12 @@ public struct Competition: Sendable {
     /// year (by milestone time, then lead id).
     public var capEarlier: [String: Int] = [:]
 
-    public init(codeDayEarlier: [String: Int] = [:], claimWinners: [String: Claim] = [:], capEarlier: [String: Int] = [:]) {
-        self.codeDayEarlier = codeDayEarlier; self.claimWinners = claimWinners; self.capEarlier = capEarlier
+    public init(
+        codeDayEarlier: [String: Int] = [:], claimWinners: [String: Claim] = [:], capEarlier: [String: Int] = [:]
+    ) {
+        self.codeDayEarlier = codeDayEarlier
+        self.claimWinners = claimWinners
+        self.capEarlier = capEarlier
     }
 }
 
@@ -123,8 +139,10 @@ extension Lifecycle {
     /// can move at most the k entries on either side of it), and for every friend key, its first
     /// claimants (the old winner loses to an earlier claimant). `limits` are every limit any
     /// program version in use has, since members of one ranking may be bound to different ones.
-    public static func boundaries(changes: [(old: ReferralStanding?, new: ReferralStanding)],
-                                  leadLimits: Set<Int>, capLimits: Set<Int>) -> [BoundaryQuery] {
+    public static func boundaries(
+        changes: [(old: ReferralStanding?, new: ReferralStanding)],
+        leadLimits: Set<Int>, capLimits: Set<Int>
+    ) -> [BoundaryQuery] {
         var codeDays: [ReferralStanding.CodeDay: Int] = [:]
         var caps: [ReferralStanding.CapYear: Int] = [:]
         var keys: [String: Int] = [:]
@@ -142,10 +160,14 @@ extension Lifecycle {
         }
         var out: [BoundaryQuery] = []
         for (cd, k) in codeDays.sorted(by: { ($0.key.code, $0.key.day) < ($1.key.code, $1.key.day) }) {
-            for limit in leadLimits.sorted() { out.append(.codeDay(.init(codeDay: cd, ranks: max(0, limit - k)..<(limit + k)))) }
+            for limit in leadLimits.sorted() {
+                out.append(.codeDay(.init(codeDay: cd, ranks: max(0, limit - k)..<(limit + k))))
+            }
         }
         for (cy, k) in caps.sorted(by: { ($0.key.referrer, $0.key.year) < ($1.key.referrer, $1.key.year) }) {
-            for limit in capLimits.sorted() { out.append(.cap(.init(capYear: cy, ranks: max(0, limit - k)..<(limit + k)))) }
+            for limit in capLimits.sorted() {
+                out.append(.cap(.init(capYear: cy, ranks: max(0, limit - k)..<(limit + k))))
+            }
         }
         for (key, k) in keys.sorted(by: { $0.key < $1.key }) { out.append(.claim(key: key, count: k + 1)) }
         return out
@@ -230,7 +252,9 @@ public struct StandingTable: Sendable {
         byLead[s.leadId] = s.referralId
         let lead = Claim(at: s.leadAt, leadId: s.leadId)
         if let cd = s.codeDay { Self.insert(lead, into: &codeDays[cd, default: []]) }
-        if let cy = s.capYear, let m = s.milestoneAt { Self.insert(Claim(at: m, leadId: s.leadId), into: &caps[cy, default: []]) }
+        if let cy = s.capYear, let m = s.milestoneAt {
+            Self.insert(Claim(at: m, leadId: s.leadId), into: &caps[cy, default: []])
+        }
         for key in s.claimKeys { Self.insert(lead, into: &claimants[key, default: []]) }
         return old
     }
@@ -248,7 +272,8 @@ public struct StandingTable: Sendable {
 
     /// Entries of the sorted list strictly before `c`.
     private static func rank(of c: Claim, in list: [Claim]) -> Int {
-        var lo = 0, hi = list.count
+        var lo = 0
+        var hi = list.count
         while lo < hi {
             let mid = (lo + hi) / 2
             if list[mid] < c { lo = mid + 1 } else { hi = mid }
@@ -263,11 +288,13 @@ public struct StandingTable: Sendable {
             guard let s = standings[b.referralId] else { continue }
             let lead = Claim(at: s.leadAt, leadId: s.leadId)
             if let cd = s.codeDay {
-                out.codeDayEarlier[s.leadId] = min(Self.rank(of: lead, in: codeDays[cd] ?? []), b.program.limits.maxLeadsPerCodePerDay)
+                out.codeDayEarlier[s.leadId] = min(
+                    Self.rank(of: lead, in: codeDays[cd] ?? []), b.program.limits.maxLeadsPerCodePerDay)
             }
             if let cy = s.capYear, let m = s.milestoneAt {
-                out.capEarlier[s.leadId] = min(Self.rank(of: Claim(at: m, leadId: s.leadId), in: caps[cy] ?? []),
-                                               b.program.limits.maxRewardsPerReferrerPerYear)
+                out.capEarlier[s.leadId] = min(
+                    Self.rank(of: Claim(at: m, leadId: s.leadId), in: caps[cy] ?? []),
+                    b.program.limits.maxRewardsPerReferrerPerYear)
             }
             for key in s.claimKeys { out.claimWinners[key] = claimants[key]?.first }
         }
@@ -314,11 +341,14 @@ extension Index {
         var contacts = friend.map { self.contacts(of: $0) } ?? []
         if let c = leadPersonal(b.leadId).contact { contacts.insert(c) }
         let p = b.program
-        let milestone = self.milestone(p.qualify.milestone, of: friend).flatMap { $0 <= lead.at + p.attributionWindow ? $0 : nil }
-        return ReferralStanding(referralId: b.referralId, leadId: b.leadId, referrerAccountId: b.referrerAccountId,
-                                code: b.code, leadAt: lead.at, leadCode: lead.code, friendAccountId: friend,
-                                claimKeys: Array(Set(friendKeys(b.leadId))).sorted(),
-                                contactKeys: contacts.sorted().map { "c:\($0)" }, milestoneAt: milestone)
+        let milestone = self.milestone(p.qualify.milestone, of: friend).flatMap {
+            $0 <= lead.at + p.attributionWindow ? $0 : nil
+        }
+        return ReferralStanding(
+            referralId: b.referralId, leadId: b.leadId, referrerAccountId: b.referrerAccountId,
+            code: b.code, leadAt: lead.at, leadCode: lead.code, friendAccountId: friend,
+            claimKeys: Array(Set(friendKeys(b.leadId))).sorted(),
+            contactKeys: contacts.sorted().map { "c:\($0)" }, milestoneAt: milestone)
     }
 }
 
@@ -359,7 +389,9 @@ extension Fact {
 
 extension Lifecycle {
     /// The referrals these facts touch directly: by lead, by friend account, by reward.
-    public static func touched(by facts: [Fact], in referrals: [ReferralBinding], standings: StandingTable) -> Set<String> {
+    public static func touched(by facts: [Fact], in referrals: [ReferralBinding], standings: StandingTable) -> Set<
+        String
+    > {
         let leads = Set(facts.compactMap(\.leadId))
         let accounts = Set(facts.compactMap(\.friendAccountTouched))
         let rewards = Set(facts.compactMap(\.rewardId))
@@ -367,7 +399,10 @@ extension Lifecycle {
         for b in referrals {
             if leads.contains(b.leadId)
                 || standings[b.referralId]?.friendAccountId.map(accounts.contains) == true
-                || Beneficiary.allCases.contains(where: { rewards.contains(rewardId(referralId: b.referralId, beneficiary: $0)) }) {
+                || Beneficiary.allCases.contains(where: {
+                    rewards.contains(rewardId(referralId: b.referralId, beneficiary: $0))
+                })
+            {
                 out.insert(b.referralId)
             }
         }
@@ -384,5 +419,6 @@ func utcMonthStart(_ t: Instant) -> Instant {
 /// The first instant of the UTC calendar month after the one of `t`.
 func nextUTCMonthStart(_ t: Instant) -> Instant {
     let (y, m, _) = civil(fromDays: utcDay(t))
-    return Instant(microseconds: (m == 12 ? days(fromCivil: y + 1, 1, 1) : days(fromCivil: y, m + 1, 1)) * 86_400_000_000)
+    return Instant(
+        microseconds: (m == 12 ? days(fromCivil: y + 1, 1, 1) : days(fromCivil: y, m + 1, 1)) * 86_400_000_000)
 }

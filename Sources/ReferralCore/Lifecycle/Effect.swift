@@ -23,9 +23,16 @@ public struct ReferralBinding: Hashable, Sendable, Codable {
     /// The store's version number of `program`, for explanations only.
     public var programVersion: Int
 
-    public init(referralId: String, leadId: String, code: String, referrerAccountId: String, program: Program, programVersion: Int) {
-        self.referralId = referralId; self.leadId = leadId; self.code = code
-        self.referrerAccountId = referrerAccountId; self.program = program; self.programVersion = programVersion
+    public init(
+        referralId: String, leadId: String, code: String, referrerAccountId: String, program: Program,
+        programVersion: Int
+    ) {
+        self.referralId = referralId
+        self.leadId = leadId
+        self.code = code
+        self.referrerAccountId = referrerAccountId
+        self.program = program
+        self.programVersion = programVersion
     }
 }
 
@@ -48,11 +55,18 @@ public struct RewardGrant: Hashable, Sendable, Codable {
     public var currency: String
     public var programId: String
 
-    public init(rewardId: String, referralId: String, accountId: String, beneficiary: Beneficiary, kind: RewardKind,
-                amountMinor: Int64, currency: String, programId: String) {
-        self.rewardId = rewardId; self.referralId = referralId; self.accountId = accountId
-        self.beneficiary = beneficiary; self.kind = kind; self.amountMinor = amountMinor
-        self.currency = currency; self.programId = programId
+    public init(
+        rewardId: String, referralId: String, accountId: String, beneficiary: Beneficiary, kind: RewardKind,
+        amountMinor: Int64, currency: String, programId: String
+    ) {
+        self.rewardId = rewardId
+        self.referralId = referralId
+        self.accountId = accountId
+        self.beneficiary = beneficiary
+        self.kind = kind
+        self.amountMinor = amountMinor
+        self.currency = currency
+        self.programId = programId
     }
 }
 
@@ -71,10 +85,17 @@ public struct StatusChange: Hashable, Sendable, Codable {
     /// a referral that legitimately passes the same pair of stages twice is not deduplicated away.
     public var sequence: Int
 
-    public init(referralId: String, referrerAccountId: String, leadId: String, friendAccountId: String?,
-                from: Stage?, to: Stage, reason: String?, sequence: Int) {
-        self.referralId = referralId; self.referrerAccountId = referrerAccountId; self.leadId = leadId
-        self.friendAccountId = friendAccountId; self.from = from; self.to = to; self.reason = reason
+    public init(
+        referralId: String, referrerAccountId: String, leadId: String, friendAccountId: String?,
+        from: Stage?, to: Stage, reason: String?, sequence: Int
+    ) {
+        self.referralId = referralId
+        self.referrerAccountId = referrerAccountId
+        self.leadId = leadId
+        self.friendAccountId = friendAccountId
+        self.from = from
+        self.to = to
+        self.reason = reason
         self.sequence = sequence
     }
 }
@@ -88,9 +109,15 @@ public struct Reversal: Hashable, Sendable, Codable {
     public var currency: String
     public var reason: String
 
-    public init(rewardId: String, referralId: String, accountId: String, amountMinor: Int64, currency: String, reason: String) {
-        self.rewardId = rewardId; self.referralId = referralId; self.accountId = accountId
-        self.amountMinor = amountMinor; self.currency = currency; self.reason = reason
+    public init(
+        rewardId: String, referralId: String, accountId: String, amountMinor: Int64, currency: String, reason: String
+    ) {
+        self.rewardId = rewardId
+        self.referralId = referralId
+        self.accountId = accountId
+        self.amountMinor = amountMinor
+        self.currency = currency
+        self.reason = reason
     }
 }
 
@@ -102,8 +129,9 @@ public enum Effect: Hashable, Sendable, Codable {
     /// `referral.code.issued`; the worker draws the code for a `CodeRequest` and records this.
     case codeIssued(accountId: String, code: String, programId: String)
     /// `referral.friend_offer.granted`.
-    case friendOfferGranted(referralId: String, leadId: String, code: String, priorityInstall: Bool,
-                            kind: RewardKind, amountMinor: Int64, currency: String)
+    case friendOfferGranted(
+        referralId: String, leadId: String, code: String, priorityInstall: Bool,
+        kind: RewardKind, amountMinor: Int64, currency: String)
     /// `referral.status.changed`.
     case statusChanged(StatusChange)
     /// `referral.reward.issued`, first time.
@@ -131,7 +159,8 @@ public enum Effect: Hashable, Sendable, Codable {
         case .rewardRetried(let g, let n): return .issue(rewardId: g.rewardId, attempt: n)
         case .rewardReversed(let r): return .reverse(rewardId: r.rewardId)
         case .rewardApplied(let r): return .applied(rewardId: r)
-        case .rewardMismatch(let r, let a, let m, let c): return .mismatch(rewardId: r, accountId: a, amountMinor: m, currency: c)
+        case .rewardMismatch(let r, let a, let m, let c):
+            return .mismatch(rewardId: r, accountId: a, amountMinor: m, currency: c)
         case .rewardFailed(let r, let n, _, _): return .failed(rewardId: r, failure: n)
         }
     }

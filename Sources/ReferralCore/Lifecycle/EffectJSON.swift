@@ -12,41 +12,60 @@ extension Effect {
         case .codeIssued(let a, let c, let p):
             return ["codeIssued": .object(["accountId": s(a), "code": s(c), "programId": s(p)])]
         case .friendOfferGranted(let r, let l, let c, let priority, let kind, let amount, let currency):
-            return ["friendOfferGranted": .object([
-                "amountMinor": n(amount), "code": s(c), "currency": s(currency), "kind": s(kind.rawValue),
-                "leadId": s(l), "priorityInstall": .bool(priority), "referralId": s(r)])]
+            return [
+                "friendOfferGranted": .object([
+                    "amountMinor": n(amount), "code": s(c), "currency": s(currency), "kind": s(kind.rawValue),
+                    "leadId": s(l), "priorityInstall": .bool(priority), "referralId": s(r),
+                ])
+            ]
         case .statusChanged(let c):
             var members: [(String, JSONValue)] = []
             if let f = c.friendAccountId { members.append(("friendAccountId", s(f))) }
             if let from = c.from { members.append(("from", s(from.rawValue))) }
             members.append(("leadId", s(c.leadId)))
             if let reason = c.reason { members.append(("reason", s(reason))) }
-            members += [("referralId", s(c.referralId)), ("referrerAccountId", s(c.referrerAccountId)),
-                        ("sequence", n(Int64(c.sequence))), ("to", s(c.to.rawValue))]
+            members += [
+                ("referralId", s(c.referralId)), ("referrerAccountId", s(c.referrerAccountId)),
+                ("sequence", n(Int64(c.sequence))), ("to", s(c.to.rawValue)),
+            ]
             return ["statusChanged": .object(["_0": .object(JSONObject(members))])]
         case .rewardIssued(let g):
             return ["rewardIssued": .object(["_0": .object(Self.grant(g))])]
         case .rewardRetried(let g, let attempt):
             return ["rewardRetried": .object(["_0": .object(Self.grant(g)), "attempt": n(Int64(attempt))])]
         case .rewardReversed(let r):
-            return ["rewardReversed": .object(["_0": .object([
-                "accountId": s(r.accountId), "amountMinor": n(r.amountMinor), "currency": s(r.currency),
-                "reason": s(r.reason), "referralId": s(r.referralId), "rewardId": s(r.rewardId)])])]
+            return [
+                "rewardReversed": .object([
+                    "_0": .object([
+                        "accountId": s(r.accountId), "amountMinor": n(r.amountMinor), "currency": s(r.currency),
+                        "reason": s(r.reason), "referralId": s(r.referralId), "rewardId": s(r.rewardId),
+                    ])
+                ])
+            ]
         case .rewardApplied(let r):
             return ["rewardApplied": .object(["rewardId": s(r)])]
         case .rewardMismatch(let r, let a, let amount, let currency):
-            return ["rewardMismatch": .object([
-                "accountId": s(a), "amountMinor": n(amount), "currency": s(currency), "rewardId": s(r)])]
+            return [
+                "rewardMismatch": .object([
+                    "accountId": s(a), "amountMinor": n(amount), "currency": s(currency), "rewardId": s(r),
+                ])
+            ]
         case .rewardFailed(let r, let failure, let reason, let final):
-            return ["rewardFailed": .object([
-                "failure": n(Int64(failure)), "final": .bool(final), "reason": s(reason), "rewardId": s(r)])]
+            return [
+                "rewardFailed": .object([
+                    "failure": n(Int64(failure)), "final": .bool(final), "reason": s(reason), "rewardId": s(r),
+                ])
+            ]
         }
     }
 
     private static func grant(_ g: RewardGrant) -> JSONObject {
-        ["accountId": .string(g.accountId), "amountMinor": .number(JSONNumber(g.amountMinor)),
-         "beneficiary": .string(g.beneficiary.rawValue), "currency": .string(g.currency), "kind": .string(g.kind.rawValue),
-         "programId": .string(g.programId), "referralId": .string(g.referralId), "rewardId": .string(g.rewardId)]
+        [
+            "accountId": .string(g.accountId), "amountMinor": .number(JSONNumber(g.amountMinor)),
+            "beneficiary": .string(g.beneficiary.rawValue), "currency": .string(g.currency),
+            "kind": .string(g.kind.rawValue),
+            "programId": .string(g.programId), "referralId": .string(g.referralId), "rewardId": .string(g.rewardId),
+        ]
     }
 }
 
@@ -63,53 +82,63 @@ extension Effect {
     /// decoder's generic machinery was the costliest step of loading them (BENCHMARKS.md).
     public init(storedJSON bytes: [UInt8]) throws {
         let parsed: JSONValue
-        do { parsed = try JSONValue.parse(bytes) } catch { throw StoredEffectError(description: "stored effect: \(error)") }
+        do { parsed = try JSONValue.parse(bytes) } catch {
+            throw StoredEffectError(description: "stored effect: \(error)")
+        }
         guard let outer = parsed.objectValue, outer.count == 1, let member = outer.members.first,
-              let body = member.value.objectValue
+            let body = member.value.objectValue
         else { throw StoredEffectError(description: "stored effect: not an object with one case") }
         let v = StoredMembers(object: body, path: member.key)
         switch member.key {
         case "codeIssued":
-            self = .codeIssued(accountId: try v.string("accountId"), code: try v.string("code"), programId: try v.string("programId"))
+            self = .codeIssued(
+                accountId: try v.string("accountId"), code: try v.string("code"), programId: try v.string("programId"))
         case "friendOfferGranted":
-            self = .friendOfferGranted(referralId: try v.string("referralId"), leadId: try v.string("leadId"),
-                                       code: try v.string("code"), priorityInstall: try v.bool("priorityInstall"),
-                                       kind: try v.raw("kind"), amountMinor: try v.int("amountMinor"),
-                                       currency: try v.string("currency"))
+            self = .friendOfferGranted(
+                referralId: try v.string("referralId"), leadId: try v.string("leadId"),
+                code: try v.string("code"), priorityInstall: try v.bool("priorityInstall"),
+                kind: try v.raw("kind"), amountMinor: try v.int("amountMinor"),
+                currency: try v.string("currency"))
         case "statusChanged":
             let s = try v.object("_0")
-            self = .statusChanged(StatusChange(
-                referralId: try s.string("referralId"), referrerAccountId: try s.string("referrerAccountId"),
-                leadId: try s.string("leadId"), friendAccountId: try s.optionalString("friendAccountId"),
-                from: try s.optionalString("from").map { try s.rawValue($0, "from") }, to: try s.raw("to"),
-                reason: try s.optionalString("reason"), sequence: Int(try s.int("sequence"))))
+            self = .statusChanged(
+                StatusChange(
+                    referralId: try s.string("referralId"), referrerAccountId: try s.string("referrerAccountId"),
+                    leadId: try s.string("leadId"), friendAccountId: try s.optionalString("friendAccountId"),
+                    from: try s.optionalString("from").map { try s.rawValue($0, "from") }, to: try s.raw("to"),
+                    reason: try s.optionalString("reason"), sequence: Int(try s.int("sequence"))))
         case "rewardIssued":
             self = .rewardIssued(try Self.grant(v.object("_0")))
         case "rewardRetried":
             self = .rewardRetried(try Self.grant(v.object("_0")), attempt: Int(try v.int("attempt")))
         case "rewardReversed":
             let r = try v.object("_0")
-            self = .rewardReversed(Reversal(rewardId: try r.string("rewardId"), referralId: try r.string("referralId"),
-                                            accountId: try r.string("accountId"), amountMinor: try r.int("amountMinor"),
-                                            currency: try r.string("currency"), reason: try r.string("reason")))
+            self = .rewardReversed(
+                Reversal(
+                    rewardId: try r.string("rewardId"), referralId: try r.string("referralId"),
+                    accountId: try r.string("accountId"), amountMinor: try r.int("amountMinor"),
+                    currency: try r.string("currency"), reason: try r.string("reason")))
         case "rewardApplied":
             self = .rewardApplied(rewardId: try v.string("rewardId"))
         case "rewardMismatch":
-            self = .rewardMismatch(rewardId: try v.string("rewardId"), accountId: try v.string("accountId"),
-                                   amountMinor: try v.int("amountMinor"), currency: try v.string("currency"))
+            self = .rewardMismatch(
+                rewardId: try v.string("rewardId"), accountId: try v.string("accountId"),
+                amountMinor: try v.int("amountMinor"), currency: try v.string("currency"))
         case "rewardFailed":
-            self = .rewardFailed(rewardId: try v.string("rewardId"), failure: Int(try v.int("failure")),
-                                 reason: try v.string("reason"), final: try v.bool("final"))
+            self = .rewardFailed(
+                rewardId: try v.string("rewardId"), failure: Int(try v.int("failure")),
+                reason: try v.string("reason"), final: try v.bool("final"))
         default:
             throw StoredEffectError(description: "stored effect: unknown case \(member.key)")
         }
     }
 
     private static func grant(_ g: StoredMembers) throws -> RewardGrant {
-        RewardGrant(rewardId: try g.string("rewardId"), referralId: try g.string("referralId"),
-                    accountId: try g.string("accountId"), beneficiary: try g.raw("beneficiary"), kind: try g.raw("kind"),
-                    amountMinor: try g.int("amountMinor"), currency: try g.string("currency"),
-                    programId: try g.string("programId"))
+        RewardGrant(
+            rewardId: try g.string("rewardId"), referralId: try g.string("referralId"),
+            accountId: try g.string("accountId"), beneficiary: try g.raw("beneficiary"), kind: try g.raw("kind"),
+            amountMinor: try g.int("amountMinor"), currency: try g.string("currency"),
+            programId: try g.string("programId"))
     }
 }
 

@@ -30,20 +30,23 @@ extension InboundEvent {
     public var lifecycleFact: Fact? {
         switch payload {
         case .leadCreated(let p):
-            return .leadCreated(leadId: p.leadId, at: time, code: p.code?.canonical, householdId: p.householdId,
-                                contactHash: p.contactHash, segment: p.segment)
+            return .leadCreated(
+                leadId: p.leadId, at: time, code: p.code?.canonical, householdId: p.householdId,
+                contactHash: p.contactHash, segment: p.segment)
         case .orderPlaced(let p): return .orderPlaced(leadId: p.leadId, accountId: p.accountId, at: time)
         case .installCompleted(let p): return .installCompleted(accountId: p.accountId, at: p.completedAt)
         case .serviceActivated(let p):
-            return .serviceActivated(accountId: p.accountId, at: p.activatedAt, householdId: p.householdId,
-                                     contactHash: p.contactHash, segment: p.segment)
+            return .serviceActivated(
+                accountId: p.accountId, at: p.activatedAt, householdId: p.householdId,
+                contactHash: p.contactHash, segment: p.segment)
         case .serviceCancelled(let p): return .serviceCancelled(accountId: p.accountId, at: p.cancelledAt)
         case .invoiceOverdue(let p): return .invoiceOverdue(accountId: p.accountId, invoiceId: p.invoiceId, at: time)
         case .invoicePaid(let p):
             return .invoicePaid(accountId: p.accountId, invoiceId: p.invoiceId, sequence: p.sequence, at: time)
         case .creditApplied(let p):
-            return .creditApplied(rewardId: p.rewardId, accountId: p.accountId, amountMinor: p.amountMinor,
-                                  currency: p.currency, at: time)
+            return .creditApplied(
+                rewardId: p.rewardId, accountId: p.accountId, amountMinor: p.amountMinor,
+                currency: p.currency, at: time)
         case .creditRejected(let p): return .creditRejected(rewardId: p.rewardId, reason: p.reason, at: time)
         case .customerErased(let p): return .customerErased(accountId: p.accountId, at: time)
         case .installScheduled, .speedtestCompleted, .ticketResolved, .preferencesChanged, .ticketOpened:

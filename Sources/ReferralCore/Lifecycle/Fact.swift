@@ -8,7 +8,8 @@
 public enum Fact: Sendable, Hashable {
     /// `code` is the canonical referral code, or nil when it was missing, malformed or failed its
     /// check symbol (the lead is then unattributed).
-    case leadCreated(leadId: String, at: Instant, code: String?, householdId: String?, contactHash: String?, segment: Segment?)
+    case leadCreated(
+        leadId: String, at: Instant, code: String?, householdId: String?, contactHash: String?, segment: Segment?)
     case orderPlaced(leadId: String, accountId: String, at: Instant)
     case installCompleted(accountId: String, at: Instant)
     case serviceActivated(accountId: String, at: Instant, householdId: String?, contactHash: String?, segment: Segment?)
@@ -32,10 +33,10 @@ public enum Fact: Sendable, Hashable {
     public var at: Instant {
         switch self {
         case .leadCreated(_, let at, _, _, _, _), .orderPlaced(_, _, let at), .installCompleted(_, let at),
-             .serviceActivated(_, let at, _, _, _), .serviceCancelled(_, let at), .invoiceOverdue(_, _, let at),
-             .invoicePaid(_, _, _, let at), .creditApplied(_, _, _, _, let at), .creditRejected(_, _, let at),
-             .customerErased(_, let at), .planChosen(_, _, let at), .operatorRejected(_, let at),
-             .operatorReversed(_, let at):
+            .serviceActivated(_, let at, _, _, _), .serviceCancelled(_, let at), .invoiceOverdue(_, _, let at),
+            .invoicePaid(_, _, _, let at), .creditApplied(_, _, _, _, let at), .creditRejected(_, _, let at),
+            .customerErased(_, let at), .planChosen(_, _, let at), .operatorRejected(_, let at),
+            .operatorReversed(_, let at):
             return at
         }
     }
@@ -44,8 +45,8 @@ public enum Fact: Sendable, Hashable {
     public var accountId: String? {
         switch self {
         case .orderPlaced(_, let a, _), .installCompleted(let a, _), .serviceActivated(let a, _, _, _, _),
-             .serviceCancelled(let a, _), .invoiceOverdue(let a, _, _), .invoicePaid(let a, _, _, _),
-             .creditApplied(_, let a, _, _, _), .customerErased(let a, _), .planChosen(let a, _, _):
+            .serviceCancelled(let a, _), .invoiceOverdue(let a, _, _), .invoicePaid(let a, _, _, _),
+            .creditApplied(_, let a, _, _, _), .customerErased(let a, _), .planChosen(let a, _, _):
             return a
         case .leadCreated, .creditRejected, .operatorRejected, .operatorReversed:
             return nil

@@ -9,7 +9,9 @@ public struct LifecyclePolicy: Hashable, Sendable {
     public var maxRetryBackoff: Span
 
     public init(maxRetries: Int = 3, retryBackoff: Span = .hours(1), maxRetryBackoff: Span = .days(1)) {
-        self.maxRetries = maxRetries; self.retryBackoff = retryBackoff; self.maxRetryBackoff = maxRetryBackoff
+        self.maxRetries = maxRetries
+        self.retryBackoff = retryBackoff
+        self.maxRetryBackoff = maxRetryBackoff
     }
 
     /// Wait before the retry that follows billing's `failure`-th rejection (1-based).
@@ -44,11 +46,18 @@ public struct LifecycleInput: Sendable {
     /// `qualified` and is issued, under the same reward id, when re-decided after the resume.
     public var pausedPrograms: Set<String>
 
-    public init(facts: [Fact], referrals: [ReferralBinding], recorded: [Effect], now: Instant,
-                policy: LifecyclePolicy = .init(), explain: Bool = true, competition: Competition? = nil,
-                pausedPrograms: Set<String> = []) {
-        self.facts = facts; self.referrals = referrals; self.recorded = recorded; self.now = now
-        self.policy = policy; self.explain = explain; self.competition = competition
+    public init(
+        facts: [Fact], referrals: [ReferralBinding], recorded: [Effect], now: Instant,
+        policy: LifecyclePolicy = .init(), explain: Bool = true, competition: Competition? = nil,
+        pausedPrograms: Set<String> = []
+    ) {
+        self.facts = facts
+        self.referrals = referrals
+        self.recorded = recorded
+        self.now = now
+        self.policy = policy
+        self.explain = explain
+        self.competition = competition
         self.pausedPrograms = pausedPrograms
     }
 
@@ -146,15 +155,18 @@ public enum Lifecycle {
     /// choice does not depend on the order in which copies of the lead arrived. A lead is bound even
     /// when its referrer had cancelled before it: the rules then reject it (`referrer_cancelled`),
     /// so that whether the cancellation arrived before or after the lead makes no difference.
-    public static func leadsToBind(facts: [Fact], codes: [String: (accountId: String, programId: String)],
-                                   bound: Set<String>) -> [LeadToBind] {
+    public static func leadsToBind(
+        facts: [Fact], codes: [String: (accountId: String, programId: String)],
+        bound: Set<String>
+    ) -> [LeadToBind] {
         var out: [String: LeadToBind] = [:]
         for case .leadCreated(let lead, let at, let code?, _, _, _) in facts where !bound.contains(lead) {
             guard let owner = codes[code] else { continue }
             if let first = out[lead] {
                 out[lead]?.at = min(first.at, at)
             } else {
-                out[lead] = LeadToBind(leadId: lead, code: code, referrerAccountId: owner.accountId, programId: owner.programId, at: at)
+                out[lead] = LeadToBind(
+                    leadId: lead, code: code, referrerAccountId: owner.accountId, programId: owner.programId, at: at)
             }
         }
         return out.values.sorted { $0.leadId < $1.leadId }
@@ -220,8 +232,15 @@ struct Index {
     var operatorRejected: Set<String> = []
     var operatorReversed: Set<String> = []
 
-    struct Application: Hashable { var accountId: String; var amountMinor: Int64; var currency: String }
-    struct Rejection: Hashable { var at: Instant; var reason: String }
+    struct Application: Hashable {
+        var accountId: String
+        var amountMinor: Int64
+        var currency: String
+    }
+    struct Rejection: Hashable {
+        var at: Instant
+        var reason: String
+    }
 
     init(_ facts: [Fact]) {
         for fact in facts {
@@ -238,7 +257,9 @@ struct Index {
             case .serviceActivated(let a, let at, let hh, let contact, let segment):
                 var info = accounts[a, default: .init()]
                 if let first = info.activatedAt, first <= at {
-                    if first == at, let s = segment, info.segment.map({ s.rawValue < $0.rawValue }) ?? true { info.segment = s }
+                    if first == at, let s = segment, info.segment.map({ s.rawValue < $0.rawValue }) ?? true {
+                        info.segment = s
+                    }
                 } else {
                     info.activatedAt = at
                     info.segment = segment
@@ -261,7 +282,10 @@ struct Index {
                 accounts[a, default: .init()].erased = true
             case .planChosen(let a, let plan, let at):
                 var info = accounts[a, default: .init()]
-                if info.plansAt.map({ at < $0 }) ?? true { info.plansAt = at; info.plans = [] }
+                if info.plansAt.map({ at < $0 }) ?? true {
+                    info.plansAt = at
+                    info.plans = []
+                }
                 if info.plansAt == at { info.plans.insert(plan) }
                 accounts[a] = info
             case .operatorRejected(let lead, _):
@@ -374,7 +398,8 @@ private struct Decider {
             }
         }
         let idx = self.idx
-        competition = input.competition
+        competition =
+            input.competition
             ?? StandingTable(input.referrals.compactMap { idx.standing(of: $0) }).competition(for: input.referrals)
     }
 
@@ -400,8 +425,9 @@ private struct Decider {
             guard let at = info.activatedAt else { continue }
             requests.append(CodeRequest(accountId: account, segment: info.segment ?? .consumer, activatedAt: at))
         }
-        return Decision(effects: effects, codeRequests: requests, referrals: views, nextWakeup: wakeups.values.min(),
-                        wakeups: wakeups)
+        return Decision(
+            effects: effects, codeRequests: requests, referrals: views, nextWakeup: wakeups.values.min(),
+            wakeups: wakeups)
     }
 
     // MARK: One referral
@@ -414,7 +440,8 @@ private struct Decider {
         why.add("lead_at", lead.at)
         why.add("program", "\(p.id) v\(b.programVersion)")
         if !p.referrerReward.byPlan.isEmpty || !p.friendReward.byPlan.isEmpty,
-           let plans = friend.flatMap({ idx.accounts[$0] })?.firstPlans, !plans.isEmpty {
+            let plans = friend.flatMap({ idx.accounts[$0] })?.firstPlans, !plans.isEmpty
+        {
             why.add("friend_plan", plans.map { $0 ?? "none named" }.sorted().joined(separator: ", "))
         }
         var verdict = judge(b, lead: lead, friend: friend, why: &why)
@@ -424,18 +451,24 @@ private struct Decider {
         // had already ended; one stored anyway applies, so the outcome never depends on whether
         // the referral looked ended when the fact arrived (an expired one can be revived).
         if idx.operatorRejected.contains(b.leadId) {
-            if case .rejected = verdict {} else {
+            if case .rejected = verdict {
+            } else {
                 verdict = .rejected(reason: "operator")
-                why.say("operator", "An operator rejected the referral (referrald referral reject); explain lists who, when and why.")
+                why.say(
+                    "operator",
+                    "An operator rejected the referral (referrald referral reject); explain lists who, when and why.")
             }
         }
         // A published rejection is never revived: only erasure can remove the data behind it, and
         // the right to erasure must not turn a fraud rejection into a reward.
         if let last = lastStatus[b.referralId], last.stage == .rejected {
-            if case .rejected = verdict {} else {
+            if case .rejected = verdict {
+            } else {
                 verdict = .rejected(reason: last.reason ?? "unspecified")
                 why.inputs = []
-                why.say("published_rejection", "The referral was rejected (\(last.reason ?? "")) and a published rejection stands.")
+                why.say(
+                    "published_rejection",
+                    "The referral was rejected (\(last.reason ?? "")) and a published rejection stands.")
             }
         }
 
@@ -449,7 +482,8 @@ private struct Decider {
         case .qualified(let q, let capped, let clawed):
             qualifiedAt = q
             for g in grants {
-                let clawedThis = clawed && (p.clawback == .both || (p.clawback == .referrer && g.beneficiary == .referrer))
+                let clawedThis =
+                    clawed && (p.clawback == .both || (p.clawback == .referrer && g.beneficiary == .referrer))
                 let cappedThis = capped && g.beneficiary == .referrer
                 stand[g.rewardId] = !(clawedThis || cappedThis)
                 if cappedThis { notes[g.rewardId] = "yearly_cap" } else if clawedThis { notes[g.rewardId] = "clawback" }
@@ -481,9 +515,12 @@ private struct Decider {
                     }
                 }
             } else if let issuedGrant = wasIssued, !reversed.contains(g.rewardId),
-                      let reason = notes[g.rewardId] ?? finalNegative {
-                reversals.append(Reversal(rewardId: g.rewardId, referralId: b.referralId, accountId: issuedGrant.accountId,
-                                          amountMinor: issuedGrant.amountMinor, currency: issuedGrant.currency, reason: reason))
+                let reason = notes[g.rewardId] ?? finalNegative
+            {
+                reversals.append(
+                    Reversal(
+                        rewardId: g.rewardId, referralId: b.referralId, accountId: issuedGrant.accountId,
+                        amountMinor: issuedGrant.amountMinor, currency: issuedGrant.currency, reason: reason))
             }
         }
         let outstanding = grants.contains { g in
@@ -502,25 +539,40 @@ private struct Decider {
                 // A late fact (arrears) put a rewarded referral back to waiting; the reward stands
                 // until the facts settle it (paid in time → stays; deadline/cancel → reversed).
                 stage = .rewarded
-                why.append(" The rewards were issued before this fact arrived; they stand unless the referral is lost or expires.")
+                why.append(
+                    " The rewards were issued before this fact arrived; they stand unless the referral is lost or expires."
+                )
             }
-        case .rejected(let r): stage = .rejected; reason = r
-        case .lost(let r): stage = .lost; reason = r
-        case .expired(let r): stage = .expired; reason = r
+        case .rejected(let r):
+            stage = .rejected
+            reason = r
+        case .lost(let r):
+            stage = .lost
+            reason = r
+        case .expired(let r):
+            stage = .expired
+            reason = r
         case .qualified(_, let capped, let clawed):
             let clawedAny = clawed && (p.clawback == .both || (p.clawback == .referrer && !capped))
             let blocked = grants.contains { stand[$0.rewardId] == true && reversed.contains($0.rewardId) }
             if blocked {
                 // The documented exception: a reward reversed on the facts known then cannot be
                 // re-issued under its id, so the referral ends reversed.
-                stage = .reversed; reason = "reversed_before_late_fact"
-                why.append(" A reward was reversed before a later fact showed it was due; reward ids are issued once, so it stays reversed.")
+                stage = .reversed
+                reason = "reversed_before_late_fact"
+                why.append(
+                    " A reward was reversed before a later fact showed it was due; reward ids are issued once, so it stays reversed."
+                )
             } else if clawedAny {
-                stage = .reversed; reason = "clawback"
-            } else if !heldByPause.isEmpty, newlyIssued.isEmpty, !grants.contains(where: { issued[$0.rewardId] != nil }) {
+                stage = .reversed
+                reason = "clawback"
+            } else if !heldByPause.isEmpty, newlyIssued.isEmpty, !grants.contains(where: { issued[$0.rewardId] != nil })
+            {
                 // Due but paused: it waits at qualified, and is rewarded on the resume.
                 stage = .qualified
-                why.append(" Rewards are paused by an operator (referrald rewards pause): they are issued, with these ids, on the resume.")
+                why.append(
+                    " Rewards are paused by an operator (referrald rewards pause): they are issued, with these ids, on the resume."
+                )
             } else {
                 stage = .rewarded
             }
@@ -528,8 +580,10 @@ private struct Decider {
         // Effects, in the order consumers expect: offer, status, rewards.
         if !offered.contains(b.referralId), stage != .rejected {
             let fr = p.friendReward
-            emit(.friendOfferGranted(referralId: b.referralId, leadId: b.leadId, code: b.code, priorityInstall: fr.priorityInstall,
-                                     kind: fr.kind, amountMinor: fr.amountMinor, currency: p.currency))
+            emit(
+                .friendOfferGranted(
+                    referralId: b.referralId, leadId: b.leadId, code: b.code, priorityInstall: fr.priorityInstall,
+                    kind: fr.kind, amountMinor: fr.amountMinor, currency: p.currency))
         }
         let last = lastStatus[b.referralId]
         if last?.stage != stage {
@@ -539,64 +593,94 @@ private struct Decider {
             // still tells consumers every stage the facts show it passed, in order: a stage
             // is only reported when its fact exists, so "installed" never appears without
             // an install.
-            if let f = from, let a = Self.forward.firstIndex(of: f), let z = Self.forward.firstIndex(of: stage), z > a + 1 {
+            if let f = from, let a = Self.forward.firstIndex(of: f), let z = Self.forward.firstIndex(of: stage),
+                z > a + 1
+            {
                 let info = friend.flatMap { idx.accounts[$0] }
                 for s in Self.forward[(a + 1)..<z] where s != .qualified {
-                    let passed = switch s {
-                    case .ordered: friend != nil
-                    case .installed: info?.installedAt != nil
-                    case .activated: info?.activatedAt != nil
-                    default: false
+                    let passed =
+                        switch s {
+                        case .ordered: friend != nil
+                        case .installed: info?.installedAt != nil
+                        case .activated: info?.activatedAt != nil
+                        default: false
+                        }
+                    if passed {
+                        emitStatus(b, friend, from: from, to: s, reason: nil, seq: seq)
+                        from = s
+                        seq += 1
                     }
-                    if passed { emitStatus(b, friend, from: from, to: s, reason: nil, seq: seq); from = s; seq += 1 }
                 }
             }
             if stage == .rewarded, from != .qualified, !newlyIssued.isEmpty {
                 emitStatus(b, friend, from: from, to: .qualified, reason: nil, seq: seq)
-                from = .qualified; seq += 1
+                from = .qualified
+                seq += 1
             }
-            emitStatus(b, friend, from: from, to: stage, reason: stage.isEnd ? (reason ?? "unspecified") : nil, seq: seq)
+            emitStatus(
+                b, friend, from: from, to: stage, reason: stage.isEnd ? (reason ?? "unspecified") : nil, seq: seq)
         }
-        for g in newlyIssued { emit(.rewardIssued(g)); issued[g.rewardId] = g }
-        for r in reversals { emit(.rewardReversed(r)); reversed.insert(r.rewardId) }
+        for g in newlyIssued {
+            emit(.rewardIssued(g))
+            issued[g.rewardId] = g
+        }
+        for r in reversals {
+            emit(.rewardReversed(r))
+            reversed.insert(r.rewardId)
+        }
 
         // The budget: an issued reward commits its amount in its milestone's month; one in its
         // hold (or waiting out arrears) commits what it would be paid, unless the referrer's cap
         // already withholds it. A referral without a milestone inside its window commits nothing.
-        let milestone = idx.milestone(p.qualify.milestone, of: friend).flatMap { $0 <= lead.at + p.attributionWindow ? $0 : nil }
+        let milestone = idx.milestone(p.qualify.milestone, of: friend).flatMap {
+            $0 <= lead.at + p.attributionWindow ? $0 : nil
+        }
         var commitments: [Commitment] = []
         if let m = milestone {
             let inHold = if case .pending = verdict { true } else { false }
             let capped = (competition.capEarlier[b.leadId] ?? 0) >= p.limits.maxRewardsPerReferrerPerYear
             for g in grants {
                 if let sent = issued[g.rewardId] {
-                    commitments.append(Commitment(rewardId: g.rewardId, programId: p.id, month: ProgramBudget.month(of: m),
-                                                  currency: sent.currency, amountMinor: sent.amountMinor, issued: true))
+                    commitments.append(
+                        Commitment(
+                            rewardId: g.rewardId, programId: p.id, month: ProgramBudget.month(of: m),
+                            currency: sent.currency, amountMinor: sent.amountMinor, issued: true))
                 } else if heldByPause.contains(g.rewardId) || (inHold && !(capped && g.beneficiary == .referrer)) {
-                    commitments.append(Commitment(rewardId: g.rewardId, programId: p.id, month: ProgramBudget.month(of: m),
-                                                  currency: g.currency, amountMinor: g.amountMinor, issued: false))
+                    commitments.append(
+                        Commitment(
+                            rewardId: g.rewardId, programId: p.id, month: ProgramBudget.month(of: m),
+                            currency: g.currency, amountMinor: g.amountMinor, issued: false))
                 }
             }
         }
         var rewardViews: [RewardView] = []
         for g in grants {
             let status = fulfil(g)
-            rewardViews.append(RewardView(rewardId: g.rewardId, beneficiary: g.beneficiary, accountId: issued[g.rewardId]?.accountId ?? g.accountId,
-                                          amountMinor: issued[g.rewardId]?.amountMinor ?? g.amountMinor, currency: g.currency,
-                                          status: status, note: notes[g.rewardId] ?? (status == .reversed ? finalNegative : nil)))
+            rewardViews.append(
+                RewardView(
+                    rewardId: g.rewardId, beneficiary: g.beneficiary,
+                    accountId: issued[g.rewardId]?.accountId ?? g.accountId,
+                    amountMinor: issued[g.rewardId]?.amountMinor ?? g.amountMinor, currency: g.currency,
+                    status: status, note: notes[g.rewardId] ?? (status == .reversed ? finalNegative : nil)))
         }
-        return ReferralView(referralId: b.referralId, leadId: b.leadId, referrerAccountId: b.referrerAccountId, friendAccountId: friend,
-                            programId: p.id, programVersion: b.programVersion, stage: stage, reason: reason, rule: why.rule,
-                            explanation: why.text, inputs: why.inputs, qualifiedAt: qualifiedAt, rewards: rewardViews,
-                            commitments: commitments)
+        return ReferralView(
+            referralId: b.referralId, leadId: b.leadId, referrerAccountId: b.referrerAccountId, friendAccountId: friend,
+            programId: p.id, programVersion: b.programVersion, stage: stage, reason: reason, rule: why.rule,
+            explanation: why.text, inputs: why.inputs, qualifiedAt: qualifiedAt, rewards: rewardViews,
+            commitments: commitments)
     }
 
     /// The way forward, in order; the end stages are not on it.
     static let forward: [Stage] = [.lead, .ordered, .installed, .activated, .qualified, .rewarded]
 
-    mutating func emitStatus(_ b: ReferralBinding, _ friend: String?, from: Stage?, to: Stage, reason: String?, seq: Int) {
-        emit(.statusChanged(StatusChange(referralId: b.referralId, referrerAccountId: b.referrerAccountId, leadId: b.leadId,
-                                         friendAccountId: friend, from: from, to: to, reason: reason, sequence: seq)))
+    mutating func emitStatus(
+        _ b: ReferralBinding, _ friend: String?, from: Stage?, to: Stage, reason: String?, seq: Int
+    ) {
+        emit(
+            .statusChanged(
+                StatusChange(
+                    referralId: b.referralId, referrerAccountId: b.referrerAccountId, leadId: b.leadId,
+                    friendAccountId: friend, from: from, to: to, reason: reason, sequence: seq)))
         lastStatus[b.referralId] = (to, reason, seq)
     }
 
@@ -608,9 +692,10 @@ private struct Decider {
         let rule = who == .referrer ? p.referrerReward : p.friendReward.asReward
         let plans = friend.flatMap { idx.accounts[$0] }?.firstPlans ?? []
         let (kind, amount) = (rule.kind, rule.amount(plans: plans))
-        return RewardGrant(rewardId: rewardId(referralId: b.referralId, beneficiary: who), referralId: b.referralId,
-                           accountId: who == .referrer ? b.referrerAccountId : (friend ?? ""), beneficiary: who,
-                           kind: kind, amountMinor: amount, currency: p.currency, programId: p.id)
+        return RewardGrant(
+            rewardId: rewardId(referralId: b.referralId, beneficiary: who), referralId: b.referralId,
+            accountId: who == .referrer ? b.referrerAccountId : (friend ?? ""), beneficiary: who,
+            kind: kind, amountMinor: amount, currency: p.currency, programId: p.id)
     }
 
     // MARK: The rules, on fact times
@@ -624,7 +709,9 @@ private struct Decider {
         // (more facts = more households, earlier competitors, more leads that day), so a
         // rejection never has to be revived; precedence makes the reason order-independent too.
         if let cancelled = idx.accounts[referrer]?.cancelledAt, cancelled <= lead.at {
-            why.say("codes.cancelled_referrer", "The referrer's account was cancelled before the lead; its code no longer attributes leads.")
+            why.say(
+                "codes.cancelled_referrer",
+                "The referrer's account was cancelled before the lead; its code no longer attributes leads.")
             why.add("referrer_cancelled_at", cancelled)
             return .rejected(reason: "referrer_cancelled")
         }
@@ -650,12 +737,18 @@ private struct Decider {
             }
         }
         if let rank = competition.codeDayEarlier[b.leadId], rank >= p.limits.maxLeadsPerCodePerDay {
-            why.say("limits.max_leads_per_code_per_day", "This lead came after \(p.limits.maxLeadsPerCodePerDay) others with this code on its UTC day (by lead time); the limit is \(p.limits.maxLeadsPerCodePerDay).")
+            why.say(
+                "limits.max_leads_per_code_per_day",
+                "This lead came after \(p.limits.maxLeadsPerCodePerDay) others with this code on its UTC day (by lead time); the limit is \(p.limits.maxLeadsPerCodePerDay)."
+            )
             return .rejected(reason: "too_many_leads")
         }
         for key in idx.friendKeys(b.leadId) {
             if let winner = competition.claimWinners[key], winner.leadId != b.leadId {
-                why.say("one_referrer_per_friend", "An earlier lead (\(winner.leadId)) reached the same friend (\(key.hasPrefix("a:") ? "account" : "household")); the earliest lead by time claims the friend, whatever becomes of it.")
+                why.say(
+                    "one_referrer_per_friend",
+                    "An earlier lead (\(winner.leadId)) reached the same friend (\(key.hasPrefix("a:") ? "account" : "household")); the earliest lead by time claims the friend, whatever becomes of it."
+                )
                 why.add("winning_lead", winner.leadId)
                 why.add("winning_lead_at", winner.at)
                 return .rejected(reason: "already_referred")
@@ -683,9 +776,11 @@ private struct Decider {
                 return .lost(reason: "cancelled_before_qualifying")
             }
             if now >= windowEnd || milestone != nil {
-                why.say("attribution_window", milestone == nil
-                    ? "No \(p.qualify.milestone.rawValue) within \(p.attributionWindow) of the lead. A late fact dated inside the window would still revive it."
-                    : "\(p.qualify.milestone.rawValue) came after the \(p.attributionWindow) attribution window.")
+                why.say(
+                    "attribution_window",
+                    milestone == nil
+                        ? "No \(p.qualify.milestone.rawValue) within \(p.attributionWindow) of the lead. A late fact dated inside the window would still revive it."
+                        : "\(p.qualify.milestone.rawValue) came after the \(p.attributionWindow) attribution window.")
                 return .expired(reason: milestone == nil ? "no_milestone_in_window" : "milestone_after_window")
             }
             why.say("attribution_window", "Waiting for \(p.qualify.milestone.rawValue) until the window ends.")
@@ -695,7 +790,9 @@ private struct Decider {
         let holdEnd = m + p.qualify.hold
         why.add("hold_end", holdEnd)
         if let c = cancelled, c <= holdEnd {
-            why.say("qualify.hold", "The friend cancelled before the \(p.qualify.hold) hold after \(p.qualify.milestone.rawValue) ended.")
+            why.say(
+                "qualify.hold",
+                "The friend cancelled before the \(p.qualify.hold) hold after \(p.qualify.milestone.rawValue) ended.")
             return .lost(reason: "cancelled_before_qualifying")
         }
 
@@ -709,7 +806,9 @@ private struct Decider {
             arrears.append((start, end))
         }
         var guardCount = 0
-        while let t = q, let hit = arrears.first(where: { $0.start <= t && ($0.end.map { t < $0 } ?? true) }), guardCount <= arrears.count {
+        while let t = q, let hit = arrears.first(where: { $0.start <= t && ($0.end.map { t < $0 } ?? true) }),
+            guardCount <= arrears.count
+        {
             q = hit.end
             guardCount += 1
         }
@@ -723,7 +822,9 @@ private struct Decider {
                 why.say("arrears", "The friend was still in arrears when the window closed.")
                 return .expired(reason: "in_arrears_past_window")
             }
-            why.say("arrears", "The hold is over but the friend is in arrears; qualification resumes once paid, until \(deadline).")
+            why.say(
+                "arrears",
+                "The hold is over but the friend is in arrears; qualification resumes once paid, until \(deadline).")
             return .pending(stage: stage, wake: deadline)
         }
         let qualifiesAt = q!
@@ -733,7 +834,9 @@ private struct Decider {
             return .lost(reason: "cancelled_in_arrears")
         }
         if qualifiesAt > now {
-            why.say(qualifiesAt == holdEnd ? "qualify.hold" : "arrears", "Qualifies at \(qualifiesAt) if the friend is still a customer and not in arrears.")
+            why.say(
+                qualifiesAt == holdEnd ? "qualify.hold" : "arrears",
+                "Qualifies at \(qualifiesAt) if the friend is still a customer and not in arrears.")
             return .pending(stage: stage, wake: qualifiesAt)
         }
 
@@ -744,15 +847,27 @@ private struct Decider {
         // which would need a second reward id for the same (referral, beneficiary).
         let earlier = competition.capEarlier[b.leadId] ?? 0
         let capped = earlier >= p.limits.maxRewardsPerReferrerPerYear
-        why.add("referrer_slot_in_year", capped ? "past \(p.limits.maxRewardsPerReferrerPerYear)"
-                                                : "\(earlier + 1) of \(p.limits.maxRewardsPerReferrerPerYear)")
+        why.add(
+            "referrer_slot_in_year",
+            capped
+                ? "past \(p.limits.maxRewardsPerReferrerPerYear)"
+                : "\(earlier + 1) of \(p.limits.maxRewardsPerReferrerPerYear)")
         let clawed = cancelled.map { $0 > qualifiesAt && $0 <= qualifiesAt + p.clawbackWindow } ?? false
         if clawed {
-            why.say("clawback", "The friend cancelled within the \(p.clawbackWindow) clawback window after qualifying; clawback mode \(p.clawback.rawValue).")
+            why.say(
+                "clawback",
+                "The friend cancelled within the \(p.clawbackWindow) clawback window after qualifying; clawback mode \(p.clawback.rawValue)."
+            )
         } else if capped {
-            why.say("limits.max_rewards_per_referrer_per_year", "Qualified; the referrer already had \(p.limits.maxRewardsPerReferrerPerYear) referrals reach their milestone this year, so only the friend is rewarded.")
+            why.say(
+                "limits.max_rewards_per_referrer_per_year",
+                "Qualified; the referrer already had \(p.limits.maxRewardsPerReferrerPerYear) referrals reach their milestone this year, so only the friend is rewarded."
+            )
         } else {
-            why.say("qualify", "Qualified at \(qualifiesAt): \(p.qualify.milestone.rawValue) inside the window, \(p.qualify.hold) hold served, not in arrears.")
+            why.say(
+                "qualify",
+                "Qualified at \(qualifiesAt): \(p.qualify.milestone.rawValue) inside the window, \(p.qualify.hold) hold served, not in arrears."
+            )
         }
         return .qualified(at: qualifiesAt, referrerCapped: capped, clawedBack: clawed)
     }
@@ -766,11 +881,15 @@ private struct Decider {
         if reversed.contains(g.rewardId) { return .reversed }
         var status = RewardStatus.issued
         let applications = idx.applied[g.rewardId] ?? []
-        for a in applications.sorted(by: { ($0.accountId, $0.amountMinor, $0.currency) < ($1.accountId, $1.amountMinor, $1.currency) }) {
+        for a in applications.sorted(by: {
+            ($0.accountId, $0.amountMinor, $0.currency) < ($1.accountId, $1.amountMinor, $1.currency)
+        }) {
             if a.accountId == sent.accountId && a.amountMinor == sent.amountMinor && a.currency == sent.currency {
                 status = .applied
             } else {
-                emit(.rewardMismatch(rewardId: g.rewardId, accountId: a.accountId, amountMinor: a.amountMinor, currency: a.currency))
+                emit(
+                    .rewardMismatch(
+                        rewardId: g.rewardId, accountId: a.accountId, amountMinor: a.amountMinor, currency: a.currency))
             }
         }
         if status == .applied {
@@ -786,7 +905,10 @@ private struct Decider {
         var done = retries[g.rewardId] ?? 0
         while done < min(rejections.count, maxRetries) {
             let due = rejections[done].at + input.policy.backoff(afterFailure: done + 1)
-            guard due <= now else { noteWake(due); break }
+            guard due <= now else {
+                noteWake(due)
+                break
+            }
             done += 1
             emit(.rewardRetried(sent, attempt: done))
             retries[g.rewardId] = done

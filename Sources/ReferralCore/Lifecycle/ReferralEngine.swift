@@ -49,8 +49,10 @@ public struct ReferralEngine: Sendable {
     ///     replay passes the codes that were actually issued, a test a deterministic function.
     ///   - firstReferralNumber: referral ids are `ref-<n>` in order of first sight, as the store's
     ///     sequence gives them.
-    public init(programs: [Program], start: Instant, policy: LifecyclePolicy = .init(), firstReferralNumber: Int = 3001,
-                mode: Mode = .oracle, codeFor: @escaping @Sendable (String) -> String) {
+    public init(
+        programs: [Program], start: Instant, policy: LifecyclePolicy = .init(), firstReferralNumber: Int = 3001,
+        mode: Mode = .oracle, codeFor: @escaping @Sendable (String) -> String
+    ) {
         self.mode = mode
         self.now = start
         self.policy = policy
@@ -68,8 +70,9 @@ public struct ReferralEngine: Sendable {
             current[p.segment] = p
             let known = versions[p.id] ?? []
             if known.contains(where: { $0.stored.canonical == p.canonicalForm }) { continue }
-            let stored = StoredProgramVersion(version: known.count + 1, canonical: p.canonicalForm,
-                                              effectiveFrom: p.effectiveFrom ?? now, registeredAt: now)
+            let stored = StoredProgramVersion(
+                version: known.count + 1, canonical: p.canonicalForm,
+                effectiveFrom: p.effectiveFrom ?? now, registeredAt: now)
             versions[p.id, default: []].append((p, stored))
         }
     }
@@ -108,13 +111,15 @@ public struct ReferralEngine: Sendable {
         if case .customerErased(let account, _) = fact {
             // Right to erasure: household and contact go; ids, times and amounts are the ledger.
             erased.insert(account)
-            let linkedLeads = Set(facts.compactMap { f -> String? in
-                if case .orderPlaced(let lead, account, _) = f { return lead } else { return nil }
-            })
+            let linkedLeads = Set(
+                facts.compactMap { f -> String? in
+                    if case .orderPlaced(let lead, account, _) = f { return lead } else { return nil }
+                })
             facts = facts.map { f in
                 switch f {
                 case .serviceActivated(account, _, _, _, _): return f.withoutPersonalData
-                case .leadCreated(let lead, _, _, _, _, _) where linkedLeads.contains(lead): return f.withoutPersonalData
+                case .leadCreated(let lead, _, _, _, _, _) where linkedLeads.contains(lead):
+                    return f.withoutPersonalData
                 default: return f
                 }
             }
@@ -134,9 +139,11 @@ public struct ReferralEngine: Sendable {
         // The oracle decides every referral (its ranks come from all of them); the incremental
         // path only the held ones, with ranks from the standings, as the command does.
         let deciding = mode == .oracle ? referrals : referrals.filter { held.contains($0.referralId) }
-        let d = Lifecycle.decide(LifecycleInput(facts: facts, referrals: deciding, recorded: recorded, now: now, policy: policy,
-                                                explain: false, competition: mode == .incremental ? table.competition(for: deciding) : nil,
-                                                pausedPrograms: pausedPrograms))
+        let d = Lifecycle.decide(
+            LifecycleInput(
+                facts: facts, referrals: deciding, recorded: recorded, now: now, policy: policy,
+                explain: false, competition: mode == .incremental ? table.competition(for: deciding) : nil,
+                pausedPrograms: pausedPrograms))
         if mode == .oracle {
             nextWakeup = d.nextWakeup
         } else {
@@ -163,8 +170,10 @@ public struct ReferralEngine: Sendable {
 
     /// The derived state of every referral now, without recording anything.
     public func state() -> Decision {
-        Lifecycle.decide(LifecycleInput(facts: facts, referrals: referrals, recorded: recorded, now: now, policy: policy,
-                                        pausedPrograms: pausedPrograms))
+        Lifecycle.decide(
+            LifecycleInput(
+                facts: facts, referrals: referrals, recorded: recorded, now: now, policy: policy,
+                pausedPrograms: pausedPrograms))
     }
 
     public func explain(referralId: String) -> ReferralView? {
@@ -181,8 +190,10 @@ public struct ReferralEngine: Sendable {
             let d: Decision
             switch mode {
             case .oracle:
-                d = Lifecycle.decide(LifecycleInput(facts: facts, referrals: referrals, recorded: recorded, now: now,
-                                                    policy: policy, explain: false, pausedPrograms: pausedPrograms))
+                d = Lifecycle.decide(
+                    LifecycleInput(
+                        facts: facts, referrals: referrals, recorded: recorded, now: now,
+                        policy: policy, explain: false, pausedPrograms: pausedPrograms))
                 nextWakeup = d.nextWakeup
             case .incremental:
                 d = decideIncrementally(fresh: fresh, bound: bound)
@@ -193,7 +204,11 @@ public struct ReferralEngine: Sendable {
             var issuedCode = false
             for request in d.codeRequests {
                 guard let program = current[request.segment] else { continue }
-                record([.codeIssued(accountId: request.accountId, code: codeFor(request.accountId), programId: program.id)], into: &out)
+                record(
+                    [
+                        .codeIssued(
+                            accountId: request.accountId, code: codeFor(request.accountId), programId: program.id)
+                    ], into: &out)
                 issuedCode = true
             }
             if !issuedCode { break }
@@ -205,17 +220,20 @@ public struct ReferralEngine: Sendable {
         let programOf = Dictionary(referrals.map { ($0.referralId, $0.program.id) }, uniquingKeysWith: { a, _ in a })
         let newlyIssued = Set(d.effects.compactMap { if case .rewardIssued(let g) = $0 { g.rewardId } else { nil } })
         let views = d.referrals.filter { ProgramBudget.needsKeptCommitments($0, newlyIssued: newlyIssued) }
-        let changes = ProgramBudget.changes(views: views, stored: commitments, reversals: d.effects.compactMap {
-            guard case .rewardReversed(let r) = $0, let program = programOf[r.referralId] else { return nil }
-            return (program, r.currency, r.amountMinor)
-        }, now: now)
+        let changes = ProgramBudget.changes(
+            views: views, stored: commitments,
+            reversals: d.effects.compactMap {
+                guard case .rewardReversed(let r) = $0, let program = programOf[r.referralId] else { return nil }
+                return (program, r.currency, r.amountMinor)
+            }, now: now)
         for (referral, id) in changes.deletes { commitments[referral]?.removeAll { $0.rewardId == id } }
         for (referral, c) in changes.upserts {
             commitments[referral] = (commitments[referral] ?? []).filter { $0.rewardId != c.rewardId } + [c]
         }
         for delta in changes.deltas {
-            budgetCounters[BudgetDelta(programId: delta.programId, month: delta.month, currency: delta.currency, amountMinor: 0),
-                           default: 0] += delta.amountMinor
+            budgetCounters[
+                BudgetDelta(programId: delta.programId, month: delta.month, currency: delta.currency, amountMinor: 0),
+                default: 0] += delta.amountMinor
         }
     }
 
@@ -234,9 +252,11 @@ public struct ReferralEngine: Sendable {
         for lead in Lifecycle.leadsToBind(facts: facts, codes: Lifecycle.codes(in: recorded), bound: bound) {
             let known = versions[lead.programId] ?? []
             guard let chosen = ProgramVersions.inForce(known.map(\.stored), at: lead.at) else { continue }
-            fresh.append(ReferralBinding(referralId: "ref-\(nextReferralNumber)", leadId: lead.leadId, code: lead.code,
-                                         referrerAccountId: lead.referrerAccountId, program: known[chosen.version - 1].program,
-                                         programVersion: chosen.version))
+            fresh.append(
+                ReferralBinding(
+                    referralId: "ref-\(nextReferralNumber)", leadId: lead.leadId, code: lead.code,
+                    referrerAccountId: lead.referrerAccountId, program: known[chosen.version - 1].program,
+                    programVersion: chosen.version))
             nextReferralNumber += 1
         }
         referrals += fresh
@@ -253,22 +273,27 @@ public struct ReferralEngine: Sendable {
         // another account: those standings change too (the worker's batch does the same).
         let erased = Set(fresh.compactMap { if case .customerErased(let a, _) = $0 { a } else { nil } })
         if !erased.isEmpty {
-            let leads = Set(facts.compactMap { if case .orderPlaced(let l, let a, _) = $0, erased.contains(a) { l } else { nil } })
+            let leads = Set(
+                facts.compactMap { if case .orderPlaced(let l, let a, _) = $0, erased.contains(a) { l } else { nil } })
             touched.formUnion(referrals.filter { leads.contains($0.leadId) }.map(\.referralId))
         }
         let standings = Lifecycle.standings(facts: facts, referrals: touched.sorted().compactMap { byId[$0] })
         let changes = standings.map { (old: table.upsert($0), new: $0) }
         let programs = referrals.map(\.program)
         var targets = touched
-        let queries = Lifecycle.boundaries(changes: changes, leadLimits: Set(programs.map(\.limits.maxLeadsPerCodePerDay)),
-                                           capLimits: Set(programs.map(\.limits.maxRewardsPerReferrerPerYear)))
+        let queries =
+            Lifecycle.boundaries(
+                changes: changes, leadLimits: Set(programs.map(\.limits.maxLeadsPerCodePerDay)),
+                capLimits: Set(programs.map(\.limits.maxRewardsPerReferrerPerYear)))
             + Lifecycle.referrerBoundaries(fresh)
         for q in queries { targets.formUnion(table.resolve(q)) }
         for (id, w) in wakeups where w <= now { targets.insert(id) }
         let deciding = targets.sorted().compactMap { byId[$0] }
-        let d = Lifecycle.decide(LifecycleInput(facts: facts, referrals: deciding, recorded: recorded, now: now, policy: policy,
-                                                explain: false, competition: table.competition(for: deciding),
-                                                pausedPrograms: pausedPrograms))
+        let d = Lifecycle.decide(
+            LifecycleInput(
+                facts: facts, referrals: deciding, recorded: recorded, now: now, policy: policy,
+                explain: false, competition: table.competition(for: deciding),
+                pausedPrograms: pausedPrograms))
         for id in targets { wakeups[id] = d.wakeups[id] }
         nextWakeup = wakeups.values.min()
         return d

@@ -37,7 +37,10 @@ public struct AskBudgetHold: Hashable, Sendable {
     public var turn: Instant
     /// The account's spread release time, at or after `turn`.
     public var release: Instant
-    public init(turn: Instant, release: Instant) { self.turn = turn; self.release = release }
+    public init(turn: Instant, release: Instant) {
+        self.turn = turn
+        self.release = release
+    }
 
     /// When an ask expiring at `expires` is looked at again: the account's release, or earlier
     /// (not before the turn) when the ask would be stale by then.
@@ -61,9 +64,14 @@ public struct Commitment: Hashable, Sendable {
     /// months when a late fact moves the milestone), and it stays even if reversed later.
     public var issued: Bool
 
-    public init(rewardId: String, programId: String, month: Instant, currency: String, amountMinor: Int64, issued: Bool) {
-        self.rewardId = rewardId; self.programId = programId; self.month = month
-        self.currency = currency; self.amountMinor = amountMinor; self.issued = issued
+    public init(rewardId: String, programId: String, month: Instant, currency: String, amountMinor: Int64, issued: Bool)
+    {
+        self.rewardId = rewardId
+        self.programId = programId
+        self.month = month
+        self.currency = currency
+        self.amountMinor = amountMinor
+        self.issued = issued
     }
 }
 
@@ -74,7 +82,10 @@ public struct BudgetDelta: Hashable, Sendable {
     public var currency: String
     public var amountMinor: Int64
     public init(programId: String, month: Instant, currency: String, amountMinor: Int64) {
-        self.programId = programId; self.month = month; self.currency = currency; self.amountMinor = amountMinor
+        self.programId = programId
+        self.month = month
+        self.currency = currency
+        self.amountMinor = amountMinor
     }
 }
 
@@ -87,7 +98,8 @@ public struct CommitmentChanges: Sendable, Equatable {
     public var deltas: [BudgetDelta] = []
 
     public static func == (a: CommitmentChanges, b: CommitmentChanges) -> Bool {
-        a.upserts.map(\.referralId) == b.upserts.map(\.referralId) && a.upserts.map(\.commitment) == b.upserts.map(\.commitment)
+        a.upserts.map(\.referralId) == b.upserts.map(\.referralId)
+            && a.upserts.map(\.commitment) == b.upserts.map(\.commitment)
             && a.deletes.map(\.referralId) == b.deletes.map(\.referralId)
             && a.deletes.map(\.rewardId) == b.deletes.map(\.rewardId) && a.deltas == b.deltas
     }
@@ -112,20 +124,27 @@ extension ProgramBudget {
     /// in line with their decisions, plus the newly recorded reversals (each lowers the month of
     /// `now`). Issued rows never change: money promised stays in the month it was promised in,
     /// whatever a late fact later says of the milestone; its reversal is what lowers a month.
-    public static func changes(views: [ReferralView], stored: [String: [Commitment]],
-                               reversals: [(programId: String, currency: String, amountMinor: Int64)],
-                               now: Instant) -> CommitmentChanges {
+    public static func changes(
+        views: [ReferralView], stored: [String: [Commitment]],
+        reversals: [(programId: String, currency: String, amountMinor: Int64)],
+        now: Instant
+    ) -> CommitmentChanges {
         var out = CommitmentChanges()
         var raw: [BudgetDelta] = reversals.map {
-            BudgetDelta(programId: $0.programId, month: month(of: now), currency: $0.currency, amountMinor: -$0.amountMinor)
+            BudgetDelta(
+                programId: $0.programId, month: month(of: now), currency: $0.currency, amountMinor: -$0.amountMinor)
         }
         func add(_ c: Commitment, _ sign: Int64) {
-            raw.append(BudgetDelta(programId: c.programId, month: c.month, currency: c.currency, amountMinor: sign * c.amountMinor))
+            raw.append(
+                BudgetDelta(
+                    programId: c.programId, month: c.month, currency: c.currency, amountMinor: sign * c.amountMinor))
         }
         for view in views {
-            let kept = Dictionary((stored[view.referralId] ?? []).map { ($0.rewardId, $0) }, uniquingKeysWith: { a, _ in a })
+            let kept = Dictionary(
+                (stored[view.referralId] ?? []).map { ($0.rewardId, $0) }, uniquingKeysWith: { a, _ in a })
             let wanted = Set(view.commitments.map(\.rewardId))
-            for old in kept.values.sorted(by: { $0.rewardId < $1.rewardId }) where !old.issued && !wanted.contains(old.rewardId) {
+            for old in kept.values.sorted(by: { $0.rewardId < $1.rewardId })
+            where !old.issued && !wanted.contains(old.rewardId) {
                 out.deletes.append((view.referralId, old.rewardId))
                 add(old, -1)
             }
@@ -138,9 +157,16 @@ extension ProgramBudget {
             }
         }
         var sums: [BudgetDelta: Int64] = [:]
-        for d in raw { sums[BudgetDelta(programId: d.programId, month: d.month, currency: d.currency, amountMinor: 0), default: 0] += d.amountMinor }
+        for d in raw {
+            sums[
+                BudgetDelta(programId: d.programId, month: d.month, currency: d.currency, amountMinor: 0), default: 0] +=
+                d.amountMinor
+        }
         out.deltas = sums.filter { $0.value != 0 }
-            .map { BudgetDelta(programId: $0.key.programId, month: $0.key.month, currency: $0.key.currency, amountMinor: $0.value) }
+            .map {
+                BudgetDelta(
+                    programId: $0.key.programId, month: $0.key.month, currency: $0.key.currency, amountMinor: $0.value)
+            }
             .sorted { ($0.programId, $0.month, $0.currency) < ($1.programId, $1.month, $1.currency) }
         return out
     }

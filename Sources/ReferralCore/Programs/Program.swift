@@ -31,17 +31,30 @@ public struct Program: Hashable, Sendable, Codable {
     /// that every instance agrees on it and a restart does not move it.
     public var effectiveFrom: Instant?
 
-    public init(id: String, segment: Segment, currency: String, shareURL: String, friendOfferText: String,
-                referrerReward: Reward, friendReward: FriendReward, qualify: Qualify,
-                attributionWindow: Span, clawbackWindow: Span, clawback: ClawbackMode,
-                limits: Limits, fraud: Fraud, asks: Asks, followup: Followup, budget: Budget? = nil,
-                effectiveFrom: Instant? = nil) {
-        self.id = id; self.segment = segment; self.currency = currency; self.shareURL = shareURL
-        self.friendOfferText = friendOfferText; self.referrerReward = referrerReward
-        self.friendReward = friendReward; self.qualify = qualify
-        self.attributionWindow = attributionWindow; self.clawbackWindow = clawbackWindow
-        self.clawback = clawback; self.limits = limits; self.fraud = fraud; self.asks = asks
-        self.followup = followup; self.budget = budget; self.effectiveFrom = effectiveFrom
+    public init(
+        id: String, segment: Segment, currency: String, shareURL: String, friendOfferText: String,
+        referrerReward: Reward, friendReward: FriendReward, qualify: Qualify,
+        attributionWindow: Span, clawbackWindow: Span, clawback: ClawbackMode,
+        limits: Limits, fraud: Fraud, asks: Asks, followup: Followup, budget: Budget? = nil,
+        effectiveFrom: Instant? = nil
+    ) {
+        self.id = id
+        self.segment = segment
+        self.currency = currency
+        self.shareURL = shareURL
+        self.friendOfferText = friendOfferText
+        self.referrerReward = referrerReward
+        self.friendReward = friendReward
+        self.qualify = qualify
+        self.attributionWindow = attributionWindow
+        self.clawbackWindow = clawbackWindow
+        self.clawback = clawback
+        self.limits = limits
+        self.fraud = fraud
+        self.asks = asks
+        self.followup = followup
+        self.budget = budget
+        self.effectiveFrom = effectiveFrom
     }
 
     public struct Reward: Hashable, Sendable, Codable {
@@ -51,9 +64,15 @@ public struct Program: Hashable, Sendable, Codable {
         /// gets `amountMinor`.
         public var byPlan: [String: Int64]
         public init(kind: RewardKind, amountMinor: Int64, byPlan: [String: Int64] = [:]) {
-            self.kind = kind; self.amountMinor = amountMinor; self.byPlan = byPlan
+            self.kind = kind
+            self.amountMinor = amountMinor
+            self.byPlan = byPlan
         }
-        enum CodingKeys: String, CodingKey { case kind, amountMinor = "amount_minor", byPlan = "by_plan" }
+        enum CodingKeys: String, CodingKey {
+            case kind
+            case amountMinor = "amount_minor"
+            case byPlan = "by_plan"
+        }
         // Versions stored before `by_plan` existed have no such key.
         public init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -76,10 +95,16 @@ public struct Program: Hashable, Sendable, Codable {
         public var priorityInstall: Bool
         public var byPlan: [String: Int64]
         public init(kind: RewardKind, amountMinor: Int64, priorityInstall: Bool, byPlan: [String: Int64] = [:]) {
-            self.kind = kind; self.amountMinor = amountMinor; self.priorityInstall = priorityInstall; self.byPlan = byPlan
+            self.kind = kind
+            self.amountMinor = amountMinor
+            self.priorityInstall = priorityInstall
+            self.byPlan = byPlan
         }
         enum CodingKeys: String, CodingKey {
-            case kind, amountMinor = "amount_minor", priorityInstall = "priority_install", byPlan = "by_plan"
+            case kind
+            case amountMinor = "amount_minor"
+            case priorityInstall = "priority_install"
+            case byPlan = "by_plan"
         }
         public init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -95,15 +120,24 @@ public struct Program: Hashable, Sendable, Codable {
     public struct Budget: Hashable, Sendable, Codable {
         public var monthlyMinor: Int64
         public var pauseAsksAt: Double
-        public init(monthlyMinor: Int64, pauseAsksAt: Double) { self.monthlyMinor = monthlyMinor; self.pauseAsksAt = pauseAsksAt }
-        enum CodingKeys: String, CodingKey { case monthlyMinor = "monthly_minor", pauseAsksAt = "pause_asks_at" }
+        public init(monthlyMinor: Int64, pauseAsksAt: Double) {
+            self.monthlyMinor = monthlyMinor
+            self.pauseAsksAt = pauseAsksAt
+        }
+        enum CodingKeys: String, CodingKey {
+            case monthlyMinor = "monthly_minor"
+            case pauseAsksAt = "pause_asks_at"
+        }
     }
 
     public struct Qualify: Hashable, Sendable, Codable {
         public var milestone: Milestone
         /// The friend must still be a customer this long after the milestone.
         public var hold: Span
-        public init(milestone: Milestone, hold: Span) { self.milestone = milestone; self.hold = hold }
+        public init(milestone: Milestone, hold: Span) {
+            self.milestone = milestone
+            self.hold = hold
+        }
         enum CodingKeys: String, CodingKey { case milestone, hold }
         public init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -134,10 +168,12 @@ public struct Program: Hashable, Sendable, Codable {
         public var rejectSameHousehold: Bool
         public var rejectSameContact: Bool
         public init(rejectSameHousehold: Bool, rejectSameContact: Bool) {
-            self.rejectSameHousehold = rejectSameHousehold; self.rejectSameContact = rejectSameContact
+            self.rejectSameHousehold = rejectSameHousehold
+            self.rejectSameContact = rejectSameContact
         }
         enum CodingKeys: String, CodingKey {
-            case rejectSameHousehold = "reject_same_household", rejectSameContact = "reject_same_contact"
+            case rejectSameHousehold = "reject_same_household"
+            case rejectSameContact = "reject_same_contact"
         }
     }
 
@@ -148,12 +184,18 @@ public struct Program: Hashable, Sendable, Codable {
         public var maxPerYear: Int
         public var periodicEvery: Span
         public init(moments: [AskMoment], delayAfterInstall: Span, minGap: Span, maxPerYear: Int, periodicEvery: Span) {
-            self.moments = moments; self.delayAfterInstall = delayAfterInstall; self.minGap = minGap
-            self.maxPerYear = maxPerYear; self.periodicEvery = periodicEvery
+            self.moments = moments
+            self.delayAfterInstall = delayAfterInstall
+            self.minGap = minGap
+            self.maxPerYear = maxPerYear
+            self.periodicEvery = periodicEvery
         }
         enum CodingKeys: String, CodingKey {
-            case moments, delayAfterInstall = "delay_after_install", minGap = "min_gap"
-            case maxPerYear = "max_per_year", periodicEvery = "periodic_every"
+            case moments
+            case delayAfterInstall = "delay_after_install"
+            case minGap = "min_gap"
+            case maxPerYear = "max_per_year"
+            case periodicEvery = "periodic_every"
         }
         public init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -188,10 +230,17 @@ public struct Program: Hashable, Sendable, Codable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, segment, currency, shareURL = "share_url", friendOfferText = "friend_offer_text"
-        case referrerReward = "referrer_reward", friendReward = "friend_reward", qualify
-        case attributionWindow = "attribution_window", clawbackWindow = "clawback_window", clawback
-        case limits, fraud, asks, followup, budget, effectiveFrom = "effective_from"
+        case id, segment, currency
+        case shareURL = "share_url"
+        case friendOfferText = "friend_offer_text"
+        case referrerReward = "referrer_reward"
+        case friendReward = "friend_reward"
+        case qualify
+        case attributionWindow = "attribution_window"
+        case clawbackWindow = "clawback_window"
+        case clawback
+        case limits, fraud, asks, followup, budget
+        case effectiveFrom = "effective_from"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -214,7 +263,8 @@ public struct Program: Hashable, Sendable, Codable {
         budget = try c.decodeIfPresent(Budget.self, forKey: .budget)
         if let text = try c.decodeIfPresent(String.self, forKey: .effectiveFrom) {
             guard let at = Instant(rfc3339: text) else {
-                throw DecodingError.dataCorruptedError(forKey: .effectiveFrom, in: c, debugDescription: "\"\(text)\" is not an RFC 3339 time")
+                throw DecodingError.dataCorruptedError(
+                    forKey: .effectiveFrom, in: c, debugDescription: "\"\(text)\" is not an RFC 3339 time")
             }
             effectiveFrom = at
         }
@@ -260,7 +310,11 @@ public struct Program: Hashable, Sendable, Codable {
                 case "\\": out += "\\\\"
                 case "\n": out += "\\n"
                 default:
-                    if u.value < 0x20 { out += "\\u{\(String(u.value, radix: 16))}" } else { out.unicodeScalars.append(u) }
+                    if u.value < 0x20 {
+                        out += "\\u{\(String(u.value, radix: 16))}"
+                    } else {
+                        out.unicodeScalars.append(u)
+                    }
                 }
             }
             return out + "\""
@@ -273,37 +327,40 @@ public struct Program: Hashable, Sendable, Codable {
         var added: [String] = []
         if !referrerReward.byPlan.isEmpty { added.append("referrer_reward.by_plan=\(plans(referrerReward.byPlan))") }
         if !friendReward.byPlan.isEmpty { added.append("friend_reward.by_plan=\(plans(friendReward.byPlan))") }
-        if let budget { added.append("budget.monthly_minor=\(budget.monthlyMinor)\nbudget.pause_asks_at=\(budget.pauseAsksAt)") }
+        if let budget {
+            added.append("budget.monthly_minor=\(budget.monthlyMinor)\nbudget.pause_asks_at=\(budget.pauseAsksAt)")
+        }
         // The effective time is part of a version's identity: the same rules declared again from
         // another time are a version of their own (a return to earlier rules after a change).
         if let effectiveFrom { added.append("effective_from=\(effectiveFrom.rfc3339)") }
-        let lines = [
-            "id=\(q(id))",
-            "segment=\(segment.rawValue)",
-            "currency=\(q(currency))",
-            "share_url=\(q(shareURL))",
-            "friend_offer_text=\(q(friendOfferText))",
-            "referrer_reward.kind=\(referrerReward.kind.rawValue)",
-            "referrer_reward.amount_minor=\(referrerReward.amountMinor)",
-            "friend_reward.kind=\(friendReward.kind.rawValue)",
-            "friend_reward.amount_minor=\(friendReward.amountMinor)",
-            "friend_reward.priority_install=\(friendReward.priorityInstall)",
-            "qualify.milestone=\(qualify.milestone.rawValue)",
-            "qualify.hold=\(qualify.hold)",
-            "attribution_window=\(attributionWindow)",
-            "clawback_window=\(clawbackWindow)",
-            "clawback=\(clawback.rawValue)",
-            "limits.max_rewards_per_referrer_per_year=\(limits.maxRewardsPerReferrerPerYear)",
-            "limits.max_leads_per_code_per_day=\(limits.maxLeadsPerCodePerDay)",
-            "fraud.reject_same_household=\(fraud.rejectSameHousehold)",
-            "fraud.reject_same_contact=\(fraud.rejectSameContact)",
-            "asks.moments=[\(asks.moments.map(\.rawValue).joined(separator: ","))]",
-            "asks.delay_after_install=\(asks.delayAfterInstall)",
-            "asks.min_gap=\(asks.minGap)",
-            "asks.max_per_year=\(asks.maxPerYear)",
-            "asks.periodic_every=\(asks.periodicEvery)",
-            "followup.stalled_after=\(followup.stalledAfter)",
-        ] + added
+        let lines =
+            [
+                "id=\(q(id))",
+                "segment=\(segment.rawValue)",
+                "currency=\(q(currency))",
+                "share_url=\(q(shareURL))",
+                "friend_offer_text=\(q(friendOfferText))",
+                "referrer_reward.kind=\(referrerReward.kind.rawValue)",
+                "referrer_reward.amount_minor=\(referrerReward.amountMinor)",
+                "friend_reward.kind=\(friendReward.kind.rawValue)",
+                "friend_reward.amount_minor=\(friendReward.amountMinor)",
+                "friend_reward.priority_install=\(friendReward.priorityInstall)",
+                "qualify.milestone=\(qualify.milestone.rawValue)",
+                "qualify.hold=\(qualify.hold)",
+                "attribution_window=\(attributionWindow)",
+                "clawback_window=\(clawbackWindow)",
+                "clawback=\(clawback.rawValue)",
+                "limits.max_rewards_per_referrer_per_year=\(limits.maxRewardsPerReferrerPerYear)",
+                "limits.max_leads_per_code_per_day=\(limits.maxLeadsPerCodePerDay)",
+                "fraud.reject_same_household=\(fraud.rejectSameHousehold)",
+                "fraud.reject_same_contact=\(fraud.rejectSameContact)",
+                "asks.moments=[\(asks.moments.map(\.rawValue).joined(separator: ","))]",
+                "asks.delay_after_install=\(asks.delayAfterInstall)",
+                "asks.min_gap=\(asks.minGap)",
+                "asks.max_per_year=\(asks.maxPerYear)",
+                "asks.periodic_every=\(asks.periodicEvery)",
+                "followup.stalled_after=\(followup.stalledAfter)",
+            ] + added
         return lines.joined(separator: "\n") + "\n"
     }
 }
@@ -344,7 +401,8 @@ extension KeyedDecodingContainer {
     fileprivate func decodeSpanText(forKey key: Key) throws -> Span {
         let text = try decode(String.self, forKey: key)
         guard let span = Span(text) else {
-            throw DecodingError.dataCorruptedError(forKey: key, in: self, debugDescription: "\"\(text)\" is not a duration with a unit")
+            throw DecodingError.dataCorruptedError(
+                forKey: key, in: self, debugDescription: "\"\(text)\" is not a duration with a unit")
         }
         return span
     }

@@ -20,7 +20,10 @@ public struct ProgramError: Error, Hashable, Sendable, CustomStringConvertible {
     public var message: String
 
     public init(file: String, program: String?, field: String, message: String) {
-        self.file = file; self.program = program; self.field = field; self.message = message
+        self.file = file
+        self.program = program
+        self.field = field
+        self.message = message
     }
 
     public var description: String {
@@ -41,10 +44,13 @@ public func loadPrograms(_ root: ConfigNode, file: String) throws -> [Program] {
     let top = try Fields(root, path: "", allowed: ["programs"], file: file, program: nil)
     let list = try top.required("programs")
     guard case .sequence(let items) = list.node else {
-        throw ProgramError(file: file, program: nil, field: "programs", message: "expected a list of programs, got \(kindName(list.node))")
+        throw ProgramError(
+            file: file, program: nil, field: "programs",
+            message: "expected a list of programs, got \(kindName(list.node))")
     }
     guard !items.isEmpty else {
-        throw ProgramError(file: file, program: nil, field: "programs", message: "is empty: at least one program is needed")
+        throw ProgramError(
+            file: file, program: nil, field: "programs", message: "is empty: at least one program is needed")
     }
     var programs: [Program] = []
     var idAt: [String: Int] = [:]
@@ -53,12 +59,16 @@ public func loadPrograms(_ root: ConfigNode, file: String) throws -> [Program] {
         let path = "programs[\(i)]"
         let program = try readProgram(item, path: path, file: file)
         if let first = idAt[program.id] {
-            throw ProgramError(file: file, program: program.id, field: "\(path).id",
-                               message: "duplicate id \"\(program.id)\" (also programs[\(first)])")
+            throw ProgramError(
+                file: file, program: program.id, field: "\(path).id",
+                message: "duplicate id \"\(program.id)\" (also programs[\(first)])")
         }
         if let owner = segmentOwner[program.segment] {
-            throw ProgramError(file: file, program: program.id, field: "\(path).segment",
-                               message: "segment \"\(program.segment.rawValue)\" already has program \"\(owner)\" (one program per segment)")
+            throw ProgramError(
+                file: file, program: program.id, field: "\(path).segment",
+                message:
+                    "segment \"\(program.segment.rawValue)\" already has program \"\(owner)\" (one program per segment)"
+            )
         }
         idAt[program.id] = i
         segmentOwner[program.segment] = program.id
@@ -67,15 +77,18 @@ public func loadPrograms(_ root: ConfigNode, file: String) throws -> [Program] {
     return programs
 }
 
-private let programKeys = ["id", "segment", "currency", "share_url", "friend_offer_text", "referrer_reward",
-                           "friend_reward", "qualify", "attribution_window", "clawback_window", "clawback",
-                           "limits", "fraud", "asks", "followup", "budget", "effective_from"]
+private let programKeys = [
+    "id", "segment", "currency", "share_url", "friend_offer_text", "referrer_reward",
+    "friend_reward", "qualify", "attribution_window", "clawback_window", "clawback",
+    "limits", "fraud", "asks", "followup", "budget", "effective_from",
+]
 
 private func readProgram(_ node: ConfigNode, path: String, file: String) throws -> Program {
     // The id is read first so that every later error can name the program.
     var name: String?
     if case .mapping(let pairs) = node, let idNode = pairs.first(where: { $0.key == "id" })?.value,
-       case .scalar(let text) = idNode, isId(text) {
+        case .scalar(let text) = idNode, isId(text)
+    {
         name = text
     }
     let f = try Fields(node, path: path, allowed: programKeys, file: file, program: name)
@@ -96,39 +109,49 @@ private func readProgram(_ node: ConfigNode, path: String, file: String) throws 
     let offerText = try f.required("friend_offer_text").string()
 
     let rr = try Fields(f.required("referrer_reward"), allowed: ["kind", "amount_minor", "by_plan"], in: f)
-    let referrerReward = Program.Reward(kind: try rr.required("kind").choice(),
-                                        amountMinor: try rr.required("amount_minor").amount(),
-                                        byPlan: try rr.optional("by_plan")?.byPlan() ?? [:])
+    let referrerReward = Program.Reward(
+        kind: try rr.required("kind").choice(),
+        amountMinor: try rr.required("amount_minor").amount(),
+        byPlan: try rr.optional("by_plan")?.byPlan() ?? [:])
 
-    let fr = try Fields(f.required("friend_reward"), allowed: ["kind", "amount_minor", "priority_install", "by_plan"], in: f)
-    let friendReward = Program.FriendReward(kind: try fr.required("kind").choice(),
-                                            amountMinor: try fr.required("amount_minor").amount(),
-                                            priorityInstall: try fr.required("priority_install").bool(),
-                                            byPlan: try fr.optional("by_plan")?.byPlan() ?? [:])
+    let fr = try Fields(
+        f.required("friend_reward"), allowed: ["kind", "amount_minor", "priority_install", "by_plan"], in: f)
+    let friendReward = Program.FriendReward(
+        kind: try fr.required("kind").choice(),
+        amountMinor: try fr.required("amount_minor").amount(),
+        priorityInstall: try fr.required("priority_install").bool(),
+        byPlan: try fr.optional("by_plan")?.byPlan() ?? [:])
 
     var budget: Program.Budget?
     if let b = f.optional("budget") {
         let bf = try Fields(b, allowed: ["monthly_minor", "pause_asks_at"], in: f)
-        budget = Program.Budget(monthlyMinor: try bf.required("monthly_minor").amount(),
-                                pauseAsksAt: try bf.required("pause_asks_at").fraction())
+        budget = Program.Budget(
+            monthlyMinor: try bf.required("monthly_minor").amount(),
+            pauseAsksAt: try bf.required("pause_asks_at").fraction())
     }
 
     let qf = try Fields(f.required("qualify"), allowed: ["milestone", "hold"], in: f)
-    let qualify = Program.Qualify(milestone: try qf.required("milestone").choice(), hold: try qf.required("hold").span())
+    let qualify = Program.Qualify(
+        milestone: try qf.required("milestone").choice(), hold: try qf.required("hold").span())
 
     let attribution = try f.required("attribution_window").span(positive: true)
     let clawbackWindow = try f.required("clawback_window").span()
     let clawback: ClawbackMode = try f.required("clawback").choice()
 
-    let lf = try Fields(f.required("limits"), allowed: ["max_rewards_per_referrer_per_year", "max_leads_per_code_per_day"], in: f)
-    let limits = Program.Limits(maxRewardsPerReferrerPerYear: try lf.required("max_rewards_per_referrer_per_year").count(min: 1),
-                                maxLeadsPerCodePerDay: try lf.required("max_leads_per_code_per_day").count(min: 1))
+    let lf = try Fields(
+        f.required("limits"), allowed: ["max_rewards_per_referrer_per_year", "max_leads_per_code_per_day"], in: f)
+    let limits = Program.Limits(
+        maxRewardsPerReferrerPerYear: try lf.required("max_rewards_per_referrer_per_year").count(min: 1),
+        maxLeadsPerCodePerDay: try lf.required("max_leads_per_code_per_day").count(min: 1))
 
     let ff = try Fields(f.required("fraud"), allowed: ["reject_same_household", "reject_same_contact"], in: f)
-    let fraud = Program.Fraud(rejectSameHousehold: try ff.required("reject_same_household").bool(),
-                              rejectSameContact: try ff.required("reject_same_contact").bool())
+    let fraud = Program.Fraud(
+        rejectSameHousehold: try ff.required("reject_same_household").bool(),
+        rejectSameContact: try ff.required("reject_same_contact").bool())
 
-    let af = try Fields(f.required("asks"), allowed: ["moments", "delay_after_install", "min_gap", "max_per_year", "periodic_every"], in: f)
+    let af = try Fields(
+        f.required("asks"), allowed: ["moments", "delay_after_install", "min_gap", "max_per_year", "periodic_every"],
+        in: f)
     let momentsField = try af.required("moments")
     guard case .sequence(let momentNodes) = momentsField.node else {
         throw momentsField.fail("expected a list of moments, got \(kindName(momentsField.node))")
@@ -140,11 +163,12 @@ private func readProgram(_ node: ConfigNode, path: String, file: String) throws 
         guard !moments.contains(moment) else { throw item.fail("\"\(moment.rawValue)\" is listed twice") }
         moments.append(moment)
     }
-    let asks = Program.Asks(moments: moments,
-                            delayAfterInstall: try af.required("delay_after_install").span(),
-                            minGap: try af.required("min_gap").span(),
-                            maxPerYear: try af.required("max_per_year").count(min: 0),
-                            periodicEvery: try af.required("periodic_every").span(positive: true))
+    let asks = Program.Asks(
+        moments: moments,
+        delayAfterInstall: try af.required("delay_after_install").span(),
+        minGap: try af.required("min_gap").span(),
+        maxPerYear: try af.required("max_per_year").count(min: 0),
+        periodicEvery: try af.required("periodic_every").span(positive: true))
 
     // Optional, so that files written before versions had times keep working: such a version is
     // in force from when the store first registers it (`Program.effectiveFrom`).
@@ -153,11 +177,12 @@ private func readProgram(_ node: ConfigNode, path: String, file: String) throws 
     let uf = try Fields(f.required("followup"), allowed: ["stalled_after"], in: f)
     let followup = Program.Followup(stalledAfter: try uf.required("stalled_after").span(positive: true))
 
-    return Program(id: id, segment: segment, currency: currency, shareURL: shareURL, friendOfferText: offerText,
-                   referrerReward: referrerReward, friendReward: friendReward, qualify: qualify,
-                   attributionWindow: attribution, clawbackWindow: clawbackWindow, clawback: clawback,
-                   limits: limits, fraud: fraud, asks: asks, followup: followup, budget: budget,
-                   effectiveFrom: effectiveFrom)
+    return Program(
+        id: id, segment: segment, currency: currency, shareURL: shareURL, friendOfferText: offerText,
+        referrerReward: referrerReward, friendReward: friendReward, qualify: qualify,
+        attributionWindow: attribution, clawbackWindow: clawbackWindow, clawback: clawback,
+        limits: limits, fraud: fraud, asks: asks, followup: followup, budget: budget,
+        effectiveFrom: effectiveFrom)
 }
 
 private func isId(_ s: String) -> Bool {
@@ -220,7 +245,9 @@ private struct Field {
     /// `by_plan`: plan ids (printable ASCII, as the contract's ids) to positive amounts; an
     /// error names the plan.
     func byPlan() throws -> [String: Int64] {
-        guard case .mapping(let pairs) = node else { throw fail("expected a mapping of plan id to amount, got \(kindName(node))") }
+        guard case .mapping(let pairs) = node else {
+            throw fail("expected a mapping of plan id to amount, got \(kindName(node))")
+        }
         var out: [String: Int64] = [:]
         for pair in pairs {
             let field = Field(node: pair.value, path: "\(path).\(pair.key)", file: file, program: program)
@@ -279,20 +306,24 @@ private struct Fields {
     let program: String?
 
     init(_ node: ConfigNode, path: String, allowed: [String], file: String, program: String?) throws {
-        self.path = path; self.file = file; self.program = program
+        self.path = path
+        self.file = file
+        self.program = program
         guard case .mapping(let pairs) = node else {
-            throw ProgramError(file: file, program: program, field: path.isEmpty ? "(root)" : path,
-                               message: "expected a mapping, got \(kindName(node))")
+            throw ProgramError(
+                file: file, program: program, field: path.isEmpty ? "(root)" : path,
+                message: "expected a mapping, got \(kindName(node))")
         }
         var seen: Set<String> = []
         for pair in pairs {
-            let where_ = path.isEmpty ? pair.key : "\(path).\(pair.key)"
+            let fieldPath = path.isEmpty ? pair.key : "\(path).\(pair.key)"
             guard allowed.contains(pair.key) else {
-                throw ProgramError(file: file, program: program, field: where_,
-                                   message: "unknown key (expected one of: \(allowed.joined(separator: ", ")))")
+                throw ProgramError(
+                    file: file, program: program, field: fieldPath,
+                    message: "unknown key (expected one of: \(allowed.joined(separator: ", ")))")
             }
             guard seen.insert(pair.key).inserted else {
-                throw ProgramError(file: file, program: program, field: where_, message: "appears twice")
+                throw ProgramError(file: file, program: program, field: fieldPath, message: "appears twice")
             }
         }
         self.pairs = pairs

@@ -9,7 +9,10 @@ public struct StoredProgramVersion: Hashable, Sendable {
     public var registeredAt: Instant
 
     public init(version: Int, canonical: String, effectiveFrom: Instant, registeredAt: Instant) {
-        self.version = version; self.canonical = canonical; self.effectiveFrom = effectiveFrom; self.registeredAt = registeredAt
+        self.version = version
+        self.canonical = canonical
+        self.effectiveFrom = effectiveFrom
+        self.registeredAt = registeredAt
     }
 }
 
@@ -48,19 +51,29 @@ public enum ProgramVersions {
     ///   management run) quietly registered the old rules as the newest version, and every lead
     ///   after it was bound to them. With it allowed, the file's version is registered at its own
     ///   time and the newer stored version still governs from its own.
-    public static func registration(of program: Program, index: Int, file: String, stored: [StoredProgramVersion],
-                                    now: Instant, allowOlder: Bool) throws -> Registration {
+    public static func registration(
+        of program: Program, index: Int, file: String, stored: [StoredProgramVersion],
+        now: Instant, allowOlder: Bool
+    ) throws -> Registration {
         let field = "programs[\(index)].effective_from"
         let known = stored.first { $0.canonical == program.canonicalForm }
         if known == nil, let at = program.effectiveFrom, let clash = stored.first(where: { $0.effectiveFrom == at }) {
-            throw ProgramError(file: file, program: program.id, field: field,
-                               message: "\(at.rfc3339) is already the effective time of version \(clash.version) in the database, with other rules: give this version another effective_from")
+            throw ProgramError(
+                file: file, program: program.id, field: field,
+                message:
+                    "\(at.rfc3339) is already the effective time of version \(clash.version) in the database, with other rules: give this version another effective_from"
+            )
         }
         let effective = known?.effectiveFrom ?? program.effectiveFrom ?? now
-        if !allowOlder, let newest = stored.max(by: { ($0.effectiveFrom, $0.version) < ($1.effectiveFrom, $1.version) }),
-           effective < newest.effectiveFrom {
-            throw ProgramError(file: file, program: program.id, field: field,
-                               message: "this file's version (effective from \(effective.rfc3339)) is older than version \(newest.version) in the database (effective from \(newest.effectiveFrom.rfc3339)): deploy the newer file, or pass --allow-older to start with this one (leads after \(newest.effectiveFrom.rfc3339) stay bound to version \(newest.version))")
+        if !allowOlder,
+            let newest = stored.max(by: { ($0.effectiveFrom, $0.version) < ($1.effectiveFrom, $1.version) }),
+            effective < newest.effectiveFrom
+        {
+            throw ProgramError(
+                file: file, program: program.id, field: field,
+                message:
+                    "this file's version (effective from \(effective.rfc3339)) is older than version \(newest.version) in the database (effective from \(newest.effectiveFrom.rfc3339)): deploy the newer file, or pass --allow-older to start with this one (leads after \(newest.effectiveFrom.rfc3339) stay bound to version \(newest.version))"
+            )
         }
         if let known { return .known(version: known.version) }
         return .new(effectiveFrom: effective)

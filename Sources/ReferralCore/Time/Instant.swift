@@ -24,7 +24,8 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
         let secs = micros / 1_000_000
         let frac = micros % 1_000_000
         guard (0...9999).contains(y) else {
-            var s = "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(secs / 3600, 2)):\(pad(secs / 60 % 60, 2)):\(pad(secs % 60, 2))"
+            var s =
+                "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(secs / 3600, 2)):\(pad(secs / 60 % 60, 2)):\(pad(secs % 60, 2))"
             if frac != 0 { s += "." + pad(frac, 6) }
             return s + "Z"
         }
@@ -38,8 +39,16 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
                 v /= 10
             }
         }
-        put(y, at: 0, width: 4); b[4] = 45; put(m, at: 5, width: 2); b[7] = 45; put(d, at: 8, width: 2); b[10] = 84
-        put(secs / 3600, at: 11, width: 2); b[13] = 58; put(secs / 60 % 60, at: 14, width: 2); b[16] = 58
+        put(y, at: 0, width: 4)
+        b[4] = 45
+        put(m, at: 5, width: 2)
+        b[7] = 45
+        put(d, at: 8, width: 2)
+        b[10] = 84
+        put(secs / 3600, at: 11, width: 2)
+        b[13] = 58
+        put(secs / 60 % 60, at: 14, width: 2)
+        b[16] = 58
         put(secs % 60, at: 17, width: 2)
         if frac != 0 {
             b[19] = 46
@@ -68,10 +77,10 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
             return v
         }
         guard b.count >= 20,
-              let y = digits(0, 4), b[4] == UInt8(ascii: "-"), let mo = digits(5, 2), b[7] == UInt8(ascii: "-"),
-              let d = digits(8, 2), b[10] == UInt8(ascii: "T") || b[10] == UInt8(ascii: "t"),
-              let h = digits(11, 2), b[13] == UInt8(ascii: ":"), let mi = digits(14, 2),
-              b[16] == UInt8(ascii: ":"), let s = digits(17, 2)
+            let y = digits(0, 4), b[4] == UInt8(ascii: "-"), let mo = digits(5, 2), b[7] == UInt8(ascii: "-"),
+            let d = digits(8, 2), b[10] == UInt8(ascii: "T") || b[10] == UInt8(ascii: "t"),
+            let h = digits(11, 2), b[13] == UInt8(ascii: ":"), let mi = digits(14, 2),
+            b[16] == UInt8(ascii: ":"), let s = digits(17, 2)
         else { return nil }
         var i = 19
         var frac: Int64 = 0
@@ -80,7 +89,8 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
             var n = 0
             while i < b.count, b[i] >= 48, b[i] <= 57 {
                 if n < 6 { frac = frac * 10 + Int64(b[i] - 48) }
-                n += 1; i += 1
+                n += 1
+                i += 1
             }
             guard n > 0 else { return nil }
             for _ in n..<max(n, 6) { frac *= 10 }
@@ -91,12 +101,16 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
             i += 1
         } else if b[i] == UInt8(ascii: "+") || b[i] == UInt8(ascii: "-") {
             guard let oh = digits(i + 1, 2), i + 3 < b.count, b[i + 3] == UInt8(ascii: ":"),
-                  let om = digits(i + 4, 2), oh < 24, om < 60 else { return nil }
+                let om = digits(i + 4, 2), oh < 24, om < 60
+            else { return nil }
             offset = (oh * 60 + om) * 60 * (b[i] == UInt8(ascii: "-") ? -1 : 1)
             i += 6
-        } else { return nil }
+        } else {
+            return nil
+        }
         guard i == b.count, (1...12).contains(mo), d >= 1, d <= daysIn(month: mo, year: y),
-              h < 24, mi < 60, s < 61 else { return nil }
+            h < 24, mi < 60, s < 61
+        else { return nil }
         // A leap second (:60) is read as the next second's start, as PostgreSQL does.
         let secondsOfDay = h * 3600 + mi * 60 + s - offset
         microseconds = (days(fromCivil: y, mo, d) * 86_400 + secondsOfDay) * 1_000_000 + frac
@@ -185,7 +199,8 @@ func civil(fromDays z0: Int64) -> (Int64, Int64, Int64) {
 extension Int64 {
     /// Division rounding towards negative infinity, so instants before 1970 format correctly.
     func floorDivided(by d: Int64) -> (quotient: Int64, remainder: Int64) {
-        let q = self / d, r = self % d
+        let q = self / d
+        let r = self % d
         return r < 0 ? (q - 1, r + d) : (q, r)
     }
 }

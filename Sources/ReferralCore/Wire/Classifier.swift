@@ -47,7 +47,8 @@ public struct InputLimits: Sendable, Hashable {
 public func classify(body: [UInt8], limits: InputLimits = InputLimits()) -> Result<InboundEvent, BadInput> {
     // 1. Size, before parsing: a huge body must not cost a parse.
     guard body.count <= limits.maxBodyBytes else {
-        return .failure(BadInput(code: .tooLarge, detail: "body is \(body.count) bytes, over the limit of \(limits.maxBodyBytes)"))
+        return .failure(
+            BadInput(code: .tooLarge, detail: "body is \(body.count) bytes, over the limit of \(limits.maxBodyBytes)"))
     }
     // 2. Exactly one UTF-8 JSON value.
     let root: JSONValue
@@ -58,7 +59,8 @@ public func classify(body: [UInt8], limits: InputLimits = InputLimits()) -> Resu
     }
     // 3. An object with a specversion.
     guard case .object(let event) = root else {
-        return .failure(BadInput(code: .notCloudEvent, detail: "(root): expected a JSON object, got \(root.kindDescription)"))
+        return .failure(
+            BadInput(code: .notCloudEvent, detail: "(root): expected a JSON object, got \(root.kindDescription)"))
     }
     guard let specversion = event["specversion"] else {
         return .failure(BadInput(code: .notCloudEvent, detail: "specversion: missing"))
@@ -70,11 +72,12 @@ public func classify(body: [UInt8], limits: InputLimits = InputLimits()) -> Resu
     }
     // 5. The attributes that identify and route an event.
     for name in ["id", "source", "type"] {
-        let problem: String? = switch event[name] {
-        case .string(let s): s.isEmpty ? "empty string" : nil
-        case nil: "missing"
-        case let other?: "expected a non-empty string, got \(other.kindDescription)"
-        }
+        let problem: String? =
+            switch event[name] {
+            case .string(let s): s.isEmpty ? "empty string" : nil
+            case nil: "missing"
+            case let other?: "expected a non-empty string, got \(other.kindDescription)"
+            }
         if let problem { return .failure(BadInput(code: .notCloudEvent, detail: "\(name): \(problem)")) }
     }
     // 6. A type the worker consumes (byte-wise: see `Rule.oneOf`).
@@ -92,7 +95,8 @@ public func classify(body: [UInt8], limits: InputLimits = InputLimits()) -> Resu
         _ = try envelope.ifPresent("datacontenttype", .mediaType)
         let data = try envelope.required("data", .object)
         let payload = try EventPayload.decode(type, FieldReader(object: data, path: "data"))
-        return .success(InboundEvent(id: id, source: source, type: type, time: time, subject: subject, payload: payload))
+        return .success(
+            InboundEvent(id: id, source: source, type: type, time: time, subject: subject, payload: payload))
     } catch {
         return .failure(BadInput(code: .invalidData, detail: "\(error.path): \(error.reason)"))
     }

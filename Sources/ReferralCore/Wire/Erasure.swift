@@ -52,11 +52,17 @@ public enum Erasure {
     public static func scrub(body: [UInt8]) -> [UInt8] {
         // The classifier's limits bound the depth; string and value counts are bounded by the
         // body, which was at most the size limit when it arrived.
-        guard case .object(let event)? = try? JSONValue.parse(body, limits: JSONLimits(maxDepth: 64,
-                                                                                        maxStringBytes: body.count,
-                                                                                        maxValues: body.count))
+        guard
+            case .object(let event)? = try? JSONValue.parse(
+                body,
+                limits: JSONLimits(
+                    maxDepth: 64,
+                    maxStringBytes: body.count,
+                    maxValues: body.count))
         else { return unreadableBody }
-        let type = event["type"]?.stringValue.flatMap { t in ConsumedType.allCases.first { $0.rawValue.utf8.elementsEqual(t.utf8) } }
+        let type = event["type"]?.stringValue.flatMap { t in
+            ConsumedType.allCases.first { $0.rawValue.utf8.elementsEqual(t.utf8) }
+        }
         var members: [(String, JSONValue)] = event.members
             .filter { identity.contains($0.key) || (envelope.contains($0.key) && harmless($0.value)) }
             .map { ($0.key, $0.value) }
@@ -95,16 +101,22 @@ public enum Erasure {
     /// or a credit rejection does not carry the account), or when the account id appears
     /// anywhere in it as a whole id (a producer's extra member, a `subject`); a body that is not
     /// a JSON object concerns it when any of those ids appears in its bytes as a whole id.
-    public static func deadLetter(body: [UInt8], account: String, leads: Set<String> = [],
-                                  rewards: Set<String> = []) -> DeadLetterAction {
-        let parsed = try? JSONValue.parse(body, limits: JSONLimits(maxDepth: 64, maxStringBytes: body.count,
-                                                                   maxValues: body.count))
+    public static func deadLetter(
+        body: [UInt8], account: String, leads: Set<String> = [],
+        rewards: Set<String> = []
+    ) -> DeadLetterAction {
+        let parsed = try? JSONValue.parse(
+            body,
+            limits: JSONLimits(
+                maxDepth: 64, maxStringBytes: body.count,
+                maxValues: body.count))
         guard case .object(let event)? = parsed else {
             let ids = [account] + leads.sorted() + rewards.sorted()
             return ids.contains { mentions(body, id: Array($0.utf8)) } ? .drop : .unrelated
         }
         let data = event["data"]?.objectValue
-        let named = data?["account_id"]?.stringValue == account
+        let named =
+            data?["account_id"]?.stringValue == account
             || data?["lead_id"]?.stringValue.map(leads.contains) == true
             || data?["reward_id"]?.stringValue.map(rewards.contains) == true
         guard named || mentions(body, id: Array(account.utf8)) else { return .unrelated }
@@ -122,7 +134,8 @@ public enum Erasure {
         var i = 0
         while i + id.count <= body.count {
             if body[i] == id[0], body[i..<i + id.count].elementsEqual(id),
-               i == 0 || !idByte(body[i - 1]), i + id.count == body.count || !idByte(body[i + id.count]) {
+                i == 0 || !idByte(body[i - 1]), i + id.count == body.count || !idByte(body[i + id.count])
+            {
                 return true
             }
             i += 1

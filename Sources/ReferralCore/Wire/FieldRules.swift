@@ -76,11 +76,12 @@ extension Rule where T == String {
     /// where `.` matches no line terminator, so parameters cannot carry a line break.
     static var mediaType: Rule {
         .string { (s) throws(Invalid) in
-            let u = Array(s.unicodeScalars), base = Array("application/json".unicodeScalars)
+            let u = Array(s.unicodeScalars)
+            let base = Array("application/json".unicodeScalars)
             let params = u.dropFirst(base.count).drop { $0 == " " }
             let terminators: [Unicode.Scalar] = ["\n", "\r", "\u{2028}", "\u{2029}"]
             guard u.starts(with: base),
-                  u.count == base.count || (params.first == ";" && !params.contains(where: terminators.contains))
+                u.count == base.count || (params.first == ";" && !params.contains(where: terminators.contains))
             else { throw Invalid("\(quoted(s)) is not application/json") }
             return s
         }

@@ -33,59 +33,80 @@ public enum EventPayload: Sendable, Equatable {
     static func decode(_ type: ConsumedType, _ d: FieldReader) throws(FieldError) -> EventPayload {
         switch type {
         case .leadCreated:
-            .leadCreated(LeadCreated(
-                leadId: try d.required("lead_id", .id), referralCode: try d.optional("referral_code", .any),
-                householdId: try d.optional("household_id", .id), contactHash: try d.optional("contact_hash", .id),
-                segment: try d.optional("segment", .oneOf), channel: try d.optional("channel", .oneOf)))
+            .leadCreated(
+                LeadCreated(
+                    leadId: try d.required("lead_id", .id), referralCode: try d.optional("referral_code", .any),
+                    householdId: try d.optional("household_id", .id), contactHash: try d.optional("contact_hash", .id),
+                    segment: try d.optional("segment", .oneOf), channel: try d.optional("channel", .oneOf)))
         case .orderPlaced:
-            .orderPlaced(OrderPlaced(leadId: try d.required("lead_id", .id), accountId: try d.required("account_id", .id)))
+            .orderPlaced(
+                OrderPlaced(leadId: try d.required("lead_id", .id), accountId: try d.required("account_id", .id)))
         case .installScheduled:
-            .installScheduled(InstallScheduled(
-                accountId: try d.required("account_id", .id), scheduledFor: try d.required("scheduled_for", .timestamp)))
+            .installScheduled(
+                InstallScheduled(
+                    accountId: try d.required("account_id", .id),
+                    scheduledFor: try d.required("scheduled_for", .timestamp)))
         case .installCompleted:
-            .installCompleted(InstallCompleted(
-                accountId: try d.required("account_id", .id), completedAt: try d.required("completed_at", .timestamp)))
+            .installCompleted(
+                InstallCompleted(
+                    accountId: try d.required("account_id", .id),
+                    completedAt: try d.required("completed_at", .timestamp)))
         case .serviceActivated:
-            .serviceActivated(ServiceActivated(
-                accountId: try d.required("account_id", .id), activatedAt: try d.required("activated_at", .timestamp),
-                householdId: try d.optional("household_id", .id), contactHash: try d.optional("contact_hash", .id),
-                segment: try d.optional("segment", .oneOf), planId: try d.optional("plan_id", .id)))
+            .serviceActivated(
+                ServiceActivated(
+                    accountId: try d.required("account_id", .id),
+                    activatedAt: try d.required("activated_at", .timestamp),
+                    householdId: try d.optional("household_id", .id), contactHash: try d.optional("contact_hash", .id),
+                    segment: try d.optional("segment", .oneOf), planId: try d.optional("plan_id", .id)))
         case .serviceCancelled:
-            .serviceCancelled(ServiceCancelled(
-                accountId: try d.required("account_id", .id), cancelledAt: try d.required("cancelled_at", .timestamp),
-                reason: try d.optional("reason", .nonEmpty)))
+            .serviceCancelled(
+                ServiceCancelled(
+                    accountId: try d.required("account_id", .id),
+                    cancelledAt: try d.required("cancelled_at", .timestamp),
+                    reason: try d.optional("reason", .nonEmpty)))
         case .speedtestCompleted:
-            .speedtestCompleted(SpeedtestCompleted(
-                accountId: try d.required("account_id", .id),
-                measuredDownMbps: try d.required("measured_down_mbps", .number(minimum: 0)),
-                planDownMbps: try d.required("plan_down_mbps", .number(exclusiveMinimum: 0))))
+            .speedtestCompleted(
+                SpeedtestCompleted(
+                    accountId: try d.required("account_id", .id),
+                    measuredDownMbps: try d.required("measured_down_mbps", .number(minimum: 0)),
+                    planDownMbps: try d.required("plan_down_mbps", .number(exclusiveMinimum: 0))))
         case .ticketResolved:
-            .ticketResolved(TicketResolved(
-                accountId: try d.required("account_id", .id), ticketId: try d.required("ticket_id", .id),
-                csat: try d.optional("csat", .integer(min: 1, max: 5)).map { Int($0) }))
+            .ticketResolved(
+                TicketResolved(
+                    accountId: try d.required("account_id", .id), ticketId: try d.required("ticket_id", .id),
+                    csat: try d.optional("csat", .integer(min: 1, max: 5)).map { Int($0) }))
         case .preferencesChanged:
-            .preferencesChanged(PreferencesChanged(
-                accountId: try d.required("account_id", .id), referralPrompts: try d.required("referral_prompts", .boolean)))
+            .preferencesChanged(
+                PreferencesChanged(
+                    accountId: try d.required("account_id", .id),
+                    referralPrompts: try d.required("referral_prompts", .boolean)))
         case .ticketOpened:
-            .ticketOpened(TicketOpened(accountId: try d.required("account_id", .id), ticketId: try d.required("ticket_id", .id)))
+            .ticketOpened(
+                TicketOpened(accountId: try d.required("account_id", .id), ticketId: try d.required("ticket_id", .id)))
         case .customerErased:
             .customerErased(CustomerErased(accountId: try d.required("account_id", .id)))
         case .invoiceOverdue:
-            .invoiceOverdue(InvoiceOverdue(
-                accountId: try d.required("account_id", .id), invoiceId: try d.required("invoice_id", .id),
-                daysOverdue: Int(try d.required("days_overdue", .integer(min: 1)))))
+            .invoiceOverdue(
+                InvoiceOverdue(
+                    accountId: try d.required("account_id", .id), invoiceId: try d.required("invoice_id", .id),
+                    daysOverdue: Int(try d.required("days_overdue", .integer(min: 1)))))
         case .invoicePaid:
-            .invoicePaid(InvoicePaid(
-                accountId: try d.required("account_id", .id), invoiceId: try d.required("invoice_id", .id),
-                amountMinor: try d.required("amount_minor", .amount), currency: try d.required("currency", .currency),
-                sequence: Int(try d.required("sequence", .integer(min: 1))),
-                creditsMinor: try d.optional("credits_minor", .amount)))
+            .invoicePaid(
+                InvoicePaid(
+                    accountId: try d.required("account_id", .id), invoiceId: try d.required("invoice_id", .id),
+                    amountMinor: try d.required("amount_minor", .amount),
+                    currency: try d.required("currency", .currency),
+                    sequence: Int(try d.required("sequence", .integer(min: 1))),
+                    creditsMinor: try d.optional("credits_minor", .amount)))
         case .creditApplied:
-            .creditApplied(CreditApplied(
-                rewardId: try d.required("reward_id", .id), accountId: try d.required("account_id", .id),
-                amountMinor: try d.required("amount_minor", .amount), currency: try d.required("currency", .currency)))
+            .creditApplied(
+                CreditApplied(
+                    rewardId: try d.required("reward_id", .id), accountId: try d.required("account_id", .id),
+                    amountMinor: try d.required("amount_minor", .amount),
+                    currency: try d.required("currency", .currency)))
         case .creditRejected:
-            .creditRejected(CreditRejected(rewardId: try d.required("reward_id", .id), reason: try d.required("reason", .nonEmpty)))
+            .creditRejected(
+                CreditRejected(rewardId: try d.required("reward_id", .id), reason: try d.required("reason", .nonEmpty)))
         }
     }
 }

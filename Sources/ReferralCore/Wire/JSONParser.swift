@@ -82,9 +82,15 @@ private struct Parser {
         case UInt8(ascii: "{"): return try object()
         case UInt8(ascii: "["): return try array()
         case UInt8(ascii: "\""): return .string(try string())
-        case UInt8(ascii: "t"): try literal("true"); return .bool(true)
-        case UInt8(ascii: "f"): try literal("false"); return .bool(false)
-        case UInt8(ascii: "n"): try literal("null"); return .null
+        case UInt8(ascii: "t"):
+            try literal("true")
+            return .bool(true)
+        case UInt8(ascii: "f"):
+            try literal("false")
+            return .bool(false)
+        case UInt8(ascii: "n"):
+            try literal("null")
+            return .null
         case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return .number(try number())
         default: throw fail("\(describe(bytes[i])) where a value was expected")
         }
@@ -95,7 +101,10 @@ private struct Parser {
         var members: [JSONObject.Member] = []
         var seen = Set<[UInt8]>()  // by bytes: String hashing is canonical equivalence
         skipWhitespace()
-        if try consume(UInt8(ascii: "}")) { depth -= 1; return .object(JSONObject(members: members)) }
+        if try consume(UInt8(ascii: "}")) {
+            depth -= 1
+            return .object(JSONObject(members: members))
+        }
         while true {
             skipWhitespace()
             let keyOffset = i
@@ -121,7 +130,10 @@ private struct Parser {
         try enter()
         var elements: [JSONValue] = []
         skipWhitespace()
-        if try consume(UInt8(ascii: "]")) { depth -= 1; return .array(elements) }
+        if try consume(UInt8(ascii: "]")) {
+            depth -= 1
+            return .array(elements)
+        }
         while true {
             skipWhitespace()
             elements.append(try value())
@@ -177,17 +189,18 @@ private struct Parser {
         let start = i
         i += 1
         guard i < bytes.count else { throw fail("unexpected end of input inside a string") }
-        let simple: UInt8? = switch bytes[i] {
-        case UInt8(ascii: "\""): 0x22
-        case UInt8(ascii: "\\"): 0x5C
-        case UInt8(ascii: "/"): 0x2F
-        case UInt8(ascii: "b"): 0x08
-        case UInt8(ascii: "f"): 0x0C
-        case UInt8(ascii: "n"): 0x0A
-        case UInt8(ascii: "r"): 0x0D
-        case UInt8(ascii: "t"): 0x09
-        default: nil
-        }
+        let simple: UInt8? =
+            switch bytes[i] {
+            case UInt8(ascii: "\""): 0x22
+            case UInt8(ascii: "\\"): 0x5C
+            case UInt8(ascii: "/"): 0x2F
+            case UInt8(ascii: "b"): 0x08
+            case UInt8(ascii: "f"): 0x0C
+            case UInt8(ascii: "n"): 0x0A
+            case UInt8(ascii: "r"): 0x0D
+            case UInt8(ascii: "t"): 0x09
+            default: nil
+            }
         if let simple {
             out.append(simple)
             i += 1
@@ -260,7 +273,8 @@ private struct Parser {
             let b = bytes[i + k]
             if k == 1, !secondRange.contains(b) {
                 if (0x80...0xBF).contains(b) {
-                    let why = lead == 0xED ? "encoded surrogate" : lead == 0xF4 ? "beyond U+10FFFF" : "overlong encoding"
+                    let why =
+                        lead == 0xED ? "encoded surrogate" : lead == 0xF4 ? "beyond U+10FFFF" : "overlong encoding"
                     throw fail("invalid UTF-8: \(why) (bytes \(hex(lead)) \(hex(b)))")
                 }
                 throw fail("invalid UTF-8: truncated sequence (byte \(hex(lead)) then \(hex(b)))")
@@ -274,7 +288,9 @@ private struct Parser {
 
     mutating func number() throws(JSONParseError) -> JSONNumber {
         let start = i
-        func digit(_ at: Int) -> Bool { at < bytes.count && (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[at]) }
+        func digit(_ at: Int) -> Bool {
+            at < bytes.count && (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[at])
+        }
         if bytes[i] == UInt8(ascii: "-") { i += 1 }
         guard digit(i) else { throw expected("a digit in a number") }
         if bytes[i] == UInt8(ascii: "0") {
@@ -326,7 +342,8 @@ private struct Parser {
     }
 
     func expected(_ what: String) -> JSONParseError {
-        i < bytes.count ? fail("\(describe(bytes[i])), expected \(what)") : fail("unexpected end of input, expected \(what)")
+        i < bytes.count
+            ? fail("\(describe(bytes[i])), expected \(what)") : fail("unexpected end of input, expected \(what)")
     }
 
     func fail(_ reason: String, _ kind: JSONParseError.Kind = .syntax) -> JSONParseError {
@@ -351,7 +368,10 @@ private func hex(_ b: UInt8) -> String {
 func quoted(_ s: String) -> String {
     var out = "\""
     for (n, u) in s.unicodeScalars.enumerated() {
-        if n == 40 { out += "..."; break }
+        if n == 40 {
+            out += "..."
+            break
+        }
         switch u {
         case "\"": out += "\\\""
         case "\\": out += "\\\\"

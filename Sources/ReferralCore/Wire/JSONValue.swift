@@ -31,11 +31,11 @@ public enum JSONValue: Sendable, Equatable {
     public static func == (a: JSONValue, b: JSONValue) -> Bool {
         switch (a, b) {
         case (.null, .null): true
-        case let (.bool(x), .bool(y)): x == y
-        case let (.number(x), .number(y)): x == y
-        case let (.string(x), .string(y)): x.utf8.elementsEqual(y.utf8)
-        case let (.array(x), .array(y)): x == y
-        case let (.object(x), .object(y)): x == y
+        case (.bool(let x), .bool(let y)): x == y
+        case (.number(let x), .number(let y)): x == y
+        case (.string(let x), .string(let y)): x.utf8.elementsEqual(y.utf8)
+        case (.array(let x), .array(let y)): x == y
+        case (.object(let x), .object(let y)): x == y
         default: false
         }
     }
@@ -111,21 +111,36 @@ public struct JSONNumber: Sendable, Equatable, CustomStringConvertible {
         if bytes[mantissaEnd...].contains(UInt8(ascii: "-")) { exponent = -exponent }
         let mantissa = bytes[..<mantissaEnd]
         guard let first = mantissa.firstIndex(where: { isDigit($0) && $0 != UInt8(ascii: "0") }),
-              let last = mantissa.lastIndex(where: { isDigit($0) && $0 != UInt8(ascii: "0") })
-        else { isIntegral = true; int64 = 0; return }  // all zeros: 0, -0, 0.000e7
+            let last = mantissa.lastIndex(where: { isDigit($0) && $0 != UInt8(ascii: "0") })
+        else {
+            isIntegral = true
+            int64 = 0
+            return
+        }  // all zeros: 0, -0, 0.000e7
         // value = (digits first...last) * 10^scale
         let fractionDigits = point.map { mantissaEnd - $0 - 1 } ?? 0
         let trailingZeros = mantissa[(last + 1)...].count(where: isDigit)
         let scale = exponent - fractionDigits + trailingZeros
         let significant = mantissa[first...last].count(where: isDigit)
-        guard scale >= 0 else { isIntegral = false; int64 = nil; return }
+        guard scale >= 0 else {
+            isIntegral = false
+            int64 = nil
+            return
+        }
         isIntegral = true
-        guard significant + scale <= 19 else { int64 = nil; return }
+        guard significant + scale <= 19 else {
+            int64 = nil
+            return
+        }
         var magnitude: UInt64 = 0
-        for b in mantissa[first...last] where isDigit(b) { magnitude = magnitude * 10 + UInt64(b - 48) }  // <= 19 digits
+        // <= 19 digits
+        for b in mantissa[first...last] where isDigit(b) { magnitude = magnitude * 10 + UInt64(b - 48) }
         for _ in 0..<scale {
             let (m, overflow) = magnitude.multipliedReportingOverflow(by: 10)
-            guard !overflow else { int64 = nil; return }
+            guard !overflow else {
+                int64 = nil
+                return
+            }
             magnitude = m
         }
         if bytes.first == UInt8(ascii: "-") {

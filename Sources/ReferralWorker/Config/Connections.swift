@@ -15,19 +15,22 @@ extension Settings {
     public func connectAMQP(name: String, logger: Logger) async throws -> AMQPConnection {
         let nodes = try AMQPURL.parseList(amqpURL)
         let (connection, node) = try await AMQPConnection.connect(
-            anyOf: nodes, startingAt: amqpNodes.next(count: nodes.count), tls: amqpTLS, heartbeatSeconds: heartbeatSeconds,
+            anyOf: nodes, startingAt: amqpNodes.next(count: nodes.count), tls: amqpTLS,
+            heartbeatSeconds: heartbeatSeconds,
             connectionName: name, logger: logger
         ) { url, error in
             guard nodes.count > 1 else { return }
-            logger.warning("broker node unreachable; trying the next",
-                           metadata: ["amqp.node": "\(url.host):\(url.port)", "error": "\(error)"])
+            logger.warning(
+                "broker node unreachable; trying the next",
+                metadata: ["amqp.node": "\(url.host):\(url.port)", "error": "\(error)"])
         }
         amqpNodes.connected(node)
         return connection
     }
 
     public func connectPostgres(name: String, logger: Logger) async throws -> PostgresConnection {
-        try await PostgresConnection.connect(try PostgresURL(parsing: databaseURL), applicationName: name, logger: logger)
+        try await PostgresConnection.connect(
+            try PostgresURL(parsing: databaseURL), applicationName: name, logger: logger)
     }
 
     /// A pipeline's connection: every wait bounded, so that a partition or a stuck server ends
@@ -42,8 +45,9 @@ extension Settings {
         let connection = try await PostgresConnection.connect(
             url, applicationName: name, logger: logger,
             answerTimeout: .microseconds(statementTimeout.microseconds) + .seconds(10), statementCache: statementCache)
-        let timeouts = Store.SessionTimeouts(statement: statementTimeout, lock: lockTimeout,
-                                             idleInTransaction: idleInTransactionTimeout)
+        let timeouts = Store.SessionTimeouts(
+            statement: statementTimeout, lock: lockTimeout,
+            idleInTransaction: idleInTransactionTimeout)
         try await connection.run { c in try Store.configureWorkerSession(c, timeouts: timeouts) }
         return connection
     }

@@ -10,14 +10,18 @@ extension ProgramBook {
         // The container image carries no programs file on purpose (a default one would pay real
         // rewards under example amounts): say what to do rather than show ENOENT's bare text.
         guard FileManager.default.fileExists(atPath: path) else {
-            throw ProgramError(file: path, program: nil, field: "",
-                               message: "no programs file here: mount one at this path (in a container: -v /etc/referrald/programs.yaml:\(path):ro) or set REFERRALD_PROGRAMS_FILE to its path")
+            throw ProgramError(
+                file: path, program: nil, field: "",
+                message:
+                    "no programs file here: mount one at this path (in a container: -v /etc/referrald/programs.yaml:\(path):ro) or set REFERRALD_PROGRAMS_FILE to its path"
+            )
         }
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw ProgramError(file: path, program: nil, field: "", message: "cannot read the file (\(error.localizedDescription))")
+            throw ProgramError(
+                file: path, program: nil, field: "", message: "cannot read the file (\(error.localizedDescription))")
         }
         return try parse(yaml: text, file: path)
     }
@@ -41,7 +45,8 @@ func configNode(_ node: Node) -> ConfigNode {
     switch node {
     case .scalar(let s): return .scalar(s.string)
     case .sequence(let seq): return .sequence(seq.map(configNode))
-    case .mapping(let map): return .mapping(map.map { (key: $0.key.string ?? "\($0.key)", value: configNode($0.value)) })
+    case .mapping(let map):
+        return .mapping(map.map { (key: $0.key.string ?? "\($0.key)", value: configNode($0.value)) })
     case .alias(let alias): return .scalar("*\(alias.anchor)")
     }
 }

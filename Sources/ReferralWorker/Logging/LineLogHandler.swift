@@ -21,8 +21,10 @@ public struct LineLogHandler: LogHandler {
     private let journal: Bool
     private let write: @Sendable (String) -> Void
 
-    public init(label: String, level: Logger.Level, format: Format, journal: Bool = LineLogHandler.stderrIsJournal,
-                write: @escaping @Sendable (String) -> Void = LineLogHandler.standardError) {
+    public init(
+        label: String, level: Logger.Level, format: Format, journal: Bool = LineLogHandler.stderrIsJournal,
+        write: @escaping @Sendable (String) -> Void = LineLogHandler.standardError
+    ) {
         self.label = label
         self.logLevel = level
         self.format = format
@@ -38,7 +40,8 @@ public struct LineLogHandler: LogHandler {
     /// Whether `fd` is the stream `JOURNAL_STREAM` names.
     public static func isJournal(stream: String?, fd: Int32) -> Bool {
         guard let parts = stream?.split(separator: ":"), parts.count == 2,
-              let device = UInt64(parts[0]), let inode = UInt64(parts[1]) else { return false }
+            let device = UInt64(parts[0]), let inode = UInt64(parts[1])
+        else { return false }
         var st = stat()
         guard fstat(fd, &st) == 0 else { return false }
         return UInt64(st.st_dev) == device && UInt64(st.st_ino) == inode
@@ -71,21 +74,24 @@ public struct LineLogHandler: LogHandler {
         if let provided = metadataProvider?.get() { all.merge(provided) { _, new in new } }
         if let extra = event.metadata { all.merge(extra) { _, new in new } }
         if let error = event.error { all["error"] = "\(error)" }
-        let fields: [(String, String)] = [
-            ("ts", SystemClock().now().rfc3339),
-            ("level", event.level.rawValue),
-            ("logger", label),
-            ("msg", event.message.description),
-        ] + all.sorted { $0.key < $1.key }.map { ($0.key, "\($0.value)") }
+        let fields: [(String, String)] =
+            [
+                ("ts", SystemClock().now().rfc3339),
+                ("level", event.level.rawValue),
+                ("logger", label),
+                ("msg", event.message.description),
+            ] + all.sorted { $0.key < $1.key }.map { ($0.key, "\($0.value)") }
         let line = format == .json ? Self.json(fields) : Self.logfmt(fields)
         write(journal ? "<\(Self.priority(event.level))>" + line : line)
     }
 
     static func logfmt(_ fields: [(String, String)]) -> String {
         fields.map { key, value in
-            let plain = !value.isEmpty && value.unicodeScalars.allSatisfy {
-                $0.value > 0x20 && $0.value < 0x7F && $0 != "\"" && $0 != "=" && $0 != "\\"
-            }
+            let plain =
+                !value.isEmpty
+                && value.unicodeScalars.allSatisfy {
+                    $0.value > 0x20 && $0.value < 0x7F && $0 != "\"" && $0 != "=" && $0 != "\\"
+                }
             return plain ? "\(key)=\(value)" : "\(key)=\"\(escape(value))\""
         }.joined(separator: " ") + "\n"
     }

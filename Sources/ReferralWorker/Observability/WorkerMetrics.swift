@@ -12,13 +12,19 @@ import ReferralStore
 public struct WorkerMetrics: Sendable {
     public enum Peer: String, Sendable, CaseIterable { case amqp, postgres }
 
-    public enum Outcome: String, Sendable { case applied, duplicate, deadLettered = "dead_lettered", failed }
+    public enum Outcome: String, Sendable {
+        case applied, duplicate
+        case deadLettered = "dead_lettered"
+        case failed
+    }
 
     /// Why a lead became no referral (the contract: "Unknown or missing code: counted as
     /// unattributed"). A malformed code is told apart from a missing one: a share link that
     /// mangles the code shows as a rise of `malformed_code`, leads that never had one do not.
     enum Unattributed: String, Sendable, CaseIterable {
-        case missingCode = "missing_code", malformedCode = "malformed_code", unknownCode = "unknown_code"
+        case missingCode = "missing_code"
+        case malformedCode = "malformed_code"
+        case unknownCode = "unknown_code"
         /// An operator blocked the code (`referrald code block`).
         case codeBlocked = "code_blocked"
     }
@@ -26,8 +32,10 @@ public struct WorkerMetrics: Sendable {
     /// The core's rejection reasons (LifecycleRules.md, "Rules, in order of precedence"), whose
     /// series start at 0. A reason added to the core without being added here is still counted,
     /// from its first rejection on.
-    static let rejectionReasons = ["referrer_cancelled", "self_referral", "same_household", "same_contact",
-                                   "too_many_leads", "already_referred"]
+    static let rejectionReasons = [
+        "referrer_cancelled", "self_referral", "same_household", "same_contact",
+        "too_many_leads", "already_referred",
+    ]
 
     private let factory: any MetricsFactory
     private let batchSize: Recorder
@@ -53,7 +61,8 @@ public struct WorkerMetrics: Sendable {
         timerLag = Gauge(label: "referrald_timer_lag_seconds", dimensions: [], factory: factory)
         parkedWaiting = Gauge(label: "referrald_parked_messages", dimensions: [], factory: factory)
         rewardsUnapplied = Gauge(label: "referrald_rewards_unapplied", dimensions: [], factory: factory)
-        rewardUnappliedOldestAge = Gauge(label: "referrald_reward_unapplied_oldest_age_seconds", dimensions: [], factory: factory)
+        rewardUnappliedOldestAge = Gauge(
+            label: "referrald_reward_unapplied_oldest_age_seconds", dimensions: [], factory: factory)
         // Every reason's series exists from the start, at 0: a series born at its first
         // increment hides that increment from increase() (there is no earlier sample), and the
         // spike alerts compare with the same hour yesterday, which a reason never seen before
@@ -66,8 +75,10 @@ public struct WorkerMetrics: Sendable {
 
     func consumed(type: String, _ outcome: Outcome, count: Int = 1) {
         guard count > 0 else { return }
-        Counter(label: "referrald_events_consumed_total", dimensions: [("type", type), ("outcome", outcome.rawValue)],
-                factory: factory).increment(by: count)
+        Counter(
+            label: "referrald_events_consumed_total", dimensions: [("type", type), ("outcome", outcome.rawValue)],
+            factory: factory
+        ).increment(by: count)
     }
 
     /// A batch's events after its transaction: the fresh ones applied, the others duplicates.
@@ -76,7 +87,11 @@ public struct WorkerMetrics: Sendable {
         var counts: [String: (applied: Int, duplicate: Int)] = [:]
         for (i, received) in events.enumerated() {
             let type = received.event.type.rawValue
-            if fresh.contains(i) { counts[type, default: (0, 0)].applied += 1 } else { counts[type, default: (0, 0)].duplicate += 1 }
+            if fresh.contains(i) {
+                counts[type, default: (0, 0)].applied += 1
+            } else {
+                counts[type, default: (0, 0)].duplicate += 1
+            }
         }
         for (type, n) in counts {
             consumed(type: type, .applied, count: n.applied)
@@ -96,7 +111,8 @@ public struct WorkerMetrics: Sendable {
     /// is acked once the parked copy is confirmed. Not counted as dead-lettered until a retry
     /// moves it to the DLQ.
     func parked(code: String) {
-        Counter(label: "referrald_dead_letters_parked_total", dimensions: [("code", code)], factory: factory).increment()
+        Counter(label: "referrald_dead_letters_parked_total", dimensions: [("code", code)], factory: factory)
+            .increment()
     }
 
     func parked(waiting: Int64) {
@@ -172,16 +188,22 @@ public struct WorkerMetrics: Sendable {
         var counts: [Unattributed: Int] = [:]
         for lead in leads where !bound.contains(lead.leadId) {
             // A valid code that bound nothing is blocked, or one no account was issued: leads bind by any known code.
-            let reason: Unattributed = blocked.contains(lead.leadId) ? .codeBlocked : lead.code != nil ? .unknownCode
-                : (lead.referralCode ?? "").allSatisfy(\.isWhitespace) ? .missingCode : .malformedCode
+            let reason: Unattributed =
+                blocked.contains(lead.leadId)
+                ? .codeBlocked
+                : lead.code != nil
+                    ? .unknownCode
+                    : (lead.referralCode ?? "").allSatisfy(\.isWhitespace) ? .missingCode : .malformedCode
             counts[reason, default: 0] += 1
         }
         for (reason, n) in counts { unattributed(reason, count: n) }
     }
 
     private func unattributed(_ reason: Unattributed, count: Int) {
-        Counter(label: "referrald_leads_unattributed_total", dimensions: [("reason", reason.rawValue)], factory: factory)
-            .increment(by: count)
+        Counter(
+            label: "referrald_leads_unattributed_total", dimensions: [("reason", reason.rawValue)], factory: factory
+        )
+        .increment(by: count)
     }
 
     // MARK: rewards
@@ -190,15 +212,22 @@ public struct WorkerMetrics: Sendable {
         for change in changes {
             switch change {
             case .issued(let program, let amount, let currency):
-                Counter(label: "referrald_rewards_issued_total", dimensions: [("program", program)], factory: factory).increment()
-                Counter(label: "referrald_rewards_issued_amount_minor_total",
-                        dimensions: [("program", program), ("currency", currency)], factory: factory).increment(by: max(0, amount))
+                Counter(label: "referrald_rewards_issued_total", dimensions: [("program", program)], factory: factory)
+                    .increment()
+                Counter(
+                    label: "referrald_rewards_issued_amount_minor_total",
+                    dimensions: [("program", program), ("currency", currency)], factory: factory
+                ).increment(by: max(0, amount))
             case .reversed(let program, let amount, let currency):
-                Counter(label: "referrald_rewards_reversed_total", dimensions: [("program", program)], factory: factory).increment()
-                Counter(label: "referrald_rewards_reversed_amount_minor_total",
-                        dimensions: [("program", program), ("currency", currency)], factory: factory).increment(by: max(0, amount))
+                Counter(label: "referrald_rewards_reversed_total", dimensions: [("program", program)], factory: factory)
+                    .increment()
+                Counter(
+                    label: "referrald_rewards_reversed_amount_minor_total",
+                    dimensions: [("program", program), ("currency", currency)], factory: factory
+                ).increment(by: max(0, amount))
             case .failed(let program):
-                Counter(label: "referrald_reward_failures_total", dimensions: [("program", program)], factory: factory).increment()
+                Counter(label: "referrald_reward_failures_total", dimensions: [("program", program)], factory: factory)
+                    .increment()
             }
         }
     }
@@ -218,7 +247,8 @@ public struct WorkerMetrics: Sendable {
         var counts: [String: Int] = [:]
         for p in programs { counts[p, default: 0] += 1 }
         for (program, n) in counts {
-            Counter(label: "referrald_asks_held_total", dimensions: [("program", program)], factory: factory).increment(by: n)
+            Counter(label: "referrald_asks_held_total", dimensions: [("program", program)], factory: factory).increment(
+                by: n)
         }
     }
 
@@ -226,13 +256,22 @@ public struct WorkerMetrics: Sendable {
     func heldAsksSettled(_ settled: [(programId: String, sent: Bool)]) {
         var counts: [String: (sent: Int, dropped: Int)] = [:]
         for s in settled {
-            if s.sent { counts[s.programId, default: (0, 0)].sent += 1 } else { counts[s.programId, default: (0, 0)].dropped += 1 }
+            if s.sent {
+                counts[s.programId, default: (0, 0)].sent += 1
+            } else {
+                counts[s.programId, default: (0, 0)].dropped += 1
+            }
         }
         for (program, n) in counts {
-            Counter(label: "referrald_asks_held_settled_total", dimensions: [("program", program), ("outcome", "sent")],
-                    factory: factory).increment(by: n.sent)
-            Counter(label: "referrald_asks_held_settled_total", dimensions: [("program", program), ("outcome", "dropped_stale")],
-                    factory: factory).increment(by: n.dropped)
+            Counter(
+                label: "referrald_asks_held_settled_total", dimensions: [("program", program), ("outcome", "sent")],
+                factory: factory
+            ).increment(by: n.sent)
+            Counter(
+                label: "referrald_asks_held_settled_total",
+                dimensions: [("program", program), ("outcome", "dropped_stale")],
+                factory: factory
+            ).increment(by: n.dropped)
         }
     }
 
@@ -244,22 +283,26 @@ public struct WorkerMetrics: Sendable {
         let since = Dictionary(pauses.map { ($0.programId, $0.since) }, uniquingKeysWith: { a, _ in a })
         for program in Set(programs + ["*"] + pauses.map(\.programId)) {
             let seconds = since[program].map { max(0, (now - $0).microseconds) / 1_000_000 } ?? 0
-            Gauge(label: "referrald_rewards_paused_seconds", dimensions: [("program", program)], factory: factory).record(seconds)
+            Gauge(label: "referrald_rewards_paused_seconds", dimensions: [("program", program)], factory: factory)
+                .record(seconds)
         }
     }
 
     // MARK: connections
 
     func connection(_ peer: Peer, up: Bool) {
-        Gauge(label: "referrald_connection_up", dimensions: [("peer", peer.rawValue)], factory: factory).record(up ? 1 : 0)
+        Gauge(label: "referrald_connection_up", dimensions: [("peer", peer.rawValue)], factory: factory).record(
+            up ? 1 : 0)
     }
 
     func reconnected(_ peer: Peer) {
-        Counter(label: "referrald_reconnects_total", dimensions: [("peer", peer.rawValue)], factory: factory).increment()
+        Counter(label: "referrald_reconnects_total", dimensions: [("peer", peer.rawValue)], factory: factory)
+            .increment()
     }
 
     func started(at time: Date) {
-        Gauge(label: "referrald_start_time_seconds", dimensions: [], factory: factory).record(time.timeIntervalSince1970)
+        Gauge(label: "referrald_start_time_seconds", dimensions: [], factory: factory).record(
+            time.timeIntervalSince1970)
     }
 }
 

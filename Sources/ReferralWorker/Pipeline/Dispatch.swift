@@ -147,7 +147,8 @@ enum DispatchKeys {
             if let account = f.accountId { keys.append("a:\(account)") }
             if let reward = f.rewardId { keys.append("w:\(reward)") }
             switch f {
-            case .leadCreated(_, _, _, let household, let contact, _), .serviceActivated(_, _, let household, let contact, _):
+            case .leadCreated(_, _, _, let household, let contact, _),
+                .serviceActivated(_, _, let household, let contact, _):
                 if let household { keys.append("h:\(household)") }
                 if let contact { keys.append("k:\(contact)") }
             default: break

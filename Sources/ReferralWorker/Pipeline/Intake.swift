@@ -47,7 +47,9 @@ public actor Intake {
             _ = try await connecting.value
             return
         }
-        let settings = self.settings, logger = self.logger, name = self.name
+        let settings = self.settings
+        let logger = self.logger
+        let name = self.name
         let attempt = Task {
             let c = try await settings.connectAMQP(name: "\(name) consumer", logger: logger)
             do {
@@ -142,7 +144,8 @@ public actor Intake {
     /// The lane could not settle its batch (the database or its publisher went away): the
     /// deliveries go back, ahead of everything read since, for the next lane that can take them.
     func giveBack(lane: Int) {
-        guard let items = taken.removeValue(forKey: lane), let first = items.first, first.generation == generation else { return }
+        guard let items = taken.removeValue(forKey: lane), let first = items.first, first.generation == generation
+        else { return }
         waiting = (items + waiting).sorted { $0.delivery.deliveryTag < $1.delivery.deliveryTag }
     }
 
@@ -183,8 +186,9 @@ public actor Intake {
     private func select(lane: Int, max: Int, maxBytes: Int) -> [Item] {
         var blocked = Set<String>()
         for (other, items) in taken where other != lane { for item in items { blocked.formUnion(item.keys) } }
-        let picked = LaneSelection.take(waiting.map { .init(keys: $0.keys, bytes: $0.delivery.body.count) },
-                                        blocked: blocked, max: max, maxBytes: maxBytes)
+        let picked = LaneSelection.take(
+            waiting.map { .init(keys: $0.keys, bytes: $0.delivery.body.count) },
+            blocked: blocked, max: max, maxBytes: maxBytes)
         if picked.isEmpty { return [] }
         let batch = picked.map { waiting[$0] }
         let pickedSet = Set(picked)

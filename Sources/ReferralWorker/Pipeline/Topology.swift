@@ -69,19 +69,23 @@ public struct Topology: Sendable {
         }
         try await amqp.declareExchange(settings.eventsExchange, type: "topic", durable: true)
         try await amqp.declareExchange(settings.deadLetterExchange, type: "fanout", durable: true)
-        _ = try await amqp.declareQueue(settings.deadLetterQueue, durable: true,
-                                        arguments: ["x-queue-type": .string("quorum")])
+        _ = try await amqp.declareQueue(
+            settings.deadLetterQueue, durable: true,
+            arguments: ["x-queue-type": .string("quorum")])
         try await amqp.bindQueue(settings.deadLetterQueue, exchange: settings.deadLetterExchange, routingKey: "")
         // Reached through the default exchange, so no binding a deleted DLQ could take with it.
-        _ = try await amqp.declareQueue(settings.parkedQueue, durable: true, arguments: ["x-queue-type": .string("quorum")])
+        _ = try await amqp.declareQueue(
+            settings.parkedQueue, durable: true, arguments: ["x-queue-type": .string("quorum")])
         _ = try await amqp.declareQueue(settings.inboxQueue, durable: true, arguments: inboxArguments)
         for b in bindings() {
             try await amqp.bindQueue(settings.inboxQueue, exchange: b.exchange, routingKey: b.routingKey)
         }
-        logger.info("topology declared", metadata: [
-            "amqp.queue": "\(settings.inboxQueue)", "amqp.bindings": "\(bindings().count)",
-            "amqp.dlq": "\(settings.deadLetterQueue)", "amqp.parked": "\(settings.parkedQueue)",
-        ])
+        logger.info(
+            "topology declared",
+            metadata: [
+                "amqp.queue": "\(settings.inboxQueue)", "amqp.bindings": "\(bindings().count)",
+                "amqp.dlq": "\(settings.deadLetterQueue)", "amqp.parked": "\(settings.parkedQueue)",
+            ])
     }
 }
 

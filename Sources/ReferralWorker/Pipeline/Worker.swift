@@ -68,10 +68,12 @@ public actor Worker {
     /// The consumer channel of the batch in hand (`Intake.Item.generation`).
     private var generation = 0
 
-    public init(settings: Settings, programs: ProgramBook, logger: Logger,
-                clock: any ReferralCore.Clock = SystemClock(), instanceName: String = "referrald",
-                status: ServiceStatus = ServiceStatus(), pipeline: Int = 0, metrics: WorkerMetrics = WorkerMetrics(),
-                effectCache: EffectCache = EffectCache(), intake: Intake? = nil) {
+    public init(
+        settings: Settings, programs: ProgramBook, logger: Logger,
+        clock: any ReferralCore.Clock = SystemClock(), instanceName: String = "referrald",
+        status: ServiceStatus = ServiceStatus(), pipeline: Int = 0, metrics: WorkerMetrics = WorkerMetrics(),
+        effectCache: EffectCache = EffectCache(), intake: Intake? = nil
+    ) {
         self.settings = settings
         self.programs = programs
         self.logger = logger
@@ -142,9 +144,12 @@ public actor Worker {
                     try Store.registerPrograms(c, programs, file: file, allowOlder: allowOlder)
                 }
                 programsRegistered = true
-                logger.info("programs registered", metadata: [
-                    "programs.versions": "\(registered.sorted { $0.key < $1.key }.map { "\($0.key)@\($0.value)" }.joined(separator: ","))",
-                ])
+                logger.info(
+                    "programs registered",
+                    metadata: [
+                        "programs.versions":
+                            "\(registered.sorted { $0.key < $1.key }.map { "\($0.key)@\($0.value)" }.joined(separator: ","))"
+                    ])
             } catch {
                 await connection.close()
                 throw error
@@ -183,8 +188,9 @@ public actor Worker {
         // A graceful shutdown (SIGTERM) ends the loop between batches: the batch in hand is
         // finished, committed, published and acked first.
         while !Task.isCancelled, !Task.isShuttingDownGracefully {
-            let batch = try await intake.next(lane: pipeline, max: settings.batchSize, maxBytes: settings.batchMaxBytes,
-                                              wait: .milliseconds(settings.batchWaitMilliseconds))
+            let batch = try await intake.next(
+                lane: pipeline, max: settings.batchSize, maxBytes: settings.batchMaxBytes,
+                wait: .milliseconds(settings.batchWaitMilliseconds))
             if !batch.isEmpty { try await handle(batch) }
             // One reading of the clock decides what this pass does: read once per check, a clock
             // that moved between the timer check and the backlog sample let the sample run
@@ -247,10 +253,13 @@ public actor Worker {
         metrics.batch(size: items.count, duration: duration)
         // Where a slow pipeline's time goes: in the transaction and ack (apply.ms), or waiting
         // for the broker to confirm the previous batch's events (publish_wait.ms).
-        logger.debug("batch handled", metadata: [
-            "batch.size": "\(items.count)", "batch.dead_lettered": "\(bad.count)", "outbox": "\(outbox.count)",
-            "batch.ms": "\(duration.nanoseconds / 1_000_000)", "apply.ms": "\(applyTime.nanoseconds / 1_000_000)",
-            "publish_wait.ms": "\(settleTime.nanoseconds / 1_000_000)"])
+        logger.debug(
+            "batch handled",
+            metadata: [
+                "batch.size": "\(items.count)", "batch.dead_lettered": "\(bad.count)", "outbox": "\(outbox.count)",
+                "batch.ms": "\(duration.nanoseconds / 1_000_000)", "apply.ms": "\(applyTime.nanoseconds / 1_000_000)",
+                "publish_wait.ms": "\(settleTime.nanoseconds / 1_000_000)",
+            ])
     }
 
     /// Transient database errors (server restart, lost connection, serialisation failure)
@@ -269,11 +278,16 @@ public actor Worker {
                 // and backing off as for an outage cost seconds per conflict.
                 conflicts += 1
                 metrics.lockConflict()
-                logger.notice("batch lost a lock conflict; retried", metadata: [
-                    "db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)", "attempt": "\(conflicts)"])
+                logger.notice(
+                    "batch lost a lock conflict; retried",
+                    metadata: [
+                        "db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)",
+                        "attempt": "\(conflicts)",
+                    ])
             } catch let error as PostgresError where error.isTransient {
-                logger.warning("database unavailable; batch held for retry",
-                               metadata: ["db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)"])
+                logger.warning(
+                    "database unavailable; batch held for retry",
+                    metadata: ["db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)"])
                 status.databaseLost(error, pipeline: pipeline)
                 await db?.close()
                 db = nil
@@ -293,8 +307,9 @@ public actor Worker {
     /// REFERRALD_DELIVERY_LIMIT deliveries, and requeued before that. Halves keep the batch's
     /// order, so the events of one account are still applied in the order they arrived.
     private func isolate(_ events: [(Delivery, InboundEvent)], firstError: any Error) async throws -> [OutboxRow] {
-        logger.warning("batch failed; isolating the failing event by halves",
-                       metadata: ["error": "\(firstError)", "batch.size": "\(events.count)"])
+        logger.warning(
+            "batch failed; isolating the failing event by halves",
+            metadata: ["error": "\(firstError)", "batch.size": "\(events.count)"])
         var outbox: [OutboxRow] = []
         try await bisect(events, failedWith: firstError, outbox: &outbox)
         return outbox
@@ -302,8 +317,10 @@ public actor Worker {
 
     /// `events` failed together in one transaction with `error`: apply each half, splitting a
     /// failing half until the failing event stands alone.
-    private func bisect(_ events: [(Delivery, InboundEvent)], failedWith error: any Error,
-                        outbox: inout [OutboxRow]) async throws {
+    private func bisect(
+        _ events: [(Delivery, InboundEvent)], failedWith error: any Error,
+        outbox: inout [OutboxRow]
+    ) async throws {
         guard events.count > 1 else {
             if let only = events.first { try await giveUp(only, error: error) }
             return
@@ -340,20 +357,30 @@ public actor Worker {
         let (delivery, event) = item
         let deliveries = (delivery.deliveryCount ?? 0) + 1
         if deliveries >= settings.deliveryLimit {
-            try await deadLetter([(delivery, BadInput(code: .processingFailed,
-                detail: "\(event.type.rawValue): failed on \(deliveries) deliveries: \(error)"))])
+            try await deadLetter([
+                (
+                    delivery,
+                    BadInput(
+                        code: .processingFailed,
+                        detail: "\(event.type.rawValue): failed on \(deliveries) deliveries: \(error)")
+                )
+            ])
         } else {
-            logger.warning("event failed; requeued", metadata: [
-                "event.id": "\(event.id)", "event.type": "\(event.type.rawValue)", "error": "\(error)",
-                "amqp.delivery_count": "\(deliveries)"])
+            logger.warning(
+                "event failed; requeued",
+                metadata: [
+                    "event.id": "\(event.id)", "event.type": "\(event.type.rawValue)", "error": "\(error)",
+                    "amqp.delivery_count": "\(deliveries)",
+                ])
             try await intake.requeue(delivery, generation: generation)
             metrics.consumed(type: event.type.rawValue, .failed)
         }
     }
 
     private func context() -> DecisionContext {
-        DecisionContext(programs: programs, policy: settings.lifecyclePolicy, now: clock.now(),
-                        effects: effectCache, programVersions: programVersions)
+        DecisionContext(
+            programs: programs, policy: settings.lifecyclePolicy, now: clock.now(),
+            effects: effectCache, programVersions: programVersions)
     }
 
     /// Applies events in one transaction that also deletes the rows published since the last
@@ -378,13 +405,18 @@ public actor Worker {
         metrics.rejections(outcome.published)
         metrics.unattributed(leads, bound: outcome.boundLeads, blocked: outcome.blockedLeads)
         for e in outcome.published {
-            logger.info("decided", metadata: ["event.type": "\(e.type.rawValue)", "event.id": "\(e.id)",
-                                              "referral.id": "\(e.subject ?? "-")"])
+            logger.info(
+                "decided",
+                metadata: [
+                    "event.type": "\(e.type.rawValue)", "event.id": "\(e.id)",
+                    "referral.id": "\(e.subject ?? "-")",
+                ])
         }
         for m in outcome.mismatches {
             guard case .rewardMismatch(let rewardId, let accountId, _, _) = m else { continue }
-            logger.warning("billing applied a credit that differs from the reward; not marked applied",
-                           metadata: ["effect": "\(m)", "reward.id": "\(rewardId)", "account.id": "\(accountId)"])
+            logger.warning(
+                "billing applied a credit that differs from the reward; not marked applied",
+                metadata: ["effect": "\(m)", "reward.id": "\(rewardId)", "account.id": "\(accountId)"])
         }
         return outcome.outbox
     }
@@ -412,8 +444,9 @@ public actor Worker {
                 // and the timers fire again when their lease ends; rethrowing would drop both
                 // broker connections and requeue the batch in hand, raising every message's
                 // delivery count towards the broker's limit.
-                logger.notice("timer scan lost a lock conflict; its timers fire again after their lease",
-                              metadata: ["db.sqlstate": "\(error.sqlState ?? "-")"])
+                logger.notice(
+                    "timer scan lost a lock conflict; its timers fire again after their lease",
+                    metadata: ["db.sqlstate": "\(error.sqlState ?? "-")"])
                 return
             }
             effectCache.appendCommitted(fired.recorded)
@@ -435,9 +468,12 @@ public actor Worker {
         let now = clock.now()
         let budgeted = programs.programs.filter { $0.budget != nil }.map { ($0.id, $0.currency) }
         let (outbox, timers, unapplied, committed, settled, pauses) = try await db.run { c in
-            (try Store.outboxBacklog(c), try Store.timerBacklog(c, now: now), try Store.unappliedRewards(c, now: now),
-             try Store.committed(c, programs: budgeted, month: ProgramBudget.month(of: now)),
-             try Store.sweepHeldAsks(c, now: now), try Store.rewardPauses(c))
+            (
+                try Store.outboxBacklog(c), try Store.timerBacklog(c, now: now),
+                try Store.unappliedRewards(c, now: now),
+                try Store.committed(c, programs: budgeted, month: ProgramBudget.month(of: now)),
+                try Store.sweepHeldAsks(c, now: now), try Store.rewardPauses(c)
+            )
         }
         metrics.rewardPauses(pauses, now: now, programs: programs.programs.map(\.id))
         metrics.outbox(count: outbox.count, oldestAgeSeconds: outbox.oldestAgeSeconds)
@@ -445,7 +481,9 @@ public actor Worker {
         metrics.unappliedRewards(count: unapplied.count, oldestAgeSeconds: unapplied.oldestAgeSeconds)
         for p in programs.programs {
             guard let budget = p.budget else { continue }
-            metrics.budget(program: p.id, currency: p.currency, committedMinor: committed[p.id] ?? 0, limitMinor: budget.monthlyMinor)
+            metrics.budget(
+                program: p.id, currency: p.currency, committedMinor: committed[p.id] ?? 0,
+                limitMinor: budget.monthlyMinor)
         }
         metrics.heldAsksSettled(settled)
         let dropped = settled.filter { !$0.sent }.count
@@ -480,9 +518,12 @@ public actor Worker {
                 continue
             }
             metrics.deadLettered(code: reason.code.rawValue, routingKey: delivery.routingKey)
-            logger.notice("dead-lettered", metadata: [
-                "dlq.error": "\(reason.code.rawValue)", "dlq.detail": "\(reason.detail)",
-                "amqp.routing_key": "\(delivery.routingKey)", "amqp.message_id": "\(delivery.messageId ?? "-")"])
+            logger.notice(
+                "dead-lettered",
+                metadata: [
+                    "dlq.error": "\(reason.code.rawValue)", "dlq.detail": "\(reason.detail)",
+                    "amqp.routing_key": "\(delivery.routingKey)", "amqp.message_id": "\(delivery.messageId ?? "-")",
+                ])
             try await intake.ackNow(delivery, generation: generation)
         }
         if !refused.isEmpty { try await park(refused) }
@@ -510,9 +551,13 @@ public actor Worker {
                 throw DeadLetterError(outcome: refusal, code: reason.code.rawValue)
             }
             metrics.parked(code: reason.code.rawValue)
-            logger.error("dead letter refused by the broker; parked", metadata: [
-                "dlq.error": "\(reason.code.rawValue)", "amqp.outcome": "\(refusal)", "amqp.queue": "\(settings.parkedQueue)",
-                "amqp.routing_key": "\(delivery.routingKey)", "amqp.message_id": "\(delivery.messageId ?? "-")"])
+            logger.error(
+                "dead letter refused by the broker; parked",
+                metadata: [
+                    "dlq.error": "\(reason.code.rawValue)", "amqp.outcome": "\(refusal)",
+                    "amqp.queue": "\(settings.parkedQueue)",
+                    "amqp.routing_key": "\(delivery.routingKey)", "amqp.message_id": "\(delivery.messageId ?? "-")",
+                ])
             try await intake.ackNow(delivery, generation: generation)
         }
         if parkedRetryDue == nil { parkedRetryDue = clock.now() + .seconds(5) }
@@ -524,8 +569,9 @@ public actor Worker {
         do {
             try await retryParked()
         } catch {
-            logger.warning("parked queue not reachable; looked at again in a minute",
-                           metadata: ["amqp.queue": "\(settings.parkedQueue)", "error": "\(error)"])
+            logger.warning(
+                "parked queue not reachable; looked at again in a minute",
+                metadata: ["amqp.queue": "\(settings.parkedQueue)", "error": "\(error)"])
             parkedRetryDue = clock.now() + .seconds(60)
         }
     }
@@ -554,12 +600,14 @@ public actor Worker {
         // can tell a copy moved twice from one dead-lettered twice.
         let movedBy = "from \(settings.parkedQueue) by \(instanceName) lane \(pipeline) at \(clock.now())"
         let toDLX = batch.map { d in
-            let key: String = if case .string(let k)? = d.headers["x-referrald-original-routing-key"] { k } else { d.routingKey }
-            return OutgoingMessage(exchange: settings.deadLetterExchange, routingKey: key, body: d.body,
-                                   headers: d.headers.filter { $0.key != "x-referrald-parked" && $0.key != "x-delivery-count" }
-                                       .merging(["x-referrald-moved": .string(movedBy)]) { $1 },
-                                   messageId: d.messageId, contentType: d.contentType, persistent: true, mandatory: true,
-                                   timestamp: d.timestamp)
+            let key: String =
+                if case .string(let k)? = d.headers["x-referrald-original-routing-key"] { k } else { d.routingKey }
+            return OutgoingMessage(
+                exchange: settings.deadLetterExchange, routingKey: key, body: d.body,
+                headers: d.headers.filter { $0.key != "x-referrald-parked" && $0.key != "x-delivery-count" }
+                    .merging(["x-referrald-moved": .string(movedBy)]) { $1 },
+                messageId: d.messageId, contentType: d.contentType, persistent: true, mandatory: true,
+                timestamp: d.timestamp)
         }
         let outcomes = try await publisher.publish(toDLX)
         var stillRefused: [Delivery] = []
@@ -579,12 +627,14 @@ public actor Worker {
         // Settled in as few frames as possible: the reader closes right after (QueueTransfer.settle).
         try await QueueTransfer.settle(batch, requeue: unplaced, on: reader)
         if !stillRefused.isEmpty {
-            logger.warning("parked dead letters still refused by the dead-letter exchange; retried later",
-                           metadata: ["parked.refused": "\(stillRefused.count)", "amqp.dlx": "\(settings.deadLetterExchange)"])
+            logger.warning(
+                "parked dead letters still refused by the dead-letter exchange; retried later",
+                metadata: ["parked.refused": "\(stillRefused.count)", "amqp.dlx": "\(settings.deadLetterExchange)"])
             let wait = parkedBackoff.next(using: &rng)
             parkedRetryDue = clock.now() + .seconds(5) + Span(microseconds: Int64(wait.inSeconds * 1_000_000))
         } else {
-            logger.notice("parked dead letters moved to the dead-letter exchange", metadata: ["parked.moved": "\(batch.count)"])
+            logger.notice(
+                "parked dead letters moved to the dead-letter exchange", metadata: ["parked.moved": "\(batch.count)"])
             parkedBackoff.reset()
             // More may wait (another instance's, or past this round's 256): look again soon.
             parkedRetryDue = clock.now() + .seconds(1)
@@ -600,9 +650,10 @@ public actor Worker {
     private func publish(_ rows: [OutboxRow]) async throws -> Bool {
         guard let publisher, !rows.isEmpty else { return true }
         let messages = rows.map {
-            OutgoingMessage(exchange: settings.eventsExchange, routingKey: $0.type, body: $0.body, headers: [:],
-                            messageId: $0.eventId, contentType: "application/cloudevents+json",
-                            persistent: true, mandatory: false)
+            OutgoingMessage(
+                exchange: settings.eventsExchange, routingKey: $0.type, body: $0.body, headers: [:],
+                messageId: $0.eventId, contentType: "application/cloudevents+json",
+                persistent: true, mandatory: false)
         }
         let outcomes: [PublishOutcome]
         do {
@@ -616,8 +667,9 @@ public actor Worker {
         let confirmed = zip(rows, outcomes).filter { $0.1 != .nacked }.map(\.0.seq)
         published += confirmed
         if confirmed.count < rows.count {
-            logger.warning("broker nacked outbox rows; retried after the lease",
-                           metadata: ["outbox.nacked": "\(rows.count - confirmed.count)"])
+            logger.warning(
+                "broker nacked outbox rows; retried after the lease",
+                metadata: ["outbox.nacked": "\(rows.count - confirmed.count)"])
             return false
         }
         return true

@@ -10,8 +10,10 @@ import ReferralStore
 /// account first activates and the draw is not in the inbox, so without them a replay could not
 /// tell whose code a lead carries. Then every inbox body in received order, one per line.
 public enum ExportEvents {
-    public static func run(settings: Settings, from: Instant?, to: Instant?, logger: Logger,
-                           write: @escaping @Sendable ([UInt8]) -> Void) async throws -> Int {
+    public static func run(
+        settings: Settings, from: Instant?, to: Instant?, logger: Logger,
+        write: @escaping @Sendable ([UInt8]) -> Void
+    ) async throws -> Int {
         let db = try await PostgresConnection.connect(
             try PostgresURL(parsing: settings.databaseURL), applicationName: "referrald export-events", logger: logger)
         defer { Task { await db.close() } }
@@ -19,15 +21,22 @@ public enum ExportEvents {
     }
 
     /// Writes the lines through `write`; returns the number of events (snapshot lines aside).
-    public static func export(_ db: PostgresConnection, from: Instant?, to: Instant?,
-                              write: @escaping @Sendable ([UInt8]) -> Void) async throws -> Int {
+    public static func export(
+        _ db: PostgresConnection, from: Instant?, to: Instant?,
+        write: @escaping @Sendable ([UInt8]) -> Void
+    ) async throws -> Int {
         // One snapshot: the codes and the events agree with each other.
         try await db.transaction { c in
             try c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             for code in try Store.issuedCodes(c) {
-                let line: [String: String] = ["type": Simulate.snapshotType, "account_id": code.accountId, "code": code.code,
-                                              "program_id": code.programId, "issued_at": code.issuedAt.rfc3339]
-                write(Array(try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys, .withoutEscapingSlashes])) + [10])
+                let line: [String: String] = [
+                    "type": Simulate.snapshotType, "account_id": code.accountId, "code": code.code,
+                    "program_id": code.programId, "issued_at": code.issuedAt.rfc3339,
+                ]
+                write(
+                    Array(
+                        try JSONSerialization.data(
+                            withJSONObject: line, options: [.sortedKeys, .withoutEscapingSlashes])) + [10])
             }
             var count = 0
             try Store.exportEvents(c, from: from, to: to) { event in

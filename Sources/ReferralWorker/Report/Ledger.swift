@@ -23,16 +23,22 @@ public enum Ledger {
         public var description: String
     }
 
-    static let exportColumns = ["reward_id", "referral_id", "beneficiary", "account_id", "kind", "amount_minor", "currency",
-                                "program_id", "state", "issued_at", "applied_at", "billing_applied_at", "failures",
-                                "reversed_at", "history"]
-    static let totalColumns = ["account_id", "currency", "rewards", "issued_minor", "reversed_minor", "net_minor", "failed_minor"]
+    static let exportColumns = [
+        "reward_id", "referral_id", "beneficiary", "account_id", "kind", "amount_minor", "currency",
+        "program_id", "state", "issued_at", "applied_at", "billing_applied_at", "failures",
+        "reversed_at", "history",
+    ]
+    static let totalColumns = [
+        "account_id", "currency", "rewards", "issued_minor", "reversed_minor", "net_minor", "failed_minor",
+    ]
 
     // MARK: entry points with the command line's options
 
     /// `--from`/`--to` as YYYY-MM-DD (UTC midnight) or RFC 3339: rewards issued in [from, to).
-    public static func export(settings: Settings, from: String?, to: String?, format: Format, logger: Logger,
-                              write: @escaping @Sendable ([UInt8]) -> Void) async throws -> Int {
+    public static func export(
+        settings: Settings, from: String?, to: String?, format: Format, logger: Logger,
+        write: @escaping @Sendable ([UInt8]) -> Void
+    ) async throws -> Int {
         let start = try from.map { try ReportCommands.time($0, "--from") }
         let end = try to.map { try ReportCommands.time($0, "--to") }
         if let start, let end, start >= end { throw OptionError(description: "--from must be before --to") }
@@ -43,12 +49,19 @@ public enum Ledger {
 
     /// `--year` by the UTC calendar year of issue; `--kind` a `RewardKind`; `--min-amount` a net
     /// in minor units.
-    public static func totals(settings: Settings, year: Int, kind: String?, minAmount: Int64?, format: Format,
-                              logger: Logger, write: @escaping @Sendable ([UInt8]) -> Void) async throws -> Int {
-        guard (1...9998).contains(year) else { throw OptionError(description: "--year must be a year from 1 to 9998, got \(year)") }
+    public static func totals(
+        settings: Settings, year: Int, kind: String?, minAmount: Int64?, format: Format,
+        logger: Logger, write: @escaping @Sendable ([UInt8]) -> Void
+    ) async throws -> Int {
+        guard (1...9998).contains(year) else {
+            throw OptionError(description: "--year must be a year from 1 to 9998, got \(year)")
+        }
         let rewardKind = try kind.map { text in
             guard let k = RewardKind(rawValue: text) else {
-                throw OptionError(description: "--kind must be one of \(RewardKind.allCases.map(\.rawValue).joined(separator: ", ")), got \(text)")
+                throw OptionError(
+                    description:
+                        "--kind must be one of \(RewardKind.allCases.map(\.rawValue).joined(separator: ", ")), got \(text)"
+                )
             }
             return k
         }
@@ -58,15 +71,18 @@ public enum Ledger {
     }
 
     static func connect(_ settings: Settings, logger: Logger) async throws -> PostgresConnection {
-        try await PostgresConnection.connect(try PostgresURL(parsing: settings.databaseURL),
-                                             applicationName: "referrald ledger", logger: logger)
+        try await PostgresConnection.connect(
+            try PostgresURL(parsing: settings.databaseURL),
+            applicationName: "referrald ledger", logger: logger)
     }
 
     // MARK: the commands over a connection
 
     /// Writes the header (CSV) and every reward issued in [from, to); returns how many.
-    public static func export(_ db: PostgresConnection, from: Instant?, to: Instant?, format: Format,
-                              write: @escaping @Sendable ([UInt8]) -> Void) async throws -> Int {
+    public static func export(
+        _ db: PostgresConnection, from: Instant?, to: Instant?, format: Format,
+        write: @escaping @Sendable ([UInt8]) -> Void
+    ) async throws -> Int {
         try await db.transaction(.readOnlySnapshot) { c in
             if format == .csv { write(csvLine(exportColumns)) }
             var count = 0
@@ -82,9 +98,12 @@ public enum Ledger {
     }
 
     /// Writes the header (CSV) and the totals of `year` (UTC); returns how many rows.
-    public static func totals(_ db: PostgresConnection, year: Int, kind: RewardKind?, minNetMinor: Int64?, format: Format,
-                              write: @escaping @Sendable ([UInt8]) -> Void) async throws -> Int {
-        guard let from = Instant(rfc3339: "\(pad4(year))-01-01T00:00:00Z"), let to = Instant(rfc3339: "\(pad4(year + 1))-01-01T00:00:00Z")
+    public static func totals(
+        _ db: PostgresConnection, year: Int, kind: RewardKind?, minNetMinor: Int64?, format: Format,
+        write: @escaping @Sendable ([UInt8]) -> Void
+    ) async throws -> Int {
+        guard let from = Instant(rfc3339: "\(pad4(year))-01-01T00:00:00Z"),
+            let to = Instant(rfc3339: "\(pad4(year + 1))-01-01T00:00:00Z")
         else { throw OptionError(description: "--year \(year) is out of range") }
         return try await db.transaction(.readOnlySnapshot) { c in
             if format == .csv { write(csvLine(totalColumns)) }
@@ -92,14 +111,18 @@ public enum Ledger {
             try Store.ledgerTotals(c, from: from, to: to, kind: kind?.rawValue, minNetMinor: minNetMinor) { page in
                 var out: [UInt8] = []
                 for t in page {
-                    out += format == .csv
-                        ? csvLine([t.accountId, t.currency, "\(t.rewards)", "\(t.issuedMinor)", "\(t.reversedMinor)",
-                                   "\(t.netMinor)", "\(t.failedMinor)"])
+                    out +=
+                        format == .csv
+                        ? csvLine([
+                            t.accountId, t.currency, "\(t.rewards)", "\(t.issuedMinor)", "\(t.reversedMinor)",
+                            "\(t.netMinor)", "\(t.failedMinor)",
+                        ])
                         : JSONValue.object([
-                            "account_id": .string(t.accountId), "currency": .string(t.currency), "rewards": .integer(t.rewards),
+                            "account_id": .string(t.accountId), "currency": .string(t.currency),
+                            "rewards": .integer(t.rewards),
                             "issued_minor": .integer(t.issuedMinor), "reversed_minor": .integer(t.reversedMinor),
                             "net_minor": .integer(t.netMinor), "failed_minor": .integer(t.failedMinor),
-                          ]).encoded() + [10]
+                        ]).encoded() + [10]
                 }
                 write(out)
                 count += page.count
@@ -120,9 +143,12 @@ public enum Ledger {
     static func csvFields(_ r: LedgerReward) -> [String] {
         let applied = r.history.last { $0.event == .applied }
         let reversed = r.history.last { $0.event == .reversed }
-        return [r.rewardId, r.referralId, r.beneficiary, r.accountId, r.kind, "\(r.amountMinor)", r.currency, r.programId,
-                r.state, r.issuedAt.rfc3339, applied?.recordedAt.rfc3339 ?? "", applied?.billingAt?.rfc3339 ?? "",
-                "\(r.history.filter { $0.event == .failed }.count)", reversed?.recordedAt.rfc3339 ?? "", historyText(r.history)]
+        return [
+            r.rewardId, r.referralId, r.beneficiary, r.accountId, r.kind, "\(r.amountMinor)", r.currency, r.programId,
+            r.state, r.issuedAt.rfc3339, applied?.recordedAt.rfc3339 ?? "", applied?.billingAt?.rfc3339 ?? "",
+            "\(r.history.filter { $0.event == .failed }.count)", reversed?.recordedAt.rfc3339 ?? "",
+            historyText(r.history),
+        ]
     }
 
     /// `event@recorded` entries joined by `;`, with details in parentheses, e.g.
@@ -171,7 +197,9 @@ public enum Ledger {
     /// is present (null when billing's fact is gone) exactly on the changes billing caused.
     static func jsonLine(_ r: LedgerReward) -> [UInt8] {
         let history: [JSONValue] = r.history.map { h in
-            var m: [(String, JSONValue)] = [("event", .string(h.event.rawValue)), ("at", .string(h.recordedAt.rfc3339))]
+            var m: [(String, JSONValue)] = [
+                ("event", .string(h.event.rawValue)), ("at", .string(h.recordedAt.rfc3339)),
+            ]
             if h.event == .applied || h.event == .failed || h.event == .mismatch {
                 m.append(("billing_at", h.billingAt.map { .string($0.rfc3339) } ?? .null))
             }
@@ -179,13 +207,20 @@ public enum Ledger {
             if let f = h.final { m.append(("final", .bool(f))) }
             if let reason = h.reason { m.append(("reason", .string(reason))) }
             if let b = h.billed {
-                m.append(("billed", .object(["account_id": .string(b.accountId), "amount_minor": .integer(b.amountMinor),
-                                             "currency": .string(b.currency)])))
+                m.append(
+                    (
+                        "billed",
+                        .object([
+                            "account_id": .string(b.accountId), "amount_minor": .integer(b.amountMinor),
+                            "currency": .string(b.currency),
+                        ])
+                    ))
             }
             return .object(JSONObject(m))
         }
         return JSONValue.object([
-            "reward_id": .string(r.rewardId), "referral_id": .string(r.referralId), "beneficiary": .string(r.beneficiary),
+            "reward_id": .string(r.rewardId), "referral_id": .string(r.referralId),
+            "beneficiary": .string(r.beneficiary),
             "account_id": .string(r.accountId), "kind": .string(r.kind), "amount_minor": .integer(r.amountMinor),
             "currency": .string(r.currency), "program_id": .string(r.programId), "state": .string(r.state),
             "issued_at": .string(r.issuedAt.rfc3339), "history": .array(history),

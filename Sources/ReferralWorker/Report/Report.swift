@@ -14,7 +14,11 @@ public struct ProgramReport: Codable, Sendable, Equatable {
     public static let benchmarkParticipation = 0.25
     public static let benchmarkLeadsPerReferrerPerYear = 2.0
 
-    public struct Period: Codable, Sendable, Equatable { public var from: String; public var to: String; public var days: Double }
+    public struct Period: Codable, Sendable, Equatable {
+        public var from: String
+        public var to: String
+        public var days: Double
+    }
     public struct Benchmarks: Codable, Sendable, Equatable {
         public var participationRate: Double
         public var leadsPerReferrerPerYear: Double
@@ -65,9 +69,19 @@ public struct ProgramReport: Codable, Sendable, Equatable {
         public var conversion: Double?
         public var medianSecondsFromPrevious: Double?
     }
-    public struct ReasonCount: Codable, Sendable, Equatable { public var reason: String; public var count: Int64 }
-    public struct Outcome: Codable, Sendable, Equatable { public var stage: String; public var reason: String?; public var count: Int64 }
-    public struct Money: Codable, Sendable, Equatable { public var count: Int64; public var amountMinor: Int64 }
+    public struct ReasonCount: Codable, Sendable, Equatable {
+        public var reason: String
+        public var count: Int64
+    }
+    public struct Outcome: Codable, Sendable, Equatable {
+        public var stage: String
+        public var reason: String?
+        public var count: Int64
+    }
+    public struct Money: Codable, Sendable, Equatable {
+        public var count: Int64
+        public var amountMinor: Int64
+    }
     public struct Cost: Codable, Sendable, Equatable {
         public var currency: String
         public var issued: Money, applied: Money, pending: Money, reversed: Money, failed: Money
@@ -164,37 +178,45 @@ public struct ProgramReport: Codable, Sendable, Equatable {
         self.generatedAt = generatedAt.rfc3339
         period = Period(from: scope.from.rfc3339, to: scope.to.rfc3339, days: days)
         program = scope.programId
-        benchmarks = Benchmarks(participationRate: Self.benchmarkParticipation,
-                                leadsPerReferrerPerYear: Self.benchmarkLeadsPerReferrerPerYear)
+        benchmarks = Benchmarks(
+            participationRate: Self.benchmarkParticipation,
+            leadsPerReferrerPerYear: Self.benchmarkLeadsPerReferrerPerYear)
         let moments = f.moments.map {
-            Moment(moment: $0.moment, asks: $0.asks, customers: $0.customers, leadsFollowing: $0.leadsFollowing,
-                   leadsPerAsk: ratio(Double($0.leadsFollowing), Double($0.asks)))
+            Moment(
+                moment: $0.moment, asks: $0.asks, customers: $0.customers, leadsFollowing: $0.leadsFollowing,
+                leadsPerAsk: ratio(Double($0.leadsFollowing), Double($0.asks)))
         }
         // Ties go to the moment named first, so the answer does not flip between two runs.
         let best = moments.filter { $0.leadsPerAsk != nil }
             .max { ($0.leadsPerAsk!, $1.moment) < ($1.leadsPerAsk!, $0.moment) }
-        asks = Asks(customersAsked: f.customersAsked, asksSent: f.asksSent,
-                    followWindowDays: Double(scope.askFollowWindow.microseconds) / 86_400_000_000,
-                    byMoment: moments, bestMoment: best?.moment)
-        participation = Participation(referrers: f.referrers, askedReferrers: f.askedReferrers,
-                                      rate: ratio(Double(f.askedReferrers), Double(f.customersAsked)),
-                                      benchmarkRate: Self.benchmarkParticipation)
+        asks = Asks(
+            customersAsked: f.customersAsked, asksSent: f.asksSent,
+            followWindowDays: Double(scope.askFollowWindow.microseconds) / 86_400_000_000,
+            byMoment: moments, bestMoment: best?.moment)
+        participation = Participation(
+            referrers: f.referrers, askedReferrers: f.askedReferrers,
+            rate: ratio(Double(f.askedReferrers), Double(f.customersAsked)),
+            benchmarkRate: Self.benchmarkParticipation)
         let referred = f.funnel.first?.reached ?? 0
         let unattributed = f.unattributedWithoutCode + f.unattributedUnknownCode
-        leads = Leads(total: referred + unattributed, referred: referred,
-                      unattributed: Unattributed(total: unattributed, withoutCode: f.unattributedWithoutCode,
-                                                 unknownCode: f.unattributedUnknownCode),
-                      perReferrerPerYear: years > 0 ? ratio(Double(referred), Double(f.referrers)).map { $0 / years } : nil,
-                      benchmarkPerReferrerPerYear: Self.benchmarkLeadsPerReferrerPerYear)
+        leads = Leads(
+            total: referred + unattributed, referred: referred,
+            unattributed: Unattributed(
+                total: unattributed, withoutCode: f.unattributedWithoutCode,
+                unknownCode: f.unattributedUnknownCode),
+            perReferrerPerYear: years > 0 ? ratio(Double(referred), Double(f.referrers)).map { $0 / years } : nil,
+            benchmarkPerReferrerPerYear: Self.benchmarkLeadsPerReferrerPerYear)
         let perReferrer = Self.benchmarkLeadsPerReferrerPerYear * years
-        estimate = Estimate(customersAsked: f.customersAsked, participationRate: Self.benchmarkParticipation,
-                            leadsPerReferrer: perReferrer,
-                            estimatedLeads: Double(f.customersAsked) * Self.benchmarkParticipation * perReferrer,
-                            actualLeads: referred)
+        estimate = Estimate(
+            customersAsked: f.customersAsked, participationRate: Self.benchmarkParticipation,
+            leadsPerReferrer: perReferrer,
+            estimatedLeads: Double(f.customersAsked) * Self.benchmarkParticipation * perReferrer,
+            actualLeads: referred)
         funnel = f.funnel.enumerated().map { i, s in
-            FunnelStep(stage: s.stage, count: s.reached,
-                       conversion: i == 0 ? nil : ratio(Double(s.reached), Double(f.funnel[i - 1].reached)),
-                       medianSecondsFromPrevious: s.medianSecondsFromPrevious)
+            FunnelStep(
+                stage: s.stage, count: s.reached,
+                conversion: i == 0 ? nil : ratio(Double(s.reached), Double(f.funnel[i - 1].reached)),
+                medianSecondsFromPrevious: s.medianSecondsFromPrevious)
         }
         rejections = f.outcomes.filter { $0.stage == Stage.rejected.rawValue }
             .map { ReasonCount(reason: $0.reason ?? "unspecified", count: $0.count) }
@@ -205,26 +227,34 @@ public struct ProgramReport: Codable, Sendable, Equatable {
             // issued but not money the program spends.
             let net = c.issued.amountMinor - c.reversed.amountMinor - c.failed.amountMinor
             func m(_ x: ReportFigures.Money) -> Money { Money(count: x.count, amountMinor: x.amountMinor) }
-            return Cost(currency: c.currency, issued: m(c.issued), applied: m(c.applied), pending: m(c.pending),
-                        reversed: m(c.reversed), failed: m(c.failed), referrerAmountMinor: c.referrerAmountMinor,
-                        friendAmountMinor: c.friendAmountMinor, netCostMinor: net, activations: activations,
-                        costPerActivationMinor: ratio(Double(net), Double(activations)))
+            return Cost(
+                currency: c.currency, issued: m(c.issued), applied: m(c.applied), pending: m(c.pending),
+                reversed: m(c.reversed), failed: m(c.failed), referrerAmountMinor: c.referrerAmountMinor,
+                friendAmountMinor: c.friendAmountMinor, netCostMinor: net, activations: activations,
+                costPerActivationMinor: ratio(Double(net), Double(activations)))
         }
         repeatAdvocates = f.repeatAdvocates
-        weekly = f.weeks.map { Week(weekStart: $0.weekStart.rfc3339, leads: $0.leads, activated: $0.activated, qualified: $0.qualified) }
+        weekly = f.weeks.map {
+            Week(weekStart: $0.weekStart.rfc3339, leads: $0.leads, activated: $0.activated, qualified: $0.qualified)
+        }
         spendByPlan = f.byPlan.map {
             let net = $0.issued.amountMinor - $0.reversed.amountMinor
-            return PlanCost(plan: $0.group, currency: $0.currency, issued: Money($0.issued), reversed: Money($0.reversed),
-                            netCostMinor: net, qualified: $0.qualified, costPerQualifiedMinor: ratio(Double(net), Double($0.qualified)))
+            return PlanCost(
+                plan: $0.group, currency: $0.currency, issued: Money($0.issued), reversed: Money($0.reversed),
+                netCostMinor: net, qualified: $0.qualified,
+                costPerQualifiedMinor: ratio(Double(net), Double($0.qualified)))
         }
         costPerQualifiedByMoment = f.byMoment.map {
             let net = $0.issued.amountMinor - $0.reversed.amountMinor
-            return MomentCost(moment: $0.group, currency: $0.currency, issued: Money($0.issued), reversed: Money($0.reversed),
-                              netCostMinor: net, qualified: $0.qualified, costPerQualifiedMinor: ratio(Double(net), Double($0.qualified)))
+            return MomentCost(
+                moment: $0.group, currency: $0.currency, issued: Money($0.issued), reversed: Money($0.reversed),
+                netCostMinor: net, qualified: $0.qualified,
+                costPerQualifiedMinor: ratio(Double(net), Double($0.qualified)))
         }
         channels = f.channels.map {
-            Channel(channel: $0.channel, leads: $0.leads, activated: $0.activated, qualified: $0.qualified,
-                    conversion: ratio(Double($0.qualified), Double($0.leads)), unattributed: $0.unattributed)
+            Channel(
+                channel: $0.channel, leads: $0.leads, activated: $0.activated, qualified: $0.qualified,
+                conversion: ratio(Double($0.qualified), Double($0.leads)), unattributed: $0.unattributed)
         }
         budget = Self.budget(f, now: generatedAt)
     }
@@ -254,7 +284,9 @@ public struct ProgramReport: Codable, Sendable, Equatable {
     }
 
     /// Connects, reads the figures in one snapshot and builds the report.
-    public static func run(settings: Settings, scope: ReportScope, now: Instant, logger: Logger) async throws -> ProgramReport {
+    public static func run(settings: Settings, scope: ReportScope, now: Instant, logger: Logger) async throws
+        -> ProgramReport
+    {
         let db = try await PostgresConnection.connect(
             try PostgresURL(parsing: settings.databaseURL), applicationName: "referrald report", logger: logger)
         defer { Task { await db.close() } }

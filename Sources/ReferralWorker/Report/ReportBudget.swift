@@ -19,23 +19,30 @@ extension ProgramReport {
         let months = f.months.map { m -> BudgetMonth in
             let net = m.issued.amountMinor - m.reversed.amountMinor
             let budget = limit(m.programId, m.currency)
-            return BudgetMonth(month: m.month, program: m.programId, currency: m.currency, issued: Money(m.issued),
-                               reversed: Money(m.reversed), netSpendMinor: net, committedMinor: m.committedMinor,
-                               budgetMonthlyMinor: budget, spentShareOfBudget: budget.flatMap { ratio(Double(net), Double($0)) },
-                               committedShareOfBudget: budget.flatMap { ratio(Double(m.committedMinor), Double($0)) })
+            return BudgetMonth(
+                month: m.month, program: m.programId, currency: m.currency, issued: Money(m.issued),
+                reversed: Money(m.reversed), netSpendMinor: net, committedMinor: m.committedMinor,
+                budgetMonthlyMinor: budget, spentShareOfBudget: budget.flatMap { ratio(Double(net), Double($0)) },
+                committedShareOfBudget: budget.flatMap { ratio(Double(m.committedMinor), Double($0)) })
         }
         let mtd = f.monthToDate
-        let elapsed = ratio(Double(now.microseconds - mtd.start.microseconds), Double(mtd.end.microseconds - mtd.start.microseconds)) ?? 0
+        let elapsed =
+            ratio(
+                Double(now.microseconds - mtd.start.microseconds), Double(mtd.end.microseconds - mtd.start.microseconds)
+            ) ?? 0
         var spent: [String: [String: Int64]] = [:]
         for s in mtd.spend { spent[s.programId, default: [:]][s.currency] = s.issuedMinor - s.reversedMinor }
-        for b in f.budgets where spent[b.programId]?[b.currency] == nil { spent[b.programId, default: [:]][b.currency] = 0 }
+        for b in f.budgets where spent[b.programId]?[b.currency] == nil {
+            spent[b.programId, default: [:]][b.currency] = 0
+        }
         let forecast = spent.flatMap { program, byCurrency in
             byCurrency.map { currency, minor -> Forecast in
                 let projected = ratio(Double(minor), elapsed)
                 let budget = limit(program, currency)
-                return Forecast(month: mtd.month, program: program, currency: currency, spentMinor: minor, elapsedFraction: elapsed,
-                                forecastMinor: projected, budgetMonthlyMinor: budget,
-                                forecastShareOfBudget: budget.flatMap { b in projected.flatMap { ratio($0, Double(b)) } })
+                return Forecast(
+                    month: mtd.month, program: program, currency: currency, spentMinor: minor, elapsedFraction: elapsed,
+                    forecastMinor: projected, budgetMonthlyMinor: budget,
+                    forecastShareOfBudget: budget.flatMap { b in projected.flatMap { ratio($0, Double(b)) } })
             }
         }.sorted { ($0.program, $0.currency) < ($1.program, $1.currency) }
         return Budget(months: months, forecast: forecast)

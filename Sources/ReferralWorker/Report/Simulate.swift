@@ -77,7 +77,8 @@ public enum Simulate {
                 }
                 if object["type"] as? String == Simulate.snapshotType {
                     guard let a = object["account_id"] as? String, let c = object["code"] as? String,
-                          let p = object["program_id"] as? String else {
+                        let p = object["program_id"] as? String
+                    else {
                         throw InputError(line: n + 1, message: "a code snapshot needs account_id, code and program_id")
                     }
                     codes.append((a, c, p))
@@ -106,9 +107,10 @@ public enum Simulate {
         }
         // Codes of accounts whose activation is outside the file are seeded; the others are
         // issued by the engine at their activation, with the production code, as they were.
-        let activated = Set(stream.events.compactMap { e -> String? in
-            if case .serviceActivated(let p) = e.payload { p.accountId } else { nil }
-        })
+        let activated = Set(
+            stream.events.compactMap { e -> String? in
+                if case .serviceActivated(let p) = e.payload { p.accountId } else { nil }
+            })
         for c in stream.codes where !activated.contains(c.accountId) {
             engine.seedCode(accountId: c.accountId, code: c.code, programId: c.programId)
         }
@@ -188,7 +190,9 @@ public enum Simulate {
         return o
     }
 
-    public static func compare(_ stream: Stream, current: [Program], candidate: [Program], until: Instant?) -> Comparison {
+    public static func compare(_ stream: Stream, current: [Program], candidate: [Program], until: Instant?)
+        -> Comparison
+    {
         let end = until ?? stream.events.map(\.time).max() ?? Instant(microseconds: 0)
         let a = replay(stream, programs: current, until: end)
         let b = replay(stream, programs: candidate, until: end)
@@ -207,15 +211,19 @@ public enum Simulate {
             }
         }
         let byPlan = { (programs: [Program]) in
-            Dictionary(programs.map { ($0.id, [$0.referrerReward.byPlan, $0.friendReward.byPlan]) }, uniquingKeysWith: { a, _ in a })
+            Dictionary(
+                programs.map { ($0.id, [$0.referrerReward.byPlan, $0.friendReward.byPlan]) },
+                uniquingKeysWith: { a, _ in a })
         }
-        return Comparison(events: stream.events.count, replayedUntil: end.rfc3339, current: a, candidate: b,
-                          qualifyEarlier: earlier, qualifyLater: later, byPlanChanged: byPlan(current) != byPlan(candidate))
+        return Comparison(
+            events: stream.events.count, replayedUntil: end.rfc3339, current: a, candidate: b,
+            qualifyEarlier: earlier, qualifyLater: later, byPlanChanged: byPlan(current) != byPlan(candidate))
     }
 
     /// ref-998 before ref-1001: by number, not by text.
     static func referralOrder(_ a: String, _ b: String) -> Bool {
-        let na = Int(a.drop { !$0.isNumber }), nb = Int(b.drop { !$0.isNumber })
+        let na = Int(a.drop { !$0.isNumber })
+        let nb = Int(b.drop { !$0.isNumber })
         return (na ?? 0, a) < (nb ?? 0, b)
     }
 
@@ -238,9 +246,13 @@ public enum Simulate {
         for cur in currencies {
             let (a, b) = (c.current, c.candidate)
             row("referrer rewards", a.referrerRewards[cur]?.count ?? 0, b.referrerRewards[cur]?.count ?? 0)
-            row("referrer reward cost \(cur)", a.referrerRewards[cur]?.amountMinor ?? 0, b.referrerRewards[cur]?.amountMinor ?? 0, money: true)
+            row(
+                "referrer reward cost \(cur)", a.referrerRewards[cur]?.amountMinor ?? 0,
+                b.referrerRewards[cur]?.amountMinor ?? 0, money: true)
             row("friend rewards", a.friendRewards[cur]?.count ?? 0, b.friendRewards[cur]?.count ?? 0)
-            row("friend reward cost \(cur)", a.friendRewards[cur]?.amountMinor ?? 0, b.friendRewards[cur]?.amountMinor ?? 0, money: true)
+            row(
+                "friend reward cost \(cur)", a.friendRewards[cur]?.amountMinor ?? 0,
+                b.friendRewards[cur]?.amountMinor ?? 0, money: true)
             row("reversed \(cur)", a.reversed[cur]?.amountMinor ?? 0, b.reversed[cur]?.amountMinor ?? 0, money: true)
             row("net cost \(cur)", a.netCostMinor[cur] ?? 0, b.netCostMinor[cur] ?? 0, money: true)
         }
@@ -253,14 +265,17 @@ public enum Simulate {
             }
         }
         for reason in Set(c.current.rejections.keys).union(c.candidate.rejections.keys).sorted() {
-            row("rejected: \(reason)", Int64(c.current.rejections[reason] ?? 0), Int64(c.candidate.rejections[reason] ?? 0))
+            row(
+                "rejected: \(reason)", Int64(c.current.rejections[reason] ?? 0),
+                Int64(c.candidate.rejections[reason] ?? 0))
         }
         var out = "Replayed \(c.events) events until \(c.replayedUntil)\n" + ReportTable.rows(rows)
         func list(_ title: String, _ changes: [Change]) {
             guard !changes.isEmpty else { return }
             out += "\n\(title) (\(changes.count))\n"
-            out += ReportTable.rows([["referral", "current", "candidate"]]
-                + changes.map { [$0.referralId, $0.current ?? "not qualified", $0.candidate ?? "not qualified"] })
+            out += ReportTable.rows(
+                [["referral", "current", "candidate"]]
+                    + changes.map { [$0.referralId, $0.current ?? "not qualified", $0.candidate ?? "not qualified"] })
         }
         list("Qualify earlier under the candidate", c.qualifyEarlier)
         list("Qualify later under the candidate", c.qualifyLater)

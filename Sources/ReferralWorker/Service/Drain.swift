@@ -19,7 +19,9 @@ enum MetricsBootstrap {
     /// for request latencies in milliseconds and request sizes in bytes).
     static func factory(registry: PrometheusCollectorRegistry) -> PrometheusMetricsFactory {
         var factory = PrometheusMetricsFactory(registry: registry)
-        factory.valueHistogramBuckets["referrald_batch_size"] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+        factory.valueHistogramBuckets["referrald_batch_size"] = [
+            1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
+        ]
         factory.durationHistogramBuckets["referrald_batch_seconds"] = [
             .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
             .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10),
@@ -60,8 +62,11 @@ struct DrainingGroup {
                 var iterator = signals.makeAsyncIterator()
                 guard let first = await iterator.next() else { return }
                 drainStarted.withLock { $0 = .now }
-                logger.notice("stopping: draining", metadata: [
-                    "signal": "\(first)", "drain.timeout_seconds": "\(drainTimeout.components.seconds)"])
+                logger.notice(
+                    "stopping: draining",
+                    metadata: [
+                        "signal": "\(first)", "drain.timeout_seconds": "\(drainTimeout.components.seconds)",
+                    ])
                 await group.triggerGracefulShutdown()
                 guard let second = await iterator.next() else { return }
                 secondSignal.withLock { $0 = true }
@@ -85,7 +90,10 @@ struct DrainingGroup {
         if let started = drainStarted.withLock({ $0 }) {
             let took = ContinuousClock.now - started
             if took >= drainTimeout {
-                throw Escalated(description: "drain took longer than REFERRALD_DRAIN_TIMEOUT_SECONDS (\(drainTimeout.components.seconds) s); cancelled")
+                throw Escalated(
+                    description:
+                        "drain took longer than REFERRALD_DRAIN_TIMEOUT_SECONDS (\(drainTimeout.components.seconds) s); cancelled"
+                )
             }
             logger.notice("stopped", metadata: ["drain.seconds": "\(took.inSeconds)"])
         }

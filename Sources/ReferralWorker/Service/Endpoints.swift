@@ -27,8 +27,10 @@ struct HTTPService: Service {
         try? await gracefulShutdown()
     }
 
-    static func respond(method: String, path: String, status: ServiceStatus, stallWindow: Duration,
-                        registry: PrometheusCollectorRegistry, now: ContinuousClock.Instant = .now) -> HTTPServer.Response {
+    static func respond(
+        method: String, path: String, status: ServiceStatus, stallWindow: Duration,
+        registry: PrometheusCollectorRegistry, now: ContinuousClock.Instant = .now
+    ) -> HTTPServer.Response {
         guard ["/healthz", "/readyz", "/metrics"].contains(path) else { return .text(404, "Not Found", "not found") }
         guard method == "GET" else {
             var r = HTTPServer.Response.text(405, "Method Not Allowed", "only GET")
@@ -45,8 +47,9 @@ struct HTTPService: Service {
             if let reason = status.notReadyReason() { return .text(503, "Service Unavailable", reason) }
             return .text(200, "OK", "ready")
         default:
-            return HTTPServer.Response(status: 200, reason: "OK", contentType: "text/plain; version=0.0.4; charset=utf-8",
-                                       body: Exposition.render(registry))
+            return HTTPServer.Response(
+                status: 200, reason: "OK", contentType: "text/plain; version=0.0.4; charset=utf-8",
+                body: Exposition.render(registry))
         }
     }
 }

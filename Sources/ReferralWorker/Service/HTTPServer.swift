@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Foundation
 import Logging
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// A minimal HTTP/1.1 server for a few GET endpoints, with blocking POSIX sockets on threads of
 /// its own: the responses come from locked state and need no async work, and threads keep the
@@ -76,7 +77,10 @@ final class HTTPServer: Sendable {
                 n += 1
                 return true
             }
-            guard admitted else { close(client); continue }
+            guard admitted else {
+                close(client)
+                continue
+            }
             let connection = Thread { [self] in
                 Self.handle(client, handler: handler, logger: logger)
                 close(client)
@@ -97,7 +101,9 @@ final class HTTPServer: Sendable {
         var chunk = [UInt8](repeating: 0, count: 2048)
         while findHeadEnd(request) == nil {
             guard request.count < maxRequestBytes else {
-                return write(fd, .text(431, "Request Header Fields Too Large", "request head over \(maxRequestBytes) bytes"), deadline: deadline)
+                return write(
+                    fd, .text(431, "Request Header Fields Too Large", "request head over \(maxRequestBytes) bytes"),
+                    deadline: deadline)
             }
             guard ContinuousClock.now < deadline else { return }  // slow client: drop it, no answer
             let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
@@ -129,14 +135,16 @@ final class HTTPServer: Sendable {
         let line = String(decoding: bytes[..<end], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         let parts = line.split(separator: " ", omittingEmptySubsequences: false)
         guard parts.count == 3, parts[2].hasPrefix("HTTP/1."), parts[1].hasPrefix("/"),
-              parts[0].allSatisfy({ $0.isASCII && $0.isUppercase }), !parts[0].isEmpty else { return nil }
+            parts[0].allSatisfy({ $0.isASCII && $0.isUppercase }), !parts[0].isEmpty
+        else { return nil }
         let path = parts[1].split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0]
         return (String(parts[0]), String(path))
     }
 
     private static func write(_ fd: Int32, _ response: Response, deadline: ContinuousClock.Instant) {
         var head = "HTTP/1.1 \(response.status) \(response.reason)\r\n"
-        head += "Content-Type: \(response.contentType)\r\nContent-Length: \(response.body.count)\r\nConnection: close\r\n"
+        head +=
+            "Content-Type: \(response.contentType)\r\nContent-Length: \(response.body.count)\r\nConnection: close\r\n"
         for (name, value) in response.headers { head += "\(name): \(value)\r\n" }
         let bytes = Array((head + "\r\n").utf8) + response.body
         var sent = 0
@@ -156,14 +164,17 @@ final class HTTPServer: Sendable {
         hints.ai_flags = AI_NUMERICHOST | AI_PASSIVE | AI_NUMERICSERV
         hints.ai_family = AF_UNSPEC
         #if canImport(Glibc)
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+            hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         #else
-        hints.ai_socktype = SOCK_STREAM
+            hints.ai_socktype = SOCK_STREAM
         #endif
         var info: UnsafeMutablePointer<addrinfo>?
         let rc = getaddrinfo(host, String(port), &hints, &info)
         guard rc == 0, let ai = info else {
-            throw HTTPServerError(message: "REFERRALD_HTTP_HOST \"\(host)\" is not a numeric IP address (\(String(cString: gai_strerror(rc))))")
+            throw HTTPServerError(
+                message:
+                    "REFERRALD_HTTP_HOST \"\(host)\" is not a numeric IP address (\(String(cString: gai_strerror(rc))))"
+            )
         }
         defer { freeaddrinfo(info) }
         let fd = socket(ai.pointee.ai_family, ai.pointee.ai_socktype, 0)
@@ -176,7 +187,8 @@ final class HTTPServer: Sendable {
         guard bind(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == 0, listen(fd, Int32(maxConnections)) == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
-            throw HTTPServerError(message: "cannot listen on \(host):\(port) (REFERRALD_HTTP_HOST/REFERRALD_HTTP_PORT): \(reason)")
+            throw HTTPServerError(
+                message: "cannot listen on \(host):\(port) (REFERRALD_HTTP_HOST/REFERRALD_HTTP_PORT): \(reason)")
         }
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -185,7 +197,8 @@ final class HTTPServer: Sendable {
         }
         let bound: UInt16 = withUnsafeBytes(of: &storage) { raw in
             // sin_port and sin6_port sit at the same offset, in network byte order.
-            UInt16(bigEndian: raw.load(fromByteOffset: MemoryLayout<sockaddr_in>.offset(of: \.sin_port)!, as: UInt16.self))
+            UInt16(
+                bigEndian: raw.load(fromByteOffset: MemoryLayout<sockaddr_in>.offset(of: \.sin_port)!, as: UInt16.self))
         }
         return (fd, Int(bound))
     }

@@ -80,7 +80,10 @@ public final class ServiceStatus: Sendable {
     func brokerConnected(pipeline: Int = 0) {
         let reconnected = state.withLock { s in
             defer { s.pipelines[pipeline].brokerUp = true }
-            if s.phase != .draining, s.pipelines[pipeline].databaseUp { s.phase = .consuming; s.detail = nil }
+            if s.phase != .draining, s.pipelines[pipeline].databaseUp {
+                s.phase = .consuming
+                s.detail = nil
+            }
             return !s.everConnected.insert(.amqp).inserted && !s.pipelines[pipeline].brokerUp
         }
         metrics.connection(.amqp, up: true)
@@ -104,7 +107,10 @@ public final class ServiceStatus: Sendable {
         state.withLock { s in
             s.pipelines[pipeline].databaseUp = false
             s.pipelines[pipeline].lastDatabaseRoundTripSucceeded = false
-            if s.phase != .draining { s.phase = .databaseUnavailable; s.detail = Self.reason(error) }
+            if s.phase != .draining {
+                s.phase = .databaseUnavailable
+                s.detail = Self.reason(error)
+            }
         }
         metrics.connection(.postgres, up: false)
     }
@@ -114,7 +120,9 @@ public final class ServiceStatus: Sendable {
         state.withLock { s in
             s.pipelines[pipeline].brokerUp = false
             s.pipelines[pipeline].databaseUp = false
-            if error is PostgresError || error is NotConnected { s.pipelines[pipeline].lastDatabaseRoundTripSucceeded = false }
+            if error is PostgresError || error is NotConnected {
+                s.pipelines[pipeline].lastDatabaseRoundTripSucceeded = false
+            }
             guard s.phase != .draining else { return }
             switch error {
             case is PostgresError, is NotConnected: s.phase = .databaseUnavailable
@@ -128,7 +136,10 @@ public final class ServiceStatus: Sendable {
     }
 
     func draining() {
-        state.withLock { $0.phase = .draining; $0.detail = nil }
+        state.withLock {
+            $0.phase = .draining
+            $0.detail = nil
+        }
     }
 
     // MARK: read by /readyz and the notifier

@@ -1,11 +1,12 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Foundation
 import Logging
 import ServiceLifecycle
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// The sd_notify protocol without libsystemd: one datagram of `KEY=VALUE` lines to the Unix
 /// socket named by `NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace).
@@ -29,9 +30,9 @@ public final class SystemdNotifier: Sendable {
         let length = MemoryLayout<sockaddr_un>.offset(of: \.sun_path)! + path.count + (abstract ? 0 : 1)
         address = withUnsafeBytes(of: &addr) { Array($0.prefix(length)) }
         #if canImport(Glibc)
-        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         #else
-        fd = socket(AF_UNIX, SOCK_DGRAM, 0)
+            fd = socket(AF_UNIX, SOCK_DGRAM, 0)
         #endif
         if fd < 0 { return nil }
     }
@@ -46,8 +47,9 @@ public final class SystemdNotifier: Sendable {
         return address.withUnsafeBytes { addr in
             bytes.withUnsafeBytes { body in
                 addr.baseAddress!.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                    sendto(fd, body.baseAddress, body.count, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL), sa,
-                           socklen_t(addr.count)) == body.count
+                    sendto(
+                        fd, body.baseAddress, body.count, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL), sa,
+                        socklen_t(addr.count)) == body.count
                 }
             }
         }
@@ -106,9 +108,12 @@ struct StatusReporter: Service {
                     // Logged on the change only: a long outage would otherwise log every ping.
                     if progressing == withholding {
                         withholding = !progressing
-                        logger.log(level: progressing ? .notice : .warning,
-                                   progressing ? "watchdog pings resumed" : "watchdog pings withheld: the consume loop is not making progress",
-                                   metadata: ["status": "\(line)"])
+                        logger.log(
+                            level: progressing ? .notice : .warning,
+                            progressing
+                                ? "watchdog pings resumed"
+                                : "watchdog pings withheld: the consume loop is not making progress",
+                            metadata: ["status": "\(line)"])
                     }
                 }
                 if !lines.isEmpty { notifier?.send(lines.joined(separator: "\n")) }

@@ -16,7 +16,10 @@ public enum DeadLetterErase {
         public var kept = 0
 
         public init(scanned: Int = 0, scrubbed: Int = 0, dropped: Int = 0, kept: Int = 0) {
-            self.scanned = scanned; self.scrubbed = scrubbed; self.dropped = dropped; self.kept = kept
+            self.scanned = scanned
+            self.scrubbed = scrubbed
+            self.dropped = dropped
+            self.kept = kept
         }
 
         public var description: String { "scanned \(scanned), scrubbed \(scrubbed), dropped \(dropped), kept \(kept)" }
@@ -47,25 +50,34 @@ public enum DeadLetterErase {
     public static func run(settings: Settings, account: String, logger: Logger) async throws -> Result {
         // Leads and rewards of the account, when the database is configured: without them a
         // lead or a credit rejection of the account (which do not name it) would be kept.
-        var leads: Set<String> = [], rewards: Set<String> = []
+        var leads: Set<String> = []
+        var rewards: Set<String> = []
         if !settings.databaseURL.isEmpty {
             let db = try await settings.connectPostgres(name: "referrald dlq erase", logger: logger)
             let keys = try await db.run { c in try Store.accountKeys(c, account: account) }
             await db.close()
-            leads = Set(keys.leads); rewards = Set(keys.rewards)
+            leads = Set(keys.leads)
+            rewards = Set(keys.rewards)
         } else {
-            logger.warning("REFERRALD_DATABASE_URL not set: dead letters are matched by account id only, not by its leads and rewards")
+            logger.warning(
+                "REFERRALD_DATABASE_URL not set: dead letters are matched by account id only, not by its leads and rewards"
+            )
         }
         // Closed before returning: what the reader still holds is back in the DLQ when the
         // next pass (`referrald dlq erase` runs until one scrubs nothing) counts it.
-        return try await QueueTransfer.withConnections(settings, name: "referrald dlq erase", logger: logger) { reader, writer in
-            try await pass(reader: reader, writer: writer, settings: settings, account: account, leads: leads, rewards: rewards)
+        return try await QueueTransfer.withConnections(settings, name: "referrald dlq erase", logger: logger) {
+            reader, writer in
+            try await pass(
+                reader: reader, writer: writer, settings: settings, account: account, leads: leads, rewards: rewards)
         }
     }
 
-    static func pass(reader: AMQPConnection, writer: AMQPConnection, settings: Settings, account: String,
-                     leads: Set<String>, rewards: Set<String>) async throws -> Result {
-        let waiting = Int(try await reader.declareQueue(settings.deadLetterQueue, durable: true, passive: true).messageCount)
+    static func pass(
+        reader: AMQPConnection, writer: AMQPConnection, settings: Settings, account: String,
+        leads: Set<String>, rewards: Set<String>
+    ) async throws -> Result {
+        let waiting = Int(
+            try await reader.declareQueue(settings.deadLetterQueue, durable: true, passive: true).messageCount)
         var result = Result()
         if waiting == 0 { return result }
         try await reader.consume(queue: settings.deadLetterQueue, prefetch: UInt16(min(waiting, 256)))
@@ -81,7 +93,8 @@ public enum DeadLetterErase {
                 case .scrub(let body):
                     copies.append((d, copy(of: d, body: body, scrubbed: true, queue: settings.deadLetterQueue), true))
                 case .unrelated, .alreadyScrubbed:
-                    copies.append((d, copy(of: d, body: d.body, scrubbed: false, queue: settings.deadLetterQueue), false))
+                    copies.append(
+                        (d, copy(of: d, body: d.body, scrubbed: false, queue: settings.deadLetterQueue), false))
                 }
             }
             let outcomes = copies.isEmpty ? [] : try await writer.publish(copies.map(\.1))
@@ -100,8 +113,9 @@ public enum DeadLetterErase {
             // The dropped and the confirmed acked, the refused requeued (QueueTransfer.settle).
             try await QueueTransfer.settle(batch, requeue: back, on: reader)
             if let refused {
-                throw DeadLetterEraseError(detail: "the broker did not accept a copy in \(settings.deadLetterQueue) (\(refused)); "
-                                           + "the originals stay, run the command again (so far: \(result))")
+                throw DeadLetterEraseError(
+                    detail: "the broker did not accept a copy in \(settings.deadLetterQueue) (\(refused)); "
+                        + "the originals stay, run the command again (so far: \(result))")
             }
         }
         return result

@@ -31,15 +31,20 @@ public enum DeadLetterReplay {
     /// ack (`QueueTransfer.settle`). A crash between a confirm and the ack still leaves a
     /// duplicate, which the inbox deduplicates.
     public static func run(settings: Settings, onlyError: String?, limit: Int?, logger: Logger) async throws -> Result {
-        try await QueueTransfer.withConnections(settings, name: "referrald dlq replay", logger: logger) { reader, writer in
-            try await replay(reader: reader, writer: writer, settings: settings, onlyError: onlyError, limit: limit,
-                             logger: logger)
+        try await QueueTransfer.withConnections(settings, name: "referrald dlq replay", logger: logger) {
+            reader, writer in
+            try await replay(
+                reader: reader, writer: writer, settings: settings, onlyError: onlyError, limit: limit,
+                logger: logger)
         }
     }
 
-    static func replay(reader: AMQPConnection, writer: AMQPConnection, settings: Settings, onlyError: String?, limit: Int?,
-                       logger: Logger) async throws -> Result {
-        let waiting = Int(try await reader.declareQueue(settings.deadLetterQueue, durable: true, passive: true).messageCount)
+    static func replay(
+        reader: AMQPConnection, writer: AMQPConnection, settings: Settings, onlyError: String?, limit: Int?,
+        logger: Logger
+    ) async throws -> Result {
+        let waiting = Int(
+            try await reader.declareQueue(settings.deadLetterQueue, durable: true, passive: true).messageCount)
         let budget = min(waiting, limit ?? waiting)
         var result = Result()
         if budget == 0 { return result }
@@ -52,10 +57,15 @@ public enum DeadLetterReplay {
             var moves: [(delivery: Delivery, message: OutgoingMessage, replayed: Bool)] = []
             for d in batch {
                 let code: String? = if case .string(let c)? = d.headers["x-referrald-error"] { c } else { nil }
-                if (onlyError == nil || code == onlyError) && result.replayed + moves.filter(\.replayed).count < budget {
-                    moves.append((d, .copy(of: d, to: settings.inboxQueue) { headers in
-                        headers = headers.filter { !$0.key.hasPrefix("x-referrald-") }
-                    }, true))
+                if (onlyError == nil || code == onlyError) && result.replayed + moves.filter(\.replayed).count < budget
+                {
+                    moves.append(
+                        (
+                            d,
+                            .copy(of: d, to: settings.inboxQueue) { headers in
+                                headers = headers.filter { !$0.key.hasPrefix("x-referrald-") }
+                            }, true
+                        ))
                 } else {
                     // Back to the tail: the count of messages waiting at the start (`seen <
                     // waiting`) keeps this run from reading the copy again.
@@ -70,7 +80,8 @@ public enum DeadLetterReplay {
                 } else {
                     back.append(move.delivery)
                     result.kept += 1
-                    logger.warning("replay not accepted by the broker; dead letter kept", metadata: ["outcome": "\(outcome)"])
+                    logger.warning(
+                        "replay not accepted by the broker; dead letter kept", metadata: ["outcome": "\(outcome)"])
                 }
             }
             // The confirmed acked, the refused requeued, in as few frames as possible: the

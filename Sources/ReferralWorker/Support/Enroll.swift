@@ -17,7 +17,8 @@ public enum Enroll {
         public var seconds = 0.0
 
         public var description: String {
-            var out = "enrolled \(enrolled) of \(rows) rows (\(alreadyEnrolled) already enrolled, \(badRows.count) bad rows skipped), "
+            var out =
+                "enrolled \(enrolled) of \(rows) rows (\(alreadyEnrolled) already enrolled, \(badRows.count) bad rows skipped), "
                 + "\(codesIssued) codes issued, in \(String(format: "%.1f", seconds)) s"
             if seconds > 0 { out += " (\(Int(Double(rows) / seconds)) rows/s)" }
             return out
@@ -28,8 +29,10 @@ public enum Enroll {
     /// that a failure re-does little and other instances' locks wait briefly.
     static let batchSize = 1000
 
-    public static func run(settings: Settings, csvPath: String, start: Instant, span: Span, programs: ProgramBook,
-                           logger: Logger, progress: (@Sendable (Int, Int) -> Void)? = nil) async throws -> Summary {
+    public static func run(
+        settings: Settings, csvPath: String, start: Instant, span: Span, programs: ProgramBook,
+        logger: Logger, progress: (@Sendable (Int, Int) -> Void)? = nil
+    ) async throws -> Summary {
         let began = ContinuousClock.now
         let text: String
         do {
@@ -39,11 +42,16 @@ public enum Enroll {
         }
         let (rows, errors) = Enrolment.parseCSV(text)
         var summary = Summary(rows: rows.count + errors.count, badRows: errors)
-        for e in errors { logger.warning("enrolment row skipped", metadata: ["csv.file": "\(csvPath)", "csv.error": "\(e)"]) }
+        for e in errors {
+            logger.warning("enrolment row skipped", metadata: ["csv.file": "\(csvPath)", "csv.error": "\(e)"])
+        }
         let db = try await settings.connectPostgres(name: "referrald enroll", logger: logger)
-        let context = try await DecisionContext.registering(programs, on: db, settings: settings, now: SystemClock().now())
+        let context = try await DecisionContext.registering(
+            programs, on: db, settings: settings, now: SystemClock().now())
         var done = 0
-        for chunk in stride(from: 0, to: rows.count, by: batchSize).map({ Array(rows[$0..<min($0 + batchSize, rows.count)]) }) {
+        for chunk in stride(from: 0, to: rows.count, by: batchSize).map({
+            Array(rows[$0..<min($0 + batchSize, rows.count)])
+        }) {
             let result = try await DecisionStore(db).enroll(chunk, start: start, span: span, context: context)
             summary.enrolled += result.enrolled
             summary.alreadyEnrolled += chunk.count - result.enrolled

@@ -17,27 +17,38 @@ public enum Explain {
         let (views, history, actions) = try await db.run { c in
             let ids = try Store.referralIds(c, referralOrAccount: id)
             let input = try Store.explainInput(c, referrals: ids)
-            let decision = Lifecycle.decide(LifecycleInput(
-                facts: input.facts, referrals: input.bound.map(\.binding), recorded: input.recorded, now: now, explain: true,
-                pausedPrograms: Set(try Store.rewardPauses(c).map(\.programId))))
+            let decision = Lifecycle.decide(
+                LifecycleInput(
+                    facts: input.facts, referrals: input.bound.map(\.binding), recorded: input.recorded, now: now,
+                    explain: true,
+                    pausedPrograms: Set(try Store.rewardPauses(c).map(\.programId))))
             // What operators did to each referral, its rewards, its code or its program: a
             // support agent sees whether a rule or a person decided.
             var actions: [String: [OperatorAction]] = [:]
             for b in input.bound where ids.contains(b.binding.referralId) {
                 let r = b.binding
-                actions[r.referralId] = try Store.operatorActions(c, targets: [r.referralId, r.code, r.program.id, "*"] + b.rewardIds)
+                actions[r.referralId] = try Store.operatorActions(
+                    c, targets: [r.referralId, r.code, r.program.id, "*"] + b.rewardIds)
             }
-            return (decision.referrals.filter { ids.contains($0.referralId) }, try Store.effectHistory(c, referrals: ids), actions)
+            return (
+                decision.referrals.filter { ids.contains($0.referralId) }, try Store.effectHistory(c, referrals: ids),
+                actions
+            )
         }
-        if views.isEmpty { return "no referral found for \(id) (a referral id, or an account that referred or was referred)\n" }
+        if views.isEmpty {
+            return "no referral found for \(id) (a referral id, or an account that referred or was referred)\n"
+        }
         return views.map { view in
-            text(view, history: history.filter { $0.1.referralId == view.referralId }, actions: actions[view.referralId] ?? [])
+            text(
+                view, history: history.filter { $0.1.referralId == view.referralId },
+                actions: actions[view.referralId] ?? [])
         }.joined(separator: "\n")
     }
 
     static func text(_ v: ReferralView, history: [(Instant, Effect)], actions: [OperatorAction] = []) -> String {
         var out = "referral \(v.referralId): \(v.stage.rawValue)\(v.reason.map { " (\($0))" } ?? "")\n"
-        out += "  referrer \(v.referrerAccountId), friend \(v.friendAccountId ?? "not yet an account"), lead \(v.leadId)\n"
+        out +=
+            "  referrer \(v.referrerAccountId), friend \(v.friendAccountId ?? "not yet an account"), lead \(v.leadId)\n"
         out += "  program \(v.programId) version \(v.programVersion)\n"
         out += "  decided by \(v.rule): \(v.explanation)\n"
         if let q = v.qualifiedAt { out += "  qualified at \(q.rfc3339)\n" }
@@ -48,7 +59,8 @@ public enum Explain {
         if !v.rewards.isEmpty {
             out += "  rewards:\n"
             for r in v.rewards {
-                out += "    \(r.rewardId)  \(r.beneficiary.rawValue) \(r.accountId)  \(r.amountMinor) \(r.currency)  \(r.status.rawValue)"
+                out +=
+                    "    \(r.rewardId)  \(r.beneficiary.rawValue) \(r.accountId)  \(r.amountMinor) \(r.currency)  \(r.status.rawValue)"
                 out += (r.note.map { "  (\($0))" } ?? "") + "\n"
             }
         }
@@ -72,11 +84,14 @@ public enum Explain {
             return "friend offer granted: \(amount) \(currency) \(kind.rawValue)\(priority ? ", priority install" : "")"
         case .statusChanged(let s):
             return "stage \(s.from?.rawValue ?? "(new)") -> \(s.to.rawValue)\(s.reason.map { " (\($0))" } ?? "")"
-        case .rewardIssued(let g): return "reward \(g.rewardId) issued: \(g.amountMinor) \(g.currency) to \(g.beneficiary.rawValue) \(g.accountId)"
+        case .rewardIssued(let g):
+            return
+                "reward \(g.rewardId) issued: \(g.amountMinor) \(g.currency) to \(g.beneficiary.rawValue) \(g.accountId)"
         case .rewardRetried(let g, let n): return "reward \(g.rewardId) re-issued (attempt \(n + 1))"
         case .rewardReversed(let r): return "reward \(r.rewardId) reversed: \(r.reason)"
         case .rewardApplied(let id): return "reward \(id) applied by billing"
-        case .rewardMismatch(let id, let a, let m, let c): return "reward \(id): billing applied \(m) \(c) to \(a), which differs: not applied"
+        case .rewardMismatch(let id, let a, let m, let c):
+            return "reward \(id): billing applied \(m) \(c) to \(a), which differs: not applied"
         case .rewardFailed(let id, let n, let reason, let final):
             return "reward \(id) rejected by billing (\(n)): \(reason)\(final ? ", no more retries" : "")"
         }

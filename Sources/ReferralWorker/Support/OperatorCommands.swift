@@ -14,7 +14,11 @@ public enum OperatorCommands {
         public var actor: String
         public var reason: String
         public var dryRun: Bool
-        public init(actor: String, reason: String, dryRun: Bool) { self.actor = actor; self.reason = reason; self.dryRun = dryRun }
+        public init(actor: String, reason: String, dryRun: Bool) {
+            self.actor = actor
+            self.reason = reason
+            self.dryRun = dryRun
+        }
     }
 
     public struct Outcome: Sendable, CustomStringConvertible {
@@ -29,7 +33,9 @@ public enum OperatorCommands {
         public var description: String {
             var out = "\(dryRun ? "dry run: would be " : "")\(action) \(target): \(result)"
             if !events.isEmpty {
-                out += "; events: " + events.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+                out +=
+                    "; events: "
+                    + events.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
             }
             return out
         }
@@ -42,64 +48,94 @@ public enum OperatorCommands {
     /// The same rejection an operator can read in `explain`: the reason text is theirs.
     static let rejectionReason = "operator"
 
-    public static func blockCode(settings: Settings, code text: String, who: Who, now: Instant, logger: Logger) async throws -> Outcome {
+    public static func blockCode(settings: Settings, code text: String, who: Who, now: Instant, logger: Logger)
+        async throws -> Outcome
+    {
         let code = try canonical(text)
-        return try await run(settings: settings, programs: nil, action: "code_block", target: code, who: who, now: now,
-                             logger: logger) { c in
+        return try await run(
+            settings: settings, programs: nil, action: "code_block", target: code, who: who, now: now,
+            logger: logger
+        ) { c in
             guard try Store.codeExists(c, code) else { return OperatorPlan(result: "no-op: no such code was issued") }
             return OperatorPlan(result: try Store.blockCode(c, code, at: now) ? "applied" : "no-op: already blocked")
         }
     }
 
-    public static func unblockCode(settings: Settings, code text: String, who: Who, now: Instant, logger: Logger) async throws -> Outcome {
+    public static func unblockCode(settings: Settings, code text: String, who: Who, now: Instant, logger: Logger)
+        async throws -> Outcome
+    {
         let code = try canonical(text)
-        return try await run(settings: settings, programs: nil, action: "code_unblock", target: code, who: who, now: now,
-                             logger: logger) { c in
+        return try await run(
+            settings: settings, programs: nil, action: "code_unblock", target: code, who: who, now: now,
+            logger: logger
+        ) { c in
             OperatorPlan(result: try Store.unblockCode(c, code) ? "applied" : "no-op: not blocked")
         }
     }
 
-    public static func rejectReferral(settings: Settings, programs: ProgramBook, referralId: String, who: Who, now: Instant,
-                                      logger: Logger) async throws -> Outcome {
-        try await run(settings: settings, programs: programs, action: "referral_reject", target: referralId, who: who, now: now,
-                      logger: logger) { c in
-            guard let r = try Store.referralForOperator(c, referralId) else { return OperatorPlan(result: "no-op: no such referral") }
+    public static func rejectReferral(
+        settings: Settings, programs: ProgramBook, referralId: String, who: Who, now: Instant,
+        logger: Logger
+    ) async throws -> Outcome {
+        try await run(
+            settings: settings, programs: programs, action: "referral_reject", target: referralId, who: who, now: now,
+            logger: logger
+        ) { c in
+            guard let r = try Store.referralForOperator(c, referralId) else {
+                return OperatorPlan(result: "no-op: no such referral")
+            }
             if let stage = Stage(rawValue: r.stage), stage.isEnd {
                 return OperatorPlan(result: "no-op: already ended (\(stage.rawValue))")
             }
-            return OperatorPlan(result: "applied", facts: [.operatorRejected(leadId: r.leadId, at: now)], referrals: [referralId])
+            return OperatorPlan(
+                result: "applied", facts: [.operatorRejected(leadId: r.leadId, at: now)], referrals: [referralId])
         }
     }
 
-    public static func reverseReward(settings: Settings, programs: ProgramBook, rewardId: String, who: Who, now: Instant,
-                                     logger: Logger) async throws -> Outcome {
-        try await run(settings: settings, programs: programs, action: "reward_reverse", target: rewardId, who: who, now: now,
-                      logger: logger) { c in
+    public static func reverseReward(
+        settings: Settings, programs: ProgramBook, rewardId: String, who: Who, now: Instant,
+        logger: Logger
+    ) async throws -> Outcome {
+        try await run(
+            settings: settings, programs: programs, action: "reward_reverse", target: rewardId, who: who, now: now,
+            logger: logger
+        ) { c in
             guard let w = try Store.rewardForOperator(c, rewardId) else {
-                return OperatorPlan(result: "no-op: no such reward issued (one not issued yet is stopped with `referral reject`)")
+                return OperatorPlan(
+                    result: "no-op: no such reward issued (one not issued yet is stopped with `referral reject`)")
             }
             if w.state == "reversed" { return OperatorPlan(result: "no-op: already reversed") }
-            return OperatorPlan(result: "applied", facts: [.operatorReversed(rewardId: rewardId, at: now)], referrals: [w.referralId])
+            return OperatorPlan(
+                result: "applied", facts: [.operatorReversed(rewardId: rewardId, at: now)], referrals: [w.referralId])
         }
     }
 
     /// `program` nil: every program (`*`).
-    public static func pauseRewards(settings: Settings, program: String?, who: Who, now: Instant, logger: Logger) async throws -> Outcome {
+    public static func pauseRewards(settings: Settings, program: String?, who: Who, now: Instant, logger: Logger)
+        async throws -> Outcome
+    {
         let target = program ?? "*"
-        return try await run(settings: settings, programs: nil, action: "rewards_pause", target: target, who: who, now: now,
-                             logger: logger) { c in
-            OperatorPlan(result: try Store.pauseRewards(c, program: target, at: now) ? "applied" : "no-op: already paused")
+        return try await run(
+            settings: settings, programs: nil, action: "rewards_pause", target: target, who: who, now: now,
+            logger: logger
+        ) { c in
+            OperatorPlan(
+                result: try Store.pauseRewards(c, program: target, at: now) ? "applied" : "no-op: already paused")
         }
     }
 
     /// Lifts the pause, then re-decides the referrals it held at `qualified`, a chunk per
     /// transaction: their rewards are issued under the ids they would have had. A second run
     /// (or a crash midway) finds the rest still at `qualified` and issues those.
-    public static func resumeRewards(settings: Settings, programs: ProgramBook, program: String?, who: Who, now: Instant,
-                                     logger: Logger) async throws -> Outcome {
+    public static func resumeRewards(
+        settings: Settings, programs: ProgramBook, program: String?, who: Who, now: Instant,
+        logger: Logger
+    ) async throws -> Outcome {
         let target = program ?? "*"
-        var outcome = try await run(settings: settings, programs: nil, action: "rewards_resume", target: target, who: who,
-                                    now: now, logger: logger) { c in
+        var outcome = try await run(
+            settings: settings, programs: nil, action: "rewards_resume", target: target, who: who,
+            now: now, logger: logger
+        ) { c in
             OperatorPlan(result: try Store.resumeRewards(c, program: target) ? "applied" : "no-op: not paused")
         }
         if who.dryRun { return outcome }
@@ -109,7 +145,9 @@ public enum OperatorCommands {
         var after = ""
         while true {
             let cursor = after
-            let ids = try await db.run { c in try Store.qualifiedReferrals(c, program: target, after: cursor, limit: 200) }
+            let ids = try await db.run { c in
+                try Store.qualifiedReferrals(c, program: target, after: cursor, limit: 200)
+            }
             guard let last = ids.last else { break }
             after = last
             for e in try await DecisionStore(db).reconcile(ids, context: context).published {
@@ -120,29 +158,44 @@ public enum OperatorCommands {
     }
 
     static func canonical(_ text: String) throws -> String {
-        guard let code = ReferralCode.parse(text) else { throw UsageError(description: "\"\(text)\" is not a referral code") }
+        guard let code = ReferralCode.parse(text) else {
+            throw UsageError(description: "\"\(text)\" is not a referral code")
+        }
         return code.canonical
     }
 
-    static func run(settings: Settings, programs: ProgramBook?, action: String, target: String, who: Who, now: Instant,
-                    logger: Logger, check: @escaping @Sendable (isolated PostgresConnection) throws -> OperatorPlan) async throws -> Outcome {
+    static func run(
+        settings: Settings, programs: ProgramBook?, action: String, target: String, who: Who, now: Instant,
+        logger: Logger, check: @escaping @Sendable (isolated PostgresConnection) throws -> OperatorPlan
+    ) async throws -> Outcome {
         let reason = who.reason.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard !reason.isEmpty else { throw UsageError(description: "--reason must say why (it is recorded and shown in explain)") }
+        guard !reason.isEmpty else {
+            throw UsageError(description: "--reason must say why (it is recorded and shown in explain)")
+        }
         let db = try await settings.connectPostgres(name: "referrald \(action)", logger: logger)
         defer { Task { await db.close() } }
         // Actions that decide no referral (codes, pauses) need no programs file.
-        let context = if let programs { try await DecisionContext.registering(programs, on: db, settings: settings, now: now) }
-            else { DecisionContext(programs: ProgramBook(file: "", programs: []), policy: settings.lifecyclePolicy, now: now) }
-        let record = OperatorAction(at: now, actor: who.actor, action: action, target: target, reason: reason, result: "")
-        let (result, published) = try await DecisionStore(db).operatorAction(record, context: context, dryRun: who.dryRun, check: check)
+        let context =
+            if let programs {
+                try await DecisionContext.registering(programs, on: db, settings: settings, now: now)
+            } else {
+                DecisionContext(
+                    programs: ProgramBook(file: "", programs: []), policy: settings.lifecyclePolicy, now: now)
+            }
+        let record = OperatorAction(
+            at: now, actor: who.actor, action: action, target: target, reason: reason, result: "")
+        let (result, published) = try await DecisionStore(db).operatorAction(
+            record, context: context, dryRun: who.dryRun, check: check)
         var outcome = Outcome(action: action, target: target, result: result, dryRun: who.dryRun)
         for e in published { outcome.events[e.type.rawValue, default: 0] += 1 }
         // The reason is the operator's own text: it goes to the log as they wrote it, which is
         // where the journal of who did what to a customer's referral is read.
-        logger.notice("operator action", metadata: [
-            "action": "\(action)", "target": "\(target)", "actor": "\(who.actor)", "reason": "\(reason)",
-            "result": "\(result)", "dry_run": "\(who.dryRun)",
-        ])
+        logger.notice(
+            "operator action",
+            metadata: [
+                "action": "\(action)", "target": "\(target)", "actor": "\(who.actor)", "reason": "\(reason)",
+                "result": "\(result)", "dry_run": "\(who.dryRun)",
+            ])
         return outcome
     }
 }

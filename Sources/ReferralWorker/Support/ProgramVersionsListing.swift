@@ -31,14 +31,18 @@ public enum ProgramVersionsListing {
         if rows.isEmpty { return "no program versions registered yet (`referrald run` registers the programs file)\n" }
         let header = ["program", "version", "effective_from", "registered", "in force now"]
         let cells = rows.map { r in
-            [r.programId, String(r.version.version), r.version.effectiveFrom.rfc3339, r.version.registeredAt.rfc3339,
-             r.inForce ? "yes" : ""]
+            [
+                r.programId, String(r.version.version), r.version.effectiveFrom.rfc3339, r.version.registeredAt.rfc3339,
+                r.inForce ? "yes" : "",
+            ]
         }
         let widths = header.indices.map { i in ([header[i]] + cells.map { $0[i] }).map(\.count).max()! }
         // The last column unpadded: no line ends in spaces.
         func line(_ c: [String]) -> String {
-            (c.indices.dropLast().map { c[$0].padding(toLength: widths[$0], withPad: " ", startingAt: 0) } + [c[c.count - 1]])
-                .joined(separator: "  ")
+            (c.indices.dropLast().map { c[$0].padding(toLength: widths[$0], withPad: " ", startingAt: 0) } + [
+                c[c.count - 1]
+            ])
+            .joined(separator: "  ")
         }
         return ([line(header)] + cells.map(line)).joined(separator: "\n") + "\n"
     }
@@ -53,10 +57,13 @@ public enum ProgramVersionsListing {
             let now = try c.query("SELECT now() AS now")[0].decode("now", as: PostgresTimestamp.self)
             return try programs.programs.enumerated().map { index, p in
                 let stored = try Store.programVersions(c, programId: p.id)
-                switch try ProgramVersions.registration(of: p, index: index, file: programs.file, stored: stored,
-                                                        now: Instant(microseconds: now.microsecondsSinceEpoch), allowOlder: allowOlder) {
+                switch try ProgramVersions.registration(
+                    of: p, index: index, file: programs.file, stored: stored,
+                    now: Instant(microseconds: now.microsecondsSinceEpoch), allowOlder: allowOlder)
+                {
                 case .known(let version): return "program \(p.id): version \(version) in the database"
-                case .new(let at): return "program \(p.id): a new version, in force from \(at.rfc3339), once `run` registers it"
+                case .new(let at):
+                    return "program \(p.id): a new version, in force from \(at.rfc3339), once `run` registers it"
                 }
             }
         }

@@ -16,8 +16,9 @@ public enum Prune {
     public static func run(settings: Settings, now: Instant, logger: Logger) async throws -> Summary {
         func before(_ days: Int) -> Instant? { days > 0 ? now - Span(microseconds: Int64(days) * 86_400_000_000) : nil }
         if settings.databaseURL.isEmpty {
-            throw SettingsError(key: "REFERRALD_DATABASE_URL", source: "environment, credentials or --config",
-                                message: "is required by prune")
+            throw SettingsError(
+                key: "REFERRALD_DATABASE_URL", source: "environment, credentials or --config",
+                message: "is required by prune")
         }
         // A worker session: its statement, lock and idle timeouts bound what a prune can hold.
         let db = try await settings.connectWorkerPostgres(name: "referrald prune", logger: logger)
@@ -27,14 +28,21 @@ public enum Prune {
         guard version >= Schema.latestVersion else { throw SchemaError(found: version, needed: Schema.latestVersion) }
         var count = Store.PruneCount()
         if let ended = before(settings.retentionReferralDays) {
-            count = try await Store.pruneReferrals(db, endedBefore: ended, ledgerBefore: before(settings.retentionLedgerDays))
+            count = try await Store.pruneReferrals(
+                db, endedBefore: ended, ledgerBefore: before(settings.retentionLedgerDays))
         }
-        let inbox = try await Store.pruneInbox(db, bodiesBefore: before(settings.retentionInboxBodyDays),
-                                               keysBefore: before(settings.retentionInboxKeyDays))
-        count.bodies = inbox.bodies; count.keys = inbox.keys
+        let inbox = try await Store.pruneInbox(
+            db, bodiesBefore: before(settings.retentionInboxBodyDays),
+            keysBefore: before(settings.retentionInboxKeyDays))
+        count.bodies = inbox.bodies
+        count.keys = inbox.keys
         let summary = Summary(count: count)
-        logger.info("pruned", metadata: ["prune.bodies": "\(count.bodies)", "prune.keys": "\(count.keys)",
-                                         "prune.referrals": "\(count.referrals)", "prune.rewards": "\(count.rewards)"])
+        logger.info(
+            "pruned",
+            metadata: [
+                "prune.bodies": "\(count.bodies)", "prune.keys": "\(count.keys)",
+                "prune.referrals": "\(count.referrals)", "prune.rewards": "\(count.rewards)",
+            ])
         return summary
     }
 }

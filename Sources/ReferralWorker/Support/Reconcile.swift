@@ -31,7 +31,10 @@ public enum Reconcile {
             var out = "checked \(referrals) referrals in \(String(format: "%.1f", seconds)) s: "
             if fixes == 0 { return out + "nothing to fix" }
             out += "\(standingsFixed.count) standings fixed"
-            if !standingsFixed.isEmpty { out += " (\(standingsFixed.prefix(10).joined(separator: ", "))\(standingsFixed.count > 10 ? ", ..." : ""))" }
+            if !standingsFixed.isEmpty {
+                out +=
+                    " (\(standingsFixed.prefix(10).joined(separator: ", "))\(standingsFixed.count > 10 ? ", ..." : ""))"
+            }
             let published = events.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
             return out + "; events published: " + (published.isEmpty ? "none" : published)
         }
@@ -40,12 +43,15 @@ public enum Reconcile {
     /// Referrals per transaction.
     static let chunk = 200
 
-    public static func run(settings: Settings, scope: Scope, programs: ProgramBook, now: Instant? = nil,
-                           logger: Logger) async throws -> Summary {
+    public static func run(
+        settings: Settings, scope: Scope, programs: ProgramBook, now: Instant? = nil,
+        logger: Logger
+    ) async throws -> Summary {
         let began = ContinuousClock.now
         let db = try await settings.connectPostgres(name: "referrald reconcile", logger: logger)
         defer { Task { await db.close() } }
-        let context = try await DecisionContext.registering(programs, on: db, settings: settings, now: now ?? SystemClock().now())
+        let context = try await DecisionContext.registering(
+            programs, on: db, settings: settings, now: now ?? SystemClock().now())
         var summary = Summary()
         var after = ""
         while true {

@@ -26,8 +26,10 @@ enum Contract {
         guard let directory else { throw ContractMissing() }
         let result = try await Subprocess.run(
             URL(fileURLWithPath: "/usr/bin/env"),
-            ["python3", TestServices.packageRoot.appendingPathComponent("scripts/validate-event.py").path,
-             directory.appendingPathComponent("schemas/\(type).json").path],
+            [
+                "python3", TestServices.packageRoot.appendingPathComponent("scripts/validate-event.py").path,
+                directory.appendingPathComponent("schemas/\(type).json").path,
+            ],
             input: Data(body))
         if result.status == 0 { return nil }
         return result.output.isEmpty ? "validator exited \(result.status): \(result.errors)" : result.output

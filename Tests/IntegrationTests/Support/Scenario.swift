@@ -12,10 +12,13 @@ struct Scenario {
     init(bed: TestBed) { self.bed = bed }
 
     /// A programs file with seconds instead of days, so holds and retries pass during a test.
-    static func fastPrograms(hold: String = "2s", clawback: String = "referrer",
-                             milestone: String = "service_activated") throws -> String {
+    static func fastPrograms(
+        hold: String = "2s", clawback: String = "referrer",
+        milestone: String = "service_activated"
+    ) throws -> String {
         let yaml = FastPrograms.yaml(hold: hold, clawback: clawback, milestone: milestone)
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("programs-\(UUID().uuidString).yaml").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("programs-\(UUID().uuidString).yaml")
+            .path
         try yaml.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
@@ -46,15 +49,19 @@ struct Scenario {
     }
 
     /// Reads published events until `predicate` holds for the collected list, or times out.
-    func collect(into seen: inout [Published], timeout: Duration = .seconds(20),
-                 until predicate: ([Published]) -> Bool) async throws {
+    func collect(
+        into seen: inout [Published], timeout: Duration = .seconds(20),
+        until predicate: ([Published]) -> Bool
+    ) async throws {
         let deadline = ContinuousClock.now + timeout
         while !predicate(seen), ContinuousClock.now < deadline {
             for d in try await bed.take(from: bed.observerQueue, count: 50, timeout: .milliseconds(300)) {
                 let object = try JSONSerialization.jsonObject(with: Data(d.body)) as? [String: Any] ?? [:]
-                seen.append(Published(type: object["type"] as? String ?? "", id: object["id"] as? String ?? "",
-                                      time: object["time"] as? String ?? "",
-                                      data: object["data"] as? [String: Any] ?? [:], body: d.body))
+                seen.append(
+                    Published(
+                        type: object["type"] as? String ?? "", id: object["id"] as? String ?? "",
+                        time: object["time"] as? String ?? "",
+                        data: object["data"] as? [String: Any] ?? [:], body: d.body))
             }
         }
     }
@@ -62,7 +69,10 @@ struct Scenario {
     /// Every published body validates against the contract's schema for its type (skipped, and
     /// said so, without the contract).
     static func expectSchemaValid(_ events: [Published]) async throws {
-        guard Contract.available else { Contract.printSkipOnce(); return }
+        guard Contract.available else {
+            Contract.printSkipOnce()
+            return
+        }
         for e in events {
             let error = try await Contract.schemaError(of: e.body, type: e.type)
             #expect(error == nil, "\(e.type): \(error ?? "")")
@@ -121,7 +131,8 @@ extension Scenario {
             """ + (p.budget.map { "\n    budget: \($0)" } ?? "")
         }
         let yaml = "programs:\n" + program("consumer", consumer) + "\n" + program("business", business) + "\n"
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("programs-\(UUID().uuidString).yaml").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("programs-\(UUID().uuidString).yaml")
+            .path
         try yaml.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
@@ -130,6 +141,8 @@ extension Scenario {
 extension Array where Element == Scenario.Published {
     /// Asks sent to an account, as their moments, in order of arrival.
     func asks(_ account: String) -> [String] {
-        of("referral.ask.due").filter { $0.data["account_id"] as? String == account }.compactMap { $0.data["moment"] as? String }
+        of("referral.ask.due").filter { $0.data["account_id"] as? String == account }.compactMap {
+            $0.data["moment"] as? String
+        }
     }
 }

@@ -15,8 +15,10 @@ enum Subprocess {
         var errors: String { String(decoding: stderr, as: UTF8.self) }
     }
 
-    static func run(_ executable: URL, _ arguments: [String], environment: [String: String]? = nil,
-                    input: Data? = nil) async throws -> Result {
+    static func run(
+        _ executable: URL, _ arguments: [String], environment: [String: String]? = nil,
+        input: Data? = nil
+    ) async throws -> Result {
         try await withCheckedThrowingContinuation { continuation in
             Thread {
                 do {
@@ -24,7 +26,9 @@ enum Subprocess {
                     process.executableURL = executable
                     process.arguments = arguments
                     if let environment { process.environment = environment }
-                    let stdin = Pipe(), stdout = Pipe(), stderr = Pipe()
+                    let stdin = Pipe()
+                    let stdout = Pipe()
+                    let stderr = Pipe()
                     process.standardInput = input == nil ? FileHandle.nullDevice : stdin
                     process.standardOutput = stdout
                     process.standardError = stderr
@@ -38,7 +42,8 @@ enum Subprocess {
                     let errors = ErrorsReader(stderr.fileHandleForReading)
                     let out = stdout.fileHandleForReading.readDataToEndOfFile()
                     process.waitUntilExit()
-                    continuation.resume(returning: Result(status: process.terminationStatus, stdout: out, stderr: errors.wait()))
+                    continuation.resume(
+                        returning: Result(status: process.terminationStatus, stdout: out, stderr: errors.wait()))
                 } catch {
                     continuation.resume(throwing: error)
                 }

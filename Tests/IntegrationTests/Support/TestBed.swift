@@ -9,9 +9,11 @@ import ReferralWorker
 
 /// Where the real services are; `scripts/services.sh env` prints these for the local ones.
 enum TestServices {
-    static let amqpURL = ProcessInfo.processInfo.environment["REFERRALD_TEST_AMQP_URL"]
+    static let amqpURL =
+        ProcessInfo.processInfo.environment["REFERRALD_TEST_AMQP_URL"]
         ?? "amqp://referrald:referrald@127.0.0.1:5672/referrald_test"
-    static let databaseURL = ProcessInfo.processInfo.environment["REFERRALD_TEST_DATABASE_URL"]
+    static let databaseURL =
+        ProcessInfo.processInfo.environment["REFERRALD_TEST_DATABASE_URL"]
         ?? "postgres://referrald:referrald@127.0.0.1:54329/referrald"
 
     /// The package root, to find deploy/ and the contract beside the checkout.
@@ -64,29 +66,40 @@ final class TestBed: Sendable {
     static func make(_ overrides: [String: String] = [:]) async throws -> TestBed {
         let name = "t\(UInt32.random(in: 0...UInt32.max))"
         let adminURL = try PostgresURL(parsing: TestServices.databaseURL)
-        let admin = try await PostgresConnection.connect(adminURL, applicationName: "referrald-test-admin", logger: TestServices.logger)
+        let admin = try await PostgresConnection.connect(
+            adminURL, applicationName: "referrald-test-admin", logger: TestServices.logger)
         try await admin.run { c in try c.executeScript("CREATE DATABASE \(name)") }
         let dbURL = TestServices.databaseURL(database: name)
         var environment = isolatedEnvironment(name: name, amqpURL: TestServices.amqpURL, databaseURL: dbURL)
         environment.merge(overrides) { _, new in new }
         let settings = try await Settings.load(configFile: nil, environment: environment)
-        let db = try await PostgresConnection.connect(try PostgresURL(parsing: dbURL), applicationName: "referrald-test", logger: TestServices.logger)
+        let db = try await PostgresConnection.connect(
+            try PostgresURL(parsing: dbURL), applicationName: "referrald-test", logger: TestServices.logger)
         _ = try await Schema.migrate(db, logger: TestServices.logger)
-        let amqp = try await AMQPConnection.connect(try AMQPURL(parsing: TestServices.amqpURL), heartbeatSeconds: 30,
-                                                    connectionName: "\(name) test", logger: TestServices.logger)
+        let amqp = try await AMQPConnection.connect(
+            try AMQPURL(parsing: TestServices.amqpURL), heartbeatSeconds: 30,
+            connectionName: "\(name) test", logger: TestServices.logger)
         try await amqp.enableConfirms()
         try await Topology(settings: settings).declare(on: amqp, passiveUpstream: false, logger: TestServices.logger)
         let observer = "\(name).observer"
         _ = try await amqp.declareQueue(observer, durable: true, arguments: ["x-queue-type": .string("quorum")])
         try await amqp.bindQueue(observer, exchange: settings.eventsExchange, routingKey: "#")
-        return TestBed(name: name, settings: settings, environment: environment, admin: admin, db: db, amqp: amqp,
-                       observerQueue: observer)
+        return TestBed(
+            name: name, settings: settings, environment: environment, admin: admin, db: db, amqp: amqp,
+            observerQueue: observer)
     }
 
-    private init(name: String, settings: Settings, environment: [String: String], admin: PostgresConnection,
-                 db: PostgresConnection, amqp: AMQPConnection, observerQueue: String) {
-        self.name = name; self.settings = settings; self.environment = environment; self.admin = admin; self.db = db
-        self.amqp = amqp; self.observerQueue = observerQueue
+    private init(
+        name: String, settings: Settings, environment: [String: String], admin: PostgresConnection,
+        db: PostgresConnection, amqp: AMQPConnection, observerQueue: String
+    ) {
+        self.name = name
+        self.settings = settings
+        self.environment = environment
+        self.admin = admin
+        self.db = db
+        self.amqp = amqp
+        self.observerQueue = observerQueue
     }
 
     func programs() throws -> ProgramBook { try ProgramBook.load(path: settings.programsFile) }
@@ -101,9 +114,11 @@ final class TestBed: Sendable {
         case "billing": exchange = settings.upstreamExchanges[1]
         default: exchange = settings.upstreamExchanges[2]
         }
-        let outcome = try await amqp.publish([OutgoingMessage(
-            exchange: exchange, routingKey: type, body: body, headers: [:], messageId: nil,
-            contentType: "application/cloudevents+json", persistent: true, mandatory: true)])
+        let outcome = try await amqp.publish([
+            OutgoingMessage(
+                exchange: exchange, routingKey: type, body: body, headers: [:], messageId: nil,
+                contentType: "application/cloudevents+json", persistent: true, mandatory: true)
+        ])
         precondition(outcome == [.confirmed], "test publish not routed: \(outcome)")
     }
 
@@ -111,8 +126,10 @@ final class TestBed: Sendable {
         let settings = self.settings
         let programs = try! programs()
         return Task {
-            try await Worker(settings: settings, programs: programs, logger: TestServices.logger,
-                             instanceName: "referrald-test").run()
+            try await Worker(
+                settings: settings, programs: programs, logger: TestServices.logger,
+                instanceName: "referrald-test"
+            ).run()
         }
     }
 
@@ -133,8 +150,9 @@ final class TestBed: Sendable {
 
     /// Reads messages from a queue until `count` arrived or `timeout` passed, acking them.
     func take(from queue: String, count: Int, timeout: Duration = .seconds(15)) async throws -> [Delivery] {
-        let consumer = try await AMQPConnection.connect(try AMQPURL(parsing: TestServices.amqpURL), heartbeatSeconds: 30,
-                                                        connectionName: "\(name) reader", logger: TestServices.logger)
+        let consumer = try await AMQPConnection.connect(
+            try AMQPURL(parsing: TestServices.amqpURL), heartbeatSeconds: 30,
+            connectionName: "\(name) reader", logger: TestServices.logger)
         try await consumer.consume(queue: queue, prefetch: 500)
         var got: [Delivery] = []
         let deadline = ContinuousClock.now + timeout
@@ -166,7 +184,9 @@ final class TestBed: Sendable {
     }
 
     func tearDown() async {
-        for q in [settings.inboxQueue, settings.deadLetterQueue, settings.parkedQueue, observerQueue] { try? await amqp.deleteQueue(q) }
+        for q in [settings.inboxQueue, settings.deadLetterQueue, settings.parkedQueue, observerQueue] {
+            try? await amqp.deleteQueue(q)
+        }
         for x in settings.upstreamExchanges + [settings.eventsExchange, settings.deadLetterExchange] {
             try? await amqp.deleteExchange(x)
         }
