@@ -158,17 +158,24 @@ public final class AMQPConnection: Sendable {
         }
     }
 
-    public func ack(_ tag: UInt64, multiple: Bool = false) async throws {
+    /// Settles deliveries. Acks, nacks and rejects run on the caller's actor until their job is
+    /// queued to the connection thread (`nonisolated(nonsending)`), and the thread runs jobs in
+    /// the order they were queued: calls made one after another from one actor reach the broker
+    /// in that order, even when the actor re-enters while an earlier one is in flight. Each hopping
+    /// to the global executor first let a later `multiple` ack overtake an earlier one; the earlier
+    /// tag was then no longer outstanding, and the broker closed the channel (406 unknown delivery
+    /// tag), redelivering everything unacked.
+    public nonisolated(nonsending) func ack(_ tag: UInt64, multiple: Bool = false) async throws {
         try await perform("basic.ack") { core throws(AMQPError) in try core.ack(tag, multiple: multiple) }
     }
 
-    public func nack(_ tag: UInt64, multiple: Bool = false, requeue: Bool) async throws {
+    public nonisolated(nonsending) func nack(_ tag: UInt64, multiple: Bool = false, requeue: Bool) async throws {
         try await perform("basic.nack") { core throws(AMQPError) in
             try core.nack(tag, multiple: multiple, requeue: requeue)
         }
     }
 
-    public func reject(_ tag: UInt64, requeue: Bool) async throws {
+    public nonisolated(nonsending) func reject(_ tag: UInt64, requeue: Bool) async throws {
         try await perform("basic.reject") { core throws(AMQPError) in try core.reject(tag, requeue: requeue) }
     }
 
@@ -180,7 +187,7 @@ public final class AMQPConnection: Sendable {
 
     // MARK: Hand-off to the connection thread
 
-    private func perform<T: Sendable>(
+    private nonisolated(nonsending) func perform<T: Sendable>(
         _ operation: String, _ body: @escaping @Sendable (ConnectionCore) throws(AMQPError) -> T
     ) async throws -> T {
         try await performAsync(operation) { core, continuation in
@@ -192,7 +199,7 @@ public final class AMQPConnection: Sendable {
         }
     }
 
-    private func performAsync<T: Sendable>(
+    private nonisolated(nonsending) func performAsync<T: Sendable>(
         _ operation: String,
         _ body: @escaping @Sendable (ConnectionCore, CheckedContinuation<T, any Error>) -> Void
     ) async throws -> T {

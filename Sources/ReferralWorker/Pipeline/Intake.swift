@@ -131,6 +131,9 @@ public actor Intake {
         await ack(ledger.settle(acked: [UInt64](), individually: [tag]), on: consumer)
     }
 
+    /// Targets leave this actor in the order `ledger` computed them: `AMQPConnection.ack` queues
+    /// its job to the connection thread before this actor can re-enter, so another lane's higher
+    /// target cannot overtake this one and leave it unknown to the broker (406).
     private func ack(_ target: UInt64?, on consumer: AMQPConnection) async {
         guard let target else { return }
         do {
