@@ -20,6 +20,18 @@ let testTargets: [Target] =
         .testTarget(
             name: "ReferralCoreTests", dependencies: ["ReferralCore", "ReferralTestKit"],
             resources: [.copy("Fixtures")], swiftSettings: strict),
+        // Broker-free unit tests, next to the module they test.
+        .testTarget(
+            name: "ReferralWorkerTests",
+            dependencies: [
+                "ReferralWorker", "ReferralCore",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "ReferralStoreTests", dependencies: ["ReferralStore", "ReferralCore"], swiftSettings: strict),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [

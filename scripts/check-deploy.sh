@@ -12,7 +12,7 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 THRESHOLD="${SECURITY_THRESHOLD:-2.0}"
 UNITS=(deploy/systemd/referrald.service deploy/systemd/referrald-migrate.service deploy/systemd/referrald-prune.service)
 # Timers have no exposure to rate: verified only.
@@ -287,7 +287,7 @@ check_broker() {
   "${ctl[@]}" delete_vhost deploycheck >/dev/null 2>&1
   local out ok=1
   out="$("${ctl[@]}" import_definitions "$WORK/defs.json" 2>&1)" || ok=0
-  local queues bindings policy perms
+  local queues bindings perms
   for _ in 1 2 3 4 5 6 7 8 9 10; do   # the import is asynchronous
     queues="$("${ctl[@]}" list_queues -p deploycheck name type arguments policy 2>/dev/null)"
     [ "$(printf '%s\n' "$queues" | grep -c quorum)" = 2 ] && break; sleep 1

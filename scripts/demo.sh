@@ -27,6 +27,7 @@ REFERRALD_LOG_LEVEL=warning "$bin" topology >/dev/null
 log="$(mktemp "${TMPDIR:-/tmp}/referrald-demo.XXXXXX.log")"
 "$bin" run >"$log" 2>&1 &
 daemon=$!
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 stop_daemon() {
   kill -TERM "$daemon" 2>/dev/null || true
   wait "$daemon" 2>/dev/null || true

@@ -22,8 +22,9 @@ port() { echo $((BASE_PORT + $1)); }
 
 node_env() {
   local n="$1" dir="$STATE/n$1"
-  export RABBITMQ_NODENAME="$(node "$n")"
-  export RABBITMQ_NODE_PORT="$(port "$n")"
+  RABBITMQ_NODENAME="$(node "$n")"
+  RABBITMQ_NODE_PORT="$(port "$n")"
+  export RABBITMQ_NODENAME RABBITMQ_NODE_PORT
   export RABBITMQ_DIST_PORT=$(( $(port "$n") + 20000 ))
   export ERL_EPMD_ADDRESS=127.0.0.1
   export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
@@ -80,7 +81,7 @@ start() {
 stop() {
   for n in 3 2 1; do
     node_env "$n"
-    ctl "$n" stop >/dev/null 2>&1 && log "node $(node "$n") stopped" || true
+    if ctl "$n" stop >/dev/null 2>&1; then log "node $(node "$n") stopped"; fi
   done
 }
 

@@ -17,7 +17,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE="${REFERRALD_SERVICES_DIR:-$ROOT/.services}"
 PG_PORT="${REFERRALD_PG_PORT:-54329}"
 AMQP_PORT="${REFERRALD_AMQP_PORT:-5672}"
-PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+PG_BIN="$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n 1 || true)"
 RMQ_BIN=/usr/lib/rabbitmq/bin
 AMQPS_PORT=$((AMQP_PORT - 1))
 NODE="referrald-$AMQP_PORT@localhost"
@@ -41,7 +41,7 @@ install_packages() {
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
     rm -f /usr/sbin/policy-rc.d
-    PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+    PG_BIN="$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin | sort -V | tail -n 1)"
   fi
 }
 
@@ -177,7 +177,7 @@ pg_least_privilege_roles() {
 pg_stop() {
   local data="$STATE/postgres"
   [ -f "$data/PG_VERSION" ] || return 0
-  as_pg "$PG_BIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 && log "PostgreSQL stopped" || true
+  if as_pg "$PG_BIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1; then log "PostgreSQL stopped"; fi
 }
 
 rmq_env() {
@@ -256,7 +256,7 @@ CONF
 
 rmq_stop() {
   rmq_env
-  "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q stop >/dev/null 2>&1 && log "RabbitMQ stopped" || true
+  if "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q stop >/dev/null 2>&1; then log "RabbitMQ stopped"; fi
 }
 
 print_env() {
@@ -286,8 +286,8 @@ case "${1:-start}" in
   stop) [ -d "$STATE/cluster" ] && "$ROOT/scripts/rabbit-cluster.sh" stop; rmq_stop; pg_stop ;;
   status)
     rmq_env
-    "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q status >/dev/null 2>&1 && log "RabbitMQ up" || log "RabbitMQ down"
-    as_pg "$PG_BIN/pg_ctl" -D "$STATE/postgres" status >/dev/null 2>&1 && log "PostgreSQL up" || log "PostgreSQL down" ;;
+    if "$RMQ_BIN/rabbitmqctl" -n "$NODE" -q status >/dev/null 2>&1; then log "RabbitMQ up"; else log "RabbitMQ down"; fi
+    if as_pg "$PG_BIN/pg_ctl" -D "$STATE/postgres" status >/dev/null 2>&1; then log "PostgreSQL up"; else log "PostgreSQL down"; fi ;;
   env) print_env ;;
   *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
 esac

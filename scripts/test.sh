@@ -49,9 +49,11 @@ if [ "${REFERRALD_SKIP_FAULTS:-0}" != 1 ]; then
   scripts/fault-suite.sh
   scripts/services.sh start   # everything back up and reachable before the tests
 fi
-# The pure core's suites first, alone: their property, differential and fuzz tests keep both
-# cores busy for a minute, and beside them the integration tests that time responsiveness
-# (a ticker while queries block, a TLS refusal, a forced close) waited seconds for one of the
-# cooperative pool's two threads and failed. The integration suites' summary is the last word.
-swift test --skip-build --filter ReferralCoreTests "$@"
-swift test --skip-build --skip ReferralCoreTests "$@"
+# The unit targets first, alone: they need no service, and the pure core's property,
+# differential and fuzz tests keep both cores busy for a minute. Beside them the integration
+# tests that time responsiveness (a ticker while queries block, a TLS refusal, a forced close)
+# waited seconds for one of the cooperative pool's two threads and failed. The integration
+# suites' summary is the last word. Each module's unit tests are the target named after it.
+unit='ReferralCoreTests|ReferralStoreTests|ReferralWorkerTests'
+swift test --skip-build --filter "$unit" "$@"
+swift test --skip-build --skip "$unit" "$@"
