@@ -7,7 +7,7 @@ import Testing
 /// `Store.loadRelevantAskFacts` selects exactly the facts `ReferralAsks.relevantFacts` keeps
 /// (whose equivalence with all facts the core's AskRelevanceTests check), on three-year
 /// histories, and in year three reads a small share of the account's facts.
-@Suite struct AskRelevanceStoreTests {
+@Suite(.tearsDownTestBeds) struct AskRelevanceStoreTests {
     static let base = Instant(rfc3339: "2029-01-01T00:00:00Z")!
 
     static func history(_ id: String, daily: Bool, _ rng: inout SeededGenerator) -> [AskFact] {
@@ -76,7 +76,6 @@ import Testing
             "ask facts in year three: \(read) of \(stored) read (4 moments, 12 accounts, 6 of them with a daily speed test)"
         )
         #expect(read * 10 < stored)
-        await bed.tearDown()
     }
 }
 

@@ -3,7 +3,7 @@ import ReferralCore
 import Testing
 
 /// Asks and follow-ups through RabbitMQ and PostgreSQL, with programs whose durations are seconds.
-@Suite(.serialized) struct AskTests {
+@Suite(.serialized, .tearsDownTestBeds) struct AskTests {
     /// Business accounts ask only on happy moments, so each test below sees exactly the ask its
     /// moment or suppression rule produces (no post-activation ask in the way).
     static let momentsOnly = Scenario.AskProgram(moments: "[speed_test, support_win, bill_savings]")
@@ -78,7 +78,6 @@ import Testing
         try await Scenario.expectSchemaValid(seen)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 
     @Test func minGapSpacesAsksMaxPerYearCapsThemAndPeriodicAsksRepeat() async throws {
@@ -110,7 +109,6 @@ import Testing
         }
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 
     @Test func stalledReferralsGetOneFollowupPerStallAndExpire() async throws {
@@ -143,6 +141,5 @@ import Testing
         try await Scenario.expectSchemaValid(seen)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 }

@@ -7,7 +7,7 @@ import Testing
 /// A program's monthly budget through the real worker, broker and database: once the month's
 /// commitment reaches `pause_asks_at`, asks are held while rewards and friend offers keep
 /// flowing; after the month's turn each held ask goes out at its account's release time.
-@Suite(.serialized) struct BudgetIntegrationTests {
+@Suite(.serialized, .tearsDownTestBeds) struct BudgetIntegrationTests {
     /// Starts at a fixed instant and runs with real time; `jump(to:)` moves it forward, as the
     /// month's turn and the accounts' release times are days away.
     final class SteppingClock: ReferralCore.Clock {
@@ -35,12 +35,13 @@ import Testing
         let clock = SteppingClock()
         let settings = bed.settings
         let programs = try bed.programs()
-        let worker = Task {
-            try await Worker(
-                settings: settings, programs: programs, logger: TestServices.logger, clock: clock,
-                instanceName: "referrald-test"
-            ).run()
-        }
+        let worker = bed.own(
+            Task {
+                try await Worker(
+                    settings: settings, programs: programs, logger: TestServices.logger, clock: clock,
+                    instanceName: "referrald-test"
+                ).run()
+            })
         var s = Scenario(bed: bed)
         var seen: [Scenario.Published] = []
 
@@ -128,6 +129,5 @@ import Testing
         try await Scenario.expectSchemaValid(seen)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 }

@@ -4,7 +4,7 @@ import ReferralCore
 import Testing
 
 /// The real binary, stopped abruptly at the two dangerous moments, then restarted.
-@Suite(.serialized) struct CrashRecoveryTests {
+@Suite(.serialized, .tearsDownTestBeds) struct CrashRecoveryTests {
     func waitForExit(_ p: Process, timeout: Duration = .seconds(30)) async -> Bool {
         let deadline = ContinuousClock.now + timeout
         while p.isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
@@ -43,7 +43,6 @@ import Testing
         restarted.terminate()  // SIGTERM: a graceful stop exits 0
         #expect(await waitForExit(restarted))
         #expect(restarted.terminationStatus == 0)
-        await bed.tearDown()
     }
 
     @Test func crashBetweenPublishAndMarkRepublishesWithTheSameId() async throws {
@@ -68,6 +67,5 @@ import Testing
         restarted.terminate()
         #expect(await waitForExit(restarted))
         #expect(restarted.terminationStatus == 0)
-        await bed.tearDown()
     }
 }

@@ -6,7 +6,7 @@ import Testing
 /// `referrald dlq erase --account ID` against the real broker and database: the erased
 /// account's dead letters lose their personal data (or go, when unreadable), everyone else's
 /// stay exactly as they were.
-@Suite struct DeadLetterEraseTests {
+@Suite(.tearsDownTestBeds) struct DeadLetterEraseTests {
     static func event(_ type: String, id: String, _ data: String, extra: String = "") -> [UInt8] {
         Array(
             (#"{"specversion":"1.0","id":"\#(id)","source":"test","type":"\#(type)","time":"2030-03-01T00:00:00Z""#
@@ -110,7 +110,6 @@ import Testing
                 == ["invalid_data", "processing_failed"])
         #expect(copies.contains { String(decoding: $0.body, as: UTF8.self).contains(#""lead_id":"lead-X1""#) })
         #expect(copies.contains { String(decoding: $0.body, as: UTF8.self).contains(#""reason":"[erased]""#) })
-        await bed.tearDown()
     }
 
     /// The command, as an operator runs it: passes until one finds nothing of the account, each
@@ -138,6 +137,5 @@ import Testing
         #expect(lines.last?.hasSuffix("scrubbed 0, dropped 0, kept 3") == true, "\(out)")
         let left = try await bed.take(from: bed.settings.deadLetterQueue, count: 3, timeout: .seconds(5))
         #expect(left.count == 3 && left.allSatisfy { !String(decoding: $0.body, as: UTF8.self).contains("Zsecret") })
-        await bed.tearDown()
     }
 }

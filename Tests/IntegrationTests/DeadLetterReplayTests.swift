@@ -3,7 +3,7 @@ import Foundation
 import ReferralWorker
 import Testing
 
-@Suite struct DeadLetterReplayTests {
+@Suite(.tearsDownTestBeds) struct DeadLetterReplayTests {
     @Test func replayMovesMatchingDeadLettersBackToTheInboxUnchanged() async throws {
         let bed = try await TestBed.make()
         let worker = bed.startWorker()
@@ -25,7 +25,6 @@ import Testing
         #expect(back.map(\.body) == [unknown])
         #expect(back.first?.headers["x-referrald-error"] == nil)
         #expect(try await bed.eventually { try await bed.queueDepth(bed.settings.deadLetterQueue) == 1 })
-        await bed.tearDown()
     }
 
     /// More dead letters than one prefetch window (256), the matching ones behind the others:
@@ -61,6 +60,5 @@ import Testing
         let matchingLeft = left.filter { $0.messageId.map(matchingIds.contains) ?? false }
         let unread = matchingLeft.filter { !$0.redelivered }.count
         #expect(unread == 0, "\(unread) matching dead letters left unread")
-        await bed.tearDown()
     }
 }

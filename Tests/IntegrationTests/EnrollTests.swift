@@ -3,7 +3,7 @@ import ReferralCore
 import ReferralWorker
 import Testing
 
-@Suite struct EnrollTests {
+@Suite(.tearsDownTestBeds) struct EnrollTests {
     @Test func enrollsAHundredThousandAccountsOnceSpreadOverThePeriod() async throws {
         let bed = try await TestBed.make()
         let n = 100_000
@@ -45,6 +45,5 @@ import Testing
         #expect(second.enrolled == 0 && second.alreadyEnrolled == n && second.codesIssued == 0)
         #expect(try await bed.count("SELECT count(*) FROM referral_codes") == Int64(n))
         #expect(try await bed.count("SELECT count(*) FROM ask_facts WHERE kind = 'enrolled'") == Int64(n))
-        await bed.tearDown()
     }
 }

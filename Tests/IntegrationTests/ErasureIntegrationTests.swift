@@ -7,7 +7,7 @@ import Testing
 
 /// `crm.customer.erased` through the real worker, broker and database: afterwards nothing of the
 /// customer is left in any column of any table, and the reward ledger is intact.
-@Suite(.serialized) struct ErasureIntegrationTests {
+@Suite(.serialized, .tearsDownTestBeds) struct ErasureIntegrationTests {
     /// A clock that starts at a fixed instant and runs with real time, so holds and timers pass
     /// during the test while nothing depends on today's date.
     struct ShiftedClock: ReferralCore.Clock {
@@ -37,12 +37,13 @@ import Testing
     func startWorker(_ bed: TestBed, clock: ShiftedClock) throws -> Task<Void, any Error> {
         let settings = bed.settings
         let programs = try bed.programs()
-        return Task {
-            try await Worker(
-                settings: settings, programs: programs, logger: TestServices.logger, clock: clock,
-                instanceName: "referrald-test"
-            ).run()
-        }
+        return bed.own(
+            Task {
+                try await Worker(
+                    settings: settings, programs: programs, logger: TestServices.logger, clock: clock,
+                    instanceName: "referrald-test"
+                ).run()
+            })
     }
 
     /// Every row of every table of the schema as text, bytea columns decoded (`escape`), so a
@@ -171,7 +172,6 @@ import Testing
         #expect(try await bed.queueDepth(bed.settings.deadLetterQueue) == 0)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 
     /// The reported failure: an extra member `1e1000000` made the SQL scrub's `::jsonb` cast fail
@@ -200,6 +200,5 @@ import Testing
         #expect(try await bed.queueDepth(bed.settings.deadLetterQueue) == 0)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 }

@@ -6,7 +6,7 @@ import Testing
 /// friend is another account. The worker must re-decide those leads' standings in the same batch:
 /// a stale household claim would reject a later lead of that household, and a published
 /// rejection stands.
-@Suite(.serialized) struct ErasureStandingIntegrationTests {
+@Suite(.serialized, .tearsDownTestBeds) struct ErasureStandingIntegrationTests {
     @Test func aLaterLeadOfTheHouseholdIsNotRejectedByAClaimTheErasureRemoved() async throws {
         let bed = try await TestBed.make(["REFERRALD_PROGRAMS_FILE": try Scenario.fastPrograms(hold: "30d")])
         let worker = bed.startWorker()
@@ -47,6 +47,5 @@ import Testing
             try await bed.count("SELECT count(*) FROM referrals WHERE lead_id = 'es-l4' AND stage = 'rejected'") == 0)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 }

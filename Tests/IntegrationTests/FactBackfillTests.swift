@@ -8,7 +8,7 @@ import Testing
 
 /// Lead channels and activation plans: stored by the worker beside their facts, and filled in
 /// by migration 17 (`Store.backfillPlansAndChannels`) for facts stored before, from the inbox.
-@Suite(.serialized) struct FactBackfillTests {
+@Suite(.serialized, .tearsDownTestBeds) struct FactBackfillTests {
     static let t0 = Instant(rfc3339: "2026-03-02T10:00:00Z")!
 
     static func body(_ id: String, _ type: String, time: Instant, _ data: [String: Any]) -> [UInt8] {
@@ -100,7 +100,6 @@ import Testing
         try await Self.apply(bed, Self.events())
         #expect(try await Self.channels(bed.db) == Self.expectedChannels)
         #expect(try await Self.plans(bed.db) == Self.expectedPlans)
-        await bed.tearDown()
     }
 
     @Test func factsStoredWithoutPlansAndChannelsGetThemFromTheInboxOnce() async throws {
@@ -136,6 +135,5 @@ import Testing
         let again = try await Store.backfillPlansAndChannels(bed.db, logger: TestServices.logger)
         #expect(again.plans == 0 && again.channels == 0)
         #expect(try await Self.plans(bed.db) == Self.expectedPlans)
-        await bed.tearDown()
     }
 }

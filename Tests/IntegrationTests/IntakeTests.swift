@@ -5,7 +5,7 @@ import Testing
 @testable import ReferralWorker
 
 /// The intake against the real broker: what a lane gives back after a failure.
-@Suite struct IntakeTests {
+@Suite(.tearsDownTestBeds) struct IntakeTests {
     /// A dead letter's original is acked on its own as soon as its copy is confirmed, before the
     /// batch is applied. When the lane then fails (its publisher or database lost) and gives the
     /// batch back, that delivery must not come back with it: taken again, it was dead-lettered a
@@ -33,6 +33,5 @@ import Testing
         await intake.close()
         // Two acked by the batch, one on its own: nothing is left for a redelivery.
         #expect(try await bed.eventually { try await bed.queueDepth(bed.settings.inboxQueue) == 0 })
-        await bed.tearDown()
     }
 }

@@ -5,7 +5,7 @@ import Testing
 
 /// The statements built from only the branches a batch needs, against the real server: each
 /// combination finds what the full statement found.
-@Suite struct KeyUnionTests {
+@Suite(.tearsDownTestBeds) struct KeyUnionTests {
     /// Placeholders are numbered in the order parameters are added, whatever branches are left
     /// out, and a branch may use its parameter twice.
     @Test func placeholdersFollowTheBranchesPresent() {
@@ -56,6 +56,5 @@ import Testing
             #expect(Set(found) == expected, "leads \(leads), accounts \(accounts), rewards \(rewards)")
             #expect(found.count == expected.count, "a referral found twice")
         }
-        await bed.tearDown()
     }
 }

@@ -9,7 +9,7 @@ import Testing
 /// `referrald ledger export` and `totals` over a known ledger: every line of the output is
 /// written out below, so a lost change, a time from the wrong column, a reward in the wrong
 /// year or a quoting slip shows as a differing line.
-@Suite(.serialized) struct LedgerTests {
+@Suite(.serialized, .tearsDownTestBeds) struct LedgerTests {
     static func t(_ text: String) -> Instant { Instant(rfc3339: text)! }
 
     static func grant(

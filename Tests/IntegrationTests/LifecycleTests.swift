@@ -8,7 +8,7 @@ import Testing
 
 /// The referral lifecycle through RabbitMQ and PostgreSQL, one contract row after another, with
 /// a programs file whose hold is seconds long.
-@Suite(.serialized) struct LifecycleTests {
+@Suite(.serialized, .tearsDownTestBeds) struct LifecycleTests {
     @Test func leadToRewardToClawbackAndErasure() async throws {
         let bed = try await TestBed.make([
             "REFERRALD_PROGRAMS_FILE": try Scenario.fastPrograms(hold: "2s"),
@@ -127,7 +127,6 @@ import Testing
         try await Scenario.expectSchemaValid(seen)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 
     @Test func fraudLostAlreadyReferredAndUnattributed() async throws {
@@ -202,7 +201,6 @@ import Testing
         try await Scenario.expectSchemaValid(seen)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 
     @Test func firstInvoicePaidQualifiesOnlyOnceArrearsAreCleared() async throws {
@@ -247,7 +245,6 @@ import Testing
         try await Scenario.expectSchemaValid(seen)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 
     @Test func anUnchangedProgramsFileKeepsItsVersionAndAChangedOneMakesANewOne() async throws {
@@ -262,7 +259,6 @@ import Testing
         let next = try await bed.db.transaction { c in try Store.registerPrograms(c, changed) }
         #expect(next[changed[0].id] == (first[changed[0].id] ?? 0) + 1)
         #expect(next[changed[1].id] == first[changed[1].id])
-        await bed.tearDown()
     }
 
     func waitForReferrals(_ bed: TestBed, leads: [String]) async throws -> [String: String] {

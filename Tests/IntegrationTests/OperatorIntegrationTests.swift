@@ -6,7 +6,7 @@ import Testing
 
 /// The operator commands against the real services while a worker runs: each acts, is
 /// recorded, is idempotent, and shows in `explain`; a dry run writes nothing.
-@Suite(.serialized) struct OperatorIntegrationTests {
+@Suite(.serialized, .tearsDownTestBeds) struct OperatorIntegrationTests {
     static func who(_ reason: String, dryRun: Bool = false) -> OperatorCommands.Who {
         .init(actor: "support-7", reason: reason, dryRun: dryRun)
     }
@@ -92,7 +92,6 @@ import Testing
         #expect(try await bed.count("SELECT count(*) FROM operator_actions WHERE target = '\(code)'") == 3)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 
     @Test func rejectAndReverseByHandAreRecordedOnceAndExplained() async throws {
@@ -145,7 +144,6 @@ import Testing
         try await Scenario.expectSchemaValid(seen)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 
     @Test func aDryRunWritesNothing() async throws {
@@ -174,7 +172,6 @@ import Testing
         #expect(dry[0].description.hasPrefix("dry run: would be referral_reject"))
         #expect(try await ErasureIntegrationTests.dump(db) == before)
         await db.close()
-        await bed.tearDown()
     }
 
     @Test func pausedRewardsWaitAtQualifiedAndAreIssuedOnResume() async throws {
@@ -210,6 +207,5 @@ import Testing
         #expect(twice.events.isEmpty)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 }

@@ -6,7 +6,7 @@ import Testing
 
 /// The daemon as systemd and an SRE see it: the real binary, real services, a fake notify
 /// socket, and a proxy that takes the database away from this daemon only.
-@Suite(.serialized) struct OpsTests {
+@Suite(.serialized, .tearsDownTestBeds) struct OpsTests {
     static let activationType = "provisioning.service.activated"
 
     /// The bed's database URL with the proxy's port in it.
@@ -61,7 +61,6 @@ import Testing
         #expect(notify.times(of: "STOPPING=1").contains { $0 >= stopAt })
         notify.stop()
         proxy.stop()
-        await bed.tearDown()
     }
 
     @Test func metricsCountAKnownScenarioAndReadinessFollowsTheDatabase() async throws {
@@ -152,7 +151,6 @@ import Testing
         #expect(await Ops.waitForExit(daemon))
         #expect(daemon.terminationStatus == 0)
         proxy.stop()
-        await bed.tearDown()
     }
 
     @Test func aStopUnderLoadLosesAndDoublesNothing() async throws {
@@ -220,7 +218,6 @@ import Testing
         second.terminate()
         #expect(await Ops.waitForExit(second))
         #expect(second.terminationStatus == 0)
-        await bed.tearDown()
     }
 
     @Test func checkSaysOKOrNamesTheKeyOrTheField() async throws {
@@ -252,12 +249,11 @@ import Testing
         print("ops: bad programs file → \(s3): \(e3)")
         #expect(s3 != 0 && e3.contains(file) && e3.contains("qualify.hold"))
         try? FileManager.default.removeItem(atPath: file)
-        await bed.tearDown()
     }
 }
 
 /// The pieces that need no services: settings checks and the watchdog's environment.
-@Suite struct OpsSettingsTests {
+@Suite(.tearsDownTestBeds) struct OpsSettingsTests {
     static let required = [
         "REFERRALD_AMQP_URL": "amqp://u:p@127.0.0.1/", "REFERRALD_DATABASE_URL": "postgres://u:p@127.0.0.1/d",
         "REFERRALD_PROGRAMS_FILE": "/dev/null",

@@ -6,7 +6,7 @@ import ReferralWorker
 import Testing
 
 /// The walking skeleton end to end: real RabbitMQ, real PostgreSQL, the real worker.
-@Suite(.serialized) struct PipelineTests {
+@Suite(.serialized, .tearsDownTestBeds) struct PipelineTests {
     /// Dated now by default: an ask not sent within 7 days of its moment is skipped as stale, so
     /// a fixed date silently stopped these activations from earning their post_activation ask
     /// once the calendar passed it (and failed the stop-under-load test, which counts asks).
@@ -56,7 +56,6 @@ import Testing
         #expect(try await bed.count("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 
     @Test(.enabled(if: Contract.available, Contract.skipNote))
@@ -74,7 +73,6 @@ import Testing
         #expect(try Self.data(d)["account_id"] as? String == "acct-1002")
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 
     @Test(.enabled(if: Contract.available, Contract.skipNote))
@@ -113,7 +111,6 @@ import Testing
         #expect(try await bed.count("SELECT count(*) FROM inbox") == 1)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 
     /// A NUL in free text and an invoice sequence past int4 are valid input: stored, not
@@ -152,7 +149,6 @@ import Testing
         #expect(try await bed.queueDepth(bed.settings.deadLetterQueue) == 0)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 
     @Test func hostileBodiesAreDeadLetteredWithTheirCodes() async throws {
@@ -188,6 +184,5 @@ import Testing
         #expect(try await bed.count("SELECT count(*) FROM inbox") == 0)
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 }

@@ -6,7 +6,7 @@ import Testing
 
 /// Bindings take their programs from the cache once read: a version row never changes, so
 /// reading it with every referral row was waste.
-@Suite struct ProgramVersionCacheTests {
+@Suite(.tearsDownTestBeds) struct ProgramVersionCacheTests {
     @Test func aVersionIsReadOncePerCache() async throws {
         let bed = try await TestBed.make()
         let programs = try bed.programs().programs
@@ -35,6 +35,5 @@ import Testing
         #expect(cached.map(\.binding.program.id) == ["consumer"], "read from the cache, not the table")
         let fresh = try await bed.db.run { c in try Store.loadBindings(c, ["ref-1"], cache: ProgramVersionCache()) }
         #expect(fresh.map(\.binding.program.id) == ["business"], "a new cache reads the table")
-        await bed.tearDown()
     }
 }

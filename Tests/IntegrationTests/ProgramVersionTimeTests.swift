@@ -9,7 +9,7 @@ import Testing
 /// Program versions every instance agrees on (issue #20): two workers started with different
 /// programs files share one inbox, and each lead is bound to the version its own time says.
 /// Every time is fixed (2020 and 2030): nothing depends on today's date.
-@Suite(.serialized) struct ProgramVersionTimeTests {
+@Suite(.serialized, .tearsDownTestBeds) struct ProgramVersionTimeTests {
     /// Version 1 in force from 2020; version 2 (another referrer reward) from `change`.
     static let change = Instant(rfc3339: "2030-03-01T00:00:00Z")!
 
@@ -31,10 +31,13 @@ import Testing
         var settings = bed.settings
         settings.allowOlderPrograms = allowOlder
         let programs = try ProgramBook.load(path: file)
-        return Task {
-            try await Worker(settings: settings, programs: programs, logger: TestServices.logger, instanceName: name)
+        return bed.own(
+            Task {
+                try await Worker(
+                    settings: settings, programs: programs, logger: TestServices.logger, instanceName: name
+                )
                 .run()
-        }
+            })
     }
 
     static func stop(_ task: Task<Void, any Error>) async {
@@ -145,7 +148,6 @@ import Testing
 
         await Self.stop(a)
         await Self.stop(b)
-        await bed.tearDown()
     }
 
     /// A running instance whose file a newer version overtook is refused only at its next start:
@@ -181,7 +183,6 @@ import Testing
                 try await bed.count("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'referrald-a'") > 0
             })
         await Self.stop(a)
-        await bed.tearDown()
     }
 
     /// The same rules again are no new version; a second version at a time already taken by
@@ -206,7 +207,6 @@ import Testing
             )
         }
         #expect(try await Self.versions(bed) == [1: Self.change.rfc3339])
-        await bed.tearDown()
     }
 
     /// The commands: `run` exits 78 (EX_CONFIG, no restart loop) on a file older than the
@@ -249,6 +249,5 @@ import Testing
                 settings: bed.settings, now: t, logger: TestServices.logger)
             #expect(rows.filter(\.inForce).map(\.version.version) == [version], "at \(t)")
         }
-        await bed.tearDown()
     }
 }

@@ -4,7 +4,7 @@ import Testing
 @testable import ReferralWorker
 
 /// `QueueTransfer.settle` against the real broker, on a quorum queue (the parked queue).
-@Suite struct QueueTransferTests {
+@Suite(.tearsDownTestBeds) struct QueueTransferTests {
     /// A batch of 200 settled and the reader closed at once, as the parked mover and the `dlq`
     /// commands do, five times: only the three requeued come back. Acked one frame each, the
     /// acks past the broker's 32 settles in flight were dropped with the channel and their
@@ -59,6 +59,5 @@ import Testing
                 "round \(round): \(seen.count - 1) came back")
             #expect(try await bed.eventually { try await bed.queueDepth(queue) == 0 })
         }
-        await bed.tearDown()
     }
 }

@@ -8,7 +8,7 @@ import Testing
 /// The metrics the referral alerts read (deploy/prometheus/alerts.yaml): rejections and
 /// unattributed leads counted once per committed decision, and the rewards billing has not
 /// applied, against the real services with an in-process worker on a clock the test moves.
-@Suite(.serialized) struct ReferralMetricsTests {
+@Suite(.serialized, .tearsDownTestBeds) struct ReferralMetricsTests {
     /// The worker's time: decisions, timers and the gauges' samples follow it, not the calendar.
     final class SteppedClock: ReferralCore.Clock {
         private let current: OpsLocked<Instant>
@@ -167,6 +167,5 @@ import Testing
 
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 }

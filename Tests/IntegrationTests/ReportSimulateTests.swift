@@ -7,7 +7,7 @@ import Testing
 @testable import ReferralWorker
 
 /// `referrald simulate` over a recorded stream, and `export-events` writing one from the inbox.
-@Suite(.serialized) struct ReportSimulateTests {
+@Suite(.serialized, .tearsDownTestBeds) struct ReportSimulateTests {
     static let t0 = Instant(rfc3339: "2026-01-01T00:00:00Z")!
     static let codeA = ReferralCode(randomBits: 1).canonical
     static let codeB = ReferralCode(randomBits: 2).canonical
@@ -248,7 +248,6 @@ import Testing
         #expect(c.candidate.referrerRewards["USD"]?.amountMinor == 2 * issued)
         #expect(c.current.rejections == ["same_household": 1])
         #expect(try await bed.count("SELECT count(*) FROM referrals WHERE reason = 'same_household'") == 1)
-        await bed.tearDown()
     }
 }
 

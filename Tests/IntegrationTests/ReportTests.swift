@@ -8,7 +8,7 @@ import Testing
 
 /// `referrald report` over a fully known database: every figure of the JSON report is computed
 /// by hand below from the rows inserted, so a wrong join, filter or ratio shows as one figure.
-@Suite(.serialized) struct ReportTests {
+@Suite(.serialized, .tearsDownTestBeds) struct ReportTests {
     /// January 2026, program `consumer`:
     ///
     ///   ref-1  A  lead 01-05  order +1d  install +2d  activation +1d  rewards +10d  credit applied +1d
@@ -241,7 +241,6 @@ import Testing
         // Undefined ratios are written as null, never left out: the schema's keys are all present.
         #expect(json.contains("\"conversion\" : null"))
         #expect(json.contains("\"median_seconds_from_previous\" : null"))
-        await bed.tearDown()
     }
 
     @Test func everyProgramAndAnEmptyPeriod() async throws {
@@ -284,7 +283,6 @@ import Testing
         #expect(none.budget.months.map(\.month) == ["2030-01"] && none.budget.months.first?.netSpendMinor == 0)
         #expect(try ProgramReport.decode(json: none.render(.json)) == none)
         #expect(none.render(.table).contains("no asks in the period"))
-        await bed.tearDown()
     }
 
     @Test func tableAndHTMLCarryTheFigures() async throws {
@@ -313,7 +311,6 @@ import Testing
                 "class=\"plan-cost-bar\" data-plan=\"fiber-1000\" data-currency=\"USD\" data-cost=\"7500\"",
                 "class=\"plan-cost-bar\" data-plan=\"fiber-500\" data-currency=\"USD\" data-cost=\"2500\"",
             ])
-        await bed.tearDown()
     }
 }
 

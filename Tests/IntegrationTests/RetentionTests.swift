@@ -7,7 +7,7 @@ import Testing
 
 /// `referrald prune` with an injected "now" (2031-06-01, never today's date): old inbox bodies
 /// and keys, and long-ended referrals, go; recent ones, the ledger and deduplication stay.
-@Suite struct RetentionTests {
+@Suite(.tearsDownTestBeds) struct RetentionTests {
     static let now = Instant(rfc3339: "2031-06-01T00:00:00Z")!
 
     static func ticket(_ bed: TestBed, _ id: String) -> [UInt8] {
@@ -148,7 +148,6 @@ import Testing
             try await Prune.run(settings: bed.settings, now: Self.now, logger: TestServices.logger).count == .init())
         worker.cancel()
         _ = await worker.result
-        await bed.tearDown()
     }
 
     @Test func defaultsPruneNothingAndKeysCannotOutliveNoBodyRetention() async throws {

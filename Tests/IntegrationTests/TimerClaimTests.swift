@@ -5,7 +5,7 @@ import Testing
 
 /// `Store.claimDueTimers` leases due timers so that a scan and a batch never hold timer rows
 /// while deciding, and so that instances claim disjoint timers. Both tables, one function.
-@Suite(.serialized) struct TimerClaimTests {
+@Suite(.serialized, .tearsDownTestBeds) struct TimerClaimTests {
     let now = Instant(rfc3339: "2026-11-24T12:00:00Z")!
 
     @Test func referralTimersAreClaimedDueFirstLeasedAndFireAgainAfterTheLease() async throws {
@@ -24,7 +24,6 @@ import Testing
         try await checkClaims(bed, .referrals, keys: ["ref-a", "ref-b", "ref-c"]) { c, key, due in
             try Store.setTimers(c, [(key, due)])
         }
-        await bed.tearDown()
     }
 
     @Test func accountTimersAreClaimedDueFirstLeasedAndFireAgainAfterTheLease() async throws {
@@ -32,7 +31,6 @@ import Testing
         try await checkClaims(bed, .accounts, keys: ["acc-a", "acc-b", "acc-c"]) { c, key, due in
             try Store.setAccountTimers(c, [(key, due)])
         }
-        await bed.tearDown()
     }
 
     /// keys[0] is due an hour ago, keys[1] a minute ago, keys[2] in an hour.

@@ -6,6 +6,7 @@ import ReferralCore
 import ReferralStore
 import ReferralTestKit
 import ReferralWorker
+import Synchronization
 
 /// Where the real services are; `scripts/services.sh env` prints these for the local ones.
 enum TestServices {
@@ -52,6 +53,9 @@ final class TestBed: Sendable {
     let db: PostgresConnection
     let amqp: AMQPConnection
     let observerQueue: String
+    /// Workers and daemons the test started, stopped by `tearDown` if the test did not.
+    private let running = Mutex<(workers: [Task<Void, any Error>], daemons: [Process], tornDown: Bool)>(
+        ([], [], false))
 
     /// A configuration whose broker objects all carry `name`, so that tests running in
     /// parallel on one broker never see each other's messages.
@@ -64,6 +68,7 @@ final class TestBed: Sendable {
     }
 
     static func make(_ overrides: [String: String] = [:]) async throws -> TestBed {
+        guard let beds = BedsOfTest.current else { throw TestBedOutsideScope() }
         let name = "t\(UInt32.random(in: 0...UInt32.max))"
         let adminURL = try PostgresURL(parsing: TestServices.databaseURL)
         let admin = try await PostgresConnection.connect(
@@ -84,9 +89,11 @@ final class TestBed: Sendable {
         let observer = "\(name).observer"
         _ = try await amqp.declareQueue(observer, durable: true, arguments: ["x-queue-type": .string("quorum")])
         try await amqp.bindQueue(observer, exchange: settings.eventsExchange, routingKey: "#")
-        return TestBed(
+        let bed = TestBed(
             name: name, settings: settings, environment: environment, admin: admin, db: db, amqp: amqp,
             observerQueue: observer)
+        beds.add(bed)
+        return bed
     }
 
     private init(
@@ -125,12 +132,20 @@ final class TestBed: Sendable {
     func startWorker() -> Task<Void, any Error> {
         let settings = self.settings
         let programs = try! programs()
-        return Task {
-            try await Worker(
-                settings: settings, programs: programs, logger: TestServices.logger,
-                instanceName: "referrald-test"
-            ).run()
-        }
+        return own(
+            Task {
+                try await Worker(
+                    settings: settings, programs: programs, logger: TestServices.logger,
+                    instanceName: "referrald-test"
+                ).run()
+            })
+    }
+
+    /// A worker task the test started itself: cancelled and awaited at teardown.
+    @discardableResult
+    func own(_ worker: Task<Void, any Error>) -> Task<Void, any Error> {
+        running.withLock { $0.workers.append(worker) }
+        return worker
     }
 
     /// Starts the built `referrald run` as a child process with this bed's configuration.
@@ -145,6 +160,7 @@ final class TestBed: Sendable {
         env["REFERRALD_LOG_LEVEL"] = "warning"
         process.environment = env
         try process.run()
+        running.withLock { $0.daemons.append(process) }
         return process
     }
 
@@ -183,7 +199,22 @@ final class TestBed: Sendable {
         try await db.run { c in try c.query(sql).first?.decode(0, as: Int64.self) ?? -1 }
     }
 
+    /// Stops what the test left running, deletes the bed's queues, exchanges and database.
+    /// Runs once; a second call (the test's own, then the scope's) does nothing.
     func tearDown() async {
+        let (workers, daemons, first) = running.withLock { running in
+            defer { running.tornDown = true }
+            return (running.workers, running.daemons, !running.tornDown)
+        }
+        guard first else { return }
+        for worker in workers {
+            worker.cancel()
+            _ = await worker.result
+        }
+        for daemon in daemons where daemon.isRunning {
+            daemon.terminate()
+            daemon.waitUntilExit()
+        }
         for q in [settings.inboxQueue, settings.deadLetterQueue, settings.parkedQueue, observerQueue] {
             try? await amqp.deleteQueue(q)
         }
