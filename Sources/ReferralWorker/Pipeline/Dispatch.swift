@@ -56,10 +56,9 @@ enum LaneSelection {
     }
 
     /// Whether a lane takes a batch now. Lanes after the first join only while a backlog waits
-    /// (a quarter of a batch or more): at 1,000 events/s two lanes split the stream into
-    /// batches of a few events, each paying a transaction's 36 statements, and p99 went from
-    /// 34 ms with one lane to 134 ms with two (PostgreSQL 0.47 cores against 0.89). One lane
-    /// keeps up there; the second joins when deliveries pile up.
+    /// (a quarter of a batch or more): at a steady, moderate rate two lanes split the stream into
+    /// batches of a few events, each paying a whole transaction's statements, and latency rose
+    /// with PostgreSQL's load. One lane keeps up there; the second joins when deliveries pile up.
     static func joins(lane: Int, waiting: Int, batchSize: Int) -> Bool {
         lane == 0 || waiting >= max(1, batchSize / 4)
     }
@@ -89,7 +88,7 @@ enum LaneSelection {
 ///
 /// A friend's later events (install, activation, invoice) name only the account, yet they move
 /// their referrer's rankings (the cap of the year, the leads of the day), which the transaction
-/// locks. Two lanes each holding a friend of one referrer, about every other batch with 4,000
+/// locks. Two lanes each holding a friend of one referrer, often with a few thousand
 /// referrers, queued on those locks. With the code as a dispatch key they go to one lane.
 /// A story whose lead came before this process started has no entry: it is only applied
 /// without that help (the locks still order it). Bounded: two generations of `capacity`

@@ -5,12 +5,12 @@ import ReferralCore
 /// The process's one consumer of the inbox, shared by its lanes (REFERRALD_WORKERS).
 ///
 /// Each lane applies a batch in a transaction of its own, so two lanes keep both cores busy:
-/// one lane's decisions run while the other waits for PostgreSQL. When each lane consumed on a
-/// channel of its own, the broker dealt consecutive messages to alternate lanes; their batches
-/// held the same stories, each lane waited for the other's commit on the story locks, and a
-/// second lane added 24 % instead of overlapping. Here deliveries are read once, classified,
-/// and handed out by `LaneSelection`, so lanes' batches share no key. Acks go through
-/// `AckLedger`, since lanes finish out of delivery order.
+/// one lane's decisions run while the other waits for PostgreSQL. Lanes that each consumed on
+/// a channel of their own were dealt consecutive messages by the broker: their batches held the
+/// same stories, each lane waited on the story locks for the other's commit, and the lanes ran
+/// one after the other. Here deliveries are read once, classified, and handed out by
+/// `LaneSelection`, so lanes' batches share no key. Acks go through `AckLedger`, since lanes
+/// finish out of delivery order.
 public actor Intake {
     /// A delivery, classified, with the keys that decide which lane may take it.
     public struct Item: Sendable {
