@@ -305,12 +305,12 @@ public enum Schema {
                 """),
         Migration(
             version: 7, name: "standings of the referrals bound before version 6, from their facts", sql: "",
-            backfill: { db, logger in try await Store.backfillStandings(db, logger: logger) }),
+            backfill: { db, logger in try await StandingStore.backfillStandings(db, logger: logger) }),
         Migration(
             version: 8, name: "rewards awaiting billing, by issue time",
             sql: """
                 -- Every instance samples the rewards billing has not applied yet every few seconds
-                -- (`referrald_rewards_unapplied`, `Store.unappliedRewards`). Without this index each
+                -- (`referrald_rewards_unapplied`, `LedgerStore.unappliedRewards`). Without this index each
                 -- sample read the whole ledger, which keeps every reward for years; with it, the count
                 -- and the oldest come from the rewards awaiting billing alone. The price: a reward's
                 -- state change (issued -> applied, once per reward) is no longer a HOT update.
@@ -345,7 +345,7 @@ public enum Schema {
                 INSERT INTO erasure_scrubs (account_id)
                 SELECT DISTINCT account_id FROM facts WHERE kind = 'erased' AND account_id IS NOT NULL
                 ON CONFLICT DO NOTHING;
-                """, backfill: { db, logger in try await Store.backfillInboxRewards(db, logger: logger) }),
+                """, backfill: { db, logger in try await ErasureStore.backfillInboxRewards(db, logger: logger) }),
         Migration(
             version: 11,
             name: "fewer index writes per event: redundant indexes dropped, room for HOT updates of referrals",
@@ -372,7 +372,7 @@ public enum Schema {
             version: 12, name: "ask facts by account, kind and time",
             sql: """
                 -- The worker reads an account's ask facts by ranges of kind and time (the facts that can
-                -- still change a decision: `Store.loadRelevantAskFacts`), so that an account with a
+                -- still change a decision: `AskStore.loadRelevantAskFacts`), so that an account with a
                 -- daily automated speed test costs the same in its third year as on its first day.
                 -- It replaces the index by account alone, whose lookups it serves as well.
                 CREATE INDEX ask_facts_account_kind_at ON ask_facts (account_id, kind, at);
@@ -494,7 +494,7 @@ public enum Schema {
                 -- lead's fact row: the report breaks leads and conversion down by it. No rule reads it,
                 -- so it is a column of the row, not a field of the core's fact. NULL: none was sent.
                 ALTER TABLE facts ADD COLUMN IF NOT EXISTS channel text COLLATE "C";
-                """, backfill: { db, logger in try await Store.backfillPlansAndChannels(db, logger: logger) }),
+                """, backfill: { db, logger in try await FactBackfill.backfillPlansAndChannels(db, logger: logger) }),
         Migration(
             version: 18, name: "operator actions: audit trail, blocked codes, paused rewards",
             sql: """
@@ -604,5 +604,17 @@ public enum Schema {
             let rows = try c.query("SELECT coalesce(max(version), 0)::int8 AS v FROM schema_migrations")
             return Int(try rows.first?.decode("v", as: Int64.self) ?? 0)
         }
+    }
+}
+
+extension Database {
+    /// Applies the missing migrations (`Schema.migrate`); returns the versions applied.
+    public func migrate(logger: Logger) async throws -> [Int] {
+        try await Self.converting { try await Schema.migrate(connection, logger: logger) }
+    }
+
+    /// The schema version of the database; 0 when it was never migrated.
+    public func schemaVersion() async throws -> Int {
+        try await Self.converting { try await Schema.currentVersion(connection) }
     }
 }

@@ -1,6 +1,5 @@
 import AMQP
 import Logging
-import Postgres
 import ReferralCore
 import ReferralStore
 import ServiceLifecycle
@@ -33,7 +32,7 @@ public actor Worker {
     let intake: Intake
     private let ownsIntake: Bool
     private var publisher: AMQPConnection?
-    private var db: PostgresConnection?
+    private var db: Database?
     private var rng = SystemRandomNumberGenerator()
     private var lastRelay = Instant(microseconds: 0)
     /// Outbox rows the broker confirmed that the database still holds. The next transaction
@@ -127,10 +126,10 @@ public actor Worker {
     private func connect() async throws {
         if db == nil || publisher == nil { status.connecting() }
         if db == nil {
-            let connection = try await settings.connectWorkerPostgres(name: instanceName, logger: logger)
+            let connection = try await settings.connectWorkerDatabase(name: instanceName, logger: logger)
             effectCache.removeAll()
             programVersions.removeAll()
-            let version = try await Schema.currentVersion(connection)
+            let version = try await connection.schemaVersion()
             guard version >= Schema.latestVersion else {
                 await connection.close()
                 throw SchemaError(found: version, needed: Schema.latestVersion)
@@ -140,9 +139,7 @@ public actor Worker {
             let (programs, file) = (self.programs.programs, self.programs.file)
             let allowOlder = settings.allowOlderPrograms || programsRegistered
             do {
-                let registered = try await connection.transaction { c in
-                    try Store.registerPrograms(c, programs, file: file, allowOlder: allowOlder)
-                }
+                let registered = try await connection.registerPrograms(programs, file: file, allowOlder: allowOlder)
                 programsRegistered = true
                 logger.info(
                     "programs registered",
@@ -200,12 +197,12 @@ public actor Worker {
             // crashed instance or a broker outage go out while a backlog drains too.
             if timersBehind || now - lastTimerScan > .seconds(1) { try await fireTimers() }
             if now - lastRelay > .seconds(1) { try await relayOutbox() }
-            // Erasures' stored bodies, after the erasure committed (`Store.scrubPendingErasures`).
+            // Erasures' stored bodies, after the erasure committed (`ErasureStore.scrubPendingErasures`).
             // A failed pass is logged and retried on the next one, never thrown: it must not
             // stop consumption (a broken connection fails the next batch, which reconnects).
             if now - lastErasureScrub > .seconds(1), let db {
                 lastErasureScrub = clock.now()
-                do { try await Store.scrubPendingErasures(db) } catch {
+                do { try await db.scrubPendingErasures() } catch {
                     logger.warning("erasure scrub failed; retried next pass", metadata: ["error": "\(error)"])
                 }
             }
@@ -272,7 +269,7 @@ public actor Worker {
         while true {
             do {
                 return try await apply(events.map { .init(event: $0.1, body: $0.0.body) })
-            } catch let error as PostgresError where error.isLockConflict && conflicts < 5 {
+            } catch let error as DatabaseError where error.isLockConflict && conflicts < 5 {
                 // Another instance's transaction won a deadlock or a serialisation conflict: the
                 // database is fine and so is the connection. Retry at once on it; reconnecting
                 // and backing off as for an outage cost seconds per conflict.
@@ -284,7 +281,7 @@ public actor Worker {
                         "db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)",
                         "attempt": "\(conflicts)",
                     ])
-            } catch let error as PostgresError where error.isTransient {
+            } catch let error as DatabaseError where error.isTransient {
                 logger.warning(
                     "database unavailable; batch held for retry",
                     metadata: ["db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)"])
@@ -329,7 +326,7 @@ public actor Worker {
         for half in [Array(events[..<middle]), Array(events[middle...])] {
             do {
                 outbox += try await applyRetryingConflicts(half)
-            } catch let error as PostgresError where error.isTransient {
+            } catch let error as DatabaseError where error.isTransient {
                 throw error
             } catch {
                 try await bisect(half, failedWith: error, outbox: &outbox)
@@ -344,7 +341,7 @@ public actor Worker {
         while true {
             do {
                 return try await apply(events.map { .init(event: $0.1, body: $0.0.body) })
-            } catch let error as PostgresError where error.isLockConflict && conflicts < 5 {
+            } catch let error as DatabaseError where error.isLockConflict && conflicts < 5 {
                 conflicts += 1
                 metrics.lockConflict()
             }
@@ -439,7 +436,7 @@ public actor Worker {
             let fired: FiredTimers
             do {
                 fired = try await store.fireTimers(claimed, context: context)
-            } catch let error as PostgresError where error.sqlState == "40P01" || error.sqlState == "40001" {
+            } catch let error as DatabaseError where error.isLockConflict {
                 // Another instance's batch holds the same referrals. The transaction rolled back
                 // and the timers fire again when their lease ends; rethrowing would drop both
                 // broker connections and requeue the batch in hand, raising every message's
@@ -467,14 +464,9 @@ public actor Worker {
         lastBacklogSample = clock.now()
         let now = clock.now()
         let budgeted = programs.programs.filter { $0.budget != nil }.map { ($0.id, $0.currency) }
-        let (outbox, timers, unapplied, committed, settled, pauses) = try await db.run { c in
-            (
-                try Store.outboxBacklog(c), try Store.timerBacklog(c, now: now),
-                try Store.unappliedRewards(c, now: now),
-                try Store.committed(c, programs: budgeted, month: ProgramBudget.month(of: now)),
-                try Store.sweepHeldAsks(c, now: now), try Store.rewardPauses(c)
-            )
-        }
+        let sample = try await db.sampleBacklog(now: now, budgeted: budgeted)
+        let (outbox, timers, unapplied) = (sample.outbox, sample.timers, sample.unappliedRewards)
+        let (committed, settled, pauses) = (sample.committed, sample.settledAsks, sample.rewardPauses)
         metrics.rewardPauses(pauses, now: now, programs: programs.programs.map(\.id))
         metrics.outbox(count: outbox.count, oldestAgeSeconds: outbox.oldestAgeSeconds)
         metrics.timers(due: timers.due, lagSeconds: timers.lagSeconds)
@@ -660,7 +652,7 @@ public actor Worker {
             outcomes = try await publisher.publish(messages)
         } catch {
             // Not waiting for the lease to end: the next relay pass retries them at once.
-            _ = try? await db?.run { c in try Store.releaseLease(c, seqs: rows.map(\.seq)) }
+            _ = try? await db?.releaseLease(seqs: rows.map(\.seq))
             throw error
         }
         failpoint.hit(.afterPublish)
@@ -687,7 +679,7 @@ public actor Worker {
     private func flushPublished() async throws {
         guard let db, !published.isEmpty else { return }
         let done = published
-        try await db.run { c in try Store.removePublished(c, seqs: done) }
+        try await db.removePublished(seqs: done)
         published.removeFirst(done.count)
     }
 
@@ -699,7 +691,7 @@ public actor Worker {
         try await settlePublication()
         try await flushPublished()
         while true {
-            let rows = try await db.run { c in try Store.leaseOutbox(c, limit: 512, leaseSeconds: 60) }
+            let rows = try await db.leaseOutbox(limit: 512, leaseSeconds: 60)
             if rows.isEmpty { return }
             let allConfirmed = try await publish(rows)
             try await flushPublished()

@@ -52,6 +52,8 @@ final class TestBed: Sendable {
     let db: PostgresConnection
     let amqp: AMQPConnection
     let observerQueue: String
+    /// `db` as the store's seam, for what the worker's commands take.
+    var database: Database { Database(db) }
 
     /// A configuration whose broker objects all carry `name`, so that tests running in
     /// parallel on one broker never see each other's messages.
