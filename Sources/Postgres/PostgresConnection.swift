@@ -35,10 +35,9 @@ public actor PostgresConnection {
     /// handle is gone, but the caller must still see a transient loss, not a close it never did.
     private var lost: PostgresError?
     /// Statements prepared on this session, by text and parameter types, up to
-    /// `statementCacheCapacity`: the server then plans each once instead of on every call.
-    /// Planning was 14 % of the server's time on the daemon's batches (its statements join
-    /// unnested arrays through CTEs; the ask query planned for 3.8 ms and ran for 5). Not
-    /// rolled back with a transaction, and gone with the session, as prepared statements are.
+    /// `statementCacheCapacity`: the server then plans each once instead of on every call:
+    /// the daemon's statements join unnested arrays through CTEs, and planning one can cost as
+    /// much as running it. Not rolled back with a transaction, and gone with the session, as prepared statements are.
     private var prepared: [String: String] = [:]
     private let statementCacheCapacity: Int
     /// Names handed out so far: a name is never reused, even for a preparation the server refused.
@@ -179,9 +178,9 @@ public actor PostgresConnection {
     /// for it: libpq's pipeline mode. It runs on the server in order, before anything sent after
     /// it, and its answer is read with the next `query`'s, by `syncDeferred`, or before the next
     /// simple statement (`COMMIT`, `ROLLBACK`). An error it meets is thrown there, the first one
-    /// if several (the statements after it fail on the aborted transaction). A batch's write-only
-    /// statements each cost a round trip of their own, a third of its time in the small batches
-    /// of a quiet hour, waiting on a busy machine for two processes to be scheduled in turn.
+    /// if several (the statements after it fail on the aborted transaction). Sent one by one, a batch's
+    /// write-only statements each cost a round trip, and a small batch spends most of its time
+    /// waiting on a busy machine for two processes to be scheduled in turn.
     /// Outside a transaction it runs at once: nothing would read its answer.
     public func executeDeferred(_ sql: String, _ parameters: [PostgresValue] = []) throws(PostgresError) {
         guard PQtransactionStatus(try liveHandle(context: "deferred")) != PQTRANS_IDLE || !deferred.isEmpty else {

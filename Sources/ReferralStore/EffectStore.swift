@@ -112,9 +112,9 @@ public enum EffectStore {
     }
 
     /// Keeps the `rewards` ledger in step with the recorded effects. Issued rewards, most of a
-    /// busy batch's ledger changes, go in one set-based INSERT (one statement per reward was a
-    /// round trip per reward, measured at about 23 per batch of the realistic mix); the rarer
-    /// state changes stay one UPDATE each, in effect order.
+    /// busy batch's ledger changes, go in one set-based INSERT (one statement per reward costs a
+    /// round trip per reward, dozens in a busy batch); the rarer state changes stay one UPDATE
+    /// each, in effect order.
     static func updateLedger(_ c: isolated PostgresConnection, _ effects: [Effect], at: Instant) throws {
         let issued = effects.compactMap { if case .rewardIssued(let g) = $0 { g } else { nil } }
         if !issued.isEmpty {

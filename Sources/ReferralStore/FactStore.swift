@@ -8,8 +8,8 @@ public enum FactStore {
     /// anything is read. Without it, two instances each missed the other's uncommitted fact: one
     /// stored an order linking a lead to an account while the other stored that account's
     /// activation, found no referral for the account yet (the link was not committed), and
-    /// nobody re-decided the referral, which stayed `installed` with its rewards never issued
-    /// (the three-instance fault run). Leads and accounts already linked by a committed order
+    /// nobody re-decided the referral, which stayed `installed` with its rewards never issued.
+    /// Leads and accounts already linked by a committed order
     /// are locked together, so a fact about either waits for the other.
     ///
     /// A referral decided on the timer or repair path (`referrals`), or through billing's answer

@@ -70,8 +70,7 @@ public struct InboxEntry: Sendable {
 /// and length of each, cut apart in SQL with `substring`.
 ///
 /// Bodies inside a `text[]` parameter (the hex form, quoted element by element) cost the daemon
-/// about a quarter of its CPU under load, measured with perf: the array quoting walks every
-/// character. One `bytea` is hex-encoded in a single pass and needs no quoting at all.
+/// much of its CPU under load: the array quoting walks every character. One `bytea` is hex-encoded in a single pass and needs no quoting at all.
 struct PackedBytes {
     let blob: PostgresValue
     let offsets: PostgresValue

@@ -38,8 +38,8 @@ public enum TimerStore {
     /// `leaseSeconds` ahead, in the caller's short transaction, and the caller decides them in a
     /// second one that sets their real next due time. Holding the timer rows locked while
     /// deciding would take the locks in the order timers → referrals (or accounts), against the
-    /// batch path's referrals → timers, and two instances would deadlock (40P01, seen in the
-    /// three-instance fault run). SKIP LOCKED lets instances claim disjoint timers; a claimer
+    /// batch path's referrals → timers, and two instances would deadlock (40P01). SKIP
+    /// LOCKED lets instances claim disjoint timers; a claimer
     /// that dies leaves its timers to fire again when the lease ends. Returns the claimed keys.
     public static func claimDueTimers(
         _ c: isolated PostgresConnection, _ table: TimerTable, now: Instant, limit: Int,
