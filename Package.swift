@@ -32,6 +32,8 @@ let testTargets: [Target] =
             swiftSettings: strict),
         .testTarget(
             name: "ReferralStoreTests", dependencies: ["ReferralStore", "ReferralCore"], swiftSettings: strict),
+        // What needs no server: URL parsing and value encoding of the libpq driver.
+        .testTarget(name: "PostgresTests", dependencies: ["Postgres"], swiftSettings: strict),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
@@ -49,7 +51,8 @@ let testTargets: [Target] =
 
 let package = Package(
     name: "referrald",
-    platforms: [.macOS(.v14)],
+    // swift-configuration's API and the standard library's Synchronization are macOS 15 and later.
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "referrald", targets: ["referrald"]),
         .executable(name: "referrald-bench", targets: ["referrald-bench"]),
@@ -64,6 +67,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         .systemLibrary(
@@ -88,14 +92,16 @@ let package = Package(
         .target(
             name: "ReferralWorker",
             dependencies: [
-                "ReferralCore", "ReferralStore", "AMQP", "Postgres",
+                "ReferralCore", "ReferralStore", "AMQP",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict),
         .executableTarget(

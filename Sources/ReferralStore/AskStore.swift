@@ -3,7 +3,7 @@ import ReferralCore
 
 /// Persistence of the ask rules and follow-ups: ask facts, asks sent, follow-ups sent, account
 /// timers.
-extension Store {
+public enum AskStore {
     public static func insertAskFacts(_ c: isolated PostgresConnection, _ facts: [AskFact]) throws {
         if facts.isEmpty { return }
         let rows = facts.map(AskFactRow.init)

@@ -6,7 +6,7 @@ import ReferralCore
 /// asks a budget holds (`asks_held`). Counters are updated in the decision's transaction, as
 /// the reward ledger is, so reading a month's commitment is a sum of a few rows, never a scan of
 /// the month's rewards.
-extension Store {
+public enum BudgetStore {
     /// Counter rows per (program, month, currency). Each session adds to the shard of its
     /// backend pid: with one row per month, every lane of every instance would queue on that
     /// row's lock until its transaction commits, the convoy a popular program cannot afford.

@@ -7,9 +7,9 @@ import ReferralCore
 /// a context and gets back what to publish; it never holds a connection inside a decision, so
 /// the lock order (`Decisions.decide`) is kept in one place.
 public struct DecisionStore: Sendable {
-    public let connection: PostgresConnection
+    public let database: Database
 
-    public init(_ connection: PostgresConnection) { self.connection = connection }
+    public init(_ database: Database) { self.database = database }
 
     /// Applies one batch of valid events: records them in the inbox (deduplication), stores
     /// their facts, updates the standings of the referrals they touch, decides those and the
@@ -23,28 +23,28 @@ public struct DecisionStore: Sendable {
     )
         async throws -> BatchOutcome
     {
-        try await connection.transaction { c in
+        try await database.transaction { c in
             let outcome = try Decisions.batch(c, events: events, published: published, context: context)
             try beforeCommit(events)
             return outcome
         }
     }
 
-    /// Leases due timers in a short transaction of their own (see `Store.claimDueTimers`).
+    /// Leases due timers in a short transaction of their own (see `TimerStore.claimDueTimers`).
     public func claimTimers(context: DecisionContext, limit: Int) async throws -> ClaimedTimers {
-        try await connection.transaction { c in try Decisions.claimTimers(c, context: context, limit: limit) }
+        try await database.transaction { c in try Decisions.claimTimers(c, context: context, limit: limit) }
     }
 
     /// Re-decides claimed timers' referrals and accounts at the context's time.
     public func fireTimers(_ claimed: ClaimedTimers, context: DecisionContext) async throws -> FiredTimers {
-        try await connection.transaction { c in try Decisions.timers(c, claimed: claimed, context: context) }
+        try await database.transaction { c in try Decisions.timers(c, claimed: claimed, context: context) }
     }
 
     /// `referrald enroll`: one chunk of existing customers enrolled (see `Decisions.enroll`).
     public func enroll(_ rows: [EnrolmentRow], start: Instant, span: Span, context: DecisionContext)
         async throws -> (enrolled: Int, published: [OutgoingEvent])
     {
-        try await connection.transaction { c in
+        try await database.transaction { c in
             try Decisions.enroll(c, rows: rows, start: start, span: span, context: context)
         }
     }
@@ -56,13 +56,13 @@ public struct DecisionStore: Sendable {
     /// what a real run would give, and nothing is written.
     public func operatorAction(
         _ action: OperatorAction, context: DecisionContext, dryRun: Bool,
-        check: @escaping @Sendable (isolated PostgresConnection) throws -> OperatorPlan
+        check: OperatorCheck
     )
         async throws -> (result: String, published: [OutgoingEvent])
     {
         do {
-            return try await connection.transaction { c in
-                let plan = try check(c)
+            return try await database.transaction { c in
+                let plan = try check.plan(c, now: context.now)
                 var recorded = action
                 recorded.result = plan.result
                 let published = try Decisions.operatorAction(c, recorded, plan: plan, context: context)
@@ -84,7 +84,7 @@ public struct DecisionStore: Sendable {
     public func reconcile(_ referrals: [String], context: DecisionContext)
         async throws -> (standingsFixed: [String], published: [OutgoingEvent])
     {
-        try await connection.transaction { c in try Decisions.reconcile(c, referrals: referrals, context: context) }
+        try await database.transaction { c in try Decisions.reconcile(c, referrals: referrals, context: context) }
     }
 }
 
@@ -117,7 +117,7 @@ public struct ReceivedEvent: Sendable {
 /// What every decision of one transaction shares.
 public struct DecisionContext: Sendable {
     /// This instance's file: asks and code issuance. Leads are bound to the versions the
-    /// database knows, by their time (`Store.bindLeads`), not to these.
+    /// database knows, by their time (`BindingStore.bindLeads`), not to these.
     public var programs: ProgramBook
     public var policy: LifecyclePolicy
     public var now: Instant
@@ -126,7 +126,7 @@ public struct DecisionContext: Sendable {
     public var publishLeaseSeconds = 10
     /// Recorded effects already read, shared by the process's pipelines; nil reads them all.
     public var effects: EffectCache?
-    /// Program versions already read (`Store.loadBindings`).
+    /// Program versions already read (`BindingStore.loadBindings`).
     public var programVersions: ProgramVersionCache
 
     public init(

@@ -13,14 +13,14 @@ enum Decisions {
         _ c: isolated PostgresConnection, events: [ReceivedEvent], published: [Int64] = [],
         context: DecisionContext
     ) throws -> BatchOutcome {
-        try Store.removePublished(c, seqs: published)
-        let freshIndexes = try Store.recordInbox(c, events.map(inboxEntry))
+        try OutboxStore.removePublished(c, seqs: published)
+        let freshIndexes = try InboxStore.recordInbox(c, events.map(inboxEntry))
         var outcome = BatchOutcome(
             fresh: freshIndexes.count, duplicates: events.count - freshIndexes.count,
             freshIndexes: freshIndexes)
         let fresh = freshIndexes.map { events[$0].event }
         let askFacts = fresh.compactMap(AskFact.from)
-        try Store.insertAskFacts(c, askFacts)
+        try AskStore.insertAskFacts(c, askFacts)
         let facts = fresh.flatMap(\.lifecycleFacts)
         if !facts.isEmpty {
             outcome.published = try lifecycle(
@@ -35,10 +35,10 @@ enum Decisions {
             c, accounts: askFacts.map(\.accountId), context: context, heldAsks: &outcome.heldAsks)
         // Right to erasure: what this batch stored about an erased customer (a late lead after
         // its order, a rejection's reason, a ticket's extra members) is scrubbed before it commits.
-        try Store.scrubErased(
+        try ErasureStore.scrubErased(
             c, accounts: facts.compactMap(\.accountId) + askFacts.map(\.accountId),
             leads: facts.compactMap(\.leadId), rewards: facts.compactMap(\.rewardId))
-        outcome.outbox = try Store.enqueue(c, outcome.published, leaseSeconds: context.publishLeaseSeconds)
+        outcome.outbox = try OutboxStore.enqueue(c, outcome.published, leaseSeconds: context.publishLeaseSeconds)
         return outcome
     }
 
@@ -55,30 +55,30 @@ enum Decisions {
         let rewardIds = Array(Set(facts.compactMap(\.rewardId)))
         let codes = Array(
             Set(facts.compactMap { if case .leadCreated(_, _, let code?, _, _, _) = $0 { code } else { nil } }))
-        try Store.lockFactKeys(
+        try FactStore.lockFactKeys(
             c, leads: leads, accounts: accounts, referrerKeys: Lifecycle.referrerLockKeys(facts),
             codes: codes, rewards: rewardIds)
-        try Store.insertFacts(c, facts, channels: channels)
+        try FactStore.insertFacts(c, facts, channels: channels)
 
         // Leads carrying a known code become referrals, bound to the program version in force at
         // the lead's time.
         // Which leads are bound is read whenever the batch has a lead (a version without a code
         // of a lead bound before is attributed: the unattributed-lead metric reads it).
         if facts.contains(where: { if case .leadCreated = $0 { true } else { false } }) {
-            boundLeads = try Store.boundLeads(c, leads)
+            boundLeads = try BindingStore.boundLeads(c, leads)
         }
         if !codes.isEmpty {
             // A blocked code (`referrald code block`) binds no new lead: no referral, no offer.
-            let blocked = try Store.blockedCodes(c, codes)
-            let owners = try Store.codeOwners(c, codes: codes).filter { !blocked.contains($0.key) }
+            let blocked = try OperatorStore.blockedCodes(c, codes)
+            let owners = try CodeStore.codeOwners(c, codes: codes).filter { !blocked.contains($0.key) }
             boundLeads.formUnion(
-                try Store.bindLeads(c, Lifecycle.leadsToBind(facts: facts, codes: owners, bound: boundLeads)))
+                try BindingStore.bindLeads(c, Lifecycle.leadsToBind(facts: facts, codes: owners, bound: boundLeads)))
             for case .leadCreated(let lead, _, let code?, _, _, _) in facts
             where blocked.contains(code) && !boundLeads.contains(lead) {
                 blockedLeads.insert(lead)
             }
         }
-        try Store.refreshFriendAccounts(c, leads: leads)
+        try BindingStore.refreshFriendAccounts(c, leads: leads)
         // An erasure strips household and contact from every lead the account ordered, also one
         // whose friend is another account (an earlier order): those leads' standings lose keys
         // that may have ranked them first for a friend. Scrubbed before deciding, and their
@@ -87,10 +87,10 @@ enum Decisions {
         let erased = facts.compactMap { if case .customerErased(let a, _) = $0 { a } else { nil } }
         var erasedLeads: [String] = []
         if !erased.isEmpty {
-            try Store.scrubRows(c, erased: erased)
-            erasedLeads = try Store.erasedKeys(c, erased).leads
+            try ErasureStore.scrubRows(c, erased: erased)
+            erasedLeads = try ErasureStore.erasedKeys(c, erased).leads
         }
-        let touched = try Store.referralsTouched(
+        let touched = try BindingStore.referralsTouched(
             c, leads: leads + erasedLeads,
             accounts: Array(Set(facts.compactMap(\.friendAccountTouched))),
             rewards: rewardIds)
@@ -110,11 +110,12 @@ enum Decisions {
     ) throws -> [OutgoingEvent] {
         let accounts = Array(Set(accounts)).sorted()
         if accounts.isEmpty { return [] }
-        try Store.lockAccounts(c, accounts)
+        try AskStore.lockAccounts(c, accounts)
         let policy = AskPolicy()
-        let facts = try Store.loadRelevantAskFacts(c, accounts: accounts, now: context.now, freshness: policy.freshness)
-        let sent = try Store.sentAsks(c, accounts: accounts)
-        let codes = try Store.codes(c, accounts: accounts)
+        let facts = try AskStore.loadRelevantAskFacts(
+            c, accounts: accounts, now: context.now, freshness: policy.freshness)
+        let sent = try AskStore.sentAsks(c, accounts: accounts)
+        let codes = try CodeStore.codes(c, accounts: accounts)
         let programOf = Dictionary(
             accounts.map { account in
                 (account, context.programs.program(forSegment: ReferralAsks.segment(of: facts[account] ?? []).rawValue))
@@ -123,7 +124,7 @@ enum Decisions {
         let budgeted = Dictionary(
             programOf.values.compactMap { $0 }.filter { $0.budget != nil }.map { ($0.id, $0) },
             uniquingKeysWith: { a, _ in a })
-        let committed = try Store.committed(
+        let committed = try BudgetStore.committed(
             c, programs: budgeted.values.map { ($0.id, $0.currency) },
             month: ProgramBudget.month(of: context.now))
         let holding = Set(
@@ -155,9 +156,9 @@ enum Decisions {
             timers.append((account, decision.nextWakeup))
         }
         // The key is unique: if another instance recorded an ask first, it is not published.
-        let recorded = try Store.recordAsks(c, due.map { ($0.ask.record, $0.ask.accountId, $0.programId) })
-        heldAsks += try Store.recordHeldAsks(c, held, now: context.now)
-        try Store.setAccountTimers(c, timers)
+        let recorded = try AskStore.recordAsks(c, due.map { ($0.ask.record, $0.ask.accountId, $0.programId) })
+        heldAsks += try BudgetStore.recordHeldAsks(c, held, now: context.now)
+        try AskStore.setAccountTimers(c, timers)
         return due.filter { recorded.contains($0.ask.key) }.map { $0.ask.event(id: newEventId()) }
     }
 
@@ -169,12 +170,12 @@ enum Decisions {
         _ c: isolated PostgresConnection, rows: [EnrolmentRow], start: Instant, span: Span,
         context: DecisionContext
     ) throws -> (enrolled: Int, published: [OutgoingEvent]) {
-        try Store.lockAccounts(c, rows.map(\.accountId))
-        let already = try Store.enrolledAccounts(c, rows.map(\.accountId))
+        try AskStore.lockAccounts(c, rows.map(\.accountId))
+        let already = try AskStore.enrolledAccounts(c, rows.map(\.accountId))
         let fresh = rows.filter { !already.contains($0.accountId) }
         if fresh.isEmpty { return (0, []) }
-        try Store.insertFacts(c, fresh.map(\.fact))
-        try Store.insertAskFacts(c, fresh.flatMap { $0.askFacts(start: start, span: span) })
+        try FactStore.insertFacts(c, fresh.map(\.fact))
+        try AskStore.insertAskFacts(c, fresh.flatMap { $0.askFacts(start: start, span: span) })
         var mismatches: [Effect] = []
         var rewards: [RewardChange] = []
         // `enroll` runs without the worker's effect cache: nothing to add after its commit.
@@ -187,17 +188,17 @@ enum Decisions {
         var held: [String] = []
         published += try decideAsks(c, accounts: accounts, context: context, heldAsks: &held)
         // Not leased: `enroll` does not publish, the daemon's relay does.
-        try Store.enqueue(c, published)
+        try OutboxStore.enqueue(c, published)
         return (fresh.count, published)
     }
 
-    /// Due timers, leased in a short transaction of their own (see `Store.claimDueTimers`).
+    /// Due timers, leased in a short transaction of their own (see `TimerStore.claimDueTimers`).
     static func claimTimers(_ c: isolated PostgresConnection, context: DecisionContext, limit: Int) throws
         -> ClaimedTimers
     {
         ClaimedTimers(
-            referrals: try Store.claimDueTimers(c, .referrals, now: context.now, limit: limit),
-            accounts: try Store.claimDueTimers(c, .accounts, now: context.now, limit: limit))
+            referrals: try TimerStore.claimDueTimers(c, .referrals, now: context.now, limit: limit),
+            accounts: try TimerStore.claimDueTimers(c, .accounts, now: context.now, limit: limit))
     }
 
     /// Claimed timers: re-decide their referrals and accounts at `now`, which also sets each
@@ -211,8 +212,8 @@ enum Decisions {
         var recorded: [EffectCache.Recorded] = []
         var published: [OutgoingEvent] = []
         if !claimed.referrals.isEmpty {
-            // Their leads first, as batches take them (see `Store.lockFactKeys`).
-            try Store.lockFactKeys(c, leads: [], accounts: [], referrals: claimed.referrals)
+            // Their leads first, as batches take them (see `FactStore.lockFactKeys`).
+            try FactStore.lockFactKeys(c, leads: [], accounts: [], referrals: claimed.referrals)
             published = try decide(
                 c, touched: [], due: claimed.referrals, extraAccounts: [], context: context,
                 mismatches: &mismatches, rewards: &rewards, recorded: &recorded)
@@ -220,7 +221,7 @@ enum Decisions {
         var held: [String] = []
         published += try decideAsks(c, accounts: claimed.accounts, context: context, heldAsks: &held)
         return FiredTimers(
-            outbox: try Store.enqueue(c, published, leaseSeconds: context.publishLeaseSeconds),
+            outbox: try OutboxStore.enqueue(c, published, leaseSeconds: context.publishLeaseSeconds),
             rewards: rewards, recorded: recorded, heldAsks: held)
     }
 
@@ -240,52 +241,54 @@ enum Decisions {
         recorded cacheAdditions: inout [EffectCache.Recorded]
     ) throws -> [OutgoingEvent] {
         var bound = Dictionary(
-            try Store.loadBindings(c, touched, cache: context.programVersions).map { ($0.binding.referralId, $0) },
+            try BindingStore.loadBindings(c, touched, cache: context.programVersions).map {
+                ($0.binding.referralId, $0)
+            },
             uniquingKeysWith: { a, _ in a })
-        var facts = try Store.loadFacts(c, referrals: Array(bound.values), accounts: extraAccounts)
+        var facts = try FactStore.loadFacts(c, referrals: Array(bound.values), accounts: extraAccounts)
         var targets = Set(touched).union(due)
         var standings: [String: ReferralStanding] = [:]
         if !touched.isEmpty || !referrerFacts.isEmpty {
-            let old = try Store.loadStandings(c, touched)
+            let old = try StandingStore.loadStandings(c, touched)
             let fresh = Lifecycle.standings(facts: facts, referrals: bound.values.map(\.binding))
             for s in fresh { standings[s.referralId] = s }
             let changes = fresh.map { (old: old[$0.referralId], new: $0) }.filter { $0.old != $0.new }
             // The limits are read only when a ranking can have moved.
-            let limits = changes.isEmpty ? (leads: [], caps: []) : try Store.rankingLimits(c)
+            let limits = changes.isEmpty ? (leads: [], caps: []) : try StandingStore.rankingLimits(c)
             let queries =
                 Lifecycle.boundaries(changes: changes, leadLimits: limits.leads, capLimits: limits.caps)
                 + Lifecycle.referrerBoundaries(referrerFacts)
-            try Store.lockCompetitionKeys(c, changes)
-            try Store.saveStandings(c, changes)
-            if !queries.isEmpty { targets.formUnion(try Store.resolveBoundaries(c, queries)) }
+            try StandingStore.lockCompetitionKeys(c, changes)
+            try StandingStore.saveStandings(c, changes)
+            if !queries.isEmpty { targets.formUnion(try StandingStore.resolveBoundaries(c, queries)) }
         }
-        try Store.lockReferrals(c, Array(targets))
+        try BindingStore.lockReferrals(c, Array(targets))
         let more = targets.filter { bound[$0] == nil }
         if !more.isEmpty {
-            let extra = try Store.loadBindings(c, Array(more), cache: context.programVersions)
+            let extra = try BindingStore.loadBindings(c, Array(more), cache: context.programVersions)
             for b in extra { bound[b.binding.referralId] = b }
-            facts += try Store.loadFacts(c, referrals: extra, accounts: [])
+            facts += try FactStore.loadFacts(c, referrals: extra, accounts: [])
         }
         let deciding = targets.sorted().compactMap { bound[$0] }
         standings.merge(
-            try Store.loadStandings(c, deciding.map(\.binding.referralId).filter { standings[$0] == nil }),
+            try StandingStore.loadStandings(c, deciding.map(\.binding.referralId).filter { standings[$0] == nil }),
             uniquingKeysWith: { fresh, _ in fresh })
-        let competition = try Store.competition(
+        let competition = try StandingStore.competition(
             c, deciding.compactMap { b in standings[b.binding.referralId].map { (b.binding, $0) } },
             now: context.now)
         let accounts = Array(Set(deciding.flatMap(\.accounts) + extraAccounts))
-        let recorded = try Store.loadEffects(
+        let recorded = try EffectStore.loadEffects(
             c, referrals: deciding.map(\.binding.referralId), accounts: accounts,
             cache: context.effects)
         let decision = Lifecycle.decide(
             LifecycleInput(
                 facts: facts, referrals: deciding.map(\.binding), recorded: recorded, now: context.now,
                 policy: context.policy, explain: false, competition: competition,
-                pausedPrograms: try Store.pausedPrograms(c)))
+                pausedPrograms: try OperatorStore.pausedPrograms(c)))
 
         var events: [OutgoingEvent] = []
         events += try issueCodes(c, decision.codeRequests, context: context)
-        let (effects, newlyRecorded) = try Store.recordEffects(
+        let (effects, newlyRecorded) = try EffectStore.recordEffects(
             c, decision.effects, at: context.now, cache: context.effects)
         cacheAdditions += newlyRecorded
         let programOfReward = Dictionary(
@@ -302,10 +305,10 @@ enum Decisions {
         let ids = deciding.map(\.binding.referralId)
         let followups = Followups.decide(
             Followups.entries(views: decision.referrals, referrals: deciding.map(\.binding), facts: facts),
-            sent: try Store.followupKeys(c, referrals: ids), now: context.now)
-        for due in try Store.recordFollowups(c, followups.due) { events.append(due.event(id: newEventId())) }
-        try Store.saveViews(c, decision.referrals)
-        try Store.setTimers(
+            sent: try AskStore.followupKeys(c, referrals: ids), now: context.now)
+        for due in try AskStore.recordFollowups(c, followups.due) { events.append(due.event(id: newEventId())) }
+        try BindingStore.saveViews(c, decision.referrals)
+        try TimerStore.setTimers(
             c,
             ids.map { id in
                 (id, [decision.wakeups[id], followups.wakeups[id]].compactMap { $0 }.min())
@@ -313,7 +316,7 @@ enum Decisions {
         // Last of the decision's writes: the budget counters are the rows most shared between
         // sessions, so they are locked for the shortest time.
         let newlyIssued = Set(effects.compactMap { if case .rewardIssued(let g) = $0 { g.rewardId } else { nil } })
-        try Store.recordCommitments(
+        try BudgetStore.recordCommitments(
             c, views: decision.referrals, newlyIssued: newlyIssued,
             reversals: effects.compactMap {
                 guard case .rewardReversed(let r) = $0, let program = programOfReward[r.rewardId] else { return nil }
@@ -343,7 +346,7 @@ enum Decisions {
                 drawn[r.accountId] = (code, program)
                 rows.append((r.accountId, code.canonical, program.id, r.activatedAt))
             }
-            let collided = try Store.insertCodes(c, rows)
+            let collided = try CodeStore.insertCodes(c, rows)
             var issued: [Effect] = []
             for r in pending where !collided.contains(r.accountId) {
                 guard let (code, program) = drawn[r.accountId] else { continue }
@@ -353,7 +356,7 @@ enum Decisions {
                         id: newEventId(), time: context.now, accountId: r.accountId, code: code,
                         shareURL: program.shareURL(code: code.canonical), programId: program.id))
             }
-            _ = try Store.recordEffects(c, issued, at: context.now)
+            _ = try EffectStore.recordEffects(c, issued, at: context.now)
             pending = pending.filter { collided.contains($0.accountId) }
         }
         return events
@@ -427,17 +430,17 @@ enum Decisions {
     ) throws -> [OutgoingEvent] {
         var published: [OutgoingEvent] = []
         if !plan.referrals.isEmpty {
-            try Store.lockFactKeys(c, leads: [], accounts: [], referrals: plan.referrals)
-            try Store.insertFacts(c, plan.facts)
+            try FactStore.lockFactKeys(c, leads: [], accounts: [], referrals: plan.referrals)
+            try FactStore.insertFacts(c, plan.facts)
             var mismatches: [Effect] = []
             var rewards: [RewardChange] = []
             var recorded: [EffectCache.Recorded] = []
             published = try decide(
                 c, touched: plan.referrals, extraAccounts: [], context: context,
                 mismatches: &mismatches, rewards: &rewards, recorded: &recorded)
-            try Store.enqueue(c, published)
+            try OutboxStore.enqueue(c, published)
         }
-        try Store.recordOperatorAction(c, action)
+        try OperatorStore.recordOperatorAction(c, action)
         return published
     }
 
@@ -448,11 +451,11 @@ enum Decisions {
         _ c: isolated PostgresConnection, referrals ids: [String],
         context: DecisionContext
     ) throws -> (standingsFixed: [String], published: [OutgoingEvent]) {
-        try Store.lockFactKeys(c, leads: [], accounts: [], referrals: ids)
-        let bound = try Store.loadBindings(c, ids)
-        let stored = try Store.loadStandings(c, ids)
+        try FactStore.lockFactKeys(c, leads: [], accounts: [], referrals: ids)
+        let bound = try BindingStore.loadBindings(c, ids)
+        let stored = try StandingStore.loadStandings(c, ids)
         let derived = Lifecycle.standings(
-            facts: try Store.loadFacts(c, referrals: bound, accounts: []),
+            facts: try FactStore.loadFacts(c, referrals: bound, accounts: []),
             referrals: bound.map(\.binding))
         let fixed = derived.filter { stored[$0.referralId] != $0 }.map(\.referralId).sorted()
         var mismatches: [Effect] = []
@@ -462,7 +465,7 @@ enum Decisions {
         let published = try decide(
             c, touched: ids, extraAccounts: [], context: context,
             mismatches: &mismatches, rewards: &rewards, recorded: &recorded)
-        try Store.enqueue(c, published)
+        try OutboxStore.enqueue(c, published)
         return (fixed, published)
     }
 }

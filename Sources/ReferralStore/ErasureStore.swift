@@ -13,7 +13,7 @@ import ReferralCore
 ///   rewrites the raw inbox bodies in Swift, `chunk` rows a transaction, and removes the
 ///   household/contact links the incremental state still holds. A failed chunk is retried on
 ///   the next pass; the erasure's own effects (no more asks, the `erased` fact) have committed.
-extension Store {
+public enum ErasureStore {
     /// Scrubs what is stored about the erased accounts among these keys: the accounts
     /// themselves, the accounts these leads were ordered by (a lead that arrives after its order
     /// to an erased account), and the beneficiaries of these rewards (billing's rejection names
@@ -125,7 +125,7 @@ extension Store {
             WHERE kind = 'reward_failed' AND referral_id = ANY($1::text[]) ORDER BY seq
             """, [.textArray(Array(Set(rewards.compactMap { referralId(ofReward: $0) })))])
         {
-            let effect = try storedEffect(row)
+            let effect = try EffectStore.storedEffect(row)
             guard case .rewardFailed(let id, _, _, _) = effect, wanted.contains(id), effect.withoutFreeText != effect
             else { continue }
             seqs.append(try row.decode("seq", as: Int64.self))
@@ -170,7 +170,7 @@ extension Store {
                     // The batch path's first locks, in its order: a batch storing a fact of this
                     // account or its leads and this scrub queue instead of each rewriting the
                     // other's rows.
-                    try lockFactKeys(c, leads: leads, accounts: [account])
+                    try FactStore.lockFactKeys(c, leads: leads, accounts: [account])
                     try scrubRows(c, erased: [account])
                     try scrubLinks(c, account: account, leads: leads)
                     let n = try scrubBodies(c, account: account, leads: leads, rewards: rewards, limit: chunk)
@@ -272,5 +272,18 @@ extension Store {
             after = next
         }
         logger.info("inbox reward ids backfilled", metadata: ["rows": "\(filled)"])
+    }
+}
+
+extension Database {
+    /// The leads and rewards of an account, by which its dead letters are found.
+    public func accountKeys(account: String) async throws -> (leads: [String], rewards: [String]) {
+        try await run { c in try ErasureStore.accountKeys(c, account: account) }
+    }
+
+    /// Scrubs the stored bodies of erasures that committed (`ErasureStore.scrubPendingErasures`).
+    @discardableResult
+    public func scrubPendingErasures() async throws -> Int {
+        try await Self.converting { try await ErasureStore.scrubPendingErasures(connection) }
     }
 }

@@ -3,7 +3,7 @@ import Logging
 import Postgres
 import ReferralCore
 
-extension Store {
+public enum FactBackfill {
     /// Migration 17: what facts stored before their columns existed still lack, read again from
     /// the raw inbox bodies — the plan an activation named (a `plan` fact beside it; version 6
     /// began storing those) and the sales channel of a lead (`facts.channel`, version 17).

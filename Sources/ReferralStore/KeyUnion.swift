@@ -4,8 +4,8 @@ import Postgres
 ///
 /// With small batches the server plans such a statement on every call (a custom plan beats the
 /// generic one it estimates for arrays of unknown length), and every branch costs planning
-/// whether its array is empty or not: the fact-key lock's eight branches took 345 µs of
-/// planning a call at batch 1, more than running it. Each combination of branches is a
+/// whether its array is empty or not: for a small batch, planning the fact-key lock's eight
+/// branches cost more than running them. Each combination of branches is a
 /// statement of its own, prepared once per connection.
 struct KeyUnion {
     private(set) var branches: [String] = []

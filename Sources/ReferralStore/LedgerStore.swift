@@ -101,7 +101,7 @@ public struct LedgerError: Error, Sendable, CustomStringConvertible {
     public var description: String
 }
 
-extension Store {
+public enum LedgerStore {
     /// Rows per FETCH: a page's rewards, effects and billing facts in memory at once, a few MB.
     public static let ledgerPageSize = 2_000
 
@@ -184,7 +184,7 @@ extension Store {
         {
             let at = Instant(microseconds: try row.decode(1))
             let effect: Effect
-            do { effect = try storedEffect(row) } catch {
+            do { effect = try EffectStore.storedEffect(row) } catch {
                 throw LedgerError(description: "effect seq \(try row.decode("seq", as: Int64.self)): \(error)")
             }
             let change: (String, LedgerChange)
@@ -271,5 +271,60 @@ extension Store {
     /// parsing the text form of three timestamps per reward was a tenth of the export's time.
     private static func micros(_ column: String) -> String {
         "(extract(epoch FROM \(column)) * 1000000)::int8"
+    }
+}
+
+extension LedgerStore {
+    /// Rewards issued that billing has not applied yet (state `issued`: awaiting its answer, a
+    /// retry re-issued after a rejection, or a mismatched credit), and how long ago the oldest
+    /// was first issued, at `now`, for metrics. Every instance samples it every few seconds:
+    /// the partial index `rewards_unapplied` (migration 8) holds only these rows, so the count
+    /// and the minimum are read from it alone instead of from the whole ledger, which keeps
+    /// every reward for years. Measured from the first issue: a reward rejected and re-issued
+    /// is still one the customer has been waiting for since then.
+    public static func unappliedRewards(_ c: isolated PostgresConnection, now: Instant) throws
+        -> (count: Int64, oldestAgeSeconds: Double)
+    {
+        let row = try c.query(
+            """
+            SELECT count(*)::int8 AS n, coalesce(extract(epoch FROM $1::timestamptz - min(issued_at)), 0)::float8 AS age
+            FROM rewards WHERE state = 'issued'
+            """, [.text(now.rfc3339)]
+        ).first
+        return (try row?.decode("n", as: Int64.self) ?? 0, try row?.decode("age", as: Double.self) ?? 0)
+    }
+}
+
+extension Database {
+    /// Every reward issued in [from, to), handed to `each` a page at a time, read from one
+    /// read-only snapshot, so that pages never mix two states of the ledger. Returns how many
+    /// rewards were handed out.
+    public func ledgerRewards(
+        from: Instant?, to: Instant?, each: @escaping @Sendable ([LedgerReward]) throws -> Void
+    ) async throws -> Int {
+        try await transaction(.readOnlySnapshot) { c in
+            var count = 0
+            try LedgerStore.ledgerRewards(c, from: from, to: to) { page in
+                try each(page)
+                count += page.count
+            }
+            return count
+        }
+    }
+
+    /// Each account's totals over [from, to), a page at a time, from one read-only snapshot.
+    /// Returns how many rows were handed out.
+    public func ledgerTotals(
+        from: Instant, to: Instant, kind: String?, minNetMinor: Int64?,
+        each: @escaping @Sendable ([LedgerTotal]) throws -> Void
+    ) async throws -> Int {
+        try await transaction(.readOnlySnapshot) { c in
+            var count = 0
+            try LedgerStore.ledgerTotals(c, from: from, to: to, kind: kind, minNetMinor: minNetMinor) { page in
+                try each(page)
+                count += page.count
+            }
+            return count
+        }
     }
 }

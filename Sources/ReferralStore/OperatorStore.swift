@@ -24,7 +24,7 @@ public struct OperatorAction: Sendable, Equatable {
 }
 
 /// The state operators change (blocked codes, paused programs) and their audit trail.
-extension Store {
+public enum OperatorStore {
     public static func recordOperatorAction(_ c: isolated PostgresConnection, _ a: OperatorAction) throws {
         try c.execute(
             """
@@ -142,5 +142,62 @@ extension Store {
             ORDER BY referral_id LIMIT $3
             """, [.text(program), .text(after), .int(Int64(limit))]
         ).map { try $0.decode("referral_id", as: String.self) }
+    }
+}
+
+/// What an operator action reads before it acts, inside the action's transaction: whether there
+/// is anything to do (a second run is a recorded no-op), and which facts and referrals to decide.
+public enum OperatorCheck: Sendable {
+    case blockCode(String)
+    case unblockCode(String)
+    case rejectReferral(String)
+    case reverseReward(String)
+    /// `*`: every program.
+    case pauseRewards(program: String)
+    case resumeRewards(program: String)
+
+    func plan(_ c: isolated PostgresConnection, now: Instant) throws -> OperatorPlan {
+        switch self {
+        case .blockCode(let code):
+            guard try OperatorStore.codeExists(c, code) else {
+                return OperatorPlan(result: "no-op: no such code was issued")
+            }
+            return OperatorPlan(
+                result: try OperatorStore.blockCode(c, code, at: now) ? "applied" : "no-op: already blocked")
+        case .unblockCode(let code):
+            return OperatorPlan(result: try OperatorStore.unblockCode(c, code) ? "applied" : "no-op: not blocked")
+        case .rejectReferral(let referralId):
+            guard let r = try OperatorStore.referralForOperator(c, referralId) else {
+                return OperatorPlan(result: "no-op: no such referral")
+            }
+            if let stage = Stage(rawValue: r.stage), stage.isEnd {
+                return OperatorPlan(result: "no-op: already ended (\(stage.rawValue))")
+            }
+            return OperatorPlan(
+                result: "applied", facts: [.operatorRejected(leadId: r.leadId, at: now)], referrals: [referralId])
+        case .reverseReward(let rewardId):
+            guard let w = try OperatorStore.rewardForOperator(c, rewardId) else {
+                return OperatorPlan(
+                    result: "no-op: no such reward issued (one not issued yet is stopped with `referral reject`)")
+            }
+            if w.state == "reversed" { return OperatorPlan(result: "no-op: already reversed") }
+            return OperatorPlan(
+                result: "applied", facts: [.operatorReversed(rewardId: rewardId, at: now)], referrals: [w.referralId])
+        case .pauseRewards(let program):
+            return OperatorPlan(
+                result: try OperatorStore.pauseRewards(c, program: program, at: now)
+                    ? "applied" : "no-op: already paused")
+        case .resumeRewards(let program):
+            return OperatorPlan(
+                result: try OperatorStore.resumeRewards(c, program: program) ? "applied" : "no-op: not paused")
+        }
+    }
+}
+
+extension Database {
+    /// Referrals of `program` (`*`: any) held at `qualified`, after `after` in id order, for
+    /// `rewards resume` to re-decide a chunk at a time.
+    public func qualifiedReferrals(program: String, after: String, limit: Int) async throws -> [String] {
+        try await run { c in try OperatorStore.qualifiedReferrals(c, program: program, after: after, limit: limit) }
     }
 }

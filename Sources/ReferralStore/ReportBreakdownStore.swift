@@ -23,7 +23,7 @@ extension ReportFigures {
     }
 }
 
-extension Store {
+extension ReportStore {
     /// The cohort's rewards, per referral and currency (`report_spend`), for the breakdowns by
     /// plan and by moment: issued (every state), and reversed (clawed back).
     static func cohortSpend(_ c: isolated PostgresConnection) throws {

@@ -37,7 +37,7 @@ extension ReportFigures {
     }
 }
 
-extension Store {
+extension ReportStore {
     static func programBudgets(_ c: isolated PostgresConnection, programId: String?) throws -> [ReportFigures.Budget] {
         try c.query(
             """

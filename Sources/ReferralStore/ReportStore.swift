@@ -75,7 +75,7 @@ public struct ReportFigures: Sendable, Equatable {
     public init() {}
 }
 
-extension Store {
+public enum ReportStore {
     /// Every figure of the program report, from one snapshot (REPEATABLE READ): the funnel, the
     /// costs and the asks never mix two states of a database the worker is writing to.
     ///
@@ -303,7 +303,7 @@ public struct ExportedEvent: Sendable {
     public var receivedAt: Instant
 }
 
-extension Store {
+extension ReportStore {
     /// Inbox bodies in the order the worker received them (`received_at`, then fact time, then
     /// id: the rows of one batch share a `received_at`), with fact time in [from, to). Bodies
     /// dropped by retention (empty: `RetentionStore`) are left out: an empty line is no event.
@@ -363,5 +363,34 @@ extension Store {
                     Instant(microseconds: try $0.decode("issued_at", as: PostgresTimestamp.self).microsecondsSinceEpoch)
                 )
             }
+    }
+}
+
+extension Database {
+    /// The report's figures, read in one snapshot (`ReportStore.report`).
+    public func report(_ scope: ReportScope, now: Instant) async throws -> ReportFigures {
+        try await transaction { c in try ReportStore.report(c, scope, now: now) }
+    }
+
+    /// Every issued code, then every inbox event of [from, to) in received order, from one
+    /// snapshot, so that the codes and the events agree with each other. Returns the number of
+    /// events.
+    public func exportEvents(
+        from: Instant?, to: Instant?,
+        codes:
+            @escaping @Sendable ([(accountId: String, code: String, programId: String, issuedAt: Instant)]) throws
+            -> Void,
+        each: @escaping @Sendable (ExportedEvent) throws -> Void
+    ) async throws -> Int {
+        try await transaction { c in
+            try c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            try codes(try ReportStore.issuedCodes(c))
+            var count = 0
+            try ReportStore.exportEvents(c, from: from, to: to) { event in
+                try each(event)
+                count += 1
+            }
+            return count
+        }
     }
 }

@@ -7,7 +7,7 @@ import ReferralCore
 /// An inbox row whose body was dropped keeps an empty `body` (the column is NOT NULL, and every
 /// reader decodes it as bytes: an empty body is the mark, since a stored event is never
 /// empty) and `scrubbed = true`, so the erasure's follow-up has nothing to rewrite in it.
-extension Store {
+public enum RetentionStore {
     public struct PruneCount: Sendable, Equatable {
         public var bodies = 0
         public var keys = 0
@@ -161,7 +161,7 @@ extension Store {
                     """, params + [PostgresValue(cursor?.leadAt), PostgresValue(cursor?.leadId), .int(Int64(chunk))])
                 if page.isEmpty { return (PruneCount(), nil) }
                 let ids = try page.map { try $0.decode("referral_id", as: String.self) }
-                try lockFactKeys(
+                try FactStore.lockFactKeys(
                     c, leads: try page.map { try $0.decode("lead_id", as: String.self) },
                     accounts: try page.compactMap { try $0.decodeIfPresent("friend_account_id", as: String.self) },
                     referrals: ids)
@@ -206,6 +206,22 @@ extension Store {
             total.rewards += count.rewards
             guard let next else { return total }
             after = next
+        }
+    }
+}
+
+extension Database {
+    /// `RetentionStore.pruneInbox` on this database.
+    public func pruneInbox(bodiesBefore: Instant?, keysBefore: Instant?) async throws -> RetentionStore.PruneCount {
+        try await Self.converting {
+            try await RetentionStore.pruneInbox(connection, bodiesBefore: bodiesBefore, keysBefore: keysBefore)
+        }
+    }
+
+    /// `RetentionStore.pruneReferrals` on this database.
+    public func pruneReferrals(endedBefore: Instant, ledgerBefore: Instant?) async throws -> RetentionStore.PruneCount {
+        try await Self.converting {
+            try await RetentionStore.pruneReferrals(connection, endedBefore: endedBefore, ledgerBefore: ledgerBefore)
         }
     }
 }

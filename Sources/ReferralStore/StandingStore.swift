@@ -12,7 +12,7 @@ import ReferralCore
 /// Ids are compared in the C collation everywhere (`COLLATE "C"`), because the core orders them
 /// by their bytes: under a linguistic collation a tie on time would rank two leads differently
 /// in SQL and in the oracle.
-extension Store {
+public enum StandingStore {
     /// The stored standings of these referrals; a referral whose standing was never computed
     /// (bound by a release before the incremental state) is absent.
     public static func loadStandings(_ c: isolated PostgresConnection, _ ids: [String]) throws -> [String:
@@ -354,8 +354,8 @@ extension Store {
                     """, [.int(Int64(chunk))]
                 ).map { try $0.decode("referral_id", as: String.self) }
                 if ids.isEmpty { return 0 }
-                let bound = try loadBindings(c, ids)
-                let facts = try loadFacts(c, referrals: bound, accounts: [])
+                let bound = try BindingStore.loadBindings(c, ids)
+                let facts = try FactStore.loadFacts(c, referrals: bound, accounts: [])
                 let standings = Lifecycle.standings(facts: facts, referrals: bound.map(\.binding))
                 try saveStandings(c, standings.map { (old: nil, new: $0) }, countSizes: false)
                 return ids.count
@@ -396,7 +396,7 @@ extension ReferralStanding.CapYear {
     public var rankingKey: String { "cap:\(year):\(referrer)" }
 }
 
-extension Store {
+extension StandingStore {
     /// The next `limit` referral ids after `after` (keyset paging, so a long run never rescans
     /// what it did), of one referrer or of all.
     public static func referralPage(
@@ -410,5 +410,12 @@ extension Store {
             ORDER BY referral_id LIMIT $3
             """, [.text(after), PostgresValue(referrer), .int(Int64(limit))]
         ).map { try $0.decode("referral_id", as: String.self) }
+    }
+}
+
+extension Database {
+    /// A page of referral ids after `after` (of one referrer, or all), for `reconcile`.
+    public func referralPage(referrer: String?, after: String, limit: Int) async throws -> [String] {
+        try await run { c in try StandingStore.referralPage(c, referrer: referrer, after: after, limit: limit) }
     }
 }

@@ -1,7 +1,6 @@
 import AMQP
 import Foundation
 import Logging
-import Postgres
 import ReferralCore
 import ReferralStore
 import ServiceLifecycle
@@ -13,9 +12,9 @@ public enum Operations {
             throw SettingsError(
                 key: "REFERRALD_DATABASE_URL", source: "environment", message: "is required for migrate")
         }
-        let db = try await settings.connectPostgres(name: "referrald migrate", logger: logger)
+        let db = try await settings.connectDatabase(name: "referrald migrate", logger: logger)
         defer { Task { await db.close() } }
-        return try await Schema.migrate(db, logger: logger)
+        return try await db.migrate(logger: logger)
     }
 
     public static func declareTopology(settings: Settings, passiveUpstream: Bool, logger: Logger) async throws {
@@ -36,14 +35,14 @@ public enum Operations {
     /// per service; throws a `CheckError` that names the key and the reason.
     public static func check(settings: Settings, logger: Logger) async throws -> [String] {
         var lines: [String] = []
-        let db: PostgresConnection
+        let db: Database
         do {
-            db = try await settings.connectPostgres(name: "referrald check", logger: logger)
+            db = try await settings.connectDatabase(name: "referrald check", logger: logger)
         } catch {
             throw CheckError(subject: "database (REFERRALD_DATABASE_URL)", reason: "\(error)")
         }
         do {
-            let version = try await Schema.currentVersion(db)
+            let version = try await db.schemaVersion()
             await db.close()
             guard version >= Schema.latestVersion else {
                 throw CheckError(

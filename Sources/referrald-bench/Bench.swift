@@ -434,7 +434,7 @@ struct Runner {
                 """, [.text(code), .int(Int64(count)), .text(now.rfc3339)])
         }
         let start = monotonicNanos()
-        try await Store.backfillStandings(bed.db, logger: benchLogger)
+        try await StandingStore.backfillStandings(bed.db, logger: benchLogger)
         return Double(monotonicNanos() - start) / 1e9
     }
 
@@ -490,7 +490,7 @@ struct Runner {
                     source: e.source, eventId: e.id, type: e.type.rawValue, accountId: nil, leadId: nil,
                     factTime: e.time, body: d.body)
             }
-            _ = try await db.transaction { c in try Store.recordInbox(c, entries) }
+            _ = try await db.transaction { c in try InboxStore.recordInbox(c, entries) }
             let outcomes = try await publisher.publish(
                 batch.map {
                     OutgoingMessage(

@@ -4,7 +4,7 @@ import ReferralStore
 import ReferralTestKit
 import Testing
 
-/// `Store.loadRelevantAskFacts` selects exactly the facts `ReferralAsks.relevantFacts` keeps
+/// `AskStore.loadRelevantAskFacts` selects exactly the facts `ReferralAsks.relevantFacts` keeps
 /// (whose equivalence with all facts the core's AskRelevanceTests check), on three-year
 /// histories, and in year three reads a small share of the account's facts.
 @Suite(.tearsDownTestBeds) struct AskRelevanceStoreTests {
@@ -51,7 +51,7 @@ import Testing
             uniqueKeysWithValues: accounts.enumerated().map { i, id in
                 (id, Self.history(id, daily: i % 2 == 0, &rng))
             })
-        try await bed.db.transaction { c in try Store.insertAskFacts(c, histories.values.flatMap { $0 }) }
+        try await bed.db.transaction { c in try AskStore.insertAskFacts(c, histories.values.flatMap { $0 }) }
         let freshness = AskPolicy().freshness
         var read = 0
         var stored = 0
@@ -61,7 +61,7 @@ import Testing
             let late = i >= 10
             let now = Self.base + (late ? rng.days(1090, 1100) : rng.days(0, 1100))
             let windowed = try await bed.db.run { c in
-                try Store.loadRelevantAskFacts(c, accounts: accounts, now: now, freshness: freshness)
+                try AskStore.loadRelevantAskFacts(c, accounts: accounts, now: now, freshness: freshness)
             }
             for id in accounts {
                 let expected = ReferralAsks.relevantFacts(histories[id]!, now: now, freshness: freshness)

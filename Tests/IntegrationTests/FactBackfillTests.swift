@@ -7,7 +7,7 @@ import Testing
 @testable import ReferralWorker
 
 /// Lead channels and activation plans: stored by the worker beside their facts, and filled in
-/// by migration 17 (`Store.backfillPlansAndChannels`) for facts stored before, from the inbox.
+/// by migration 17 (`FactBackfill.backfillPlansAndChannels`) for facts stored before, from the inbox.
 @Suite(.serialized, .tearsDownTestBeds) struct FactBackfillTests {
     static let t0 = Instant(rfc3339: "2026-03-02T10:00:00Z")!
 
@@ -56,11 +56,11 @@ import Testing
     static func apply(_ bed: TestBed, _ events: [ReceivedEvent]) async throws {
         let programs = try bed.programs()
         let list = programs.programs
-        _ = try await bed.db.transaction { c in try Store.registerPrograms(c, list) }
+        _ = try await bed.db.transaction { c in try ProgramStore.registerPrograms(c, list) }
         let context = DecisionContext(
             programs: programs, policy: bed.settings.lifecyclePolicy,
             now: t0 + .days(5))
-        _ = try await DecisionStore(bed.db).applyBatch(events, published: [], context: context)
+        _ = try await DecisionStore(bed.database).applyBatch(events, published: [], context: context)
     }
 
     static func channels(_ db: PostgresConnection) async throws -> [String: String] {
@@ -122,7 +122,7 @@ import Testing
         #expect(try await Self.plans(bed.db).isEmpty)
         // Two inbox rows a transaction: the keyset paging crosses pages, and a page ending on
         // an unreadable body goes on.
-        let filled = try await Store.backfillPlansAndChannels(bed.db, chunk: 2, logger: TestServices.logger)
+        let filled = try await FactBackfill.backfillPlansAndChannels(bed.db, chunk: 2, logger: TestServices.logger)
         #expect(filled.plans == 4 && filled.channels == 2)
         var want = Self.expectedChannels
         want["lead-2"] = "null"
@@ -132,7 +132,7 @@ import Testing
 
         // A migrate interrupted and run again, or run over facts the worker already completed,
         // adds nothing.
-        let again = try await Store.backfillPlansAndChannels(bed.db, logger: TestServices.logger)
+        let again = try await FactBackfill.backfillPlansAndChannels(bed.db, logger: TestServices.logger)
         #expect(again.plans == 0 && again.channels == 0)
         #expect(try await Self.plans(bed.db) == Self.expectedPlans)
     }

@@ -51,7 +51,7 @@ import Testing
         ]
         for (leads, accounts, rewards, expected) in cases {
             let found = try await bed.db.run { c in
-                try Store.referralsTouched(c, leads: leads, accounts: accounts, rewards: rewards)
+                try BindingStore.referralsTouched(c, leads: leads, accounts: accounts, rewards: rewards)
             }
             #expect(Set(found) == expected, "leads \(leads), accounts \(accounts), rewards \(rewards)")
             #expect(found.count == expected.count, "a referral found twice")

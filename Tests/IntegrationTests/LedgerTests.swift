@@ -143,7 +143,9 @@ import Testing
         async throws -> (Int, String)
     {
         let sink = Sink()
-        let n = try await Ledger.export(db, from: from.map(t), to: to.map(t), format: format) { sink.append($0) }
+        let n = try await Ledger.export(Database(db), from: from.map(t), to: to.map(t), format: format) {
+            sink.append($0)
+        }
         return (n, sink.text)
     }
 
@@ -152,7 +154,9 @@ import Testing
         _ format: Ledger.Format = .csv
     ) async throws -> String {
         let sink = Sink()
-        _ = try await Ledger.totals(db, year: year, kind: kind, minNetMinor: min, format: format) { sink.append($0) }
+        _ = try await Ledger.totals(Database(db), year: year, kind: kind, minNetMinor: min, format: format) {
+            sink.append($0)
+        }
         return sink.text
     }
 
@@ -237,8 +241,8 @@ import Testing
         let pages = try await bed.db.transaction(.readOnlySnapshot) { c in
             var small: [[LedgerReward]] = []
             var whole: [LedgerReward] = []
-            try Store.ledgerRewards(c, from: nil, to: nil, pageSize: 2) { small.append($0) }
-            try Store.ledgerRewards(c, from: nil, to: nil) { whole += $0 }
+            try LedgerStore.ledgerRewards(c, from: nil, to: nil, pageSize: 2) { small.append($0) }
+            try LedgerStore.ledgerRewards(c, from: nil, to: nil) { whole += $0 }
             return (small, whole)
         }
         #expect(pages.0.map(\.count) == [2, 2, 1])

@@ -84,7 +84,7 @@ import Testing
                     "SELECT count(*) FROM rewards WHERE reward_id = 'rwd-\(n)-referrer' AND state = 'applied'") == 1
             })
 
-        let rewarded = try await Explain.render(bed.db, id: referral, now: SystemClock().now())
+        let rewarded = try await Explain.render(bed.database, id: referral, now: SystemClock().now())
         #expect(rewarded.contains("referral \(referral): rewarded"), "\(rewarded)")
         #expect(rewarded.contains("qualified at"), "\(rewarded)")
 
@@ -120,7 +120,7 @@ import Testing
             })
         #expect(try await bed.count("SELECT count(*) FROM rewards WHERE referral_id = '\(referral)'") == 2)
 
-        let explained = try await Explain.render(bed.db, id: referral, now: SystemClock().now())
+        let explained = try await Explain.render(bed.database, id: referral, now: SystemClock().now())
         #expect(explained.contains("referral \(referral): reversed"), "\(explained)")
         #expect(explained.contains("rwd-\(n)-referrer"))
         #expect(explained.contains("history:"))
@@ -193,10 +193,10 @@ import Testing
         #expect(!offers.contains("lead-2") && !offers.contains("lead-4"))
         #expect(offers.contains("lead-3") && offers.contains("lead-6"))
 
-        let rejected = try await Explain.render(bed.db, id: ids["lead-2"]!, now: SystemClock().now())
+        let rejected = try await Explain.render(bed.database, id: ids["lead-2"]!, now: SystemClock().now())
         #expect(rejected.contains(": rejected (same_household)"), "\(rejected)")
         #expect(rejected.contains("decided by fraud.reject_same_household"), "\(rejected)")
-        let lost = try await Explain.render(bed.db, id: "acct-3", now: SystemClock().now())
+        let lost = try await Explain.render(bed.database, id: "acct-3", now: SystemClock().now())
         #expect(lost.contains(": lost"), "\(lost)")
         try await Scenario.expectSchemaValid(seen)
         worker.cancel()
@@ -250,13 +250,13 @@ import Testing
     @Test func anUnchangedProgramsFileKeepsItsVersionAndAChangedOneMakesANewOne() async throws {
         let bed = try await TestBed.make()
         let programs = try bed.programs().programs
-        let first = try await bed.db.transaction { c in try Store.registerPrograms(c, programs) }
-        let again = try await bed.db.transaction { c in try Store.registerPrograms(c, programs) }
+        let first = try await bed.db.transaction { c in try ProgramStore.registerPrograms(c, programs) }
+        let again = try await bed.db.transaction { c in try ProgramStore.registerPrograms(c, programs) }
         #expect(first == again)
         var edited = programs
         edited[0].referrerReward.amountMinor += 1000
         let changed = edited
-        let next = try await bed.db.transaction { c in try Store.registerPrograms(c, changed) }
+        let next = try await bed.db.transaction { c in try ProgramStore.registerPrograms(c, changed) }
         #expect(next[changed[0].id] == (first[changed[0].id] ?? 0) + 1)
         #expect(next[changed[1].id] == first[changed[1].id])
     }

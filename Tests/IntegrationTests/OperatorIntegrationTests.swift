@@ -153,8 +153,8 @@ import Testing
         let referral = try await Self.friend(&s, 1, code: code, seen: &seen)
         worker.cancel()
         _ = await worker.result
-        let db = try await bed.settings.connectPostgres(name: "dry-run-test", logger: TestServices.logger)
-        let before = try await ErasureIntegrationTests.dump(db)
+        let db = try await bed.settings.connectDatabase(name: "dry-run-test", logger: TestServices.logger)
+        let before = try await ErasureIntegrationTests.dump(db.connection)
         let programs = try bed.programs()
         let dry = [
             try await OperatorCommands.rejectReferral(
@@ -170,7 +170,7 @@ import Testing
         #expect(dry.map(\.result) == ["applied", "applied", "applied"])
         #expect(dry[0].events["referral.status.changed"] == 1)
         #expect(dry[0].description.hasPrefix("dry run: would be referral_reject"))
-        #expect(try await ErasureIntegrationTests.dump(db) == before)
+        #expect(try await ErasureIntegrationTests.dump(db.connection) == before)
         await db.close()
     }
 

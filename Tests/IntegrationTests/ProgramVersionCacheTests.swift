@@ -10,7 +10,7 @@ import Testing
     @Test func aVersionIsReadOncePerCache() async throws {
         let bed = try await TestBed.make()
         let programs = try bed.programs().programs
-        let versions = try await bed.db.transaction { c in try Store.registerPrograms(c, programs) }
+        let versions = try await bed.db.transaction { c in try ProgramStore.registerPrograms(c, programs) }
         let consumer = try #require(versions["consumer"])
         _ = try await bed.db.run { c in
             try c.execute(
@@ -20,7 +20,7 @@ import Testing
                 """, [.text(String(consumer))])
         }
         let cache = ProgramVersionCache()
-        let first = try await bed.db.run { c in try Store.loadBindings(c, ["ref-1"], cache: cache) }
+        let first = try await bed.db.run { c in try BindingStore.loadBindings(c, ["ref-1"], cache: cache) }
         #expect(first.map(\.binding.program.id) == ["consumer"])
         #expect(first.first?.binding.programVersion == consumer)
         // Only possible by hand: the stored version now holds the business program's rules.
@@ -31,9 +31,11 @@ import Testing
                 WHERE program_id = 'consumer'
                 """)
         }
-        let cached = try await bed.db.run { c in try Store.loadBindings(c, ["ref-1"], cache: cache) }
+        let cached = try await bed.db.run { c in try BindingStore.loadBindings(c, ["ref-1"], cache: cache) }
         #expect(cached.map(\.binding.program.id) == ["consumer"], "read from the cache, not the table")
-        let fresh = try await bed.db.run { c in try Store.loadBindings(c, ["ref-1"], cache: ProgramVersionCache()) }
+        let fresh = try await bed.db.run { c in
+            try BindingStore.loadBindings(c, ["ref-1"], cache: ProgramVersionCache())
+        }
         #expect(fresh.map(\.binding.program.id) == ["business"], "a new cache reads the table")
     }
 }

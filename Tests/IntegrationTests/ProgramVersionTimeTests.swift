@@ -48,7 +48,7 @@ import Testing
     static func versions(_ bed: TestBed) async throws -> [Int: String] {
         Dictionary(
             uniqueKeysWithValues: try await bed.db.run { c in
-                try Store.programVersions(c, programId: "fast").map { ($0.version, $0.effectiveFrom.rfc3339) }
+                try ProgramStore.programVersions(c, programId: "fast").map { ($0.version, $0.effectiveFrom.rfc3339) }
             })
     }
 
@@ -169,7 +169,7 @@ import Testing
             ])
         try await s.collect(into: &seen) { $0.of("referral.code.issued").count == 1 }
         let code = try #require(seen.of("referral.code.issued").first?.data["code"] as? String)
-        _ = try await bed.db.transaction { c in try Store.registerPrograms(c, newer.programs, file: newer.file) }
+        _ = try await bed.db.transaction { c in try ProgramStore.registerPrograms(c, newer.programs, file: newer.file) }
 
         let terminated = try await bed.admin.query(
             """
@@ -193,13 +193,16 @@ import Testing
             path: try Self.programsFile(effectiveFrom: Self.change.rfc3339, referrerAmount: 5000))
         let clash = try ProgramBook.load(
             path: try Self.programsFile(effectiveFrom: Self.change.rfc3339, referrerAmount: 6000))
-        let v1 = try await bed.db.transaction { c in try Store.registerPrograms(c, first.programs, file: first.file) }
-        let again = try await bed.db.transaction { c in try Store.registerPrograms(c, first.programs, file: first.file)
+        let v1 = try await bed.db.transaction { c in
+            try ProgramStore.registerPrograms(c, first.programs, file: first.file)
+        }
+        let again = try await bed.db.transaction { c in
+            try ProgramStore.registerPrograms(c, first.programs, file: first.file)
         }
         #expect(v1 == ["fast": 1] && again == v1)
         await #expect {
             try await bed.db.transaction { c in
-                try Store.registerPrograms(c, clash.programs, file: clash.file, allowOlder: true)
+                try ProgramStore.registerPrograms(c, clash.programs, file: clash.file, allowOlder: true)
             }
         } throws: { error in
             "\(error)".hasPrefix(
@@ -218,7 +221,8 @@ import Testing
         let newFile = try Self.programsFile(effectiveFrom: Self.change.rfc3339, referrerAmount: 7000)
         for file in [oldFile, newFile] {
             let book = try ProgramBook.load(path: file)
-            _ = try await bed.db.transaction { c in try Store.registerPrograms(c, book.programs, file: book.file) }
+            _ = try await bed.db.transaction { c in try ProgramStore.registerPrograms(c, book.programs, file: book.file)
+            }
         }
         let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(
             "referrald")

@@ -229,7 +229,7 @@ import Testing
         _ = await worker.result
 
         let sink = Sink()
-        let count = try await ExportEvents.export(bed.db, from: nil, to: nil) { sink.append($0) }
+        let count = try await ExportEvents.export(bed.database, from: nil, to: nil) { sink.append($0) }
         #expect(count == 5)
         let lines = sink.text.split(separator: "\n")
         #expect(lines.count == 2 + 5)  // A's and F's codes, then the events

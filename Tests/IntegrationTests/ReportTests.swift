@@ -106,7 +106,7 @@ import Testing
         let bed = try await TestBed.make()
         try await Self.loadKnownScenario(bed.db)
         let generated = Instant(rfc3339: "2026-02-02T00:00:00Z")!
-        let report = try await ProgramReport.make(bed.db, scope: Self.january, now: generated)
+        let report = try await ProgramReport.make(bed.database, scope: Self.january, now: generated)
         // What a consumer of the JSON reads: the documented keys, decoded back.
         let json = report.render(.json)
         let r = try ProgramReport.decode(json: json)
@@ -248,7 +248,7 @@ import Testing
         try await Self.loadKnownScenario(bed.db)
         var all = Self.january
         all.programId = nil
-        let r = try await ProgramReport.make(bed.db, scope: all, now: all.to)
+        let r = try await ProgramReport.make(bed.database, scope: all, now: all.to)
         // ref-7 (business) joins: 6 referrals, 4 referrers, X asked too.
         #expect(r.program == nil)
         #expect(r.leads.referred == 6)
@@ -273,7 +273,7 @@ import Testing
         var empty = Self.january
         empty.from = Instant(rfc3339: "2030-01-01T00:00:00Z")!
         empty.to = Instant(rfc3339: "2030-02-01T00:00:00Z")!
-        let none = try await ProgramReport.make(bed.db, scope: empty, now: empty.to)
+        let none = try await ProgramReport.make(bed.database, scope: empty, now: empty.to)
         #expect(none.funnel.map(\.count) == [0, 0, 0, 0, 0, 0])
         #expect(none.funnel.allSatisfy { $0.conversion == nil && $0.medianSecondsFromPrevious == nil })
         #expect(none.participation.rate == nil && none.leads.perReferrerPerYear == nil && none.asks.bestMoment == nil)
@@ -288,7 +288,7 @@ import Testing
     @Test func tableAndHTMLCarryTheFigures() async throws {
         let bed = try await TestBed.make()
         try await Self.loadKnownScenario(bed.db)
-        let r = try await ProgramReport.make(bed.db, scope: Self.january, now: Self.january.to)
+        let r = try await ProgramReport.make(bed.database, scope: Self.january, now: Self.january.to)
         let table = r.render(.table)
         for line in [
             "share of asked who referred", "50.0 %", "rule of thumb 25.0 %", "unattributed leads",

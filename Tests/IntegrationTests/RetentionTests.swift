@@ -118,7 +118,7 @@ import Testing
         // export-events sees only the retained bodies.
         let exported = try await bed.db.run { c in
             var n = 0
-            try Store.exportEvents(c, from: nil, to: nil) { _ in n += 1 }
+            try ReportStore.exportEvents(c, from: nil, to: nil) { _ in n += 1 }
             return n
         }
         #expect(exported == 1)

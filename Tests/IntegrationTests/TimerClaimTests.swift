@@ -3,7 +3,7 @@ import ReferralCore
 import ReferralStore
 import Testing
 
-/// `Store.claimDueTimers` leases due timers so that a scan and a batch never hold timer rows
+/// `TimerStore.claimDueTimers` leases due timers so that a scan and a batch never hold timer rows
 /// while deciding, and so that instances claim disjoint timers. Both tables, one function.
 @Suite(.serialized, .tearsDownTestBeds) struct TimerClaimTests {
     let now = Instant(rfc3339: "2026-11-24T12:00:00Z")!
@@ -11,7 +11,7 @@ import Testing
     @Test func referralTimersAreClaimedDueFirstLeasedAndFireAgainAfterTheLease() async throws {
         let bed = try await TestBed.make()
         let programs = try bed.programs().programs
-        let versions = try await bed.db.transaction { c in try Store.registerPrograms(c, programs) }
+        let versions = try await bed.db.transaction { c in try ProgramStore.registerPrograms(c, programs) }
         let program = programs[0].id
         let version = versions[program] ?? 1
         try await bed.db.run { c in
@@ -22,20 +22,20 @@ import Testing
                 """, [.text(program), .int(Int64(version))])
         }
         try await checkClaims(bed, .referrals, keys: ["ref-a", "ref-b", "ref-c"]) { c, key, due in
-            try Store.setTimers(c, [(key, due)])
+            try TimerStore.setTimers(c, [(key, due)])
         }
     }
 
     @Test func accountTimersAreClaimedDueFirstLeasedAndFireAgainAfterTheLease() async throws {
         let bed = try await TestBed.make()
         try await checkClaims(bed, .accounts, keys: ["acc-a", "acc-b", "acc-c"]) { c, key, due in
-            try Store.setAccountTimers(c, [(key, due)])
+            try AskStore.setAccountTimers(c, [(key, due)])
         }
     }
 
     /// keys[0] is due an hour ago, keys[1] a minute ago, keys[2] in an hour.
     func checkClaims(
-        _ bed: TestBed, _ table: Store.TimerTable, keys: [String],
+        _ bed: TestBed, _ table: TimerStore.TimerTable, keys: [String],
         set: @escaping @Sendable (isolated PostgresConnection, String, Instant) throws -> Void
     ) async throws {
         let dues = [now - .hours(1), now - .minutes(1), now + .hours(1)]
@@ -45,7 +45,7 @@ import Testing
         }
         func claim(at t: Instant, limit: Int) async throws -> [String] {
             try await bed.db.transaction { c in
-                try Store.claimDueTimers(c, table, now: t, limit: limit, leaseSeconds: 30)
+                try TimerStore.claimDueTimers(c, table, now: t, limit: limit, leaseSeconds: 30)
             }
         }
         // The most overdue first, within the limit.

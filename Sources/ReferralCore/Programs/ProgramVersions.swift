@@ -24,7 +24,7 @@ public enum ProgramVersions {
     /// version number among equals, which registration never lets differ in content). A time
     /// before every version's gets the earliest version: a lead dated before the first version
     /// (a late or back-dated event) is still a referral under the only rules there were.
-    /// `Store.bindLeads` writes the same choice in SQL.
+    /// `BindingStore.bindLeads` writes the same choice in SQL.
     public static func inForce(_ versions: [StoredProgramVersion], at: Instant) -> StoredProgramVersion? {
         let order: (StoredProgramVersion, StoredProgramVersion) -> Bool = {
             ($0.effectiveFrom, $0.version) < ($1.effectiveFrom, $1.version)

@@ -1,8 +1,8 @@
 import AMQP
 import Configuration
 import Foundation
-import Postgres
 import ReferralCore
+import ReferralStore
 import SystemPackage
 
 /// Everything an operator can set, with its default and why that default.
@@ -399,7 +399,7 @@ public struct Settings: Sendable {
             }
         }
         if !databaseURL.isEmpty {
-            do { _ = try PostgresURL(parsing: databaseURL) } catch {
+            do { _ = try DatabaseURL(parsing: databaseURL) } catch {
                 throw SettingsError(
                     key: "REFERRALD_DATABASE_URL", source: source, message: "is not a valid URL: \(error)")
             }

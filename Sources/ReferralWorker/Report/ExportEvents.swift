@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import Postgres
 import ReferralCore
 import ReferralStore
 
@@ -14,21 +13,18 @@ public enum ExportEvents {
         settings: Settings, from: Instant?, to: Instant?, logger: Logger,
         write: @escaping @Sendable ([UInt8]) -> Void
     ) async throws -> Int {
-        let db = try await PostgresConnection.connect(
-            try PostgresURL(parsing: settings.databaseURL), applicationName: "referrald export-events", logger: logger)
+        let db = try await settings.connectDatabase(name: "referrald export-events", logger: logger)
         defer { Task { await db.close() } }
         return try await export(db, from: from, to: to, write: write)
     }
 
     /// Writes the lines through `write`; returns the number of events (snapshot lines aside).
     public static func export(
-        _ db: PostgresConnection, from: Instant?, to: Instant?,
+        _ db: Database, from: Instant?, to: Instant?,
         write: @escaping @Sendable ([UInt8]) -> Void
     ) async throws -> Int {
-        // One snapshot: the codes and the events agree with each other.
-        try await db.transaction { c in
-            try c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            for code in try Store.issuedCodes(c) {
+        try await db.exportEvents(from: from, to: to) { codes in
+            for code in codes {
                 let line: [String: String] = [
                     "type": Simulate.snapshotType, "account_id": code.accountId, "code": code.code,
                     "program_id": code.programId, "issued_at": code.issuedAt.rfc3339,
@@ -38,12 +34,8 @@ public enum ExportEvents {
                         try JSONSerialization.data(
                             withJSONObject: line, options: [.sortedKeys, .withoutEscapingSlashes])) + [10])
             }
-            var count = 0
-            try Store.exportEvents(c, from: from, to: to) { event in
-                write(oneLine(event.body) + [10])
-                count += 1
-            }
-            return count
+        } each: { event in
+            write(oneLine(event.body) + [10])
         }
     }
 

@@ -1,12 +1,11 @@
 import Logging
-import Postgres
 import ReferralCore
 import ReferralStore
 
 /// `referrald ledger export` and `referrald ledger totals`: the reward ledger for billing's
 /// reconciliation and for yearly tax reports.
 ///
-/// Each command reads one snapshot (`TransactionMode.readOnlySnapshot`): a reward applied or
+/// Each command reads one read-only snapshot: a reward applied or
 /// reversed while the export runs is in the output as it was when the export began, or not at
 /// all, never half. Rows go to `write` a page at a time as the cursor yields them, so a million
 /// rewards never sit in memory at once. Nothing is written to the database (the server refuses
@@ -70,64 +69,52 @@ public enum Ledger {
         return try await totals(db, year: year, kind: rewardKind, minNetMinor: minAmount, format: format, write: write)
     }
 
-    static func connect(_ settings: Settings, logger: Logger) async throws -> PostgresConnection {
-        try await PostgresConnection.connect(
-            try PostgresURL(parsing: settings.databaseURL),
-            applicationName: "referrald ledger", logger: logger)
+    static func connect(_ settings: Settings, logger: Logger) async throws -> Database {
+        try await settings.connectDatabase(name: "referrald ledger", logger: logger)
     }
 
     // MARK: the commands over a connection
 
     /// Writes the header (CSV) and every reward issued in [from, to); returns how many.
     public static func export(
-        _ db: PostgresConnection, from: Instant?, to: Instant?, format: Format,
+        _ db: Database, from: Instant?, to: Instant?, format: Format,
         write: @escaping @Sendable ([UInt8]) -> Void
     ) async throws -> Int {
-        try await db.transaction(.readOnlySnapshot) { c in
-            if format == .csv { write(csvLine(exportColumns)) }
-            var count = 0
-            try Store.ledgerRewards(c, from: from, to: to) { page in
-                var out: [UInt8] = []
-                out.reserveCapacity(page.count * 320)
-                for reward in page { out += format == .csv ? csvLine(csvFields(reward)) : jsonLine(reward) }
-                write(out)
-                count += page.count
-            }
-            return count
+        if format == .csv { write(csvLine(exportColumns)) }
+        return try await db.ledgerRewards(from: from, to: to) { page in
+            var out: [UInt8] = []
+            out.reserveCapacity(page.count * 320)
+            for reward in page { out += format == .csv ? csvLine(csvFields(reward)) : jsonLine(reward) }
+            write(out)
         }
     }
 
     /// Writes the header (CSV) and the totals of `year` (UTC); returns how many rows.
     public static func totals(
-        _ db: PostgresConnection, year: Int, kind: RewardKind?, minNetMinor: Int64?, format: Format,
+        _ db: Database, year: Int, kind: RewardKind?, minNetMinor: Int64?, format: Format,
         write: @escaping @Sendable ([UInt8]) -> Void
     ) async throws -> Int {
         guard let from = Instant(rfc3339: "\(pad4(year))-01-01T00:00:00Z"),
             let to = Instant(rfc3339: "\(pad4(year + 1))-01-01T00:00:00Z")
         else { throw OptionError(description: "--year \(year) is out of range") }
-        return try await db.transaction(.readOnlySnapshot) { c in
-            if format == .csv { write(csvLine(totalColumns)) }
-            var count = 0
-            try Store.ledgerTotals(c, from: from, to: to, kind: kind?.rawValue, minNetMinor: minNetMinor) { page in
-                var out: [UInt8] = []
-                for t in page {
-                    out +=
-                        format == .csv
-                        ? csvLine([
-                            t.accountId, t.currency, "\(t.rewards)", "\(t.issuedMinor)", "\(t.reversedMinor)",
-                            "\(t.netMinor)", "\(t.failedMinor)",
-                        ])
-                        : JSONValue.object([
-                            "account_id": .string(t.accountId), "currency": .string(t.currency),
-                            "rewards": .integer(t.rewards),
-                            "issued_minor": .integer(t.issuedMinor), "reversed_minor": .integer(t.reversedMinor),
-                            "net_minor": .integer(t.netMinor), "failed_minor": .integer(t.failedMinor),
-                        ]).encoded() + [10]
-                }
-                write(out)
-                count += page.count
+        if format == .csv { write(csvLine(totalColumns)) }
+        return try await db.ledgerTotals(from: from, to: to, kind: kind?.rawValue, minNetMinor: minNetMinor) { page in
+            var out: [UInt8] = []
+            for t in page {
+                out +=
+                    format == .csv
+                    ? csvLine([
+                        t.accountId, t.currency, "\(t.rewards)", "\(t.issuedMinor)", "\(t.reversedMinor)",
+                        "\(t.netMinor)", "\(t.failedMinor)",
+                    ])
+                    : JSONValue.object([
+                        "account_id": .string(t.accountId), "currency": .string(t.currency),
+                        "rewards": .integer(t.rewards),
+                        "issued_minor": .integer(t.issuedMinor), "reversed_minor": .integer(t.reversedMinor),
+                        "net_minor": .integer(t.netMinor), "failed_minor": .integer(t.failedMinor),
+                    ]).encoded() + [10]
             }
-            return count
+            write(out)
         }
     }
 

@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import Postgres
 import ReferralCore
 import ReferralStore
 
@@ -287,15 +286,14 @@ public struct ProgramReport: Codable, Sendable, Equatable {
     public static func run(settings: Settings, scope: ReportScope, now: Instant, logger: Logger) async throws
         -> ProgramReport
     {
-        let db = try await PostgresConnection.connect(
-            try PostgresURL(parsing: settings.databaseURL), applicationName: "referrald report", logger: logger)
+        let db = try await settings.connectDatabase(name: "referrald report", logger: logger)
         defer { Task { await db.close() } }
         return try await make(db, scope: scope, now: now)
     }
 
     /// `now` also dates the forecast's month-to-date.
-    public static func make(_ db: PostgresConnection, scope: ReportScope, now: Instant) async throws -> ProgramReport {
-        let figures = try await db.transaction { c in try Store.report(c, scope, now: now) }
+    public static func make(_ db: Database, scope: ReportScope, now: Instant) async throws -> ProgramReport {
+        let figures = try await db.report(scope, now: now)
         return ProgramReport(figures: figures, scope: scope, generatedAt: now)
     }
 

@@ -1,6 +1,6 @@
 import AMQP
 import Foundation
-import Postgres
+import ReferralStore
 
 /// What the worker reports about itself, read by `/readyz`, the systemd notifier and the
 /// connection gauges. The worker writes it from its actor; the HTTP thread and the notifier
@@ -120,12 +120,12 @@ public final class ServiceStatus: Sendable {
         state.withLock { s in
             s.pipelines[pipeline].brokerUp = false
             s.pipelines[pipeline].databaseUp = false
-            if error is PostgresError || error is NotConnected {
+            if error is DatabaseError || error is NotConnected {
                 s.pipelines[pipeline].lastDatabaseRoundTripSucceeded = false
             }
             guard s.phase != .draining else { return }
             switch error {
-            case is PostgresError, is NotConnected: s.phase = .databaseUnavailable
+            case is DatabaseError, is NotConnected: s.phase = .databaseUnavailable
             case is AMQPError: s.phase = .brokerUnavailable
             default: s.phase = .reconnecting
             }

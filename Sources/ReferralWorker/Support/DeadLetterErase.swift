@@ -53,8 +53,8 @@ public enum DeadLetterErase {
         var leads: Set<String> = []
         var rewards: Set<String> = []
         if !settings.databaseURL.isEmpty {
-            let db = try await settings.connectPostgres(name: "referrald dlq erase", logger: logger)
-            let keys = try await db.run { c in try Store.accountKeys(c, account: account) }
+            let db = try await settings.connectDatabase(name: "referrald dlq erase", logger: logger)
+            let keys = try await db.accountKeys(account: account)
             await db.close()
             leads = Set(keys.leads)
             rewards = Set(keys.rewards)

@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import Postgres
 import ReferralCore
 import ReferralStore
 
@@ -45,7 +44,7 @@ public enum Enroll {
         for e in errors {
             logger.warning("enrolment row skipped", metadata: ["csv.file": "\(csvPath)", "csv.error": "\(e)"])
         }
-        let db = try await settings.connectPostgres(name: "referrald enroll", logger: logger)
+        let db = try await settings.connectDatabase(name: "referrald enroll", logger: logger)
         let context = try await DecisionContext.registering(
             programs, on: db, settings: settings, now: SystemClock().now())
         var done = 0

@@ -1,5 +1,4 @@
 import Logging
-import Postgres
 import ReferralCore
 import ReferralStore
 
@@ -8,33 +7,13 @@ import ReferralStore
 /// function the worker runs, over the same stored facts.
 public enum Explain {
     public static func run(settings: Settings, id: String, now: Instant, logger: Logger) async throws -> String {
-        let db = try await settings.connectPostgres(name: "referrald explain", logger: logger)
+        let db = try await settings.connectDatabase(name: "referrald explain", logger: logger)
         defer { Task { await db.close() } }
         return try await render(db, id: id, now: now)
     }
 
-    public static func render(_ db: PostgresConnection, id: String, now: Instant) async throws -> String {
-        let (views, history, actions) = try await db.run { c in
-            let ids = try Store.referralIds(c, referralOrAccount: id)
-            let input = try Store.explainInput(c, referrals: ids)
-            let decision = Lifecycle.decide(
-                LifecycleInput(
-                    facts: input.facts, referrals: input.bound.map(\.binding), recorded: input.recorded, now: now,
-                    explain: true,
-                    pausedPrograms: Set(try Store.rewardPauses(c).map(\.programId))))
-            // What operators did to each referral, its rewards, its code or its program: a
-            // support agent sees whether a rule or a person decided.
-            var actions: [String: [OperatorAction]] = [:]
-            for b in input.bound where ids.contains(b.binding.referralId) {
-                let r = b.binding
-                actions[r.referralId] = try Store.operatorActions(
-                    c, targets: [r.referralId, r.code, r.program.id, "*"] + b.rewardIds)
-            }
-            return (
-                decision.referrals.filter { ids.contains($0.referralId) }, try Store.effectHistory(c, referrals: ids),
-                actions
-            )
-        }
+    public static func render(_ db: Database, id: String, now: Instant) async throws -> String {
+        let (views, history, actions) = try await db.explain(id, now: now)
         if views.isEmpty {
             return "no referral found for \(id) (a referral id, or an account that referred or was referred)\n"
         }

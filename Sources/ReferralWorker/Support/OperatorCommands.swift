@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import Postgres
 import ReferralCore
 import ReferralStore
 
@@ -54,11 +53,7 @@ public enum OperatorCommands {
         let code = try canonical(text)
         return try await run(
             settings: settings, programs: nil, action: "code_block", target: code, who: who, now: now,
-            logger: logger
-        ) { c in
-            guard try Store.codeExists(c, code) else { return OperatorPlan(result: "no-op: no such code was issued") }
-            return OperatorPlan(result: try Store.blockCode(c, code, at: now) ? "applied" : "no-op: already blocked")
-        }
+            logger: logger, check: .blockCode(code))
     }
 
     public static func unblockCode(settings: Settings, code text: String, who: Who, now: Instant, logger: Logger)
@@ -67,10 +62,7 @@ public enum OperatorCommands {
         let code = try canonical(text)
         return try await run(
             settings: settings, programs: nil, action: "code_unblock", target: code, who: who, now: now,
-            logger: logger
-        ) { c in
-            OperatorPlan(result: try Store.unblockCode(c, code) ? "applied" : "no-op: not blocked")
-        }
+            logger: logger, check: .unblockCode(code))
     }
 
     public static func rejectReferral(
@@ -79,17 +71,7 @@ public enum OperatorCommands {
     ) async throws -> Outcome {
         try await run(
             settings: settings, programs: programs, action: "referral_reject", target: referralId, who: who, now: now,
-            logger: logger
-        ) { c in
-            guard let r = try Store.referralForOperator(c, referralId) else {
-                return OperatorPlan(result: "no-op: no such referral")
-            }
-            if let stage = Stage(rawValue: r.stage), stage.isEnd {
-                return OperatorPlan(result: "no-op: already ended (\(stage.rawValue))")
-            }
-            return OperatorPlan(
-                result: "applied", facts: [.operatorRejected(leadId: r.leadId, at: now)], referrals: [referralId])
-        }
+            logger: logger, check: .rejectReferral(referralId))
     }
 
     public static func reverseReward(
@@ -98,16 +80,7 @@ public enum OperatorCommands {
     ) async throws -> Outcome {
         try await run(
             settings: settings, programs: programs, action: "reward_reverse", target: rewardId, who: who, now: now,
-            logger: logger
-        ) { c in
-            guard let w = try Store.rewardForOperator(c, rewardId) else {
-                return OperatorPlan(
-                    result: "no-op: no such reward issued (one not issued yet is stopped with `referral reject`)")
-            }
-            if w.state == "reversed" { return OperatorPlan(result: "no-op: already reversed") }
-            return OperatorPlan(
-                result: "applied", facts: [.operatorReversed(rewardId: rewardId, at: now)], referrals: [w.referralId])
-        }
+            logger: logger, check: .reverseReward(rewardId))
     }
 
     /// `program` nil: every program (`*`).
@@ -117,11 +90,7 @@ public enum OperatorCommands {
         let target = program ?? "*"
         return try await run(
             settings: settings, programs: nil, action: "rewards_pause", target: target, who: who, now: now,
-            logger: logger
-        ) { c in
-            OperatorPlan(
-                result: try Store.pauseRewards(c, program: target, at: now) ? "applied" : "no-op: already paused")
-        }
+            logger: logger, check: .pauseRewards(program: target))
     }
 
     /// Lifts the pause, then re-decides the referrals it held at `qualified`, a chunk per
@@ -134,20 +103,15 @@ public enum OperatorCommands {
         let target = program ?? "*"
         var outcome = try await run(
             settings: settings, programs: nil, action: "rewards_resume", target: target, who: who,
-            now: now, logger: logger
-        ) { c in
-            OperatorPlan(result: try Store.resumeRewards(c, program: target) ? "applied" : "no-op: not paused")
-        }
+            now: now, logger: logger, check: .resumeRewards(program: target))
         if who.dryRun { return outcome }
-        let db = try await settings.connectPostgres(name: "referrald rewards resume", logger: logger)
+        let db = try await settings.connectDatabase(name: "referrald rewards resume", logger: logger)
         defer { Task { await db.close() } }
         let context = try await DecisionContext.registering(programs, on: db, settings: settings, now: now)
         var after = ""
         while true {
             let cursor = after
-            let ids = try await db.run { c in
-                try Store.qualifiedReferrals(c, program: target, after: cursor, limit: 200)
-            }
+            let ids = try await db.qualifiedReferrals(program: target, after: cursor, limit: 200)
             guard let last = ids.last else { break }
             after = last
             for e in try await DecisionStore(db).reconcile(ids, context: context).published {
@@ -166,13 +130,13 @@ public enum OperatorCommands {
 
     static func run(
         settings: Settings, programs: ProgramBook?, action: String, target: String, who: Who, now: Instant,
-        logger: Logger, check: @escaping @Sendable (isolated PostgresConnection) throws -> OperatorPlan
+        logger: Logger, check: OperatorCheck
     ) async throws -> Outcome {
         let reason = who.reason.trimmingCharacters(in: .whitespacesAndNewlines)
         guard !reason.isEmpty else {
             throw UsageError(description: "--reason must say why (it is recorded and shown in explain)")
         }
-        let db = try await settings.connectPostgres(name: "referrald \(action)", logger: logger)
+        let db = try await settings.connectDatabase(name: "referrald \(action)", logger: logger)
         defer { Task { await db.close() } }
         // Actions that decide no referral (codes, pauses) need no programs file.
         let context =

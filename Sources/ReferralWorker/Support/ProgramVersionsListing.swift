@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import Postgres
 import ReferralCore
 import ReferralStore
 
@@ -15,14 +14,11 @@ public enum ProgramVersionsListing {
     }
 
     public static func rows(settings: Settings, now: Instant, logger: Logger) async throws -> [Row] {
-        let db = try await settings.connectPostgres(name: "referrald programs", logger: logger)
+        let db = try await settings.connectDatabase(name: "referrald programs", logger: logger)
         defer { Task { await db.close() } }
-        return try await db.run { c in
-            try Store.programIds(c).flatMap { id in
-                let versions = try Store.programVersions(c, programId: id)
-                let current = ProgramVersions.inForce(versions, at: now)?.version
-                return versions.map { Row(programId: id, version: $0, inForce: $0.version == current) }
-            }
+        return try await db.programVersions().versions.flatMap { id, versions in
+            let current = ProgramVersions.inForce(versions, at: now)?.version
+            return versions.map { Row(programId: id, version: $0, inForce: $0.version == current) }
         }
     }
 
@@ -50,21 +46,18 @@ public enum ProgramVersionsListing {
     /// What `run` would register for each program of the file, without writing: throws the
     /// `ProgramError` that `run` would exit 78 with (an older file, a clashing effective time).
     public static func check(settings: Settings, programs: ProgramBook, logger: Logger) async throws -> [String] {
-        let db = try await settings.connectPostgres(name: "referrald check", logger: logger)
+        let db = try await settings.connectDatabase(name: "referrald check", logger: logger)
         defer { Task { await db.close() } }
         let allowOlder = settings.allowOlderPrograms
-        return try await db.run { c in
-            let now = try c.query("SELECT now() AS now")[0].decode("now", as: PostgresTimestamp.self)
-            return try programs.programs.enumerated().map { index, p in
-                let stored = try Store.programVersions(c, programId: p.id)
-                switch try ProgramVersions.registration(
-                    of: p, index: index, file: programs.file, stored: stored,
-                    now: Instant(microseconds: now.microsecondsSinceEpoch), allowOlder: allowOlder)
-                {
-                case .known(let version): return "program \(p.id): version \(version) in the database"
-                case .new(let at):
-                    return "program \(p.id): a new version, in force from \(at.rfc3339), once `run` registers it"
-                }
+        let (now, versions) = try await db.programVersions()
+        let stored = Dictionary(uniqueKeysWithValues: versions)
+        return try programs.programs.enumerated().map { index, p in
+            switch try ProgramVersions.registration(
+                of: p, index: index, file: programs.file, stored: stored[p.id] ?? [], now: now, allowOlder: allowOlder)
+            {
+            case .known(let version): return "program \(p.id): version \(version) in the database"
+            case .new(let at):
+                return "program \(p.id): a new version, in force from \(at.rfc3339), once `run` registers it"
             }
         }
     }

@@ -6,7 +6,7 @@ import ReferralStore
 /// systemd timer, not the worker loop: a prune that runs long or fails then delays nothing.
 public enum Prune {
     public struct Summary: Sendable, Equatable, CustomStringConvertible {
-        public var count: Store.PruneCount
+        public var count: RetentionStore.PruneCount
         public var description: String {
             "inbox bodies emptied \(count.bodies), inbox keys deleted \(count.keys), referrals deleted \(count.referrals), rewards deleted \(count.rewards)"
         }
@@ -21,18 +21,18 @@ public enum Prune {
                 message: "is required by prune")
         }
         // A worker session: its statement, lock and idle timeouts bound what a prune can hold.
-        let db = try await settings.connectWorkerPostgres(name: "referrald prune", logger: logger)
+        let db = try await settings.connectWorkerDatabase(name: "referrald prune", logger: logger)
         defer { Task { await db.close() } }
         // The SQL is this release's: on an older schema a column it names may not exist yet.
-        let version = try await Schema.currentVersion(db)
+        let version = try await db.schemaVersion()
         guard version >= Schema.latestVersion else { throw SchemaError(found: version, needed: Schema.latestVersion) }
-        var count = Store.PruneCount()
+        var count = RetentionStore.PruneCount()
         if let ended = before(settings.retentionReferralDays) {
-            count = try await Store.pruneReferrals(
-                db, endedBefore: ended, ledgerBefore: before(settings.retentionLedgerDays))
+            count = try await db.pruneReferrals(
+                endedBefore: ended, ledgerBefore: before(settings.retentionLedgerDays))
         }
-        let inbox = try await Store.pruneInbox(
-            db, bodiesBefore: before(settings.retentionInboxBodyDays),
+        let inbox = try await db.pruneInbox(
+            bodiesBefore: before(settings.retentionInboxBodyDays),
             keysBefore: before(settings.retentionInboxKeyDays))
         count.bodies = inbox.bodies
         count.keys = inbox.keys

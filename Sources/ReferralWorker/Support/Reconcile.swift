@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import Postgres
 import ReferralCore
 import ReferralStore
 
@@ -48,7 +47,7 @@ public enum Reconcile {
         logger: Logger
     ) async throws -> Summary {
         let began = ContinuousClock.now
-        let db = try await settings.connectPostgres(name: "referrald reconcile", logger: logger)
+        let db = try await settings.connectDatabase(name: "referrald reconcile", logger: logger)
         defer { Task { await db.close() } }
         let context = try await DecisionContext.registering(
             programs, on: db, settings: settings, now: now ?? SystemClock().now())
@@ -56,9 +55,7 @@ public enum Reconcile {
         var after = ""
         while true {
             let cursor = after
-            let ids = try await db.run { c in
-                try Store.referralPage(c, referrer: scope.referrer, after: cursor, limit: chunk)
-            }
+            let ids = try await db.referralPage(referrer: scope.referrer, after: cursor, limit: chunk)
             guard let last = ids.last else { break }
             after = last
             let result = try await DecisionStore(db).reconcile(ids, context: context)

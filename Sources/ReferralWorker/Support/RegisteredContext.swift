@@ -1,4 +1,3 @@
-import Postgres
 import ReferralCore
 import ReferralStore
 
@@ -7,11 +6,11 @@ extension DecisionContext {
     /// `reconcile`, the operator commands): the programs file registered first, refused when older
     /// than the database's unless the settings allow it, as a daemon's start does.
     static func registering(
-        _ programs: ProgramBook, on db: PostgresConnection, settings: Settings,
+        _ programs: ProgramBook, on db: Database, settings: Settings,
         now: Instant
     ) async throws -> DecisionContext {
         let (list, file, allowOlder) = (programs.programs, programs.file, settings.allowOlderPrograms)
-        _ = try await db.transaction { c in try Store.registerPrograms(c, list, file: file, allowOlder: allowOlder) }
+        _ = try await db.registerPrograms(list, file: file, allowOlder: allowOlder)
         return DecisionContext(programs: programs, policy: settings.lifecyclePolicy, now: now)
     }
 }

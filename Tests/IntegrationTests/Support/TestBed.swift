@@ -56,6 +56,8 @@ final class TestBed: Sendable {
     /// Workers and daemons the test started, stopped by `tearDown` if the test did not.
     private let running = Mutex<(workers: [Task<Void, any Error>], daemons: [Process], tornDown: Bool)>(
         ([], [], false))
+    /// `db` as the store's seam, for what the worker's commands take.
+    var database: Database { Database(db) }
 
     /// A configuration whose broker objects all carry `name`, so that tests running in
     /// parallel on one broker never see each other's messages.
