@@ -20,6 +20,11 @@ let testTargets: [Target] =
         .testTarget(
             name: "ReferralCoreTests", dependencies: ["ReferralCore", "ReferralTestKit"],
             resources: [.copy("Fixtures")], swiftSettings: strict),
+        // The AMQP module without a broker: its state machines, confirm bookkeeping and URLs.
+        .testTarget(
+            name: "AMQPTests",
+            dependencies: ["AMQP", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [

@@ -221,3 +221,5 @@ struct ConsumerStateMachine<Waiter> {
         }
     }
 }
+
+extension ConsumerStateMachine.Action: Equatable where Waiter: Equatable {}

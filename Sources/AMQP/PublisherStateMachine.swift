@@ -142,3 +142,5 @@ extension ConfirmTracker.ReturnKey {
             body: message.body)
     }
 }
+
+extension PublisherStateMachine.Action: Equatable where Waiter: Equatable {}
