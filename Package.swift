@@ -34,6 +34,11 @@ let testTargets: [Target] =
             name: "ReferralStoreTests", dependencies: ["ReferralStore", "ReferralCore"], swiftSettings: strict),
         // What needs no server: URL parsing and value encoding of the libpq driver.
         .testTarget(name: "PostgresTests", dependencies: ["Postgres"], swiftSettings: strict),
+        // The AMQP module without a broker: its state machines, confirm bookkeeping and URLs.
+        .testTarget(
+            name: "AMQPTests",
+            dependencies: ["AMQP", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [

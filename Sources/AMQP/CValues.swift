@@ -141,16 +141,4 @@ enum CDecode {
         default: return .void
         }
     }
-
-    static func properties(_ props: amqp_basic_properties_t)
-        -> (headers: [String: AMQPFieldValue], messageId: String?, contentType: String?, timestamp: UInt64?)
-    {
-        func has(_ flag: Int32) -> Bool { props._flags & amqp_flags_t(flag) != 0 }
-        return (
-            has(AMQP_BASIC_HEADERS_FLAG) ? table(props.headers) : [:],
-            has(AMQP_BASIC_MESSAGE_ID_FLAG) ? string(props.message_id) : nil,
-            has(AMQP_BASIC_CONTENT_TYPE_FLAG) ? string(props.content_type) : nil,
-            has(AMQP_BASIC_TIMESTAMP_FLAG) ? props.timestamp : nil
-        )
-    }
 }

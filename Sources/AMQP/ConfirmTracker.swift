@@ -66,8 +66,7 @@ struct ConfirmTracker {
         for sequence in range {
             guard let slot = slots.removeValue(forKey: sequence) else { continue }
             // Mutated in place through the dictionary: a copy of the batch taken out and put back
-            // copied its outcome array on every confirm, quadratic in the batch size (a tenth of
-            // the daemon's CPU with batches of 512, perf).
+            // would copy its outcome array on every confirm, quadratic in the batch size.
             guard batches[slot.batch] != nil else { continue }
             batches[slot.batch]!.outcomes[slot.index] = ack ? (slot.returned ?? .confirmed) : .nacked
             batches[slot.batch]!.remaining -= 1

@@ -9,8 +9,8 @@ import Foundation
 /// The hand-off point between callers (any task, any thread) and the one OS thread that owns a
 /// librabbitmq connection. Callers append jobs and poke a pipe; the thread takes jobs between
 /// its socket polls. The pipe lets the thread sleep in `poll()` on the broker's socket *and*
-/// wake at once for a job: without it a job would wait for the poll timeout (up to the 200 ms
-/// tick) — a quarter second added to every ack.
+/// wake at once for a job: without it a job would wait for the poll timeout (up to the
+/// `ConnectionCore.tick`), a delay added to every ack.
 ///
 /// `@unchecked Sendable`: `jobs`, `stopped`, `open` and `lastWaiterID` are only touched under `lock`; the two
 /// pipe descriptors are immutable, and read(2)/write(2)/poll(2) on them are thread-safe.

@@ -4,23 +4,9 @@ import Logging
 import ReferralWorker
 import Testing
 
-/// Several nodes of one RabbitMQ cluster in REFERRALD_AMQP_URL: parsed as one URL per node, and
-/// a connection moves on to the next node when one is down.
-@Suite struct AMQPNodeListTests {
-    @Test func everyNodeSharesCredentialsSchemeAndVhost() throws {
-        let nodes = try AMQPURL.parseList("amqps://ref:p,w@d@node1:5671,node2,[::1]:5673/prod")
-        #expect(nodes.map(\.host) == ["node1", "node2", "::1"])
-        #expect(nodes.map(\.port) == [5671, 5671, 5673])
-        #expect(nodes.allSatisfy { $0.user == "ref" && $0.password == "p,w@d" && $0.vhost == "prod" && $0.useTLS })
-        #expect(try AMQPURL.parseList("amqp://u:p@h/v") == [try AMQPURL(parsing: "amqp://u:p@h/v")])
-    }
-
-    @Test func anEmptyNodeIsRefusedWithoutThePassword() {
-        #expect {
-            try AMQPURL.parseList("amqp://u:hunter2@node1,,node3/v")
-        } throws: { "\($0)".contains("empty host") && !"\($0)".contains("hunter2") }
-    }
-
+/// Several nodes of one RabbitMQ cluster in REFERRALD_AMQP_URL: a connection moves on to the
+/// next node when one is down. (Parsing the list needs no broker: AMQPTests' `AMQPNodeListTests`.)
+@Suite struct AMQPNodeFailoverTests {
     /// The first node listed is down (nothing listens on its port): the daemon's connect reaches
     /// the broker through the second, and the next connect starts after the node that worked.
     @Test func aDownNodeIsSkipped() async throws {
