@@ -131,7 +131,7 @@ public struct Daemon: Sendable {
             .init(
                 service: StatusReporter(
                     status: status, notifier: SystemdNotifier(environment: environment),
-                    watchdog: Watchdog(environment: environment), logger: logger)))
+                    watchdog: Watchdog(environment: environment), metrics: metrics, logger: logger)))
         var configuration = ServiceGroupConfiguration(services: services, logger: logger)
         let drain = Duration.seconds(settings.drainTimeoutSeconds)
         configuration.maximumGracefulShutdownDuration = drain

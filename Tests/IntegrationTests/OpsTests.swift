@@ -22,22 +22,31 @@ import Testing
         let bed = try await TestBed.make()
         let proxy = try TCPProxy(upstreamPort: Self.postgresPort)
         let notify = try NotifyListener()
+        let port = Ops.freePort()
         let daemon = try bed.spawnDaemon(extraEnvironment: [
-            "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000",
+            "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000", "REFERRALD_HTTP_PORT": "\(port)",
             "REFERRALD_DATABASE_URL": Self.databaseURL(bed, through: proxy),
         ])
+        func withheld() -> Double {
+            Ops.http(port: port, path: "/metrics").flatMap {
+                Ops.metric($0.body, "referrald_watchdog_pings_withheld_total")
+            }
+                ?? 0
+        }
 
         #expect(try await bed.eventually(timeout: .seconds(20)) { !notify.times(of: "READY=1").isEmpty })
         // Healthy: a ping every WatchdogSec/2 = 0.5 s.
         #expect(try await bed.eventually(timeout: .seconds(5)) { notify.times(of: "WATCHDOG=1").count >= 3 })
         #expect(notify.statusLines().contains("STATUS=consuming"))
 
+        #expect(withheld() == 0)
         proxy.cut()
         let cutAt = ContinuousClock.now
-        // The loop touches the database at least once a second: give it that to notice.
-        try await Task.sleep(for: .milliseconds(1500))
+        // The daemon's own count of ping times it let pass proves the pings would have come:
+        // from the first withheld one, three more ping times pass without a ping.
+        #expect(try await bed.eventually(timeout: .seconds(20)) { withheld() >= 1 })
         let quietFrom = ContinuousClock.now
-        try await Task.sleep(for: .seconds(3))
+        #expect(try await bed.eventually(timeout: .seconds(20)) { withheld() >= 4 })
         let pingsWhileCut = notify.times(of: "WATCHDOG=1").filter { $0 >= quietFrom }
         #expect(pingsWhileCut.isEmpty, "pings while the database was unreachable: \(pingsWhileCut.count)")
         let lastPing = notify.times(of: "WATCHDOG=1").last!

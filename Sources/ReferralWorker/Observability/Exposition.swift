@@ -56,6 +56,8 @@ enum Exposition {
         "referrald_start_time_seconds": "When this process started, in seconds since the epoch.",
         "referrald_timer_lag_seconds": "How late the oldest due referral timer is.",
         "referrald_timers_due": "Referral timers due now.",
+        "referrald_watchdog_pings_withheld_total":
+            "systemd watchdog pings withheld because the consume loop made no progress in the interval.",
     ]
 
     static func render(_ registry: PrometheusCollectorRegistry) -> [UInt8] {

@@ -119,13 +119,20 @@ public struct WorkerMetrics: Sendable {
         parkedWaiting.record(waiting)
     }
 
-    /// A batch rolled back by a deadlock or serialisation failure and retried: a few are the
-    /// price of running several pipelines or instances; a steady rate means they fight over
-    /// the same referrers.
     func loopIteration() {
         Counter(label: "referrald_loop_iterations_total", dimensions: [], factory: factory).increment()
     }
 
+    /// A ping time passed without a ping: the consume loop made no progress in the interval.
+    /// Counted so that a daemon systemd is about to kill (or that runs without a watchdog) says
+    /// so on /metrics, not only by a missing datagram.
+    func watchdogPingWithheld() {
+        Counter(label: "referrald_watchdog_pings_withheld_total", dimensions: [], factory: factory).increment()
+    }
+
+    /// A batch rolled back by a deadlock or serialisation failure and retried: a few are the
+    /// price of running several pipelines or instances; a steady rate means they fight over
+    /// the same referrers.
     func lockConflict() {
         Counter(label: "referrald_lock_conflicts_total", dimensions: [], factory: factory).increment()
     }

@@ -77,6 +77,7 @@ struct StatusReporter: Service {
     let status: ServiceStatus
     let notifier: SystemdNotifier?
     let watchdog: Watchdog?
+    let metrics: WorkerMetrics
     let logger: Logger
 
     func run() async throws {
@@ -104,7 +105,7 @@ struct StatusReporter: Service {
                 if sentReady, let watchdog, ContinuousClock.now >= nextPing {
                     nextPing = ContinuousClock.now + watchdog.interval
                     let progressing = status.isMakingProgress(within: watchdog.interval)
-                    if progressing { lines.append("WATCHDOG=1") }
+                    if progressing { lines.append("WATCHDOG=1") } else { metrics.watchdogPingWithheld() }
                     // Logged on the change only: a long outage would otherwise log every ping.
                     if progressing == withholding {
                         withholding = !progressing
