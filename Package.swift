@@ -20,6 +20,7 @@ let testTargets: [Target] =
         .testTarget(
             name: "ReferralCoreTests", dependencies: ["ReferralCore", "ReferralTestKit"],
             resources: [.copy("Fixtures")], swiftSettings: strict),
+        .testTarget(name: "CivilTimeTests", dependencies: ["CivilTime"], swiftSettings: strict),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
@@ -60,7 +61,9 @@ let package = Package(
         .systemLibrary(
             name: "CLibPQ", path: "Sources/CLibPQ", pkgConfig: "libpq",
             providers: [.apt(["libpq-dev"])]),
-        .target(name: "ReferralCore", swiftSettings: strict),
+        // Proleptic Gregorian day arithmetic, shared by the core's times and PostgreSQL's.
+        .target(name: "CivilTime", swiftSettings: strict),
+        .target(name: "ReferralCore", dependencies: ["CivilTime"], swiftSettings: strict),
         .target(
             name: "AMQP",
             dependencies: ["CRabbitMQ", .product(name: "Logging", package: "swift-log")],
