@@ -39,6 +39,8 @@ let testTargets: [Target] =
             name: "AMQPTests",
             dependencies: ["AMQP", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
+        // Days and civil dates: the one calendar arithmetic of the core and the driver.
+        .testTarget(name: "CivilTimeTests", dependencies: ["CivilTime"], swiftSettings: strict),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
@@ -81,7 +83,9 @@ let package = Package(
         .systemLibrary(
             name: "CLibPQ", path: "Sources/CLibPQ", pkgConfig: "libpq",
             providers: [.apt(["libpq-dev"])]),
-        .target(name: "ReferralCore", swiftSettings: strict),
+        // Proleptic Gregorian day arithmetic, shared by the core's times and PostgreSQL's.
+        .target(name: "CivilTime", swiftSettings: strict),
+        .target(name: "ReferralCore", dependencies: ["CivilTime"], swiftSettings: strict),
         .target(
             name: "AMQP",
             dependencies: ["CRabbitMQ", .product(name: "Logging", package: "swift-log")],

@@ -54,6 +54,6 @@ fi
 # tests that time responsiveness (a ticker while queries block, a TLS refusal, a forced close)
 # waited seconds for one of the cooperative pool's two threads and failed. The integration
 # suites' summary is the last word. Each module's unit tests are the target named after it.
-unit='^(ReferralCoreTests|ReferralStoreTests|ReferralWorkerTests|AMQPTests|PostgresTests)\.'
+unit='^(ReferralCoreTests|CivilTimeTests|ReferralStoreTests|ReferralWorkerTests|AMQPTests|PostgresTests)\.'
 swift test --skip-build --filter "$unit" "$@"
 swift test --skip-build --skip "$unit" "$@"

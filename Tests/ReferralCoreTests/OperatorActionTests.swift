@@ -14,7 +14,7 @@ import Testing
     }
 
     @Test(
-        "a referral rejected by an operator in its hold ends rejected (operator) and is never paid",
+        "operator: a referral rejected by an operator in its hold ends rejected (operator) and is never paid",
         arguments: [ReferralEngine.Mode.oracle, .incremental])
     func rejectInHold(mode: ReferralEngine.Mode) throws {
         var e = engine(mode)
@@ -32,7 +32,7 @@ import Testing
     }
 
     @Test(
-        "rejecting a rewarded referral reverses both rewards, reason operator, once",
+        "operator: rejecting a rewarded referral reverses both rewards, reason operator, once",
         arguments: [ReferralEngine.Mode.oracle, .incremental])
     func rejectRewarded(mode: ReferralEngine.Mode) throws {
         var e = engine(mode)
@@ -57,7 +57,7 @@ import Testing
         #expect(e.statusChanges.count == before)
     }
 
-    @Test("an operator reverses one reward: reversed once, reason operator; the other stands")
+    @Test("operator: a reward reversed by an operator is reversed once, reason operator; the other stands")
     func reverseOne() throws {
         var e = engine()
         e.friend(lead: "l1", of: "r1", account: "f1", leadAt: t0 + .days(1))

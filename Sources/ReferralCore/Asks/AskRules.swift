@@ -27,8 +27,9 @@ public struct SentAsk: Hashable, Sendable {
     }
 }
 
-/// The rule that holds an ask back or skipped it, for explanations and metrics.
-public enum AskRule: String, Hashable, Sendable, CaseIterable {
+/// Why an ask is held back or was skipped, for explanations and metrics (the raw values are the
+/// labels they carry).
+public enum AskHoldReason: String, Hashable, Sendable, CaseIterable {
     /// `crm.customer.erased` is known: no ask ever follows.
     case erased
     /// `provisioning.service.cancelled` is known: the account's pending asks are cancelled.
@@ -70,13 +71,13 @@ public struct AskConsideration: Hashable, Sendable {
         /// Due, still fresh and allowed, but one ask per decision: it goes on the next one
         /// (only happens with `min_gap: 0s`, `nextWakeup` is then `now`).
         case ready
-        /// Due and still fresh, held by `rule`. `until`: when time alone lifts (`min_gap`,
+        /// Due and still fresh, held for the reason given. `until`: when time alone lifts (`min_gap`,
         /// `max_per_year`) or may lift (a stored fact dated ahead of `now`) the hold; nil when
         /// only a new fact can, such as a ticket resolved or an invoice paid.
-        case waiting(AskRule, until: Instant?)
+        case waiting(AskHoldReason, until: Instant?)
         /// Will never be sent. For stale asks, the rule that held it when it was due (or
         /// `stale` when none did); for cancelled and erased accounts, that rule.
-        case skipped(AskRule)
+        case skipped(AskHoldReason)
     }
 }
 
@@ -232,10 +233,10 @@ public enum ReferralAsks {
     public static func decide(_ input: AskInput) -> AskDecision {
         guard let program = input.program else { return AskDecision(send: nil, considered: [], nextWakeup: nil) }
         let history = AskHistory(input.facts, accountId: input.accountId)
-        let ctx = Context(input: input, program: program, history: history)
-        let first = ctx.evaluate(sent: input.sent)
-        guard let best = first.eligible.min(by: ctx.stronger), let code = input.code else {
-            return AskDecision(send: nil, considered: ctx.ordered(first.considered), nextWakeup: first.wake)
+        let rules = AccountAskRules(input: input, program: program, history: history)
+        let first = rules.evaluate(sent: input.sent)
+        guard let best = first.eligible.min(by: rules.stronger), let code = input.code else {
+            return AskDecision(send: nil, considered: rules.ordered(first.considered), nextWakeup: first.wake)
         }
         let planned = PlannedAsk(
             key: best.key, accountId: input.accountId, moment: best.moment, dueAt: best.due,
@@ -243,11 +244,11 @@ public enum ReferralAsks {
             friendOfferText: program.friendOfferText)
         // Re-evaluate as if the ask was recorded, so that the report and the timer describe the
         // state the worker stores along with it.
-        let after = ctx.evaluate(sent: input.sent + [planned.record])
+        let after = rules.evaluate(sent: input.sent + [planned.record])
         let mine = AskConsideration(
             key: best.key, moment: best.moment, dueAt: best.due,
             expiresAt: best.due + input.policy.freshness, status: .sendingNow)
-        return AskDecision(send: planned, considered: ctx.ordered(after.considered + [mine]), nextWakeup: after.wake)
+        return AskDecision(send: planned, considered: rules.ordered(after.considered + [mine]), nextWakeup: after.wake)
     }
 }
 
@@ -261,230 +262,4 @@ func escapeKeyPart(_ s: String) -> String {
         }
     }
     return out
-}
-
-// MARK: - Facts, indexed
-
-/// One account's ask facts, reduced to what the rules use. Firsts are minima by fact time, so
-/// duplicates and late copies never move them.
-struct AskHistory {
-    var installedAt: Instant?
-    var activatedAt: Instant?
-    var cancelledAt: Instant?
-    var erasedAt: Instant?
-    var firstAskAt: Instant?
-    /// Times of speed tests at or above 90 % of plan speed.
-    var goodSpeedTests: Set<Instant> = []
-    var ticketsOpened: [String: Instant] = [:]
-    var ticketsResolved: [String: Instant] = [:]
-    /// Per ticket: its earliest resolution rated 4 or 5.
-    var supportWins: [String: Instant] = [:]
-    var preferences: [(at: Instant, on: Bool)] = []
-    var overdue: [String: Instant] = [:]
-    var paid: [String: Instant] = [:]
-    /// Per invoice: its earliest payment with credits.
-    var savings: [String: Instant] = [:]
-    /// Times of the facts that can start or end a temporary hold (tickets, preferences,
-    /// invoices), sorted: a fact dated ahead of our clock takes effect at its time.
-    var holdChanges: [Instant] = []
-
-    init(_ facts: [AskFact], accountId: String) {
-        func first(_ old: Instant?, _ new: Instant) -> Instant { min(old ?? new, new) }
-        for f in facts where f.accountId == accountId {
-            switch f.kind {
-            case .installCompleted: installedAt = first(installedAt, f.at)
-            case .serviceActivated: activatedAt = first(activatedAt, f.at)
-            case .serviceCancelled: cancelledAt = first(cancelledAt, f.at)
-            case .customerErased: erasedAt = first(erasedAt, f.at)
-            case .enrolled(let t): firstAskAt = first(firstAskAt, t)
-            case .speedTest(let measured, let plan):
-                // ≥ 90 % in exact terms: 450 of 500 qualifies, without a 0.9 * 500 rounding doubt.
-                if measured * 10 >= plan * 9 { goodSpeedTests.insert(f.at) }
-            case .ticketOpened(let t):
-                ticketsOpened[t] = first(ticketsOpened[t], f.at)
-                holdChanges.append(f.at)
-            case .ticketResolved(let t, let csat):
-                ticketsResolved[t] = first(ticketsResolved[t], f.at)
-                holdChanges.append(f.at)
-                if let csat, csat >= 4 { supportWins[t] = first(supportWins[t], f.at) }
-            case .preferencesChanged(let on):
-                preferences.append((f.at, on))
-                holdChanges.append(f.at)
-            case .invoiceOverdue(let i):
-                overdue[i] = first(overdue[i], f.at)
-                holdChanges.append(f.at)
-            case .invoicePaid(let i, let credits):
-                paid[i] = first(paid[i], f.at)
-                holdChanges.append(f.at)
-                if let credits, credits > 0 { savings[i] = first(savings[i], f.at) }
-            }
-        }
-        holdChanges.sort()
-    }
-
-    /// Cancellation and erasure: final as soon as known, whatever their date. A cancelled
-    /// customer is leaving (contract: "the account's pending asks are cancelled"), and an erased
-    /// one asked for nothing to follow; a future-dated cancellation must not let asks through.
-    var final: AskRule? {
-        if erasedAt != nil { return .erased }
-        if cancelledAt != nil { return .cancelled }
-        return nil
-    }
-
-    /// The temporary hold in force at `t`, judged on fact times.
-    func hold(at t: Instant) -> AskRule? {
-        // The latest preference at or before t; at equal times "off" wins: when in doubt, don't ask.
-        var latest: (at: Instant, on: Bool)?
-        for p in preferences where p.at <= t {
-            if latest == nil || p.at > latest!.at || (p.at == latest!.at && !p.on) { latest = p }
-        }
-        if latest?.on == false { return .optedOut }
-        // A ticket is open on [opened, resolved): "until crm.ticket.resolved for it". A
-        // resolution dated before the opening (CRM clocks and offsets disagree; see the
-        // `+05:30` resolution fixture) closes it too: reading the later opening as a reopen
-        // would leave the account unaskable for good on a clock error.
-        for (ticket, opened) in ticketsOpened where opened <= t {
-            if let r = ticketsResolved[ticket], r <= t { continue }
-            return .openTicket
-        }
-        // In arrears on [overdue, paid) per invoice, the intervals the lifecycle uses.
-        for (invoice, from) in overdue where from <= t {
-            if let p = paid[invoice], p <= t { continue }
-            return .inArrears
-        }
-        return nil
-    }
-}
-
-// MARK: - The decision
-
-private struct Candidate {
-    var key: String
-    var moment: AskMoment
-    var due: Instant
-}
-
-private struct Evaluation {
-    var considered: [AskConsideration] = []
-    var eligible: [Candidate] = []
-    var wake: Instant?
-
-    mutating func wake(at t: Instant) { wake = min(wake ?? t, t) }
-}
-
-private struct Context {
-    let input: AskInput
-    let program: Program
-    let history: AskHistory
-
-    var now: Instant { input.now }
-    var freshness: Span { input.policy.freshness }
-
-    func stronger(_ a: Candidate, _ b: Candidate) -> Bool {
-        let ra = ReferralAsks.strength.firstIndex(of: a.moment)!
-        let rb = ReferralAsks.strength.firstIndex(of: b.moment)!
-        if ra != rb { return ra < rb }
-        if a.due != b.due { return a.due > b.due }
-        return a.key < b.key
-    }
-
-    func ordered(_ list: [AskConsideration]) -> [AskConsideration] {
-        list.sorted { $0.dueAt != $1.dueAt ? $0.dueAt < $1.dueAt : $0.key < $1.key }
-    }
-
-    /// Every ask occurrence the facts and the program define, minus those already sent.
-    func candidates(sent: [SentAsk]) -> [Candidate] {
-        let rules = program.asks
-        let h = history
-        var out: [Candidate] = []
-        // Linear scans: an account has a handful of moments and sent asks, and building sets
-        // for them on every decision costs more than it saves.
-        func add(_ moment: AskMoment, _ occurrence: String?, _ due: Instant) {
-            guard rules.moments.contains(moment) else { return }
-            let key = ReferralAsks.key(accountId: input.accountId, moment: moment, occurrence: occurrence)
-            if !sent.contains(where: { $0.key == key }) { out.append(Candidate(key: key, moment: moment, due: due)) }
-        }
-        if let i = h.installedAt { add(.postInstall, nil, i + rules.delayAfterInstall) }
-        if let a = h.activatedAt, !(rules.moments.contains(.postInstall) && h.installedAt != nil) {
-            add(.postActivation, nil, a)
-        }
-        for t in h.goodSpeedTests { add(.speedTest, t.rfc3339, t) }
-        for (ticket, t) in h.supportWins { add(.supportWin, escapeKeyPart(ticket), t) }
-        for (invoice, t) in h.savings { add(.billSavings, escapeKeyPart(invoice), t) }
-        if let a = h.activatedAt {
-            let every = rules.periodicEvery
-            let start: Instant
-            if let last = sent.map(\.sentAt).max() {
-                start = max(last, a) + every
-            } else {
-                start = h.firstAskAt ?? (a + every)
-            }
-            if now < start {
-                add(.periodic, start.rfc3339, start)
-            } else {
-                // The latest grid point at or before now (a candidate while fresh) and the next.
-                let k = (now - start).microseconds / every.microseconds
-                let latest = start + every * k
-                add(.periodic, latest.rfc3339, latest)
-                add(.periodic, (latest + every).rfc3339, latest + every)
-            }
-        }
-        return out
-    }
-
-    /// What holds every ask of the account at `t`, and until when time alone would keep it held.
-    func blocker(at t: Instant, sent: [SentAsk]) -> (rule: AskRule, until: Instant?)? {
-        if let h = history.hold(at: t) {
-            // Only a new fact lifts a hold, or a stored one dated after t (a producer clock
-            // ahead of ours): wake up then to look again.
-            return (h, history.holdChanges.first { $0 > t })
-        }
-        if input.code == nil { return (.noCode, nil) }
-        // Before min_gap and max_per_year: those are judged again when the hold lifts.
-        if let b = input.budgetHold, t >= now { return (.budget, b.release) }
-        let gap = program.asks.minGap.microseconds
-        let near = sent.filter { abs($0.sentAt.microseconds - t.microseconds) < gap }
-        if let lift = near.map({ $0.sentAt + program.asks.minGap }).max() { return (.minGap, lift) }
-        let limit = program.asks.maxPerYear
-        let inYear = sent.map(\.sentAt).filter { $0 > t - ReferralAsks.yearWindow }.sorted()
-        if inYear.count >= limit {
-            // The window frees a place when the (n - limit + 1)-th send of it leaves it.
-            return (.maxPerYear, limit == 0 ? nil : inYear[inYear.count - limit] + ReferralAsks.yearWindow)
-        }
-        return nil
-    }
-
-    func evaluate(sent: [SentAsk]) -> Evaluation {
-        var e = Evaluation()
-        let all = candidates(sent: sent)
-        let heldNow = blocker(at: now, sent: sent)
-        for c in all {
-            let expires = c.due + freshness
-            let status: AskConsideration.Status
-            if let final = history.final {
-                status = .skipped(final)
-            } else if c.due > now {
-                status = .scheduled
-                e.wake(at: c.due)
-            } else if now > expires {
-                status = .skipped(blocker(at: c.due, sent: sent)?.rule ?? .stale)
-            } else if let held = heldNow, held.rule == .budget, let b = input.budgetHold {
-                // Looked at again at the account's release, or earlier when it would be stale by
-                // then; one that goes stale before the month turns cannot be saved.
-                let u = b.release(expiring: expires)
-                status = .waiting(.budget, until: u)
-                if u <= expires { e.wake(at: u) }
-            } else if let held = heldNow {
-                status = .waiting(held.rule, until: held.until)
-                if let u = held.until, u <= expires { e.wake(at: u) }
-            } else {
-                status = .ready
-                e.eligible.append(c)
-                e.wake(at: now)
-            }
-            e.considered.append(
-                AskConsideration(key: c.key, moment: c.moment, dueAt: c.due, expiresAt: expires, status: status))
-        }
-        return e
-    }
 }

@@ -66,7 +66,7 @@ public enum Followups {
     /// The stage entries of the lifecycle's referral views, dated from the same facts the
     /// lifecycle derived the stages from: lead time, order time, first install, first activation.
     public static func entries(views: [ReferralView], referrals: [ReferralBinding], facts: [Fact]) -> [StageEntry] {
-        let idx = Index(facts)
+        let idx = FactIndex(facts)
         let bindings = Dictionary(referrals.map { ($0.referralId, $0) }, uniquingKeysWith: { first, _ in first })
         var out: [StageEntry] = []
         for v in views where v.stage.isInFlight {

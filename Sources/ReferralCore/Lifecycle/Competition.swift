@@ -50,7 +50,7 @@ public struct ReferralStanding: Hashable, Sendable {
 
     /// The (code, UTC day) ranking the referral is a member of: only when the lead's own code is
     /// the one it was bound with (the rules rank a lead among the leads carrying its code).
-    public var codeDay: CodeDay? { leadCode == code ? CodeDay(code: code, day: utcDay(leadAt)) : nil }
+    public var codeDay: CodeDay? { leadCode == code ? CodeDay(code: code, day: leadAt.utcDay) : nil }
     /// The (referrer, UTC year) cap ranking the referral holds a slot in.
     public var capYear: CapYear? { milestoneAt.map { CapYear(referrer: referrerAccountId, year: utcYear($0)) } }
 
@@ -59,7 +59,7 @@ public struct ReferralStanding: Hashable, Sendable {
         public var day: Int64
         /// The day's first instant and the next day's, for range scans.
         public var bounds: (from: Instant, to: Instant) {
-            (Instant(microseconds: day * 86_400_000_000), Instant(microseconds: (day + 1) * 86_400_000_000))
+            (Instant(utcDay: day), Instant(utcDay: day + 1))
         }
     }
 
@@ -130,8 +130,8 @@ extension Lifecycle {
     /// The standing of each referral, from its own facts (`facts` must hold every fact of its
     /// lead and of its friend's account). Referrals whose lead has no fact yet are left out.
     public static func standings(facts: [Fact], referrals: [ReferralBinding]) -> [ReferralStanding] {
-        let idx = Index(facts)
-        return referrals.compactMap { idx.standing(of: $0) }
+        let index = FactIndex(facts)
+        return referrals.compactMap { index.standing(of: $0) }
     }
 
     /// Which referrals a batch must re-decide besides those it touched: for every ranking a
@@ -227,138 +227,6 @@ extension Lifecycle {
     }
 }
 
-/// Standings in memory, indexed as the store indexes them: the oracle's competition (over the
-/// whole neighbourhood it is given) and the incremental engine's state.
-public struct StandingTable: Sendable {
-    public private(set) var standings: [String: ReferralStanding] = [:]
-    private var codeDays: [ReferralStanding.CodeDay: [Claim]] = [:]
-    private var caps: [ReferralStanding.CapYear: [Claim]] = [:]
-    private var claimants: [String: [Claim]] = [:]
-    private var byLead: [String: String] = [:]
-
-    public init(_ standings: [ReferralStanding] = []) {
-        for s in standings { upsert(s) }
-    }
-
-    public subscript(referralId: String) -> ReferralStanding? { standings[referralId] }
-
-    /// Replaces a referral's standing; returns the old one.
-    @discardableResult
-    public mutating func upsert(_ s: ReferralStanding) -> ReferralStanding? {
-        let old = standings[s.referralId]
-        if old == s { return old }
-        if let old { remove(old) }
-        standings[s.referralId] = s
-        byLead[s.leadId] = s.referralId
-        let lead = Claim(at: s.leadAt, leadId: s.leadId)
-        if let cd = s.codeDay { Self.insert(lead, into: &codeDays[cd, default: []]) }
-        if let cy = s.capYear, let m = s.milestoneAt {
-            Self.insert(Claim(at: m, leadId: s.leadId), into: &caps[cy, default: []])
-        }
-        for key in s.claimKeys { Self.insert(lead, into: &claimants[key, default: []]) }
-        return old
-    }
-
-    private mutating func remove(_ s: ReferralStanding) {
-        let lead = Claim(at: s.leadAt, leadId: s.leadId)
-        if let cd = s.codeDay { codeDays[cd]?.removeAll { $0 == lead } }
-        if let cy = s.capYear, let m = s.milestoneAt { caps[cy]?.removeAll { $0 == Claim(at: m, leadId: s.leadId) } }
-        for key in s.claimKeys { claimants[key]?.removeAll { $0 == lead } }
-    }
-
-    private static func insert(_ c: Claim, into list: inout [Claim]) {
-        list.insert(c, at: rank(of: c, in: list))
-    }
-
-    /// Entries of the sorted list strictly before `c`.
-    private static func rank(of c: Claim, in list: [Claim]) -> Int {
-        var lo = 0
-        var hi = list.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if list[mid] < c { lo = mid + 1 } else { hi = mid }
-        }
-        return lo
-    }
-
-    /// The ranks the rules read for these referrals.
-    public func competition(for referrals: [ReferralBinding]) -> Competition {
-        var out = Competition()
-        for b in referrals {
-            guard let s = standings[b.referralId] else { continue }
-            let lead = Claim(at: s.leadAt, leadId: s.leadId)
-            if let cd = s.codeDay {
-                out.codeDayEarlier[s.leadId] = min(
-                    Self.rank(of: lead, in: codeDays[cd] ?? []), b.program.limits.maxLeadsPerCodePerDay)
-            }
-            if let cy = s.capYear, let m = s.milestoneAt {
-                out.capEarlier[s.leadId] = min(
-                    Self.rank(of: Claim(at: m, leadId: s.leadId), in: caps[cy] ?? []),
-                    b.program.limits.maxRewardsPerReferrerPerYear)
-            }
-            for key in s.claimKeys { out.claimWinners[key] = claimants[key]?.first }
-        }
-        return out
-    }
-
-    /// The referral ids a boundary query names.
-    public func resolve(_ q: BoundaryQuery) -> [String] {
-        func ids(_ claims: ArraySlice<Claim>) -> [String] { claims.compactMap { byLead[$0.leadId] } }
-        switch q {
-        case .codeDay(let r):
-            let list = codeDays[r.codeDay] ?? []
-            return ids(list[min(r.ranks.lowerBound, list.count)..<min(r.ranks.upperBound, list.count)])
-        case .cap(let r):
-            let list = caps[r.capYear] ?? []
-            return ids(list[min(r.ranks.lowerBound, list.count)..<min(r.ranks.upperBound, list.count)])
-        case .claim(let key, let count):
-            return ids((claimants[key] ?? []).prefix(count))
-        case .referrerCancelled(let referrer, let since):
-            return standings.values.filter { $0.referrerAccountId == referrer && $0.leadAt >= since }.map(\.referralId)
-        case .referrerPersonal(let referrer, let keys):
-            return standings.values.filter {
-                $0.referrerAccountId == referrer && !Set($0.claimKeys + $0.contactKeys).isDisjoint(with: keys)
-            }.map(\.referralId)
-        }
-    }
-}
-
-extension Index {
-    /// Who the friend is: their account once an order links it, and every household seen for them.
-    func friendKeys(_ leadId: String) -> [String] {
-        var keys: [String] = []
-        if let a = friendAccount(of: leadId) {
-            keys.append("a:\(a)")
-            keys += households(of: a).sorted().map { "h:\($0)" }
-        }
-        if let hh = leadPersonal(leadId).household { keys.append("h:\(hh)") }
-        return keys
-    }
-
-    func standing(of b: ReferralBinding) -> ReferralStanding? {
-        guard let lead = leads[b.leadId] else { return nil }
-        let friend = friendAccount(of: b.leadId)
-        var contacts = friend.map { self.contacts(of: $0) } ?? []
-        if let c = leadPersonal(b.leadId).contact { contacts.insert(c) }
-        let p = b.program
-        let milestone = self.milestone(p.qualify.milestone, of: friend).flatMap {
-            $0 <= lead.at + p.attributionWindow ? $0 : nil
-        }
-        return ReferralStanding(
-            referralId: b.referralId, leadId: b.leadId, referrerAccountId: b.referrerAccountId,
-            code: b.code, leadAt: lead.at, leadCode: lead.code, friendAccountId: friend,
-            claimKeys: Array(Set(friendKeys(b.leadId))).sorted(),
-            contactKeys: contacts.sorted().map { "c:\($0)" }, milestoneAt: milestone)
-    }
-}
-
-func utcDay(_ t: Instant) -> Int64 { t.microseconds.floorDivided(by: 86_400_000_000).quotient }
-
-/// The UTC calendar year of an instant.
-func utcYear(_ t: Instant) -> Int64 { civil(fromDays: utcDay(t)).0 }
-
-/// 1 January of `year`, 00:00 UTC.
-func yearStart(_ year: Int64) -> Instant { Instant(microseconds: days(fromCivil: year, 1, 1) * 86_400_000_000) }
 extension Fact {
     /// The lead a fact is about (a lead's versions and its order).
     public var leadId: String? {
@@ -408,17 +276,4 @@ extension Lifecycle {
         }
         return out
     }
-}
-
-/// The first instant of the UTC calendar month of `t`.
-func utcMonthStart(_ t: Instant) -> Instant {
-    let (y, m, _) = civil(fromDays: utcDay(t))
-    return Instant(microseconds: days(fromCivil: y, m, 1) * 86_400_000_000)
-}
-
-/// The first instant of the UTC calendar month after the one of `t`.
-func nextUTCMonthStart(_ t: Instant) -> Instant {
-    let (y, m, _) = civil(fromDays: utcDay(t))
-    return Instant(
-        microseconds: (m == 12 ? days(fromCivil: y + 1, 1, 1) : days(fromCivil: y, m + 1, 1)) * 86_400_000_000)
 }

@@ -1,7 +1,7 @@
 /// The stored form of an effect (`effects.effect`): the shape Swift's synthesized `Codable`
-/// gives it (`{"statusChanged":{"_0":{...}}}`), written and read by our own JSON code:
-/// `JSONEncoder` and `JSONDecoder` were among the daemon's costliest steps for the hundreds of
-/// effects of a batch (BENCHMARKS.md).
+/// gives it (`{"statusChanged":{"_0":{...}}}`), written and read by our own JSON code, so that
+/// the hundreds of effects of a batch do not go through `JSONEncoder`'s and `JSONDecoder`'s
+/// generic machinery on the hot path (figures in BENCHMARKS.md).
 extension Effect {
     public func storedJSON() -> [UInt8] { JSONValue.object(storedValue).encoded() }
 
@@ -76,10 +76,10 @@ public struct StoredEffectError: Error, Sendable, CustomStringConvertible {
 }
 
 extension Effect {
-    /// Reads the stored form back: what `storedJSON` writes, and what `JSONEncoder` wrote before
-    /// it (the same shape; PostgreSQL's `jsonb` output only changes the spacing). Our parser
+    /// Reads the stored form back: what `storedJSON` writes, and rows of the same shape written
+    /// by `JSONEncoder` (PostgreSQL's `jsonb` output only changes the spacing). Our parser
     /// instead of `JSONDecoder`: every decision reads its referrals' recorded effects, and the
-    /// decoder's generic machinery was the costliest step of loading them (BENCHMARKS.md).
+    /// generic decoder would dominate loading them.
     public init(storedJSON bytes: [UInt8]) throws {
         let parsed: JSONValue
         do { parsed = try JSONValue.parse(bytes) } catch {

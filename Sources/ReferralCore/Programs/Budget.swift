@@ -2,7 +2,7 @@
 /// promotion, never payment. What a referral commits of it is derived from its decision
 /// (`ReferralView.commitments`); the store keeps those per reward and sums them into counters
 /// per program and UTC month; asks of a program whose month has reached `pause_asks_at` are held
-/// (`AskRule.budget`) and re-planned over the first days of the next month.
+/// (`AskHoldReason.budget`) and re-planned over the first days of the next month.
 public enum ProgramBudget {
     /// The span over which held asks are released after the month's turn. Releasing every held
     /// ask at 00:00 UTC would flood messaging (and the customers' phones) at midnight.

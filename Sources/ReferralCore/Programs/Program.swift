@@ -138,17 +138,6 @@ public struct Program: Hashable, Sendable, Codable {
             self.milestone = milestone
             self.hold = hold
         }
-        enum CodingKeys: String, CodingKey { case milestone, hold }
-        public init(from decoder: any Decoder) throws {
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            milestone = try c.decode(Milestone.self, forKey: .milestone)
-            hold = try c.decodeSpanText(forKey: .hold)
-        }
-        public func encode(to encoder: any Encoder) throws {
-            var c = encoder.container(keyedBy: CodingKeys.self)
-            try c.encode(milestone, forKey: .milestone)
-            try c.encode(hold.description, forKey: .hold)
-        }
     }
 
     public struct Limits: Hashable, Sendable, Codable {
@@ -197,36 +186,12 @@ public struct Program: Hashable, Sendable, Codable {
             case maxPerYear = "max_per_year"
             case periodicEvery = "periodic_every"
         }
-        public init(from decoder: any Decoder) throws {
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            moments = try c.decode([AskMoment].self, forKey: .moments)
-            delayAfterInstall = try c.decodeSpanText(forKey: .delayAfterInstall)
-            minGap = try c.decodeSpanText(forKey: .minGap)
-            maxPerYear = try c.decode(Int.self, forKey: .maxPerYear)
-            periodicEvery = try c.decodeSpanText(forKey: .periodicEvery)
-        }
-        public func encode(to encoder: any Encoder) throws {
-            var c = encoder.container(keyedBy: CodingKeys.self)
-            try c.encode(moments, forKey: .moments)
-            try c.encode(delayAfterInstall.description, forKey: .delayAfterInstall)
-            try c.encode(minGap.description, forKey: .minGap)
-            try c.encode(maxPerYear, forKey: .maxPerYear)
-            try c.encode(periodicEvery.description, forKey: .periodicEvery)
-        }
     }
 
     public struct Followup: Hashable, Sendable, Codable {
         public var stalledAfter: Span
         public init(stalledAfter: Span) { self.stalledAfter = stalledAfter }
         enum CodingKeys: String, CodingKey { case stalledAfter = "stalled_after" }
-        public init(from decoder: any Decoder) throws {
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            stalledAfter = try c.decodeSpanText(forKey: .stalledAfter)
-        }
-        public func encode(to encoder: any Encoder) throws {
-            var c = encoder.container(keyedBy: CodingKeys.self)
-            try c.encode(stalledAfter.description, forKey: .stalledAfter)
-        }
     }
 
     enum CodingKeys: String, CodingKey {
@@ -241,54 +206,6 @@ public struct Program: Hashable, Sendable, Codable {
         case clawback
         case limits, fraud, asks, followup, budget
         case effectiveFrom = "effective_from"
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        id = try c.decode(String.self, forKey: .id)
-        segment = try c.decode(Segment.self, forKey: .segment)
-        currency = try c.decode(String.self, forKey: .currency)
-        shareURL = try c.decode(String.self, forKey: .shareURL)
-        friendOfferText = try c.decode(String.self, forKey: .friendOfferText)
-        referrerReward = try c.decode(Reward.self, forKey: .referrerReward)
-        friendReward = try c.decode(FriendReward.self, forKey: .friendReward)
-        qualify = try c.decode(Qualify.self, forKey: .qualify)
-        attributionWindow = try c.decodeSpanText(forKey: .attributionWindow)
-        clawbackWindow = try c.decodeSpanText(forKey: .clawbackWindow)
-        clawback = try c.decode(ClawbackMode.self, forKey: .clawback)
-        limits = try c.decode(Limits.self, forKey: .limits)
-        fraud = try c.decode(Fraud.self, forKey: .fraud)
-        asks = try c.decode(Asks.self, forKey: .asks)
-        followup = try c.decode(Followup.self, forKey: .followup)
-        budget = try c.decodeIfPresent(Budget.self, forKey: .budget)
-        if let text = try c.decodeIfPresent(String.self, forKey: .effectiveFrom) {
-            guard let at = Instant(rfc3339: text) else {
-                throw DecodingError.dataCorruptedError(
-                    forKey: .effectiveFrom, in: c, debugDescription: "\"\(text)\" is not an RFC 3339 time")
-            }
-            effectiveFrom = at
-        }
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(id, forKey: .id)
-        try c.encode(segment, forKey: .segment)
-        try c.encode(currency, forKey: .currency)
-        try c.encode(shareURL, forKey: .shareURL)
-        try c.encode(friendOfferText, forKey: .friendOfferText)
-        try c.encode(referrerReward, forKey: .referrerReward)
-        try c.encode(friendReward, forKey: .friendReward)
-        try c.encode(qualify, forKey: .qualify)
-        try c.encode(attributionWindow.description, forKey: .attributionWindow)
-        try c.encode(clawbackWindow.description, forKey: .clawbackWindow)
-        try c.encode(clawback, forKey: .clawback)
-        try c.encode(limits, forKey: .limits)
-        try c.encode(fraud, forKey: .fraud)
-        try c.encode(asks, forKey: .asks)
-        try c.encode(followup, forKey: .followup)
-        try c.encodeIfPresent(budget, forKey: .budget)
-        try c.encodeIfPresent(effectiveFrom?.rfc3339, forKey: .effectiveFrom)
     }
 
     /// The share URL for a referrer's canonical code.
@@ -393,17 +310,4 @@ public enum AskMoment: String, Hashable, Sendable, Codable, CaseIterable {
     case supportWin = "support_win"
     case billSavings = "bill_savings"
     case periodic
-}
-
-extension KeyedDecodingContainer {
-    /// Durations travel as the programs file writes them (`30d`): a bare number in stored JSON
-    /// would reopen the seconds-or-days ambiguity that `Span("30")` refuses.
-    fileprivate func decodeSpanText(forKey key: Key) throws -> Span {
-        let text = try decode(String.self, forKey: key)
-        guard let span = Span(text) else {
-            throw DecodingError.dataCorruptedError(
-                forKey: key, in: self, debugDescription: "\"\(text)\" is not a duration with a unit")
-        }
-        return span
-    }
 }

@@ -48,8 +48,8 @@ public enum ProgramVersions {
     ///   two binds a lead at that time would depend on version numbers, not on the file;
     /// - unless `allowOlder`, a file whose version is older than the newest stored one. Without
     ///   this, an instance restarted with an old file (a rollback of the host, a stale config
-    ///   management run) quietly registered the old rules as the newest version, and every lead
-    ///   after it was bound to them. With it allowed, the file's version is registered at its own
+    ///   management run) would quietly register the old rules as the newest version and bind
+    ///   every later lead to them. With it allowed, the file's version is registered at its own
     ///   time and the newer stored version still governs from its own.
     public static func registration(
         of program: Program, index: Int, file: String, stored: [StoredProgramVersion],

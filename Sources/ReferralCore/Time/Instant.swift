@@ -1,3 +1,5 @@
+import CivilTime
+
 /// A point in time, in whole microseconds since 1970-01-01T00:00:00Z.
 ///
 /// The core keeps its own time type instead of `Foundation.Date` so that it stays free of
@@ -19,8 +21,9 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     /// RFC 3339 in UTC: `2026-11-23T10:31:07Z`, with `.ffffff` only when there are microseconds.
     public var rfc3339: String {
-        let (days, micros) = microseconds.floorDivided(by: 86_400_000_000)
-        let (y, m, d) = civil(fromDays: days)
+        let (days, micros) = floorDivide(microseconds, by: microsecondsPerDay)
+        let date = CivilDate(daysSinceEpoch: days)
+        let (y, m, d) = (date.year, date.month, date.day)
         let secs = micros / 1_000_000
         let frac = micros % 1_000_000
         guard (0...9999).contains(y) else {
@@ -30,7 +33,8 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
             return s + "Z"
         }
         // Every timestamp the daemon stores or publishes goes through here (several per event):
-        // digits written into one buffer cost a tenth of the interpolated, padded strings.
+        // digits written into one buffer, not interpolated and padded strings, keep formatting
+        // off the hot path's profile.
         var b = [UInt8](repeating: 0, count: frac == 0 ? 20 : 27)
         func put(_ v: Int64, at: Int, width: Int) {
             var v = v
@@ -60,7 +64,7 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     /// 0001-01-01T00:00:00Z: PostgreSQL's `timestamptz` holds no year 0 (nor, before it, a year
     /// its proleptic calendar would call 1 BC).
-    public static let earliestStorable = Instant(microseconds: days(fromCivil: 1, 1, 1) * 86_400_000_000)
+    public static let earliestStorable = Instant(startOf: CivilDate(year: 1, month: 1, day: 1))
 
     /// Parses the contract's timestamp shape: `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, `T` and
     /// `Z` in either case. Fractions beyond microseconds are truncated. Returns nil for anything
@@ -108,12 +112,11 @@ public struct Instant: Hashable, Comparable, Sendable, CustomStringConvertible {
         } else {
             return nil
         }
-        guard i == b.count, (1...12).contains(mo), d >= 1, d <= daysIn(month: mo, year: y),
-            h < 24, mi < 60, s < 61
-        else { return nil }
+        let date = CivilDate(year: y, month: mo, day: d)
+        guard i == b.count, date.isValid, h < 24, mi < 60, s < 61 else { return nil }
         // A leap second (:60) is read as the next second's start, as PostgreSQL does.
         let secondsOfDay = h * 3600 + mi * 60 + s - offset
-        microseconds = (days(fromCivil: y, mo, d) * 86_400 + secondsOfDay) * 1_000_000 + frac
+        microseconds = (date.daysSinceEpoch * 86_400 + secondsOfDay) * 1_000_000 + frac
     }
 }
 
@@ -154,6 +157,41 @@ public struct Span: Hashable, Comparable, Sendable, CustomStringConvertible {
     }
 }
 
+/// Stored as its RFC 3339 text (`effective_from` of a stored program), as the contract writes times.
+extension Instant: Codable {
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        let text = try c.decode(String.self)
+        guard let at = Instant(rfc3339: text) else {
+            throw DecodingError.dataCorruptedError(in: c, debugDescription: "\"\(text)\" is not an RFC 3339 time")
+        }
+        self = at
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(rfc3339)
+    }
+}
+
+/// Stored as the programs file writes it (`30d`): a bare number in stored JSON would reopen the
+/// seconds-or-days ambiguity that `Span("30")` refuses.
+extension Span: Codable {
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        let text = try c.decode(String.self)
+        guard let span = Span(text) else {
+            throw DecodingError.dataCorruptedError(in: c, debugDescription: "\"\(text)\" is not a duration with a unit")
+        }
+        self = span
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+}
+
 /// The clock is passed in: the core never reads the time itself, so tests and replays decide it.
 public protocol Clock: Sendable {
     func now() -> Instant
@@ -162,47 +200,6 @@ public protocol Clock: Sendable {
 private func pad(_ v: Int64, _ width: Int) -> String {
     let s = String(v)
     return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
-}
-
-private func isLeap(_ y: Int64) -> Bool { (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 }
-
-private func daysIn(month m: Int64, year y: Int64) -> Int64 {
-    switch m {
-    case 2: return isLeap(y) ? 29 : 28
-    case 4, 6, 9, 11: return 30
-    default: return 31
-    }
-}
-
-// Howard Hinnant's days_from_civil / civil_from_days: exact proleptic Gregorian arithmetic.
-func days(fromCivil y0: Int64, _ m: Int64, _ d: Int64) -> Int64 {
-    let y = m <= 2 ? y0 - 1 : y0
-    let era = (y >= 0 ? y : y - 399) / 400
-    let yoe = y - era * 400
-    let doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-    return era * 146_097 + doe - 719_468
-}
-
-func civil(fromDays z0: Int64) -> (Int64, Int64, Int64) {
-    let z = z0 + 719_468
-    let era = (z >= 0 ? z : z - 146_096) / 146_097
-    let doe = z - era * 146_097
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-    let mp = (5 * doy + 2) / 153
-    let d = doy - (153 * mp + 2) / 5 + 1
-    let m = mp < 10 ? mp + 3 : mp - 9
-    return (m <= 2 ? yoe + era * 400 + 1 : yoe + era * 400, m, d)
-}
-
-extension Int64 {
-    /// Division rounding towards negative infinity, so instants before 1970 format correctly.
-    func floorDivided(by d: Int64) -> (quotient: Int64, remainder: Int64) {
-        let q = self / d
-        let r = self % d
-        return r < 0 ? (q - 1, r + d) : (q, r)
-    }
 }
 
 extension Duration {
