@@ -92,7 +92,7 @@ let package = Package(
             swiftSettings: strict),
         .target(
             name: "Postgres",
-            dependencies: ["CLibPQ", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CLibPQ", "CivilTime", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         .target(
             name: "ReferralStore",
