@@ -219,6 +219,9 @@ public struct Program: Hashable, Sendable, Codable {
     /// → new program version" from "file re-read → same version" by comparing (or hashing) it.
     /// Hashing `Codable` output instead would tie versions to an encoder's key order.
     public var canonicalForm: String {
+        // Not the JSON encoder's escapes: this text is the stored identity of every program
+        // version, and writing a tab as `\t` instead of `\u{9}` would register each program
+        // holding one as a new version on upgrade.
         func q(_ s: String) -> String {
             var out = "\""
             for u in s.unicodeScalars {

@@ -92,29 +92,16 @@ public struct LineLogHandler: LogHandler {
                 && value.unicodeScalars.allSatisfy {
                     $0.value > 0x20 && $0.value < 0x7F && $0 != "\"" && $0 != "=" && $0 != "\\"
                 }
-            return plain ? "\(key)=\(value)" : "\(key)=\"\(escape(value))\""
+            return plain ? "\(key)=\(value)" : "\(key)=\(quoted(value))"
         }.joined(separator: " ") + "\n"
     }
 
     static func json(_ fields: [(String, String)]) -> String {
-        "{" + fields.map { "\"\(escape($0.0))\":\"\(escape($0.1))\"" }.joined(separator: ",") + "}\n"
+        "{" + fields.map { "\(quoted($0.0)):\(quoted($0.1))" }.joined(separator: ",") + "}\n"
     }
 
-    /// JSON string escaping, also valid inside logfmt quotes. Newlines are escaped so that a
-    /// message carrying one (a server error text) cannot forge a second log line.
-    static func escape(_ s: String) -> String {
-        var out = ""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        return out
-    }
+    /// A JSON string literal, also valid as a logfmt quoted value: the published events'
+    /// encoder, whose escapes include the newline, so a message carrying one (a server error
+    /// text) cannot forge a second log line.
+    static func quoted(_ s: String) -> String { String(decoding: JSONValue.string(s).encoded(), as: UTF8.self) }
 }
