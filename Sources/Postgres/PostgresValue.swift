@@ -85,7 +85,7 @@ public enum PostgresValue: Sendable, Hashable {
             return PostgresTimestamp(microsecondsSinceEpoch: micros).iso8601
         case .textArray(let elements):
             // One UTF-8 buffer for the whole literal: building it element by element as Strings
-            // (quote, join) was a seventh of the daemon's CPU under load (perf, realistic mix).
+            // (quote, join) allocates per element, and the key arrays of a batch hold thousands.
             var out: [UInt8] = [UInt8(ascii: "{")]
             out.reserveCapacity(elements.reduce(2) { $0 + ($1?.utf8.count ?? 4) + 3 })
             for (i, element) in elements.enumerated() {

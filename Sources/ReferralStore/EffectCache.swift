@@ -5,9 +5,8 @@ import Synchronization
 /// reads from `effects` only what was recorded since the cache last saw the referral.
 ///
 /// Every decision re-reads the recorded effects of every referral it decides. Reading and
-/// JSON-decoding all of them again was a sixth of the daemon's CPU and the fourth costliest
-/// statement on the realistic mix (perf, pg_stat_statements), although effects never change
-/// once recorded.
+/// JSON-decoding all of them again on every batch made a referral's cost grow with its
+/// history, although effects never change once recorded.
 ///
 /// Why `seq > last seen` cannot miss an effect: effects of a referral are only recorded by a
 /// transaction that holds the referral's row lock (`lockReferrals`), and the cache is only read
@@ -79,9 +78,8 @@ public final class EffectCache: Sendable {
     }
 
     /// Adds what a transaction recorded, once it committed, so that the next decision of these
-    /// referrals does not read back and decode the effects this process just wrote: that read
-    /// was a sixth of a busy batch's rows from `effects` and its JSON decoding a twentieth of
-    /// the daemon's CPU (perf, realistic mix). Added only to an entry that still ends where the
+    /// referrals does not read back and decode the effects this process just wrote, which
+    /// would double the effects' cost of every busy referral. Added only to an entry that still ends where the
     /// transaction read it: if it was evicted, emptied by a reconnect or moved on by a later
     /// read, the next read fills it from the table as before. Nothing can have been recorded
     /// for the referral in between: recording takes its row lock, which the transaction held.
