@@ -45,6 +45,7 @@ let testTargets: [Target] =
             name: "IntegrationTests",
             dependencies: [
                 "ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore", "ReferralTestKit",
+                "ReferralTestWorld",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 // A registry of its own for an in-process worker's metrics (ReferralMetricsTests).
@@ -121,13 +122,25 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
-        // What the integration tests, the benchmark and the fault suite share to build their worlds.
+        // What the tests, the benchmark and the fault suite share that needs no service (the
+        // seeded generator): the pure core's tests depend on it and so link no service module.
         .target(name: "ReferralTestKit", swiftSettings: strict),
+        // One isolated world on the real services (scratch database, broker names, observer
+        // queue, the daemon as a child process), built the same way by the integration tests,
+        // the benchmark and the fault suite.
+        .target(
+            name: "ReferralTestWorld",
+            dependencies: [
+                "AMQP", "Postgres", "ReferralStore", "ReferralWorker",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
         // Throughput benchmark: drives the real daemon against the local services (BENCHMARKS.md).
         .executableTarget(
             name: "referrald-bench",
             dependencies: [
                 "ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore", "ReferralTestKit",
+                "ReferralTestWorld",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -137,6 +150,7 @@ let package = Package(
             name: "referrald-faults",
             dependencies: [
                 "ReferralWorker", "ReferralStore", "AMQP", "Postgres", "ReferralCore", "ReferralTestKit",
+                "ReferralTestWorld",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),

@@ -67,8 +67,8 @@ db_url() {
 psql_at() { psql -X -q -v ON_ERROR_STOP=1 -At "$@"; }
 drop_db() { psql -X -q -v ON_ERROR_STOP=1 "$BASE_URL" -c "DROP DATABASE IF EXISTS \"$1\" WITH (FORCE)" >/dev/null; }
 
-# The bench's --keep leaves its queues and exchanges (names from ReferralTestKit.IsolatedWorld
-# and Bed.swift of the commit) on the test vhost. Queues through rabbitmqctl; the CLI cannot
+# The bench's --keep leaves its queues and exchanges (names from IsolatedWorld and the observer
+# queue: ReferralTestKit and Bed.swift at older commits, ReferralTestWorld now) on the test vhost. Queues through rabbitmqctl; the CLI cannot
 # delete an exchange, so that goes through `rabbitmqctl eval` (3.x internals), best effort.
 broker_cleanup() {
   local name="$1" ctl=/usr/lib/rabbitmq/bin/rabbitmqctl node="${REFERRALD_RABBITMQ_NODE:-}" vhost="${AMQP_URL##*/}"

@@ -1,7 +1,9 @@
 import Foundation
 
-// What the integration tests, the benchmark and the fault suite share to build their worlds:
-// one copy, so a new setting or a changed program shape reaches all three.
+// What the tests, the benchmark and the fault suite share that needs no service: the seeded
+// generator and the fast programs file, one copy each, so a changed program shape reaches all.
+// The worlds on the real services are built by ReferralTestWorld; this target stays free of
+// the broker and database modules, so the pure core's tests link none of them.
 
 /// SplitMix64: a tiny seeded generator, so a generated run (a workload, a fault plan, a
 /// property test) replays exactly from its printed seed.
@@ -16,36 +18,6 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
-    }
-}
-
-/// An isolated world on shared services: a database of its own and broker objects whose names
-/// all carry `name`, so that runs in parallel on one broker never see each other's messages.
-public enum IsolatedWorld {
-    /// The configuration of a daemon in the world named `name`, as environment variables.
-    public static func environment(
-        name: String, amqpURL: String, databaseURL: String,
-        programsFile: String
-    ) -> [String: String] {
-        [
-            "REFERRALD_AMQP_URL": amqpURL,
-            "REFERRALD_DATABASE_URL": databaseURL,
-            "REFERRALD_PROGRAMS_FILE": programsFile,
-            "REFERRALD_INBOX_QUEUE": "\(name).inbox",
-            "REFERRALD_DLX": "\(name).dlx",
-            "REFERRALD_DLQ": "\(name).dlq",
-            "REFERRALD_PARKED_QUEUE": "\(name).parked",
-            "REFERRALD_EVENTS_EXCHANGE": "\(name).referral.events",
-            "REFERRALD_UPSTREAM_EXCHANGES": "\(name).provisioning,\(name).billing,\(name).crm",
-            "REFERRALD_HTTP_PORT": "0",
-        ]
-    }
-
-    /// `url` with another database name (its path), query parameters kept.
-    public static func databaseURL(_ url: String, database: String) -> String {
-        var parts = URLComponents(string: url)!
-        parts.path = "/" + database
-        return parts.string!
     }
 }
 

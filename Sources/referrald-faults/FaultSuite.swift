@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import ReferralCore
 import ReferralTestKit
+import ReferralTestWorld
 
 /// The fault suite: drives a referral load with known rewards through the real `referrald run`,
 /// RabbitMQ and PostgreSQL while it kills, restarts and cuts them, and judges every reward
@@ -36,9 +37,7 @@ struct FaultSuite: AsyncParsableCommand {
         .sorted { $0.compare($1, options: .numeric) == .orderedAscending }.last.map { "/usr/lib/postgresql/\($0)/bin" }
         ?? "/usr/lib/postgresql/15/bin"
     @Option(help: "The referrald binary (default: beside this one).")
-    var daemon = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(
-        "referrald"
-    ).path
+    var daemon = TestWorld.daemonBesideThisProgram
     @Option(
         help:
             "Comma-separated scenarios, or 'all'; 'memory' and 'memory-large' are the RSS checks, 'poison' the failing-event check."

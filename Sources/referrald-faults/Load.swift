@@ -2,6 +2,7 @@ import AMQP
 import Foundation
 import ReferralCore
 import ReferralTestKit
+import ReferralTestWorld
 
 /// A realistic referral load whose rewards are known before it is sent. Referrers activate and
 /// get codes; each referral is a friend's lead with a code, an order, an install and an activation
@@ -162,18 +163,7 @@ actor UpstreamPublisher {
 
     func publish(_ events: [UpstreamEvent], timeout: Duration = .seconds(300)) async throws {
         let deadline = ContinuousClock.now + timeout
-        let exchanges = world.settings.upstreamExchanges
-        let messages = events.map { e -> OutgoingMessage in
-            let exchange: String
-            switch e.type.split(separator: ".").first {
-            case "provisioning": exchange = exchanges[0]
-            case "billing": exchange = exchanges[1]
-            default: exchange = exchanges[2]
-            }
-            return OutgoingMessage(
-                exchange: exchange, routingKey: e.type, body: e.body, headers: [:], messageId: nil,
-                contentType: "application/cloudevents+json", persistent: true, mandatory: true)
-        }
+        let messages = events.map { world.testWorld.upstreamMessage(type: $0.type, body: $0.body) }
         var attempt = 0
         while true {
             if attempt > 0 { for e in events { resent[e.body, default: 0] += 1 } }

@@ -2,8 +2,7 @@ import AMQP
 import Foundation
 import Logging
 import Postgres
-import ReferralStore
-import ReferralTestKit
+import ReferralTestWorld
 import ReferralWorker
 
 let quietLogger: Logger = {
@@ -12,17 +11,19 @@ let quietLogger: Logger = {
     return l
 }()
 
-/// One scenario's isolated world on the real services: its own database (created and migrated),
-/// its own exchange and queue names, and an observer queue that plays billing: it receives every
-/// `referral.reward.*` the daemons publish.
+/// One scenario's isolated world on the real services (`TestWorld`): its own database, its own
+/// exchange and queue names, and an observer queue that plays billing: it receives every
+/// `referral.reward.*` the daemons publish. It holds no connection: the scenarios restart the
+/// services, so every look at them connects afresh.
 final class World: Sendable {
-    let name: String
+    let testWorld: TestWorld
     let services: Services
-    let databaseURL: String
-    let settings: Settings
-    let environment: [String: String]
-    let observerQueue: String
     let logPath: String
+
+    var name: String { testWorld.name }
+    var databaseURL: String { testWorld.databaseURL }
+    var settings: Settings { testWorld.settings }
+    var observerQueue: String { testWorld.observerQueue }
 
     static func make(services: Services, scenario: String, programsFile: String, logDirectory: String) async throws
         -> World
@@ -31,30 +32,29 @@ final class World: Sendable {
         let admin = try await PostgresConnection.connect(
             try PostgresURL(parsing: services.databaseURL), applicationName: "referrald-faults admin",
             logger: quietLogger)
-        try await admin.run { c in try c.executeScript("CREATE DATABASE \(name)") }
-        await admin.close()
-        let databaseURL = IsolatedWorld.databaseURL(services.databaseURL, database: name)
-        var environment = IsolatedWorld.environment(
-            name: name, amqpURL: services.amqpURL, databaseURL: databaseURL,
-            programsFile: programsFile)
-        environment["REFERRALD_LOG_LEVEL"] = "warning"
-        let settings = try await Settings.load(configFile: nil, environment: environment)
-        let db = try await PostgresConnection.connect(
-            try PostgresURL(parsing: databaseURL),
-            applicationName: "referrald-faults", logger: quietLogger)
-        _ = try await Schema.migrate(db, logger: quietLogger)
-        await db.close()
-        let amqp = try await services.connectBroker(
-            heartbeatSeconds: 30,
-            connectionName: "referrald-faults setup", logger: quietLogger)
-        try await Topology(settings: settings).declare(on: amqp, passiveUpstream: false, logger: quietLogger)
-        let observer = "\(name).billing"
-        _ = try await amqp.declareQueue(observer, durable: true, arguments: ["x-queue-type": .string("quorum")])
-        try await amqp.bindQueue(observer, exchange: settings.eventsExchange, routingKey: "referral.reward.#")
+        let amqp: AMQPConnection
+        do {
+            amqp = try await services.connectBroker(
+                heartbeatSeconds: 30,
+                connectionName: "referrald-faults setup", logger: quietLogger)
+        } catch {
+            await admin.close()
+            throw error
+        }
+        let world: TestWorld
+        do {
+            world = try await TestWorld.make(
+                name: name, amqpURL: services.amqpURL, databaseURL: services.databaseURL,
+                programsFile: programsFile, environment: ["REFERRALD_LOG_LEVEL": "warning"], observer: .rewards,
+                admin: admin, broker: amqp, applicationName: "referrald-faults", logger: quietLogger)
+        } catch {
+            await amqp.close()
+            await admin.close()
+            throw error
+        }
         await amqp.close()
-        return World(
-            name: name, services: services, databaseURL: databaseURL, settings: settings,
-            environment: environment, observerQueue: observer, logPath: "\(logDirectory)/\(scenario).log")
+        await admin.close()
+        return World(testWorld: world, services: services, logPath: "\(logDirectory)/\(scenario).log")
     }
 
     /// A world of its own for `body`, torn down after it whether it throws or not: the checks
@@ -73,16 +73,9 @@ final class World: Sendable {
         }
     }
 
-    private init(
-        name: String, services: Services, databaseURL: String, settings: Settings,
-        environment: [String: String], observerQueue: String, logPath: String
-    ) {
-        self.name = name
+    private init(testWorld: TestWorld, services: Services, logPath: String) {
+        self.testWorld = testWorld
         self.services = services
-        self.databaseURL = databaseURL
-        self.settings = settings
-        self.environment = environment
-        self.observerQueue = observerQueue
         self.logPath = logPath
     }
 
@@ -127,19 +120,14 @@ final class World: Sendable {
             heartbeatSeconds: 30,
             connectionName: "referrald-faults teardown", logger: quietLogger)
         {
-            for q in [settings.inboxQueue, settings.deadLetterQueue, settings.parkedQueue, observerQueue] {
-                try? await amqp.deleteQueue(q)
-            }
-            for x in settings.upstreamExchanges + [settings.eventsExchange, settings.deadLetterExchange] {
-                try? await amqp.deleteExchange(x)
-            }
+            await testWorld.deleteBrokerObjects(on: amqp)
             await amqp.close()
         }
         if let admin = try? await PostgresConnection.connect(
             try PostgresURL(parsing: services.databaseURL), applicationName: "referrald-faults admin",
             logger: quietLogger)
         {
-            _ = try? await admin.run { c in try c.executeScript("DROP DATABASE IF EXISTS \(name) WITH (FORCE)") }
+            await testWorld.dropDatabase(on: admin)
             await admin.close()
         }
     }
@@ -167,14 +155,8 @@ final class Daemons {
     /// Starts one more instance (or replaces instance `slot`); returns its slot.
     @discardableResult
     func spawn(slot: Int? = nil, failpoint: String? = nil) throws -> Int {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["run"]
-        var env = ProcessInfo.processInfo.environment
-        env.merge(world.environment) { _, new in new }
-        env.merge(environment) { _, new in new }
-        env["REFERRALD_FAILPOINT"] = failpoint
-        process.environment = env
+        let process = world.testWorld.daemonProcess(binary: executable, extraEnvironment: environment)
+        process.environment?["REFERRALD_FAILPOINT"] = failpoint
         process.standardOutput = log
         process.standardError = log
         try process.run()
@@ -191,13 +173,8 @@ final class Daemons {
     /// Runs another subcommand of the daemon's binary (an operator command) with the world's
     /// settings, to its end; its output goes to the scenario's log and is returned.
     func command(_ arguments: [String]) async throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        env.merge(world.environment) { _, new in new }
-        env.merge(environment) { _, new in new }
-        process.environment = env
+        let process = world.testWorld.daemonProcess(
+            binary: executable, arguments: arguments, extraEnvironment: environment)
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe

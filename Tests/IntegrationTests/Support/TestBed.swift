@@ -4,7 +4,7 @@ import Logging
 import Postgres
 import ReferralCore
 import ReferralStore
-import ReferralTestKit
+import ReferralTestWorld
 import ReferralWorker
 import Synchronization
 
@@ -32,6 +32,9 @@ enum TestServices {
         IsolatedWorld.databaseURL(databaseURL, database: database)
     }
 
+    /// The programs every bed's daemon and worker run with.
+    static let programsFile = packageRoot.appendingPathComponent("deploy/programs.example.yaml").path
+
     static let logger: Logger = {
         var l = Logger(label: "test") { label in
             LineLogHandler(label: label, level: .warning, format: .logfmt)
@@ -41,74 +44,63 @@ enum TestServices {
     }()
 }
 
-/// One isolated world per test: its own database (created from scratch and migrated), its own
-/// exchange and queue names on the shared broker, and an observer queue bound to everything the
-/// worker publishes. Nothing is mocked.
+/// One isolated world per test (`TestWorld`: its own database, created from scratch and
+/// migrated, its own exchange and queue names on the shared broker, and an observer queue bound to
+/// everything the worker publishes), with the connections the test uses over it. Nothing is mocked.
 final class TestBed: Sendable {
-    let name: String
-    let settings: Settings
-    /// The configuration as environment variables, for running the real binary.
-    let environment: [String: String]
+    let world: TestWorld
     let admin: PostgresConnection
     let db: PostgresConnection
     let amqp: AMQPConnection
-    let observerQueue: String
     /// Workers and daemons the test started, stopped by `tearDown` if the test did not.
     private let running = Mutex<(workers: [Task<Void, any Error>], daemons: [Process], tornDown: Bool)>(
         ([], [], false))
     /// `db` as the store's seam, for what the worker's commands take.
     var database: Database { Database(db) }
+    var name: String { world.name }
+    var settings: Settings { world.settings }
+    /// The configuration as environment variables, for running the real binary.
+    var environment: [String: String] { world.environment }
+    var observerQueue: String { world.observerQueue }
+
+    /// What the tests run with over the isolated configuration: a batch wait short enough that
+    /// a lone event is not held for the production default.
+    static let testEnvironment = ["REFERRALD_BATCH_WAIT_MS": "5"]
 
     /// A configuration whose broker objects all carry `name`, so that tests running in
     /// parallel on one broker never see each other's messages.
     static func isolatedEnvironment(name: String, amqpURL: String, databaseURL: String) -> [String: String] {
-        var environment = IsolatedWorld.environment(
-            name: name, amqpURL: amqpURL, databaseURL: databaseURL,
-            programsFile: TestServices.packageRoot.appendingPathComponent("deploy/programs.example.yaml").path)
-        environment["REFERRALD_BATCH_WAIT_MS"] = "5"
-        return environment
+        IsolatedWorld.environment(
+            name: name, amqpURL: amqpURL, databaseURL: databaseURL, programsFile: TestServices.programsFile
+        ).merging(testEnvironment) { _, new in new }
     }
 
     static func make(_ overrides: [String: String] = [:]) async throws -> TestBed {
         guard let beds = BedsOfTest.current else { throw TestBedOutsideScope() }
         let name = "t\(UInt32.random(in: 0...UInt32.max))"
-        let adminURL = try PostgresURL(parsing: TestServices.databaseURL)
         let admin = try await PostgresConnection.connect(
-            adminURL, applicationName: "referrald-test-admin", logger: TestServices.logger)
-        try await admin.run { c in try c.executeScript("CREATE DATABASE \(name)") }
-        let dbURL = TestServices.databaseURL(database: name)
-        var environment = isolatedEnvironment(name: name, amqpURL: TestServices.amqpURL, databaseURL: dbURL)
-        environment.merge(overrides) { _, new in new }
-        let settings = try await Settings.load(configFile: nil, environment: environment)
-        let db = try await PostgresConnection.connect(
-            try PostgresURL(parsing: dbURL), applicationName: "referrald-test", logger: TestServices.logger)
-        _ = try await Schema.migrate(db, logger: TestServices.logger)
+            try PostgresURL(parsing: TestServices.databaseURL), applicationName: "referrald-test-admin",
+            logger: TestServices.logger)
         let amqp = try await AMQPConnection.connect(
             try AMQPURL(parsing: TestServices.amqpURL), heartbeatSeconds: 30,
             connectionName: "\(name) test", logger: TestServices.logger)
         try await amqp.enableConfirms()
-        try await Topology(settings: settings).declare(on: amqp, passiveUpstream: false, logger: TestServices.logger)
-        let observer = "\(name).observer"
-        _ = try await amqp.declareQueue(observer, durable: true, arguments: ["x-queue-type": .string("quorum")])
-        try await amqp.bindQueue(observer, exchange: settings.eventsExchange, routingKey: "#")
-        let bed = TestBed(
-            name: name, settings: settings, environment: environment, admin: admin, db: db, amqp: amqp,
-            observerQueue: observer)
+        let world = try await TestWorld.make(
+            name: name, amqpURL: TestServices.amqpURL, databaseURL: TestServices.databaseURL,
+            programsFile: TestServices.programsFile,
+            environment: testEnvironment.merging(overrides) { _, new in new },
+            admin: admin, broker: amqp, applicationName: "referrald-test", logger: TestServices.logger)
+        let db = try await world.connectDatabase(applicationName: "referrald-test", logger: TestServices.logger)
+        let bed = TestBed(world: world, admin: admin, db: db, amqp: amqp)
         beds.add(bed)
         return bed
     }
 
-    private init(
-        name: String, settings: Settings, environment: [String: String], admin: PostgresConnection,
-        db: PostgresConnection, amqp: AMQPConnection, observerQueue: String
-    ) {
-        self.name = name
-        self.settings = settings
-        self.environment = environment
+    private init(world: TestWorld, admin: PostgresConnection, db: PostgresConnection, amqp: AMQPConnection) {
+        self.world = world
         self.admin = admin
         self.db = db
         self.amqp = amqp
-        self.observerQueue = observerQueue
     }
 
     func programs() throws -> ProgramBook { try ProgramBook.load(path: settings.programsFile) }
@@ -116,18 +108,7 @@ final class TestBed: Sendable {
     /// Publishes a raw body as an upstream producer would: to the exchange of its type's prefix,
     /// routing key = type, persistent, confirmed.
     func publish(_ body: [UInt8], type: String) async throws {
-        let prefix = type.split(separator: ".").first.map(String.init) ?? ""
-        let exchange: String
-        switch prefix {
-        case "provisioning": exchange = settings.upstreamExchanges[0]
-        case "billing": exchange = settings.upstreamExchanges[1]
-        default: exchange = settings.upstreamExchanges[2]
-        }
-        let outcome = try await amqp.publish([
-            OutgoingMessage(
-                exchange: exchange, routingKey: type, body: body, headers: [:], messageId: nil,
-                contentType: "application/cloudevents+json", persistent: true, mandatory: true)
-        ])
+        let outcome = try await amqp.publish([world.upstreamMessage(type: type, body: body)])
         precondition(outcome == [.confirmed], "test publish not routed: \(outcome)")
     }
 
@@ -152,16 +133,9 @@ final class TestBed: Sendable {
 
     /// Starts the built `referrald run` as a child process with this bed's configuration.
     func spawnDaemon(extraEnvironment: [String: String] = [:]) throws -> Process {
-        let process = Process()
-        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        process.executableURL = dir.appendingPathComponent("referrald")
-        process.arguments = ["run"]
-        var env = ProcessInfo.processInfo.environment
-        env.merge(environment) { _, new in new }
-        env.merge(extraEnvironment) { _, new in new }
-        env["REFERRALD_LOG_LEVEL"] = "warning"
-        process.environment = env
-        try process.run()
+        let process = try world.spawnDaemon(
+            binary: TestWorld.daemonBesideThisProgram,
+            extraEnvironment: extraEnvironment.merging(["REFERRALD_LOG_LEVEL": "warning"]) { _, new in new })
         running.withLock { $0.daemons.append(process) }
         return process
     }
@@ -217,15 +191,10 @@ final class TestBed: Sendable {
             daemon.terminate()
             daemon.waitUntilExit()
         }
-        for q in [settings.inboxQueue, settings.deadLetterQueue, settings.parkedQueue, observerQueue] {
-            try? await amqp.deleteQueue(q)
-        }
-        for x in settings.upstreamExchanges + [settings.eventsExchange, settings.deadLetterExchange] {
-            try? await amqp.deleteExchange(x)
-        }
+        await world.deleteBrokerObjects(on: amqp)
         await amqp.close()
         await db.close()
-        _ = try? await admin.run { c in try c.executeScript("DROP DATABASE IF EXISTS \(name) WITH (FORCE)") }
+        await world.dropDatabase(on: admin)
         await admin.close()
     }
 }
