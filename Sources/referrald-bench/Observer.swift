@@ -13,6 +13,8 @@ func monotonicNanos() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 /// Each phase arms it with what to look for: the sentinel account of a backlog (its
 /// `referral.code.issued` ends the drain), the codes of seeded referrers, or the send times of
 /// the latency phase's messages, matched by the correlating key of the event they cause.
+/// `@unchecked Sendable`: what the consuming task records is only touched under `lock`;
+/// `task` is set by `start` and cancelled by `stop`, both called by the one phase driving it.
 final class Observer: @unchecked Sendable {
     private let lock = NSLock()
     private var sentinelNeedle: [UInt8]?
@@ -21,7 +23,6 @@ final class Observer: @unchecked Sendable {
     private var codes: [String: String] = [:]
     private var sendTimes: [String: UInt64] = [:]
     private var latency = Histogram<UInt64>(highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: .three)
-    private(set) var received = 0
     private var task: Task<Void, any Error>?
 
     func start(url: AMQPURL, queue: String) async throws {
@@ -45,7 +46,6 @@ final class Observer: @unchecked Sendable {
     private func take(_ batch: [Delivery], at now: UInt64) {
         lock.lock()
         defer { lock.unlock() }
-        received += batch.count
         for d in batch {
             if let needle = sentinelNeedle, d.routingKey == PublishedType.codeIssued.rawValue, contains(d.body, needle)
             {

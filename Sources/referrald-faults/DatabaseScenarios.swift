@@ -163,7 +163,8 @@ extension Scenarios {
 }
 
 /// The partition scenario's proxy, started when its world exists and stopped after it.
+/// `@unchecked Sendable`: `proxy` is set once, before the load starts (and the tasks that read
+/// it exist), and only read after.
 final class ProxyHolder: @unchecked Sendable {
-    /// Set once, before the load starts, and read by the fault script and `finish` after.
     var proxy: TCPProxy?
 }

@@ -13,7 +13,8 @@ import Foundation
 /// TCP segments, so the cut flows' keepalives are still answered by this process's kernel:
 /// what ends the daemon's stuck statement here is its own answer deadline, and on the server
 /// `idle_in_transaction_session_timeout`. Each connection is served by a thread of its own;
-/// this is test scaffolding for a handful of connections.
+/// this is test scaffolding for a handful of connections. `@unchecked Sendable`: the counters
+/// and `stopped` are only touched under `lock`; the rest is immutable.
 final class TCPProxy: @unchecked Sendable {
     /// The loopback port the daemon connects to.
     let port: Int

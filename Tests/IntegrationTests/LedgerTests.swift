@@ -132,6 +132,7 @@ import Testing
         }
     }
 
+    /// Collects the exporter's output. `@unchecked Sendable`: `bytes` is only touched under `lock`.
     final class Sink: @unchecked Sendable {
         private let lock = NSLock()
         private var bytes: [UInt8] = []
