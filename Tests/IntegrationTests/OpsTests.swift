@@ -39,14 +39,15 @@ import Testing
         #expect(try await bed.eventually(timeout: .seconds(5)) { notify.times(of: "WATCHDOG=1").count >= 3 })
         #expect(notify.statusLines().contains("STATUS=consuming"))
 
-        #expect(withheld() == 0)
+        // A start on a busy machine may already have let a ping time pass: count from here.
+        let before = withheld()
         proxy.cut()
         let cutAt = ContinuousClock.now
         // The daemon's own count of ping times it let pass proves the pings would have come:
         // from the first withheld one, three more ping times pass without a ping.
-        #expect(try await bed.eventually(timeout: .seconds(20)) { withheld() >= 1 })
+        #expect(try await bed.eventually(timeout: .seconds(20)) { withheld() >= before + 1 })
         let quietFrom = ContinuousClock.now
-        #expect(try await bed.eventually(timeout: .seconds(20)) { withheld() >= 4 })
+        #expect(try await bed.eventually(timeout: .seconds(20)) { withheld() >= before + 4 })
         let pingsWhileCut = notify.times(of: "WATCHDOG=1").filter { $0 >= quietFrom }
         #expect(pingsWhileCut.isEmpty, "pings while the database was unreachable: \(pingsWhileCut.count)")
         let lastPing = notify.times(of: "WATCHDOG=1").last!
