@@ -169,6 +169,13 @@ public final class AMQPConnection: Sendable {
         try await perform("basic.ack") { core throws(AMQPError) in try core.ack(tag, multiple: multiple) }
     }
 
+    /// How many deliveries this connection has read and not handed out yet: a test waits for
+    /// the broker's deliveries to arrive with it, where a fixed sleep was too short on a busy
+    /// machine and made the batches depend on arrival times.
+    package func bufferedDeliveryCount() async throws -> Int {
+        try await perform("buffered deliveries") { core throws(AMQPError) in core.bufferedDeliveryCount() }
+    }
+
     public nonisolated(nonsending) func nack(_ tag: UInt64, multiple: Bool = false, requeue: Bool) async throws {
         try await perform("basic.nack") { core throws(AMQPError) in
             try core.nack(tag, multiple: multiple, requeue: requeue)

@@ -22,6 +22,12 @@ extension ConnectionCore {
         return tag
     }
 
+    /// Deliveries read from the socket and not yet handed out, after reading what has arrived.
+    func bufferedDeliveryCount() -> Int {
+        if conn != nil { pumpFrames() }
+        return consumer.buffered.count
+    }
+
     func nextDeliveries(id: UInt64, max: Int, maxBytes: Int, wait: Duration, continuation: DeliveryWaiter) {
         let request = ConsumerStateMachine<DeliveryWaiter>.Request(id: id, max: max, maxBytes: maxBytes, wait: wait)
         // Pick up whatever already sits in the socket so the batch is as full as it can be.

@@ -58,10 +58,7 @@ struct AMQPBrokerTests {
             try await consumer.consume(queue: queue, prefetch: 10)
             // Wait until all five sit in the consumer's buffer, so the cap and not the arrival
             // times cut the batches.
-            #expect(
-                try await Broker.eventually { try await publisher.declareQueue(queue, passive: true).messageCount == 0 }
-            )
-            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await Broker.eventually { try await consumer.bufferedDeliveryCount() == 5 })
             var batches: [[Int]] = []
             let deadline = ContinuousClock.now + .seconds(15)
             while batches.flatMap({ $0 }).count < 5, ContinuousClock.now < deadline {
