@@ -23,7 +23,7 @@ extension Database {
     public func sampleBacklog(now: Instant, budgeted: [(id: String, currency: String)]) async throws -> BacklogSample {
         try await run { c in
             BacklogSample(
-                outbox: try OutboxStore.outboxBacklog(c), timers: try TimerStore.timerBacklog(c, now: now),
+                outbox: try OutboxStore.backlog(c), timers: try TimerStore.backlog(c, now: now),
                 unappliedRewards: try LedgerStore.unappliedRewards(c, now: now),
                 committed: try BudgetStore.committed(c, programs: budgeted, month: ProgramBudget.month(of: now)),
                 settledAsks: try BudgetStore.sweepHeldAsks(c, now: now), rewardPauses: try OperatorStore.rewardPauses(c)

@@ -95,7 +95,7 @@ extension Database {
             var actions: [String: [OperatorAction]] = [:]
             for b in input.bound where ids.contains(b.binding.referralId) {
                 let r = b.binding
-                actions[r.referralId] = try OperatorStore.operatorActions(
+                actions[r.referralId] = try OperatorStore.actions(
                     c, targets: [r.referralId, r.code, r.program.id, "*"] + b.rewardIds)
             }
             return (

@@ -114,7 +114,7 @@ public enum LedgerStore {
     /// rewards would be one result. A cursor rather than keyset pages: one statement planned
     /// once walks the primary key once, and `ledgerTotals`, an aggregate, could not be paged by
     /// key without aggregating again for every page; both commands page the same way.
-    public static func ledgerRewards(
+    public static func rewards(
         _ c: isolated PostgresConnection, from: Instant?, to: Instant?,
         pageSize: Int = ledgerPageSize, each: ([LedgerReward]) throws -> Void
     ) throws {
@@ -153,7 +153,7 @@ public enum LedgerStore {
         var index: [String: Int] = [:]
         for (i, id) in ids.enumerated() { index[id] = i }
         // Billing's times: the n-th rejection by time is failure n, as the core counts them
-        // (`fulfil`); an application is matched by the account, amount and currency it names.
+        // (`fulfilmentStatus`); an application is matched by the account, amount and currency it names.
         var rejections: [String: [Instant]] = [:]
         var applications: [String: [(account: String, amount: Int64, currency: String, at: Instant)]] = [:]
         for row in try c.query(
@@ -232,7 +232,7 @@ public enum LedgerStore {
     /// (account, currency) order, a page at a time; only `kind` when given, only those whose net
     /// is at least `minNetMinor` when given. A cursor for the same reason as `ledgerRewards`:
     /// one row per account can be hundreds of thousands of rows.
-    public static func ledgerTotals(
+    public static func totals(
         _ c: isolated PostgresConnection, from: Instant, to: Instant, kind: String?,
         minNetMinor: Int64?, pageSize: Int = ledgerPageSize,
         each: ([LedgerTotal]) throws -> Void
@@ -304,7 +304,7 @@ extension Database {
     ) async throws -> Int {
         try await transaction(.readOnlySnapshot) { c in
             var count = 0
-            try LedgerStore.ledgerRewards(c, from: from, to: to) { page in
+            try LedgerStore.rewards(c, from: from, to: to) { page in
                 try each(page)
                 count += page.count
             }
@@ -320,7 +320,7 @@ extension Database {
     ) async throws -> Int {
         try await transaction(.readOnlySnapshot) { c in
             var count = 0
-            try LedgerStore.ledgerTotals(c, from: from, to: to, kind: kind, minNetMinor: minNetMinor) { page in
+            try LedgerStore.totals(c, from: from, to: to, kind: kind, minNetMinor: minNetMinor) { page in
                 try each(page)
                 count += page.count
             }

@@ -34,7 +34,7 @@ public enum OperatorStore {
     }
 
     /// The actions on any of these targets, oldest first (`explain`).
-    public static func operatorActions(_ c: isolated PostgresConnection, targets: [String]) throws -> [OperatorAction] {
+    public static func actions(_ c: isolated PostgresConnection, targets: [String]) throws -> [OperatorAction] {
         try c.query(
             """
             SELECT at, actor, action, target, reason, result FROM operator_actions

@@ -83,7 +83,7 @@ public enum OutboxStore {
     }
 
     /// Rows waiting to be published and the age of the oldest, for metrics and `/readyz`.
-    public static func outboxBacklog(_ c: isolated PostgresConnection) throws -> (
+    public static func backlog(_ c: isolated PostgresConnection) throws -> (
         count: Int64, oldestAgeSeconds: Double
     ) {
         let row = try c.query(

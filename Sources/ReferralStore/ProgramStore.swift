@@ -23,7 +23,7 @@ public enum ProgramStore {
         _ = try c.query("SELECT pg_advisory_xact_lock(3, 0)")
         let now = try instant(c.query("SELECT now() AS now")[0], "now")
         for (index, p) in programs.enumerated() {
-            let stored = try programVersions(c, programId: p.id)
+            let stored = try versions(c, programId: p.id)
             switch try ProgramVersions.registration(
                 of: p, index: index, file: file, stored: stored, now: now, allowOlder: allowOlder)
             {
@@ -48,7 +48,7 @@ public enum ProgramStore {
     }
 
     /// Every stored version of a program, by version.
-    public static func programVersions(_ c: isolated PostgresConnection, programId: String) throws
+    public static func versions(_ c: isolated PostgresConnection, programId: String) throws
         -> [StoredProgramVersion]
     {
         try c.query(
@@ -65,7 +65,7 @@ public enum ProgramStore {
     }
 
     /// The program ids that have versions.
-    public static func programIds(_ c: isolated PostgresConnection) throws -> [String] {
+    public static func ids(_ c: isolated PostgresConnection) throws -> [String] {
         try c.query("SELECT DISTINCT program_id FROM program_versions ORDER BY program_id").map {
             try $0.decode("program_id", as: String.self)
         }
@@ -88,7 +88,7 @@ extension Database {
             let now = try instant(c.query("SELECT now() AS now")[0], "now")
             return (
                 now,
-                try ProgramStore.programIds(c).map { id in (id, try ProgramStore.programVersions(c, programId: id)) }
+                try ProgramStore.ids(c).map { id in (id, try ProgramStore.versions(c, programId: id)) }
             )
         }
     }

@@ -58,7 +58,7 @@ public enum TimerStore {
     }
 
     /// Timers due now and how late the oldest is, for metrics.
-    public static func timerBacklog(_ c: isolated PostgresConnection, now: Instant) throws -> (
+    public static func backlog(_ c: isolated PostgresConnection, now: Instant) throws -> (
         due: Int64, lagSeconds: Double
     ) {
         let row = try c.query(

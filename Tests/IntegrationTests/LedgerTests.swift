@@ -242,8 +242,8 @@ import Testing
         let pages = try await bed.db.transaction(.readOnlySnapshot) { c in
             var small: [[LedgerReward]] = []
             var whole: [LedgerReward] = []
-            try LedgerStore.ledgerRewards(c, from: nil, to: nil, pageSize: 2) { small.append($0) }
-            try LedgerStore.ledgerRewards(c, from: nil, to: nil) { whole += $0 }
+            try LedgerStore.rewards(c, from: nil, to: nil, pageSize: 2) { small.append($0) }
+            try LedgerStore.rewards(c, from: nil, to: nil) { whole += $0 }
             return (small, whole)
         }
         #expect(pages.0.map(\.count) == [2, 2, 1])

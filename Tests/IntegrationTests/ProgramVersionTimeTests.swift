@@ -48,7 +48,7 @@ import Testing
     static func versions(_ bed: TestBed) async throws -> [Int: String] {
         Dictionary(
             uniqueKeysWithValues: try await bed.db.run { c in
-                try ProgramStore.programVersions(c, programId: "fast").map { ($0.version, $0.effectiveFrom.rfc3339) }
+                try ProgramStore.versions(c, programId: "fast").map { ($0.version, $0.effectiveFrom.rfc3339) }
             })
     }
 

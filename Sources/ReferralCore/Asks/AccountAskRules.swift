@@ -24,8 +24,8 @@ struct AccountAskRules {
     var freshness: Span { input.policy.freshness }
 
     func stronger(_ a: AskCandidate, _ b: AskCandidate) -> Bool {
-        let ra = ReferralAsks.strength.firstIndex(of: a.moment)!
-        let rb = ReferralAsks.strength.firstIndex(of: b.moment)!
+        let ra = ReferralAsks.rank(a.moment)
+        let rb = ReferralAsks.rank(b.moment)
         if ra != rb { return ra < rb }
         if a.due != b.due { return a.due > b.due }
         return a.key < b.key

@@ -195,9 +195,19 @@ public enum ReferralAsks {
     /// invoice; activation and install are onboarding, before the customer has lived with the
     /// service (activation, the later of the two, first); periodic is the fallback with no
     /// moment behind it at all.
-    public static let strength: [AskMoment] = [
-        .supportWin, .speedTest, .billSavings, .postActivation, .postInstall, .periodic,
-    ]
+    public static let strength: [AskMoment] = AskMoment.allCases.sorted { rank($0) < rank($1) }
+
+    /// A moment's place in `strength`: a switch, so a new moment cannot be left unranked.
+    static func rank(_ moment: AskMoment) -> Int {
+        switch moment {
+        case .supportWin: 0
+        case .speedTest: 1
+        case .billSavings: 2
+        case .postActivation: 3
+        case .postInstall: 4
+        case .periodic: 5
+        }
+    }
 
     /// The rolling window of `max_per_year`.
     public static let yearWindow: Span = .days(366)
