@@ -52,22 +52,9 @@ extension Worker {
     /// Returns the committed outbox rows to publish.
     func applyWithRetry(_ events: [(Delivery, InboundEvent)]) async throws -> [OutboxRow] {
         var backoff = Backoff()
-        var conflicts = 0
         while true {
             do {
-                return try await apply(events.map { .init(event: $0.1, body: $0.0.body) })
-            } catch let error as DatabaseError where error.isLockConflict && conflicts < 5 {
-                // Another instance's transaction won a deadlock or a serialisation conflict: the
-                // database is fine and so is the connection. Retry at once on it; reconnecting
-                // and backing off as for an outage cost seconds per conflict.
-                conflicts += 1
-                metrics.lockConflict()
-                logger.notice(
-                    "batch lost a lock conflict; retried",
-                    metadata: [
-                        "db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)",
-                        "attempt": "\(conflicts)",
-                    ])
+                return try await applyRetryingConflicts(events)
             } catch let error as DatabaseError where error.isTransient {
                 logger.warning(
                     "database unavailable; batch held for retry",
@@ -121,8 +108,10 @@ extension Worker {
         }
     }
 
-    /// A lock conflict with another instance says nothing about the events: retry it at once,
-    /// as `applyWithRetry` does, rather than blame an event for it.
+    /// Another instance's transaction won a deadlock or a serialisation conflict: the database
+    /// is fine and so is the connection, and the events are not to blame. Retried at once on
+    /// the same connection, up to five times; reconnecting and backing off as for an outage
+    /// cost seconds per conflict, and bisecting would blame an event for it.
     func applyRetryingConflicts(_ events: [(Delivery, InboundEvent)]) async throws -> [OutboxRow] {
         var conflicts = 0
         while true {
@@ -131,6 +120,12 @@ extension Worker {
             } catch let error as DatabaseError where error.isLockConflict && conflicts < 5 {
                 conflicts += 1
                 metrics.lockConflict()
+                logger.notice(
+                    "batch lost a lock conflict; retried",
+                    metadata: [
+                        "db.sqlstate": "\(error.sqlState ?? "-")", "batch.size": "\(events.count)",
+                        "attempt": "\(conflicts)",
+                    ])
             }
         }
     }
