@@ -52,7 +52,7 @@ public struct ReferralStanding: Hashable, Sendable {
     /// the one it was bound with (the rules rank a lead among the leads carrying its code).
     public var codeDay: CodeDay? { leadCode == code ? CodeDay(code: code, day: leadAt.utcDay) : nil }
     /// The (referrer, UTC year) cap ranking the referral holds a slot in.
-    public var capYear: CapYear? { milestoneAt.map { CapYear(referrer: referrerAccountId, year: utcYear($0)) } }
+    public var capYear: CapYear? { milestoneAt.map { CapYear(referrer: referrerAccountId, year: $0.utcYear) } }
 
     public struct CodeDay: Hashable, Sendable {
         public var code: String
@@ -66,7 +66,7 @@ public struct ReferralStanding: Hashable, Sendable {
     public struct CapYear: Hashable, Sendable {
         public var referrer: String
         public var year: Int64
-        public var bounds: (from: Instant, to: Instant) { (yearStart(year), yearStart(year + 1)) }
+        public var bounds: (from: Instant, to: Instant) { (Instant.yearStart(year), Instant.yearStart(year + 1)) }
     }
 }
 

@@ -12,7 +12,7 @@ public enum ProgramBudget {
     public static let staleMargin: Span = .hours(1)
 
     /// The first instant of `t`'s UTC month: the month a commitment or a reversal counts in.
-    public static func month(of t: Instant) -> Instant { utcMonthStart(t) }
+    public static func month(of t: Instant) -> Instant { t.utcMonthStart }
 
     /// Whether a program's commitment for the month holds its asks.
     public static func holdsAsks(committedMinor: Int64, budget: Program.Budget) -> Bool {
@@ -23,7 +23,7 @@ public enum ProgramBudget {
     /// per account within `releaseSpread` (FNV-1a of the account id, so every instance and every
     /// re-decision computes the same instant).
     public static func hold(accountId: String, now: Instant) -> AskBudgetHold {
-        let turn = nextUTCMonthStart(now)
+        let turn = now.nextUTCMonthStart
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for b in accountId.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
         let offset = Int64(h % UInt64(releaseSpread.microseconds / 1_000_000))

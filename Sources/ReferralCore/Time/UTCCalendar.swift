@@ -9,16 +9,16 @@ extension Instant {
     /// Days since 1970-01-01 of the instant's UTC day.
     var utcDay: Int64 { floorDivide(microseconds, by: microsecondsPerDay).quotient }
     var utcDate: CivilDate { CivilDate(daysSinceEpoch: utcDay) }
+
+    /// The UTC calendar year of the instant.
+    var utcYear: Int64 { utcDate.year }
+
+    /// The first instant of the instant's UTC calendar month.
+    var utcMonthStart: Instant { Instant(startOf: utcDate.firstOfMonth) }
+
+    /// The first instant of the UTC calendar month after the instant's.
+    var nextUTCMonthStart: Instant { Instant(startOf: utcDate.firstOfNextMonth) }
+
+    /// 1 January of `year`, 00:00 UTC.
+    static func yearStart(_ year: Int64) -> Instant { Instant(startOf: CivilDate(year: year, month: 1, day: 1)) }
 }
-
-/// The UTC calendar year of an instant.
-func utcYear(_ t: Instant) -> Int64 { t.utcDate.year }
-
-/// 1 January of `year`, 00:00 UTC.
-func yearStart(_ year: Int64) -> Instant { Instant(startOf: CivilDate(year: year, month: 1, day: 1)) }
-
-/// The first instant of the UTC calendar month of `t`.
-func utcMonthStart(_ t: Instant) -> Instant { Instant(startOf: t.utcDate.firstOfMonth) }
-
-/// The first instant of the UTC calendar month after the one of `t`.
-func nextUTCMonthStart(_ t: Instant) -> Instant { Instant(startOf: t.utcDate.firstOfNextMonth) }
