@@ -5,19 +5,13 @@ import Testing
 
 /// The real binary, stopped abruptly at the two dangerous moments, then restarted.
 @Suite(.serialized, .tearsDownTestBeds) struct CrashRecoveryTests {
-    func waitForExit(_ p: Process, timeout: Duration = .seconds(30)) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while p.isRunning, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
-        return !p.isRunning
-    }
-
     @Test func crashBetweenCommitAndAckYieldsNoSecondCode() async throws {
         let bed = try await TestBed.make()
         let crashing = try bed.spawnDaemon(extraEnvironment: ["REFERRALD_FAILPOINT": "after-commit"])
         try await bed.publish(
             PipelineTests.activation(id: "crash-1", account: "acct-8001"),
             type: "provisioning.service.activated")
-        #expect(await waitForExit(crashing))
+        #expect(await Ops.waitForExit(crashing, timeout: .seconds(30)))
         #expect(crashing.terminationStatus == 86)
         // Committed but neither published nor acked.
         #expect(try await bed.count("SELECT count(*) FROM referral_codes") == 1)
@@ -41,7 +35,7 @@ import Testing
         #expect(try await bed.count("SELECT count(*) FROM referral_codes") == 1)
         #expect(try await bed.count("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 0)
         restarted.terminate()  // SIGTERM: a graceful stop exits 0
-        #expect(await waitForExit(restarted))
+        #expect(await Ops.waitForExit(restarted, timeout: .seconds(30)))
         #expect(restarted.terminationStatus == 0)
     }
 
@@ -51,7 +45,7 @@ import Testing
         try await bed.publish(
             PipelineTests.activation(id: "crash-2", account: "acct-8002"),
             type: "provisioning.service.activated")
-        #expect(await waitForExit(crashing))
+        #expect(await Ops.waitForExit(crashing, timeout: .seconds(30)))
         #expect(crashing.terminationStatus == 86)
         // The outbox lease (60 s) would delay the retry: end it as an expired lease would.
         _ = try await bed.count(
@@ -65,7 +59,7 @@ import Testing
         #expect(Set(observed.map(\.body)).count == 1)
         #expect(try await bed.count("SELECT count(*) FROM referral_codes") == 1)
         restarted.terminate()
-        #expect(await waitForExit(restarted))
+        #expect(await Ops.waitForExit(restarted, timeout: .seconds(30)))
         #expect(restarted.terminationStatus == 0)
     }
 }

@@ -53,8 +53,7 @@ final class TestBed: Sendable {
     let db: PostgresConnection
     let amqp: AMQPConnection
     /// Workers and daemons the test started, stopped by `tearDown` if the test did not.
-    private let running = Mutex<(workers: [Task<Void, any Error>], daemons: [Process], tornDown: Bool)>(
-        ([], [], false))
+    private let running = Mutex<(workers: [Task<Void, any Error>], daemons: [Process])>(([], []))
     /// `db` as the store's seam, for what the worker's commands take.
     var database: Database { Database(db) }
     var name: String { world.name }
@@ -176,20 +175,19 @@ final class TestBed: Sendable {
     }
 
     /// Stops what the test left running, deletes the bed's queues, exchanges and database.
-    /// Runs once; a second call (the test's own, then the scope's) does nothing.
+    /// Called once, by the test's `.tearsDownTestBeds` scope.
     func tearDown() async {
-        let (workers, daemons, first) = running.withLock { running in
-            defer { running.tornDown = true }
-            return (running.workers, running.daemons, !running.tornDown)
-        }
-        guard first else { return }
+        let (workers, daemons) = running.withLock { ($0.workers, $0.daemons) }
         for worker in workers {
             worker.cancel()
             _ = await worker.result
         }
         for daemon in daemons where daemon.isRunning {
             daemon.terminate()
-            daemon.waitUntilExit()
+            // Polled, not `waitUntilExit()`: that blocks one of the cooperative pool's two
+            // threads for the whole drain. A daemon that does not stop is killed rather than
+            // left running into the next test.
+            if !(await Ops.waitForExit(daemon)) { kill(daemon.processIdentifier, SIGKILL) }
         }
         await world.deleteBrokerObjects(on: amqp)
         await amqp.close()

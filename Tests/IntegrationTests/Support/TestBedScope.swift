@@ -38,7 +38,7 @@ final class BedsOfTest: Sendable {
 
     func add(_ bed: TestBed) { beds.withLock { $0.append(bed) } }
 
-    /// Last made, first torn down; each bed's own teardown is idempotent.
+    /// Last made, first torn down; each bed once, as the list is emptied first.
     func tearDown() async {
         let all = beds.withLock { beds in
             defer { beds = [] }
