@@ -27,15 +27,29 @@ struct DispatchTests {
     /// channel (406), so the ack names the highest tag of the prefix that still needs one.
     @Test func anAckNeverNamesATagSettledOnItsOwn() {
         var ledger = AckLedger()
-        ledger.received([10, 11, 12, 13])
-        let first = ledger.settle(acked: [10, 11, 13], individually: [12])
-        #expect(first == 13)
-        ledger.received([14, 15])
-        let requeuedLast = ledger.settle(acked: [14], individually: [15])
-        #expect(requeuedLast == 14)
-        ledger.received([16])
-        let onlyRequeued = ledger.settle(acked: [UInt64](), individually: [16])
+        ledger.received([1, 2, 3, 4])
+        let first = ledger.settle(acked: [1, 2, 4], individually: [3])
+        #expect(first == 4)
+        ledger.received([5, 6])
+        let requeuedLast = ledger.settle(acked: [5], individually: [6])
+        #expect(requeuedLast == 5)
+        ledger.received([7])
+        let onlyRequeued = ledger.settle(acked: [UInt64](), individually: [7])
         #expect(onlyRequeued == nil)
+        #expect(ledger.unsettled == 0)
+    }
+
+    /// Two lanes' reads resume in either order: the later deliveries can reach the ledger
+    /// first. Acking them with `multiple` would also ack the earlier ones, not applied yet, and
+    /// the earlier ones' own ack would then name a tag the broker no longer has (406).
+    @Test func anAckWaitsForDeliveriesAReadHasNotHandedOverYet() {
+        var ledger = AckLedger()
+        ledger.received([5, 6, 7, 8])
+        #expect(ledger.settle(acked: [5, 6, 7, 8]) == nil)
+        ledger.received([1, 2, 3, 4])
+        #expect(ledger.settle(acked: [1, 2, 3]) == 3)
+        #expect(ledger.unsettled == 5)
+        #expect(ledger.settle(acked: [4]) == 8)
         #expect(ledger.unsettled == 0)
     }
 

@@ -8,9 +8,15 @@ import ReferralCore
 /// a crash. And the tag it names must still be outstanding at the broker: one already settled on
 /// its own (a requeue) makes the broker close the channel (406 unknown delivery tag).
 struct AckLedger {
-    /// Tags received, in the order the broker sent them (increasing on one channel).
+    /// Tags received and not yet passed, in tag order.
     private var outstanding: [UInt64] = []
     private var head = 0
+    /// The tag the acked prefix reaches next. A channel numbers its deliveries 1, 2, 3...: a
+    /// tag missing here was delivered to a read that has not handed it over yet. Two lanes'
+    /// reads resume in either order, and a prefix that stepped over the later one's tags acked
+    /// them before they were applied (lost in a crash); its own ack then named a tag the broker
+    /// no longer had, and the channel closed (406 unknown delivery tag).
+    private var next: UInt64 = 1
     /// Settled tags not yet passed by the acked prefix: true when it still needs the broker's ack,
     /// false when it was settled on its own (requeued).
     private var settled: [UInt64: Bool] = [:]
@@ -18,7 +24,14 @@ struct AckLedger {
     /// Deliveries received and not yet covered by an ack or settled on their own.
     var unsettled: Int { outstanding.count - head }
 
-    mutating func received(_ tags: some Sequence<UInt64>) { outstanding.append(contentsOf: tags) }
+    mutating func received(_ tags: some Sequence<UInt64>) {
+        let end = outstanding.count
+        outstanding.append(contentsOf: tags)
+        // Usually in order; a read that resumed late brings earlier tags.
+        if end > head, end < outstanding.count, outstanding[end] < outstanding[end - 1] {
+            outstanding[head...].sort()
+        }
+    }
 
     /// Settles tags: `acked` need the broker's ack, `individually` were settled on their own.
     /// Returns the tag to ack with `multiple` when the settled prefix grew past one that needs it.
@@ -26,9 +39,12 @@ struct AckLedger {
         for tag in acked { settled[tag] = true }
         for tag in individually { settled[tag] = false }
         var target: UInt64?
-        while head < outstanding.count, let needsAck = settled.removeValue(forKey: outstanding[head]) {
+        while head < outstanding.count, outstanding[head] == next,
+            let needsAck = settled.removeValue(forKey: outstanding[head])
+        {
             if needsAck { target = outstanding[head] }
             head += 1
+            next += 1
         }
         // Drop the passed prefix now and then: the array would otherwise grow with every delivery.
         if head > 4096 {
